@@ -1,0 +1,27 @@
+//! aetheris-runtime: the pure core of Aetheris. No IO, no actix, no clocks.
+//!
+//! Owns the vocabulary every other crate shares — ids, the plan model and its validation,
+//! the event enum, the `JobState` fold, next-step decisions, the ledger state machine,
+//! retry math and the versioned codec for persisted blobs. Invariant kept here (G5): the
+//! state of a job is a pure function of its events, so replaying them — from the start or
+//! from any snapshot — yields exactly the same state.
+
+pub mod codec;
+pub mod decide;
+pub mod duration;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod ledger;
+pub mod plan;
+pub mod retry;
+pub mod state;
+pub mod template;
+
+pub use decide::{decide, recover, Decision, Recovery};
+pub use error::{FoldError, PlanError, RuntimeError};
+pub use event::{EventBody, RecordedEvent};
+pub use ids::{invocation_key, JobId};
+pub use ledger::LedgerStatus;
+pub use plan::{EffectClass, Plan, RetryPolicy, StepKind, StepSpec, ToolCatalog};
+pub use state::{JobState, JobStatus, StepState, StepStatus};

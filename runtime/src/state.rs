@@ -1,0 +1,278 @@
+//! `JobState`: the fold of a job's events (G5). `apply` is the only way state changes, it
+//! checks the ledger state machine and the gap-free seq, and it reads nothing but the event
+//! (times come from the event header), so replay from any snapshot is exact.
+
+use crate::codec::json_text;
+use crate::error::FoldError;
+use crate::event::{EventBody, RecordedEvent};
+use crate::ids::JobId;
+use crate::ledger::LedgerStatus;
+use crate::plan::{EffectClass, Plan};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Submitted, no step started yet.
+    Queued,
+    Running,
+    /// Blocked on a human: some side_effect step's outcome is unknown.
+    Waiting,
+    Succeeded,
+    Failed,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Waiting,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+    ];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Waiting => "waiting",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, JobStatus::Succeeded | JobStatus::Failed)
+    }
+    /// Whether a worker should hold a lease on a job in this status.
+    pub fn is_runnable(&self) -> bool {
+        matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    OutcomeUnknown,
+}
+
+impl StepStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::OutcomeUnknown => "outcome_unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub status: StepStatus,
+    /// Attempts started so far (1-based once started).
+    pub attempt: u32,
+    pub invocation_key: Option<String>,
+    pub effect: Option<EffectClass>,
+    pub ledger: Option<LedgerStatus>,
+    #[serde(with = "json_text::option")]
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// Not before this time (ms) may the next attempt start.
+    pub retry_at_ms: Option<i64>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+impl StepState {
+    fn new() -> Self {
+        StepState {
+            status: StepStatus::Pending,
+            attempt: 0,
+            invocation_key: None,
+            effect: None,
+            ledger: None,
+            output: None,
+            error: None,
+            retry_at_ms: None,
+            started_at_ms: None,
+            finished_at_ms: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobState {
+    pub job_id: JobId,
+    pub tenant: String,
+    #[serde(with = "json_text::plan")]
+    pub plan: Plan,
+    #[serde(with = "json_text")]
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+    pub status: JobStatus,
+    pub steps: BTreeMap<String, StepState>,
+    pub last_seq: u64,
+    pub last_hash: [u8; 32],
+    #[serde(with = "json_text::option")]
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl JobState {
+    /// Folds a whole log. The first event must be `job_submitted` at seq 1.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a RecordedEvent>) -> Result<Option<JobState>, FoldError> {
+        let mut state: Option<JobState> = None;
+        for e in events {
+            match state.as_mut() {
+                None => state = Some(JobState::genesis(e)?),
+                Some(s) => s.apply(e)?,
+            }
+        }
+        Ok(state)
+    }
+
+    /// Folds `events` on top of an optional snapshot (the state at some seq).
+    pub fn replay<'a>(snapshot: Option<JobState>, events: impl IntoIterator<Item = &'a RecordedEvent>) -> Result<Option<JobState>, FoldError> {
+        let mut state = snapshot;
+        for e in events {
+            match state.as_mut() {
+                None => state = Some(JobState::genesis(e)?),
+                Some(s) => {
+                    if e.seq <= s.last_seq {
+                        continue; // already folded into the snapshot
+                    }
+                    s.apply(e)?
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// The state after the first event.
+    pub fn genesis(e: &RecordedEvent) -> Result<JobState, FoldError> {
+        let EventBody::JobSubmitted { tenant, plan, input, idempotency_key } = &e.body else {
+            return Err(FoldError::NotSubmittedFirst { seq: e.seq });
+        };
+        if e.seq != 1 {
+            return Err(FoldError::SeqGap { expected_after: 0, got: e.seq });
+        }
+        Ok(JobState {
+            job_id: e.job_id,
+            tenant: tenant.clone(),
+            steps: plan.steps.iter().map(|s| (s.id.clone(), StepState::new())).collect(),
+            plan: plan.clone(),
+            input: input.clone(),
+            idempotency_key: idempotency_key.clone(),
+            status: JobStatus::Queued,
+            last_seq: e.seq,
+            last_hash: e.hash,
+            output: None,
+            error: None,
+            created_at_ms: e.recorded_at_ms,
+            updated_at_ms: e.recorded_at_ms,
+        })
+    }
+
+    fn step_mut(&mut self, seq: u64, step: &str) -> Result<&mut StepState, FoldError> {
+        self.steps.get_mut(step).ok_or_else(|| FoldError::UnknownStep { seq, step: step.to_string() })
+    }
+
+    /// Applies one event. Errors leave `self` unchanged.
+    pub fn apply(&mut self, e: &RecordedEvent) -> Result<(), FoldError> {
+        if e.seq != self.last_seq + 1 {
+            return Err(FoldError::SeqGap { expected_after: self.last_seq, got: e.seq });
+        }
+        if self.status.is_terminal() {
+            return Err(FoldError::AfterTerminal { seq: e.seq });
+        }
+        let seq = e.seq;
+        let at = e.recorded_at_ms;
+        let ledger_move = |st: &StepState, step: &str, to: LedgerStatus, effect: EffectClass| {
+            LedgerStatus::transition(st.ledger, to, effect).map_err(|detail| FoldError::IllegalTransition {
+                seq,
+                step: step.to_string(),
+                detail,
+            })
+        };
+        match &e.body {
+            EventBody::JobSubmitted { .. } => return Err(FoldError::SubmittedTwice { seq }),
+            EventBody::StepStarted { step, attempt, invocation_key, effect, .. } => {
+                let st = self.step_mut(seq, step)?;
+                let l = ledger_move(st, step, LedgerStatus::Started, *effect)?;
+                st.ledger = Some(l);
+                st.status = StepStatus::Running;
+                st.attempt = *attempt;
+                st.invocation_key = Some(invocation_key.clone());
+                st.effect = Some(*effect);
+                st.retry_at_ms = None;
+                st.error = None;
+                st.started_at_ms = Some(at);
+                if self.status == JobStatus::Queued {
+                    self.status = JobStatus::Running;
+                }
+            }
+            EventBody::StepSucceeded { step, output, .. } => {
+                let st = self.step_mut(seq, step)?;
+                let l = ledger_move(st, step, LedgerStatus::Succeeded, st.effect.unwrap_or(EffectClass::SideEffect))?;
+                st.ledger = Some(l);
+                st.status = StepStatus::Succeeded;
+                st.output = Some(output.clone());
+                st.finished_at_ms = Some(at);
+            }
+            EventBody::StepFailed { step, error, retry_at_ms, .. } => {
+                let st = self.step_mut(seq, step)?;
+                let l = ledger_move(st, step, LedgerStatus::Failed, st.effect.unwrap_or(EffectClass::SideEffect))?;
+                st.ledger = Some(l);
+                st.error = Some(error.clone());
+                st.finished_at_ms = Some(at);
+                match retry_at_ms {
+                    Some(t) => {
+                        st.status = StepStatus::Pending;
+                        st.retry_at_ms = Some(*t);
+                    }
+                    None => st.status = StepStatus::Failed,
+                }
+            }
+            EventBody::StepOutcomeUnknown { step, reason, .. } => {
+                let st = self.step_mut(seq, step)?;
+                let l = ledger_move(st, step, LedgerStatus::OutcomeUnknown, st.effect.unwrap_or(EffectClass::SideEffect))?;
+                st.ledger = Some(l);
+                st.status = StepStatus::OutcomeUnknown;
+                st.error = Some(reason.clone());
+                st.finished_at_ms = Some(at);
+                self.status = JobStatus::Waiting;
+            }
+            EventBody::JobSucceeded { output } => {
+                self.status = JobStatus::Succeeded;
+                self.output = Some(output.clone());
+            }
+            EventBody::JobFailed { error, .. } => {
+                self.status = JobStatus::Failed;
+                self.error = Some(error.clone());
+            }
+        }
+        self.last_seq = seq;
+        self.last_hash = e.hash;
+        self.updated_at_ms = at;
+        Ok(())
+    }
+
+    /// Recorded outputs of succeeded steps, for resolving `${steps.ID.output…}`.
+    pub fn outputs(&self) -> BTreeMap<String, Value> {
+        self.steps
+            .iter()
+            .filter_map(|(k, s)| s.output.clone().map(|o| (k.clone(), o)))
+            .collect()
+    }
+}
