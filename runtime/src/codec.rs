@@ -18,12 +18,17 @@ pub fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>,
     Ok(out)
 }
 
-pub fn decode_versioned<T: DeserializeOwned>(expected: u8, bytes: &[u8]) -> Result<T, RuntimeError> {
+pub fn decode_versioned<T: DeserializeOwned>(
+    expected: u8,
+    bytes: &[u8],
+) -> Result<T, RuntimeError> {
     let (&v, body) = bytes
         .split_first()
         .ok_or_else(|| RuntimeError::Codec("empty blob".into()))?;
     if v != expected {
-        return Err(RuntimeError::Codec(format!("unknown blob format {v}, this build reads {expected}")));
+        return Err(RuntimeError::Codec(format!(
+            "unknown blob format {v}, this build reads {expected}"
+        )));
     }
     let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
         .map_err(|e| RuntimeError::Codec(e.to_string()))?;
@@ -63,7 +68,9 @@ pub mod json_text {
         use super::*;
         use crate::plan::Plan;
         pub fn serialize<S: Serializer>(p: &Plan, s: S) -> Result<S::Ok, S::Error> {
-            serde_json::to_string(p).map_err(serde::ser::Error::custom)?.serialize(s)
+            serde_json::to_string(p)
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s)
         }
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Plan, D::Error> {
             let s = String::deserialize(d)?;
@@ -83,7 +90,10 @@ mod tests {
     fn fixed_state() -> JobState {
         let body = EventBody::JobSubmitted {
             tenant: "t".into(),
-            plan: serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo", "args": {"x": 1}}]})).unwrap(),
+            plan: serde_json::from_value(
+                json!({"steps": [{"id": "a", "tool": "echo", "args": {"x": 1}}]}),
+            )
+            .unwrap(),
             input: json!({"k": "v"}),
             idempotency_key: None,
         };

@@ -23,36 +23,58 @@ pub fn decide(state: &JobState, now_ms: i64, max_parallel: usize) -> Decision {
     if state.status.is_terminal() {
         return d;
     }
-    let running = state.steps.values().filter(|s| s.status == StepStatus::Running).count();
-    if let Some((id, st)) = state.steps.iter().find(|(_, s)| s.status == StepStatus::Failed) {
+    let running = state
+        .steps
+        .values()
+        .filter(|s| s.status == StepStatus::Running)
+        .count();
+    if let Some((id, st)) = state
+        .steps
+        .iter()
+        .find(|(_, s)| s.status == StepStatus::Failed)
+    {
         if running == 0 {
             d.finish = Some(EventBody::JobFailed {
-                error: format!("step {id:?} failed: {}", st.error.as_deref().unwrap_or("unknown error")),
+                error: format!(
+                    "step {id:?} failed: {}",
+                    st.error.as_deref().unwrap_or("unknown error")
+                ),
                 step: Some(id.clone()),
             });
         }
         return d;
     }
-    if state.steps.values().all(|s| s.status == StepStatus::Succeeded) {
+    if state
+        .steps
+        .values()
+        .all(|s| s.status == StepStatus::Succeeded)
+    {
         let mut out = Map::new();
         for sink in state.plan.sinks() {
             if let Some(o) = state.steps.get(sink).and_then(|s| s.output.clone()) {
                 out.insert(sink.to_string(), o);
             }
         }
-        d.finish = Some(EventBody::JobSucceeded { output: Value::Object(out) });
+        d.finish = Some(EventBody::JobSucceeded {
+            output: Value::Object(out),
+        });
         return d;
     }
     let mut room = max_parallel.max(1).saturating_sub(running);
     for spec in &state.plan.steps {
-        let Some(st) = state.steps.get(&spec.id) else { continue };
+        let Some(st) = state.steps.get(&spec.id) else {
+            continue;
+        };
         if st.status != StepStatus::Pending {
             continue;
         }
-        let needs_met = spec
-            .needs
-            .iter()
-            .all(|n| state.steps.get(n).map(|s| s.status == StepStatus::Succeeded).unwrap_or(false));
+        let needs_met = spec.needs.iter().all(|n| {
+            state
+                .steps
+                .get(n)
+                .map(|s| s.status == StepStatus::Succeeded)
+                .unwrap_or(false)
+        });
         if !needs_met {
             continue;
         }
@@ -84,9 +106,11 @@ pub fn recover(state: &JobState) -> Vec<Recovery> {
         .steps
         .iter()
         .filter(|(_, s)| s.status == StepStatus::Running)
-        .map(|(id, s)| match s.effect.unwrap_or(EffectClass::SideEffect) {
-            e if e.reinvocable() => Recovery::Reinvoke { step: id.clone() },
-            _ => Recovery::OutcomeUnknown { step: id.clone() },
-        })
+        .map(
+            |(id, s)| match s.effect.unwrap_or(EffectClass::SideEffect) {
+                e if e.reinvocable() => Recovery::Reinvoke { step: id.clone() },
+                _ => Recovery::OutcomeUnknown { step: id.clone() },
+            },
+        )
         .collect()
 }

@@ -30,7 +30,11 @@ pub enum FoldError {
     #[error("event at seq {seq} names unknown step {step:?}")]
     UnknownStep { seq: u64, step: String },
     #[error("event at seq {seq}: illegal ledger transition for step {step:?}: {detail}")]
-    IllegalTransition { seq: u64, step: String, detail: String },
+    IllegalTransition {
+        seq: u64,
+        step: String,
+        detail: String,
+    },
     #[error("event at seq {seq} arrives after the job finished")]
     AfterTerminal { seq: u64 },
 }

@@ -81,7 +81,10 @@ impl EventBody {
     }
 
     pub fn is_terminal(&self) -> bool {
-        matches!(self, EventBody::JobSucceeded { .. } | EventBody::JobFailed { .. })
+        matches!(
+            self,
+            EventBody::JobSucceeded { .. } | EventBody::JobFailed { .. }
+        )
     }
 }
 
@@ -107,6 +110,7 @@ mod hex_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let s = String::deserialize(d)?;
         let v = hex::decode(s).map_err(serde::de::Error::custom)?;
-        v.try_into().map_err(|_| serde::de::Error::custom("expected 32 bytes"))
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("expected 32 bytes"))
     }
 }

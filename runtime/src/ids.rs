@@ -66,9 +66,18 @@ mod tests {
     #[test]
     fn invocation_key_is_stable_and_separated() {
         let j = JobId(Uuid::nil());
-        assert_eq!(invocation_key("t", j, "s", 0), invocation_key("t", j, "s", 0));
-        assert_ne!(invocation_key("ab", j, "c", 0), invocation_key("a", j, "bc", 0));
-        assert_ne!(invocation_key("t", j, "s", 0), invocation_key("t", j, "s", 1));
+        assert_eq!(
+            invocation_key("t", j, "s", 0),
+            invocation_key("t", j, "s", 0)
+        );
+        assert_ne!(
+            invocation_key("ab", j, "c", 0),
+            invocation_key("a", j, "bc", 0)
+        );
+        assert_ne!(
+            invocation_key("t", j, "s", 0),
+            invocation_key("t", j, "s", 1)
+        );
     }
 
     #[test]

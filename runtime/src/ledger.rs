@@ -27,7 +27,11 @@ impl LedgerStatus {
     }
 
     /// The next status, or why the move is illegal. `from == None` is a fresh key.
-    pub fn transition(from: Option<LedgerStatus>, to: LedgerStatus, effect: EffectClass) -> Result<LedgerStatus, String> {
+    pub fn transition(
+        from: Option<LedgerStatus>,
+        to: LedgerStatus,
+        effect: EffectClass,
+    ) -> Result<LedgerStatus, String> {
         use LedgerStatus::*;
         let ok = match (from, to) {
             (None, Started) => true,
@@ -60,8 +64,14 @@ mod tests {
         assert!(LedgerStatus::transition(Some(Started), Started, EffectClass::SideEffect).is_err());
         assert!(LedgerStatus::transition(Some(Started), Started, EffectClass::Idempotent).is_ok());
         assert!(LedgerStatus::transition(Some(Succeeded), Started, EffectClass::Pure).is_err());
-        assert!(LedgerStatus::transition(Some(OutcomeUnknown), Started, EffectClass::SideEffect).is_err());
-        assert!(LedgerStatus::transition(Some(OutcomeUnknown), Confirmed, EffectClass::SideEffect).is_ok());
+        assert!(
+            LedgerStatus::transition(Some(OutcomeUnknown), Started, EffectClass::SideEffect)
+                .is_err()
+        );
+        assert!(
+            LedgerStatus::transition(Some(OutcomeUnknown), Confirmed, EffectClass::SideEffect)
+                .is_ok()
+        );
         assert!(LedgerStatus::transition(Some(Failed), Started, EffectClass::SideEffect).is_ok());
         assert!(LedgerStatus::transition(None, Succeeded, EffectClass::Pure).is_err());
     }

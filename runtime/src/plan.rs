@@ -157,13 +157,20 @@ impl Plan {
             errs.push(PlanError { path, message })
         };
         if self.steps.is_empty() {
-            err(&mut errs, "plan.steps".into(), "a plan needs at least one step".into());
+            err(
+                &mut errs,
+                "plan.steps".into(),
+                "a plan needs at least one step".into(),
+            );
         }
         if self.steps.len() > MAX_STEPS {
             err(
                 &mut errs,
                 "plan.steps".into(),
-                format!("at most {MAX_STEPS} steps are allowed, got {}", self.steps.len()),
+                format!(
+                    "at most {MAX_STEPS} steps are allowed, got {}",
+                    self.steps.len()
+                ),
             );
             return errs;
         }
@@ -172,16 +179,25 @@ impl Plan {
             let p = format!("plan.steps[{i}]");
             let id_ok = !s.id.is_empty()
                 && s.id.len() <= MAX_ID_LEN
-                && s.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                && s.id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !id_ok {
                 err(
                     &mut errs,
                     format!("{p}.id"),
-                    format!("step id {:?} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_-]", s.id),
+                    format!(
+                        "step id {:?} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_-]",
+                        s.id
+                    ),
                 );
             }
             if index.insert(s.id.as_str(), i).is_some() {
-                err(&mut errs, format!("{p}.id"), format!("duplicate step id {:?}", s.id));
+                err(
+                    &mut errs,
+                    format!("{p}.id"),
+                    format!("duplicate step id {:?}", s.id),
+                );
             }
             let kinds = [s.tool.is_some(), s.wait.is_some(), s.sleep.is_some()]
                 .iter()
@@ -195,28 +211,52 @@ impl Plan {
                 );
             }
             if s.wait.is_some() {
-                err(&mut errs, format!("{p}.wait"), "wait steps are not supported by this version yet".into());
+                err(
+                    &mut errs,
+                    format!("{p}.wait"),
+                    "wait steps are not supported by this version yet".into(),
+                );
             }
             if s.sleep.is_some() {
-                err(&mut errs, format!("{p}.sleep"), "sleep steps are not supported by this version yet".into());
+                err(
+                    &mut errs,
+                    format!("{p}.sleep"),
+                    "sleep steps are not supported by this version yet".into(),
+                );
             }
             if let Some(tool) = &s.tool {
                 if tools.effect_class(tool).is_none() {
-                    err(&mut errs, format!("{p}.tool"), format!("unknown tool {tool:?}"));
+                    err(
+                        &mut errs,
+                        format!("{p}.tool"),
+                        format!("unknown tool {tool:?}"),
+                    );
                 }
             }
             if let Some(r) = &s.retry {
                 if r.max_attempts == 0 || r.max_attempts > 100 {
-                    err(&mut errs, format!("{p}.retry.max_attempts"), "must be between 1 and 100".into());
+                    err(
+                        &mut errs,
+                        format!("{p}.retry.max_attempts"),
+                        "must be between 1 and 100".into(),
+                    );
                 }
             }
         }
         for (i, s) in self.steps.iter().enumerate() {
             for (j, n) in s.needs.iter().enumerate() {
                 if !index.contains_key(n.as_str()) {
-                    err(&mut errs, format!("plan.steps[{i}].needs[{j}]"), format!("unknown step {n:?}"));
+                    err(
+                        &mut errs,
+                        format!("plan.steps[{i}].needs[{j}]"),
+                        format!("unknown step {n:?}"),
+                    );
                 } else if n == &s.id {
-                    err(&mut errs, format!("plan.steps[{i}].needs[{j}]"), "a step cannot need itself".into());
+                    err(
+                        &mut errs,
+                        format!("plan.steps[{i}].needs[{j}]"),
+                        "a step cannot need itself".into(),
+                    );
                 }
             }
         }
@@ -238,7 +278,11 @@ impl Plan {
                         Ok(template::Reference::Input(_)) => {}
                         Ok(template::Reference::Step { step, .. }) => {
                             if !index.contains_key(step.as_str()) {
-                                err(&mut errs, path, format!("reference to unknown step {step:?}"));
+                                err(
+                                    &mut errs,
+                                    path,
+                                    format!("reference to unknown step {step:?}"),
+                                );
                             } else if !ancestors.contains(step.as_str()) {
                                 err(
                                     &mut errs,
@@ -273,8 +317,10 @@ impl Plan {
                     if let Some(&d) = index.get(dep) {
                         if colour[d] == 1 {
                             let start = stack.iter().position(|(x, _)| *x == d).unwrap_or(0);
-                            let mut ids: Vec<String> =
-                                stack[start..].iter().map(|(x, _)| self.steps[*x].id.clone()).collect();
+                            let mut ids: Vec<String> = stack[start..]
+                                .iter()
+                                .map(|(x, _)| self.steps[*x].id.clone())
+                                .collect();
                             ids.push(self.steps[d].id.clone());
                             return Some(ids);
                         }
@@ -295,7 +341,10 @@ impl Plan {
     /// All steps `id` needs, directly or transitively.
     pub fn ancestors(&self, id: &str) -> BTreeSet<&str> {
         let mut seen = BTreeSet::new();
-        let mut todo: Vec<&str> = self.step(id).map(|s| s.needs.iter().map(|n| n.as_str()).collect()).unwrap_or_default();
+        let mut todo: Vec<&str> = self
+            .step(id)
+            .map(|s| s.needs.iter().map(|n| n.as_str()).collect())
+            .unwrap_or_default();
         while let Some(n) = todo.pop() {
             if seen.insert(n) {
                 if let Some(s) = self.step(n) {
@@ -308,8 +357,16 @@ impl Plan {
 
     /// Steps no other step needs: their outputs form the job's output.
     pub fn sinks(&self) -> Vec<&str> {
-        let needed: BTreeSet<&str> = self.steps.iter().flat_map(|s| s.needs.iter().map(|n| n.as_str())).collect();
-        self.steps.iter().map(|s| s.id.as_str()).filter(|id| !needed.contains(id)).collect()
+        let needed: BTreeSet<&str> = self
+            .steps
+            .iter()
+            .flat_map(|s| s.needs.iter().map(|n| n.as_str()))
+            .collect();
+        self.steps
+            .iter()
+            .map(|s| s.id.as_str())
+            .filter(|id| !needed.contains(id))
+            .collect()
     }
 }
 
@@ -331,7 +388,10 @@ mod tests {
     }
 
     fn paths(p: &Plan) -> Vec<String> {
-        p.validate(&catalog).into_iter().map(|e| e.to_string()).collect()
+        p.validate(&catalog)
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -353,11 +413,30 @@ mod tests {
             {"id": "c", "tool": "echo", "args": {"k": ["${steps.a.output}", "${env.HOME}"]}}
         ]}));
         let e = paths(&p);
-        assert!(e.iter().any(|m| m.starts_with("plan.steps[0].tool: unknown tool")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("plan.steps[1].id: duplicate")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("plan.steps[1].needs[0]: unknown step")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("plan.steps[2].args.k[0]: reference to step \"a\", which")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("plan.steps[2].args.k[1]:")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("plan.steps[0].tool: unknown tool")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("plan.steps[1].id: duplicate")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("plan.steps[1].needs[0]: unknown step")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("plan.steps[2].args.k[0]: reference to step \"a\", which")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|m| m.starts_with("plan.steps[2].args.k[1]:")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -368,12 +447,16 @@ mod tests {
             {"id": "c", "tool": "echo", "needs": ["b"]}
         ]}));
         let e = paths(&p);
-        assert!(e.iter().any(|m| m.contains("cycle: a -> c -> b -> a")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.contains("cycle: a -> c -> b -> a")),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let r: Result<Plan, _> = serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo", "bogus": 1}]}));
+        let r: Result<Plan, _> =
+            serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo", "bogus": 1}]}));
         assert!(r.is_err());
     }
 }

@@ -9,11 +9,22 @@ pub const DEFAULT_MAX_MS: u64 = 60_000;
 
 /// Delay before attempt `attempt + 1`, after `attempt` (1-based) failed.
 pub fn backoff_ms(policy: &RetryPolicy, attempt: u32, jitter01: f64) -> u64 {
-    let initial = policy.initial.as_ref().map(|d| d.as_millis()).unwrap_or(DEFAULT_INITIAL_MS);
-    let max = policy.max.as_ref().map(|d| d.as_millis()).unwrap_or(DEFAULT_MAX_MS).max(initial);
+    let initial = policy
+        .initial
+        .as_ref()
+        .map(|d| d.as_millis())
+        .unwrap_or(DEFAULT_INITIAL_MS);
+    let max = policy
+        .max
+        .as_ref()
+        .map(|d| d.as_millis())
+        .unwrap_or(DEFAULT_MAX_MS)
+        .max(initial);
     let base = match policy.backoff {
         Backoff::Fixed => initial,
-        Backoff::Exponential => initial.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(max),
+        Backoff::Exponential => initial
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(30))
+            .min(max),
     };
     // Equal jitter: half fixed, half random, so retries spread without collapsing to zero.
     let j = jitter01.clamp(0.0, 1.0);
@@ -26,7 +37,10 @@ mod tests {
 
     #[test]
     fn grows_and_caps() {
-        let p = RetryPolicy { max_attempts: 10, ..Default::default() };
+        let p = RetryPolicy {
+            max_attempts: 10,
+            ..Default::default()
+        };
         assert_eq!(backoff_ms(&p, 1, 1.0), 200);
         assert_eq!(backoff_ms(&p, 2, 1.0), 400);
         assert_eq!(backoff_ms(&p, 3, 0.0), 400);

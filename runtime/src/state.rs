@@ -47,6 +47,17 @@ impl JobStatus {
     pub fn is_terminal(&self) -> bool {
         matches!(self, JobStatus::Succeeded | JobStatus::Failed)
     }
+    /// The status after `body` is applied: the one rule both the fold and the stores'
+    /// projections use, so they cannot disagree.
+    pub fn after(self, body: &EventBody) -> JobStatus {
+        match body {
+            EventBody::StepStarted { .. } if self == JobStatus::Queued => JobStatus::Running,
+            EventBody::StepOutcomeUnknown { .. } => JobStatus::Waiting,
+            EventBody::JobSucceeded { .. } => JobStatus::Succeeded,
+            EventBody::JobFailed { .. } => JobStatus::Failed,
+            _ => self,
+        }
+    }
     /// Whether a worker should hold a lease on a job in this status.
     pub fn is_runnable(&self) -> bool {
         matches!(self, JobStatus::Queued | JobStatus::Running)
@@ -131,7 +142,9 @@ pub struct JobState {
 
 impl JobState {
     /// Folds a whole log. The first event must be `job_submitted` at seq 1.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a RecordedEvent>) -> Result<Option<JobState>, FoldError> {
+    pub fn from_events<'a>(
+        events: impl IntoIterator<Item = &'a RecordedEvent>,
+    ) -> Result<Option<JobState>, FoldError> {
         let mut state: Option<JobState> = None;
         for e in events {
             match state.as_mut() {
@@ -143,7 +156,10 @@ impl JobState {
     }
 
     /// Folds `events` on top of an optional snapshot (the state at some seq).
-    pub fn replay<'a>(snapshot: Option<JobState>, events: impl IntoIterator<Item = &'a RecordedEvent>) -> Result<Option<JobState>, FoldError> {
+    pub fn replay<'a>(
+        snapshot: Option<JobState>,
+        events: impl IntoIterator<Item = &'a RecordedEvent>,
+    ) -> Result<Option<JobState>, FoldError> {
         let mut state = snapshot;
         for e in events {
             match state.as_mut() {
@@ -161,16 +177,29 @@ impl JobState {
 
     /// The state after the first event.
     pub fn genesis(e: &RecordedEvent) -> Result<JobState, FoldError> {
-        let EventBody::JobSubmitted { tenant, plan, input, idempotency_key } = &e.body else {
+        let EventBody::JobSubmitted {
+            tenant,
+            plan,
+            input,
+            idempotency_key,
+        } = &e.body
+        else {
             return Err(FoldError::NotSubmittedFirst { seq: e.seq });
         };
         if e.seq != 1 {
-            return Err(FoldError::SeqGap { expected_after: 0, got: e.seq });
+            return Err(FoldError::SeqGap {
+                expected_after: 0,
+                got: e.seq,
+            });
         }
         Ok(JobState {
             job_id: e.job_id,
             tenant: tenant.clone(),
-            steps: plan.steps.iter().map(|s| (s.id.clone(), StepState::new())).collect(),
+            steps: plan
+                .steps
+                .iter()
+                .map(|s| (s.id.clone(), StepState::new()))
+                .collect(),
             plan: plan.clone(),
             input: input.clone(),
             idempotency_key: idempotency_key.clone(),
@@ -185,13 +214,21 @@ impl JobState {
     }
 
     fn step_mut(&mut self, seq: u64, step: &str) -> Result<&mut StepState, FoldError> {
-        self.steps.get_mut(step).ok_or_else(|| FoldError::UnknownStep { seq, step: step.to_string() })
+        self.steps
+            .get_mut(step)
+            .ok_or_else(|| FoldError::UnknownStep {
+                seq,
+                step: step.to_string(),
+            })
     }
 
     /// Applies one event. Errors leave `self` unchanged.
     pub fn apply(&mut self, e: &RecordedEvent) -> Result<(), FoldError> {
         if e.seq != self.last_seq + 1 {
-            return Err(FoldError::SeqGap { expected_after: self.last_seq, got: e.seq });
+            return Err(FoldError::SeqGap {
+                expected_after: self.last_seq,
+                got: e.seq,
+            });
         }
         if self.status.is_terminal() {
             return Err(FoldError::AfterTerminal { seq: e.seq });
@@ -199,15 +236,23 @@ impl JobState {
         let seq = e.seq;
         let at = e.recorded_at_ms;
         let ledger_move = |st: &StepState, step: &str, to: LedgerStatus, effect: EffectClass| {
-            LedgerStatus::transition(st.ledger, to, effect).map_err(|detail| FoldError::IllegalTransition {
-                seq,
-                step: step.to_string(),
-                detail,
+            LedgerStatus::transition(st.ledger, to, effect).map_err(|detail| {
+                FoldError::IllegalTransition {
+                    seq,
+                    step: step.to_string(),
+                    detail,
+                }
             })
         };
         match &e.body {
             EventBody::JobSubmitted { .. } => return Err(FoldError::SubmittedTwice { seq }),
-            EventBody::StepStarted { step, attempt, invocation_key, effect, .. } => {
+            EventBody::StepStarted {
+                step,
+                attempt,
+                invocation_key,
+                effect,
+                ..
+            } => {
                 let st = self.step_mut(seq, step)?;
                 let l = ledger_move(st, step, LedgerStatus::Started, *effect)?;
                 st.ledger = Some(l);
@@ -218,21 +263,33 @@ impl JobState {
                 st.retry_at_ms = None;
                 st.error = None;
                 st.started_at_ms = Some(at);
-                if self.status == JobStatus::Queued {
-                    self.status = JobStatus::Running;
-                }
             }
             EventBody::StepSucceeded { step, output, .. } => {
                 let st = self.step_mut(seq, step)?;
-                let l = ledger_move(st, step, LedgerStatus::Succeeded, st.effect.unwrap_or(EffectClass::SideEffect))?;
+                let l = ledger_move(
+                    st,
+                    step,
+                    LedgerStatus::Succeeded,
+                    st.effect.unwrap_or(EffectClass::SideEffect),
+                )?;
                 st.ledger = Some(l);
                 st.status = StepStatus::Succeeded;
                 st.output = Some(output.clone());
                 st.finished_at_ms = Some(at);
             }
-            EventBody::StepFailed { step, error, retry_at_ms, .. } => {
+            EventBody::StepFailed {
+                step,
+                error,
+                retry_at_ms,
+                ..
+            } => {
                 let st = self.step_mut(seq, step)?;
-                let l = ledger_move(st, step, LedgerStatus::Failed, st.effect.unwrap_or(EffectClass::SideEffect))?;
+                let l = ledger_move(
+                    st,
+                    step,
+                    LedgerStatus::Failed,
+                    st.effect.unwrap_or(EffectClass::SideEffect),
+                )?;
                 st.ledger = Some(l);
                 st.error = Some(error.clone());
                 st.finished_at_ms = Some(at);
@@ -246,22 +303,21 @@ impl JobState {
             }
             EventBody::StepOutcomeUnknown { step, reason, .. } => {
                 let st = self.step_mut(seq, step)?;
-                let l = ledger_move(st, step, LedgerStatus::OutcomeUnknown, st.effect.unwrap_or(EffectClass::SideEffect))?;
+                let l = ledger_move(
+                    st,
+                    step,
+                    LedgerStatus::OutcomeUnknown,
+                    st.effect.unwrap_or(EffectClass::SideEffect),
+                )?;
                 st.ledger = Some(l);
                 st.status = StepStatus::OutcomeUnknown;
                 st.error = Some(reason.clone());
                 st.finished_at_ms = Some(at);
-                self.status = JobStatus::Waiting;
             }
-            EventBody::JobSucceeded { output } => {
-                self.status = JobStatus::Succeeded;
-                self.output = Some(output.clone());
-            }
-            EventBody::JobFailed { error, .. } => {
-                self.status = JobStatus::Failed;
-                self.error = Some(error.clone());
-            }
+            EventBody::JobSucceeded { output } => self.output = Some(output.clone()),
+            EventBody::JobFailed { error, .. } => self.error = Some(error.clone()),
         }
+        self.status = self.status.after(&e.body);
         self.last_seq = seq;
         self.last_hash = e.hash;
         self.updated_at_ms = at;

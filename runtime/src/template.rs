@@ -68,7 +68,9 @@ fn parse(inner: &str) -> Result<Reference, String> {
         "input" => Ok(Reference::Input(segs[1..].to_vec())),
         "steps" => {
             if segs.len() < 3 || segs[2] != "output" {
-                return Err(format!("bad reference ${{{inner}}}: use ${{steps.ID.output...}}"));
+                return Err(format!(
+                    "bad reference ${{{inner}}}: use ${{steps.ID.output...}}"
+                ));
             }
             Ok(Reference::Step {
                 step: segs[1].clone(),
@@ -107,13 +109,19 @@ fn lookup<'a>(mut v: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 /// Resolves every reference in `args`. A reference to a missing path is an error naming it.
-pub fn resolve(args: &Value, input: &Value, outputs: &BTreeMap<String, Value>) -> Result<Value, String> {
+pub fn resolve(
+    args: &Value,
+    input: &Value,
+    outputs: &BTreeMap<String, Value>,
+) -> Result<Value, String> {
     let get = |r: &Reference| -> Result<Value, String> {
         let found = match r {
             Reference::Input(p) => lookup(input, p),
             Reference::Step { step, path } => outputs.get(step).and_then(|o| lookup(o, path)),
         };
-        found.cloned().ok_or_else(|| format!("reference {r:?} resolves to nothing"))
+        found
+            .cloned()
+            .ok_or_else(|| format!("reference {r:?} resolves to nothing"))
     };
     Ok(match args {
         Value::String(s) => {
@@ -138,7 +146,11 @@ pub fn resolve(args: &Value, input: &Value, outputs: &BTreeMap<String, Value>) -
                 Value::String(out)
             }
         }
-        Value::Array(a) => Value::Array(a.iter().map(|x| resolve(x, input, outputs)).collect::<Result<_, _>>()?),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| resolve(x, input, outputs))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(o) => Value::Object(
             o.iter()
                 .map(|(k, x)| Ok((k.clone(), resolve(x, input, outputs)?)))

@@ -2,14 +2,21 @@
 //! persisted codec) plus events[k..] equals folding all events, for every k.
 
 use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT_V1};
-use aetheris_runtime::{decide, invocation_key, recover, EffectClass, EventBody, JobId, JobState, Plan, RecordedEvent, Recovery};
+use aetheris_runtime::{
+    decide, invocation_key, recover, EffectClass, EventBody, JobId, JobState, Plan, RecordedEvent,
+    Recovery,
+};
 use proptest::prelude::*;
 use serde_json::json;
 
 fn plan(n: usize, deps: &[usize]) -> Plan {
     let steps: Vec<_> = (0..n)
         .map(|i| {
-            let needs: Vec<String> = if i > 0 && deps[i] % 3 != 0 { vec![format!("s{}", deps[i] % i)] } else { vec![] };
+            let needs: Vec<String> = if i > 0 && deps[i] % 3 != 0 {
+                vec![format!("s{}", deps[i] % i)]
+            } else {
+                vec![]
+            };
             json!({"id": format!("s{i}"), "tool": "echo", "args": {"i": i}, "needs": needs,
                    "effect": if deps[i] % 2 == 0 { "side_effect" } else { "idempotent" }})
         })
@@ -26,9 +33,24 @@ fn simulate(n: usize, deps: &[usize], choices: &[u8]) -> Vec<RecordedEvent> {
         let seq = events.len() as u64 + 1;
         let mut hash = [0u8; 32];
         hash[..8].copy_from_slice(&seq.to_be_bytes());
-        events.push(RecordedEvent { job_id: job, seq, recorded_at_ms: 1000 + seq as i64, body, prev_hash: [0; 32], hash });
+        events.push(RecordedEvent {
+            job_id: job,
+            seq,
+            recorded_at_ms: 1000 + seq as i64,
+            body,
+            prev_hash: [0; 32],
+            hash,
+        });
     };
-    push(&mut events, EventBody::JobSubmitted { tenant: "t".into(), plan: plan(n, deps), input: json!({"a": 1}), idempotency_key: None });
+    push(
+        &mut events,
+        EventBody::JobSubmitted {
+            tenant: "t".into(),
+            plan: plan(n, deps),
+            input: json!({"a": 1}),
+            idempotency_key: None,
+        },
+    );
     let mut state = JobState::from_events(&events).unwrap().unwrap();
     for (i, c) in choices.iter().enumerate() {
         let now = 1000 + events.len() as i64;
@@ -39,24 +61,53 @@ fn simulate(n: usize, deps: &[usize], choices: &[u8]) -> Vec<RecordedEvent> {
                 let body = match r {
                     Recovery::Reinvoke { step } => {
                         let s = &state.steps[&step];
-                        EventBody::StepStarted { invocation_key: s.invocation_key.clone().unwrap(), attempt: s.attempt, tool: "echo".into(),
-                            effect: s.effect.unwrap(), fencing_token: i as u64, step }
+                        EventBody::StepStarted {
+                            invocation_key: s.invocation_key.clone().unwrap(),
+                            attempt: s.attempt,
+                            tool: "echo".into(),
+                            effect: s.effect.unwrap(),
+                            fencing_token: i as u64,
+                            step,
+                        }
                     }
                     Recovery::OutcomeUnknown { step } => {
                         let attempt = state.steps[&step].attempt;
-                        EventBody::StepOutcomeUnknown { step, attempt, reason: "crash".into() }
+                        EventBody::StepOutcomeUnknown {
+                            step,
+                            attempt,
+                            reason: "crash".into(),
+                        }
                     }
                 };
                 push(&mut events, body);
             }
         } else {
-            let running: Vec<String> = state.steps.iter().filter(|(_, s)| s.status == aetheris_runtime::StepStatus::Running).map(|(k, _)| k.clone()).collect();
+            let running: Vec<String> = state
+                .steps
+                .iter()
+                .filter(|(_, s)| s.status == aetheris_runtime::StepStatus::Running)
+                .map(|(k, _)| k.clone())
+                .collect();
             if !running.is_empty() && c % 2 == 0 {
                 let step = running[*c as usize % running.len()].clone();
                 let attempt = state.steps[&step].attempt;
                 let body = match c % 7 {
-                    0 => EventBody::StepFailed { step, attempt, error: "boom".into(), retryable: true, retry_at_ms: if attempt < 3 { Some(now + (*c as i64 % 5)) } else { None } },
-                    _ => EventBody::StepSucceeded { step, attempt, output: json!({"c": c, "n": [1, "x", null]}) },
+                    0 => EventBody::StepFailed {
+                        step,
+                        attempt,
+                        error: "boom".into(),
+                        retryable: true,
+                        retry_at_ms: if attempt < 3 {
+                            Some(now + (*c as i64 % 5))
+                        } else {
+                            None
+                        },
+                    },
+                    _ => EventBody::StepSucceeded {
+                        step,
+                        attempt,
+                        output: json!({"c": c, "n": [1, "x", null]}),
+                    },
                 };
                 push(&mut events, body);
             } else {
@@ -66,8 +117,24 @@ fn simulate(n: usize, deps: &[usize], choices: &[u8]) -> Vec<RecordedEvent> {
                 } else {
                     for step in d.start {
                         let s = &state.steps[&step];
-                        let effect = if state.plan.step(&step).unwrap().effect == Some(EffectClass::SideEffect) { EffectClass::SideEffect } else { EffectClass::Idempotent };
-                        push(&mut events, EventBody::StepStarted { invocation_key: invocation_key("t", job, &step, 0), attempt: s.attempt + 1, tool: "echo".into(), effect, fencing_token: 1, step });
+                        let effect = if state.plan.step(&step).unwrap().effect
+                            == Some(EffectClass::SideEffect)
+                        {
+                            EffectClass::SideEffect
+                        } else {
+                            EffectClass::Idempotent
+                        };
+                        push(
+                            &mut events,
+                            EventBody::StepStarted {
+                                invocation_key: invocation_key("t", job, &step, 0),
+                                attempt: s.attempt + 1,
+                                tool: "echo".into(),
+                                effect,
+                                fencing_token: 1,
+                                step,
+                            },
+                        );
                     }
                 }
             }
@@ -75,7 +142,9 @@ fn simulate(n: usize, deps: &[usize], choices: &[u8]) -> Vec<RecordedEvent> {
         for e in &events[before..] {
             state.apply(e).expect("simulated events must fold");
         }
-        if state.status.is_terminal() || state.status == aetheris_runtime::JobStatus::Waiting && c % 5 == 0 {
+        if state.status.is_terminal()
+            || state.status == aetheris_runtime::JobStatus::Waiting && c % 5 == 0
+        {
             break;
         }
     }

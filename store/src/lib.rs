@@ -1,1 +1,200 @@
-//! placeholder
+//! aetheris-store: the storage contract of Aetheris and its backends.
+//!
+//! The `Store` trait is the only way the rest of the system touches durable state. Every
+//! backend keeps the same invariants, proven by the generic `conformance` suite:
+//! - G1: a write is durable (committed and synced) before its future resolves;
+//! - gap-free per-job `seq`, each event hash-chained (G7, chain code in aetheris-proof);
+//! - G3: every append, ledger change and snapshot write for a job is conditional on the
+//!   job's current fencing token in the same transaction; stale tokens get `Fenced`;
+//! - idempotent submission by (tenant, idempotency_key);
+//! - leases: a claim bumps the fencing token; time is the store's clock, never a worker's.
+//!
+//! Reads that serve a tenant take a `Scope`, so tenant isolation is enforced here and not
+//! only in handlers.
+
+pub mod conformance;
+pub mod redb_store;
+
+use aetheris_runtime::{
+    EffectClass, EventBody, JobId, JobStatus, LedgerStatus, Plan, RecordedEvent,
+};
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+
+pub use redb_store::RedbStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The caller's fencing token is not the job's current one: another worker owns it.
+    #[error("fenced: job {job} is held under token {current}, not {presented}")]
+    Fenced {
+        job: JobId,
+        presented: u64,
+        current: u64,
+    },
+    /// The caller's view of the log is stale (expected_last_seq did not match).
+    #[error("conflict: job {job} is at seq {actual}, not {expected}")]
+    SeqConflict {
+        job: JobId,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The events would break the ledger state machine or the fold.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    #[error("storage backend: {0}")]
+    Backend(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub(crate) fn backend<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Which tenant a read is for. `System` is for workers and operators of the deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    Tenant(&'a str),
+    System,
+}
+
+impl Scope<'_> {
+    pub fn allows(&self, tenant: &str) -> bool {
+        match self {
+            Scope::System => true,
+            Scope::Tenant(t) => *t == tenant,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub tenant: String,
+    pub idempotency_key: Option<String>,
+    pub plan: Plan,
+    pub input: Value,
+}
+
+/// The projection row of a job, kept in the same transaction as its events.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobSummary {
+    pub job_id: JobId,
+    pub tenant: String,
+    pub status: JobStatus,
+    pub idempotency_key: Option<String>,
+    pub last_seq: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<JobStatus>,
+    /// Return jobs older than this id (ids are time-ordered; lists are newest first).
+    pub before: Option<JobId>,
+    pub limit: usize,
+}
+
+/// A fenced append: `events` get seqs `expected_last_seq + 1 ..`.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub job_id: JobId,
+    pub token: u64,
+    pub expected_last_seq: u64,
+    pub events: Vec<EventBody>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub tenant: String,
+    pub token: u64,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LedgerEntry {
+    pub invocation_key: String,
+    pub job_id: JobId,
+    pub step: String,
+    pub attempt: u32,
+    pub effect: EffectClass,
+    pub status: LedgerStatus,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusCount {
+    pub tenant: String,
+    pub status: JobStatus,
+    pub count: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new job (seq 1 = `job_submitted`) durably, or returns the existing job for
+    /// a repeated (tenant, idempotency_key) with `created == false`.
+    async fn submit(&self, job: NewJob) -> Result<(JobSummary, bool)>;
+
+    async fn get_job(&self, scope: Scope<'_>, id: JobId) -> Result<Option<JobSummary>>;
+    async fn list_jobs(&self, scope: Scope<'_>, filter: ListFilter) -> Result<Vec<JobSummary>>;
+    async fn count_by_status(&self) -> Result<Vec<StatusCount>>;
+
+    /// Events with `seq > after_seq`, at most `limit`, in order. Scoped: another tenant's
+    /// job reads as `NotFound`.
+    async fn read_events(
+        &self,
+        scope: Scope<'_>,
+        id: JobId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// Fenced appends from many jobs, committed together (group commit) with one durable
+    /// sync; each keeps its own fence and seq check, and fails alone.
+    async fn append_many(&self, batch: Vec<Append>) -> Result<Vec<Result<Vec<RecordedEvent>>>>;
+
+    async fn append(&self, a: Append) -> Result<Vec<RecordedEvent>> {
+        let mut r = self.append_many(vec![a]).await?;
+        r.pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("empty batch result".into())))
+    }
+
+    /// Stores a snapshot of the state at `seq`, fenced.
+    async fn put_snapshot(&self, id: JobId, token: u64, seq: u64, blob: Vec<u8>) -> Result<()>;
+    /// The newest snapshot at or below `max_seq`.
+    async fn latest_snapshot(&self, id: JobId, max_seq: u64) -> Result<Option<(u64, Vec<u8>)>>;
+
+    /// Claims up to `max` runnable, unleased (or lease-expired) jobs for `worker`, round
+    /// robin across tenants, bumping each job's fencing token.
+    async fn claim(&self, worker: &str, ttl_ms: u64, max: usize) -> Result<Vec<Lease>>;
+    /// Renews the given leases in one round trip; returns the ones still held.
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        held: &[(JobId, u64)],
+    ) -> Result<Vec<Lease>>;
+    /// Gives leases back so another worker can claim at once (drain, passivation).
+    async fn release(&self, worker: &str, held: &[(JobId, u64)]) -> Result<()>;
+
+    async fn ledger(&self, scope: Scope<'_>, id: JobId) -> Result<Vec<LedgerEntry>>;
+
+    /// The store's clock (ms since epoch): the only time source of the system.
+    async fn now_ms(&self) -> Result<i64>;
+
+    /// A wake-up hint fired when new work may be claimable (submit, lease release).
+    fn work_hint(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Bytes used on disk (for the benchmark's W7).
+    async fn size_bytes(&self) -> Result<u64>;
+}
+
+pub type DynStore = Arc<dyn Store>;

@@ -1,0 +1,949 @@
+//! The embedded store on redb, for `aetheris dev` and single-machine use.
+//!
+//! All writes go through one writer thread that drains its queue into a single redb write
+//! transaction and commits it with `Durability::Immediate` (fsync) before answering anyone:
+//! group commit across jobs, each operation keeping its own fence and seq checks (G1, G3).
+//! An operation validates everything before it writes, so one rejected operation never
+//! leaves partial writes in the shared transaction. Reads use redb's MVCC read
+//! transactions on the blocking pool. The writer's clock is the store clock (monotonic
+//! within the process).
+
+use crate::{
+    backend, Append, JobSummary, Lease, LedgerEntry, ListFilter, NewJob, Result, Scope,
+    StatusCount, Store, StoreError,
+};
+use aetheris_proof::event_hash;
+use aetheris_runtime::codec::{decode_versioned, encode_versioned};
+use aetheris_runtime::{EffectClass, EventBody, JobId, JobStatus, LedgerStatus, RecordedEvent};
+use async_trait::async_trait;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{oneshot, Notify};
+
+const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
+const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots");
+const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+const RUNNABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("runnable");
+const LEDGER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ledger");
+
+const ROW_FORMAT_V1: u8 = 1;
+/// Most operations folded into one commit.
+const MAX_BATCH: usize = 512;
+
+/// The job row: the projection of a job's events plus its lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JobRow {
+    tenant: String,
+    status: JobStatus,
+    idempotency_key: Option<String>,
+    last_seq: u64,
+    last_hash: [u8; 32],
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    token: u64,
+    lease_owner: Option<String>,
+    lease_expires_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LedgerRow {
+    invocation_key: String,
+    attempt: u32,
+    effect: EffectClass,
+    status: LedgerStatus,
+    updated_at_ms: i64,
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    encode_versioned(ROW_FORMAT_V1, v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
+    decode_versioned(ROW_FORMAT_V1, b).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn seq_key(job: JobId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(job.as_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn ledger_key(job: JobId, step: &str) -> Vec<u8> {
+    let mut k = job.as_bytes().to_vec();
+    k.extend_from_slice(step.as_bytes());
+    k
+}
+
+fn idem_key(tenant: &str, key: &str) -> Vec<u8> {
+    let mut k = tenant.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Stored event value: recorded_at (8, BE) ‖ prev_hash (32) ‖ hash (32) ‖ payload JSON.
+fn encode_event(e: &RecordedEvent, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(72 + payload.len());
+    v.extend_from_slice(&e.recorded_at_ms.to_be_bytes());
+    v.extend_from_slice(&e.prev_hash);
+    v.extend_from_slice(&e.hash);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn decode_event(job: JobId, seq: u64, v: &[u8]) -> Result<RecordedEvent> {
+    if v.len() < 72 {
+        return Err(StoreError::Corrupt(format!(
+            "event {job}/{seq} is truncated"
+        )));
+    }
+    let mut t = [0u8; 8];
+    t.copy_from_slice(&v[..8]);
+    let mut prev_hash = [0u8; 32];
+    prev_hash.copy_from_slice(&v[8..40]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&v[40..72]);
+    let body: EventBody = serde_json::from_slice(&v[72..])
+        .map_err(|e| StoreError::Corrupt(format!("event {job}/{seq}: {e}")))?;
+    Ok(RecordedEvent {
+        job_id: job,
+        seq,
+        recorded_at_ms: i64::from_be_bytes(t),
+        body,
+        prev_hash,
+        hash,
+    })
+}
+
+fn summary(id: JobId, r: &JobRow) -> JobSummary {
+    JobSummary {
+        job_id: id,
+        tenant: r.tenant.clone(),
+        status: r.status,
+        idempotency_key: r.idempotency_key.clone(),
+        last_seq: r.last_seq,
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+    }
+}
+
+enum WriteOp {
+    Submit(NewJob, oneshot::Sender<Result<(JobSummary, bool)>>),
+    Append(
+        Vec<Append>,
+        oneshot::Sender<Result<Vec<Result<Vec<RecordedEvent>>>>>,
+    ),
+    Snapshot {
+        id: JobId,
+        token: u64,
+        seq: u64,
+        blob: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Claim {
+        worker: String,
+        ttl_ms: u64,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<Lease>>>,
+    },
+    Heartbeat {
+        worker: String,
+        ttl_ms: u64,
+        held: Vec<(JobId, u64)>,
+        reply: oneshot::Sender<Result<Vec<Lease>>>,
+    },
+    Release {
+        worker: String,
+        held: Vec<(JobId, u64)>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// A reply that is sent only after the batch's commit succeeded.
+type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
+
+pub struct RedbStore {
+    db: Arc<Database>,
+    path: PathBuf,
+    writer: mpsc::Sender<WriteOp>,
+    hint: Arc<Notify>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store at `path`, creating its tables.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
+            }
+        }
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
+        {
+            let tx = db.begin_write().map_err(backend)?;
+            for t in [JOBS, EVENTS, SNAPSHOTS, IDEMPOTENCY, RUNNABLE, LEDGER] {
+                tx.open_table(t).map_err(backend)?;
+            }
+            tx.commit().map_err(backend)?;
+        }
+        let db = Arc::new(db);
+        let hint = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::channel();
+        let wdb = db.clone();
+        let whint = hint.clone();
+        std::thread::Builder::new()
+            .name("aetheris-redb-writer".into())
+            .spawn(move || writer_loop(wdb, rx, whint))
+            .map_err(backend)?;
+        Ok(RedbStore {
+            db,
+            path: path.to_path_buf(),
+            writer: tx,
+            hint,
+        })
+    }
+
+    async fn send<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(make(tx))
+            .map_err(|_| StoreError::Backend("writer thread is gone".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("writer thread dropped the request".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(backend)?
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<WriteOp>, hint: Arc<Notify>) {
+    let mut clock = 0i64;
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        clock = clock.max(now_ms());
+        let mut deferred: Vec<Deferred> = Vec::with_capacity(ops.len());
+        let mut wake = false;
+        let outcome = (|| -> Result<()> {
+            let mut tx = db.begin_write().map_err(backend)?;
+            tx.set_durability(Durability::Immediate).map_err(backend)?;
+            for op in ops {
+                deferred.push(execute(&mut tx, op, clock, &mut wake)?);
+            }
+            tx.commit().map_err(backend)
+        })();
+        let err = outcome.err().map(|e| e.to_string());
+        for d in deferred {
+            d(err.as_deref());
+        }
+        if err.is_none() && wake {
+            hint.notify_waiters();
+            hint.notify_one();
+        }
+    }
+}
+
+/// Wraps a computed result so it is sent only once the commit's fate is known.
+fn defer<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, r: Result<T>) -> Deferred {
+    Box::new(move |commit_err: Option<&str>| {
+        let _ = reply.send(match commit_err {
+            Some(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+            None => r,
+        });
+    })
+}
+
+fn execute(tx: &mut WriteTransaction, op: WriteOp, now: i64, wake: &mut bool) -> Result<Deferred> {
+    Ok(match op {
+        WriteOp::Submit(job, reply) => {
+            let r = submit_in(tx, job, now);
+            if matches!(r, Ok((_, true))) {
+                *wake = true;
+            }
+            defer(reply, r)
+        }
+        WriteOp::Append(batch, reply) => {
+            let results = batch
+                .into_iter()
+                .map(|a| append_in(tx, a, now))
+                .collect::<Vec<_>>();
+            // A backend error inside any append poisons the transaction: fail the batch.
+            if let Some(Err(StoreError::Backend(e))) = results
+                .iter()
+                .find(|r| matches!(r, Err(StoreError::Backend(_))))
+            {
+                return Err(StoreError::Backend(e.clone()));
+            }
+            defer(reply, Ok(results))
+        }
+        WriteOp::Snapshot {
+            id,
+            token,
+            seq,
+            blob,
+            reply,
+        } => defer(reply, snapshot_in(tx, id, token, seq, &blob)),
+        WriteOp::Claim {
+            worker,
+            ttl_ms,
+            max,
+            reply,
+        } => defer(reply, claim_in(tx, &worker, ttl_ms, max, now)),
+        WriteOp::Heartbeat {
+            worker,
+            ttl_ms,
+            held,
+            reply,
+        } => defer(reply, heartbeat_in(tx, &worker, ttl_ms, &held, now)),
+        WriteOp::Release {
+            worker,
+            held,
+            reply,
+        } => {
+            *wake = true;
+            defer(reply, release_in(tx, &worker, &held))
+        }
+    })
+}
+
+fn load_row(tx: &WriteTransaction, id: JobId) -> Result<Option<JobRow>> {
+    let t = tx.open_table(JOBS).map_err(backend)?;
+    let v = t.get(id.as_bytes().as_slice()).map_err(backend)?;
+    v.map(|g| dec(g.value())).transpose()
+}
+
+fn save_row(tx: &WriteTransaction, id: JobId, row: &JobRow) -> Result<()> {
+    let mut t = tx.open_table(JOBS).map_err(backend)?;
+    t.insert(id.as_bytes().as_slice(), enc(row)?.as_slice())
+        .map_err(backend)?;
+    let mut r = tx.open_table(RUNNABLE).map_err(backend)?;
+    if row.status.is_runnable() {
+        r.insert(id.as_bytes().as_slice(), row.tenant.as_bytes())
+            .map_err(backend)?;
+    } else {
+        r.remove(id.as_bytes().as_slice()).map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn submit_in(tx: &WriteTransaction, job: NewJob, now: i64) -> Result<(JobSummary, bool)> {
+    if let Some(key) = &job.idempotency_key {
+        let idem = tx.open_table(IDEMPOTENCY).map_err(backend)?;
+        let existing = idem
+            .get(idem_key(&job.tenant, key).as_slice())
+            .map_err(backend)?;
+        if let Some(g) = existing {
+            let b: [u8; 16] = g
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("idempotency row".into()))?;
+            let id = JobId::from_bytes(b);
+            let row = load_row(tx, id)?.ok_or(StoreError::Corrupt(format!(
+                "idempotency key points to missing job {id}"
+            )))?;
+            return Ok((summary(id, &row), false));
+        }
+    }
+    let id = JobId::new();
+    let body = EventBody::JobSubmitted {
+        tenant: job.tenant.clone(),
+        plan: job.plan,
+        input: job.input,
+        idempotency_key: job.idempotency_key.clone(),
+    };
+    let payload = body.payload();
+    let hash = event_hash(&aetheris_proof::GENESIS, id, 1, now, body.kind(), &payload);
+    let ev = RecordedEvent {
+        job_id: id,
+        seq: 1,
+        recorded_at_ms: now,
+        body,
+        prev_hash: aetheris_proof::GENESIS,
+        hash,
+    };
+    tx.open_table(EVENTS)
+        .map_err(backend)?
+        .insert(
+            seq_key(id, 1).as_slice(),
+            encode_event(&ev, &payload).as_slice(),
+        )
+        .map_err(backend)?;
+    let row = JobRow {
+        tenant: job.tenant.clone(),
+        status: JobStatus::Queued,
+        idempotency_key: job.idempotency_key.clone(),
+        last_seq: 1,
+        last_hash: hash,
+        created_at_ms: now,
+        updated_at_ms: now,
+        token: 0,
+        lease_owner: None,
+        lease_expires_ms: 0,
+    };
+    save_row(tx, id, &row)?;
+    if let Some(key) = &job.idempotency_key {
+        tx.open_table(IDEMPOTENCY)
+            .map_err(backend)?
+            .insert(
+                idem_key(&job.tenant, key).as_slice(),
+                id.as_bytes().as_slice(),
+            )
+            .map_err(backend)?;
+    }
+    Ok((summary(id, &row), true))
+}
+
+/// Validates the whole append first (fence, seq, ledger transitions), then writes.
+fn append_in(tx: &WriteTransaction, a: Append, now: i64) -> Result<Vec<RecordedEvent>> {
+    let mut row = load_row(tx, a.job_id)?.ok_or(StoreError::NotFound(a.job_id))?;
+    if row.token != a.token {
+        return Err(StoreError::Fenced {
+            job: a.job_id,
+            presented: a.token,
+            current: row.token,
+        });
+    }
+    if row.last_seq != a.expected_last_seq {
+        return Err(StoreError::SeqConflict {
+            job: a.job_id,
+            expected: a.expected_last_seq,
+            actual: row.last_seq,
+        });
+    }
+    // Plan the ledger changes against current rows, in order, without writing.
+    let mut ledger: HashMap<String, Option<LedgerRow>> = HashMap::new();
+    let mut status = row.status;
+    {
+        let lt = tx.open_table(LEDGER).map_err(backend)?;
+        for body in &a.events {
+            if status.is_terminal() {
+                return Err(StoreError::Rejected(format!(
+                    "job {} already finished",
+                    a.job_id
+                )));
+            }
+            if let EventBody::JobSubmitted { .. } = body {
+                return Err(StoreError::Rejected(
+                    "job_submitted cannot be appended".into(),
+                ));
+            }
+            if let Some((step, to, attempt, effect, key)) = ledger_change(body) {
+                if !ledger.contains_key(step) {
+                    let cur = lt
+                        .get(ledger_key(a.job_id, step).as_slice())
+                        .map_err(backend)?;
+                    ledger.insert(
+                        step.to_string(),
+                        cur.map(|g| dec::<LedgerRow>(g.value())).transpose()?,
+                    );
+                }
+                let cur = ledger
+                    .get_mut(step)
+                    .ok_or_else(|| StoreError::Backend("ledger plan".into()))?;
+                let effect = effect
+                    .or(cur.as_ref().map(|c| c.effect))
+                    .unwrap_or(EffectClass::SideEffect);
+                let next = LedgerStatus::transition(cur.as_ref().map(|c| c.status), to, effect)
+                    .map_err(|d| {
+                        StoreError::Rejected(format!(
+                            "step {step:?}: illegal ledger transition {d}"
+                        ))
+                    })?;
+                let key = key
+                    .map(|k| k.to_string())
+                    .or(cur.as_ref().map(|c| c.invocation_key.clone()))
+                    .unwrap_or_default();
+                *cur = Some(LedgerRow {
+                    invocation_key: key,
+                    attempt: attempt.unwrap_or(cur.as_ref().map(|c| c.attempt).unwrap_or(0)),
+                    effect,
+                    status: next,
+                    updated_at_ms: now,
+                });
+            }
+            status = status.after(body);
+        }
+    }
+    let mut out = Vec::with_capacity(a.events.len());
+    {
+        let mut et = tx.open_table(EVENTS).map_err(backend)?;
+        for body in a.events {
+            let seq = row.last_seq + 1;
+            let payload = body.payload();
+            let hash = event_hash(&row.last_hash, a.job_id, seq, now, body.kind(), &payload);
+            let ev = RecordedEvent {
+                job_id: a.job_id,
+                seq,
+                recorded_at_ms: now,
+                body,
+                prev_hash: row.last_hash,
+                hash,
+            };
+            et.insert(
+                seq_key(a.job_id, seq).as_slice(),
+                encode_event(&ev, &payload).as_slice(),
+            )
+            .map_err(backend)?;
+            row.last_seq = seq;
+            row.last_hash = hash;
+            out.push(ev);
+        }
+    }
+    {
+        let mut lt = tx.open_table(LEDGER).map_err(backend)?;
+        for (step, r) in ledger {
+            if let Some(r) = r {
+                lt.insert(ledger_key(a.job_id, &step).as_slice(), enc(&r)?.as_slice())
+                    .map_err(backend)?;
+            }
+        }
+    }
+    row.status = status;
+    row.updated_at_ms = now;
+    save_row(tx, a.job_id, &row)?;
+    Ok(out)
+}
+
+/// The ledger move an event makes: (step, to, attempt, effect, invocation key).
+fn ledger_change(
+    b: &EventBody,
+) -> Option<(
+    &str,
+    LedgerStatus,
+    Option<u32>,
+    Option<EffectClass>,
+    Option<&str>,
+)> {
+    match b {
+        EventBody::StepStarted {
+            step,
+            attempt,
+            effect,
+            invocation_key,
+            ..
+        } => Some((
+            step,
+            LedgerStatus::Started,
+            Some(*attempt),
+            Some(*effect),
+            Some(invocation_key),
+        )),
+        EventBody::StepSucceeded { step, .. } => {
+            Some((step, LedgerStatus::Succeeded, None, None, None))
+        }
+        EventBody::StepFailed { step, .. } => Some((step, LedgerStatus::Failed, None, None, None)),
+        EventBody::StepOutcomeUnknown { step, .. } => {
+            Some((step, LedgerStatus::OutcomeUnknown, None, None, None))
+        }
+        _ => None,
+    }
+}
+
+fn snapshot_in(tx: &WriteTransaction, id: JobId, token: u64, seq: u64, blob: &[u8]) -> Result<()> {
+    let row = load_row(tx, id)?.ok_or(StoreError::NotFound(id))?;
+    if row.token != token {
+        return Err(StoreError::Fenced {
+            job: id,
+            presented: token,
+            current: row.token,
+        });
+    }
+    if seq > row.last_seq {
+        return Err(StoreError::Rejected(format!(
+            "snapshot at seq {seq} is beyond the log (seq {})",
+            row.last_seq
+        )));
+    }
+    tx.open_table(SNAPSHOTS)
+        .map_err(backend)?
+        .insert(seq_key(id, seq).as_slice(), blob)
+        .map_err(backend)?;
+    Ok(())
+}
+
+fn claim_in(
+    tx: &WriteTransaction,
+    worker: &str,
+    ttl_ms: u64,
+    max: usize,
+    now: i64,
+) -> Result<Vec<Lease>> {
+    if max == 0 {
+        return Ok(vec![]);
+    }
+    // Candidates per tenant, oldest first (ids are time-ordered).
+    let mut per_tenant: BTreeMap<String, VecDeque<(JobId, JobRow)>> = BTreeMap::new();
+    {
+        let rt = tx.open_table(RUNNABLE).map_err(backend)?;
+        let jt = tx.open_table(JOBS).map_err(backend)?;
+        for item in rt.iter().map_err(backend)? {
+            let (k, _) = item.map_err(backend)?;
+            let b: [u8; 16] = k
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("runnable key".into()))?;
+            let id = JobId::from_bytes(b);
+            let Some(g) = jt.get(k.value()).map_err(backend)? else {
+                continue;
+            };
+            let row: JobRow = dec(g.value())?;
+            if row.lease_owner.is_some() && row.lease_expires_ms > now {
+                continue;
+            }
+            let q = per_tenant.entry(row.tenant.clone()).or_default();
+            if q.len() < max {
+                q.push_back((id, row));
+            }
+        }
+    }
+    // Round robin across tenants so one tenant's backlog cannot starve another.
+    let mut picked = Vec::new();
+    while picked.len() < max && per_tenant.values().any(|q| !q.is_empty()) {
+        for q in per_tenant.values_mut() {
+            if picked.len() >= max {
+                break;
+            }
+            if let Some(x) = q.pop_front() {
+                picked.push(x);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(picked.len());
+    for (id, mut row) in picked {
+        row.token += 1;
+        row.lease_owner = Some(worker.to_string());
+        row.lease_expires_ms = now + ttl_ms as i64;
+        save_row(tx, id, &row)?;
+        out.push(Lease {
+            job_id: id,
+            tenant: row.tenant.clone(),
+            token: row.token,
+            expires_at_ms: row.lease_expires_ms,
+        });
+    }
+    Ok(out)
+}
+
+fn heartbeat_in(
+    tx: &WriteTransaction,
+    worker: &str,
+    ttl_ms: u64,
+    held: &[(JobId, u64)],
+    now: i64,
+) -> Result<Vec<Lease>> {
+    let mut kept = Vec::new();
+    for (id, token) in held {
+        let Some(mut row) = load_row(tx, *id)? else {
+            continue;
+        };
+        if row.token == *token && row.lease_owner.as_deref() == Some(worker) {
+            row.lease_expires_ms = now + ttl_ms as i64;
+            save_row(tx, *id, &row)?;
+            kept.push(Lease {
+                job_id: *id,
+                tenant: row.tenant.clone(),
+                token: *token,
+                expires_at_ms: row.lease_expires_ms,
+            });
+        }
+    }
+    Ok(kept)
+}
+
+fn release_in(tx: &WriteTransaction, worker: &str, held: &[(JobId, u64)]) -> Result<()> {
+    for (id, token) in held {
+        let Some(mut row) = load_row(tx, *id)? else {
+            continue;
+        };
+        if row.token == *token && row.lease_owner.as_deref() == Some(worker) {
+            row.lease_owner = None;
+            row.lease_expires_ms = 0;
+            save_row(tx, *id, &row)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_row(db: &Database, id: JobId) -> Result<Option<JobRow>> {
+    let tx = db.begin_read().map_err(backend)?;
+    let t = tx.open_table(JOBS).map_err(backend)?;
+    let v = t.get(id.as_bytes().as_slice()).map_err(backend)?;
+    v.map(|g| dec(g.value())).transpose()
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn submit(&self, job: NewJob) -> Result<(JobSummary, bool)> {
+        self.send(|reply| WriteOp::Submit(job, reply)).await
+    }
+
+    async fn get_job(&self, scope: Scope<'_>, id: JobId) -> Result<Option<JobSummary>> {
+        let tenant = match scope {
+            Scope::Tenant(t) => Some(t.to_string()),
+            Scope::System => None,
+        };
+        self.read(move |db| {
+            Ok(read_row(db, id)?
+                .filter(|r| tenant.as_deref().is_none_or(|t| t == r.tenant))
+                .map(|r| summary(id, &r)))
+        })
+        .await
+    }
+
+    async fn list_jobs(&self, scope: Scope<'_>, filter: ListFilter) -> Result<Vec<JobSummary>> {
+        let tenant = match scope {
+            Scope::Tenant(t) => Some(t.to_string()),
+            Scope::System => None,
+        };
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let t = tx.open_table(JOBS).map_err(backend)?;
+            let upper = filter.before.map(|b| *b.as_bytes());
+            let iter = match &upper {
+                Some(u) => t.range::<&[u8]>(..u.as_slice()).map_err(backend)?,
+                None => t.range::<&[u8]>(..).map_err(backend)?,
+            };
+            let mut out = Vec::new();
+            for item in iter.rev() {
+                let (k, v) = item.map_err(backend)?;
+                let row: JobRow = dec(v.value())?;
+                if tenant.as_deref().is_some_and(|t| t != row.tenant) {
+                    continue;
+                }
+                if filter.status.is_some_and(|s| s != row.status) {
+                    continue;
+                }
+                let b: [u8; 16] = k
+                    .value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("job key".into()))?;
+                out.push(summary(JobId::from_bytes(b), &row));
+                if out.len() >= filter.limit.max(1) {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<StatusCount>> {
+        self.read(|db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let t = tx.open_table(JOBS).map_err(backend)?;
+            let mut counts: BTreeMap<(String, &'static str), (JobStatus, u64)> = BTreeMap::new();
+            for item in t.iter().map_err(backend)? {
+                let (_, v) = item.map_err(backend)?;
+                let row: JobRow = dec(v.value())?;
+                counts
+                    .entry((row.tenant.clone(), row.status.as_str()))
+                    .or_insert((row.status, 0))
+                    .1 += 1;
+            }
+            Ok(counts
+                .into_iter()
+                .map(|((tenant, _), (status, count))| StatusCount {
+                    tenant,
+                    status,
+                    count,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn read_events(
+        &self,
+        scope: Scope<'_>,
+        id: JobId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let tenant = match scope {
+            Scope::Tenant(t) => Some(t.to_string()),
+            Scope::System => None,
+        };
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let jt = tx.open_table(JOBS).map_err(backend)?;
+            let row: JobRow = match jt.get(id.as_bytes().as_slice()).map_err(backend)? {
+                Some(g) => dec(g.value())?,
+                None => return Err(StoreError::NotFound(id)),
+            };
+            if tenant.as_deref().is_some_and(|t| t != row.tenant) {
+                return Err(StoreError::NotFound(id));
+            }
+            let t = tx.open_table(EVENTS).map_err(backend)?;
+            let lo = seq_key(id, after_seq.saturating_add(1));
+            let hi = seq_key(id, u64::MAX);
+            let mut out = Vec::new();
+            for item in t
+                .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+                .map_err(backend)?
+            {
+                let (k, v) = item.map_err(backend)?;
+                let mut s = [0u8; 8];
+                s.copy_from_slice(&k.value()[16..24]);
+                out.push(decode_event(id, u64::from_be_bytes(s), v.value())?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append_many(&self, batch: Vec<Append>) -> Result<Vec<Result<Vec<RecordedEvent>>>> {
+        self.send(|reply| WriteOp::Append(batch, reply)).await
+    }
+
+    async fn put_snapshot(&self, id: JobId, token: u64, seq: u64, blob: Vec<u8>) -> Result<()> {
+        self.send(|reply| WriteOp::Snapshot {
+            id,
+            token,
+            seq,
+            blob,
+            reply,
+        })
+        .await
+    }
+
+    async fn latest_snapshot(&self, id: JobId, max_seq: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let t = tx.open_table(SNAPSHOTS).map_err(backend)?;
+            let lo = seq_key(id, 0);
+            let hi = seq_key(id, max_seq);
+            let last = t
+                .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+                .map_err(backend)?
+                .next_back();
+            match last {
+                None => Ok(None),
+                Some(item) => {
+                    let (k, v) = item.map_err(backend)?;
+                    let mut s = [0u8; 8];
+                    s.copy_from_slice(&k.value()[16..24]);
+                    Ok(Some((u64::from_be_bytes(s), v.value().to_vec())))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn claim(&self, worker: &str, ttl_ms: u64, max: usize) -> Result<Vec<Lease>> {
+        let worker = worker.to_string();
+        self.send(|reply| WriteOp::Claim {
+            worker,
+            ttl_ms,
+            max,
+            reply,
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        held: &[(JobId, u64)],
+    ) -> Result<Vec<Lease>> {
+        let (worker, held) = (worker.to_string(), held.to_vec());
+        self.send(|reply| WriteOp::Heartbeat {
+            worker,
+            ttl_ms,
+            held,
+            reply,
+        })
+        .await
+    }
+
+    async fn release(&self, worker: &str, held: &[(JobId, u64)]) -> Result<()> {
+        let (worker, held) = (worker.to_string(), held.to_vec());
+        self.send(|reply| WriteOp::Release {
+            worker,
+            held,
+            reply,
+        })
+        .await
+    }
+
+    async fn ledger(&self, scope: Scope<'_>, id: JobId) -> Result<Vec<LedgerEntry>> {
+        let tenant = match scope {
+            Scope::Tenant(t) => Some(t.to_string()),
+            Scope::System => None,
+        };
+        self.read(move |db| {
+            match read_row(db, id)? {
+                Some(r) if tenant.as_deref().is_none_or(|t| t == r.tenant) => {}
+                _ => return Err(StoreError::NotFound(id)),
+            }
+            let tx = db.begin_read().map_err(backend)?;
+            let t = tx.open_table(LEDGER).map_err(backend)?;
+            let lo = id.as_bytes().to_vec();
+            let mut hi = lo.clone();
+            hi.push(0xff);
+            let mut out = Vec::new();
+            for item in t
+                .range::<&[u8]>(lo.as_slice()..hi.as_slice())
+                .map_err(backend)?
+            {
+                let (k, v) = item.map_err(backend)?;
+                let r: LedgerRow = dec(v.value())?;
+                out.push(LedgerEntry {
+                    invocation_key: r.invocation_key,
+                    job_id: id,
+                    step: String::from_utf8_lossy(&k.value()[16..]).into_owned(),
+                    attempt: r.attempt,
+                    effect: r.effect,
+                    status: r.status,
+                    updated_at_ms: r.updated_at_ms,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn now_ms(&self) -> Result<i64> {
+        Ok(now_ms())
+    }
+
+    fn work_hint(&self) -> Arc<Notify> {
+        self.hint.clone()
+    }
+
+    async fn size_bytes(&self) -> Result<u64> {
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(backend)
+    }
+}
