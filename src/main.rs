@@ -1,1 +1,93 @@
-fn main() {}
+//! The `aetheris` command: CLI parsing and wiring only. `dev` runs gateway and worker in
+//! one process on the embedded store; `job …` are HTTP clients of a running server. Every
+//! failure prints one line on stderr and exits non-zero (G8).
+
+mod client;
+mod dev;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "aetheris",
+    version,
+    about = "Durable execution runtime for AI-agent jobs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run gateway and worker in one process on the embedded store (redb).
+    Dev(dev::DevArgs),
+    /// Submit and inspect jobs on a running server.
+    Job {
+        /// Server URL.
+        #[arg(
+            long,
+            global = true,
+            env = "AETHERIS_SERVER",
+            default_value = "http://127.0.0.1:7420"
+        )]
+        server: String,
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JobCommand {
+    /// Submit a job from a JSON file (or `-` for stdin).
+    Submit {
+        file: PathBuf,
+        /// Wait until the job finishes and print its trace.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job and its steps.
+    Get {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state (queued, running, waiting, succeeded, failed).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue after this cursor (from a previous page).
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job's events (its hash-chained log).
+    Events {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Dev(args) => dev::run(args),
+        Command::Job { server, command } => client::run(&server, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

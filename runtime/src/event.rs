@@ -33,15 +33,16 @@ pub enum EventBody {
         attempt: u32,
         output: Value,
     },
-    /// A failed attempt. `retry_at_ms` set means the step will be tried again then (same
-    /// invocation key); unset means the step, and so the job, has failed.
+    /// A failed attempt. `retry_after_ms` set means the step will be tried again that long
+    /// after this event's store time (same invocation key); unset means the step, and so
+    /// the job, has failed.
     StepFailed {
         step: String,
         attempt: u32,
         error: String,
         retryable: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        retry_at_ms: Option<i64>,
+        retry_after_ms: Option<u64>,
     },
     /// A side_effect call was started but no result was recorded (crash, timeout, panic):
     /// it is never silently re-run; a human (or a reconcile hook) must confirm.

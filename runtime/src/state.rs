@@ -280,7 +280,7 @@ impl JobState {
             EventBody::StepFailed {
                 step,
                 error,
-                retry_at_ms,
+                retry_after_ms,
                 ..
             } => {
                 let st = self.step_mut(seq, step)?;
@@ -293,10 +293,10 @@ impl JobState {
                 st.ledger = Some(l);
                 st.error = Some(error.clone());
                 st.finished_at_ms = Some(at);
-                match retry_at_ms {
-                    Some(t) => {
+                match retry_after_ms {
+                    Some(d) => {
                         st.status = StepStatus::Pending;
-                        st.retry_at_ms = Some(*t);
+                        st.retry_at_ms = Some(at.saturating_add(*d as i64));
                     }
                     None => st.status = StepStatus::Failed,
                 }

@@ -97,8 +97,8 @@ fn simulate(n: usize, deps: &[usize], choices: &[u8]) -> Vec<RecordedEvent> {
                         attempt,
                         error: "boom".into(),
                         retryable: true,
-                        retry_at_ms: if attempt < 3 {
-                            Some(now + (*c as i64 % 5))
+                        retry_after_ms: if attempt < 3 {
+                            Some(*c as u64 % 5)
                         } else {
                             None
                         },

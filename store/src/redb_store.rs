@@ -172,8 +172,26 @@ type Deferred = Box<dyn FnOnce(Option<&str>) + Send>;
 pub struct RedbStore {
     db: Arc<Database>,
     path: PathBuf,
-    writer: mpsc::Sender<WriteOp>,
+    /// `None` only while dropping (see `Drop`).
+    writer: Option<mpsc::Sender<WriteOp>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     hint: Arc<Notify>,
+}
+
+/// Fix (found by the conformance suite's reopen test): the writer thread holds its own
+/// `Arc<Database>`, and used to outlive the store for a moment after a drop, so reopening
+/// the same file right away (a restart in the same process) failed with "Database already
+/// open". Dropping the store now closes the queue and waits for the writer to finish its
+/// last commit (a few ms at most), so the file lock is released when the drop returns.
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        if let Some(t) = self.writer_thread.take() {
+            if t.join().is_err() {
+                tracing::error!("redb writer thread panicked");
+            }
+        }
+    }
 }
 
 impl RedbStore {
@@ -199,14 +217,15 @@ impl RedbStore {
         let (tx, rx) = mpsc::channel();
         let wdb = db.clone();
         let whint = hint.clone();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("aetheris-redb-writer".into())
             .spawn(move || writer_loop(wdb, rx, whint))
             .map_err(backend)?;
         Ok(RedbStore {
             db,
             path: path.to_path_buf(),
-            writer: tx,
+            writer: Some(tx),
+            writer_thread: Some(writer_thread),
             hint,
         })
     }
@@ -214,6 +233,8 @@ impl RedbStore {
     async fn send<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("store is closing".into()))?
             .send(make(tx))
             .map_err(|_| StoreError::Backend("writer thread is gone".into()))?;
         rx.await
@@ -532,15 +553,16 @@ fn append_in(tx: &WriteTransaction, a: Append, now: i64) -> Result<Vec<RecordedE
 }
 
 /// The ledger move an event makes: (step, to, attempt, effect, invocation key).
-fn ledger_change(
-    b: &EventBody,
-) -> Option<(
-    &str,
+type LedgerMove<'a> = (
+    &'a str,
     LedgerStatus,
     Option<u32>,
     Option<EffectClass>,
-    Option<&str>,
-)> {
+    Option<&'a str>,
+);
+
+/// The ledger move an event makes, if any.
+fn ledger_change(b: &EventBody) -> Option<LedgerMove<'_>> {
     match b {
         EventBody::StepStarted {
             step,
@@ -808,13 +830,15 @@ impl Store for RedbStore {
                 .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
                 .map_err(backend)?
             {
+                // Fix (found by the conformance suite): the limit is checked before the
+                // push, so `limit == 0` returns no events instead of one.
+                if out.len() >= limit {
+                    break;
+                }
                 let (k, v) = item.map_err(backend)?;
                 let mut s = [0u8; 8];
                 s.copy_from_slice(&k.value()[16..24]);
                 out.push(decode_event(id, u64::from_be_bytes(s), v.value())?);
-                if out.len() >= limit {
-                    break;
-                }
             }
             Ok(out)
         })

@@ -1,0 +1,626 @@
+//! `JobActor`: runs one job while this worker holds its lease (token `t`).
+//!
+//! Life: load the latest snapshot plus later events and fold them (G5); recover steps left
+//! `running` by an earlier incarnation (re-invoke pure/idempotent ones with the same key,
+//! mark side_effect ones `outcome_unknown`, G2); then loop: decide, append the outcomes of
+//! finished calls together with the `step_started` events of newly ready steps in ONE
+//! fenced append (one durable round trip per step), and only after that append succeeds
+//! invoke the started tools. Appends never interleave (`ctx.wait`). A fenced append means
+//! the lease is gone: the actor stops without calling anything. A tool panic is recorded,
+//! then the actor stops as crashed so the registry restarts it from storage.
+
+use crate::registry::{ActorGone, Exit};
+use crate::tools::{Invocation, Invoke, ToolError, ToolErrorKind};
+use crate::Shared;
+use actix::prelude::*;
+use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT_V1};
+use aetheris_runtime::retry::backoff_ms;
+use aetheris_runtime::template::resolve;
+use aetheris_runtime::{
+    decide, invocation_key, recover, EffectClass, EventBody, JobId, JobState, RecordedEvent,
+    Recovery, StepStatus,
+};
+use aetheris_store::{Append, Scope, StoreError};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Sends `ActorGone` when the actor is dropped — including when a panic unwinds it, which
+/// actix would otherwise swallow (DESIGN §3 caveats).
+struct GoneGuard {
+    registry: Recipient<ActorGone>,
+    job_id: JobId,
+    token: u64,
+    exit: Option<Exit>,
+}
+
+impl Drop for GoneGuard {
+    fn drop(&mut self) {
+        let exit = self.exit.take().unwrap_or(Exit::Crashed("panic".into()));
+        self.registry.do_send(ActorGone {
+            job_id: self.job_id,
+            token: self.token,
+            exit,
+        });
+    }
+}
+
+pub struct JobActor {
+    job_id: JobId,
+    token: u64,
+    sh: Shared,
+    state: Option<JobState>,
+    /// Outcome events of finished calls not yet appended.
+    pending: Vec<EventBody>,
+    appending: bool,
+    stopping: bool,
+    /// Drain requested: start nothing new, record in-flight calls, then stop.
+    draining: bool,
+    /// Set when a tool panicked: stop as crashed once its outcome is durable.
+    crash_after_flush: Option<String>,
+    last_snapshot_seq: u64,
+    /// store clock − local clock, learned from each append's recorded time.
+    clock_offset_ms: i64,
+    wake: Option<SpawnHandle>,
+    guard: GoneGuard,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Revoke;
+
+/// Graceful drain: start nothing new, finish in-flight calls, record them, then stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DrainJob;
+
+fn local_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl JobActor {
+    pub fn new(job_id: JobId, token: u64, sh: Shared, registry: Recipient<ActorGone>) -> Self {
+        JobActor {
+            job_id,
+            token,
+            sh,
+            state: None,
+            pending: Vec::new(),
+            appending: false,
+            stopping: false,
+            draining: false,
+            crash_after_flush: None,
+            last_snapshot_seq: 0,
+            clock_offset_ms: 0,
+            wake: None,
+            guard: GoneGuard {
+                registry,
+                job_id,
+                token,
+                exit: None,
+            },
+        }
+    }
+
+    fn now_est(&self) -> i64 {
+        local_ms() + self.clock_offset_ms
+    }
+
+    fn exit(&mut self, exit: Exit, ctx: &mut Context<Self>) {
+        if self.guard.exit.is_none() {
+            self.guard.exit = Some(exit);
+        }
+        self.stopping = true;
+        ctx.stop();
+    }
+
+    fn fail_store(&mut self, e: StoreError, ctx: &mut Context<Self>) {
+        match e {
+            StoreError::Fenced { .. } => {
+                self.sh
+                    .metrics
+                    .inc("aetheris_lease_losses_total", &[("reason", "fenced")]);
+                self.exit(Exit::LeaseLost, ctx)
+            }
+            StoreError::NotFound(_) => self.exit(Exit::Finished, ctx),
+            other => {
+                tracing::warn!(job = %self.job_id, error = %other, "store error; restarting job actor from storage");
+                self.exit(Exit::Crashed(store_reason(&other).into()), ctx)
+            }
+        }
+    }
+
+    /// The state with pending outcomes applied, to decide what starts next in the same
+    /// append.
+    fn tentative(&self) -> Option<JobState> {
+        let mut t = self.state.clone()?;
+        let now = self.now_est();
+        for body in &self.pending {
+            let fake = RecordedEvent {
+                job_id: self.job_id,
+                seq: t.last_seq + 1,
+                recorded_at_ms: now,
+                body: body.clone(),
+                prev_hash: [0; 32],
+                hash: [0; 32],
+            };
+            if t.apply(&fake).is_err() {
+                return None;
+            }
+        }
+        Some(t)
+    }
+
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        if self.appending || self.stopping || self.state.is_none() {
+            return;
+        }
+        let Some(t) = self.tentative() else {
+            self.exit(Exit::Crashed("fold".into()), ctx);
+            return;
+        };
+        let now = self.now_est();
+        let mut events = std::mem::take(&mut self.pending);
+        let hold = self.crash_after_flush.is_some() || self.draining;
+        let d = decide(&t, now, self.sh.config.max_parallel_steps);
+        if !hold {
+            if let Some(f) = d.finish {
+                events.push(f);
+            } else {
+                for step in d.start {
+                    match self.start_event(&t, &step) {
+                        Some(e) => events.push(e),
+                        None => {
+                            self.exit(Exit::Crashed("unknown_tool".into()), ctx);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if events.is_empty() {
+            let running = t.steps.values().any(|s| s.status == StepStatus::Running);
+            if !running {
+                if let Some(flush) = self.crash_after_flush.take() {
+                    self.exit(Exit::Crashed(flush), ctx);
+                } else if self.draining {
+                    self.exit(Exit::Passivated, ctx);
+                } else if let Some(at) = d.wake_at_ms {
+                    if let Some(h) = self.wake.take() {
+                        ctx.cancel_future(h);
+                    }
+                    let delay = Duration::from_millis((at - now).max(1) as u64);
+                    self.wake = Some(ctx.run_later(delay, |act, ctx| {
+                        act.wake = None;
+                        act.drive(ctx)
+                    }));
+                } else if t.status.is_terminal() {
+                    self.exit(Exit::Finished, ctx);
+                } else {
+                    // Nothing running, nothing ready: waiting on a human. Hold nothing.
+                    self.exit(Exit::Passivated, ctx);
+                }
+            }
+            return;
+        }
+        self.append(events, ctx);
+    }
+
+    fn start_event(&self, t: &JobState, step: &str) -> Option<EventBody> {
+        let spec = t.plan.step(step)?;
+        let tool = spec.tool.clone()?;
+        let effect = t.plan.effect_of(spec, &self.sh.tools);
+        let st = t.steps.get(step)?;
+        Some(EventBody::StepStarted {
+            step: step.to_string(),
+            attempt: st.attempt + 1,
+            invocation_key: invocation_key(&t.tenant, self.job_id, step, 0),
+            tool,
+            effect,
+            fencing_token: self.token,
+        })
+    }
+
+    fn append(&mut self, events: Vec<EventBody>, ctx: &mut Context<Self>) {
+        let Some(state) = &self.state else { return };
+        self.appending = true;
+        let store = self.sh.store.clone();
+        let req = Append {
+            job_id: self.job_id,
+            token: self.token,
+            expected_last_seq: state.last_seq,
+            events,
+        };
+        let started = Instant::now();
+        let sent_at = local_ms();
+        ctx.wait(
+            actix::fut::wrap_future(async move { store.append(req).await }).map(
+                move |res, act: &mut JobActor, ctx| {
+                    act.appending = false;
+                    act.sh.metrics.observe(
+                        "aetheris_store_append_seconds",
+                        &[],
+                        started.elapsed().as_secs_f64(),
+                    );
+                    match res {
+                        Ok(recorded) => act.on_appended(recorded, sent_at, ctx),
+                        Err(e) => act.fail_store(e, ctx),
+                    }
+                },
+            ),
+        );
+    }
+
+    fn on_appended(&mut self, recorded: Vec<RecordedEvent>, sent_at: i64, ctx: &mut Context<Self>) {
+        if let Some(last) = recorded.last() {
+            self.clock_offset_ms = last.recorded_at_ms - sent_at;
+        }
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        for e in &recorded {
+            if let Err(err) = state.apply(e) {
+                tracing::error!(job = %self.job_id, error = %err, "appended event does not fold");
+                self.exit(Exit::Crashed("fold".into()), ctx);
+                return;
+            }
+        }
+        for e in &recorded {
+            match &e.body {
+                EventBody::StepStarted {
+                    step,
+                    attempt,
+                    invocation_key,
+                    effect,
+                    ..
+                } => self.invoke(step.clone(), *attempt, invocation_key.clone(), *effect, ctx),
+                EventBody::StepSucceeded { .. } => self.ledger_metric("succeeded"),
+                EventBody::StepFailed { .. } => self.ledger_metric("failed"),
+                EventBody::StepOutcomeUnknown { .. } => self.ledger_metric("outcome_unknown"),
+                _ => {}
+            }
+        }
+        self.maybe_snapshot(ctx);
+        self.drive(ctx);
+    }
+
+    fn ledger_metric(&self, outcome: &str) {
+        self.sh
+            .metrics
+            .inc("aetheris_ledger_outcomes_total", &[("outcome", outcome)]);
+    }
+
+    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = &self.state else { return };
+        if state.last_seq < self.last_snapshot_seq + self.sh.config.snapshot_every {
+            return;
+        }
+        let blob = match encode_versioned(SNAPSHOT_FORMAT_V1, state) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(job = %self.job_id, error = %e, "snapshot encode failed");
+                return;
+            }
+        };
+        let seq = state.last_seq;
+        self.last_snapshot_seq = seq;
+        let (store, job, token, metrics) = (
+            self.sh.store.clone(),
+            self.job_id,
+            self.token,
+            self.sh.metrics.clone(),
+        );
+        ctx.spawn(actix::fut::wrap_future(async move {
+            match store.put_snapshot(job, token, seq, blob).await {
+                Ok(()) => metrics.inc("aetheris_snapshots_written_total", &[]),
+                Err(e) => tracing::warn!(job = %job, error = %e, "snapshot write failed"),
+            }
+        }));
+    }
+
+    fn invoke(
+        &mut self,
+        step: String,
+        attempt: u32,
+        key: String,
+        effect: EffectClass,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(state) = &self.state else { return };
+        let Some(spec) = state.plan.step(&step) else {
+            return;
+        };
+        let tool_name = spec.tool.clone().unwrap_or_default();
+        let timeout = spec
+            .timeout
+            .as_ref()
+            .map(|d| d.duration)
+            .unwrap_or(Duration::from_millis(
+                self.sh.config.default_step_timeout_ms,
+            ));
+        let args = match resolve(&spec.args, &state.input, &state.outputs()) {
+            Ok(a) => a,
+            Err(msg) => {
+                self.pending.push(EventBody::StepFailed {
+                    step,
+                    attempt,
+                    error: format!("arguments: {msg}"),
+                    retryable: false,
+                    retry_after_ms: None,
+                });
+                return;
+            }
+        };
+        let Some(entry) = self.sh.tools.get(&tool_name).cloned() else {
+            self.pending.push(EventBody::StepFailed {
+                step,
+                attempt,
+                error: format!("tool {tool_name:?} is not registered on this worker"),
+                retryable: false,
+                retry_after_ms: None,
+            });
+            return;
+        };
+        let call = Invocation {
+            job_id: self.job_id,
+            tenant: state.tenant.clone(),
+            step: step.clone(),
+            attempt,
+            invocation_key: key,
+            fencing_token: self.token,
+            effect,
+            args,
+        };
+        let started = Instant::now();
+        let fut = async move {
+            match tokio::time::timeout(timeout, entry.recipient.send(Invoke(call))).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(mailbox)) => Err(ToolError::outcome_unknown(format!(
+                    "tool actor unavailable: {mailbox}"
+                ))),
+                Err(_) => Err(ToolError::outcome_unknown(format!(
+                    "timed out after {}ms",
+                    timeout.as_millis()
+                ))),
+            }
+        };
+        ctx.spawn(
+            actix::fut::wrap_future(fut).map(move |res, act: &mut JobActor, ctx| {
+                act.on_result(step, attempt, effect, &tool_name, res, started, ctx)
+            }),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_result(
+        &mut self,
+        step: String,
+        attempt: u32,
+        effect: EffectClass,
+        tool: &str,
+        res: Result<Value, ToolError>,
+        started: Instant,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.stopping {
+            return; // stopping: the next incarnation recovers this step from the ledger
+        }
+        let m = &self.sh.metrics;
+        m.observe(
+            "aetheris_step_duration_seconds",
+            &[("tool", tool)],
+            started.elapsed().as_secs_f64(),
+        );
+        let policy = self
+            .state
+            .as_ref()
+            .and_then(|s| s.plan.step(&step))
+            .map(|s| s.retry_policy())
+            .unwrap_or_default();
+        let retry_or_fail = |error: String| {
+            let retry_after_ms = (attempt < policy.max_attempts)
+                .then(|| backoff_ms(&policy, attempt, rand::random::<f64>()));
+            EventBody::StepFailed {
+                step: step.clone(),
+                attempt,
+                error,
+                retryable: true,
+                retry_after_ms,
+            }
+        };
+        let event = match res {
+            Ok(output) => {
+                m.inc(
+                    "aetheris_tool_calls_total",
+                    &[("tool", tool), ("outcome", "succeeded")],
+                );
+                EventBody::StepSucceeded {
+                    step: step.clone(),
+                    attempt,
+                    output,
+                }
+            }
+            Err(e) => {
+                if e.panicked {
+                    m.inc(
+                        "aetheris_actor_panics_total",
+                        &[("kind", "tool"), ("reason", "panic")],
+                    );
+                    self.crash_after_flush = Some("tool_panic".into());
+                }
+                let outcome = match e.kind {
+                    ToolErrorKind::Retryable => "retryable_error",
+                    ToolErrorKind::Permanent => "permanent_error",
+                    ToolErrorKind::OutcomeUnknown => "outcome_unknown",
+                };
+                m.inc(
+                    "aetheris_tool_calls_total",
+                    &[("tool", tool), ("outcome", outcome)],
+                );
+                match e.kind {
+                    ToolErrorKind::Permanent => EventBody::StepFailed {
+                        step: step.clone(),
+                        attempt,
+                        error: e.message,
+                        retryable: false,
+                        retry_after_ms: None,
+                    },
+                    ToolErrorKind::OutcomeUnknown if !effect.reinvocable() => {
+                        EventBody::StepOutcomeUnknown {
+                            step: step.clone(),
+                            attempt,
+                            reason: e.message,
+                        }
+                    }
+                    _ => retry_or_fail(e.message),
+                }
+            }
+        };
+        self.pending.push(event);
+        self.drive(ctx);
+    }
+
+    fn recovery_events(&self, state: &JobState) -> Vec<EventBody> {
+        recover(state)
+            .into_iter()
+            .filter_map(|r| match r {
+                Recovery::Reinvoke { step } => {
+                    let st = state.steps.get(&step)?;
+                    let spec = state.plan.step(&step)?;
+                    Some(EventBody::StepStarted {
+                        invocation_key: st.invocation_key.clone()?,
+                        attempt: st.attempt,
+                        tool: spec.tool.clone()?,
+                        effect: st.effect?,
+                        fencing_token: self.token,
+                        step,
+                    })
+                }
+                Recovery::OutcomeUnknown { step } => {
+                    let attempt = state.steps.get(&step)?.attempt;
+                    Some(EventBody::StepOutcomeUnknown {
+                        step,
+                        attempt,
+                        reason: "started by an earlier incarnation that stopped before recording a result".into(),
+                    })
+                }
+            })
+            .collect()
+    }
+}
+
+fn store_reason(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Fenced { .. } => "fenced",
+        StoreError::SeqConflict { .. } => "seq_conflict",
+        StoreError::NotFound(_) => "not_found",
+        StoreError::Rejected(_) => "rejected",
+        StoreError::Backend(_) => "store_error",
+        StoreError::Corrupt(_) => "corrupt",
+    }
+}
+
+/// Loads a job's state: the newest snapshot, then the events after it.
+pub async fn load_state(
+    store: &aetheris_store::DynStore,
+    job: JobId,
+) -> Result<Option<(JobState, u64, usize)>, String> {
+    let snapshot = store
+        .latest_snapshot(job, u64::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut state, snap_seq) = match snapshot {
+        Some((seq, blob)) => match decode_versioned::<JobState>(SNAPSHOT_FORMAT_V1, &blob) {
+            Ok(s) if s.last_seq == seq => (Some(s), seq),
+            // An unreadable snapshot is not fatal: the log is the source of truth.
+            _ => (None, 0),
+        },
+        None => (None, 0),
+    };
+    let mut replayed = 0usize;
+    let mut after = state.as_ref().map(|s| s.last_seq).unwrap_or(0);
+    loop {
+        let batch = store
+            .read_events(Scope::System, job, after, 10_000)
+            .await
+            .map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            break;
+        }
+        replayed += batch.len();
+        after = batch.last().map(|e| e.seq).unwrap_or(after);
+        state = JobState::replay(state, &batch).map_err(|e| e.to_string())?;
+    }
+    Ok(state.map(|s| (s, snap_seq, replayed)))
+}
+
+impl Actor for JobActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.sh
+            .metrics
+            .gauge_add("aetheris_actors_alive", &[("kind", "job")], 1.0);
+        let store = self.sh.store.clone();
+        let job = self.job_id;
+        let t0 = Instant::now();
+        ctx.wait(
+            actix::fut::wrap_future(async move { load_state(&store, job).await }).map(
+                move |res, act: &mut JobActor, ctx| match res {
+                    Ok(Some((state, snap_seq, replayed))) => {
+                        act.sh.metrics.observe(
+                            "aetheris_replay_duration_seconds",
+                            &[],
+                            t0.elapsed().as_secs_f64(),
+                        );
+                        act.sh.metrics.observe(
+                            "aetheris_replay_events",
+                            &[],
+                            replayed as f64 / 1000.0,
+                        );
+                        act.last_snapshot_seq = snap_seq;
+                        if state.status.is_terminal() {
+                            act.exit(Exit::Finished, ctx);
+                            return;
+                        }
+                        act.pending = act.recovery_events(&state);
+                        act.state = Some(state);
+                        act.drive(ctx);
+                    }
+                    Ok(None) => act.exit(Exit::Finished, ctx),
+                    Err(e) => {
+                        tracing::warn!(job = %act.job_id, error = %e, "loading job failed");
+                        act.exit(Exit::Crashed("load".into()), ctx)
+                    }
+                },
+            ),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.sh
+            .metrics
+            .gauge_add("aetheris_actors_alive", &[("kind", "job")], -1.0);
+    }
+}
+
+impl Handler<Revoke> for JobActor {
+    type Result = ();
+    fn handle(&mut self, _: Revoke, ctx: &mut Context<Self>) {
+        self.exit(Exit::LeaseLost, ctx);
+    }
+}
+
+impl Handler<DrainJob> for JobActor {
+    type Result = ();
+    fn handle(&mut self, _: DrainJob, ctx: &mut Context<Self>) {
+        self.draining = true;
+        if self.state.is_none() {
+            self.exit(Exit::Passivated, ctx);
+        } else {
+            self.drive(ctx);
+        }
+    }
+}

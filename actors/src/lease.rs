@@ -1,0 +1,231 @@
+//! `LeaseManager`: this worker's leases. Claims runnable jobs (the store makes claims fair
+//! across tenants and bumps the fencing token on every grant), renews every held lease in
+//! one round trip per heartbeat, revokes the actor of any lease the heartbeat did not keep,
+//! and releases leases of finished or passivated jobs at once so another worker (or a later
+//! claim) can take them without waiting for the TTL. Claims are triggered by the store's
+//! wake-up hint and by a polling fallback. `Drain` stops taking work, lets job actors
+//! record their in-flight calls, and releases everything (G4: graceful handoff in
+//! milliseconds).
+
+use crate::registry::{ActiveCount, DrainAll, JobRegistry, RevokeJob, RunJob};
+use crate::Shared;
+use actix::prelude::*;
+use aetheris_runtime::JobId;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeaseDone {
+    pub job_id: JobId,
+    pub token: u64,
+    /// Give the lease back in the store (false when it is already lost).
+    pub release: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ClaimNow;
+
+/// Graceful shutdown: resolves when every lease is released (or `grace` ran out).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub grace: Duration,
+}
+
+pub struct LeaseManager {
+    sh: Shared,
+    registry: Addr<JobRegistry>,
+    held: HashMap<JobId, u64>,
+    claiming: bool,
+    claim_again: bool,
+    draining: bool,
+}
+
+impl LeaseManager {
+    pub fn new(sh: Shared, registry: Addr<JobRegistry>) -> Self {
+        LeaseManager {
+            sh,
+            registry,
+            held: HashMap::new(),
+            claiming: false,
+            claim_again: false,
+            draining: false,
+        }
+    }
+
+    fn claim(&mut self, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        if self.claiming {
+            self.claim_again = true;
+            return;
+        }
+        let room = self.sh.config.max_jobs.saturating_sub(self.held.len());
+        if room == 0 {
+            return;
+        }
+        self.claiming = true;
+        let store = self.sh.store.clone();
+        let cfg = self.sh.config.clone();
+        ctx.spawn(
+            actix::fut::wrap_future(async move {
+                store.claim(&cfg.worker_id, cfg.lease_ttl_ms, room).await
+            })
+            .map(move |res, act: &mut LeaseManager, ctx| {
+                act.claiming = false;
+                match res {
+                    Ok(leases) => {
+                        let full = leases.len() == room;
+                        for l in leases {
+                            act.sh.metrics.inc("aetheris_lease_grants_total", &[]);
+                            act.held.insert(l.job_id, l.token);
+                            act.registry.do_send(RunJob {
+                                job_id: l.job_id,
+                                token: l.token,
+                            });
+                        }
+                        if full || std::mem::take(&mut act.claim_again) {
+                            act.claim(ctx);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claim failed"),
+                }
+            }),
+        );
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let sent: Vec<(JobId, u64)> = self.held.iter().map(|(j, t)| (*j, *t)).collect();
+        let store = self.sh.store.clone();
+        let cfg = self.sh.config.clone();
+        let t0 = Instant::now();
+        ctx.spawn(
+            actix::fut::wrap_future(async move {
+                let r = store
+                    .heartbeat(&cfg.worker_id, cfg.lease_ttl_ms, &sent)
+                    .await;
+                (sent, r)
+            })
+            .map(move |(sent, res), act: &mut LeaseManager, _| {
+                act.sh.metrics.observe(
+                    "aetheris_heartbeat_seconds",
+                    &[],
+                    t0.elapsed().as_secs_f64(),
+                );
+                match res {
+                    Ok(kept) => {
+                        let kept: HashMap<JobId, u64> =
+                            kept.into_iter().map(|l| (l.job_id, l.token)).collect();
+                        for (job, token) in sent {
+                            if kept.get(&job) != Some(&token) && act.held.get(&job) == Some(&token)
+                            {
+                                act.held.remove(&job);
+                                act.sh
+                                    .metrics
+                                    .inc("aetheris_lease_losses_total", &[("reason", "heartbeat")]);
+                                act.registry.do_send(RevokeJob { job_id: job, token });
+                            }
+                        }
+                    }
+                    // The store is unreachable: keep going; if it stays down past the TTL,
+                    // our appends are fenced and the actors stop on their own.
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+            }),
+        );
+    }
+}
+
+impl Actor for LeaseManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.sh
+            .metrics
+            .gauge_add("aetheris_actors_alive", &[("kind", "lease_manager")], 1.0);
+        ctx.run_interval(Duration::from_millis(self.sh.config.poll_ms), |act, ctx| {
+            act.claim(ctx)
+        });
+        ctx.run_interval(
+            Duration::from_millis(self.sh.config.heartbeat_ms),
+            |act, ctx| act.heartbeat(ctx),
+        );
+        let hint = self.sh.store.work_hint();
+        let me = ctx.address();
+        actix::spawn(async move {
+            loop {
+                hint.notified().await;
+                if me.send(ClaimNow).await.is_err() {
+                    break;
+                }
+            }
+        });
+        self.claim(ctx);
+    }
+}
+
+impl Handler<ClaimNow> for LeaseManager {
+    type Result = ();
+    fn handle(&mut self, _: ClaimNow, ctx: &mut Context<Self>) {
+        self.claim(ctx);
+    }
+}
+
+impl Handler<LeaseDone> for LeaseManager {
+    type Result = ();
+    fn handle(&mut self, m: LeaseDone, ctx: &mut Context<Self>) {
+        if self.held.get(&m.job_id) == Some(&m.token) {
+            self.held.remove(&m.job_id);
+        }
+        if m.release {
+            let store = self.sh.store.clone();
+            let worker = self.sh.config.worker_id.clone();
+            ctx.spawn(actix::fut::wrap_future(async move {
+                if let Err(e) = store.release(&worker, &[(m.job_id, m.token)]).await {
+                    tracing::warn!(job = %m.job_id, error = %e, "release failed; the lease will expire");
+                }
+            }));
+        }
+        self.claim(ctx);
+    }
+}
+
+impl Handler<Drain> for LeaseManager {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, m: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
+        let registry = self.registry.clone();
+        let deadline = Instant::now() + m.grace;
+        Box::pin(
+            actix::fut::wrap_future(async move {
+                let _ = registry.send(DrainAll).await;
+                // Job actors record in-flight calls, stop, and report; the registry then
+                // sends LeaseDone (handled while we wait, since this future is not atomic).
+                while Instant::now() < deadline {
+                    match registry.send(ActiveCount).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            })
+            .then(|_, act: &mut LeaseManager, _| {
+                let rest: Vec<(JobId, u64)> = act.held.drain().collect();
+                let store = act.sh.store.clone();
+                let worker = act.sh.config.worker_id.clone();
+                actix::fut::wrap_future(async move {
+                    if !rest.is_empty() {
+                        if let Err(e) = store.release(&worker, &rest).await {
+                            tracing::warn!(error = %e, "release on drain failed");
+                        }
+                    }
+                })
+            }),
+        )
+    }
+}

@@ -1,0 +1,292 @@
+//! Tools: the `Tool` trait (the extension point for user-written tools), the actor that
+//! hosts a tool, the registry mapping names to tool actors, and the built-in `echo` and
+//! `http` tools.
+//!
+//! Invariant kept here (G2): a tool learns its invocation key and fencing token with every
+//! call, so downstream services can deduplicate and reject zombies; a panic inside a tool
+//! is caught and reported as `ToolError::panicked`, never silently lost, so the job actor
+//! can record it and be restarted from storage.
+
+use actix::prelude::*;
+use aetheris_runtime::{EffectClass, JobId, ToolCatalog};
+use async_trait::async_trait;
+use futures::FutureExt;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+/// One call of a tool for one step attempt.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub job_id: JobId,
+    pub tenant: String,
+    pub step: String,
+    pub attempt: u32,
+    pub invocation_key: String,
+    pub fencing_token: u64,
+    /// The effect class the step runs with (its own `effect` or the tool's).
+    pub effect: EffectClass,
+    /// Arguments with every `${…}` reference resolved.
+    pub args: Value,
+}
+
+/// How a failed call ended, as far as the tool knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolErrorKind {
+    /// Nothing was done (e.g. connection refused): safe to try again per the retry policy.
+    Retryable,
+    /// The call was answered with a definite failure: the step fails.
+    Permanent,
+    /// The call may or may not have taken effect (timeout mid-request, panic). A
+    /// side_effect step goes to `outcome_unknown`; others are retried with the same key.
+    OutcomeUnknown,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolError {
+    pub message: String,
+    pub kind: ToolErrorKind,
+    /// The tool panicked (always with kind `OutcomeUnknown`).
+    pub panicked: bool,
+}
+
+impl ToolError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        ToolError {
+            message: message.into(),
+            kind: ToolErrorKind::Retryable,
+            panicked: false,
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        ToolError {
+            message: message.into(),
+            kind: ToolErrorKind::Permanent,
+            panicked: false,
+        }
+    }
+    pub fn outcome_unknown(message: impl Into<String>) -> Self {
+        ToolError {
+            message: message.into(),
+            kind: ToolErrorKind::OutcomeUnknown,
+            panicked: false,
+        }
+    }
+    pub fn panicked(message: impl Into<String>) -> Self {
+        ToolError {
+            message: message.into(),
+            kind: ToolErrorKind::OutcomeUnknown,
+            panicked: true,
+        }
+    }
+}
+
+/// A tool. Implement this for your own tool and register it with
+/// `ToolRegistry::register`; see `examples/custom_tool.rs` in the repository.
+#[async_trait]
+pub trait Tool: Send + Sync + 'static {
+    /// The declared effect class; a step may override it with `effect`.
+    fn effect(&self) -> EffectClass;
+    async fn invoke(&self, call: Invocation) -> Result<Value, ToolError>;
+}
+
+/// The message a job actor sends to a tool actor.
+#[derive(Message)]
+#[rtype(result = "Result<Value, ToolError>")]
+pub struct Invoke(pub Invocation);
+
+/// Hosts one tool. Calls run concurrently (each is its own future); a panic in one is
+/// caught and answered as `ToolError::panicked`, and the actor stays up.
+pub struct ToolActor {
+    tool: Arc<dyn Tool>,
+}
+
+impl Actor for ToolActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Invoke> for ToolActor {
+    type Result = ResponseFuture<Result<Value, ToolError>>;
+    fn handle(&mut self, msg: Invoke, _: &mut Context<Self>) -> Self::Result {
+        let tool = self.tool.clone();
+        Box::pin(async move {
+            match AssertUnwindSafe(tool.invoke(msg.0)).catch_unwind().await {
+                Ok(r) => r,
+                Err(p) => {
+                    let text = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "non-string panic".into());
+                    Err(ToolError::panicked(format!("tool panicked: {text}")))
+                }
+            }
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct ToolEntry {
+    pub recipient: Recipient<Invoke>,
+    pub effect: EffectClass,
+}
+
+/// name → tool actor. Built once at start; shared read-only afterwards.
+#[derive(Clone, Default)]
+pub struct ToolRegistry {
+    tools: BTreeMap<String, ToolEntry>,
+}
+
+impl ToolRegistry {
+    /// A registry with the built-in tools (`echo`, `http`). Must be called inside a running
+    /// actix system: it starts one actor per tool.
+    pub fn with_builtins() -> Self {
+        let mut r = ToolRegistry::default();
+        r.register("echo", EchoTool);
+        r.register("http", HttpTool::new());
+        r
+    }
+
+    pub fn register(&mut self, name: &str, tool: impl Tool) {
+        let effect = tool.effect();
+        let addr = ToolActor {
+            tool: Arc::new(tool),
+        }
+        .start();
+        self.tools.insert(
+            name.to_string(),
+            ToolEntry {
+                recipient: addr.recipient(),
+                effect,
+            },
+        );
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ToolEntry> {
+        self.tools.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.tools.keys().cloned().collect()
+    }
+}
+
+impl ToolCatalog for ToolRegistry {
+    fn effect_class(&self, tool: &str) -> Option<EffectClass> {
+        self.tools.get(tool).map(|t| t.effect)
+    }
+}
+
+/// `echo`: returns its arguments. Pure.
+pub struct EchoTool;
+
+#[async_trait]
+impl Tool for EchoTool {
+    fn effect(&self) -> EffectClass {
+        EffectClass::Pure
+    }
+    async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
+        Ok(call.args)
+    }
+}
+
+/// `http`: one HTTP request. Args: `method` (default GET), `url`, optional `headers`
+/// (object of strings), optional `body` (JSON). Sends `Idempotency-Key` and
+/// `Aetheris-Fencing-Token`. Output: `{status, headers, body}` with a JSON body when the
+/// response parses as JSON, else text. A refused connection is retryable (nothing was
+/// sent); 4xx is permanent; 5xx is retryable for pure/idempotent calls and permanent for
+/// side_effect ones (the server may have acted); a failure after the request may have been
+/// sent is `OutcomeUnknown`. Declared `side_effect` (a step may say `idempotent` or `pure`).
+pub struct HttpTool {
+    client: reqwest::Client,
+}
+
+impl HttpTool {
+    pub fn new() -> Self {
+        HttpTool {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
+        }
+    }
+}
+
+impl Default for HttpTool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Tool for HttpTool {
+    fn effect(&self) -> EffectClass {
+        EffectClass::SideEffect
+    }
+
+    async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
+        let args = &call.args;
+        let url = args
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ToolError::permanent("http: args.url (string) is required"))?;
+        let method = args.get("method").and_then(Value::as_str).unwrap_or("GET");
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| ToolError::permanent(format!("http: bad method {method:?}")))?;
+        let mut req = self
+            .client
+            .request(method, url)
+            .header("Idempotency-Key", &call.invocation_key)
+            .header("Aetheris-Fencing-Token", call.fencing_token.to_string());
+        if let Some(h) = args.get("headers").and_then(Value::as_object) {
+            for (k, v) in h {
+                if let Some(v) = v.as_str() {
+                    req = req.header(k.as_str(), v);
+                }
+            }
+        }
+        if let Some(body) = args.get("body") {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() || e.is_builder() {
+                ToolError::retryable(format!("http: {e}"))
+            } else {
+                ToolError::outcome_unknown(format!("http: {e}"))
+            }
+        })?;
+        let status = resp.status();
+        let headers: serde_json::Map<String, Value> = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_string(), Value::String(v.to_string())))
+            })
+            .collect();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ToolError::outcome_unknown(format!("http: reading body: {e}")))?;
+        let body = serde_json::from_slice::<Value>(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let out = json!({"status": status.as_u16(), "headers": headers, "body": body});
+        if status.is_server_error() {
+            let msg = format!("http: server answered {status}");
+            return Err(if call.effect.reinvocable() {
+                ToolError::retryable(msg)
+            } else {
+                ToolError::permanent(msg)
+            });
+        }
+        if status.is_client_error() {
+            return Err(ToolError::permanent(format!(
+                "http: server answered {status}: {}",
+                out["body"]
+            )));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,108 @@
+//! Wiring of one Aetheris process: the store, the worker's actor tree and the HTTP
+//! gateway, started on the current actix system. Used by `aetheris dev` and by tests that
+//! need a whole node in-process (with extra tools registered).
+//!
+//! DESIGN §8: singletons (the worker's actors, the tool actors) are started outside the
+//! `HttpServer::new` factory, which runs once per HTTP worker thread.
+
+use crate::routes::{configure, query_error_handler, AppState, DEFAULT_BODY_LIMIT};
+use actix::Addr;
+use actix_web::{web, App, HttpServer};
+use aetheris_actors::{
+    start_worker, Drain, LeaseManager, Metrics, Shared, ToolRegistry, WorkerConfig,
+};
+use aetheris_store::DynStore;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct NodeConfig {
+    pub bind: String,
+    pub worker: WorkerConfig,
+    pub http_workers: usize,
+    pub body_limit: usize,
+    /// Run the worker's actor tree (false: gateway only).
+    pub run_worker: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            bind: "127.0.0.1:7420".into(),
+            worker: WorkerConfig::default(),
+            http_workers: 2,
+            body_limit: DEFAULT_BODY_LIMIT,
+            run_worker: true,
+        }
+    }
+}
+
+pub struct NodeHandle {
+    pub addr: SocketAddr,
+    pub server: actix_web::dev::ServerHandle,
+    pub leases: Option<Addr<LeaseManager>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl NodeHandle {
+    /// Graceful stop: drain the worker (release leases), then stop the HTTP server.
+    pub async fn shutdown(self, grace: Duration) {
+        if let Some(l) = &self.leases {
+            let _ = l.send(Drain { grace }).await;
+        }
+        self.server.stop(true).await;
+    }
+}
+
+/// Starts a node on the current actix system. `tools` must have been built inside it. The
+/// returned server future must be spawned (or awaited) by the caller.
+pub fn start_node(
+    store: DynStore,
+    tools: ToolRegistry,
+    cfg: NodeConfig,
+) -> std::io::Result<(NodeHandle, actix_web::dev::Server)> {
+    let metrics = Arc::new(Metrics::default());
+    let catalog = tools
+        .names()
+        .into_iter()
+        .filter_map(|n| tools.get(&n).map(|e| (n, e.effect)))
+        .collect();
+    let shared = Shared {
+        store: store.clone(),
+        tools,
+        metrics: metrics.clone(),
+        config: Arc::new(cfg.worker),
+    };
+    let leases = cfg.run_worker.then(|| start_worker(shared).0);
+    let state = web::Data::new(AppState {
+        store,
+        tools: catalog,
+        metrics: metrics.clone(),
+        body_limit: cfg.body_limit,
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::QueryConfig::default().error_handler(query_error_handler))
+            .app_data(web::PathConfig::default())
+            .configure(configure)
+    })
+    .workers(cfg.http_workers.max(1))
+    .disable_signals()
+    .bind(&cfg.bind)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("no bound address"))?;
+    let running = server.run();
+    Ok((
+        NodeHandle {
+            addr,
+            server: running.handle(),
+            leases,
+            metrics,
+        },
+        running,
+    ))
+}

@@ -1,0 +1,91 @@
+//! problem+json errors (RFC 9457): the one error enum of the gateway, rendered with `type`,
+//! `title`, `status`, `detail` and, for invalid plans, the list of `errors` with paths.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use aetheris_runtime::PlanError;
+use aetheris_store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid plan: {}", .0.first().map(|e| e.to_string()).unwrap_or_default())]
+    InvalidPlan(Vec<PlanError>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => ApiError::NotFound(format!("job {id} not found")),
+            StoreError::Backend(m) => ApiError::Unavailable(format!("store unavailable: {m}")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    fn slug(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad-request",
+            ApiError::InvalidPlan(_) => "invalid-plan",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::TooLarge(_) => "payload-too-large",
+            ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "Bad request",
+            ApiError::InvalidPlan(_) => "Invalid plan",
+            ApiError::NotFound(_) => "Not found",
+            ApiError::TooLarge(_) => "Payload too large",
+            ApiError::UnsupportedMediaType(_) => "Unsupported media type",
+            ApiError::Unavailable(_) => "Service unavailable",
+            ApiError::Internal(_) => "Internal error",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidPlan(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let mut body = json!({
+            "type": format!("https://aetheris.dev/problems/{}", self.slug()),
+            "title": self.title(),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        if let ApiError::InvalidPlan(errs) = self {
+            body["errors"] = json!(errs);
+        }
+        HttpResponse::build(status)
+            .content_type("application/problem+json")
+            .body(body.to_string())
+    }
+}

@@ -1,0 +1,330 @@
+//! REST routes under `/v1` plus health and metrics. Handlers parse and validate fully
+//! before touching the store, scope every read by tenant, and answer errors as
+//! problem+json. Until authentication lands every request acts for tenant `default`.
+
+use crate::problem::ApiError;
+use actix_web::{web, HttpRequest, HttpResponse};
+use aetheris_actors::job::load_state;
+use aetheris_actors::Metrics;
+use aetheris_runtime::{EffectClass, JobId, JobState, JobStatus, Plan, ToolCatalog};
+use aetheris_store::{DynStore, JobSummary, ListFilter, NewJob, Scope};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Largest accepted request body.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+pub const DEFAULT_TENANT: &str = "default";
+
+pub struct AppState {
+    pub store: DynStore,
+    pub tools: BTreeMap<String, EffectClass>,
+    pub metrics: Arc<Metrics>,
+    pub body_limit: usize,
+}
+
+struct Catalog<'a>(&'a BTreeMap<String, EffectClass>);
+impl ToolCatalog for Catalog<'_> {
+    fn effect_class(&self, tool: &str) -> Option<EffectClass> {
+        self.0.get(tool).copied()
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .service(
+            web::scope("/v1")
+                .route("/jobs", web::post().to(submit))
+                .route("/jobs", web::get().to(list))
+                .route("/jobs/{id}", web::get().to(get))
+                .route("/jobs/{id}/events", web::get().to(events))
+                .route("/jobs/{id}/ledger", web::get().to(ledger)),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    st.store.now_ms().await?;
+    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+}
+
+async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let counts = st.store.count_by_status().await?;
+    let extra: Vec<(&'static str, Vec<(&'static str, String)>, f64)> = counts
+        .into_iter()
+        .map(|c| {
+            (
+                "aetheris_jobs",
+                vec![
+                    ("tenant", c.tenant),
+                    ("state", c.status.as_str().to_string()),
+                ],
+                c.count as f64,
+            )
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(st.metrics.render(&extra)))
+}
+
+/// Reads the whole body, refusing more than `limit` bytes without buffering them.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    if let Some(len) = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    pub plan: Plan,
+    #[serde(default)]
+    pub input: Value,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Parses a submission, naming the JSON path of any problem.
+pub fn parse_submission(bytes: &[u8], tools: &dyn ToolCatalog) -> Result<Submission, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let sub: Submission = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::BadRequest(format!("body is not valid JSON: {inner}"))
+        } else if path == "." {
+            ApiError::BadRequest(format!("invalid submission: {inner}"))
+        } else {
+            ApiError::BadRequest(format!("invalid submission at {path}: {inner}"))
+        }
+    })?;
+    if let Some(k) = &sub.idempotency_key {
+        if k.is_empty() || k.len() > 256 {
+            return Err(ApiError::BadRequest(
+                "idempotency_key must be 1-256 characters".into(),
+            ));
+        }
+    }
+    let errs = sub.plan.validate(tools);
+    if !errs.is_empty() {
+        return Err(ApiError::InvalidPlan(errs));
+    }
+    Ok(sub)
+}
+
+async fn submit(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let sub = parse_submission(&body, &Catalog(&st.tools))?;
+    let (summary, created) = st
+        .store
+        .submit(NewJob {
+            tenant: DEFAULT_TENANT.into(),
+            idempotency_key: sub.idempotency_key,
+            plan: sub.plan,
+            input: sub.input,
+        })
+        .await?;
+    let view = job_view(&st.store, DEFAULT_TENANT, summary.job_id).await?;
+    if created {
+        st.metrics.inc(
+            "aetheris_jobs_submitted_total",
+            &[("tenant", DEFAULT_TENANT)],
+        );
+        Ok(HttpResponse::Created()
+            .insert_header(("Location", format!("/v1/jobs/{}", summary.job_id)))
+            .json(view))
+    } else {
+        Ok(HttpResponse::Ok().json(view))
+    }
+}
+
+fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("job {raw:?} not found")))
+}
+
+/// The full view of one job: its summary plus the folded state of every step.
+pub async fn job_view(store: &DynStore, tenant: &str, id: JobId) -> Result<Value, ApiError> {
+    let summary = store
+        .get_job(Scope::Tenant(tenant), id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let (state, _, _) = load_state(store, id)
+        .await
+        .map_err(ApiError::Internal)?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    Ok(render_job(&summary, &state))
+}
+
+fn render_job(s: &JobSummary, state: &JobState) -> Value {
+    let steps: Vec<Value> = state
+        .plan
+        .steps
+        .iter()
+        .filter_map(|spec| {
+            let st = state.steps.get(&spec.id)?;
+            Some(json!({
+                "id": spec.id,
+                "tool": spec.tool,
+                "status": st.status.as_str(),
+                "attempt": st.attempt,
+                "effect": st.effect.map(|e| e.as_str()),
+                "invocation_key": st.invocation_key,
+                "output": st.output,
+                "error": st.error,
+                "started_at_ms": st.started_at_ms,
+                "finished_at_ms": st.finished_at_ms,
+            }))
+        })
+        .collect();
+    json!({
+        "job_id": s.job_id,
+        "tenant": s.tenant,
+        "status": state.status.as_str(),
+        "idempotency_key": s.idempotency_key,
+        "last_seq": state.last_seq,
+        "created_at_ms": s.created_at_ms,
+        "updated_at_ms": state.updated_at_ms,
+        "input": state.input,
+        "steps": steps,
+        "output": state.output,
+        "error": state.error,
+    })
+}
+
+async fn get(path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    Ok(HttpResponse::Ok().json(job_view(&st.store, DEFAULT_TENANT, id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(q: web::Query<ListQuery>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let status = match &q.state {
+        None => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown state {s:?}; use one of {}",
+                JobStatus::ALL.map(|x| x.as_str()).join(", ")
+            ))
+        })?),
+    };
+    let before = match &q.cursor {
+        None => None,
+        Some(c) => Some(
+            c.parse::<JobId>()
+                .map_err(|_| ApiError::BadRequest(format!("bad cursor {c:?}")))?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
+    }
+    let jobs = st
+        .store
+        .list_jobs(
+            Scope::Tenant(DEFAULT_TENANT),
+            ListFilter {
+                status,
+                before,
+                limit,
+            },
+        )
+        .await?;
+    let next = (jobs.len() == limit)
+        .then(|| jobs.last().map(|j| j.job_id.to_string()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({"jobs": jobs, "next_cursor": next})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    path: web::Path<String>,
+    q: web::Query<EventsQuery>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let evs = st
+        .store
+        .read_events(
+            Scope::Tenant(DEFAULT_TENANT),
+            id,
+            q.after.unwrap_or(0),
+            limit,
+        )
+        .await?;
+    let next = evs.last().map(|e| e.seq);
+    Ok(HttpResponse::Ok().json(json!({"events": evs, "next_after": next})))
+}
+
+async fn ledger(
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let rows = st.store.ledger(Scope::Tenant(DEFAULT_TENANT), id).await?;
+    Ok(HttpResponse::Ok().json(json!({"ledger": rows})))
+}
+
+/// Turns actix's own extractor errors (bad query strings) into problem+json.
+pub fn query_error_handler(
+    err: actix_web::error::QueryPayloadError,
+    _: &HttpRequest,
+) -> actix_web::Error {
+    ApiError::BadRequest(format!("bad query string: {err}")).into()
+}

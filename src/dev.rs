@@ -1,0 +1,131 @@
+//! `aetheris dev`: gateway + worker in one process on the embedded redb store. With
+//! `--run FILE` it also submits that job, prints its trace when it finishes, and exits
+//! (0 if it succeeded): the README's first command.
+
+use crate::client::{fetch_events, print_trace, request, wait_for};
+use aetheris_actors::{ToolRegistry, WorkerConfig};
+use aetheris_api::{start_node, NodeConfig};
+use aetheris_store::{DynStore, RedbStore};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where the embedded store keeps its file.
+    #[arg(long, env = "AETHERIS_DATA_DIR", default_value = ".aetheris")]
+    pub data_dir: PathBuf,
+    /// Address the gateway listens on (loopback by default).
+    #[arg(long, env = "AETHERIS_BIND", default_value = "127.0.0.1:7420")]
+    pub bind: String,
+    /// Submit this job file, print its trace when it finishes, then exit.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Write a job snapshot every N events.
+    #[arg(long, default_value_t = 100)]
+    pub snapshot_every: u64,
+    /// Jobs this worker runs at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_jobs: usize,
+    /// Lease TTL in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub lease_ttl_ms: u64,
+}
+
+pub fn run(args: DevArgs) -> Result<ExitCode, String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AETHERIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.snapshot_every == 0 {
+        return Err("--snapshot-every must be at least 1".into());
+    }
+    let job_file = match &args.run {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let path = args.data_dir.join("aetheris.redb");
+    let store: DynStore = Arc::new(RedbStore::open(&path).map_err(|e| e.to_string())?);
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        let tools = ToolRegistry::with_builtins();
+        let worker = WorkerConfig {
+            snapshot_every: args.snapshot_every,
+            max_jobs: args.max_jobs,
+            lease_ttl_ms: args.lease_ttl_ms,
+            heartbeat_ms: (args.lease_ttl_ms / 5).max(50),
+            ..WorkerConfig::default()
+        };
+        let cfg = NodeConfig {
+            bind: args.bind.clone(),
+            worker,
+            ..NodeConfig::default()
+        };
+        let (node, running) = start_node(store, tools, cfg)
+            .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
+        let url = format!("http://{}", node.addr);
+        println!(
+            "aetheris dev: listening on {url} (store: {})",
+            path.display()
+        );
+        let server_task = actix_rt::spawn(running);
+        let code = match job_file {
+            Some(body) => {
+                let client = reqwest::Client::new();
+                let result = async {
+                    let (_, job) = request(
+                        &client,
+                        client
+                            .post(format!("{url}/v1/jobs"))
+                            .header("content-type", "application/json")
+                            .body(body),
+                    )
+                    .await?;
+                    let id = job["job_id"].as_str().unwrap_or_default().to_string();
+                    println!("submitted job {id}");
+                    let job = wait_for(&client, &url, &id, Duration::from_secs(600)).await?;
+                    let events = fetch_events(&client, &url, &id).await?;
+                    print_trace(&job, &events);
+                    Ok::<_, String>(job["status"] == "succeeded")
+                }
+                .await;
+                node.shutdown(Duration::from_secs(5)).await;
+                match result {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => {
+                wait_for_signal().await;
+                eprintln!("aetheris dev: draining");
+                node.shutdown(Duration::from_secs(10)).await;
+                ExitCode::SUCCESS
+            }
+        };
+        let _ = server_task.await;
+        Ok(code)
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
