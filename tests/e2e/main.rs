@@ -1,0 +1,8 @@
+//! End-to-end tests of Aetheris: the `aetheris` binary run as a child process (crash
+//! tests) and whole nodes started in-process (API, supervision, replay). One test binary,
+//! one module per concern.
+
+mod api;
+mod crash;
+mod supervision;
+mod support;
