@@ -115,7 +115,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
     })
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -2,7 +2,9 @@
 //! one process on the embedded store; `job …` are HTTP clients of a running server. Every
 //! failure prints one line on stderr and exits non-zero (G8).
 
+mod bench;
 mod client;
+mod cluster;
 mod dev;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +26,28 @@ struct Cli {
 enum Command {
     /// Run gateway and worker in one process on the embedded store (redb).
     Dev(dev::DevArgs),
+    /// Run the HTTP gateway on PostgreSQL.
+    Server {
+        #[command(flatten)]
+        db: cluster::DbArgs,
+        /// Address to listen on.
+        #[arg(long, env = "AETHERIS_BIND", default_value = "127.0.0.1:7420")]
+        bind: String,
+    },
+    /// Run a worker (claims and runs jobs) on PostgreSQL.
+    Worker {
+        #[command(flatten)]
+        db: cluster::DbArgs,
+        #[command(flatten)]
+        worker: cluster::WorkerArgs,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: cluster::DbArgs,
+    },
+    /// Run the benchmark workloads (DESIGN §7) on the embedded store.
+    Bench(bench::BenchArgs),
     /// Submit and inspect jobs on a running server.
     Job {
         /// Server URL.
@@ -81,6 +105,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Server { db, bind } => cluster::server(db, bind),
+        Command::Worker { db, worker } => cluster::worker(db, worker),
+        Command::Migrate { db } => cluster::migrate(db),
         Command::Job { server, command } => client::run(&server, command),
     };
     match result {

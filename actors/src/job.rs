@@ -279,6 +279,14 @@ impl JobActor {
                 EventBody::StepSucceeded { .. } => self.ledger_metric("succeeded"),
                 EventBody::StepFailed { .. } => self.ledger_metric("failed"),
                 EventBody::StepOutcomeUnknown { .. } => self.ledger_metric("outcome_unknown"),
+                EventBody::JobSucceeded { .. } | EventBody::JobFailed { .. } => {
+                    let status = self
+                        .state
+                        .as_ref()
+                        .map(|s| s.status)
+                        .unwrap_or(aetheris_runtime::JobStatus::Failed);
+                    let _ = self.sh.finished.send((self.job_id, status));
+                }
                 _ => {}
             }
         }

@@ -67,6 +67,9 @@ pub struct Shared {
     pub tools: ToolRegistry,
     pub metrics: Arc<Metrics>,
     pub config: Arc<WorkerConfig>,
+    /// Every job this worker finishes, as it is recorded (for watchers and the bench).
+    pub finished:
+        tokio::sync::broadcast::Sender<(aetheris_runtime::JobId, aetheris_runtime::JobStatus)>,
 }
 
 /// Starts the worker's actor tree on the current actix system and returns the lease

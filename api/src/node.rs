@@ -42,6 +42,9 @@ pub struct NodeHandle {
     pub server: actix_web::dev::ServerHandle,
     pub leases: Option<Addr<LeaseManager>>,
     pub metrics: Arc<Metrics>,
+    /// Jobs finished by this node's worker.
+    pub finished:
+        tokio::sync::broadcast::Sender<(aetheris_runtime::JobId, aetheris_runtime::JobStatus)>,
 }
 
 impl NodeHandle {
@@ -67,11 +70,13 @@ pub fn start_node(
         .into_iter()
         .filter_map(|n| tools.get(&n).map(|e| (n, e.effect)))
         .collect();
+    let (finished, _) = tokio::sync::broadcast::channel(4096);
     let shared = Shared {
         store: store.clone(),
         tools,
         metrics: metrics.clone(),
         config: Arc::new(cfg.worker),
+        finished: finished.clone(),
     };
     let leases = cfg.run_worker.then(|| start_worker(shared).0);
     let state = web::Data::new(AppState {
@@ -102,6 +107,7 @@ pub fn start_node(
             server: running.handle(),
             leases,
             metrics,
+            finished,
         },
         running,
     ))

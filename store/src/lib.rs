@@ -13,6 +13,9 @@
 //! only in handlers.
 
 pub mod conformance;
+pub mod migrate;
+pub mod pg_store;
+pub mod pg_test;
 pub mod redb_store;
 
 use aetheris_runtime::{
@@ -23,6 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
 
+pub use pg_store::PgStore;
 pub use redb_store::RedbStore;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,142 @@
+//! `aetheris server`, `aetheris worker` and `aetheris migrate`: the production processes,
+//! all sharing one PostgreSQL (`--database-url` / `AETHERIS_DATABASE_URL`). Servers and
+//! workers apply migrations at start unless `--no-migrate`; the runner holds an advisory
+//! lock, so many processes starting together are safe. SIGTERM/Ctrl-C drains a worker:
+//! it stops taking work, records in-flight calls and releases its leases at once.
+
+use aetheris_actors::{start_worker, Drain, Metrics, Shared, ToolRegistry, WorkerConfig};
+use aetheris_api::{start_node, NodeConfig};
+use aetheris_store::{DynStore, PgStore};
+use clap::Args;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Clone)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "AETHERIS_DATABASE_URL")]
+    pub database_url: String,
+    /// Connections in the pool.
+    #[arg(long, default_value_t = 16)]
+    pub pool_size: usize,
+    /// Do not apply migrations at start.
+    #[arg(long)]
+    pub no_migrate: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct WorkerArgs {
+    /// Lease TTL in milliseconds.
+    #[arg(long, env = "AETHERIS_LEASE_TTL_MS", default_value_t = 5_000)]
+    pub lease_ttl_ms: u64,
+    /// Heartbeat interval in milliseconds (renews all held leases in one round trip).
+    #[arg(long, env = "AETHERIS_HEARTBEAT_MS", default_value_t = 1_000)]
+    pub heartbeat_ms: u64,
+    /// Jobs this worker runs at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_jobs: usize,
+    /// Write a job snapshot every N events.
+    #[arg(long, default_value_t = 100)]
+    pub snapshot_every: u64,
+    /// How long a drain waits for in-flight calls before releasing anyway (ms).
+    #[arg(long, default_value_t = 10_000)]
+    pub drain_grace_ms: u64,
+}
+
+impl WorkerArgs {
+    pub fn config(&self) -> Result<WorkerConfig, String> {
+        if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.lease_ttl_ms {
+            return Err("--heartbeat-ms must be above 0 and below --lease-ttl-ms".into());
+        }
+        if self.snapshot_every == 0 || self.max_jobs == 0 {
+            return Err("--snapshot-every and --max-jobs must be at least 1".into());
+        }
+        Ok(WorkerConfig {
+            lease_ttl_ms: self.lease_ttl_ms,
+            heartbeat_ms: self.heartbeat_ms,
+            max_jobs: self.max_jobs,
+            snapshot_every: self.snapshot_every,
+            ..WorkerConfig::default()
+        })
+    }
+}
+
+pub async fn connect(db: &DbArgs) -> Result<DynStore, String> {
+    let store = PgStore::connect(&db.database_url, db.pool_size)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    if !db.no_migrate {
+        store
+            .migrate()
+            .await
+            .map_err(|e| format!("migrations: {e}"))?;
+    }
+    Ok(Arc::new(store))
+}
+
+pub fn migrate(db: DbArgs) -> Result<ExitCode, String> {
+    actix_rt::System::new().block_on(async move {
+        let store = PgStore::connect(&db.database_url, 1)
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        let applied = store
+            .migrate()
+            .await
+            .map_err(|e| format!("migrations: {e}"))?;
+        if applied.is_empty() {
+            println!("migrations: up to date");
+        } else {
+            for m in applied {
+                println!("applied {m}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn server(db: DbArgs, bind: String) -> Result<ExitCode, String> {
+    actix_rt::System::new().block_on(async move {
+        let store = connect(&db).await?;
+        let tools = ToolRegistry::with_builtins();
+        let cfg = NodeConfig {
+            bind: bind.clone(),
+            run_worker: false,
+            ..NodeConfig::default()
+        };
+        let (node, running) =
+            start_node(store, tools, cfg).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+        println!("aetheris server: listening on http://{}", node.addr);
+        let task = actix_rt::spawn(running);
+        crate::dev::wait_for_signal().await;
+        node.shutdown(Duration::from_secs(1)).await;
+        let _ = task.await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn worker(db: DbArgs, w: WorkerArgs) -> Result<ExitCode, String> {
+    let config = w.config()?;
+    actix_rt::System::new().block_on(async move {
+        let store = connect(&db).await?;
+        let (finished, _) = tokio::sync::broadcast::channel(1024);
+        let worker_id = config.worker_id.clone();
+        let shared = Shared {
+            store,
+            tools: ToolRegistry::with_builtins(),
+            metrics: Arc::new(Metrics::default()),
+            config: Arc::new(config),
+            finished,
+        };
+        let (leases, _) = start_worker(shared);
+        println!("aetheris worker {worker_id}: running");
+        crate::dev::wait_for_signal().await;
+        eprintln!("aetheris worker: draining");
+        let _ = leases
+            .send(Drain {
+                grace: Duration::from_millis(w.drain_grace_ms),
+            })
+            .await;
+        Ok(ExitCode::SUCCESS)
+    })
+}

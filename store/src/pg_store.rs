@@ -1,0 +1,1298 @@
+//! The PostgreSQL store: the production backend of `Store`, shared by any number of gateway
+//! and worker processes (DESIGN §5). Tables are created by `migrations/*.sql` through
+//! `crate::migrate`.
+//!
+//! Invariants kept here, with the same semantics as `RedbStore`:
+//! - G1: every write is one committed PostgreSQL transaction before its future resolves
+//!   (each pooled session forces `synchronous_commit` back on if the server turned it off).
+//! - G3: every append, ledger change and snapshot write re-reads the job's fencing token
+//!   under a row lock in the same transaction and refuses a stale one; a claim bumps the
+//!   token. Time comes only from the database clock (`now()`), never from a worker.
+//! - Gap-free `seq` and the hash chain (G7): an append checks `expected_last_seq` against
+//!   `jobs.last_seq` under the row lock, and stores `payload` as the exact JSON text of
+//!   `EventBody::payload()`, so the stored bytes are the hashed bytes and a read-back event
+//!   verifies with `aetheris_proof::verify_chain`.
+//! - Group commit: `append_many` runs one transaction for the whole batch; each append is
+//!   validated (fence, seq, ledger transitions via `LedgerStatus::transition`, status via
+//!   `JobStatus::after`) in memory against the locked rows *before* anything is written, so
+//!   a rejected append writes nothing while the others commit. Writes are multi-row
+//!   `UNNEST` statements sent as one pipeline.
+//! - No deadlocks between writers: every statement that locks several job rows locks them
+//!   in `job_id` order; `claim` never waits (`FOR UPDATE SKIP LOCKED`).
+//!
+//! Times are stored as `bigint` milliseconds since the epoch (the unit the hash chain
+//! hashes). Event times are `max(now, job.updated_at)`, so they never go backwards within a
+//! job even if transactions commit out of start order. Job ids are UUIDv7 stamped with the
+//! database clock.
+//!
+//! Runtime caveat (DESIGN §8): deadpool-postgres runs each connection's I/O task on the
+//! tokio runtime that created it, and a connection dies with that runtime. Call
+//! `PgStore::connect` (which pre-warms the whole pool and starts the LISTEN task) on a
+//! long-lived runtime — the process's main tokio runtime or a dedicated arbiter that lives
+//! as long as the store — never on a short-lived per-request or per-actor arbiter.
+//!
+//! Wake-ups: `submit` and `release` call `pg_notify('aetheris_work', '')` inside their own
+//! transaction (delivered at commit) and fire the local `Notify`; a dedicated, non-pooled
+//! connection LISTENs on that channel, reconnects with backoff when it drops and fires the
+//! hint after every (re)connect, since notifications sent while it was away are lost. The
+//! hint is only a hint: workers also poll.
+
+use crate::{
+    Append, JobSummary, Lease, LedgerEntry, ListFilter, NewJob, Result, Scope, StatusCount, Store,
+    StoreError,
+};
+use aetheris_proof::{event_hash, GENESIS};
+use aetheris_runtime::{EffectClass, EventBody, JobId, JobStatus, LedgerStatus, RecordedEvent};
+use async_trait::async_trait;
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+use uuid::Uuid;
+
+/// The NOTIFY channel that carries "new work may be claimable".
+pub const WORK_CHANNEL: &str = "aetheris_work";
+/// `application_name` of the LISTEN connection (visible in `pg_stat_activity`).
+pub const LISTENER_APP_NAME: &str = "aetheris-listen";
+
+/// The database clock in ms since the epoch, as a SQL expression.
+macro_rules! now_ms {
+    () => {
+        "(floor(extract(epoch FROM now()) * 1000)::bigint)"
+    };
+}
+
+/// The columns of a `JobSummary`, in the order `summary_at` reads them.
+macro_rules! job_cols {
+    ($p:literal) => {
+        concat!(
+            $p,
+            ".job_id, ",
+            $p,
+            ".tenant, ",
+            $p,
+            ".status, ",
+            $p,
+            ".idempotency_key, ",
+            $p,
+            ".last_seq, ",
+            $p,
+            ".created_at, ",
+            $p,
+            ".updated_at"
+        )
+    };
+}
+
+/// Run on every new pooled session: READ COMMITTED is what the locking below relies on
+/// (re-checked predicates after a row lock wait), and G1 needs synchronous commit; a
+/// server-wide `off` is overridden, stronger settings (`remote_apply`, …) are kept. An
+/// abandoned transaction must not hold job row locks for long.
+const SESSION_SETUP: &str = "SET default_transaction_isolation = 'read committed'; \
+     SELECT set_config('synchronous_commit', 'on', false) \
+     WHERE current_setting('synchronous_commit') = 'off'; \
+     SET idle_in_transaction_session_timeout = '60s'";
+
+const NOW_SQL: &str = concat!("SELECT ", now_ms!());
+
+const SUBMIT_LOOKUP_SQL: &str = concat!(
+    "SELECT ",
+    now_ms!(),
+    ", ",
+    job_cols!("j"),
+    " FROM (SELECT 1) AS one LEFT JOIN jobs j ON j.tenant = $1 AND j.idempotency_key = $2"
+);
+
+const SUBMIT_INSERT_SQL: &str = "\
+WITH j AS (
+    INSERT INTO jobs (job_id, tenant, status, idempotency_key, last_seq, last_hash,
+                      created_at, updated_at, token)
+    VALUES ($1, $2, 'queued', $3, 1, $4, $5, $5, 0)
+    ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING job_id
+), e AS (
+    INSERT INTO events (job_id, seq, recorded_at, kind, payload, prev_hash, hash)
+    SELECT job_id, 1, $5, 'job_submitted', $6, $7, $4 FROM j
+    RETURNING job_id
+)
+SELECT e.job_id, pg_notify('aetheris_work', '') FROM e";
+
+const SUBMIT_EXISTING_SQL: &str = concat!(
+    "SELECT ",
+    job_cols!("j"),
+    " FROM jobs j WHERE j.tenant = $1 AND j.idempotency_key = $2"
+);
+
+const GET_JOB_SQL: &str = concat!(
+    "SELECT ",
+    job_cols!("j"),
+    " FROM jobs j WHERE j.job_id = $1 AND ($2::text IS NULL OR j.tenant = $2)"
+);
+
+const LIST_TENANT_SQL: &str = concat!(
+    "SELECT ",
+    job_cols!("j"),
+    " FROM jobs j WHERE j.tenant = $1 AND j.job_id < $2 AND ($3::text IS NULL OR j.status = $3)",
+    " ORDER BY j.job_id DESC LIMIT $4"
+);
+
+const LIST_SYSTEM_SQL: &str = concat!(
+    "SELECT ",
+    job_cols!("j"),
+    " FROM jobs j WHERE j.job_id < $1 AND ($2::text IS NULL OR j.status = $2)",
+    " ORDER BY j.job_id DESC LIMIT $3"
+);
+
+const COUNT_SQL: &str = "SELECT tenant, status, count(*) FROM jobs \
+     GROUP BY tenant, status ORDER BY tenant, status COLLATE \"C\"";
+
+const READ_EVENTS_SQL: &str = "\
+SELECT e.seq, e.recorded_at, e.kind, e.payload, e.prev_hash, e.hash
+FROM jobs j
+LEFT JOIN LATERAL (
+    SELECT seq, recorded_at, kind, payload, prev_hash, hash FROM events
+    WHERE job_id = j.job_id AND seq > $2 ORDER BY seq LIMIT $3
+) e ON true
+WHERE j.job_id = $1 AND ($4::text IS NULL OR j.tenant = $4)
+ORDER BY e.seq";
+
+const LOCK_JOBS_SQL: &str = concat!(
+    "SELECT job_id, status, last_seq, last_hash, token, updated_at, ",
+    now_ms!(),
+    " FROM jobs WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE"
+);
+
+const LEDGER_FOR_JOBS_SQL: &str = "SELECT job_id, step, invocation_key, attempt, effect, status, \
+     updated_at FROM ledger WHERE job_id = ANY($1)";
+
+const INSERT_EVENTS_SQL: &str = "\
+INSERT INTO events (job_id, seq, recorded_at, kind, payload, prev_hash, hash)
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                     $6::bytea[], $7::bytea[])";
+
+const UPSERT_LEDGER_SQL: &str = "\
+INSERT INTO ledger (job_id, step, invocation_key, attempt, effect, status, updated_at)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                     $7::bigint[])
+ON CONFLICT (job_id, step) DO UPDATE SET
+    invocation_key = EXCLUDED.invocation_key, attempt = EXCLUDED.attempt,
+    effect = EXCLUDED.effect, status = EXCLUDED.status, updated_at = EXCLUDED.updated_at";
+
+const UPDATE_JOBS_SQL: &str = "\
+UPDATE jobs AS j
+SET status = u.status, last_seq = u.last_seq, last_hash = u.last_hash, updated_at = u.updated_at
+FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[])
+    AS u(job_id, token, status, last_seq, last_hash, updated_at)
+WHERE j.job_id = u.job_id AND j.token = u.token";
+
+const SNAPSHOT_SQL: &str = "\
+WITH j AS (
+    SELECT token, last_seq FROM jobs WHERE job_id = $1 FOR SHARE
+), ins AS (
+    INSERT INTO snapshots (job_id, seq, blob)
+    SELECT $1, $3, $4 FROM j WHERE j.token = $2 AND $3 <= j.last_seq
+    ON CONFLICT (job_id, seq) DO UPDATE SET blob = EXCLUDED.blob
+    RETURNING 1
+)
+SELECT j.token, j.last_seq, (SELECT count(*) FROM ins) FROM j";
+
+const LATEST_SNAPSHOT_SQL: &str = "SELECT seq, blob FROM snapshots \
+     WHERE job_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1";
+
+/// Claim: walk the tenants that have runnable jobs (a loose index scan of
+/// `jobs_runnable`), take each tenant's oldest claimable jobs, rank them round robin
+/// (rank within tenant, then tenant), lock the best `{max}` with SKIP LOCKED (re-checking
+/// claimability on the locked row version) and grant them. `{pool}` and `{max}` are
+/// literals so the planner sees the small row counts even with a generic plan.
+const CLAIM_SQL_TEMPLATE: &str = "\
+WITH RECURSIVE clock AS (SELECT NOW_MS AS now_ms),
+tenants AS (
+    (SELECT tenant FROM jobs WHERE status IN ('queued', 'running') ORDER BY tenant LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant FROM jobs j
+            WHERE j.status IN ('queued', 'running') AND j.tenant > t.tenant
+            ORDER BY j.tenant LIMIT 1)
+    FROM tenants t WHERE t.tenant IS NOT NULL
+),
+cand AS (
+    SELECT c.job_id, c.tenant, row_number() OVER (PARTITION BY c.tenant ORDER BY c.job_id) AS rn
+    FROM tenants t CROSS JOIN LATERAL (
+        SELECT j.job_id, j.tenant FROM jobs j, clock
+        WHERE j.tenant = t.tenant AND j.status IN ('queued', 'running')
+          AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
+        ORDER BY j.job_id LIMIT {pool}
+    ) c
+    WHERE t.tenant IS NOT NULL
+    ORDER BY rn, tenant, job_id LIMIT {pool}
+),
+picked AS (
+    SELECT j.job_id, c.rn, c.tenant FROM cand c JOIN jobs j ON j.job_id = c.job_id, clock
+    WHERE j.status IN ('queued', 'running')
+      AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
+    ORDER BY c.rn, c.tenant, j.job_id
+    LIMIT {max}
+    FOR UPDATE OF j SKIP LOCKED
+),
+granted AS (
+    UPDATE jobs SET token = jobs.token + 1, lease_owner = $1,
+                    lease_expires_at = clock.now_ms + $2
+    FROM picked, clock WHERE jobs.job_id = picked.job_id
+    RETURNING jobs.job_id, jobs.tenant, jobs.token, jobs.lease_expires_at
+)
+SELECT g.job_id, g.tenant, g.token, g.lease_expires_at
+FROM granted g JOIN picked p ON p.job_id = g.job_id
+ORDER BY p.rn, p.tenant, g.job_id";
+
+/// Heartbeat: renew every held lease whose token and owner still match, in one statement;
+/// rows are locked in id order, results come back in the order given.
+const HEARTBEAT_SQL: &str = concat!(
+    "WITH clock AS (SELECT ",
+    now_ms!(),
+    " AS now_ms),
+h AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) WITH ORDINALITY AS h(job_id, token, ord)),
+l AS (
+    SELECT j.job_id, h.ord FROM jobs j JOIN h ON j.job_id = h.job_id AND j.token = h.token
+    WHERE j.lease_owner = $3 ORDER BY j.job_id FOR UPDATE OF j
+),
+renewed AS (
+    UPDATE jobs SET lease_expires_at = clock.now_ms + $4 FROM l, clock
+    WHERE jobs.job_id = l.job_id
+    RETURNING jobs.job_id, jobs.tenant, jobs.token, jobs.lease_expires_at
+)
+SELECT r.job_id, r.tenant, r.token, r.lease_expires_at
+FROM renewed r JOIN l ON l.job_id = r.job_id ORDER BY l.ord"
+);
+
+const RELEASE_SQL: &str = "\
+WITH h AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS h(job_id, token)),
+l AS (
+    SELECT j.job_id FROM jobs j JOIN h ON j.job_id = h.job_id AND j.token = h.token
+    WHERE j.lease_owner = $3 ORDER BY j.job_id FOR UPDATE OF j
+),
+released AS (
+    UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL FROM l
+    WHERE jobs.job_id = l.job_id RETURNING jobs.job_id
+)
+SELECT (SELECT count(*) FROM released), pg_notify('aetheris_work', '')";
+
+const LEDGER_SQL: &str = "\
+SELECT l.step, l.invocation_key, l.attempt, l.effect, l.status, l.updated_at
+FROM jobs j
+LEFT JOIN ledger l ON l.job_id = j.job_id
+WHERE j.job_id = $1 AND ($2::text IS NULL OR j.tenant = $2)
+ORDER BY l.step";
+
+const SIZE_SQL: &str = "SELECT (pg_total_relation_size('jobs') + pg_total_relation_size('events') \
+     + pg_total_relation_size('snapshots') + pg_total_relation_size('ledger'))::bigint";
+
+/// Most jobs one claim considers per tenant, beyond `max` (room to skip rows that a
+/// concurrent claimer holds locked).
+const CLAIM_POOL_CAP: usize = 1024;
+const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Uniquely and monotonically orders ids minted in this process within one millisecond.
+static ID_CONTEXT: Mutex<uuid::ContextV7> = Mutex::new(uuid::ContextV7::new());
+
+/// The PostgreSQL `Store`. Cheap to clone; clones share the pool and the listener, which
+/// stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    hint: Arc<Notify>,
+    _listener: Arc<ListenerGuard>,
+}
+
+/// Aborts the LISTEN task (and so closes its connection) when dropped.
+struct ListenerGuard(tokio::task::AbortHandle);
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (a libpq-style URL or key=value string) with a pool of
+    /// `pool_size` connections, all opened now (pre-warmed) on the current tokio runtime,
+    /// and starts the LISTEN task. Must be called on a long-lived runtime (module docs).
+    /// Does not create tables: call [`PgStore::migrate`] (or `aetheris migrate`) first.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<PgStore> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL url: {e}")))?;
+        if config.get_application_name().is_none() {
+            config.application_name("aetheris");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        // Notice a dead server (or a partition) on idle pooled and LISTEN connections
+        // within a minute instead of the 2 h TCP default, unless the URL chose otherwise.
+        config.keepalives(true);
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
+
+        let size = pool_size.max(1);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(Duration::from_secs(30)),
+                create: Some(Duration::from_secs(15)),
+                recycle: Some(Duration::from_secs(5)),
+            })
+            .post_create(Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(SESSION_SETUP)
+                        .await
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
+
+        // Pre-warm: open every connection now, on this (long-lived) runtime.
+        let mut warm = Vec::with_capacity(size);
+        for _ in 0..size {
+            warm.push(get_client(&pool).await?);
+        }
+        drop(warm);
+
+        let hint = Arc::new(Notify::new());
+        let mut listen_config = config;
+        listen_config.application_name(LISTENER_APP_NAME);
+        let task = tokio::spawn(listen_loop(listen_config, hint.clone()));
+        Ok(PgStore {
+            pool,
+            hint,
+            _listener: Arc::new(ListenerGuard(task.abort_handle())),
+        })
+    }
+
+    /// Applies pending migrations (see `crate::migrate`) and clears the statement caches
+    /// of pooled connections, so no statement prepared against the old schema is reused.
+    /// Safe to call from many processes at once. Returns the files this call applied.
+    pub async fn migrate(&self) -> Result<Vec<String>> {
+        let mut client = get_client(&self.pool).await?;
+        let applied = crate::migrate::run(&mut client).await;
+        self.pool.manager().statement_caches.clear();
+        applied
+    }
+
+    /// The connection pool, for operators' tooling and tests.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        get_client(&self.pool).await
+    }
+
+    /// Maps a driver error; statements prepared before a schema change can fail with
+    /// SQLSTATE 0A000 (or 26000): drop the cached statements so the next call re-prepares.
+    fn pg(&self, e: tokio_postgres::Error) -> StoreError {
+        if let Some(code) = e.code() {
+            if *code == SqlState::FEATURE_NOT_SUPPORTED
+                || *code == SqlState::INVALID_SQL_STATEMENT_NAME
+            {
+                self.pool.manager().statement_caches.clear();
+            }
+        }
+        pg_err(e)
+    }
+
+    fn wake_local(&self) {
+        fire(&self.hint);
+    }
+}
+
+async fn get_client(pool: &Pool) -> Result<deadpool_postgres::Object> {
+    pool.get()
+        .await
+        .map_err(|e| StoreError::Backend(format!("PostgreSQL connection: {e}")))
+}
+
+/// A driver error as `StoreError::Backend`, with the SQLSTATE and server message.
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(pg_msg(&e))
+}
+
+/// The message of a driver error: SQLSTATE, server message and detail, or the I/O cause.
+pub(crate) fn pg_msg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut msg = format!("PostgreSQL error {}: {}", db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                msg.push_str(&format!(" ({d})"));
+            }
+            msg
+        }
+        None => {
+            let mut msg = format!("PostgreSQL: {e}");
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            msg
+        }
+    }
+}
+
+fn fire(hint: &Notify) {
+    hint.notify_waiters();
+    hint.notify_one();
+}
+
+/// Keeps one LISTEN connection alive for the life of the store.
+async fn listen_loop(config: tokio_postgres::Config, hint: Arc<Notify>) {
+    let mut delay = LISTEN_BACKOFF_MIN;
+    loop {
+        match listen_once(&config, &hint).await {
+            Ok(()) => {
+                tracing::warn!("aetheris: LISTEN connection closed; reconnecting");
+                delay = LISTEN_BACKOFF_MIN;
+            }
+            Err((e, was_listening)) => {
+                tracing::warn!(error = %e, "aetheris: LISTEN connection failed; reconnecting");
+                if was_listening {
+                    delay = LISTEN_BACKOFF_MIN;
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(LISTEN_BACKOFF_MAX);
+    }
+}
+
+/// One LISTEN session: connect, LISTEN, fire the hint (anything sent while we were away
+/// was lost), then fire it on every notification until the connection ends. The error
+/// side says whether LISTEN had succeeded, so the backoff resets after a good session.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    hint: &Notify,
+) -> std::result::Result<(), (tokio_postgres::Error, bool)> {
+    let (client, mut conn) = config.connect(NoTls).await.map_err(|e| (e, false))?;
+    let listen = client.batch_execute("LISTEN aetheris_work");
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            r = &mut listen, if !listening => {
+                r.map_err(|e| (e, false))?;
+                listening = true;
+                fire(hint);
+            }
+            m = std::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
+                Some(Ok(AsyncMessage::Notification(_))) => fire(hint),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err((e, listening)),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Row decoding
+
+fn col<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+    row.try_get(i)
+        .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
+}
+
+/// u64 → bigint; values beyond i64::MAX cannot be stored, so they can match nothing.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn hash32(b: &[u8], what: &str) -> Result<[u8; 32]> {
+    b.try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what} is {} bytes, not 32", b.len())))
+}
+
+fn parse_status(s: &str) -> Result<JobStatus> {
+    JobStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown job status {s:?}")))
+}
+
+fn parse_ledger_status(s: &str) -> Result<LedgerStatus> {
+    use LedgerStatus::*;
+    [Started, Succeeded, Failed, OutcomeUnknown, Confirmed]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown ledger status {s:?}")))
+}
+
+fn parse_effect(s: &str) -> Result<EffectClass> {
+    use EffectClass::*;
+    [Pure, Idempotent, SideEffect]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown effect class {s:?}")))
+}
+
+/// A `JobSummary` from the seven `job_cols!` columns starting at `at`.
+fn summary_at(row: &Row, at: usize) -> Result<JobSummary> {
+    Ok(JobSummary {
+        job_id: JobId(col(row, at)?),
+        tenant: col(row, at + 1)?,
+        status: parse_status(col(row, at + 2)?)?,
+        idempotency_key: col(row, at + 3)?,
+        last_seq: to_u64(col(row, at + 4)?, "last_seq")?,
+        created_at_ms: col(row, at + 5)?,
+        updated_at_ms: col(row, at + 6)?,
+    })
+}
+
+fn lease_row(row: &Row) -> Result<Lease> {
+    Ok(Lease {
+        job_id: JobId(col(row, 0)?),
+        tenant: col(row, 1)?,
+        token: to_u64(col(row, 2)?, "token")?,
+        expires_at_ms: col(row, 3)?,
+    })
+}
+
+fn scope_tenant<'a>(scope: Scope<'a>) -> Option<&'a str> {
+    match scope {
+        Scope::Tenant(t) => Some(t),
+        Scope::System => None,
+    }
+}
+
+/// A fresh job id: UUIDv7 stamped with the database clock.
+fn new_job_id(now_ms: i64) -> JobId {
+    let ms = u64::try_from(now_ms).unwrap_or(0);
+    let ctx = ID_CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
+    let ts = uuid::Timestamp::from_unix(&*ctx, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    JobId(Uuid::new_v7(ts))
+}
+
+fn payload_text(body: &EventBody) -> Result<String> {
+    let bytes = body.payload();
+    if bytes.is_empty() {
+        return Err(StoreError::Rejected(format!(
+            "{} event cannot be serialized",
+            body.kind()
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| StoreError::Rejected(format!("payload: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------
+// append_many planning (pure: validates against the locked rows, writes nothing)
+
+/// A locked job row as the batch sees it, including earlier appends of the same batch.
+struct JobMem {
+    status: JobStatus,
+    last_seq: u64,
+    last_hash: [u8; 32],
+    token: u64,
+    updated_at: i64,
+    dirty: bool,
+}
+
+#[derive(Clone)]
+struct LedgerMem {
+    invocation_key: String,
+    attempt: u32,
+    effect: EffectClass,
+    status: LedgerStatus,
+    updated_at: i64,
+}
+
+/// Rows to write, column by column (for the `UNNEST` statements).
+#[derive(Default)]
+struct EventCols {
+    job: Vec<Uuid>,
+    seq: Vec<i64>,
+    at: Vec<i64>,
+    kind: Vec<&'static str>,
+    payload: Vec<String>,
+    prev: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+/// The ledger move an event makes: (step, to, attempt, effect, invocation key). Same rule
+/// as the embedded store.
+type LedgerMove<'a> = (
+    &'a str,
+    LedgerStatus,
+    Option<u32>,
+    Option<EffectClass>,
+    Option<&'a str>,
+);
+
+fn ledger_change(b: &EventBody) -> Option<LedgerMove<'_>> {
+    match b {
+        EventBody::StepStarted {
+            step,
+            attempt,
+            effect,
+            invocation_key,
+            ..
+        } => Some((
+            step,
+            LedgerStatus::Started,
+            Some(*attempt),
+            Some(*effect),
+            Some(invocation_key),
+        )),
+        EventBody::StepSucceeded { step, .. } => {
+            Some((step, LedgerStatus::Succeeded, None, None, None))
+        }
+        EventBody::StepFailed { step, .. } => Some((step, LedgerStatus::Failed, None, None, None)),
+        EventBody::StepOutcomeUnknown { step, .. } => {
+            Some((step, LedgerStatus::OutcomeUnknown, None, None, None))
+        }
+        _ => None,
+    }
+}
+
+/// Validates one append against the batch's view; on success updates the view and the
+/// write buffers and returns the recorded events. On failure nothing is changed.
+fn plan_append(
+    a: Append,
+    jobs: &mut HashMap<Uuid, JobMem>,
+    ledger: &mut HashMap<(Uuid, String), LedgerMem>,
+    dirty_ledger: &mut BTreeMap<(Uuid, String), LedgerMem>,
+    events: &mut EventCols,
+    db_now: i64,
+) -> Result<Vec<RecordedEvent>> {
+    let id = a.job_id.0;
+    let row = jobs.get_mut(&id).ok_or(StoreError::NotFound(a.job_id))?;
+    if row.token != a.token {
+        return Err(StoreError::Fenced {
+            job: a.job_id,
+            presented: a.token,
+            current: row.token,
+        });
+    }
+    if row.last_seq != a.expected_last_seq {
+        return Err(StoreError::SeqConflict {
+            job: a.job_id,
+            expected: a.expected_last_seq,
+            actual: row.last_seq,
+        });
+    }
+    // Never let a job's clock run backwards (transactions may commit out of start order).
+    let now = db_now.max(row.updated_at);
+    let mut status = row.status;
+    let mut changes: HashMap<&str, LedgerMem> = HashMap::new();
+    let mut payloads = Vec::with_capacity(a.events.len());
+    for body in &a.events {
+        if status.is_terminal() {
+            return Err(StoreError::Rejected(format!(
+                "job {} already finished",
+                a.job_id
+            )));
+        }
+        if let EventBody::JobSubmitted { .. } = body {
+            return Err(StoreError::Rejected(
+                "job_submitted cannot be appended".into(),
+            ));
+        }
+        if let Some((step, to, attempt, effect, key)) = ledger_change(body) {
+            let cur = changes
+                .get(step)
+                .or_else(|| ledger.get(&(id, step.to_string())))
+                .cloned();
+            let effect = effect
+                .or(cur.as_ref().map(|c| c.effect))
+                .unwrap_or(EffectClass::SideEffect);
+            let next = LedgerStatus::transition(cur.as_ref().map(|c| c.status), to, effect)
+                .map_err(|d| {
+                    StoreError::Rejected(format!("step {step:?}: illegal ledger transition {d}"))
+                })?;
+            let key = key
+                .map(|k| k.to_string())
+                .or(cur.as_ref().map(|c| c.invocation_key.clone()))
+                .unwrap_or_default();
+            changes.insert(
+                step,
+                LedgerMem {
+                    invocation_key: key,
+                    attempt: attempt.unwrap_or(cur.as_ref().map(|c| c.attempt).unwrap_or(0)),
+                    effect,
+                    status: next,
+                    updated_at: now,
+                },
+            );
+        }
+        status = status.after(body);
+        payloads.push(payload_text(body)?);
+    }
+
+    // Valid: apply to the view and the write buffers.
+    for (step, l) in changes {
+        let k = (id, step.to_string());
+        ledger.insert(k.clone(), l.clone());
+        dirty_ledger.insert(k, l);
+    }
+    let mut out = Vec::with_capacity(a.events.len());
+    for (body, payload) in a.events.into_iter().zip(payloads) {
+        let seq = row.last_seq + 1;
+        let kind = body.kind();
+        let hash = event_hash(&row.last_hash, a.job_id, seq, now, kind, payload.as_bytes());
+        events.job.push(id);
+        events.seq.push(to_i64(seq));
+        events.at.push(now);
+        events.kind.push(kind);
+        events.payload.push(payload);
+        events.prev.push(row.last_hash.to_vec());
+        events.hash.push(hash.to_vec());
+        out.push(RecordedEvent {
+            job_id: a.job_id,
+            seq,
+            recorded_at_ms: now,
+            body,
+            prev_hash: row.last_hash,
+            hash,
+        });
+        row.last_seq = seq;
+        row.last_hash = hash;
+    }
+    row.status = status;
+    row.updated_at = now;
+    row.dirty = true;
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn submit(&self, job: NewJob) -> Result<(JobSummary, bool)> {
+        let client = self.client().await?;
+        let lookup = client
+            .prepare_cached(SUBMIT_LOOKUP_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let row = client
+            .query_one(&lookup, &[&job.tenant, &job.idempotency_key])
+            .await
+            .map_err(|e| self.pg(e))?;
+        let now: i64 = col(&row, 0)?;
+        if col::<Option<Uuid>>(&row, 1)?.is_some() {
+            return Ok((summary_at(&row, 1)?, false));
+        }
+
+        let id = new_job_id(now);
+        let body = EventBody::JobSubmitted {
+            tenant: job.tenant.clone(),
+            plan: job.plan,
+            input: job.input,
+            idempotency_key: job.idempotency_key.clone(),
+        };
+        let payload = payload_text(&body)?;
+        let hash = event_hash(&GENESIS, id, 1, now, body.kind(), payload.as_bytes());
+        let insert = client
+            .prepare_cached(SUBMIT_INSERT_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let inserted = client
+            .query(
+                &insert,
+                &[
+                    &id.0,
+                    &job.tenant,
+                    &job.idempotency_key,
+                    &hash.as_slice(),
+                    &now,
+                    &payload,
+                    &GENESIS.as_slice(),
+                ],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        if inserted.is_empty() {
+            // A concurrent submit with the same key won the race; it has committed.
+            let existing = client
+                .prepare_cached(SUBMIT_EXISTING_SQL)
+                .await
+                .map_err(|e| self.pg(e))?;
+            let row = client
+                .query_opt(&existing, &[&job.tenant, &job.idempotency_key])
+                .await
+                .map_err(|e| self.pg(e))?
+                .ok_or_else(|| {
+                    StoreError::Backend("idempotency conflict on a job that is gone".into())
+                })?;
+            return Ok((summary_at(&row, 0)?, false));
+        }
+        self.wake_local();
+        Ok((
+            JobSummary {
+                job_id: id,
+                tenant: job.tenant,
+                status: JobStatus::Queued,
+                idempotency_key: job.idempotency_key,
+                last_seq: 1,
+                created_at_ms: now,
+                updated_at_ms: now,
+            },
+            true,
+        ))
+    }
+
+    async fn get_job(&self, scope: Scope<'_>, id: JobId) -> Result<Option<JobSummary>> {
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(GET_JOB_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let row = client
+            .query_opt(&st, &[&id.0, &scope_tenant(scope)])
+            .await
+            .map_err(|e| self.pg(e))?;
+        row.map(|r| summary_at(&r, 0)).transpose()
+    }
+
+    async fn list_jobs(&self, scope: Scope<'_>, filter: ListFilter) -> Result<Vec<JobSummary>> {
+        let client = self.client().await?;
+        let before = filter.before.map(|b| b.0).unwrap_or(Uuid::max());
+        let status = filter.status.map(|s| s.as_str());
+        let limit = to_i64(filter.limit.max(1) as u64);
+        let rows = match scope {
+            Scope::Tenant(t) => {
+                let st = client
+                    .prepare_cached(LIST_TENANT_SQL)
+                    .await
+                    .map_err(|e| self.pg(e))?;
+                client.query(&st, &[&t, &before, &status, &limit]).await
+            }
+            Scope::System => {
+                let st = client
+                    .prepare_cached(LIST_SYSTEM_SQL)
+                    .await
+                    .map_err(|e| self.pg(e))?;
+                client.query(&st, &[&before, &status, &limit]).await
+            }
+        }
+        .map_err(|e| self.pg(e))?;
+        rows.iter().map(|r| summary_at(r, 0)).collect()
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<StatusCount>> {
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(COUNT_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let rows = client.query(&st, &[]).await.map_err(|e| self.pg(e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StatusCount {
+                    tenant: col(r, 0)?,
+                    status: parse_status(col(r, 1)?)?,
+                    count: to_u64(col(r, 2)?, "count")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn read_events(
+        &self,
+        scope: Scope<'_>,
+        id: JobId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(READ_EVENTS_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        // A limit of 0 returns no events (but still reports an unknown job).
+        let limit = to_i64(limit as u64);
+        let rows = client
+            .query(
+                &st,
+                &[&id.0, &to_i64(after_seq), &limit, &scope_tenant(scope)],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound(id));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(seq) = col::<Option<i64>>(r, 0)? else {
+                continue; // the job exists but has no events past after_seq
+            };
+            let seq = to_u64(seq, "seq")?;
+            let kind: &str = col(r, 2)?;
+            let payload: &str = col(r, 3)?;
+            let body: EventBody = serde_json::from_str(payload)
+                .map_err(|e| StoreError::Corrupt(format!("event {id}/{seq}: {e}")))?;
+            if body.kind() != kind {
+                return Err(StoreError::Corrupt(format!(
+                    "event {id}/{seq}: kind column {kind:?} disagrees with payload {:?}",
+                    body.kind()
+                )));
+            }
+            out.push(RecordedEvent {
+                job_id: id,
+                seq,
+                recorded_at_ms: col(r, 1)?,
+                body,
+                prev_hash: hash32(col(r, 4)?, "prev_hash")?,
+                hash: hash32(col(r, 5)?, "hash")?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn append_many(&self, batch: Vec<Append>) -> Result<Vec<Result<Vec<RecordedEvent>>>> {
+        if batch.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut ids: Vec<Uuid> = batch.iter().map(|a| a.job_id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut ledger_ids: Vec<Uuid> = batch
+            .iter()
+            .filter(|a| a.events.iter().any(|e| ledger_change(e).is_some()))
+            .map(|a| a.job_id.0)
+            .collect();
+        ledger_ids.sort_unstable();
+        ledger_ids.dedup();
+
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(|e| self.pg(e))?;
+        let (lock_st, ledger_st) = tokio::try_join!(
+            tx.prepare_cached(LOCK_JOBS_SQL),
+            tx.prepare_cached(LEDGER_FOR_JOBS_SQL)
+        )
+        .map_err(|e| self.pg(e))?;
+        // One pipeline: lock the rows (in id order), then read their ledger rows.
+        let (job_rows, ledger_rows) =
+            tokio::try_join!(async { tx.query(&lock_st, &[&ids]).await }, async {
+                if ledger_ids.is_empty() {
+                    Ok(vec![])
+                } else {
+                    tx.query(&ledger_st, &[&ledger_ids]).await
+                }
+            })
+            .map_err(|e| self.pg(e))?;
+
+        let mut db_now = 0i64;
+        let mut jobs = HashMap::with_capacity(job_rows.len());
+        for r in &job_rows {
+            jobs.insert(
+                col::<Uuid>(r, 0)?,
+                JobMem {
+                    status: parse_status(col(r, 1)?)?,
+                    last_seq: to_u64(col(r, 2)?, "last_seq")?,
+                    last_hash: hash32(col(r, 3)?, "last_hash")?,
+                    token: to_u64(col(r, 4)?, "token")?,
+                    updated_at: col(r, 5)?,
+                    dirty: false,
+                },
+            );
+            db_now = col(r, 6)?;
+        }
+        let mut ledger = HashMap::with_capacity(ledger_rows.len());
+        for r in &ledger_rows {
+            let attempt: i64 = col(r, 3)?;
+            ledger.insert(
+                (col::<Uuid>(r, 0)?, col::<String>(r, 1)?),
+                LedgerMem {
+                    invocation_key: col(r, 2)?,
+                    attempt: u32::try_from(attempt)
+                        .map_err(|_| StoreError::Corrupt(format!("ledger attempt {attempt}")))?,
+                    effect: parse_effect(col(r, 4)?)?,
+                    status: parse_ledger_status(col(r, 5)?)?,
+                    updated_at: col(r, 6)?,
+                },
+            );
+        }
+
+        let mut dirty_ledger = BTreeMap::new();
+        let mut events = EventCols::default();
+        let results: Vec<Result<Vec<RecordedEvent>>> = batch
+            .into_iter()
+            .map(|a| {
+                plan_append(
+                    a,
+                    &mut jobs,
+                    &mut ledger,
+                    &mut dirty_ledger,
+                    &mut events,
+                    db_now,
+                )
+            })
+            .collect();
+
+        let mut upd = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (id, j) in jobs.iter().filter(|(_, j)| j.dirty) {
+            upd.0.push(*id);
+            upd.1.push(to_i64(j.token));
+            upd.2.push(j.status.as_str());
+            upd.3.push(to_i64(j.last_seq));
+            upd.4.push(j.last_hash.to_vec());
+            upd.5.push(j.updated_at);
+        }
+        if upd.0.is_empty() {
+            // Every append failed validation: nothing to write.
+            tx.rollback().await.map_err(|e| self.pg(e))?;
+            return Ok(results);
+        }
+        let mut led = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for ((id, step), l) in &dirty_ledger {
+            led.0.push(*id);
+            led.1.push(step.as_str());
+            led.2.push(l.invocation_key.as_str());
+            led.3.push(i64::from(l.attempt));
+            led.4.push(l.effect.as_str());
+            led.5.push(l.status.as_str());
+            led.6.push(l.updated_at);
+        }
+
+        let (ev_st, led_st, upd_st) = tokio::try_join!(
+            tx.prepare_cached(INSERT_EVENTS_SQL),
+            tx.prepare_cached(UPSERT_LEDGER_SQL),
+            tx.prepare_cached(UPDATE_JOBS_SQL)
+        )
+        .map_err(|e| self.pg(e))?;
+        let (_, _, updated) = tokio::try_join!(
+            async {
+                if events.job.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(
+                        &ev_st,
+                        &[
+                            &events.job,
+                            &events.seq,
+                            &events.at,
+                            &events.kind,
+                            &events.payload,
+                            &events.prev,
+                            &events.hash,
+                        ],
+                    )
+                    .await
+                }
+            },
+            async {
+                if led.0.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(
+                        &led_st,
+                        &[&led.0, &led.1, &led.2, &led.3, &led.4, &led.5, &led.6],
+                    )
+                    .await
+                }
+            },
+            async {
+                tx.execute(&upd_st, &[&upd.0, &upd.1, &upd.2, &upd.3, &upd.4, &upd.5])
+                    .await
+            }
+        )
+        .map_err(|e| self.pg(e))?;
+        if updated != upd.0.len() as u64 {
+            // Cannot happen while the rows are locked; refuse to commit if it does.
+            return Err(StoreError::Backend(format!(
+                "append: updated {updated} of {} locked job rows",
+                upd.0.len()
+            )));
+        }
+        tx.commit().await.map_err(|e| self.pg(e))?;
+        Ok(results)
+    }
+
+    async fn put_snapshot(&self, id: JobId, token: u64, seq: u64, blob: Vec<u8>) -> Result<()> {
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(SNAPSHOT_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let row = client
+            .query_opt(&st, &[&id.0, &to_i64(token), &to_i64(seq), &blob])
+            .await
+            .map_err(|e| self.pg(e))?
+            .ok_or(StoreError::NotFound(id))?;
+        let current = to_u64(col(&row, 0)?, "token")?;
+        let last_seq = to_u64(col(&row, 1)?, "last_seq")?;
+        let written: i64 = col(&row, 2)?;
+        if written > 0 {
+            return Ok(());
+        }
+        if current != token {
+            return Err(StoreError::Fenced {
+                job: id,
+                presented: token,
+                current,
+            });
+        }
+        Err(StoreError::Rejected(format!(
+            "snapshot at seq {seq} is beyond the log (seq {last_seq})"
+        )))
+    }
+
+    async fn latest_snapshot(&self, id: JobId, max_seq: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(LATEST_SNAPSHOT_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let row = client
+            .query_opt(&st, &[&id.0, &to_i64(max_seq)])
+            .await
+            .map_err(|e| self.pg(e))?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((to_u64(col(&r, 0)?, "seq")?, col(&r, 1)?))),
+        }
+    }
+
+    async fn claim(&self, worker: &str, ttl_ms: u64, max: usize) -> Result<Vec<Lease>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let max = max.min(CLAIM_POOL_CAP);
+        let pool = (max * 2).min(CLAIM_POOL_CAP);
+        let sql = CLAIM_SQL_TEMPLATE
+            .replace("NOW_MS", now_ms!())
+            .replace("{pool}", &pool.to_string())
+            .replace("{max}", &max.to_string());
+        let client = self.client().await?;
+        let st = client.prepare_cached(&sql).await.map_err(|e| self.pg(e))?;
+        let rows = client
+            .query(&st, &[&worker, &to_i64(ttl_ms)])
+            .await
+            .map_err(|e| self.pg(e))?;
+        rows.iter().map(lease_row).collect()
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        held: &[(JobId, u64)],
+    ) -> Result<Vec<Lease>> {
+        if held.is_empty() {
+            return Ok(vec![]);
+        }
+        let ids: Vec<Uuid> = held.iter().map(|(j, _)| j.0).collect();
+        let tokens: Vec<i64> = held.iter().map(|(_, t)| to_i64(*t)).collect();
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(HEARTBEAT_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let rows = client
+            .query(&st, &[&ids, &tokens, &worker, &to_i64(ttl_ms)])
+            .await
+            .map_err(|e| self.pg(e))?;
+        rows.iter().map(lease_row).collect()
+    }
+
+    async fn release(&self, worker: &str, held: &[(JobId, u64)]) -> Result<()> {
+        if !held.is_empty() {
+            let ids: Vec<Uuid> = held.iter().map(|(j, _)| j.0).collect();
+            let tokens: Vec<i64> = held.iter().map(|(_, t)| to_i64(*t)).collect();
+            let client = self.client().await?;
+            let st = client
+                .prepare_cached(RELEASE_SQL)
+                .await
+                .map_err(|e| self.pg(e))?;
+            client
+                .execute(&st, &[&ids, &tokens, &worker])
+                .await
+                .map_err(|e| self.pg(e))?;
+        }
+        self.wake_local();
+        Ok(())
+    }
+
+    async fn ledger(&self, scope: Scope<'_>, id: JobId) -> Result<Vec<LedgerEntry>> {
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(LEDGER_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let rows = client
+            .query(&st, &[&id.0, &scope_tenant(scope)])
+            .await
+            .map_err(|e| self.pg(e))?;
+        if rows.is_empty() {
+            return Err(StoreError::NotFound(id));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(step) = col::<Option<String>>(r, 0)? else {
+                continue; // the job exists but has no ledger rows
+            };
+            let attempt: i64 = col(r, 2)?;
+            out.push(LedgerEntry {
+                invocation_key: col(r, 1)?,
+                job_id: id,
+                step,
+                attempt: u32::try_from(attempt)
+                    .map_err(|_| StoreError::Corrupt(format!("ledger attempt {attempt}")))?,
+                effect: parse_effect(col(r, 3)?)?,
+                status: parse_ledger_status(col(r, 4)?)?,
+                updated_at_ms: col(r, 5)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn now_ms(&self) -> Result<i64> {
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(NOW_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let row = client.query_one(&st, &[]).await.map_err(|e| self.pg(e))?;
+        col(&row, 0)
+    }
+
+    fn work_hint(&self) -> Arc<Notify> {
+        self.hint.clone()
+    }
+
+    async fn size_bytes(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(SIZE_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let row = client.query_one(&st, &[]).await.map_err(|e| self.pg(e))?;
+        to_u64(col(&row, 0)?, "size")
+    }
+}
