@@ -14,6 +14,9 @@ const BUCKETS: [f64; 14] = [
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A gauge computed at scrape time: (name, labels, value).
+pub type ScrapeGauge = (&'static str, Vec<(&'static str, String)>, f64);
+
 #[derive(Default)]
 struct Histogram {
     counts: [u64; 14],
@@ -97,7 +100,7 @@ impl Metrics {
     }
 
     /// Renders everything, plus `extra` gauges computed at scrape time (e.g. jobs by state).
-    pub fn render(&self, extra: &[(&'static str, Vec<(&'static str, String)>, f64)]) -> String {
+    pub fn render(&self, extra: &[ScrapeGauge]) -> String {
         let mut out = String::new();
         let Ok(g) = self.inner.lock() else { return out };
         let mut last = "";

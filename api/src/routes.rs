@@ -66,7 +66,7 @@ async fn readyz(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 
 async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let counts = st.store.count_by_status().await?;
-    let extra: Vec<(&'static str, Vec<(&'static str, String)>, f64)> = counts
+    let extra: Vec<aetheris_actors::metrics::ScrapeGauge> = counts
         .into_iter()
         .map(|c| {
             (
