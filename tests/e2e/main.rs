@@ -4,5 +4,6 @@
 
 mod api;
 mod crash;
+mod fencing;
 mod supervision;
 mod support;
