@@ -32,6 +32,9 @@ pub struct DevArgs {
     /// Lease TTL in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub lease_ttl_ms: u64,
+    /// Use this PostgreSQL instead of the embedded store.
+    #[arg(long, env = "AETHERIS_DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 pub fn run(args: DevArgs) -> Result<ExitCode, String> {
@@ -52,9 +55,28 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         None => None,
     };
     let path = args.data_dir.join("aetheris.redb");
-    let store: DynStore = Arc::new(RedbStore::open(&path).map_err(|e| e.to_string())?);
+    let redb: Option<DynStore> = match &args.database_url {
+        Some(_) => None,
+        None => Some(Arc::new(RedbStore::open(&path).map_err(|e| e.to_string())?)),
+    };
     let system = actix_rt::System::new();
     system.block_on(async move {
+        // The PostgreSQL pool must live on this long-lived system (DESIGN §8).
+        let (store, where_) = match (redb, &args.database_url) {
+            (Some(s), _) => (s, path.display().to_string()),
+            (None, Some(url)) => {
+                let db = crate::cluster::DbArgs {
+                    database_url: url.clone(),
+                    pool_size: 16,
+                    no_migrate: false,
+                };
+                (
+                    crate::cluster::connect(&db).await?,
+                    "postgresql".to_string(),
+                )
+            }
+            (None, None) => return Err("no store".to_string()),
+        };
         let tools = ToolRegistry::with_builtins();
         let worker = WorkerConfig {
             snapshot_every: args.snapshot_every,
@@ -71,10 +93,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         let (node, running) = start_node(store, tools, cfg)
             .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
         let url = format!("http://{}", node.addr);
-        println!(
-            "aetheris dev: listening on {url} (store: {})",
-            path.display()
-        );
+        println!("aetheris dev: listening on {url} (store: {where_})");
         let server_task = actix_rt::spawn(running);
         let code = match job_file {
             Some(body) => {

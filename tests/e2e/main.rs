@@ -5,5 +5,6 @@
 mod api;
 mod crash;
 mod fencing;
+mod postgres;
 mod supervision;
 mod support;
