@@ -7,6 +7,7 @@
 //! - W4: reload of a 10,000-event job with and without a snapshot, and the latency of one
 //!   fenced append at event 10,000 vs event 10;
 //! - W7: bytes per event on disk (file size / events) and the average payload.
+//!
 //! Timings are reported, never asserted.
 
 use aetheris_actors::job::load_state;

@@ -118,8 +118,8 @@ async fn run_async(server: &str, cmd: JobCommand) -> Result<ExitCode, String> {
                 println!("{page}");
             } else {
                 println!(
-                    "{:<38} {:<10} {:>5}  {}",
-                    "JOB", "STATE", "SEQ", "IDEMPOTENCY KEY"
+                    "{:<38} {:<10} {:>5}  IDEMPOTENCY KEY",
+                    "JOB", "STATE", "SEQ"
                 );
                 for j in page["jobs"].as_array().into_iter().flatten() {
                     println!(

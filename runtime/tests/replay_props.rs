@@ -12,13 +12,13 @@ use serde_json::json;
 fn plan(n: usize, deps: &[usize]) -> Plan {
     let steps: Vec<_> = (0..n)
         .map(|i| {
-            let needs: Vec<String> = if i > 0 && deps[i] % 3 != 0 {
+            let needs: Vec<String> = if i > 0 && !deps[i].is_multiple_of(3) {
                 vec![format!("s{}", deps[i] % i)]
             } else {
                 vec![]
             };
             json!({"id": format!("s{i}"), "tool": "echo", "args": {"i": i}, "needs": needs,
-                   "effect": if deps[i] % 2 == 0 { "side_effect" } else { "idempotent" }})
+                   "effect": if deps[i].is_multiple_of(2) { "side_effect" } else { "idempotent" }})
         })
         .collect();
     serde_json::from_value(json!({ "steps": steps })).unwrap()
