@@ -811,12 +811,13 @@ fn sigkill_at_random_points_never_duplicates_or_loses() {
     };
     let replays = acked.iter().filter(|a| a.code == 200).count();
     println!(
-        "crash test: {} jobs acknowledged ({} submissions, {replays} idempotent repeats, {} stored incl. unacknowledged), \
+        "crash test: {} jobs acknowledged ({} submissions, {} refused or cut by a kill, {replays} idempotent repeats, {} stored incl. unacknowledged), \
          {kills} kills ({} incarnations), {succeeded} succeeded, {waiting} waiting \
          ({unknown_steps} outcome_unknown steps: {unknown_sent} reached the stub, {unknown_not_sent} did not), {calls} stub calls over {} keys, \
          {} duplicate keys; startup median {} ms; {:.1} s",
         acked_set.len(),
         subs.attempts.load(Ordering::SeqCst),
+        subs.refused.load(Ordering::SeqCst),
         stored.len(),
         node.incarnations,
         seen.len(),
