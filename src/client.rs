@@ -136,6 +136,36 @@ async fn run_async(server: &str, cmd: JobCommand) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        JobCommand::Cancel {
+            id,
+            reason,
+            by,
+            json,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(r) = reason {
+                body.insert("reason".into(), Value::String(r));
+            }
+            if let Some(b) = by {
+                body.insert("by".into(), Value::String(b));
+            }
+            let (_, r) = request(
+                &client,
+                client
+                    .post(format!("{server}/v1/jobs/{id}/cancel"))
+                    .json(&Value::Object(body)),
+            )
+            .await?;
+            if json {
+                println!("{r}");
+            } else {
+                println!(
+                    "cancel requested for job {id} (command {})",
+                    r["command_id"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         JobCommand::Events { id, json } => {
             let events = fetch_events(&client, server, &id).await?;
             if json {
@@ -180,7 +210,7 @@ pub async fn wait_for(
     loop {
         let (_, job) = request(client, client.get(format!("{server}/v1/jobs/{id}"))).await?;
         match job["status"].as_str() {
-            Some("succeeded" | "failed" | "waiting") => return Ok(job),
+            Some("succeeded" | "failed" | "waiting" | "cancelled") => return Ok(job),
             _ if tokio::time::Instant::now() > deadline => {
                 return Err(format!("job {id} did not finish in time"))
             }

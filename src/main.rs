@@ -93,6 +93,18 @@ pub enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a job: stored durably, then applied by the worker running it.
+    Cancel {
+        id: String,
+        /// Why (recorded in the job_cancelled event).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who cancels (recorded; replaced by the token's identity once auth exists).
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a job's events (its hash-chained log).
     Events {
         id: String,

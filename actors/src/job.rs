@@ -57,6 +57,10 @@ pub struct JobActor {
     draining: bool,
     /// Set when a tool panicked: stop as crashed once its outcome is durable.
     crash_after_flush: Option<String>,
+    /// A cancel command to append after the pending outcomes (always last: terminal).
+    cancel: Option<(u64, EventBody)>,
+    /// Commands whose events are durable and which must be marked applied.
+    applied_commands: Vec<u64>,
     last_snapshot_seq: u64,
     /// store clock − local clock, learned from each append's recorded time.
     clock_offset_ms: i64,
@@ -92,6 +96,8 @@ impl JobActor {
             stopping: false,
             draining: false,
             crash_after_flush: None,
+            cancel: None,
+            applied_commands: Vec::new(),
             last_snapshot_seq: 0,
             clock_offset_ms: 0,
             wake: None,
@@ -137,7 +143,11 @@ impl JobActor {
     fn tentative(&self) -> Option<JobState> {
         let mut t = self.state.clone()?;
         let now = self.now_est();
-        for body in &self.pending {
+        for body in self
+            .pending
+            .iter()
+            .chain(self.cancel.as_ref().map(|(_, e)| e))
+        {
             let fake = RecordedEvent {
                 job_id: self.job_id,
                 seq: t.last_seq + 1,
@@ -163,7 +173,11 @@ impl JobActor {
         };
         let now = self.now_est();
         let mut events = std::mem::take(&mut self.pending);
-        let hold = self.crash_after_flush.is_some() || self.draining;
+        if let Some((id, cancel)) = self.cancel.take() {
+            events.push(cancel);
+            self.applied_commands.push(id);
+        }
+        let hold = self.crash_after_flush.is_some() || self.draining || t.status.is_terminal();
         let d = decide(&t, now, self.sh.config.max_parallel_steps);
         if !hold {
             if let Some(f) = d.finish {
@@ -181,6 +195,12 @@ impl JobActor {
             }
         }
         if events.is_empty() {
+            if t.status.is_terminal() {
+                // Finished (or cancelled): stopping drops any in-flight call's future,
+                // which is how a running tool is told to stop.
+                self.exit(Exit::Finished, ctx);
+                return;
+            }
             let running = t.steps.values().any(|s| s.status == StepStatus::Running);
             if !running {
                 if let Some(flush) = self.crash_after_flush.take() {
@@ -279,7 +299,9 @@ impl JobActor {
                 EventBody::StepSucceeded { .. } => self.ledger_metric("succeeded"),
                 EventBody::StepFailed { .. } => self.ledger_metric("failed"),
                 EventBody::StepOutcomeUnknown { .. } => self.ledger_metric("outcome_unknown"),
-                EventBody::JobSucceeded { .. } | EventBody::JobFailed { .. } => {
+                EventBody::JobSucceeded { .. }
+                | EventBody::JobFailed { .. }
+                | EventBody::JobCancelled { .. } => {
                     let status = self
                         .state
                         .as_ref()
@@ -291,7 +313,76 @@ impl JobActor {
             }
         }
         self.maybe_snapshot(ctx);
+        if !self.applied_commands.is_empty() {
+            // The commands' events are durable: mark them applied (fenced), then go on.
+            let ids = std::mem::take(&mut self.applied_commands);
+            let (store, job, token) = (self.sh.store.clone(), self.job_id, self.token);
+            self.appending = true;
+            ctx.wait(
+                actix::fut::wrap_future(async move {
+                    store.mark_commands_applied(job, token, &ids).await
+                })
+                .map(|res, act: &mut JobActor, ctx| {
+                    act.appending = false;
+                    match res {
+                        Ok(()) => act.drive(ctx),
+                        Err(e) => act.fail_store(e, ctx),
+                    }
+                }),
+            );
+            return;
+        }
         self.drive(ctx);
+    }
+
+    /// Reads the job's unapplied commands and turns them into events.
+    fn check_commands(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping || self.state.is_none() {
+            return;
+        }
+        let (store, job) = (self.sh.store.clone(), self.job_id);
+        ctx.spawn(
+            actix::fut::wrap_future(async move { store.pending_commands(job).await }).map(
+                |res, act: &mut JobActor, ctx| match res {
+                    Ok(cmds) => act.apply_commands(cmds, ctx),
+                    Err(e) => {
+                        tracing::warn!(job = %act.job_id, error = %e, "reading commands failed")
+                    }
+                },
+            ),
+        );
+    }
+
+    fn apply_commands(
+        &mut self,
+        cmds: Vec<aetheris_store::StoredCommand>,
+        ctx: &mut Context<Self>,
+    ) {
+        let terminal = self.state.as_ref().is_none_or(|s| s.status.is_terminal());
+        for c in cmds {
+            match c.body {
+                aetheris_store::CommandBody::Cancel { by, reason } => {
+                    if terminal || self.cancel.is_some() {
+                        // Already finished or cancelling: nothing left to cancel.
+                        if !self.applied_commands.contains(&c.id) {
+                            self.applied_commands.push(c.id);
+                        }
+                    } else {
+                        self.cancel = Some((
+                            c.id,
+                            EventBody::JobCancelled {
+                                by,
+                                reason,
+                                command_id: c.id,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        if !self.appending {
+            self.drive(ctx);
+        }
     }
 
     fn ledger_metric(&self, outcome: &str) {
@@ -527,6 +618,7 @@ fn store_reason(e: &StoreError) -> &'static str {
         StoreError::Rejected(_) => "rejected",
         StoreError::Backend(_) => "store_error",
         StoreError::Corrupt(_) => "corrupt",
+        StoreError::Conflict(_) => "conflict",
     }
 }
 
@@ -575,35 +667,43 @@ impl Actor for JobActor {
         let job = self.job_id;
         let t0 = Instant::now();
         ctx.wait(
-            actix::fut::wrap_future(async move { load_state(&store, job).await }).map(
-                move |res, act: &mut JobActor, ctx| match res {
-                    Ok(Some((state, snap_seq, replayed))) => {
-                        act.sh.metrics.observe(
-                            "aetheris_replay_duration_seconds",
-                            &[],
-                            t0.elapsed().as_secs_f64(),
-                        );
-                        act.sh.metrics.observe(
-                            "aetheris_replay_events",
-                            &[],
-                            replayed as f64 / 1000.0,
-                        );
-                        act.last_snapshot_seq = snap_seq;
-                        if state.status.is_terminal() {
-                            act.exit(Exit::Finished, ctx);
-                            return;
-                        }
-                        act.pending = act.recovery_events(&state);
-                        act.state = Some(state);
-                        act.drive(ctx);
+            actix::fut::wrap_future(async move {
+                let state = load_state(&store, job).await?;
+                let cmds = store
+                    .pending_commands(job)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(state.map(|s| (s, cmds)))
+            })
+            .map(move |res, act: &mut JobActor, ctx| match res {
+                Ok(Some(((state, snap_seq, replayed), cmds))) => {
+                    act.sh.metrics.observe(
+                        "aetheris_replay_duration_seconds",
+                        &[],
+                        t0.elapsed().as_secs_f64(),
+                    );
+                    act.sh
+                        .metrics
+                        .add("aetheris_replay_events_total", &[], replayed as f64);
+                    act.last_snapshot_seq = snap_seq;
+                    if state.status.is_terminal() {
+                        act.exit(Exit::Finished, ctx);
+                        return;
                     }
-                    Ok(None) => act.exit(Exit::Finished, ctx),
-                    Err(e) => {
-                        tracing::warn!(job = %act.job_id, error = %e, "loading job failed");
-                        act.exit(Exit::Crashed("load".into()), ctx)
-                    }
-                },
-            ),
+                    act.pending = act.recovery_events(&state);
+                    act.state = Some(state);
+                    // Commands stored while no actor ran (e.g. a cancel that woke a
+                    // waiting job) are applied before anything else is decided.
+                    act.apply_commands(cmds, ctx);
+                    // Fallback for command hints lost while disconnected.
+                    ctx.run_interval(Duration::from_secs(2), |act, ctx| act.check_commands(ctx));
+                }
+                Ok(None) => act.exit(Exit::Finished, ctx),
+                Err(e) => {
+                    tracing::warn!(job = %act.job_id, error = %e, "loading job failed");
+                    act.exit(Exit::Crashed("load".into()), ctx)
+                }
+            }),
         );
     }
 
@@ -611,6 +711,18 @@ impl Actor for JobActor {
         self.sh
             .metrics
             .gauge_add("aetheris_actors_alive", &[("kind", "job")], -1.0);
+    }
+}
+
+/// A command was stored for this job: read and apply it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckCommands;
+
+impl Handler<CheckCommands> for JobActor {
+    type Result = ();
+    fn handle(&mut self, _: CheckCommands, ctx: &mut Context<Self>) {
+        self.check_commands(ctx);
     }
 }
 

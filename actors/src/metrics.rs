@@ -53,7 +53,9 @@ fn help(name: &str) -> &'static str {
         "aetheris_lease_grants_total" => "Leases granted to this worker.",
         "aetheris_lease_losses_total" => "Leases lost by this worker (fenced or expired).",
         "aetheris_snapshots_written_total" => "Job snapshots written.",
-        "aetheris_replay_events" => "Events replayed after the snapshot when a job actor loads.",
+        "aetheris_replay_events_total" => {
+            "Events replayed after the snapshot when job actors load."
+        }
         "aetheris_replay_duration_seconds" => "Time to load a job actor's state from storage.",
         "aetheris_store_append_seconds" => "Latency of fenced appends to the store.",
         _ => "Aetheris metric.",

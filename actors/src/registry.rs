@@ -6,7 +6,7 @@
 //! (actix's `Supervisor` ignores panics, so death is detected by a drop guard in the
 //! actor; see job.rs.)
 
-use crate::job::{DrainJob, JobActor, Revoke};
+use crate::job::{CheckCommands, DrainJob, JobActor, Revoke};
 use crate::lease::{LeaseDone, LeaseManager};
 use crate::Shared;
 use actix::prelude::*;
@@ -51,6 +51,20 @@ pub struct RevokeJob {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetLeaseManager(pub Addr<LeaseManager>);
+
+/// A command was stored for this job.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CommandFor(JobId);
+
+impl Handler<CommandFor> for JobRegistry {
+    type Result = ();
+    fn handle(&mut self, m: CommandFor, _: &mut Context<Self>) {
+        if let Some((addr, _)) = self.actors.get(&m.0) {
+            addr.do_send(CheckCommands);
+        }
+    }
+}
 
 /// Ask every job actor to drain; answers how many were asked.
 #[derive(Message)]
@@ -102,10 +116,23 @@ impl JobRegistry {
 
 impl Actor for JobRegistry {
     type Context = Context<Self>;
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         self.sh
             .metrics
             .gauge_add("aetheris_actors_alive", &[("kind", "registry")], 1.0);
+        // Route stored commands to the actor of their job, if this worker runs it. (A job
+        // no one runs is made claimable by the store instead.)
+        let mut hints = self.sh.store.command_hint();
+        let me = ctx.address();
+        actix::spawn(async move {
+            loop {
+                match hints.recv().await {
+                    Ok(job) => me.do_send(CommandFor(job)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
     }
 }
 

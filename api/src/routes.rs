@@ -42,7 +42,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/jobs", web::get().to(list))
                 .route("/jobs/{id}", web::get().to(get))
                 .route("/jobs/{id}/events", web::get().to(events))
-                .route("/jobs/{id}/ledger", web::get().to(ledger)),
+                .route("/jobs/{id}/ledger", web::get().to(ledger))
+                .route("/jobs/{id}/cancel", web::post().to(cancel)),
         )
         .default_service(web::to(not_found));
 }
@@ -319,6 +320,59 @@ async fn ledger(
     let id = parse_id(&path)?;
     let rows = st.store.ledger(Scope::Tenant(DEFAULT_TENANT), id).await?;
     Ok(HttpResponse::Ok().json(json!({"ledger": rows})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    #[serde(default)]
+    reason: Option<String>,
+    /// Who cancels; replaced by the authenticated identity once auth exists.
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// Stores a cancel command durably (G1) and answers 202; the worker holding the job's
+/// lease appends `job_cancelled` under its fencing token (a job nobody runs is claimed to
+/// apply it). 409 if the job already finished.
+async fn cancel(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let r: CancelRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        CancelRequest {
+            reason: None,
+            by: None,
+        }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid cancel request: {e}")))?
+    };
+    let reason = r.reason.unwrap_or_else(|| "no reason given".into());
+    let by = r.by.unwrap_or_else(|| "anonymous".into());
+    if reason.len() > 1024 || by.len() > 256 {
+        return Err(ApiError::BadRequest(
+            "reason (at most 1024 bytes) or by (at most 256) too long".into(),
+        ));
+    }
+    let cmd = st
+        .store
+        .put_command(
+            Scope::Tenant(DEFAULT_TENANT),
+            id,
+            aetheris_store::CommandBody::Cancel { by, reason },
+        )
+        .await?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "job_id": id,
+        "command_id": cmd.id,
+        "status": "cancel_requested",
+        "created_at_ms": cmd.created_at_ms,
+    })))
 }
 
 /// Turns actix's own extractor errors (bad query strings) into problem+json.

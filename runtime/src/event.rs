@@ -59,6 +59,13 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         step: Option<String>,
     },
+    /// An operator cancelled the job (a stored `cancel` command, applied by the lease
+    /// holder). Terminal; in-flight calls are abandoned.
+    JobCancelled {
+        by: String,
+        reason: String,
+        command_id: u64,
+    },
 }
 
 impl EventBody {
@@ -72,6 +79,7 @@ impl EventBody {
             EventBody::StepOutcomeUnknown { .. } => "step_outcome_unknown",
             EventBody::JobSucceeded { .. } => "job_succeeded",
             EventBody::JobFailed { .. } => "job_failed",
+            EventBody::JobCancelled { .. } => "job_cancelled",
         }
     }
 

@@ -22,15 +22,18 @@ pub enum JobStatus {
     Waiting,
     Succeeded,
     Failed,
+    /// Ended by a cancel command. (Appended last: variant order is persisted.)
+    Cancelled,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 5] = [
+    pub const ALL: [JobStatus; 6] = [
         JobStatus::Queued,
         JobStatus::Running,
         JobStatus::Waiting,
         JobStatus::Succeeded,
         JobStatus::Failed,
+        JobStatus::Cancelled,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -39,13 +42,17 @@ impl JobStatus {
             JobStatus::Waiting => "waiting",
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
         }
     }
     pub fn parse(s: &str) -> Option<JobStatus> {
         JobStatus::ALL.into_iter().find(|x| x.as_str() == s)
     }
     pub fn is_terminal(&self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
     /// The status after `body` is applied: the one rule both the fold and the stores'
     /// projections use, so they cannot disagree.
@@ -55,6 +62,7 @@ impl JobStatus {
             EventBody::StepOutcomeUnknown { .. } => JobStatus::Waiting,
             EventBody::JobSucceeded { .. } => JobStatus::Succeeded,
             EventBody::JobFailed { .. } => JobStatus::Failed,
+            EventBody::JobCancelled { .. } => JobStatus::Cancelled,
             _ => self,
         }
     }
@@ -316,6 +324,9 @@ impl JobState {
             }
             EventBody::JobSucceeded { output } => self.output = Some(output.clone()),
             EventBody::JobFailed { error, .. } => self.error = Some(error.clone()),
+            EventBody::JobCancelled { by, reason, .. } => {
+                self.error = Some(format!("cancelled by {by}: {reason}"))
+            }
         }
         self.status = self.status.after(&e.body);
         self.last_seq = seq;

@@ -14,6 +14,7 @@
 
 pub mod conformance;
 pub mod migrate;
+pub mod pg_commands;
 pub mod pg_store;
 pub mod pg_test;
 pub mod redb_store;
@@ -54,6 +55,9 @@ pub enum StoreError {
     Backend(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The request conflicts with the job's state (e.g. a command for a finished job).
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -141,6 +145,24 @@ pub struct StatusCount {
     pub count: u64,
 }
 
+/// A command for a job, stored durably before the gateway answers (G1), then applied by
+/// the worker holding the job's lease, which turns it into an event under its fencing
+/// token. Serialized as JSON in both stores.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CommandBody {
+    Cancel { by: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredCommand {
+    /// Unique per store, increasing.
+    pub id: u64,
+    pub job_id: JobId,
+    pub body: CommandBody,
+    pub created_at_ms: i64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new job (seq 1 = `job_submitted`) durably, or returns the existing job for
@@ -196,6 +218,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// A wake-up hint fired when new work may be claimable (submit, lease release).
     fn work_hint(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Stores a command for a job, durably. A job that is not finished becomes claimable
+    /// (even if waiting) until the command is applied, and the command hint fires.
+    /// `Conflict` if the job already finished; `NotFound` outside the scope.
+    async fn put_command(
+        &self,
+        scope: Scope<'_>,
+        id: JobId,
+        body: CommandBody,
+    ) -> Result<StoredCommand>;
+    /// The job's commands not yet applied, oldest first.
+    async fn pending_commands(&self, id: JobId) -> Result<Vec<StoredCommand>>;
+    /// Marks commands applied (their events are already appended), fenced.
+    async fn mark_commands_applied(&self, id: JobId, token: u64, ids: &[u64]) -> Result<()>;
+    /// Job ids that just received a command (a hint: lost while disconnected; workers
+    /// also re-check).
+    fn command_hint(&self) -> tokio::sync::broadcast::Receiver<JobId>;
 
     /// Bytes used on disk (for the benchmark's W7).
     async fn size_bytes(&self) -> Result<u64>;

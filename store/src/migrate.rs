@@ -27,10 +27,16 @@ pub struct Migration {
 
 /// Every migration of this build, in order. A test checks this list against the
 /// directory, so a new file cannot be forgotten here.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "0001_core.sql",
-    sql: include_str!("../../migrations/0001_core.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "0001_core.sql",
+        sql: include_str!("../../migrations/0001_core.sql"),
+    },
+    Migration {
+        name: "0002_commands.sql",
+        sql: include_str!("../../migrations/0002_commands.sql"),
+    },
+];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).
 pub const LOCK_KEY: i64 = 0x6165_7468_6572_6973;

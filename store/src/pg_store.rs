@@ -213,10 +213,10 @@ const LATEST_SNAPSHOT_SQL: &str = "SELECT seq, blob FROM snapshots \
 const CLAIM_SQL_TEMPLATE: &str = "\
 WITH RECURSIVE clock AS (SELECT NOW_MS AS now_ms),
 tenants AS (
-    (SELECT tenant FROM jobs WHERE status IN ('queued', 'running') ORDER BY tenant LIMIT 1)
+    (SELECT tenant FROM jobs WHERE claimable ORDER BY tenant LIMIT 1)
     UNION ALL
     SELECT (SELECT j.tenant FROM jobs j
-            WHERE j.status IN ('queued', 'running') AND j.tenant > t.tenant
+            WHERE j.claimable AND j.tenant > t.tenant
             ORDER BY j.tenant LIMIT 1)
     FROM tenants t WHERE t.tenant IS NOT NULL
 ),
@@ -224,7 +224,7 @@ cand AS (
     SELECT c.job_id, c.tenant, row_number() OVER (PARTITION BY c.tenant ORDER BY c.job_id) AS rn
     FROM tenants t CROSS JOIN LATERAL (
         SELECT j.job_id, j.tenant FROM jobs j, clock
-        WHERE j.tenant = t.tenant AND j.status IN ('queued', 'running')
+        WHERE j.tenant = t.tenant AND j.claimable
           AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
         ORDER BY j.job_id LIMIT {pool}
     ) c
@@ -233,7 +233,7 @@ cand AS (
 ),
 picked AS (
     SELECT j.job_id, c.rn, c.tenant FROM cand c JOIN jobs j ON j.job_id = c.job_id, clock
-    WHERE j.status IN ('queued', 'running')
+    WHERE j.claimable
       AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
     ORDER BY c.rn, c.tenant, j.job_id
     LIMIT {max}
@@ -306,6 +306,8 @@ static ID_CONTEXT: Mutex<uuid::ContextV7> = Mutex::new(uuid::ContextV7::new());
 pub struct PgStore {
     pool: Pool,
     hint: Arc<Notify>,
+    /// Job ids from `NOTIFY aetheris_cmd` (commands stored by any process).
+    commands: tokio::sync::broadcast::Sender<JobId>,
     _listener: Arc<ListenerGuard>,
 }
 
@@ -385,10 +387,12 @@ impl PgStore {
         let hint = Arc::new(Notify::new());
         let mut listen_config = config;
         listen_config.application_name(LISTENER_APP_NAME);
-        let task = tokio::spawn(listen_loop(listen_config, hint.clone()));
+        let (commands, _) = tokio::sync::broadcast::channel(1024);
+        let task = tokio::spawn(listen_loop(listen_config, hint.clone(), commands.clone()));
         Ok(PgStore {
             pool,
             hint,
+            commands,
             _listener: Arc::new(ListenerGuard(task.abort_handle())),
         })
     }
@@ -469,10 +473,14 @@ fn fire(hint: &Notify) {
 }
 
 /// Keeps one LISTEN connection alive for the life of the store.
-async fn listen_loop(config: tokio_postgres::Config, hint: Arc<Notify>) {
+async fn listen_loop(
+    config: tokio_postgres::Config,
+    hint: Arc<Notify>,
+    commands: tokio::sync::broadcast::Sender<JobId>,
+) {
     let mut delay = LISTEN_BACKOFF_MIN;
     loop {
-        match listen_once(&config, &hint).await {
+        match listen_once(&config, &hint, &commands).await {
             Ok(()) => {
                 tracing::warn!("aetheris: LISTEN connection closed; reconnecting");
                 delay = LISTEN_BACKOFF_MIN;
@@ -495,9 +503,10 @@ async fn listen_loop(config: tokio_postgres::Config, hint: Arc<Notify>) {
 async fn listen_once(
     config: &tokio_postgres::Config,
     hint: &Notify,
+    commands: &tokio::sync::broadcast::Sender<JobId>,
 ) -> std::result::Result<(), (tokio_postgres::Error, bool)> {
     let (client, mut conn) = config.connect(NoTls).await.map_err(|e| (e, false))?;
-    let listen = client.batch_execute("LISTEN aetheris_work");
+    let listen = client.batch_execute("LISTEN aetheris_work; LISTEN aetheris_cmd");
     tokio::pin!(listen);
     let mut listening = false;
     loop {
@@ -508,6 +517,11 @@ async fn listen_once(
                 fire(hint);
             }
             m = std::future::poll_fn(|cx| conn.poll_message(cx)) => match m {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == crate::pg_commands::COMMAND_CHANNEL => {
+                    if let Ok(job) = n.payload().parse::<JobId>() {
+                        let _ = commands.send(job);
+                    }
+                }
                 Some(Ok(AsyncMessage::Notification(_))) => fire(hint),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err((e, listening)),
@@ -788,6 +802,27 @@ fn plan_append(
 
 #[async_trait]
 impl Store for PgStore {
+    async fn put_command(
+        &self,
+        scope: Scope<'_>,
+        id: JobId,
+        body: crate::CommandBody,
+    ) -> Result<crate::StoredCommand> {
+        crate::pg_commands::put_command(self.pool(), scope, id, body).await
+    }
+
+    async fn pending_commands(&self, id: JobId) -> Result<Vec<crate::StoredCommand>> {
+        crate::pg_commands::pending_commands(self.pool(), id).await
+    }
+
+    async fn mark_commands_applied(&self, id: JobId, token: u64, ids: &[u64]) -> Result<()> {
+        crate::pg_commands::mark_applied(self.pool(), id, token, ids).await
+    }
+
+    fn command_hint(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.commands.subscribe()
+    }
+
     async fn submit(&self, job: NewJob) -> Result<(JobSummary, bool)> {
         let client = self.client().await?;
         let lookup = client

@@ -26,6 +26,8 @@
 //!    of statics, so this is what makes cleanup reliable without an `atexit` hook.
 //! 6. `fresh_database_url()` runs `CREATE DATABASE t_<uuid>` and returns
 //!    `postgres://postgres@127.0.0.1:<port>/t_<uuid>`.
+//! 7. `private_cluster()` starts another cluster the same way (steps 1–5) for one test
+//!    that needs to stop or restart PostgreSQL; it is stopped and deleted on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -121,11 +123,7 @@ impl TestCluster {
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let opts = format!(
-                "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
-                 -c max_connections=200 -c fsync=on",
-                data_dir.display()
-            );
+            let opts = server_opts(port, &data_dir);
             let out = server_cmd(&bin_dir, "pg_ctl", as_root)
                 .arg("-D")
                 .arg(&data_dir)
@@ -150,6 +148,102 @@ impl TestCluster {
             );
         }
         panic!("pg_ctl start failed 5 times; last output:\n{last_err}");
+    }
+}
+
+/// The `postgres` options every test cluster runs with (`pg_ctl -o`).
+fn server_opts(port: u16, data_dir: &Path) -> String {
+    format!(
+        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} \
+         -c max_connections=200 -c fsync=on",
+        data_dir.display()
+    )
+}
+
+/// A cluster of one test's own, for tests that stop or restart PostgreSQL (which would
+/// break every other test sharing the process's cluster). Started like the shared one
+/// (same binaries, options and watchdog), and stopped (`pg_ctl stop -m immediate`) and
+/// deleted when dropped; the watchdog still cleans up if the test process is killed.
+/// Derefs to [`TestCluster`] for `url` and `create_database`.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    cluster: TestCluster,
+}
+
+/// Starts a new private cluster (blocking: initdb takes a second or two; call it off the
+/// async threads, e.g. through `spawn_blocking`, or before entering a runtime).
+pub fn private_cluster() -> PrivateCluster {
+    PrivateCluster {
+        cluster: TestCluster::start(),
+    }
+}
+
+impl std::ops::Deref for PrivateCluster {
+    type Target = TestCluster;
+    fn deref(&self) -> &TestCluster {
+        &self.cluster
+    }
+}
+
+impl PrivateCluster {
+    /// `pg_ctl restart -m fast`: disconnects every client (their sessions end with
+    /// SQLSTATE 57P01), stops and starts the server on the same port. Blocking; panics if
+    /// the server does not come back within 60 s.
+    pub fn restart(&self) {
+        self.pg_ctl(&["-m", "fast", "restart"], None);
+    }
+
+    /// `pg_ctl stop -m fast`: the server is down until [`PrivateCluster::start`]. Blocking.
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "stop"], None);
+    }
+
+    /// Starts the server again after [`PrivateCluster::stop`], on the same port with the
+    /// same options. Blocking; panics if it does not come up within 60 s.
+    pub fn start(&self) {
+        let opts = server_opts(self.port, &self.data_dir);
+        self.pg_ctl(&["start"], Some(&opts));
+    }
+
+    fn pg_ctl(&self, action: &[&str], opts: Option<&str>) {
+        let log = self.data_dir.join("server.log");
+        let mut cmd = server_cmd(&self.bin_dir, "pg_ctl", is_root());
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60"]);
+        if let Some(o) = opts {
+            cmd.args(["-o", o]);
+        }
+        let out = cmd
+            .args(action)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running pg_ctl {action:?}: {e}"));
+        if !out.status.success() {
+            panic!(
+                "pg_ctl {action:?} failed ({}): {}{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = server_cmd(&self.bin_dir, "pg_ctl", is_root())
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["stop", "-m", "immediate"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
 

@@ -9,8 +9,8 @@
 //! within the process).
 
 use crate::{
-    backend, Append, JobSummary, Lease, LedgerEntry, ListFilter, NewJob, Result, Scope,
-    StatusCount, Store, StoreError,
+    backend, Append, CommandBody, JobSummary, Lease, LedgerEntry, ListFilter, NewJob, Result,
+    Scope, StatusCount, Store, StoreError, StoredCommand,
 };
 use aetheris_proof::event_hash;
 use aetheris_runtime::codec::{decode_versioned, encode_versioned};
@@ -32,6 +32,10 @@ const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
 const RUNNABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("runnable");
 const LEDGER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ledger");
+/// Unapplied commands: job (16) ‖ command id (8, BE) → created_at (8, BE) ‖ JSON body.
+const COMMANDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("commands");
+/// Counters: "command_seq" → u64 (BE).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const ROW_FORMAT_V1: u8 = 1;
 /// Most operations folded into one commit.
@@ -164,6 +168,18 @@ enum WriteOp {
         held: Vec<(JobId, u64)>,
         reply: oneshot::Sender<Result<()>>,
     },
+    PutCommand {
+        tenant: Option<String>,
+        id: JobId,
+        body: CommandBody,
+        reply: oneshot::Sender<Result<StoredCommand>>,
+    },
+    MarkApplied {
+        id: JobId,
+        token: u64,
+        ids: Vec<u64>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// A reply that is sent only after the batch's commit succeeded.
@@ -176,6 +192,7 @@ pub struct RedbStore {
     writer: Option<mpsc::Sender<WriteOp>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     hint: Arc<Notify>,
+    commands: tokio::sync::broadcast::Sender<JobId>,
 }
 
 /// Fix (found by the conformance suite's reopen test): the writer thread holds its own
@@ -207,9 +224,18 @@ impl RedbStore {
             .map_err(|e| StoreError::Backend(format!("open {}: {e}", path.display())))?;
         {
             let tx = db.begin_write().map_err(backend)?;
-            for t in [JOBS, EVENTS, SNAPSHOTS, IDEMPOTENCY, RUNNABLE, LEDGER] {
+            for t in [
+                JOBS,
+                EVENTS,
+                SNAPSHOTS,
+                IDEMPOTENCY,
+                RUNNABLE,
+                LEDGER,
+                COMMANDS,
+            ] {
                 tx.open_table(t).map_err(backend)?;
             }
+            tx.open_table(META).map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
         let db = Arc::new(db);
@@ -217,9 +243,11 @@ impl RedbStore {
         let (tx, rx) = mpsc::channel();
         let wdb = db.clone();
         let whint = hint.clone();
+        let (commands, _) = tokio::sync::broadcast::channel(1024);
+        let wcommands = commands.clone();
         let writer_thread = std::thread::Builder::new()
             .name("aetheris-redb-writer".into())
-            .spawn(move || writer_loop(wdb, rx, whint))
+            .spawn(move || writer_loop(wdb, rx, whint, wcommands))
             .map_err(backend)?;
         Ok(RedbStore {
             db,
@@ -227,6 +255,7 @@ impl RedbStore {
             writer: Some(tx),
             writer_thread: Some(writer_thread),
             hint,
+            commands,
         })
     }
 
@@ -259,7 +288,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<WriteOp>, hint: Arc<Notify>) {
+fn writer_loop(
+    db: Arc<Database>,
+    rx: mpsc::Receiver<WriteOp>,
+    hint: Arc<Notify>,
+    commands: tokio::sync::broadcast::Sender<JobId>,
+) {
     let mut clock = 0i64;
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
@@ -272,11 +306,12 @@ fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<WriteOp>, hint: Arc<Notify>
         clock = clock.max(now_ms());
         let mut deferred: Vec<Deferred> = Vec::with_capacity(ops.len());
         let mut wake = false;
+        let mut commanded: Vec<JobId> = Vec::new();
         let outcome = (|| -> Result<()> {
             let mut tx = db.begin_write().map_err(backend)?;
             tx.set_durability(Durability::Immediate).map_err(backend)?;
             for op in ops {
-                deferred.push(execute(&mut tx, op, clock, &mut wake)?);
+                deferred.push(execute(&mut tx, op, clock, &mut wake, &mut commanded)?);
             }
             tx.commit().map_err(backend)
         })();
@@ -287,6 +322,11 @@ fn writer_loop(db: Arc<Database>, rx: mpsc::Receiver<WriteOp>, hint: Arc<Notify>
         if err.is_none() && wake {
             hint.notify_waiters();
             hint.notify_one();
+        }
+        if err.is_none() {
+            for job in commanded {
+                let _ = commands.send(job);
+            }
         }
     }
 }
@@ -301,7 +341,13 @@ fn defer<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, r: Result<T>) -> 
     })
 }
 
-fn execute(tx: &mut WriteTransaction, op: WriteOp, now: i64, wake: &mut bool) -> Result<Deferred> {
+fn execute(
+    tx: &mut WriteTransaction,
+    op: WriteOp,
+    now: i64,
+    wake: &mut bool,
+    commanded: &mut Vec<JobId>,
+) -> Result<Deferred> {
     Ok(match op {
         WriteOp::Submit(job, reply) => {
             let r = submit_in(tx, job, now);
@@ -351,6 +397,25 @@ fn execute(tx: &mut WriteTransaction, op: WriteOp, now: i64, wake: &mut bool) ->
             *wake = true;
             defer(reply, release_in(tx, &worker, &held))
         }
+        WriteOp::PutCommand {
+            tenant,
+            id,
+            body,
+            reply,
+        } => {
+            let r = put_command_in(tx, tenant.as_deref(), id, body, now);
+            if r.is_ok() {
+                *wake = true;
+                commanded.push(id);
+            }
+            defer(reply, r)
+        }
+        WriteOp::MarkApplied {
+            id,
+            token,
+            ids,
+            reply,
+        } => defer(reply, mark_applied_in(tx, id, token, &ids)),
     })
 }
 
@@ -364,14 +429,134 @@ fn save_row(tx: &WriteTransaction, id: JobId, row: &JobRow) -> Result<()> {
     let mut t = tx.open_table(JOBS).map_err(backend)?;
     t.insert(id.as_bytes().as_slice(), enc(row)?.as_slice())
         .map_err(backend)?;
+    // Claimable: runnable by status, or unfinished with commands waiting to be applied
+    // (a waiting job must wake up to apply a cancel).
+    let claimable =
+        row.status.is_runnable() || (!row.status.is_terminal() && has_commands(tx, id)?);
     let mut r = tx.open_table(RUNNABLE).map_err(backend)?;
-    if row.status.is_runnable() {
+    if claimable {
         r.insert(id.as_bytes().as_slice(), row.tenant.as_bytes())
             .map_err(backend)?;
     } else {
         r.remove(id.as_bytes().as_slice()).map_err(backend)?;
     }
     Ok(())
+}
+
+fn command_key(job: JobId, id: u64) -> Vec<u8> {
+    let mut k = job.as_bytes().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn has_commands(tx: &WriteTransaction, id: JobId) -> Result<bool> {
+    let t = tx.open_table(COMMANDS).map_err(backend)?;
+    let lo = command_key(id, 0);
+    let hi = command_key(id, u64::MAX);
+    let found = t
+        .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+        .map_err(backend)?
+        .next()
+        .is_some();
+    Ok(found)
+}
+
+fn put_command_in(
+    tx: &WriteTransaction,
+    tenant: Option<&str>,
+    id: JobId,
+    body: CommandBody,
+    now: i64,
+) -> Result<StoredCommand> {
+    let row = load_row(tx, id)?
+        .filter(|r| tenant.is_none_or(|t| t == r.tenant))
+        .ok_or(StoreError::NotFound(id))?;
+    if row.status.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "job {id} already finished ({})",
+            row.status.as_str()
+        )));
+    }
+    let cmd_id = {
+        let mut meta = tx.open_table(META).map_err(backend)?;
+        let cur = match meta.get("command_seq").map_err(backend)? {
+            Some(g) => {
+                let b: [u8; 8] = g
+                    .value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("command_seq".into()))?;
+                u64::from_be_bytes(b)
+            }
+            None => 0,
+        };
+        let next = cur + 1;
+        meta.insert("command_seq", next.to_be_bytes().as_slice())
+            .map_err(backend)?;
+        next
+    };
+    let json = serde_json::to_vec(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut v = now.to_be_bytes().to_vec();
+    v.extend_from_slice(&json);
+    tx.open_table(COMMANDS)
+        .map_err(backend)?
+        .insert(command_key(id, cmd_id).as_slice(), v.as_slice())
+        .map_err(backend)?;
+    save_row(tx, id, &row)?;
+    Ok(StoredCommand {
+        id: cmd_id,
+        job_id: id,
+        body,
+        created_at_ms: now,
+    })
+}
+
+fn mark_applied_in(tx: &WriteTransaction, id: JobId, token: u64, ids: &[u64]) -> Result<()> {
+    let row = load_row(tx, id)?.ok_or(StoreError::NotFound(id))?;
+    if row.token != token {
+        return Err(StoreError::Fenced {
+            job: id,
+            presented: token,
+            current: row.token,
+        });
+    }
+    {
+        let mut t = tx.open_table(COMMANDS).map_err(backend)?;
+        for c in ids {
+            t.remove(command_key(id, *c).as_slice()).map_err(backend)?;
+        }
+    }
+    save_row(tx, id, &row)
+}
+
+fn read_commands(db: &Database, id: JobId) -> Result<Vec<StoredCommand>> {
+    let tx = db.begin_read().map_err(backend)?;
+    let t = tx.open_table(COMMANDS).map_err(backend)?;
+    let lo = command_key(id, 0);
+    let hi = command_key(id, u64::MAX);
+    let mut out = Vec::new();
+    for item in t
+        .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+        .map_err(backend)?
+    {
+        let (k, v) = item.map_err(backend)?;
+        let (k, v) = (k.value(), v.value());
+        if k.len() != 24 || v.len() < 8 {
+            return Err(StoreError::Corrupt(format!("command row of job {id}")));
+        }
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&k[16..24]);
+        let mut t8 = [0u8; 8];
+        t8.copy_from_slice(&v[..8]);
+        let body: CommandBody = serde_json::from_slice(&v[8..])
+            .map_err(|e| StoreError::Corrupt(format!("command of job {id}: {e}")))?;
+        out.push(StoredCommand {
+            id: u64::from_be_bytes(n),
+            job_id: id,
+            body,
+            created_at_ms: i64::from_be_bytes(t8),
+        });
+    }
+    Ok(out)
 }
 
 fn submit_in(tx: &WriteTransaction, job: NewJob, now: i64) -> Result<(JobSummary, bool)> {
@@ -963,6 +1148,44 @@ impl Store for RedbStore {
 
     fn work_hint(&self) -> Arc<Notify> {
         self.hint.clone()
+    }
+
+    async fn put_command(
+        &self,
+        scope: Scope<'_>,
+        id: JobId,
+        body: CommandBody,
+    ) -> Result<StoredCommand> {
+        let tenant = match scope {
+            Scope::Tenant(t) => Some(t.to_string()),
+            Scope::System => None,
+        };
+        self.send(|reply| WriteOp::PutCommand {
+            tenant,
+            id,
+            body,
+            reply,
+        })
+        .await
+    }
+
+    async fn pending_commands(&self, id: JobId) -> Result<Vec<StoredCommand>> {
+        self.read(move |db| read_commands(db, id)).await
+    }
+
+    async fn mark_commands_applied(&self, id: JobId, token: u64, ids: &[u64]) -> Result<()> {
+        let ids = ids.to_vec();
+        self.send(|reply| WriteOp::MarkApplied {
+            id,
+            token,
+            ids,
+            reply,
+        })
+        .await
+    }
+
+    fn command_hint(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.commands.subscribe()
     }
 
     async fn size_bytes(&self) -> Result<u64> {

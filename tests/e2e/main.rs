@@ -3,6 +3,7 @@
 //! one module per concern.
 
 mod api;
+mod cancel;
 mod crash;
 mod fencing;
 mod postgres;

@@ -24,11 +24,40 @@ impl TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: DynStore =
             Arc::new(RedbStore::open(&dir.path().join("aetheris.redb")).expect("open store"));
+        Self::start_on(Some(store), dir, register, worker)
+    }
+
+    /// A node on a fresh database of the per-binary throwaway PostgreSQL cluster.
+    pub fn start_pg(
+        register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
+        worker: WorkerConfig,
+    ) -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_on(None, dir, register, worker)
+    }
+
+    fn start_on(
+        store: Option<DynStore>,
+        dir: tempfile::TempDir,
+        register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
+        worker: WorkerConfig,
+    ) -> TestNode {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let node_store = store.clone();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
+                // The PostgreSQL pool must be created on this long-lived system (DESIGN §8).
+                let node_store: DynStore = match store {
+                    Some(s) => s,
+                    None => {
+                        let url = aetheris_store::pg_test::fresh_database_url().await;
+                        let pg = aetheris_store::PgStore::connect(&url, 8)
+                            .await
+                            .expect("connect");
+                        pg.migrate().await.expect("migrate");
+                        Arc::new(pg)
+                    }
+                };
                 let mut tools = ToolRegistry::with_builtins();
                 register(&mut tools);
                 let cfg = NodeConfig {
@@ -36,16 +65,17 @@ impl TestNode {
                     worker,
                     ..NodeConfig::default()
                 };
-                let (node, server) = start_node(node_store, tools, cfg).expect("start node");
-                addr_tx.send(node.addr).expect("send addr");
+                let (node, server) =
+                    start_node(node_store.clone(), tools, cfg).expect("start node");
+                addr_tx.send((node.addr, node_store)).expect("send addr");
                 let server = actix_rt::spawn(server);
                 let _ = stop_rx.await;
                 node.shutdown(Duration::from_secs(2)).await;
                 let _ = server.await;
             })
         });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(30))
+        let (addr, store) = addr_rx
+            .recv_timeout(Duration::from_secs(60))
             .expect("node did not start");
         TestNode {
             url: format!("http://{addr}"),
@@ -100,7 +130,7 @@ pub async fn settle(c: &reqwest::Client, url: &str, id: &str, limit: Duration) -
             .await
             .expect("json");
         match j["status"].as_str() {
-            Some("succeeded" | "failed" | "waiting") => return j,
+            Some("succeeded" | "failed" | "waiting" | "cancelled") => return j,
             _ if tokio::time::Instant::now() > deadline => panic!("job {id} did not settle: {j}"),
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }

@@ -1,0 +1,148 @@
+//! Job commands on PostgreSQL (see `migrations/0002_commands.sql`): stored durably in the
+//! same transaction that bumps the job's `pending_commands` (which makes a waiting job
+//! claimable) and sends `NOTIFY aetheris_cmd, '<job id>'` so the worker holding the lease
+//! hears of it at commit. Marking commands applied is fenced by the job's token (G3).
+
+use crate::pg_store::pg_err;
+use crate::{CommandBody, Result, Scope, StoreError, StoredCommand};
+use aetheris_runtime::{JobId, JobStatus};
+use deadpool_postgres::Pool;
+
+/// The NOTIFY channel carrying the id of a job that received a command.
+pub const COMMAND_CHANNEL: &str = "aetheris_cmd";
+
+const NOW_MS: &str = "(floor(extract(epoch FROM now()) * 1000)::bigint)";
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
+    pool.get()
+        .await
+        .map_err(|e| StoreError::Backend(format!("PostgreSQL connection: {e}")))
+}
+
+pub async fn put_command(
+    pool: &Pool,
+    scope: Scope<'_>,
+    id: JobId,
+    body: CommandBody,
+) -> Result<StoredCommand> {
+    let json = serde_json::to_string(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(pg_err)?;
+    let row = tx
+        .query_opt(
+            "SELECT tenant, status FROM jobs WHERE job_id = $1 FOR UPDATE",
+            &[&id.0],
+        )
+        .await
+        .map_err(pg_err)?
+        .ok_or(StoreError::NotFound(id))?;
+    let tenant: String = row
+        .try_get(0)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let status: String = row
+        .try_get(1)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if !scope.allows(&tenant) {
+        return Err(StoreError::NotFound(id));
+    }
+    let status = JobStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?;
+    if status.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "job {id} already finished ({})",
+            status.as_str()
+        )));
+    }
+    let sql = format!(
+        "WITH c AS (INSERT INTO commands (job_id, body, created_at) VALUES ($1, $2, {NOW_MS}) \
+         RETURNING id, created_at), \
+         j AS (UPDATE jobs SET pending_commands = pending_commands + 1 WHERE job_id = $1) \
+         SELECT c.id, c.created_at, pg_notify('{COMMAND_CHANNEL}', $3) FROM c"
+    );
+    let r = tx
+        .query_one(&sql, &[&id.0, &json, &id.to_string()])
+        .await
+        .map_err(pg_err)?;
+    tx.commit().await.map_err(pg_err)?;
+    let cmd_id: i64 = r
+        .try_get(0)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let created_at_ms: i64 = r
+        .try_get(1)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(StoredCommand {
+        id: cmd_id as u64,
+        job_id: id,
+        body,
+        created_at_ms,
+    })
+}
+
+pub async fn pending_commands(pool: &Pool, id: JobId) -> Result<Vec<StoredCommand>> {
+    let c = client(pool).await?;
+    let rows = c
+        .query(
+            "SELECT id, body, created_at FROM commands WHERE job_id = $1 AND applied_at IS NULL ORDER BY id",
+            &[&id.0],
+        )
+        .await
+        .map_err(pg_err)?;
+    rows.iter()
+        .map(|r| {
+            let cmd_id: i64 = r
+                .try_get(0)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let body: String = r
+                .try_get(1)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let created_at_ms: i64 = r
+                .try_get(2)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let body: CommandBody = serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("command {cmd_id}: {e}")))?;
+            Ok(StoredCommand {
+                id: cmd_id as u64,
+                job_id: id,
+                body,
+                created_at_ms,
+            })
+        })
+        .collect()
+}
+
+pub async fn mark_applied(pool: &Pool, id: JobId, token: u64, ids: &[u64]) -> Result<()> {
+    let ids: Vec<i64> = ids
+        .iter()
+        .map(|x| i64::try_from(*x).unwrap_or(i64::MAX))
+        .collect();
+    let presented = i64::try_from(token).unwrap_or(i64::MAX);
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(pg_err)?;
+    let row = tx
+        .query_opt(
+            "SELECT token FROM jobs WHERE job_id = $1 FOR UPDATE",
+            &[&id.0],
+        )
+        .await
+        .map_err(pg_err)?
+        .ok_or(StoreError::NotFound(id))?;
+    let current: i64 = row
+        .try_get(0)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if current != presented {
+        return Err(StoreError::Fenced {
+            job: id,
+            presented: token,
+            current: current as u64,
+        });
+    }
+    let sql = format!(
+        "WITH a AS (UPDATE commands SET applied_at = {NOW_MS} \
+         WHERE job_id = $1 AND id = ANY($2) AND applied_at IS NULL RETURNING id) \
+         UPDATE jobs SET pending_commands = greatest(0, pending_commands - (SELECT count(*) FROM a)) \
+         WHERE job_id = $1"
+    );
+    tx.execute(&sql, &[&id.0, &ids]).await.map_err(pg_err)?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok(())
+}
