@@ -14,7 +14,7 @@ use aetheris_actors::job::load_state;
 use aetheris_actors::{
     start_worker, Invocation, Metrics, Shared, Tool, ToolError, ToolRegistry, WorkerConfig,
 };
-use aetheris_runtime::codec::{encode_versioned, SNAPSHOT_FORMAT_V1};
+use aetheris_runtime::codec::{encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::{invocation_key, EffectClass, EventBody, JobId, Plan};
 use aetheris_store::{Append, DynStore, NewJob, RedbStore};
 use clap::Args;
@@ -302,7 +302,7 @@ async fn w4_once(events: u64) -> Result<W4, String> {
     let (state, _, _) = load_state(&store, job.job_id)
         .await?
         .ok_or("job vanished")?;
-    let blob = encode_versioned(SNAPSHOT_FORMAT_V1, &state).map_err(|e| e.to_string())?;
+    let blob = encode_versioned(SNAPSHOT_FORMAT, &state).map_err(|e| e.to_string())?;
     store
         .put_snapshot(job.job_id, token, state.last_seq, blob)
         .await

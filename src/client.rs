@@ -166,6 +166,81 @@ async fn run_async(server: &str, cmd: JobCommand) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        JobCommand::Signal {
+            id,
+            name,
+            payload,
+            signal_id,
+            by,
+            json,
+        } => {
+            let payload: Value = serde_json::from_str(&payload)
+                .map_err(|e| format!("--payload is not JSON: {e}"))?;
+            let mut body = serde_json::json!({ "payload": payload });
+            if let Some(s) = signal_id {
+                body["signal_id"] = Value::String(s);
+            }
+            if let Some(b) = by {
+                body["by"] = Value::String(b);
+            }
+            let (_, r) = request(
+                &client,
+                client
+                    .post(format!("{server}/v1/jobs/{id}/signals/{name}"))
+                    .json(&body),
+            )
+            .await?;
+            if json {
+                println!("{r}");
+            } else {
+                println!(
+                    "signal {name} ({}) stored for job {id}",
+                    r["signal_id"].as_str().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Confirm {
+            id,
+            step,
+            outcome,
+            output,
+            note,
+            by,
+            json,
+        } => {
+            if outcome != "succeeded" && outcome != "not_executed" {
+                return Err("--outcome must be succeeded or not_executed".into());
+            }
+            let mut body = serde_json::json!({ "outcome": outcome });
+            if let Some(o) = output {
+                body["output"] =
+                    serde_json::from_str(&o).map_err(|e| format!("--output is not JSON: {e}"))?;
+            }
+            if let Some(n) = note {
+                body["note"] = Value::String(n);
+            }
+            if let Some(b) = by {
+                body["by"] = Value::String(b);
+            }
+            let (_, r) = request(
+                &client,
+                client
+                    .post(format!("{server}/v1/jobs/{id}/steps/{step}/confirm"))
+                    .json(&body),
+            )
+            .await?;
+            if json {
+                println!("{r}");
+            } else {
+                println!(
+                    "confirmation for step {step} of job {id} stored (command {})",
+                    r["command_id"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Watch { id, json } => watch(&client, server, &id, json).await,
         JobCommand::Events { id, json } => {
             let events = fetch_events(&client, server, &id).await?;
             if json {
@@ -176,6 +251,54 @@ async fn run_async(server: &str, cmd: JobCommand) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Follows the SSE stream of a job, printing each event as it arrives.
+async fn watch(
+    client: &reqwest::Client,
+    server: &str,
+    id: &str,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let mut resp = client
+        .get(format!("{server}/v1/jobs/{id}/events"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach server: {e}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        return Err(format!(
+            "{status}: {}",
+            body["detail"].as_str().unwrap_or("error")
+        ));
+    }
+    let mut buf = String::new();
+    let mut last: Option<Value> = None;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("stream: {e}"))? {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            for line in frame.lines() {
+                if let Some(data) = line.strip_prefix("data: ") {
+                    let ev: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                    if json {
+                        println!("{ev}");
+                    } else {
+                        print_events(std::slice::from_ref(&ev));
+                    }
+                    last = Some(ev);
+                }
+            }
+        }
+    }
+    let ok = last.is_some_and(|e| e["body"]["type"] == "job_succeeded");
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub async fn fetch_events(
@@ -286,6 +409,34 @@ pub fn print_events(events: &[Value]) {
             ),
             "job_succeeded" => truncate(&b["output"].to_string(), 60),
             "job_failed" => b["error"].as_str().unwrap_or("").to_string(),
+            "job_cancelled" => format!(
+                "by {}: {}",
+                b["by"].as_str().unwrap_or(""),
+                b["reason"].as_str().unwrap_or("")
+            ),
+            "signal_received" => format!(
+                "{} from {}",
+                b["signal"].as_str().unwrap_or(""),
+                b["by"].as_str().unwrap_or("-")
+            ),
+            "wait_started" | "wait_timed_out" | "sleep_finished" | "wait_completed" => {
+                b["step"].as_str().unwrap_or("").to_string()
+            }
+            "sleep_started" => format!(
+                "{} for {}ms",
+                b["step"].as_str().unwrap_or(""),
+                b["duration_ms"]
+            ),
+            "step_confirmed" => format!(
+                "{} {} by {}",
+                b["step"].as_str().unwrap_or(""),
+                b["outcome"].as_str().unwrap_or(""),
+                b["by"].as_str().unwrap_or("")
+            ),
+            "job_parked" => match b["wake_at_ms"].as_i64() {
+                Some(t) => format!("until {t} (ms since epoch) or a command"),
+                None => "until a signal or confirmation".into(),
+            },
             _ => String::new(),
         };
         let dt = e["recorded_at_ms"].as_i64().unwrap_or(t0) - t0;

@@ -105,6 +105,45 @@ pub enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Send a signal (e.g. an approval) to a job; `wait` steps for that name resume.
+    Signal {
+        id: String,
+        name: String,
+        /// JSON payload.
+        #[arg(long, default_value = "null")]
+        payload: String,
+        /// Idempotency: the same signal id is applied once.
+        #[arg(long)]
+        signal_id: Option<String>,
+        /// Who sends it (an approval's approver).
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve an outcome_unknown step: it did happen (`succeeded`) or not (`not_executed`).
+    Confirm {
+        id: String,
+        step: String,
+        /// succeeded or not_executed.
+        #[arg(long)]
+        outcome: String,
+        /// JSON output of the step (with `succeeded`).
+        #[arg(long)]
+        output: Option<String>,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job's events live (Server-Sent Events) until it finishes.
+    Watch {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a job's events (its hash-chained log).
     Events {
         id: String,

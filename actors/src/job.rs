@@ -13,7 +13,7 @@ use crate::registry::{ActorGone, Exit};
 use crate::tools::{Invocation, Invoke, ToolError, ToolErrorKind};
 use crate::Shared;
 use actix::prelude::*;
-use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT_V1};
+use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::retry::backoff_ms;
 use aetheris_runtime::template::resolve;
 use aetheris_runtime::{
@@ -59,8 +59,13 @@ pub struct JobActor {
     crash_after_flush: Option<String>,
     /// A cancel command to append after the pending outcomes (always last: terminal).
     cancel: Option<(u64, EventBody)>,
-    /// Commands whose events are durable and which must be marked applied.
+    /// Commands whose events are durable (or that need no event) and which must be
+    /// marked applied.
     applied_commands: Vec<u64>,
+    /// Commands whose events sit in `pending`.
+    pending_command_ids: Vec<u64>,
+    /// Every command id this incarnation has taken, so a re-read never applies one twice.
+    taken_commands: std::collections::HashSet<u64>,
     last_snapshot_seq: u64,
     /// store clock − local clock, learned from each append's recorded time.
     clock_offset_ms: i64,
@@ -76,6 +81,10 @@ pub struct Revoke;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct DrainJob;
+
+/// A timer due within this long is waited for in the actor (lease kept); later ones park
+/// the job.
+const PARK_AFTER_MS: i64 = 1_000;
 
 fn local_ms() -> i64 {
     std::time::SystemTime::now()
@@ -98,6 +107,8 @@ impl JobActor {
             crash_after_flush: None,
             cancel: None,
             applied_commands: Vec::new(),
+            pending_command_ids: Vec::new(),
+            taken_commands: std::collections::HashSet::new(),
             last_snapshot_seq: 0,
             clock_offset_ms: 0,
             wake: None,
@@ -173,6 +184,7 @@ impl JobActor {
         };
         let now = self.now_est();
         let mut events = std::mem::take(&mut self.pending);
+        self.applied_commands.append(&mut self.pending_command_ids);
         if let Some((id, cancel)) = self.cancel.take() {
             events.push(cancel);
             self.applied_commands.push(id);
@@ -183,6 +195,7 @@ impl JobActor {
             if let Some(f) = d.finish {
                 events.push(f);
             } else {
+                events.extend(d.resolve);
                 for step in d.start {
                     match self.start_event(&t, &step) {
                         Some(e) => events.push(e),
@@ -207,7 +220,11 @@ impl JobActor {
                     self.exit(Exit::Crashed(flush), ctx);
                 } else if self.draining {
                     self.exit(Exit::Passivated, ctx);
-                } else if let Some(at) = d.wake_at_ms {
+                } else if !self.applied_commands.is_empty() {
+                    // Commands that needed no event (duplicates, late confirms).
+                    self.flush_applied(ctx);
+                } else if let Some(at) = d.wake_at_ms.filter(|at| at - now <= PARK_AFTER_MS) {
+                    // Due soon: keep the lease and wait here rather than park.
                     if let Some(h) = self.wake.take() {
                         ctx.cancel_future(h);
                     }
@@ -216,11 +233,18 @@ impl JobActor {
                         act.wake = None;
                         act.drive(ctx)
                     }));
-                } else if t.status.is_terminal() {
-                    self.exit(Exit::Finished, ctx);
-                } else {
-                    // Nothing running, nothing ready: waiting on a human. Hold nothing.
+                } else if t.status == aetheris_runtime::JobStatus::Waiting {
+                    // Already parked and nothing changed: hold nothing.
                     self.exit(Exit::Passivated, ctx);
+                } else {
+                    // Nothing running, nothing ready: park (a signal, a confirmation or
+                    // the timer wakes it), then hold no actor and no lease.
+                    self.append(
+                        vec![EventBody::JobParked {
+                            wake_at_ms: d.wake_at_ms,
+                        }],
+                        ctx,
+                    );
                 }
             }
             return;
@@ -230,6 +254,18 @@ impl JobActor {
 
     fn start_event(&self, t: &JobState, step: &str) -> Option<EventBody> {
         let spec = t.plan.step(step)?;
+        if let Some(w) = &spec.wait {
+            return Some(EventBody::WaitStarted {
+                step: step.to_string(),
+                timeout_ms: w.timeout.as_ref().map(|d| d.as_millis()),
+            });
+        }
+        if let Some(d) = &spec.sleep {
+            return Some(EventBody::SleepStarted {
+                step: step.to_string(),
+                duration_ms: d.as_millis(),
+            });
+        }
         let tool = spec.tool.clone()?;
         let effect = t.plan.effect_of(spec, &self.sh.tools);
         let st = t.steps.get(step)?;
@@ -314,7 +350,15 @@ impl JobActor {
         }
         self.maybe_snapshot(ctx);
         if !self.applied_commands.is_empty() {
-            // The commands' events are durable: mark them applied (fenced), then go on.
+            self.flush_applied(ctx);
+            return;
+        }
+        self.drive(ctx);
+    }
+
+    /// Marks applied commands (their events are durable), fenced, then drives on.
+    fn flush_applied(&mut self, ctx: &mut Context<Self>) {
+        {
             let ids = std::mem::take(&mut self.applied_commands);
             let (store, job, token) = (self.sh.store.clone(), self.job_id, self.token);
             self.appending = true;
@@ -330,9 +374,7 @@ impl JobActor {
                     }
                 }),
             );
-            return;
         }
-        self.drive(ctx);
     }
 
     /// Reads the job's unapplied commands and turns them into events.
@@ -360,6 +402,9 @@ impl JobActor {
     ) {
         let terminal = self.state.as_ref().is_none_or(|s| s.status.is_terminal());
         for c in cmds {
+            if !self.taken_commands.insert(c.id) {
+                continue;
+            }
             match c.body {
                 aetheris_store::CommandBody::Cancel { by, reason } => {
                     if terminal || self.cancel.is_some() {
@@ -376,6 +421,53 @@ impl JobActor {
                                 command_id: c.id,
                             },
                         ));
+                    }
+                }
+                aetheris_store::CommandBody::Signal {
+                    signal,
+                    signal_id,
+                    payload,
+                    by,
+                } => {
+                    let t = self.tentative();
+                    let dup = t.as_ref().is_none_or(|t| t.signal_ids.contains(&signal_id));
+                    if terminal || dup {
+                        self.applied_commands.push(c.id); // applied once, by id
+                    } else {
+                        self.pending.push(EventBody::SignalReceived {
+                            signal,
+                            signal_id,
+                            payload,
+                            by,
+                            command_id: c.id,
+                        });
+                        self.pending_command_ids.push(c.id);
+                    }
+                }
+                aetheris_store::CommandBody::Confirm {
+                    step,
+                    outcome,
+                    output,
+                    by,
+                    note,
+                } => {
+                    let t = self.tentative();
+                    let unknown = t
+                        .as_ref()
+                        .and_then(|t| t.steps.get(&step))
+                        .is_some_and(|s| s.status == StepStatus::OutcomeUnknown);
+                    if terminal || !unknown {
+                        self.applied_commands.push(c.id); // nothing to confirm any more
+                    } else {
+                        self.pending.push(EventBody::StepConfirmed {
+                            step,
+                            outcome,
+                            output,
+                            by,
+                            note,
+                            command_id: c.id,
+                        });
+                        self.pending_command_ids.push(c.id);
                     }
                 }
             }
@@ -396,7 +488,7 @@ impl JobActor {
         if state.last_seq < self.last_snapshot_seq + self.sh.config.snapshot_every {
             return;
         }
-        let blob = match encode_versioned(SNAPSHOT_FORMAT_V1, state) {
+        let blob = match encode_versioned(SNAPSHOT_FORMAT, state) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(job = %self.job_id, error = %e, "snapshot encode failed");
@@ -632,7 +724,7 @@ pub async fn load_state(
         .await
         .map_err(|e| e.to_string())?;
     let (mut state, snap_seq) = match snapshot {
-        Some((seq, blob)) => match decode_versioned::<JobState>(SNAPSHOT_FORMAT_V1, &blob) {
+        Some((seq, blob)) => match decode_versioned::<JobState>(SNAPSHOT_FORMAT, &blob) {
             Ok(s) if s.last_seq == seq => (Some(s), seq),
             // An unreadable snapshot is not fatal: the log is the source of truth.
             _ => (None, 0),

@@ -43,7 +43,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/jobs/{id}", web::get().to(get))
                 .route("/jobs/{id}/events", web::get().to(events))
                 .route("/jobs/{id}/ledger", web::get().to(ledger))
-                .route("/jobs/{id}/cancel", web::post().to(cancel)),
+                .route("/jobs/{id}/cancel", web::post().to(cancel))
+                .route("/jobs/{id}/signals/{name}", web::post().to(signal))
+                .route("/jobs/{id}/steps/{step}/confirm", web::post().to(confirm)),
         )
         .default_service(web::to(not_found));
 }
@@ -215,6 +217,7 @@ fn render_job(s: &JobSummary, state: &JobState) -> Value {
                 "error": st.error,
                 "started_at_ms": st.started_at_ms,
                 "finished_at_ms": st.finished_at_ms,
+                "deadline_ms": st.deadline_ms,
             }))
         })
         .collect();
@@ -294,11 +297,25 @@ struct EventsQuery {
 }
 
 async fn events(
+    req: HttpRequest,
     path: web::Path<String>,
     q: web::Query<EventsQuery>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
+    let wants_sse = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_sse {
+        // Scope check up front: another tenant's job is a 404, not an empty stream.
+        st.store
+            .get_job(Scope::Tenant(DEFAULT_TENANT), id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+        return Ok(event_stream(st.store.clone(), id, q.after.unwrap_or(0)));
+    }
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let evs = st
         .store
@@ -311,6 +328,74 @@ async fn events(
         .await?;
     let next = evs.last().map(|e| e.seq);
     Ok(HttpResponse::Ok().json(json!({"events": evs, "next_after": next})))
+}
+
+/// Server-Sent Events: every event after `after`, then new ones as they are appended
+/// (polled from the store, so it works with any number of gateways and workers), until
+/// the job's terminal event. `id:` is the seq, so a client resumes with `?after=`.
+fn event_stream(store: DynStore, id: JobId, after: u64) -> HttpResponse {
+    struct Cursor {
+        store: DynStore,
+        after: u64,
+        done: bool,
+        idle_polls: u32,
+    }
+    let cur = Cursor {
+        store,
+        after,
+        done: false,
+        idle_polls: 0,
+    };
+    let stream = futures::stream::unfold(cur, move |mut c| async move {
+        if c.done {
+            return None;
+        }
+        loop {
+            match c
+                .store
+                .read_events(Scope::Tenant(DEFAULT_TENANT), id, c.after, 500)
+                .await
+            {
+                Ok(evs) if !evs.is_empty() => {
+                    let mut out = String::new();
+                    for e in &evs {
+                        let data = serde_json::to_string(e).unwrap_or_default();
+                        out.push_str(&format!(
+                            "id: {}\nevent: {}\ndata: {}\n\n",
+                            e.seq,
+                            e.body.kind(),
+                            data
+                        ));
+                        c.after = e.seq;
+                        if e.body.is_terminal() {
+                            c.done = true;
+                        }
+                    }
+                    c.idle_polls = 0;
+                    return Some((Ok::<_, actix_web::Error>(web::Bytes::from(out)), c));
+                }
+                Ok(_) => {
+                    c.idle_polls += 1;
+                    if c.idle_polls % 150 == 0 {
+                        return Some((Ok(web::Bytes::from_static(b": keep-alive\n\n")), c));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    c.done = true;
+                    let msg = format!(
+                        "event: error\ndata: {}\n\n",
+                        json!({"detail": e.to_string()})
+                    );
+                    return Some((Ok(web::Bytes::from(msg)), c));
+                }
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(stream)
 }
 
 async fn ledger(
@@ -373,6 +458,161 @@ async fn cancel(
         "status": "cancel_requested",
         "created_at_ms": cmd.created_at_ms,
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalRequest {
+    #[serde(default)]
+    payload: Value,
+    /// Makes the signal idempotent: the same id is applied once.
+    #[serde(default)]
+    signal_id: Option<String>,
+    /// Who sends it (an approval's approver); replaced by the token's identity once auth
+    /// exists.
+    #[serde(default)]
+    by: Option<String>,
+}
+
+fn check_name(what: &str, v: &str) -> Result<(), ApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{what} {v:?} must be 1-128 characters of [A-Za-z0-9_.-]"
+        )))
+    }
+}
+
+/// Stores a signal durably (G1) and answers 202; the lease holder (or the worker that
+/// the stored command wakes) records `signal_received` and resumes any `wait` step for
+/// it. Idempotent by `signal_id`; 409 if the job finished.
+async fn signal(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, name) = path.into_inner();
+    let id = parse_id(&raw_id)?;
+    check_name("signal name", &name)?;
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let r: SignalRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        SignalRequest {
+            payload: Value::Null,
+            signal_id: None,
+            by: None,
+        }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid signal: {e}")))?
+    };
+    let signal_id = match r.signal_id {
+        Some(s) => {
+            check_name("signal_id", &s)?;
+            s
+        }
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    if r.by.as_ref().is_some_and(|b| b.len() > 256) {
+        return Err(ApiError::BadRequest("by must be at most 256 bytes".into()));
+    }
+    let cmd = st
+        .store
+        .put_command(
+            Scope::Tenant(DEFAULT_TENANT),
+            id,
+            aetheris_store::CommandBody::Signal {
+                signal: name.clone(),
+                signal_id: signal_id.clone(),
+                payload: r.payload,
+                by: r.by,
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "job_id": id, "signal": name, "signal_id": signal_id, "command_id": cmd.id,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmRequest {
+    outcome: aetheris_runtime::ConfirmOutcome,
+    #[serde(default)]
+    output: Option<Value>,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// Resolves an `outcome_unknown` step: `succeeded` (with `output`) or `not_executed`
+/// (the step runs again with the same invocation key). 409 unless the step is
+/// `outcome_unknown` with no confirmation pending.
+async fn confirm(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, step) = path.into_inner();
+    let id = parse_id(&raw_id)?;
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let r: ConfirmRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid confirmation: {e}")))?;
+    if r.outcome == aetheris_runtime::ConfirmOutcome::NotExecuted && r.output.is_some() {
+        return Err(ApiError::BadRequest(
+            "output is only for outcome \"succeeded\"".into(),
+        ));
+    }
+    st.store
+        .get_job(Scope::Tenant(DEFAULT_TENANT), id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let (state, _, _) = load_state(&st.store, id)
+        .await
+        .map_err(ApiError::Internal)?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let status = state
+        .steps
+        .get(&step)
+        .map(|s| s.status)
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} has no step {step:?}")))?;
+    if status != aetheris_runtime::StepStatus::OutcomeUnknown {
+        return Err(ApiError::Conflict(format!(
+            "step {step:?} is {}, not outcome_unknown",
+            status.as_str()
+        )));
+    }
+    let pending = st.store.pending_commands(id).await?;
+    if pending.iter().any(
+        |c| matches!(&c.body, aetheris_store::CommandBody::Confirm { step: s, .. } if *s == step),
+    ) {
+        return Err(ApiError::Conflict(format!(
+            "step {step:?} already has a confirmation pending"
+        )));
+    }
+    let by = r.by.unwrap_or_else(|| "anonymous".into());
+    let cmd = st
+        .store
+        .put_command(
+            Scope::Tenant(DEFAULT_TENANT),
+            id,
+            aetheris_store::CommandBody::Confirm {
+                step: step.clone(),
+                outcome: r.outcome,
+                output: r.output,
+                by,
+                note: r.note,
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Accepted().json(json!({"job_id": id, "step": step, "command_id": cmd.id})))
 }
 
 /// Turns actix's own extractor errors (bad query strings) into problem+json.

@@ -7,8 +7,10 @@
 use crate::error::RuntimeError;
 use serde::{de::DeserializeOwned, Serialize};
 
-/// Format of snapshot blobs written by this version.
-pub const SNAPSHOT_FORMAT_V1: u8 = 1;
+/// Format of snapshot blobs written by this version. History: 1 = core runtime; 2 = adds
+/// step deadlines (waits, sleeps) and buffered signals. A snapshot of another format is
+/// not decoded: the job is rebuilt from its events (the log is the source of truth).
+pub const SNAPSHOT_FORMAT: u8 = 2;
 
 pub fn encode_versioned<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, RuntimeError> {
     let mut out = vec![version];
@@ -111,20 +113,24 @@ mod tests {
     #[test]
     fn snapshot_round_trips() {
         let s = fixed_state();
-        let b = encode_versioned(SNAPSHOT_FORMAT_V1, &s).unwrap();
-        let back: JobState = decode_versioned(SNAPSHOT_FORMAT_V1, &b).unwrap();
+        let b = encode_versioned(SNAPSHOT_FORMAT, &s).unwrap();
+        let back: JobState = decode_versioned(SNAPSHOT_FORMAT, &b).unwrap();
         assert_eq!(s, back);
         assert!(decode_versioned::<JobState>(9, &b).is_err());
-        assert!(decode_versioned::<JobState>(SNAPSHOT_FORMAT_V1, &b[..b.len() - 1]).is_err());
+        assert!(decode_versioned::<JobState>(SNAPSHOT_FORMAT, &b[..b.len() - 1]).is_err());
     }
 
     /// Golden bytes: if this fails, a persisted layout changed and old snapshots would no
     /// longer decode. Add a new format version instead of changing V1.
     #[test]
-    fn snapshot_v1_golden_bytes() {
-        let b = encode_versioned(SNAPSHOT_FORMAT_V1, &fixed_state()).unwrap();
-        assert_eq!(hex::encode(&b), GOLDEN_V1, "snapshot V1 encoding changed");
+    fn snapshot_golden_bytes() {
+        let b = encode_versioned(SNAPSHOT_FORMAT, &fixed_state()).unwrap();
+        assert_eq!(
+            hex::encode(&b),
+            GOLDEN,
+            "snapshot encoding changed: bump SNAPSHOT_FORMAT instead"
+        );
     }
 
-    const GOLDEN_V1: &str = "0110000000000000000000000000000000000174337b227374657073223a5b7b226964223a2261222c22746f6f6c223a226563686f222c2261726773223a7b2278223a317d7d5d7d097b226b223a2276227d0000010161000000000000000000000107070707070707070707070707070707070707070707070707070707070707070000fd00d0ca9f17030000fd00d0ca9f17030000";
+    const GOLDEN: &str = "0210000000000000000000000000000000000174337b227374657073223a5b7b226964223a2261222c22746f6f6c223a226563686f222c2261726773223a7b2278223a317d7d5d7d097b226b223a2276227d000001016100000000000000000000000107070707070707070707070707070707070707070707070707070707070707070000fd00d0ca9f17030000fd00d0ca9f170300000000";
 }

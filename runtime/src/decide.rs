@@ -14,8 +14,17 @@ pub struct Decision {
     pub start: Vec<String>,
     /// The terminal event to append, if the job is done.
     pub finish: Option<EventBody>,
-    /// The earliest time a pending retry becomes due, if nothing else is ready.
+    /// Waits and sleeps that resolve now: `wait_completed` (a buffered signal matches),
+    /// `wait_timed_out`, `sleep_finished`.
+    pub resolve: Vec<EventBody>,
+    /// The earliest future time something becomes due (a retry, a timeout, a timer).
     pub wake_at_ms: Option<i64>,
+}
+
+impl Decision {
+    fn wake(&mut self, t: i64) {
+        self.wake_at_ms = Some(self.wake_at_ms.map_or(t, |w| w.min(t)));
+    }
 }
 
 pub fn decide(state: &JobState, now_ms: i64, max_parallel: usize) -> Decision {
@@ -61,12 +70,47 @@ pub fn decide(state: &JobState, now_ms: i64, max_parallel: usize) -> Decision {
         return d;
     }
     let mut room = max_parallel.max(1).saturating_sub(running);
+    let mut consumed: Vec<&str> = Vec::new();
     for spec in &state.plan.steps {
         let Some(st) = state.steps.get(&spec.id) else {
             continue;
         };
-        if st.status != StepStatus::Pending {
-            continue;
+        match st.status {
+            StepStatus::Waiting => {
+                let name = spec.wait.as_ref().map(|w| w.signal.as_str()).unwrap_or("");
+                let signal = state
+                    .signals
+                    .get(name)
+                    .and_then(|v| v.iter().find(|b| !consumed.contains(&b.signal_id.as_str())));
+                if let Some(b) = signal {
+                    consumed.push(&b.signal_id);
+                    d.resolve.push(EventBody::WaitCompleted {
+                        step: spec.id.clone(),
+                        signal_id: b.signal_id.clone(),
+                        output: serde_json::json!({"signal": name, "payload": b.payload, "by": b.by}),
+                    });
+                } else if let Some(t) = st.deadline_ms {
+                    if t <= now_ms {
+                        d.resolve.push(EventBody::WaitTimedOut {
+                            step: spec.id.clone(),
+                        });
+                    } else {
+                        d.wake(t);
+                    }
+                }
+                continue;
+            }
+            StepStatus::Sleeping => {
+                match st.deadline_ms {
+                    Some(t) if t > now_ms => d.wake(t),
+                    _ => d.resolve.push(EventBody::SleepFinished {
+                        step: spec.id.clone(),
+                    }),
+                }
+                continue;
+            }
+            StepStatus::Pending => {}
+            _ => continue,
         }
         let needs_met = spec.needs.iter().all(|n| {
             state
@@ -79,9 +123,9 @@ pub fn decide(state: &JobState, now_ms: i64, max_parallel: usize) -> Decision {
             continue;
         }
         match st.retry_at_ms {
-            Some(t) if t > now_ms => {
-                d.wake_at_ms = Some(d.wake_at_ms.map_or(t, |w: i64| w.min(t)));
-            }
+            Some(t) if t > now_ms => d.wake(t),
+            // Waits and sleeps cost nothing while pending: they need no parallel slot.
+            _ if spec.tool.is_none() => d.start.push(spec.id.clone()),
             _ if room > 0 => {
                 d.start.push(spec.id.clone());
                 room -= 1;

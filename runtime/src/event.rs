@@ -66,6 +66,64 @@ pub enum EventBody {
         reason: String,
         command_id: u64,
     },
+    /// A signal delivered to the job (stored command, applied by the lease holder). It is
+    /// buffered until a `wait` step for that name consumes it. Idempotent by `signal_id`.
+    SignalReceived {
+        signal: String,
+        signal_id: String,
+        payload: Value,
+        /// Who sent it (an approval's approver).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        command_id: u64,
+    },
+    /// A `wait` step began waiting; it times out `timeout_ms` after this event's time.
+    WaitStarted {
+        step: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    WaitCompleted {
+        step: String,
+        signal_id: String,
+        output: Value,
+    },
+    WaitTimedOut {
+        step: String,
+    },
+    /// A durable timer: the step finishes `duration_ms` after this event's time.
+    SleepStarted {
+        step: String,
+        duration_ms: u64,
+    },
+    SleepFinished {
+        step: String,
+    },
+    /// A human resolved an `outcome_unknown` step: it did happen (with `output`), or it
+    /// did not (`not_executed`: the step runs again with the same invocation key).
+    StepConfirmed {
+        step: String,
+        outcome: ConfirmOutcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Value>,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+        command_id: u64,
+    },
+    /// Nothing can happen until a signal, a confirmation, or `wake_at_ms` (a timer): the
+    /// job holds no actor and no lease until then (passivation).
+    JobParked {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wake_at_ms: Option<i64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfirmOutcome {
+    Succeeded,
+    NotExecuted,
 }
 
 impl EventBody {
@@ -80,6 +138,14 @@ impl EventBody {
             EventBody::JobSucceeded { .. } => "job_succeeded",
             EventBody::JobFailed { .. } => "job_failed",
             EventBody::JobCancelled { .. } => "job_cancelled",
+            EventBody::SignalReceived { .. } => "signal_received",
+            EventBody::WaitStarted { .. } => "wait_started",
+            EventBody::WaitCompleted { .. } => "wait_completed",
+            EventBody::WaitTimedOut { .. } => "wait_timed_out",
+            EventBody::SleepStarted { .. } => "sleep_started",
+            EventBody::SleepFinished { .. } => "sleep_finished",
+            EventBody::StepConfirmed { .. } => "step_confirmed",
+            EventBody::JobParked { .. } => "job_parked",
         }
     }
 

@@ -39,6 +39,9 @@ impl LedgerStatus {
             (Some(Started), Started) => effect.reinvocable(),
             (Some(Started), Succeeded | Failed | OutcomeUnknown) => true,
             (Some(OutcomeUnknown), Confirmed) => true,
+            // Confirmed `not_executed`: the step runs again with the same key. (The fold
+            // makes the step runnable only for that outcome.)
+            (Some(Confirmed), Started) => true,
             _ => false,
         };
         if ok {
@@ -74,5 +77,8 @@ mod tests {
         );
         assert!(LedgerStatus::transition(Some(Failed), Started, EffectClass::SideEffect).is_ok());
         assert!(LedgerStatus::transition(None, Succeeded, EffectClass::Pure).is_err());
+        assert!(
+            LedgerStatus::transition(Some(Confirmed), Succeeded, EffectClass::SideEffect).is_err()
+        );
     }
 }

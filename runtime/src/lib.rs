@@ -20,8 +20,8 @@ pub mod template;
 
 pub use decide::{decide, recover, Decision, Recovery};
 pub use error::{FoldError, PlanError, RuntimeError};
-pub use event::{EventBody, RecordedEvent};
+pub use event::{ConfirmOutcome, EventBody, RecordedEvent};
 pub use ids::{invocation_key, JobId};
 pub use ledger::LedgerStatus;
-pub use plan::{EffectClass, Plan, RetryPolicy, StepKind, StepSpec, ToolCatalog};
+pub use plan::{EffectClass, Plan, RetryPolicy, StepKind, StepSpec, ToolCatalog, WaitSpec};
 pub use state::{JobState, JobStatus, StepState, StepStatus};

@@ -84,7 +84,7 @@ pub struct StepSpec {
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub args: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait: Option<Value>,
+    pub wait: Option<WaitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep: Option<HumanDuration>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -97,18 +97,38 @@ pub struct StepSpec {
     pub timeout: Option<HumanDuration>,
 }
 
+/// A `wait` step: park until a signal with this name arrives (an approval is a signal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitSpec {
+    pub signal: String,
+    /// Give up after this long: the step fails, or succeeds with `default` if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+}
+
 /// What a validated step does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepKind<'a> {
     Tool { tool: &'a str, args: &'a Value },
+    Wait(&'a WaitSpec),
+    Sleep(&'a HumanDuration),
 }
 
 impl StepSpec {
     pub fn kind(&self) -> Option<StepKind<'_>> {
-        self.tool.as_deref().map(|tool| StepKind::Tool {
-            tool,
-            args: &self.args,
-        })
+        if let Some(tool) = self.tool.as_deref() {
+            return Some(StepKind::Tool {
+                tool,
+                args: &self.args,
+            });
+        }
+        if let Some(w) = &self.wait {
+            return Some(StepKind::Wait(w));
+        }
+        self.sleep.as_ref().map(StepKind::Sleep)
     }
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry.clone().unwrap_or_default()
@@ -210,18 +230,33 @@ impl Plan {
                     "a step must have exactly one of \"tool\", \"wait\", \"sleep\"".into(),
                 );
             }
-            if s.wait.is_some() {
-                err(
-                    &mut errs,
-                    format!("{p}.wait"),
-                    "wait steps are not supported by this version yet".into(),
-                );
+            if let Some(w) = &s.wait {
+                let ok = !w.signal.is_empty()
+                    && w.signal.len() <= MAX_ID_LEN
+                    && w.signal
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+                if !ok {
+                    err(
+                        &mut errs,
+                        format!("{p}.wait.signal"),
+                        format!(
+                            "signal name {:?} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_.-]",
+                            w.signal
+                        ),
+                    );
+                }
             }
-            if s.sleep.is_some() {
+            if (s.wait.is_some() || s.sleep.is_some())
+                && (s.retry.is_some()
+                    || s.effect.is_some()
+                    || s.timeout.is_some()
+                    || !s.args.is_null())
+            {
                 err(
                     &mut errs,
-                    format!("{p}.sleep"),
-                    "sleep steps are not supported by this version yet".into(),
+                    p.clone(),
+                    "retry, effect, timeout and args apply to tool steps only (a wait has wait.timeout)".into(),
                 );
             }
             if let Some(tool) = &s.tool {

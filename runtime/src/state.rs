@@ -10,7 +10,7 @@ use crate::ledger::LedgerStatus;
 use crate::plan::{EffectClass, Plan};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -58,11 +58,15 @@ impl JobStatus {
     /// projections use, so they cannot disagree.
     pub fn after(self, body: &EventBody) -> JobStatus {
         match body {
-            EventBody::StepStarted { .. } if self == JobStatus::Queued => JobStatus::Running,
-            EventBody::StepOutcomeUnknown { .. } => JobStatus::Waiting,
             EventBody::JobSucceeded { .. } => JobStatus::Succeeded,
             EventBody::JobFailed { .. } => JobStatus::Failed,
             EventBody::JobCancelled { .. } => JobStatus::Cancelled,
+            // Parked: no actor, no lease, until a command or its timer wakes it.
+            EventBody::JobParked { .. } => JobStatus::Waiting,
+            // A signal alone changes nothing until a wait step consumes it.
+            EventBody::JobSubmitted { .. } | EventBody::SignalReceived { .. } => self,
+            // Any step progress means the job is active again.
+            _ if matches!(self, JobStatus::Queued | JobStatus::Waiting) => JobStatus::Running,
             _ => self,
         }
     }
@@ -80,6 +84,10 @@ pub enum StepStatus {
     Succeeded,
     Failed,
     OutcomeUnknown,
+    /// A wait step waiting for its signal (or its timeout).
+    Waiting,
+    /// A sleep step whose timer has not fired.
+    Sleeping,
 }
 
 impl StepStatus {
@@ -90,6 +98,8 @@ impl StepStatus {
             StepStatus::Succeeded => "succeeded",
             StepStatus::Failed => "failed",
             StepStatus::OutcomeUnknown => "outcome_unknown",
+            StepStatus::Waiting => "waiting",
+            StepStatus::Sleeping => "sleeping",
         }
     }
 }
@@ -109,6 +119,8 @@ pub struct StepState {
     pub retry_at_ms: Option<i64>,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    /// A waiting step's timeout or a sleeping step's wake-up time (store clock, ms).
+    pub deadline_ms: Option<i64>,
 }
 
 impl StepState {
@@ -124,6 +136,7 @@ impl StepState {
             retry_at_ms: None,
             started_at_ms: None,
             finished_at_ms: None,
+            deadline_ms: None,
         }
     }
 }
@@ -146,6 +159,18 @@ pub struct JobState {
     pub error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Signals received and not yet consumed by a wait step, by name, oldest first.
+    pub signals: BTreeMap<String, Vec<BufferedSignal>>,
+    /// Every signal id ever applied: a repeated signal id is applied once.
+    pub signal_ids: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BufferedSignal {
+    pub signal_id: String,
+    #[serde(with = "json_text")]
+    pub payload: Value,
+    pub by: Option<String>,
 }
 
 impl JobState {
@@ -218,6 +243,8 @@ impl JobState {
             error: None,
             created_at_ms: e.recorded_at_ms,
             updated_at_ms: e.recorded_at_ms,
+            signals: BTreeMap::new(),
+            signal_ids: BTreeSet::new(),
         })
     }
 
@@ -228,6 +255,24 @@ impl JobState {
                 seq,
                 step: step.to_string(),
             })
+    }
+
+    /// The step, which must be in `expected` status.
+    fn step_in(
+        &mut self,
+        seq: u64,
+        step: &str,
+        expected: StepStatus,
+    ) -> Result<&mut StepState, FoldError> {
+        let st = self.step_mut(seq, step)?;
+        if st.status != expected {
+            return Err(FoldError::IllegalTransition {
+                seq,
+                step: step.to_string(),
+                detail: format!("{} while {}", expected.as_str(), st.status.as_str()),
+            });
+        }
+        Ok(st)
     }
 
     /// Applies one event. Errors leave `self` unchanged.
@@ -327,6 +372,141 @@ impl JobState {
             EventBody::JobCancelled { by, reason, .. } => {
                 self.error = Some(format!("cancelled by {by}: {reason}"))
             }
+            EventBody::SignalReceived {
+                signal,
+                signal_id,
+                payload,
+                by,
+                ..
+            } => {
+                if self.signal_ids.contains(signal_id) {
+                    return Err(FoldError::IllegalTransition {
+                        seq,
+                        step: String::new(),
+                        detail: format!("signal id {signal_id:?} applied twice"),
+                    });
+                }
+                self.signal_ids.insert(signal_id.clone());
+                self.signals
+                    .entry(signal.clone())
+                    .or_default()
+                    .push(BufferedSignal {
+                        signal_id: signal_id.clone(),
+                        payload: payload.clone(),
+                        by: by.clone(),
+                    });
+            }
+            EventBody::WaitStarted { step, timeout_ms } => {
+                let st = self.step_in(seq, step, StepStatus::Pending)?;
+                st.status = StepStatus::Waiting;
+                st.started_at_ms = Some(at);
+                st.deadline_ms = timeout_ms.map(|t| at.saturating_add(t as i64));
+            }
+            EventBody::WaitCompleted {
+                step,
+                signal_id,
+                output,
+            } => {
+                let name = self
+                    .plan
+                    .step(step)
+                    .and_then(|s| s.wait.as_ref())
+                    .map(|w| w.signal.clone())
+                    .ok_or_else(|| FoldError::UnknownStep {
+                        seq,
+                        step: step.clone(),
+                    })?;
+                let buffered = self
+                    .signals
+                    .get(&name)
+                    .is_some_and(|v| v.iter().any(|b| &b.signal_id == signal_id));
+                if !buffered {
+                    return Err(FoldError::IllegalTransition {
+                        seq,
+                        step: step.clone(),
+                        detail: format!("signal {signal_id:?} was not received"),
+                    });
+                }
+                let st = self.step_in(seq, step, StepStatus::Waiting)?;
+                st.status = StepStatus::Succeeded;
+                st.output = Some(output.clone());
+                st.finished_at_ms = Some(at);
+                st.deadline_ms = None;
+                if let Some(v) = self.signals.get_mut(&name) {
+                    v.retain(|b| &b.signal_id != signal_id);
+                    if v.is_empty() {
+                        self.signals.remove(&name);
+                    }
+                }
+            }
+            EventBody::WaitTimedOut { step } => {
+                let default = self
+                    .plan
+                    .step(step)
+                    .and_then(|s| s.wait.as_ref())
+                    .and_then(|w| w.default.clone());
+                let signal = self
+                    .plan
+                    .step(step)
+                    .and_then(|s| s.wait.as_ref())
+                    .map(|w| w.signal.clone())
+                    .unwrap_or_default();
+                let st = self.step_in(seq, step, StepStatus::Waiting)?;
+                st.finished_at_ms = Some(at);
+                st.deadline_ms = None;
+                match default {
+                    Some(d) => {
+                        st.status = StepStatus::Succeeded;
+                        st.output = Some(d);
+                    }
+                    None => {
+                        st.status = StepStatus::Failed;
+                        st.error = Some(format!("timed out waiting for signal {signal:?}"));
+                    }
+                }
+            }
+            EventBody::SleepStarted { step, duration_ms } => {
+                let st = self.step_in(seq, step, StepStatus::Pending)?;
+                st.status = StepStatus::Sleeping;
+                st.started_at_ms = Some(at);
+                st.deadline_ms = Some(at.saturating_add(*duration_ms as i64));
+            }
+            EventBody::SleepFinished { step } => {
+                let st = self.step_in(seq, step, StepStatus::Sleeping)?;
+                st.status = StepStatus::Succeeded;
+                st.output = Some(Value::Null);
+                st.finished_at_ms = Some(at);
+                st.deadline_ms = None;
+            }
+            EventBody::StepConfirmed {
+                step,
+                outcome,
+                output,
+                by,
+                ..
+            } => {
+                let st = self.step_mut(seq, step)?;
+                let l = ledger_move(
+                    st,
+                    step,
+                    LedgerStatus::Confirmed,
+                    st.effect.unwrap_or(EffectClass::SideEffect),
+                )?;
+                st.ledger = Some(l);
+                st.finished_at_ms = Some(at);
+                match outcome {
+                    crate::event::ConfirmOutcome::Succeeded => {
+                        st.status = StepStatus::Succeeded;
+                        st.output = Some(output.clone().unwrap_or(Value::Null));
+                        st.error = None;
+                    }
+                    crate::event::ConfirmOutcome::NotExecuted => {
+                        st.status = StepStatus::Pending;
+                        st.error = Some(format!("confirmed not executed by {by}; runs again"));
+                    }
+                }
+            }
+            EventBody::JobParked { .. } => {}
         }
         self.status = self.status.after(&e.body);
         self.last_seq = seq;

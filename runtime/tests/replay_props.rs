@@ -1,7 +1,7 @@
 //! Property test of G5: for random valid event sequences, folding snapshot(k) (through the
 //! persisted codec) plus events[k..] equals folding all events, for every k.
 
-use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT_V1};
+use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::{
     decide, invocation_key, recover, EffectClass, EventBody, JobId, JobState, Plan, RecordedEvent,
     Recovery,
@@ -159,8 +159,8 @@ proptest! {
         let full = JobState::from_events(&events).unwrap().unwrap();
         for k in 1..=events.len() {
             let snap = JobState::from_events(&events[..k]).unwrap().unwrap();
-            let blob = encode_versioned(SNAPSHOT_FORMAT_V1, &snap).unwrap();
-            let snap: JobState = decode_versioned(SNAPSHOT_FORMAT_V1, &blob).unwrap();
+            let blob = encode_versioned(SNAPSHOT_FORMAT, &snap).unwrap();
+            let snap: JobState = decode_versioned(SNAPSHOT_FORMAT, &blob).unwrap();
             let replayed = JobState::replay(Some(snap), &events).unwrap().unwrap();
             prop_assert_eq!(&replayed, &full);
         }

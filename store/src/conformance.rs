@@ -816,6 +816,8 @@ pub async fn outcome_unknown_parks_job(store: DynStore) {
                         attempt: 1,
                         reason: "worker lost its lease mid-call".into(),
                     },
+                    // Nothing else can run: the worker parks the job for a human.
+                    EventBody::JobParked { wake_at_ms: None },
                 ],
             ))
             .await,
@@ -832,7 +834,7 @@ pub async fn outcome_unknown_parks_job(store: DynStore) {
             .append(append(
                 id,
                 l.token,
-                3,
+                4,
                 vec![started(
                     &tenant,
                     id,
@@ -1396,6 +1398,7 @@ pub async fn commands_wake_waiting_jobs_and_are_fenced(store: DynStore) {
                         attempt: 1,
                         reason: "crash".into(),
                     },
+                    EventBody::JobParked { wake_at_ms: None },
                 ],
             ))
             .await,
@@ -1456,7 +1459,7 @@ pub async fn commands_wake_waiting_jobs_and_are_fenced(store: DynStore) {
             .append(append(
                 id,
                 lease.token,
-                3,
+                4,
                 vec![EventBody::JobCancelled {
                     by: "ops".into(),
                     reason: "stop".into(),

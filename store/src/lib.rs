@@ -151,7 +151,26 @@ pub struct StatusCount {
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CommandBody {
-    Cancel { by: String, reason: String },
+    Cancel {
+        by: String,
+        reason: String,
+    },
+    /// A signal (e.g. an approval) for `wait` steps named `signal`; applied once per
+    /// `signal_id`.
+    Signal {
+        signal: String,
+        signal_id: String,
+        payload: serde_json::Value,
+        by: Option<String>,
+    },
+    /// A human's answer for an `outcome_unknown` step.
+    Confirm {
+        step: String,
+        outcome: aetheris_runtime::ConfirmOutcome,
+        output: Option<serde_json::Value>,
+        by: String,
+        note: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -241,3 +260,42 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+/// A ledger move: (step, new status, attempt, effect class, invocation key).
+pub(crate) type LedgerMove<'a> = (
+    &'a str,
+    LedgerStatus,
+    Option<u32>,
+    Option<EffectClass>,
+    Option<&'a str>,
+);
+
+/// The ledger move an event makes, if any: the one mapping both backends project with.
+pub(crate) fn ledger_change(b: &EventBody) -> Option<LedgerMove<'_>> {
+    match b {
+        EventBody::StepStarted {
+            step,
+            attempt,
+            effect,
+            invocation_key,
+            ..
+        } => Some((
+            step,
+            LedgerStatus::Started,
+            Some(*attempt),
+            Some(*effect),
+            Some(invocation_key),
+        )),
+        EventBody::StepSucceeded { step, .. } => {
+            Some((step, LedgerStatus::Succeeded, None, None, None))
+        }
+        EventBody::StepFailed { step, .. } => Some((step, LedgerStatus::Failed, None, None, None)),
+        EventBody::StepOutcomeUnknown { step, .. } => {
+            Some((step, LedgerStatus::OutcomeUnknown, None, None, None))
+        }
+        EventBody::StepConfirmed { step, .. } => {
+            Some((step, LedgerStatus::Confirmed, None, None, None))
+        }
+        _ => None,
+    }
+}

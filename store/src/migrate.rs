@@ -36,6 +36,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_commands.sql",
         sql: include_str!("../../migrations/0002_commands.sql"),
     },
+    Migration {
+        name: "0003_timers.sql",
+        sql: include_str!("../../migrations/0003_timers.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

@@ -186,10 +186,21 @@ ON CONFLICT (job_id, step) DO UPDATE SET
 
 const UPDATE_JOBS_SQL: &str = "\
 UPDATE jobs AS j
-SET status = u.status, last_seq = u.last_seq, last_hash = u.last_hash, updated_at = u.updated_at
-FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[])
-    AS u(job_id, token, status, last_seq, last_hash, updated_at)
+SET status = u.status, last_seq = u.last_seq, last_hash = u.last_hash, updated_at = u.updated_at,
+    wake_at = CASE WHEN u.wake_set THEN u.wake_at
+                   WHEN u.status <> 'waiting' THEN NULL ELSE j.wake_at END,
+    wake_due = false
+FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[],
+            $7::bool[], $8::bigint[])
+    AS u(job_id, token, status, last_seq, last_hash, updated_at, wake_set, wake_at)
 WHERE j.job_id = u.job_id AND j.token = u.token";
+
+/// Marks parked jobs whose timer is due as claimable (uses the `jobs_due` index).
+const SWEEP_DUE_SQL: &str = concat!(
+    "UPDATE jobs SET wake_due = true WHERE status = 'waiting' AND wake_at IS NOT NULL ",
+    "AND NOT wake_due AND wake_at <= ",
+    now_ms!()
+);
 
 const SNAPSHOT_SQL: &str = "\
 WITH j AS (
@@ -632,6 +643,8 @@ struct JobMem {
     token: u64,
     updated_at: i64,
     dirty: bool,
+    /// A `job_parked` in this batch set the wake-up time (None: no timer).
+    wake: Option<Option<i64>>,
 }
 
 #[derive(Clone)]
@@ -657,39 +670,7 @@ struct EventCols {
 
 /// The ledger move an event makes: (step, to, attempt, effect, invocation key). Same rule
 /// as the embedded store.
-type LedgerMove<'a> = (
-    &'a str,
-    LedgerStatus,
-    Option<u32>,
-    Option<EffectClass>,
-    Option<&'a str>,
-);
-
-fn ledger_change(b: &EventBody) -> Option<LedgerMove<'_>> {
-    match b {
-        EventBody::StepStarted {
-            step,
-            attempt,
-            effect,
-            invocation_key,
-            ..
-        } => Some((
-            step,
-            LedgerStatus::Started,
-            Some(*attempt),
-            Some(*effect),
-            Some(invocation_key),
-        )),
-        EventBody::StepSucceeded { step, .. } => {
-            Some((step, LedgerStatus::Succeeded, None, None, None))
-        }
-        EventBody::StepFailed { step, .. } => Some((step, LedgerStatus::Failed, None, None, None)),
-        EventBody::StepOutcomeUnknown { step, .. } => {
-            Some((step, LedgerStatus::OutcomeUnknown, None, None, None))
-        }
-        _ => None,
-    }
-}
+use crate::ledger_change;
 
 /// Validates one append against the batch's view; on success updates the view and the
 /// write buffers and returns the recorded events. On failure nothing is changed.
@@ -793,6 +774,12 @@ fn plan_append(
         });
         row.last_seq = seq;
         row.last_hash = hash;
+    }
+    if let Some(w) = out.iter().rev().find_map(|e| match &e.body {
+        EventBody::JobParked { wake_at_ms } => Some(*wake_at_ms),
+        _ => None,
+    }) {
+        row.wake = Some(w);
     }
     row.status = status;
     row.updated_at = now;
@@ -1054,6 +1041,7 @@ impl Store for PgStore {
                     token: to_u64(col(r, 4)?, "token")?,
                     updated_at: col(r, 5)?,
                     dirty: false,
+                    wake: None,
                 },
             );
             db_now = col(r, 6)?;
@@ -1091,6 +1079,7 @@ impl Store for PgStore {
             .collect();
 
         let mut upd = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut wake_set, mut wake_at): (Vec<bool>, Vec<Option<i64>>) = (vec![], vec![]);
         for (id, j) in jobs.iter().filter(|(_, j)| j.dirty) {
             upd.0.push(*id);
             upd.1.push(to_i64(j.token));
@@ -1098,6 +1087,8 @@ impl Store for PgStore {
             upd.3.push(to_i64(j.last_seq));
             upd.4.push(j.last_hash.to_vec());
             upd.5.push(j.updated_at);
+            wake_set.push(j.wake.is_some());
+            wake_at.push(j.wake.flatten());
         }
         if upd.0.is_empty() {
             // Every append failed validation: nothing to write.
@@ -1153,8 +1144,13 @@ impl Store for PgStore {
                 }
             },
             async {
-                tx.execute(&upd_st, &[&upd.0, &upd.1, &upd.2, &upd.3, &upd.4, &upd.5])
-                    .await
+                tx.execute(
+                    &upd_st,
+                    &[
+                        &upd.0, &upd.1, &upd.2, &upd.3, &upd.4, &upd.5, &wake_set, &wake_at,
+                    ],
+                )
+                .await
             }
         )
         .map_err(|e| self.pg(e))?;
@@ -1225,6 +1221,12 @@ impl Store for PgStore {
             .replace("{pool}", &pool.to_string())
             .replace("{max}", &max.to_string());
         let client = self.client().await?;
+        // Due timers become claimable (see migrations/0003_timers.sql).
+        let sweep = client
+            .prepare_cached(SWEEP_DUE_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        client.execute(&sweep, &[]).await.map_err(|e| self.pg(e))?;
         let st = client.prepare_cached(&sql).await.map_err(|e| self.pg(e))?;
         let rows = client
             .query(&st, &[&worker, &to_i64(ttl_ms)])

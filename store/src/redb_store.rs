@@ -34,6 +34,10 @@ const RUNNABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("runnable")
 const LEDGER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ledger");
 /// Unapplied commands: job (16) ‖ command id (8, BE) → created_at (8, BE) ‖ JSON body.
 const COMMANDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("commands");
+/// Parked jobs' wake-up times: job (16) → wake_at (8, BE), and the due index
+/// wake_at (8, BE, sign bit flipped) ‖ job (16) → () scanned by claims.
+const TIMERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("timers");
+const DUE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("due");
 /// Counters: "command_seq" → u64 (BE).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -232,6 +236,8 @@ impl RedbStore {
                 RUNNABLE,
                 LEDGER,
                 COMMANDS,
+                TIMERS,
+                DUE,
             ] {
                 tx.open_table(t).map_err(backend)?;
             }
@@ -731,47 +737,23 @@ fn append_in(tx: &WriteTransaction, a: Append, now: i64) -> Result<Vec<RecordedE
             }
         }
     }
+    // Timers: the last `job_parked` of the batch sets the wake-up; progress clears it.
+    let parked = out.iter().rev().find_map(|e| match &e.body {
+        EventBody::JobParked { wake_at_ms } => Some(*wake_at_ms),
+        _ => None,
+    });
+    match parked {
+        Some(w) => set_timer(tx, a.job_id, w)?,
+        None if status != JobStatus::Waiting => set_timer(tx, a.job_id, None)?,
+        None => {}
+    }
     row.status = status;
     row.updated_at_ms = now;
     save_row(tx, a.job_id, &row)?;
     Ok(out)
 }
 
-/// The ledger move an event makes: (step, to, attempt, effect, invocation key).
-type LedgerMove<'a> = (
-    &'a str,
-    LedgerStatus,
-    Option<u32>,
-    Option<EffectClass>,
-    Option<&'a str>,
-);
-
-/// The ledger move an event makes, if any.
-fn ledger_change(b: &EventBody) -> Option<LedgerMove<'_>> {
-    match b {
-        EventBody::StepStarted {
-            step,
-            attempt,
-            effect,
-            invocation_key,
-            ..
-        } => Some((
-            step,
-            LedgerStatus::Started,
-            Some(*attempt),
-            Some(*effect),
-            Some(invocation_key),
-        )),
-        EventBody::StepSucceeded { step, .. } => {
-            Some((step, LedgerStatus::Succeeded, None, None, None))
-        }
-        EventBody::StepFailed { step, .. } => Some((step, LedgerStatus::Failed, None, None, None)),
-        EventBody::StepOutcomeUnknown { step, .. } => {
-            Some((step, LedgerStatus::OutcomeUnknown, None, None, None))
-        }
-        _ => None,
-    }
-}
+use crate::ledger_change;
 
 fn snapshot_in(tx: &WriteTransaction, id: JobId, token: u64, seq: u64, blob: &[u8]) -> Result<()> {
     let row = load_row(tx, id)?.ok_or(StoreError::NotFound(id))?;
@@ -795,6 +777,38 @@ fn snapshot_in(tx: &WriteTransaction, id: JobId, token: u64, seq: u64, blob: &[u
     Ok(())
 }
 
+fn due_key(at: i64, job: JobId) -> Vec<u8> {
+    let mut k = ((at as u64) ^ (1 << 63)).to_be_bytes().to_vec();
+    k.extend_from_slice(job.as_bytes());
+    k
+}
+
+/// Sets (or clears) a parked job's wake-up time.
+fn set_timer(tx: &WriteTransaction, job: JobId, at: Option<i64>) -> Result<()> {
+    let mut timers = tx.open_table(TIMERS).map_err(backend)?;
+    let mut due = tx.open_table(DUE).map_err(backend)?;
+    let old = timers
+        .remove(job.as_bytes().as_slice())
+        .map_err(backend)?
+        .map(|g| g.value().to_vec());
+    if let Some(old) = old {
+        let b: [u8; 8] = old
+            .as_slice()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("timer".into()))?;
+        due.remove(due_key(i64::from_be_bytes(b), job).as_slice())
+            .map_err(backend)?;
+    }
+    if let Some(at) = at {
+        timers
+            .insert(job.as_bytes().as_slice(), at.to_be_bytes().as_slice())
+            .map_err(backend)?;
+        due.insert(due_key(at, job).as_slice(), [].as_slice())
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
 fn claim_in(
     tx: &WriteTransaction,
     worker: &str,
@@ -810,14 +824,33 @@ fn claim_in(
     {
         let rt = tx.open_table(RUNNABLE).map_err(backend)?;
         let jt = tx.open_table(JOBS).map_err(backend)?;
+        let due = tx.open_table(DUE).map_err(backend)?;
+        // Runnable jobs, then parked jobs whose timer is due.
+        let mut ids: Vec<[u8; 16]> = Vec::new();
         for item in rt.iter().map_err(backend)? {
             let (k, _) = item.map_err(backend)?;
-            let b: [u8; 16] = k
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("runnable key".into()))?;
+            ids.push(
+                k.value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("runnable key".into()))?,
+            );
+        }
+        let upto = due_key(now, JobId::from_bytes([0xff; 16]));
+        for item in due.range::<&[u8]>(..=upto.as_slice()).map_err(backend)? {
+            let (k, _) = item.map_err(backend)?;
+            ids.push(
+                k.value()[8..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("due key".into()))?,
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for b in ids {
+            if !seen.insert(b) {
+                continue;
+            }
             let id = JobId::from_bytes(b);
-            let Some(g) = jt.get(k.value()).map_err(backend)? else {
+            let Some(g) = jt.get(b.as_slice()).map_err(backend)? else {
                 continue;
             };
             let row: JobRow = dec(g.value())?;

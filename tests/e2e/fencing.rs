@@ -151,8 +151,13 @@ fn a_stale_worker_is_fenced_and_calls_nothing_after_losing_its_lease() {
         let kinds: Vec<&str> = events.iter().map(|e| e.body.kind()).collect();
         assert_eq!(
             kinds,
-            ["job_submitted", "step_started", "step_outcome_unknown"],
-            "A's late writes were rejected"
+            [
+                "job_submitted",
+                "step_started",
+                "step_outcome_unknown",
+                "job_parked"
+            ],
+            "A's late writes were rejected; B parked the job for a human"
         );
         aetheris_proof::verify_chain(job, &events).unwrap();
         assert!(

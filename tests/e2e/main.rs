@@ -9,3 +9,4 @@ mod fencing;
 mod postgres;
 mod supervision;
 mod support;
+mod waits;

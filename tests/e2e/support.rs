@@ -9,9 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct TestNode {
+    /// The database of a PostgreSQL node (a restart connects anew: a pool dies with the
+    /// actix system that created it, DESIGN §8).
+    pg_url: Option<String>,
     pub url: String,
     pub store: DynStore,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// true: drain (graceful); false: stop the actor system abruptly (a crash).
+    stop: Option<tokio::sync::oneshot::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
@@ -24,7 +28,7 @@ impl TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: DynStore =
             Arc::new(RedbStore::open(&dir.path().join("aetheris.redb")).expect("open store"));
-        Self::start_on(Some(store), dir, register, worker)
+        Self::start_on(Some(store), None, dir, register, worker)
     }
 
     /// A node on a fresh database of the per-binary throwaway PostgreSQL cluster.
@@ -33,24 +37,27 @@ impl TestNode {
         worker: WorkerConfig,
     ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_on(None, dir, register, worker)
+        let url = rt().block_on(aetheris_store::pg_test::fresh_database_url());
+        Self::start_on(None, Some(url), dir, register, worker)
     }
 
     fn start_on(
         store: Option<DynStore>,
+        pg_url: Option<String>,
         dir: tempfile::TempDir,
         register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
         worker: WorkerConfig,
     ) -> TestNode {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
+        let url_for_node = pg_url.clone();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
                 // The PostgreSQL pool must be created on this long-lived system (DESIGN §8).
                 let node_store: DynStore = match store {
                     Some(s) => s,
                     None => {
-                        let url = aetheris_store::pg_test::fresh_database_url().await;
+                        let url = url_for_node.expect("a store or a database url");
                         let pg = aetheris_store::PgStore::connect(&url, 8)
                             .await
                             .expect("connect");
@@ -69,15 +76,24 @@ impl TestNode {
                     start_node(node_store.clone(), tools, cfg).expect("start node");
                 addr_tx.send((node.addr, node_store)).expect("send addr");
                 let server = actix_rt::spawn(server);
-                let _ = stop_rx.await;
-                node.shutdown(Duration::from_secs(2)).await;
-                let _ = server.await;
+                match stop_rx.await {
+                    Ok(false) => {
+                        // Crash: no drain, no lease release; the HTTP server stops.
+                        node.server.stop(false).await;
+                        actix_rt::System::current().stop();
+                    }
+                    _ => {
+                        node.shutdown(Duration::from_secs(2)).await;
+                        let _ = server.await;
+                    }
+                }
             })
         });
         let (addr, store) = addr_rx
             .recv_timeout(Duration::from_secs(60))
             .expect("node did not start");
         TestNode {
+            pg_url,
             url: format!("http://{addr}"),
             store,
             stop: Some(stop_tx),
@@ -87,10 +103,35 @@ impl TestNode {
     }
 }
 
+impl TestNode {
+    /// Kills the node's actors and gateway without draining (leases stay held until they
+    /// expire), waits `down`, and starts a new node on the same store with `register`.
+    pub fn crash_and_restart(
+        mut self,
+        down: Duration,
+        register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
+        worker: WorkerConfig,
+    ) -> TestNode {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(false);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::thread::sleep(down);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old_dir = std::mem::replace(&mut self._dir, dir);
+        match self.pg_url.clone() {
+            Some(url) => Self::start_on(None, Some(url), old_dir, register, worker),
+            None => Self::start_on(Some(self.store.clone()), None, old_dir, register, worker),
+        }
+    }
+}
+
 impl Drop for TestNode {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+            let _ = s.send(true);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -133,6 +174,80 @@ pub async fn settle(c: &reqwest::Client, url: &str, id: &str, limit: Duration) -
             Some("succeeded" | "failed" | "waiting" | "cancelled") => return j,
             _ if tokio::time::Instant::now() > deadline => panic!("job {id} did not settle: {j}"),
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// A counting HTTP stub (a real server on loopback): counts calls per `Idempotency-Key`
+/// and answers 503 to the first `fail_first` calls of each key, then 200.
+pub struct Stub {
+    pub url: String,
+    pub calls: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    server: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stub {
+    pub fn start(fail_first: u32) -> Stub {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        let calls: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
+        let c2 = calls.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    let calls = c2.clone();
+                    App::new().default_service(web::to(move |req: HttpRequest| {
+                        let calls = calls.clone();
+                        async move {
+                            let key = req
+                                .headers()
+                                .get("idempotency-key")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let n = {
+                                let mut m = calls.lock().unwrap();
+                                let n = m.entry(key).or_insert(0);
+                                *n += 1;
+                                *n
+                            };
+                            if n <= fail_first {
+                                HttpResponse::ServiceUnavailable().json(serde_json::json!({"n": n}))
+                            } else {
+                                HttpResponse::Ok().json(serde_json::json!({"ok": true, "n": n}))
+                            }
+                        }
+                    }))
+                })
+                .workers(1)
+                .disable_signals()
+                .bind("127.0.0.1:0")
+                .expect("bind stub");
+                let addr = server.addrs()[0];
+                let running = server.run();
+                tx.send((addr, running.handle())).expect("send");
+                let _ = running.await;
+            })
+        });
+        let (addr, server) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("stub started");
+        Stub {
+            url: format!("http://{addr}"),
+            calls,
+            server,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        let h = self.server.clone();
+        rt().block_on(h.stop(false));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
