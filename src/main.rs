@@ -6,6 +6,8 @@ mod bench;
 mod client;
 mod cluster;
 mod dev;
+#[allow(dead_code)]
+mod bench_w5;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -10,7 +10,7 @@
 //! then the actor stops as crashed so the registry restarts it from storage.
 
 use crate::registry::{ActorGone, Exit};
-use crate::tools::{Invocation, Invoke, ToolError, ToolErrorKind};
+use crate::tools::{Invocation, Invoke, Reconcile, Reconciled, ToolError, ToolErrorKind};
 use crate::Shared;
 use actix::prelude::*;
 use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT};
@@ -234,8 +234,12 @@ impl JobActor {
                         act.drive(ctx)
                     }));
                 } else if t.status == aetheris_runtime::JobStatus::Waiting {
-                    // Already parked and nothing changed: hold nothing.
-                    self.exit(Exit::Passivated, ctx);
+                    // Parked and nothing changed: hold nothing. With a timer, ask the
+                    // lease manager to claim again when it is due (local clock).
+                    match d.wake_at_ms {
+                        Some(at) => self.exit(Exit::Parked(at - self.clock_offset_ms), ctx),
+                        None => self.exit(Exit::Passivated, ctx),
+                    }
                 } else {
                     // Nothing running, nothing ready: park (a signal, a confirmation or
                     // the timer wakes it), then hold no actor and no lease.
@@ -689,16 +693,73 @@ impl JobActor {
                         step,
                     })
                 }
-                Recovery::OutcomeUnknown { step } => {
-                    let attempt = state.steps.get(&step)?.attempt;
-                    Some(EventBody::StepOutcomeUnknown {
-                        step,
-                        attempt,
-                        reason: "started by an earlier incarnation that stopped before recording a result".into(),
-                    })
-                }
+                // side_effect: first asked of the tool's reconcile hook (see `reconcile`).
+                Recovery::OutcomeUnknown { .. } => None,
             })
             .collect()
+    }
+
+    /// G2 for side_effect steps found started without a result: ask each tool's
+    /// `reconcile` hook, by invocation key, what happened; a tool that cannot tell (the
+    /// default) leaves the step `outcome_unknown` for a human. Blocks the actor until
+    /// answered (bounded), then drives on.
+    fn reconcile(&mut self, state: &JobState, ctx: &mut Context<Self>) {
+        let mut asks = Vec::new();
+        for r in recover(state) {
+            let Recovery::OutcomeUnknown { step } = r else { continue };
+            let Some(st) = state.steps.get(&step) else { continue };
+            let unknown = EventBody::StepOutcomeUnknown {
+                step: step.clone(),
+                attempt: st.attempt,
+                reason: "started by an earlier incarnation that stopped before recording a result".into(),
+            };
+            let tool = state.plan.step(&step).and_then(|s| s.tool.clone()).unwrap_or_default();
+            let (Some(entry), Some(key)) = (self.sh.tools.get(&tool).cloned(), st.invocation_key.clone()) else {
+                self.pending.push(unknown);
+                continue;
+            };
+            let args = state
+                .plan
+                .step(&step)
+                .and_then(|s| resolve(&s.args, &state.input, &state.outputs()).ok())
+                .unwrap_or(Value::Null);
+            let call = Invocation {
+                job_id: self.job_id,
+                tenant: state.tenant.clone(),
+                step: step.clone(),
+                attempt: st.attempt,
+                invocation_key: key,
+                fencing_token: self.token,
+                effect: st.effect.unwrap_or(EffectClass::SideEffect),
+                args,
+            };
+            let max_attempts = state.plan.step(&step).map(|s| s.retry_policy().max_attempts).unwrap_or(1);
+            asks.push((entry, call, unknown, max_attempts));
+        }
+        if asks.is_empty() {
+            return;
+        }
+        let fut = futures::future::join_all(asks.into_iter().map(|(entry, call, unknown, max)| async move {
+            let (step, attempt) = (call.step.clone(), call.attempt);
+            let answer = tokio::time::timeout(Duration::from_secs(10), entry.reconcile.send(Reconcile(call))).await;
+            match answer {
+                Ok(Ok(Some(Reconciled::Succeeded(output)))) => EventBody::StepSucceeded { step, attempt, output },
+                Ok(Ok(Some(Reconciled::NotExecuted))) => EventBody::StepFailed {
+                    step,
+                    attempt,
+                    error: "reconciled: the call was not executed".into(),
+                    retryable: true,
+                    retry_after_ms: (attempt < max).then_some(0),
+                },
+                _ => unknown,
+            }
+        }));
+        self.appending = true; // nothing else may append until the answers are in
+        ctx.wait(actix::fut::wrap_future(fut).map(|events, act: &mut JobActor, ctx| {
+            act.appending = false;
+            act.pending.extend(events);
+            act.drive(ctx);
+        }));
     }
 }
 
@@ -783,6 +844,7 @@ impl Actor for JobActor {
                         return;
                     }
                     act.pending = act.recovery_events(&state);
+                    act.reconcile(&state, ctx);
                     act.state = Some(state);
                     // Commands stored while no actor ran (e.g. a cancel that woke a
                     // waiting job) are applied before anything else is decided.

@@ -27,6 +27,23 @@ pub struct LeaseDone {
 #[rtype(result = "()")]
 struct ClaimNow;
 
+/// A job this worker parked is due at this local time (ms): claim then, so durable timers
+/// fire promptly rather than at the next poll (the poll still covers other workers' and
+/// earlier processes' timers).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WakeAt(pub i64);
+
+/// How often due timers are checked.
+const TIMER_TICK: Duration = Duration::from_millis(10);
+
+fn local_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Graceful shutdown: resolves when every lease is released (or `grace` ran out).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -41,6 +58,8 @@ pub struct LeaseManager {
     claiming: bool,
     claim_again: bool,
     draining: bool,
+    /// Local due times of jobs this worker parked.
+    timers: std::collections::BTreeSet<i64>,
 }
 
 impl LeaseManager {
@@ -52,6 +71,7 @@ impl LeaseManager {
             claiming: false,
             claim_again: false,
             draining: false,
+            timers: std::collections::BTreeSet::new(),
         }
     }
 
@@ -156,6 +176,13 @@ impl Actor for LeaseManager {
             Duration::from_millis(self.sh.config.heartbeat_ms),
             |act, ctx| act.heartbeat(ctx),
         );
+        ctx.run_interval(TIMER_TICK, |act, ctx| {
+            let now = local_ms();
+            if act.timers.first().is_some_and(|t| *t <= now) {
+                act.timers = act.timers.split_off(&(now + 1));
+                act.claim(ctx);
+            }
+        });
         let hint = self.sh.store.work_hint();
         let me = ctx.address();
         actix::spawn(async move {
@@ -167,6 +194,13 @@ impl Actor for LeaseManager {
             }
         });
         self.claim(ctx);
+    }
+}
+
+impl Handler<WakeAt> for LeaseManager {
+    type Result = ();
+    fn handle(&mut self, m: WakeAt, _: &mut Context<Self>) {
+        self.timers.insert(m.0);
     }
 }
 

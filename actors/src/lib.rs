@@ -24,7 +24,7 @@ pub use job::JobActor;
 pub use lease::{Drain, LeaseManager};
 pub use metrics::Metrics;
 pub use registry::JobRegistry;
-pub use tools::{EchoTool, HttpTool, Invocation, Tool, ToolError, ToolErrorKind, ToolRegistry};
+pub use tools::{EchoTool, HttpTool, Invocation, Reconciled, Tool, ToolError, ToolErrorKind, ToolRegistry};
 
 /// Tunables of a worker. Defaults are what `aetheris dev` and `aetheris worker` use.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@
 //! actor; see job.rs.)
 
 use crate::job::{CheckCommands, DrainJob, JobActor, Revoke};
-use crate::lease::{LeaseDone, LeaseManager};
+use crate::lease::{LeaseDone, LeaseManager, WakeAt};
 use crate::Shared;
 use actix::prelude::*;
 use aetheris_runtime::JobId;
@@ -20,6 +20,9 @@ pub enum Exit {
     Finished,
     /// Nothing to do until a human or timer acts (or draining): give the lease back.
     Passivated,
+    /// Parked with a timer due at this local time (ms): give the lease back and claim
+    /// again when it is due.
+    Parked(i64),
     LeaseLost,
     Crashed(String),
 }
@@ -186,6 +189,13 @@ impl Handler<ActorGone> for JobRegistry {
             Exit::Finished | Exit::Passivated => {
                 self.crashes.remove(&m.job_id);
                 self.done(m.job_id, m.token, true);
+            }
+            Exit::Parked(at) => {
+                self.crashes.remove(&m.job_id);
+                self.done(m.job_id, m.token, true);
+                if let Some(l) = &self.leases {
+                    l.do_send(WakeAt(at));
+                }
             }
             Exit::LeaseLost => {
                 self.crashes.remove(&m.job_id);

@@ -89,7 +89,28 @@ pub trait Tool: Send + Sync + 'static {
     /// The declared effect class; a step may override it with `effect`.
     fn effect(&self) -> EffectClass;
     async fn invoke(&self, call: Invocation) -> Result<Value, ToolError>;
+
+    /// Asked after a crash left a call without a recorded result (G2), before the step
+    /// is marked `outcome_unknown` for a human: what happened to the call with this
+    /// invocation key? `None` (the default) means the tool cannot tell.
+    async fn reconcile(&self, _call: Invocation) -> Option<Reconciled> {
+        None
+    }
 }
+
+/// A tool's answer about a call whose outcome was not recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reconciled {
+    /// It happened, with this output.
+    Succeeded(Value),
+    /// It did not happen: safe to run again with the same key.
+    NotExecuted,
+}
+
+/// Ask a tool actor to reconcile a call by its invocation key.
+#[derive(Message)]
+#[rtype(result = "Option<Reconciled>")]
+pub struct Reconcile(pub Invocation);
 
 /// The message a job actor sends to a tool actor.
 #[derive(Message)]
@@ -126,9 +147,23 @@ impl Handler<Invoke> for ToolActor {
     }
 }
 
+impl Handler<Reconcile> for ToolActor {
+    type Result = ResponseFuture<Option<Reconciled>>;
+    fn handle(&mut self, msg: Reconcile, _: &mut Context<Self>) -> Self::Result {
+        let tool = self.tool.clone();
+        Box::pin(async move {
+            AssertUnwindSafe(tool.reconcile(msg.0))
+                .catch_unwind()
+                .await
+                .unwrap_or(None)
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct ToolEntry {
     pub recipient: Recipient<Invoke>,
+    pub reconcile: Recipient<Reconcile>,
     pub effect: EffectClass,
 }
 
@@ -157,7 +192,8 @@ impl ToolRegistry {
         self.tools.insert(
             name.to_string(),
             ToolEntry {
-                recipient: addr.recipient(),
+                recipient: addr.clone().recipient(),
+                reconcile: addr.recipient(),
                 effect,
             },
         );

@@ -532,6 +532,8 @@ async fn listen_once(
                     if let Ok(job) = n.payload().parse::<JobId>() {
                         let _ = commands.send(job);
                     }
+                    // A command may make a parked job claimable: wake the claimers too.
+                    fire(hint);
                 }
                 Some(Ok(AsyncMessage::Notification(_))) => fire(hint),
                 Some(Ok(_)) => {}

@@ -34,6 +34,29 @@ impl Tool for PanicOnce {
     }
 }
 
+/// side_effect; hangs on its first call (a crash will cut it off); its reconcile hook
+/// knows what happened to every key it was called with.
+struct Reconciling(Arc<Mutex<HashMap<String, u32>>>);
+
+#[async_trait::async_trait]
+impl Tool for Reconciling {
+    fn effect(&self) -> EffectClass {
+        EffectClass::SideEffect
+    }
+    async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
+        *self.0.lock().unwrap().entry(call.invocation_key.clone()).or_insert(0) += 1;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok(json!({"late": true}))
+    }
+    async fn reconcile(&self, call: Invocation) -> Option<aetheris_actors::Reconciled> {
+        let seen = self.0.lock().unwrap().get(&call.invocation_key).copied();
+        Some(match seen {
+            Some(_) => aetheris_actors::Reconciled::Succeeded(json!({"reconciled": true})),
+            None => aetheris_actors::Reconciled::NotExecuted,
+        })
+    }
+}
+
 type Register = Box<dyn FnOnce(&mut ToolRegistry) + Send>;
 type Start = fn(Register, WorkerConfig) -> TestNode;
 
@@ -291,6 +314,44 @@ fn retries_reuse_the_key(start: Start) {
             .to_string();
         assert_eq!(stub.calls.lock().unwrap().get(&key), Some(&1));
     });
+}
+
+fn reconcile_hook_answers_before_a_human(start: Start) {
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let s1 = seen.clone();
+    let node = start(Box::new(move |t: &mut ToolRegistry| t.register("transfer", Reconciling(s1))), WorkerConfig::default());
+    let c = reqwest::Client::new();
+    let id = rt().block_on(async {
+        let (_, j) = submit(&c, &node.url, &json!({"plan": {"steps": [
+            {"id": "send", "tool": "transfer"}, {"id": "after", "tool": "echo", "needs": ["send"], "args": {"r": "${steps.send.output}"}}
+        ]}})).await;
+        let id = j["job_id"].as_str().unwrap().to_string();
+        until(&c, &node.url, &id, "call in flight", |j| j["steps"][0]["status"] == "running").await;
+        id
+    });
+    // Crash mid-call; the next incarnation asks the tool's reconcile hook (lease TTL 5 s).
+    let s2 = seen.clone();
+    let node = node.crash_and_restart(
+        Duration::from_millis(100),
+        Box::new(move |t: &mut ToolRegistry| t.register("transfer", Reconciling(s2))),
+        WorkerConfig { lease_ttl_ms: 1000, heartbeat_ms: 200, ..WorkerConfig::default() },
+    );
+    rt().block_on(async {
+        let j = settle(&c, &node.url, &id, Duration::from_secs(30)).await;
+        assert_eq!(j["status"], "succeeded", "reconciled, not outcome_unknown: {j}");
+        assert_eq!(j["output"]["after"]["r"], json!({"reconciled": true}));
+        assert_eq!(seen.lock().unwrap().values().sum::<u32>(), 1, "called once");
+    });
+}
+
+#[test]
+fn reconcile_hook_on_the_embedded_store() {
+    reconcile_hook_answers_before_a_human(|r, w| TestNode::start(r, w));
+}
+
+#[test]
+fn reconcile_hook_on_postgres() {
+    reconcile_hook_answers_before_a_human(|r, w| TestNode::start_pg(r, w));
 }
 
 #[test]
