@@ -17,8 +17,13 @@ fn plan(n: usize, deps: &[usize]) -> Plan {
             } else {
                 vec![]
             };
-            json!({"id": format!("s{i}"), "tool": "echo", "args": {"i": i}, "needs": needs,
-                   "effect": if deps[i].is_multiple_of(2) { "side_effect" } else { "idempotent" }})
+            match deps[i] % 7 {
+                // Some steps wait for a signal or sleep: their events fold too.
+                5 => json!({"id": format!("s{i}"), "wait": {"signal": "go", "timeout": "5ms"}, "needs": needs}),
+                6 => json!({"id": format!("s{i}"), "sleep": "3ms", "needs": needs}),
+                _ => json!({"id": format!("s{i}"), "tool": "echo", "args": {"i": i}, "needs": needs,
+                   "effect": if deps[i].is_multiple_of(2) { "side_effect" } else { "idempotent" }}),
+            }
         })
         .collect();
     serde_json::from_value(json!({ "steps": steps })).unwrap()
@@ -111,11 +116,62 @@ fn simulate(n: usize, deps: &[usize], choices: &[u8]) -> Vec<RecordedEvent> {
                 };
                 push(&mut events, body);
             } else {
-                let d = decide(&state, now + 10, 1 + (*c as usize % 3));
-                if let Some(f) = d.finish {
+                let d = decide(&state, now + (*c as i64 % 12), 1 + (*c as usize % 3));
+                if c % 17 == 1 {
+                    push(
+                        &mut events,
+                        EventBody::SignalReceived {
+                            signal: "go".into(),
+                            signal_id: format!("sig-{i}"),
+                            payload: json!({"i": i}),
+                            by: Some("ada".into()),
+                            command_id: i as u64,
+                        },
+                    );
+                } else if c % 19 == 1 {
+                    push(
+                        &mut events,
+                        EventBody::JobParked {
+                            wake_at_ms: d.wake_at_ms,
+                        },
+                    );
+                } else if c % 23 == 1 {
+                    push(
+                        &mut events,
+                        EventBody::JobCancelled {
+                            by: "ops".into(),
+                            reason: "test".into(),
+                            command_id: i as u64,
+                        },
+                    );
+                } else if let Some(f) = d.finish {
                     push(&mut events, f);
                 } else {
+                    for r in d.resolve {
+                        push(&mut events, r);
+                    }
                     for step in d.start {
+                        let spec = state.plan.step(&step).unwrap();
+                        if spec.wait.is_some() {
+                            push(
+                                &mut events,
+                                EventBody::WaitStarted {
+                                    step,
+                                    timeout_ms: Some(5),
+                                },
+                            );
+                            continue;
+                        }
+                        if spec.sleep.is_some() {
+                            push(
+                                &mut events,
+                                EventBody::SleepStarted {
+                                    step,
+                                    duration_ms: 3,
+                                },
+                            );
+                            continue;
+                        }
                         let s = &state.steps[&step];
                         let effect = if state.plan.step(&step).unwrap().effect
                             == Some(EffectClass::SideEffect)
