@@ -23,8 +23,15 @@ fn rss_kib() -> u64 {
 }
 
 fn cpu_ms() -> f64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
     (t(11) + t(12)) * 10.0
 }
@@ -41,7 +48,12 @@ async fn count(store: &DynStore, status: JobStatus) -> u64 {
     store
         .count_by_status()
         .await
-        .map(|c| c.iter().filter(|x| x.status == status).map(|x| x.count).sum())
+        .map(|c| {
+            c.iter()
+                .filter(|x| x.status == status)
+                .map(|x| x.count)
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -58,13 +70,21 @@ async fn wait_for(store: &DynStore, status: JobStatus, n: u64, what: &str) -> Re
 
 /// Runs W5 on `store` (fresh): `parked` jobs parked on a signal, `samples` of them
 /// signalled one at a time, and `timers` jobs with a 1.5 s sleep.
-pub async fn w5(store: DynStore, parked: usize, samples: usize, timers: usize) -> Result<Value, String> {
+pub async fn w5(
+    store: DynStore,
+    parked: usize,
+    samples: usize,
+    timers: usize,
+) -> Result<Value, String> {
     let (finished, mut done) = tokio::sync::broadcast::channel(65_536);
     let shared = Shared {
         store: store.clone(),
         tools: ToolRegistry::with_builtins(),
         metrics: Arc::new(Metrics::default()),
-        config: Arc::new(WorkerConfig { max_jobs: 512, ..WorkerConfig::default() }),
+        config: Arc::new(WorkerConfig {
+            max_jobs: 512,
+            ..WorkerConfig::default()
+        }),
         finished,
     };
     let (leases, _) = start_worker(shared);
@@ -80,7 +100,12 @@ pub async fn w5(store: DynStore, parked: usize, samples: usize, timers: usize) -
             eprint!("\rW5: submitting {i}/{parked}…   ");
         }
         let (s, _) = store
-            .submit(NewJob { tenant: "bench".into(), idempotency_key: None, plan: plan.clone(), input: Value::Null })
+            .submit(NewJob {
+                tenant: "bench".into(),
+                idempotency_key: None,
+                plan: plan.clone(),
+                input: Value::Null,
+            })
             .await
             .map_err(|e| e.to_string())?;
         ids.push(s.job_id);
@@ -98,8 +123,16 @@ pub async fn w5(store: DynStore, parked: usize, samples: usize, timers: usize) -
     let mut lat = Vec::with_capacity(samples);
     for id in ids.iter().take(samples) {
         let t0 = Instant::now();
-        let body = CommandBody::Signal { signal: "go".into(), signal_id: format!("w5-{id}"), payload: Value::Null, by: None };
-        store.put_command(Scope::System, *id, body).await.map_err(|e| e.to_string())?;
+        let body = CommandBody::Signal {
+            signal: "go".into(),
+            signal_id: format!("w5-{id}"),
+            payload: Value::Null,
+            by: None,
+        };
+        store
+            .put_command(Scope::System, *id, body)
+            .await
+            .map_err(|e| e.to_string())?;
         loop {
             match tokio::time::timeout(Duration::from_secs(30), done.recv()).await {
                 Ok(Ok((j, _))) if j == *id => break,
@@ -111,11 +144,18 @@ pub async fn w5(store: DynStore, parked: usize, samples: usize, timers: usize) -
     }
 
     eprint!("\rW5: {timers} timers of 1.5 s…                 ");
-    let sleep_plan: Plan = serde_json::from_value(json!({"steps": [{"id": "nap", "sleep": "1500ms"}]})).map_err(|e| e.to_string())?;
+    let sleep_plan: Plan =
+        serde_json::from_value(json!({"steps": [{"id": "nap", "sleep": "1500ms"}]}))
+            .map_err(|e| e.to_string())?;
     let mut sleepers: HashMap<JobId, ()> = HashMap::new();
     for _ in 0..timers {
         let (s, _) = store
-            .submit(NewJob { tenant: "bench".into(), idempotency_key: None, plan: sleep_plan.clone(), input: Value::Null })
+            .submit(NewJob {
+                tenant: "bench".into(),
+                idempotency_key: None,
+                plan: sleep_plan.clone(),
+                input: Value::Null,
+            })
             .await
             .map_err(|e| e.to_string())?;
         sleepers.insert(s.job_id, ());
@@ -124,8 +164,15 @@ pub async fn w5(store: DynStore, parked: usize, samples: usize, timers: usize) -
     let deadline = Instant::now() + Duration::from_secs(120);
     for id in sleepers.keys() {
         loop {
-            let evs = store.read_events(Scope::System, *id, 0, 100).await.map_err(|e| e.to_string())?;
-            let at = |k: &str| evs.iter().find(|e| e.body.kind() == k).map(|e| e.recorded_at_ms);
+            let evs = store
+                .read_events(Scope::System, *id, 0, 100)
+                .await
+                .map_err(|e| e.to_string())?;
+            let at = |k: &str| {
+                evs.iter()
+                    .find(|e| e.body.kind() == k)
+                    .map(|e| e.recorded_at_ms)
+            };
             if let (Some(a), Some(b)) = (at("sleep_started"), at("sleep_finished")) {
                 late.push((b - a - 1500) as f64);
                 break;
@@ -137,7 +184,11 @@ pub async fn w5(store: DynStore, parked: usize, samples: usize, timers: usize) -
         }
     }
     eprintln!("\r{:60}", "");
-    let _ = leases.send(Drain { grace: Duration::from_secs(5) }).await;
+    let _ = leases
+        .send(Drain {
+            grace: Duration::from_secs(5),
+        })
+        .await;
     Ok(json!({
         "parked_jobs": parked,
         "rss_mib": rss as f64 / 1024.0,

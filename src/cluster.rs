@@ -42,6 +42,9 @@ pub struct WorkerArgs {
     /// How long a drain waits for in-flight calls before releasing anyway (ms).
     #[arg(long, default_value_t = 10_000)]
     pub drain_grace_ms: u64,
+    /// Per-tenant rate limits (JSON file; see docs/limits.md).
+    #[arg(long, env = "AETHERIS_LIMITS")]
+    pub limits: Option<std::path::PathBuf>,
 }
 
 impl WorkerArgs {
@@ -57,9 +60,26 @@ impl WorkerArgs {
             heartbeat_ms: self.heartbeat_ms,
             max_jobs: self.max_jobs,
             snapshot_every: self.snapshot_every,
+            rate_limits: load_limits(self.limits.as_deref())?,
             ..WorkerConfig::default()
         })
     }
+}
+
+/// Reads a limits file; no file means no limits.
+pub fn load_limits(
+    path: Option<&std::path::Path>,
+) -> Result<aetheris_actors::ratelimit::RateLimiters, String> {
+    let cfg = match path {
+        None => aetheris_actors::ratelimit::LimitsConfig::default(),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+            aetheris_actors::ratelimit::LimitsConfig::parse(&text)
+                .map_err(|e| format!("{}: {e}", p.display()))?
+        }
+    };
+    Ok(aetheris_actors::ratelimit::RateLimiters::new(cfg))
 }
 
 pub async fn connect(db: &DbArgs) -> Result<DynStore, String> {
@@ -95,13 +115,22 @@ pub fn migrate(db: DbArgs) -> Result<ExitCode, String> {
     })
 }
 
-pub fn server(db: DbArgs, bind: String) -> Result<ExitCode, String> {
+pub fn server(
+    db: DbArgs,
+    bind: String,
+    limits: Option<std::path::PathBuf>,
+) -> Result<ExitCode, String> {
+    let rate_limits = load_limits(limits.as_deref())?;
     actix_rt::System::new().block_on(async move {
         let store = connect(&db).await?;
         let tools = ToolRegistry::with_builtins();
         let cfg = NodeConfig {
             bind: bind.clone(),
             run_worker: false,
+            worker: WorkerConfig {
+                rate_limits,
+                ..WorkerConfig::default()
+            },
             ..NodeConfig::default()
         };
         let (node, running) =

@@ -35,6 +35,9 @@ pub struct DevArgs {
     /// Use this PostgreSQL instead of the embedded store.
     #[arg(long, env = "AETHERIS_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Per-tenant rate limits (JSON file; see docs/limits.md).
+    #[arg(long, env = "AETHERIS_LIMITS")]
+    pub limits: Option<PathBuf>,
 }
 
 pub fn run(args: DevArgs) -> Result<ExitCode, String> {
@@ -79,6 +82,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         };
         let tools = ToolRegistry::with_builtins();
         let worker = WorkerConfig {
+            rate_limits: crate::cluster::load_limits(args.limits.as_deref())?,
             snapshot_every: args.snapshot_every,
             max_jobs: args.max_jobs,
             lease_ttl_ms: args.lease_ttl_ms,

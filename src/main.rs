@@ -3,11 +3,11 @@
 //! failure prints one line on stderr and exits non-zero (G8).
 
 mod bench;
+#[allow(dead_code)]
+mod bench_w5;
 mod client;
 mod cluster;
 mod dev;
-#[allow(dead_code)]
-mod bench_w5;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -35,6 +35,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "AETHERIS_BIND", default_value = "127.0.0.1:7420")]
         bind: String,
+        /// Per-tenant rate limits (JSON file; see docs/limits.md).
+        #[arg(long, env = "AETHERIS_LIMITS")]
+        limits: Option<PathBuf>,
     },
     /// Run a worker (claims and runs jobs) on PostgreSQL.
     Worker {
@@ -159,7 +162,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Server { db, bind } => cluster::server(db, bind),
+        Command::Server { db, bind, limits } => cluster::server(db, bind, limits),
         Command::Worker { db, worker } => cluster::worker(db, worker),
         Command::Migrate { db } => cluster::migrate(db),
         Command::Job { server, command } => client::run(&server, command),

@@ -285,14 +285,25 @@ impl JobActor {
 
     fn append(&mut self, events: Vec<EventBody>, ctx: &mut Context<Self>) {
         let Some(state) = &self.state else { return };
-        self.appending = true;
-        let store = self.sh.store.clone();
         let req = Append {
             job_id: self.job_id,
             token: self.token,
             expected_last_seq: state.last_seq,
             events,
         };
+        self.send_append(req, Instant::now(), ctx);
+    }
+
+    /// Sends `req`. A transient store error (connection lost, database restarting) leaves
+    /// the append's fate unknown, so the same append (same token, same expected seq) is
+    /// sent again, with backoff, for up to one lease TTL: if the first one committed, the
+    /// retry fails with a seq conflict and the actor restarts from storage, which has it;
+    /// if the lease moved on, the retry is fenced. Nothing is written twice, and a call
+    /// that finished is not turned into `outcome_unknown` by a database blip.
+    fn send_append(&mut self, req: Append, first_try: Instant, ctx: &mut Context<Self>) {
+        self.appending = true;
+        let store = self.sh.store.clone();
+        let again = req.clone();
         let started = Instant::now();
         let sent_at = local_ms();
         ctx.wait(
@@ -304,8 +315,24 @@ impl JobActor {
                         &[],
                         started.elapsed().as_secs_f64(),
                     );
+                    let retry_for = Duration::from_millis(act.sh.config.lease_ttl_ms);
                     match res {
                         Ok(recorded) => act.on_appended(recorded, sent_at, ctx),
+                        Err(StoreError::Backend(e))
+                            if !act.stopping && first_try.elapsed() < retry_for =>
+                        {
+                            tracing::warn!(job = %act.job_id, error = %e, "append failed; retrying");
+                            act.appending = true; // nothing else may append meanwhile
+                            let delay = first_try
+                                .elapsed()
+                                .clamp(Duration::from_millis(20), Duration::from_millis(500));
+                            ctx.run_later(delay, move |act, ctx| {
+                                act.appending = false;
+                                if !act.stopping {
+                                    act.send_append(again, first_try, ctx);
+                                }
+                            });
+                        }
                         Err(e) => act.fail_store(e, ctx),
                     }
                 },
@@ -569,7 +596,11 @@ impl JobActor {
             args,
         };
         let started = Instant::now();
+        let limits = self.sh.config.rate_limits.clone();
+        let (tenant, tool_for_limit) = (state.tenant.clone(), tool_name.clone());
         let fut = async move {
+            // Over the tenant's tool-call rate the call waits its turn; it never fails.
+            limits.tool_call(&tenant, &tool_for_limit).await;
             match tokio::time::timeout(timeout, entry.recipient.send(Invoke(call))).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(mailbox)) => Err(ToolError::outcome_unknown(format!(
@@ -706,15 +737,26 @@ impl JobActor {
     fn reconcile(&mut self, state: &JobState, ctx: &mut Context<Self>) {
         let mut asks = Vec::new();
         for r in recover(state) {
-            let Recovery::OutcomeUnknown { step } = r else { continue };
-            let Some(st) = state.steps.get(&step) else { continue };
+            let Recovery::OutcomeUnknown { step } = r else {
+                continue;
+            };
+            let Some(st) = state.steps.get(&step) else {
+                continue;
+            };
             let unknown = EventBody::StepOutcomeUnknown {
                 step: step.clone(),
                 attempt: st.attempt,
-                reason: "started by an earlier incarnation that stopped before recording a result".into(),
+                reason: "started by an earlier incarnation that stopped before recording a result"
+                    .into(),
             };
-            let tool = state.plan.step(&step).and_then(|s| s.tool.clone()).unwrap_or_default();
-            let (Some(entry), Some(key)) = (self.sh.tools.get(&tool).cloned(), st.invocation_key.clone()) else {
+            let tool = state
+                .plan
+                .step(&step)
+                .and_then(|s| s.tool.clone())
+                .unwrap_or_default();
+            let (Some(entry), Some(key)) =
+                (self.sh.tools.get(&tool).cloned(), st.invocation_key.clone())
+            else {
                 self.pending.push(unknown);
                 continue;
             };
@@ -733,33 +775,49 @@ impl JobActor {
                 effect: st.effect.unwrap_or(EffectClass::SideEffect),
                 args,
             };
-            let max_attempts = state.plan.step(&step).map(|s| s.retry_policy().max_attempts).unwrap_or(1);
+            let max_attempts = state
+                .plan
+                .step(&step)
+                .map(|s| s.retry_policy().max_attempts)
+                .unwrap_or(1);
             asks.push((entry, call, unknown, max_attempts));
         }
         if asks.is_empty() {
             return;
         }
-        let fut = futures::future::join_all(asks.into_iter().map(|(entry, call, unknown, max)| async move {
-            let (step, attempt) = (call.step.clone(), call.attempt);
-            let answer = tokio::time::timeout(Duration::from_secs(10), entry.reconcile.send(Reconcile(call))).await;
-            match answer {
-                Ok(Ok(Some(Reconciled::Succeeded(output)))) => EventBody::StepSucceeded { step, attempt, output },
-                Ok(Ok(Some(Reconciled::NotExecuted))) => EventBody::StepFailed {
-                    step,
-                    attempt,
-                    error: "reconciled: the call was not executed".into(),
-                    retryable: true,
-                    retry_after_ms: (attempt < max).then_some(0),
-                },
-                _ => unknown,
-            }
-        }));
+        let fut = futures::future::join_all(asks.into_iter().map(
+            |(entry, call, unknown, max)| async move {
+                let (step, attempt) = (call.step.clone(), call.attempt);
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    entry.reconcile.send(Reconcile(call)),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(Some(Reconciled::Succeeded(output)))) => EventBody::StepSucceeded {
+                        step,
+                        attempt,
+                        output,
+                    },
+                    Ok(Ok(Some(Reconciled::NotExecuted))) => EventBody::StepFailed {
+                        step,
+                        attempt,
+                        error: "reconciled: the call was not executed".into(),
+                        retryable: true,
+                        retry_after_ms: (attempt < max).then_some(0),
+                    },
+                    _ => unknown,
+                }
+            },
+        ));
         self.appending = true; // nothing else may append until the answers are in
-        ctx.wait(actix::fut::wrap_future(fut).map(|events, act: &mut JobActor, ctx| {
-            act.appending = false;
-            act.pending.extend(events);
-            act.drive(ctx);
-        }));
+        ctx.wait(
+            actix::fut::wrap_future(fut).map(|events, act: &mut JobActor, ctx| {
+                act.appending = false;
+                act.pending.extend(events);
+                act.drive(ctx);
+            }),
+        );
     }
 }
 

@@ -58,6 +58,10 @@ pub struct LeaseManager {
     claiming: bool,
     claim_again: bool,
     draining: bool,
+    /// Leases given back (each in its own spawned release) since the drain began: the
+    /// drain releases them once more, awaited, so none is still in flight when the process
+    /// exits (re-releasing is a no-op: the release matches owner and token).
+    released_in_drain: Vec<(JobId, u64)>,
     /// Local due times of jobs this worker parked.
     timers: std::collections::BTreeSet<i64>,
 }
@@ -71,6 +75,7 @@ impl LeaseManager {
             claiming: false,
             claim_again: false,
             draining: false,
+            released_in_drain: Vec::new(),
             timers: std::collections::BTreeSet::new(),
         }
     }
@@ -218,6 +223,9 @@ impl Handler<LeaseDone> for LeaseManager {
             self.held.remove(&m.job_id);
         }
         if m.release {
+            if self.draining {
+                self.released_in_drain.push((m.job_id, m.token));
+            }
             let store = self.sh.store.clone();
             let worker = self.sh.config.worker_id.clone();
             ctx.spawn(actix::fut::wrap_future(async move {
@@ -249,7 +257,8 @@ impl Handler<Drain> for LeaseManager {
                 }
             })
             .then(|_, act: &mut LeaseManager, _| {
-                let rest: Vec<(JobId, u64)> = act.held.drain().collect();
+                let mut rest: Vec<(JobId, u64)> = act.held.drain().collect();
+                rest.append(&mut act.released_in_drain);
                 let store = act.sh.store.clone();
                 let worker = act.sh.config.worker_id.clone();
                 actix::fut::wrap_future(async move {

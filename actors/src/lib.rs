@@ -14,6 +14,7 @@
 pub mod job;
 pub mod lease;
 pub mod metrics;
+pub mod ratelimit;
 pub mod registry;
 pub mod tools;
 
@@ -24,7 +25,9 @@ pub use job::JobActor;
 pub use lease::{Drain, LeaseManager};
 pub use metrics::Metrics;
 pub use registry::JobRegistry;
-pub use tools::{EchoTool, HttpTool, Invocation, Reconciled, Tool, ToolError, ToolErrorKind, ToolRegistry};
+pub use tools::{
+    EchoTool, HttpTool, Invocation, Reconciled, Tool, ToolError, ToolErrorKind, ToolRegistry,
+};
 
 /// Tunables of a worker. Defaults are what `aetheris dev` and `aetheris worker` use.
 #[derive(Debug, Clone)]
@@ -43,6 +46,8 @@ pub struct WorkerConfig {
     pub snapshot_every: u64,
     /// Default per-step timeout when the step gives none.
     pub default_step_timeout_ms: u64,
+    /// Per-tenant rate limits (tool calls wait their turn here).
+    pub rate_limits: ratelimit::RateLimiters,
 }
 
 impl Default for WorkerConfig {
@@ -56,6 +61,7 @@ impl Default for WorkerConfig {
             max_parallel_steps: 8,
             snapshot_every: 100,
             default_step_timeout_ms: 300_000,
+            rate_limits: ratelimit::RateLimiters::default(),
         }
     }
 }

@@ -71,6 +71,7 @@ pub fn start_node(
         .filter_map(|n| tools.get(&n).map(|e| (n, e.effect)))
         .collect();
     let (finished, _) = tokio::sync::broadcast::channel(4096);
+    let limits = cfg.worker.rate_limits.clone().with_metrics(metrics.clone());
     let shared = Shared {
         store: store.clone(),
         tools,
@@ -80,6 +81,7 @@ pub fn start_node(
     };
     let leases = cfg.run_worker.then(|| start_worker(shared).0);
     let state = web::Data::new(AppState {
+        limits,
         store,
         tools: catalog,
         metrics: metrics.clone(),

@@ -21,6 +21,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Conflict(String),
+    /// Over a rate limit; retry after this many ms.
+    #[error("rate limit exceeded for {0}; retry in {1} ms")]
+    TooManyRequests(String, u64),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -47,6 +50,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
             ApiError::Conflict(_) => "conflict",
+            ApiError::TooManyRequests(..) => "rate-limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -59,6 +63,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "Payload too large",
             ApiError::UnsupportedMediaType(_) => "Unsupported media type",
             ApiError::Conflict(_) => "Conflict",
+            ApiError::TooManyRequests(..) => "Too many requests",
             ApiError::Unavailable(_) => "Service unavailable",
             ApiError::Internal(_) => "Internal error",
         }
@@ -74,6 +79,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -90,8 +96,11 @@ impl ResponseError for ApiError {
         if let ApiError::InvalidPlan(errs) = self {
             body["errors"] = json!(errs);
         }
-        HttpResponse::build(status)
-            .content_type("application/problem+json")
+        let mut resp = HttpResponse::build(status);
+        if let ApiError::TooManyRequests(_, ms) = self {
+            resp.insert_header(("Retry-After", ms.div_ceil(1000).max(1).to_string()));
+        }
+        resp.content_type("application/problem+json")
             .body(body.to_string())
     }
 }

@@ -23,6 +23,7 @@ pub struct AppState {
     pub tools: BTreeMap<String, EffectClass>,
     pub metrics: Arc<Metrics>,
     pub body_limit: usize,
+    pub limits: aetheris_actors::ratelimit::RateLimiters,
 }
 
 struct Catalog<'a>(&'a BTreeMap<String, EffectClass>);
@@ -158,6 +159,13 @@ async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, st.body_limit).await?;
     let sub = parse_submission(&body, &Catalog(&st.tools))?;
+    // Admission control before anything is stored: over the limit → 429, nothing written.
+    if let Err(ms) = st.limits.admit(DEFAULT_TENANT).await {
+        return Err(ApiError::TooManyRequests(
+            format!("tenant {DEFAULT_TENANT:?} job admission"),
+            ms,
+        ));
+    }
     let (summary, created) = st
         .store
         .submit(NewJob {

@@ -6,6 +6,7 @@
 //! state of a job is a pure function of its events, so replaying them — from the start or
 //! from any snapshot — yields exactly the same state.
 
+pub mod bucket;
 pub mod codec;
 pub mod decide;
 pub mod duration;

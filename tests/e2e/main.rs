@@ -6,6 +6,7 @@ mod api;
 mod cancel;
 mod crash;
 mod fencing;
+mod limits;
 mod postgres;
 mod supervision;
 mod support;

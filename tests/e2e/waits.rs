@@ -44,7 +44,12 @@ impl Tool for Reconciling {
         EffectClass::SideEffect
     }
     async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
-        *self.0.lock().unwrap().entry(call.invocation_key.clone()).or_insert(0) += 1;
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry(call.invocation_key.clone())
+            .or_insert(0) += 1;
         tokio::time::sleep(Duration::from_secs(60)).await;
         Ok(json!({"late": true}))
     }
@@ -319,7 +324,10 @@ fn retries_reuse_the_key(start: Start) {
 fn reconcile_hook_answers_before_a_human(start: Start) {
     let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let s1 = seen.clone();
-    let node = start(Box::new(move |t: &mut ToolRegistry| t.register("transfer", Reconciling(s1))), WorkerConfig::default());
+    let node = start(
+        Box::new(move |t: &mut ToolRegistry| t.register("transfer", Reconciling(s1))),
+        WorkerConfig::default(),
+    );
     let c = reqwest::Client::new();
     let id = rt().block_on(async {
         let (_, j) = submit(&c, &node.url, &json!({"plan": {"steps": [
@@ -334,11 +342,18 @@ fn reconcile_hook_answers_before_a_human(start: Start) {
     let node = node.crash_and_restart(
         Duration::from_millis(100),
         Box::new(move |t: &mut ToolRegistry| t.register("transfer", Reconciling(s2))),
-        WorkerConfig { lease_ttl_ms: 1000, heartbeat_ms: 200, ..WorkerConfig::default() },
+        WorkerConfig {
+            lease_ttl_ms: 1000,
+            heartbeat_ms: 200,
+            ..WorkerConfig::default()
+        },
     );
     rt().block_on(async {
         let j = settle(&c, &node.url, &id, Duration::from_secs(30)).await;
-        assert_eq!(j["status"], "succeeded", "reconciled, not outcome_unknown: {j}");
+        assert_eq!(
+            j["status"], "succeeded",
+            "reconciled, not outcome_unknown: {j}"
+        );
         assert_eq!(j["output"]["after"]["r"], json!({"reconciled": true}));
         assert_eq!(seen.lock().unwrap().values().sum::<u32>(), 1, "called once");
     });

@@ -1,0 +1,369 @@
+//! Per-tenant rate limits (DESIGN §3 RateLimiter): one `RateLimiter` actor per tenant,
+//! created on demand on a dedicated arbiter and stopped when idle, owning that tenant's
+//! token buckets — job admission, tool calls per second (overall and per tool), LLM tokens
+//! per minute (reserved before a call, settled after). `RateLimiters` is the handle the
+//! gateway and the job actors share.
+//!
+//! Invariants: an admission over the limit is refused (the gateway answers 429 with
+//! Retry-After and stores nothing); a tool call over the limit waits its turn (buckets go
+//! into debt in arrival order), it never fails. Limits are per process: with several
+//! workers, give each worker its share of a tenant's global limit (`share` = 1/N for N
+//! workers) — see docs.
+
+use crate::metrics::Metrics;
+use actix::prelude::*;
+use aetheris_runtime::bucket::TokenBucket;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// One tenant's limits. `None` = unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// Jobs admitted per second (burst: `admission_burst`, default = one second's worth).
+    #[serde(default)]
+    pub admissions_per_s: Option<f64>,
+    #[serde(default)]
+    pub admission_burst: Option<f64>,
+    /// Tool calls per second over all tools.
+    #[serde(default)]
+    pub tool_calls_per_s: Option<f64>,
+    /// Tool calls per second for specific tools.
+    #[serde(default)]
+    pub tool_calls_per_s_by_tool: BTreeMap<String, f64>,
+    /// LLM tokens per minute.
+    #[serde(default)]
+    pub llm_tokens_per_min: Option<f64>,
+}
+
+/// Defaults plus per-tenant overrides (an override replaces the default field by field).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default)]
+    pub defaults: TenantLimits,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantLimits>,
+    /// This process's share of every limit (1/N with N workers), default 1.
+    #[serde(default)]
+    pub share: Option<f64>,
+}
+
+impl LimitsConfig {
+    pub fn for_tenant(&self, tenant: &str) -> TenantLimits {
+        let d = &self.defaults;
+        let o = self.tenants.get(tenant);
+        let pick = |f: fn(&TenantLimits) -> Option<f64>| o.and_then(f).or(f(d));
+        let mut by_tool = d.tool_calls_per_s_by_tool.clone();
+        if let Some(o) = o {
+            by_tool.extend(o.tool_calls_per_s_by_tool.clone());
+        }
+        TenantLimits {
+            admissions_per_s: pick(|l| l.admissions_per_s),
+            admission_burst: pick(|l| l.admission_burst),
+            tool_calls_per_s: pick(|l| l.tool_calls_per_s),
+            tool_calls_per_s_by_tool: by_tool,
+            llm_tokens_per_min: pick(|l| l.llm_tokens_per_min),
+        }
+    }
+
+    /// Parses and checks a limits file (JSON).
+    pub fn parse(text: &str) -> Result<LimitsConfig, String> {
+        let c: LimitsConfig = serde_json::from_str(text).map_err(|e| format!("limits: {e}"))?;
+        let all = std::iter::once(("defaults", &c.defaults))
+            .chain(c.tenants.iter().map(|(k, v)| (k.as_str(), v)));
+        for (who, l) in all {
+            let vals = [
+                l.admissions_per_s,
+                l.admission_burst,
+                l.tool_calls_per_s,
+                l.llm_tokens_per_min,
+            ];
+            if vals
+                .iter()
+                .flatten()
+                .chain(l.tool_calls_per_s_by_tool.values())
+                .any(|v| !v.is_finite() || *v <= 0.0)
+            {
+                return Err(format!(
+                    "limits: {who}: every limit must be a positive number"
+                ));
+            }
+        }
+        if c.share.is_some_and(|s| !(s > 0.0 && s <= 1.0)) {
+            return Err("limits: share must be in (0, 1]".into());
+        }
+        Ok(c)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The buckets of one tenant.
+pub struct RateLimiter {
+    limits: TenantLimits,
+    share: f64,
+    admission: Option<TokenBucket>,
+    tools: Option<TokenBucket>,
+    by_tool: HashMap<String, TokenBucket>,
+    llm: Option<TokenBucket>,
+    last_used: Instant,
+}
+
+impl RateLimiter {
+    fn new(limits: TenantLimits, share: f64) -> Self {
+        let now = now_ms();
+        let s = share;
+        RateLimiter {
+            admission: limits
+                .admissions_per_s
+                .map(|r| TokenBucket::new(r * s, limits.admission_burst.unwrap_or(r) * s, now)),
+            tools: limits
+                .tool_calls_per_s
+                .map(|r| TokenBucket::new(r * s, r * s, now)),
+            by_tool: HashMap::new(),
+            llm: limits
+                .llm_tokens_per_min
+                .map(|r| TokenBucket::new(r * s / 60.0, r * s, now)),
+            limits,
+            share,
+            last_used: Instant::now(),
+        }
+    }
+}
+
+impl Actor for RateLimiter {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Evicted when idle: buckets refill to full anyway after an idle minute.
+        ctx.run_interval(Duration::from_secs(30), |act, ctx| {
+            if act.last_used.elapsed() > Duration::from_secs(300) {
+                ctx.stop();
+            }
+        });
+    }
+}
+
+/// Admit one job now, or say after how many ms to retry.
+#[derive(Message)]
+#[rtype(result = "Result<(), u64>")]
+struct Admit;
+
+/// Reserve a tool call: how many ms to wait before making it.
+#[derive(Message)]
+#[rtype(result = "u64")]
+struct ToolCall(String);
+
+/// Reserve LLM tokens: how many ms to wait before the call.
+#[derive(Message)]
+#[rtype(result = "u64")]
+struct ReserveLlm(f64);
+
+/// Return unused reserved LLM tokens.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SettleLlm(f64);
+
+impl Handler<Admit> for RateLimiter {
+    type Result = Result<(), u64>;
+    fn handle(&mut self, _: Admit, _: &mut Context<Self>) -> Result<(), u64> {
+        self.last_used = Instant::now();
+        match &mut self.admission {
+            Some(b) => b.try_take(1.0, now_ms()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Handler<ToolCall> for RateLimiter {
+    type Result = u64;
+    fn handle(&mut self, m: ToolCall, _: &mut Context<Self>) -> u64 {
+        self.last_used = Instant::now();
+        let now = now_ms();
+        let all = self
+            .tools
+            .as_mut()
+            .map(|b| b.reserve(1.0, now))
+            .unwrap_or(0);
+        let one = match self.limits.tool_calls_per_s_by_tool.get(&m.0) {
+            Some(r) => {
+                let r = r * self.share;
+                self.by_tool
+                    .entry(m.0)
+                    .or_insert_with(|| TokenBucket::new(r, r, now))
+                    .reserve(1.0, now)
+            }
+            None => 0,
+        };
+        all.max(one)
+    }
+}
+
+impl Handler<ReserveLlm> for RateLimiter {
+    type Result = u64;
+    fn handle(&mut self, m: ReserveLlm, _: &mut Context<Self>) -> u64 {
+        self.last_used = Instant::now();
+        self.llm
+            .as_mut()
+            .map(|b| b.reserve(m.0, now_ms()))
+            .unwrap_or(0)
+    }
+}
+
+impl Handler<SettleLlm> for RateLimiter {
+    type Result = ();
+    fn handle(&mut self, m: SettleLlm, _: &mut Context<Self>) {
+        if let Some(b) = &mut self.llm {
+            b.give_back(m.0);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    limits: RwLock<LimitsConfig>,
+    actors: Mutex<HashMap<String, Addr<RateLimiter>>>,
+    arbiter: Mutex<Option<actix::Arbiter>>,
+    metrics: RwLock<Option<Arc<Metrics>>>,
+}
+
+/// The shared handle to every tenant's `RateLimiter`. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct RateLimiters(Arc<Inner>);
+
+impl std::fmt::Debug for RateLimiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiters").finish_non_exhaustive()
+    }
+}
+
+impl RateLimiters {
+    pub fn new(limits: LimitsConfig) -> Self {
+        let r = RateLimiters::default();
+        r.set_limits(limits);
+        r
+    }
+
+    pub fn with_metrics(self, m: Arc<Metrics>) -> Self {
+        if let Ok(mut g) = self.0.metrics.write() {
+            *g = Some(m);
+        }
+        self
+    }
+
+    /// Replaces the limits at run time; live limiters are dropped and rebuilt on next use.
+    pub fn set_limits(&self, limits: LimitsConfig) {
+        if let Ok(mut g) = self.0.limits.write() {
+            *g = limits;
+        }
+        if let Ok(mut a) = self.0.actors.lock() {
+            a.clear();
+        }
+    }
+
+    pub fn limits(&self) -> LimitsConfig {
+        self.0.limits.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    fn count(&self, name: &'static str, tenant: &str, kind: &str, v: f64) {
+        if let Ok(g) = self.0.metrics.read() {
+            if let Some(m) = g.as_ref() {
+                m.add(name, &[("tenant", tenant), ("kind", kind)], v);
+            }
+        }
+    }
+
+    /// The tenant's limiter, started on demand on the limiters' own arbiter (so it
+    /// outlives any HTTP worker thread). Must be called inside an actix system.
+    fn limiter(&self, tenant: &str) -> Option<Addr<RateLimiter>> {
+        let mut actors = self.0.actors.lock().ok()?;
+        if let Some(a) = actors.get(tenant).filter(|a| a.connected()) {
+            return Some(a.clone());
+        }
+        let mut arb = self.0.arbiter.lock().ok()?;
+        let handle = arb.get_or_insert_with(actix::Arbiter::new).handle();
+        let cfg = self.limits();
+        let (limits, share) = (cfg.for_tenant(tenant), cfg.share.unwrap_or(1.0));
+        let addr = RateLimiter::start_in_arbiter(&handle, move |_| RateLimiter::new(limits, share));
+        actors.insert(tenant.to_string(), addr.clone());
+        Some(addr)
+    }
+
+    fn unlimited(&self, tenant: &str, f: fn(&TenantLimits) -> bool) -> bool {
+        !f(&self.limits().for_tenant(tenant))
+    }
+
+    /// Admits one job, or returns the ms after which to retry.
+    pub async fn admit(&self, tenant: &str) -> Result<(), u64> {
+        if self.unlimited(tenant, |l| l.admissions_per_s.is_some()) {
+            return Ok(());
+        }
+        let Some(l) = self.limiter(tenant) else {
+            return Ok(());
+        };
+        let r = l.send(Admit).await.unwrap_or(Ok(()));
+        if r.is_err() {
+            self.count(
+                "aetheris_rate_limit_rejections_total",
+                tenant,
+                "admission",
+                1.0,
+            );
+        }
+        r
+    }
+
+    /// Waits until a call of `tool` is allowed (a throttled step waits; it never fails).
+    pub async fn tool_call(&self, tenant: &str, tool: &str) {
+        if self.unlimited(tenant, |l| {
+            l.tool_calls_per_s.is_some() || !l.tool_calls_per_s_by_tool.is_empty()
+        }) {
+            return;
+        }
+        let Some(l) = self.limiter(tenant) else {
+            return;
+        };
+        let wait = l.send(ToolCall(tool.to_string())).await.unwrap_or(0);
+        if wait > 0 {
+            self.count("aetheris_rate_limit_waits_total", tenant, "tool_call", 1.0);
+            self.count(
+                "aetheris_rate_limit_wait_seconds_total",
+                tenant,
+                "tool_call",
+                wait as f64 / 1000.0,
+            );
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+
+    /// Reserves LLM tokens before a call (waiting if needed); settle afterwards with the
+    /// tokens actually used.
+    pub async fn reserve_llm(&self, tenant: &str, tokens: u64) {
+        if self.unlimited(tenant, |l| l.llm_tokens_per_min.is_some()) {
+            return;
+        }
+        let Some(l) = self.limiter(tenant) else {
+            return;
+        };
+        let wait = l.send(ReserveLlm(tokens as f64)).await.unwrap_or(0);
+        if wait > 0 {
+            self.count("aetheris_rate_limit_waits_total", tenant, "llm_tokens", 1.0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+
+    pub async fn settle_llm(&self, tenant: &str, reserved: u64, used: u64) {
+        if let Some(l) = self.limiter(tenant) {
+            let _ = l
+                .send(SettleLlm(reserved.saturating_sub(used) as f64))
+                .await;
+        }
+    }
+}
