@@ -5,6 +5,7 @@
 mod api;
 mod cancel;
 mod crash;
+mod fairness;
 mod fencing;
 mod limits;
 mod postgres;
