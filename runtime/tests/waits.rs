@@ -27,7 +27,8 @@ impl Log {
                 input: json!({}),
                 idempotency_key: None,
             },
-        );
+        )
+        .expect("genesis");
         l
     }
     fn push(&mut self, at: i64, body: EventBody) -> Result<(), String> {
