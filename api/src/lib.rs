@@ -6,6 +6,7 @@
 //! stored; any malformed or hostile request gets a 4xx problem+json naming the problem and
 //! stores nothing (validation happens entirely before the store is touched).
 
+pub mod auth;
 pub mod node;
 pub mod problem;
 pub mod routes;
