@@ -7,12 +7,20 @@ use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub fn run(server: &str, cmd: JobCommand) -> Result<ExitCode, String> {
+pub fn run(server: &str, token: Option<&str>, cmd: JobCommand) -> Result<ExitCode, String> {
+    // No token given: use the one `aetheris dev` wrote into its default data dir.
+    let dev_token = match token {
+        Some(_) => None,
+        None => std::fs::read_to_string(".aetheris/token")
+            .ok()
+            .map(|t| t.trim().to_string()),
+    };
+    let token = token.or(dev_token.as_deref());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting runtime: {e}"))?;
-    rt.block_on(run_async(server.trim_end_matches('/'), cmd))
+    rt.block_on(run_async(server.trim_end_matches('/'), token, cmd))
 }
 
 pub async fn request(
@@ -38,8 +46,22 @@ pub async fn request(
     Ok((status, body))
 }
 
-async fn run_async(server: &str, cmd: JobCommand) -> Result<ExitCode, String> {
-    let client = reqwest::Client::new();
+/// A client that sends the bearer token (if any) with every request.
+pub fn client_with_token(token: Option<&str>) -> Result<reqwest::Client, String> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = token {
+        let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| "the token has characters a header cannot carry".to_string())?;
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
+async fn run_async(server: &str, token: Option<&str>, cmd: JobCommand) -> Result<ExitCode, String> {
+    let client = client_with_token(token)?;
     match cmd {
         JobCommand::Submit { file, wait, json } => {
             let body = if file.as_os_str() == "-" {

@@ -115,18 +115,40 @@ pub fn migrate(db: DbArgs) -> Result<ExitCode, String> {
     })
 }
 
+/// Reads an HS256 secret file into an auth configuration (checked at start).
+pub fn load_auth(
+    secret_file: Option<&std::path::Path>,
+) -> Result<Option<aetheris_api::auth::AuthConfig>, String> {
+    let Some(p) = secret_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+    let secret = aetheris_api::auth::decode_hs256_secret(text.trim())
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    let cfg = aetheris_api::auth::AuthConfig {
+        hs256_secrets: vec![secret],
+        ..Default::default()
+    };
+    cfg.validate()
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(Some(cfg))
+}
+
 pub fn server(
     db: DbArgs,
     bind: String,
     limits: Option<std::path::PathBuf>,
+    auth_secret: Option<std::path::PathBuf>,
 ) -> Result<ExitCode, String> {
     let rate_limits = load_limits(limits.as_deref())?;
+    let auth = load_auth(auth_secret.as_deref())?;
     actix_rt::System::new().block_on(async move {
         let store = connect(&db).await?;
         let tools = ToolRegistry::with_builtins();
         let cfg = NodeConfig {
             bind: bind.clone(),
             run_worker: false,
+            auth,
             worker: WorkerConfig {
                 rate_limits,
                 ..WorkerConfig::default()

@@ -38,6 +38,58 @@ pub struct DevArgs {
     /// Per-tenant rate limits (JSON file; see docs/limits.md).
     #[arg(long, env = "AETHERIS_LIMITS")]
     pub limits: Option<PathBuf>,
+    /// Run without authentication (every caller is an admin of tenant `default`).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+/// On first start, creates `<data-dir>/auth.key` (an HS256 secret); on every start issues
+/// a 30-day admin token for tenant `default` into `<data-dir>/token`, which the CLI reads
+/// when no `--token` is given. Returns the auth config and the token.
+pub fn dev_auth(
+    data_dir: &std::path::Path,
+) -> Result<(aetheris_api::auth::AuthConfig, String), String> {
+    use aetheris_api::auth;
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("create {}: {e}", data_dir.display()))?;
+    let key_path = data_dir.join("auth.key");
+    let secret = match std::fs::read_to_string(&key_path) {
+        Ok(t) => auth::decode_hs256_secret(t.trim())
+            .map_err(|e| format!("{}: {e}", key_path.display()))?,
+        Err(_) => {
+            let s = auth::generate_hs256_secret();
+            write_private(&key_path, &auth::encode_key_hex(&s))?;
+            s
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = auth::Claims::new(
+        "dev-admin",
+        "default",
+        &[auth::Role::Admin],
+        now,
+        30 * 86_400,
+    );
+    let token = auth::issue_hs256(&secret, &claims);
+    write_private(&data_dir.join("token"), &token)?;
+    let cfg = auth::AuthConfig {
+        hs256_secrets: vec![secret],
+        ..Default::default()
+    };
+    cfg.validate()?;
+    Ok((cfg, token))
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(())
 }
 
 pub fn run(args: DevArgs) -> Result<ExitCode, String> {
@@ -89,19 +141,33 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             heartbeat_ms: (args.lease_ttl_ms / 5).max(50),
             ..WorkerConfig::default()
         };
+        let (auth, token) = if args.insecure_no_auth {
+            (None, None)
+        } else {
+            let (a, t) = dev_auth(&args.data_dir)?;
+            (Some(a), Some(t))
+        };
         let cfg = NodeConfig {
             bind: args.bind.clone(),
             worker,
+            auth,
             ..NodeConfig::default()
         };
         let (node, running) = start_node(store, tools, cfg)
             .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
         let url = format!("http://{}", node.addr);
         println!("aetheris dev: listening on {url} (store: {where_})");
+        if token.is_some() {
+            println!(
+                "aetheris dev: admin token for tenant \"default\" in {} (the CLI uses it; for curl: -H \"Authorization: Bearer $(cat {})\")",
+                args.data_dir.join("token").display(),
+                args.data_dir.join("token").display()
+            );
+        }
         let server_task = actix_rt::spawn(running);
         let code = match job_file {
             Some(body) => {
-                let client = reqwest::Client::new();
+                let client = crate::client::client_with_token(token.as_deref())?;
                 let result = async {
                     let (_, job) = request(
                         &client,

@@ -8,6 +8,7 @@ mod bench_w5;
 mod client;
 mod cluster;
 mod dev;
+mod token;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -38,6 +39,14 @@ enum Command {
         /// Per-tenant rate limits (JSON file; see docs/limits.md).
         #[arg(long, env = "AETHERIS_LIMITS")]
         limits: Option<PathBuf>,
+        /// Verify bearer tokens with this HS256 secret (`hex:…`/`base64:…`; docs/auth.md).
+        #[arg(long, env = "AETHERIS_AUTH_HS256_SECRET_FILE")]
+        auth_hs256_secret_file: Option<PathBuf>,
+    },
+    /// Issue tokens for clients (docs/auth.md).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Run a worker (claims and runs jobs) on PostgreSQL.
     Worker {
@@ -63,9 +72,18 @@ enum Command {
             default_value = "http://127.0.0.1:7420"
         )]
         server: String,
+        /// Bearer token for a server with authentication.
+        #[arg(long, global = true, env = "AETHERIS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[command(subcommand)]
         command: JobCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Sign a token: `aetheris token issue --secret-file F --tenant T --role admin --ttl 1h`.
+    Issue(token::IssueArgs),
 }
 
 #[derive(Subcommand)]
@@ -162,10 +180,22 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Server { db, bind, limits } => cluster::server(db, bind, limits),
+        Command::Server {
+            db,
+            bind,
+            limits,
+            auth_hs256_secret_file,
+        } => cluster::server(db, bind, limits, auth_hs256_secret_file),
+        Command::Token {
+            command: TokenCommand::Issue(a),
+        } => token::issue(a),
         Command::Worker { db, worker } => cluster::worker(db, worker),
         Command::Migrate { db } => cluster::migrate(db),
-        Command::Job { server, command } => client::run(&server, command),
+        Command::Job {
+            server,
+            token,
+            command,
+        } => client::run(&server, token.as_deref(), command),
     };
     match result {
         Ok(code) => code,

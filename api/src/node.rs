@@ -23,6 +23,8 @@ pub struct NodeConfig {
     pub body_limit: usize,
     /// Run the worker's actor tree (false: gateway only).
     pub run_worker: bool,
+    /// Bearer-token authentication; `None` = none (dev and tests only).
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 impl Default for NodeConfig {
@@ -33,6 +35,7 @@ impl Default for NodeConfig {
             http_workers: 2,
             body_limit: DEFAULT_BODY_LIMIT,
             run_worker: true,
+            auth: None,
         }
     }
 }
@@ -81,6 +84,7 @@ pub fn start_node(
     };
     let leases = cfg.run_worker.then(|| start_worker(shared).0);
     let state = web::Data::new(AppState {
+        auth: cfg.auth.map(Arc::new),
         limits,
         store,
         tools: catalog,

@@ -2,6 +2,7 @@
 //! before touching the store, scope every read by tenant, and answer errors as
 //! problem+json. Until authentication lands every request acts for tenant `default`.
 
+use crate::auth::{Permission, Principal};
 use crate::problem::ApiError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use aetheris_actors::job::load_state;
@@ -18,7 +19,10 @@ use std::sync::Arc;
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_TENANT: &str = "default";
 
+/// Authentication of requests: `None` runs without it (dev and tests only; every caller
+/// acts as an admin of tenant `default`).
 pub struct AppState {
+    pub auth: Option<Arc<crate::auth::AuthConfig>>,
     pub store: DynStore,
     pub tools: BTreeMap<String, EffectClass>,
     pub metrics: Arc<Metrics>,
@@ -51,6 +55,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
+/// The one place requests are authenticated and authorized: verifies the bearer token,
+/// checks the route's permission, and returns the caller, whose tenant scopes every
+/// store call of the handler (G6).
+fn authorize(req: &HttpRequest, st: &AppState, perm: Permission) -> Result<Principal, ApiError> {
+    let Some(cfg) = &st.auth else {
+        return Ok(Principal {
+            sub: "anonymous".into(),
+            tenant: DEFAULT_TENANT.into(),
+            roles: vec![crate::auth::Role::Admin],
+        });
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let p = crate::auth::authenticate(cfg, header, now)
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    p.require(perm)
+        .map_err(|e| ApiError::Forbidden(e.to_string()))?;
+    Ok(p)
+}
+
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
         "no route for {} {}",
@@ -68,7 +98,8 @@ async fn readyz(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }
 
-async fn metrics(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn metrics(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let _p = authorize(&req, &st, Permission::SystemRead)?;
     let counts = st.store.count_by_status().await?;
     let extra: Vec<aetheris_actors::metrics::ScrapeGauge> = counts
         .into_iter()
@@ -157,29 +188,30 @@ async fn submit(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::JobCreate)?;
     let body = read_body(&req, payload, st.body_limit).await?;
     let sub = parse_submission(&body, &Catalog(&st.tools))?;
     // Admission control before anything is stored: over the limit → 429, nothing written.
-    if let Err(ms) = st.limits.admit(DEFAULT_TENANT).await {
+    if let Err(ms) = st.limits.admit(&p.tenant).await {
         return Err(ApiError::TooManyRequests(
-            format!("tenant {DEFAULT_TENANT:?} job admission"),
+            format!("tenant {:?} job admission", p.tenant),
             ms,
         ));
     }
     let (summary, created) = st
         .store
         .submit(NewJob {
-            tenant: DEFAULT_TENANT.into(),
+            tenant: p.tenant.clone(),
             idempotency_key: sub.idempotency_key,
             plan: sub.plan,
             input: sub.input,
         })
         .await?;
-    let view = job_view(&st.store, DEFAULT_TENANT, summary.job_id).await?;
+    let view = job_view(&st.store, &p.tenant, summary.job_id).await?;
     if created {
         st.metrics.inc(
             "aetheris_jobs_submitted_total",
-            &[("tenant", DEFAULT_TENANT)],
+            &[("tenant", p.tenant.as_str())],
         );
         Ok(HttpResponse::Created()
             .insert_header(("Location", format!("/v1/jobs/{}", summary.job_id)))
@@ -244,9 +276,14 @@ fn render_job(s: &JobSummary, state: &JobState) -> Value {
     })
 }
 
-async fn get(path: web::Path<String>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn get(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::JobRead)?;
     let id = parse_id(&path)?;
-    Ok(HttpResponse::Ok().json(job_view(&st.store, DEFAULT_TENANT, id).await?))
+    Ok(HttpResponse::Ok().json(job_view(&st.store, &p.tenant, id).await?))
 }
 
 #[derive(Deserialize)]
@@ -257,7 +294,12 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list(q: web::Query<ListQuery>, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn list(
+    req: HttpRequest,
+    q: web::Query<ListQuery>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::JobRead)?;
     let status = match &q.state {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -283,7 +325,7 @@ async fn list(q: web::Query<ListQuery>, st: web::Data<AppState>) -> Result<HttpR
     let jobs = st
         .store
         .list_jobs(
-            Scope::Tenant(DEFAULT_TENANT),
+            Scope::Tenant(&p.tenant),
             ListFilter {
                 status,
                 before,
@@ -310,6 +352,7 @@ async fn events(
     q: web::Query<EventsQuery>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::JobRead)?;
     let id = parse_id(&path)?;
     let wants_sse = req
         .headers()
@@ -319,20 +362,20 @@ async fn events(
     if wants_sse {
         // Scope check up front: another tenant's job is a 404, not an empty stream.
         st.store
-            .get_job(Scope::Tenant(DEFAULT_TENANT), id)
+            .get_job(Scope::Tenant(&p.tenant), id)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-        return Ok(event_stream(st.store.clone(), id, q.after.unwrap_or(0)));
+        return Ok(event_stream(
+            st.store.clone(),
+            p.tenant.clone(),
+            id,
+            q.after.unwrap_or(0),
+        ));
     }
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let evs = st
         .store
-        .read_events(
-            Scope::Tenant(DEFAULT_TENANT),
-            id,
-            q.after.unwrap_or(0),
-            limit,
-        )
+        .read_events(Scope::Tenant(&p.tenant), id, q.after.unwrap_or(0), limit)
         .await?;
     let next = evs.last().map(|e| e.seq);
     Ok(HttpResponse::Ok().json(json!({"events": evs, "next_after": next})))
@@ -341,7 +384,7 @@ async fn events(
 /// Server-Sent Events: every event after `after`, then new ones as they are appended
 /// (polled from the store, so it works with any number of gateways and workers), until
 /// the job's terminal event. `id:` is the seq, so a client resumes with `?after=`.
-fn event_stream(store: DynStore, id: JobId, after: u64) -> HttpResponse {
+fn event_stream(store: DynStore, tenant: String, id: JobId, after: u64) -> HttpResponse {
     struct Cursor {
         store: DynStore,
         after: u64,
@@ -354,48 +397,51 @@ fn event_stream(store: DynStore, id: JobId, after: u64) -> HttpResponse {
         done: false,
         idle_polls: 0,
     };
-    let stream = futures::stream::unfold(cur, move |mut c| async move {
-        if c.done {
-            return None;
-        }
-        loop {
-            match c
-                .store
-                .read_events(Scope::Tenant(DEFAULT_TENANT), id, c.after, 500)
-                .await
-            {
-                Ok(evs) if !evs.is_empty() => {
-                    let mut out = String::new();
-                    for e in &evs {
-                        let data = serde_json::to_string(e).unwrap_or_default();
-                        out.push_str(&format!(
-                            "id: {}\nevent: {}\ndata: {}\n\n",
-                            e.seq,
-                            e.body.kind(),
-                            data
-                        ));
-                        c.after = e.seq;
-                        if e.body.is_terminal() {
-                            c.done = true;
+    let stream = futures::stream::unfold(cur, move |mut c| {
+        let tenant = tenant.clone();
+        async move {
+            if c.done {
+                return None;
+            }
+            loop {
+                match c
+                    .store
+                    .read_events(Scope::Tenant(&tenant), id, c.after, 500)
+                    .await
+                {
+                    Ok(evs) if !evs.is_empty() => {
+                        let mut out = String::new();
+                        for e in &evs {
+                            let data = serde_json::to_string(e).unwrap_or_default();
+                            out.push_str(&format!(
+                                "id: {}\nevent: {}\ndata: {}\n\n",
+                                e.seq,
+                                e.body.kind(),
+                                data
+                            ));
+                            c.after = e.seq;
+                            if e.body.is_terminal() {
+                                c.done = true;
+                            }
                         }
+                        c.idle_polls = 0;
+                        return Some((Ok::<_, actix_web::Error>(web::Bytes::from(out)), c));
                     }
-                    c.idle_polls = 0;
-                    return Some((Ok::<_, actix_web::Error>(web::Bytes::from(out)), c));
-                }
-                Ok(_) => {
-                    c.idle_polls += 1;
-                    if c.idle_polls % 150 == 0 {
-                        return Some((Ok(web::Bytes::from_static(b": keep-alive\n\n")), c));
+                    Ok(_) => {
+                        c.idle_polls += 1;
+                        if c.idle_polls % 150 == 0 {
+                            return Some((Ok(web::Bytes::from_static(b": keep-alive\n\n")), c));
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => {
-                    c.done = true;
-                    let msg = format!(
-                        "event: error\ndata: {}\n\n",
-                        json!({"detail": e.to_string()})
-                    );
-                    return Some((Ok(web::Bytes::from(msg)), c));
+                    Err(e) => {
+                        c.done = true;
+                        let msg = format!(
+                            "event: error\ndata: {}\n\n",
+                            json!({"detail": e.to_string()})
+                        );
+                        return Some((Ok(web::Bytes::from(msg)), c));
+                    }
                 }
             }
         }
@@ -407,11 +453,13 @@ fn event_stream(store: DynStore, id: JobId, after: u64) -> HttpResponse {
 }
 
 async fn ledger(
+    req: HttpRequest,
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::JobRead)?;
     let id = parse_id(&path)?;
-    let rows = st.store.ledger(Scope::Tenant(DEFAULT_TENANT), id).await?;
+    let rows = st.store.ledger(Scope::Tenant(&p.tenant), id).await?;
     Ok(HttpResponse::Ok().json(json!({"ledger": rows})))
 }
 
@@ -434,6 +482,7 @@ async fn cancel(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::JobCancel)?;
     let id = parse_id(&path)?;
     let body = read_body(&req, payload, st.body_limit).await?;
     let r: CancelRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -455,7 +504,7 @@ async fn cancel(
     let cmd = st
         .store
         .put_command(
-            Scope::Tenant(DEFAULT_TENANT),
+            Scope::Tenant(&p.tenant),
             id,
             aetheris_store::CommandBody::Cancel { by, reason },
         )
@@ -505,6 +554,7 @@ async fn signal(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::JobSignal)?;
     let (raw_id, name) = path.into_inner();
     let id = parse_id(&raw_id)?;
     check_name("signal name", &name)?;
@@ -532,7 +582,7 @@ async fn signal(
     let cmd = st
         .store
         .put_command(
-            Scope::Tenant(DEFAULT_TENANT),
+            Scope::Tenant(&p.tenant),
             id,
             aetheris_store::CommandBody::Signal {
                 signal: name.clone(),
@@ -568,6 +618,7 @@ async fn confirm(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::JobConfirm)?;
     let (raw_id, step) = path.into_inner();
     let id = parse_id(&raw_id)?;
     let body = read_body(&req, payload, st.body_limit).await?;
@@ -579,7 +630,7 @@ async fn confirm(
         ));
     }
     st.store
-        .get_job(Scope::Tenant(DEFAULT_TENANT), id)
+        .get_job(Scope::Tenant(&p.tenant), id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
     let (state, _, _) = load_state(&st.store, id)
@@ -609,7 +660,7 @@ async fn confirm(
     let cmd = st
         .store
         .put_command(
-            Scope::Tenant(DEFAULT_TENANT),
+            Scope::Tenant(&p.tenant),
             id,
             aetheris_store::CommandBody::Confirm {
                 step: step.clone(),

@@ -198,6 +198,7 @@ impl Node {
         let err = log.try_clone().expect("clone log handle");
         let child = Command::new(env!("CARGO_BIN_EXE_aetheris"))
             .arg("dev")
+            .arg("--insecure-no-auth")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--bind")

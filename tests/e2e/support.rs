@@ -25,10 +25,19 @@ impl TestNode {
         register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
         worker: WorkerConfig,
     ) -> TestNode {
+        Self::start_with_auth(register, worker, None)
+    }
+
+    /// A node on the embedded store with bearer-token authentication.
+    pub fn start_with_auth(
+        register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
+        worker: WorkerConfig,
+        auth: Option<aetheris_api::auth::AuthConfig>,
+    ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: DynStore =
             Arc::new(RedbStore::open(&dir.path().join("aetheris.redb")).expect("open store"));
-        Self::start_on(Some(store), None, dir, register, worker)
+        Self::start_on_auth(Some(store), None, dir, register, worker, auth)
     }
 
     /// A node on a fresh database of the per-binary throwaway PostgreSQL cluster.
@@ -47,6 +56,17 @@ impl TestNode {
         dir: tempfile::TempDir,
         register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
         worker: WorkerConfig,
+    ) -> TestNode {
+        Self::start_on_auth(store, pg_url, dir, register, worker, None)
+    }
+
+    fn start_on_auth(
+        store: Option<DynStore>,
+        pg_url: Option<String>,
+        dir: tempfile::TempDir,
+        register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
+        worker: WorkerConfig,
+        auth: Option<aetheris_api::auth::AuthConfig>,
     ) -> TestNode {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
@@ -70,6 +90,7 @@ impl TestNode {
                 let cfg = NodeConfig {
                     bind: "127.0.0.1:0".into(),
                     worker,
+                    auth,
                     ..NodeConfig::default()
                 };
                 let (node, server) =
