@@ -179,6 +179,10 @@ pub fn worker(db: DbArgs, w: WorkerArgs) -> Result<ExitCode, String> {
             config: Arc::new(config),
             finished,
         };
+        aetheris_actors::ratelimit::spawn_limits_refresh(
+            shared.store.clone(),
+            shared.config.rate_limits.clone(),
+        );
         let (leases, _) = start_worker(shared);
         println!("aetheris worker {worker_id}: running");
         crate::dev::wait_for_signal().await;

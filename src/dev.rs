@@ -132,6 +132,11 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             }
             (None, None) => return Err("no store".to_string()),
         };
+        // The default tenant the dev admin token is for (created once).
+        match store.create_tenant("default", "default", serde_json::json!({})).await {
+            Ok(_) | Err(aetheris_store::StoreError::Conflict(_)) => {}
+            Err(e) => return Err(format!("creating the default tenant: {e}")),
+        }
         let tools = ToolRegistry::with_builtins();
         let worker = WorkerConfig {
             rate_limits: crate::cluster::load_limits(args.limits.as_deref())?,

@@ -268,6 +268,19 @@ impl RateLimiters {
         }
     }
 
+    /// Replaces one tenant's limits (from the tenants table), rebuilding its limiter.
+    pub fn set_tenant_limits(&self, tenant: &str, limits: TenantLimits) {
+        if let Ok(mut g) = self.0.limits.write() {
+            if g.tenants.get(tenant) == Some(&limits) {
+                return;
+            }
+            g.tenants.insert(tenant.to_string(), limits);
+        }
+        if let Ok(mut a) = self.0.actors.lock() {
+            a.remove(tenant);
+        }
+    }
+
     pub fn limits(&self) -> LimitsConfig {
         self.0.limits.read().map(|g| g.clone()).unwrap_or_default()
     }
@@ -366,4 +379,28 @@ impl RateLimiters {
                 .await;
         }
     }
+}
+
+/// Keeps `limits` in step with the tenants table: reads every tenant's limits now and
+/// every 10 s (so a change made through any gateway reaches every process without a
+/// restart). Must be called inside an actix system.
+pub fn spawn_limits_refresh(store: aetheris_store::DynStore, limits: RateLimiters) {
+    actix::spawn(async move {
+        loop {
+            match store.list_tenants().await {
+                Ok(tenants) => {
+                    for t in tenants {
+                        match serde_json::from_value::<TenantLimits>(t.limits.clone()) {
+                            Ok(l) => limits.set_tenant_limits(&t.id, l),
+                            Err(e) => {
+                                tracing::warn!(tenant = %t.id, error = %e, "bad stored limits")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading tenant limits failed"),
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
 }

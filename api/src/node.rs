@@ -75,6 +75,7 @@ pub fn start_node(
         .collect();
     let (finished, _) = tokio::sync::broadcast::channel(4096);
     let limits = cfg.worker.rate_limits.clone().with_metrics(metrics.clone());
+    aetheris_actors::ratelimit::spawn_limits_refresh(store.clone(), limits.clone());
     let shared = Shared {
         store: store.clone(),
         tools,

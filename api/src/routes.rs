@@ -49,6 +49,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/jobs/{id}/events", web::get().to(events))
                 .route("/jobs/{id}/ledger", web::get().to(ledger))
                 .route("/jobs/{id}/cancel", web::post().to(cancel))
+                .route("/tenants", web::get().to(list_tenants))
+                .route("/tenants", web::post().to(create_tenant))
+                .route("/tenants/{id}/limits", web::put().to(set_tenant_limits))
                 .route("/jobs/{id}/signals/{name}", web::post().to(signal))
                 .route("/jobs/{id}/steps/{step}/confirm", web::post().to(confirm)),
         )
@@ -58,7 +61,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The one place requests are authenticated and authorized: verifies the bearer token,
 /// checks the route's permission, and returns the caller, whose tenant scopes every
 /// store call of the handler (G6).
-fn authorize(req: &HttpRequest, st: &AppState, perm: Permission) -> Result<Principal, ApiError> {
+async fn authorize(
+    req: &HttpRequest,
+    st: &AppState,
+    perm: Permission,
+) -> Result<Principal, ApiError> {
     let Some(cfg) = &st.auth else {
         return Ok(Principal {
             sub: "anonymous".into(),
@@ -76,6 +83,13 @@ fn authorize(req: &HttpRequest, st: &AppState, perm: Permission) -> Result<Princ
         .and_then(|v| v.to_str().ok());
     let p = crate::auth::authenticate(cfg, header, now)
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    // A token for a tenant that does not exist is not a valid credential.
+    if st.store.get_tenant(&p.tenant).await?.is_none() {
+        return Err(ApiError::Unauthorized(format!(
+            "tenant {:?} does not exist",
+            p.tenant
+        )));
+    }
     p.require(perm)
         .map_err(|e| ApiError::Forbidden(e.to_string()))?;
     Ok(p)
@@ -99,7 +113,7 @@ async fn readyz(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn metrics(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let _p = authorize(&req, &st, Permission::SystemRead)?;
+    let _p = authorize(&req, &st, Permission::SystemRead).await?;
     let counts = st.store.count_by_status().await?;
     let extra: Vec<aetheris_actors::metrics::ScrapeGauge> = counts
         .into_iter()
@@ -188,7 +202,7 @@ async fn submit(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = authorize(&req, &st, Permission::JobCreate)?;
+    let p = authorize(&req, &st, Permission::JobCreate).await?;
     let body = read_body(&req, payload, st.body_limit).await?;
     let sub = parse_submission(&body, &Catalog(&st.tools))?;
     // Admission control before anything is stored: over the limit → 429, nothing written.
@@ -281,7 +295,7 @@ async fn get(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = authorize(&req, &st, Permission::JobRead)?;
+    let p = authorize(&req, &st, Permission::JobRead).await?;
     let id = parse_id(&path)?;
     Ok(HttpResponse::Ok().json(job_view(&st.store, &p.tenant, id).await?))
 }
@@ -299,7 +313,7 @@ async fn list(
     q: web::Query<ListQuery>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = authorize(&req, &st, Permission::JobRead)?;
+    let p = authorize(&req, &st, Permission::JobRead).await?;
     let status = match &q.state {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -352,7 +366,7 @@ async fn events(
     q: web::Query<EventsQuery>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = authorize(&req, &st, Permission::JobRead)?;
+    let p = authorize(&req, &st, Permission::JobRead).await?;
     let id = parse_id(&path)?;
     let wants_sse = req
         .headers()
@@ -457,7 +471,7 @@ async fn ledger(
     path: web::Path<String>,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = authorize(&req, &st, Permission::JobRead)?;
+    let p = authorize(&req, &st, Permission::JobRead).await?;
     let id = parse_id(&path)?;
     let rows = st.store.ledger(Scope::Tenant(&p.tenant), id).await?;
     Ok(HttpResponse::Ok().json(json!({"ledger": rows})))
@@ -482,7 +496,7 @@ async fn cancel(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = authorize(&req, &st, Permission::JobCancel)?;
+    let p = authorize(&req, &st, Permission::JobCancel).await?;
     let id = parse_id(&path)?;
     let body = read_body(&req, payload, st.body_limit).await?;
     let r: CancelRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -554,7 +568,7 @@ async fn signal(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = authorize(&req, &st, Permission::JobSignal)?;
+    let p = authorize(&req, &st, Permission::JobSignal).await?;
     let (raw_id, name) = path.into_inner();
     let id = parse_id(&raw_id)?;
     check_name("signal name", &name)?;
@@ -618,7 +632,7 @@ async fn confirm(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = authorize(&req, &st, Permission::JobConfirm)?;
+    let p = authorize(&req, &st, Permission::JobConfirm).await?;
     let (raw_id, step) = path.into_inner();
     let id = parse_id(&raw_id)?;
     let body = read_body(&req, payload, st.body_limit).await?;
@@ -672,6 +686,78 @@ async fn confirm(
         )
         .await?;
     Ok(HttpResponse::Accepted().json(json!({"job_id": id, "step": step, "command_id": cmd.id})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    limits: Option<aetheris_actors::ratelimit::TenantLimits>,
+}
+
+fn limits_json(l: &aetheris_actors::ratelimit::TenantLimits) -> Value {
+    serde_json::to_value(l).unwrap_or(Value::Null)
+}
+
+/// Checks limits the way a limits file is checked (positive numbers).
+fn check_limits(l: &aetheris_actors::ratelimit::TenantLimits) -> Result<(), ApiError> {
+    let cfg = json!({"defaults": limits_json(l)});
+    aetheris_actors::ratelimit::LimitsConfig::parse(&cfg.to_string())
+        .map(|_| ())
+        .map_err(ApiError::BadRequest)
+}
+
+async fn create_tenant(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &st, Permission::TenantAdmin).await?;
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let t: NewTenant = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid tenant: {e}")))?;
+    check_name("tenant id", &t.id)?;
+    let limits = t.limits.unwrap_or_default();
+    check_limits(&limits)?;
+    let name = t.name.unwrap_or_else(|| t.id.clone());
+    let created = st
+        .store
+        .create_tenant(&t.id, &name, limits_json(&limits))
+        .await?;
+    st.limits.set_tenant_limits(&t.id, limits);
+    Ok(HttpResponse::Created().json(created))
+}
+
+async fn list_tenants(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &st, Permission::TenantAdmin).await?;
+    Ok(HttpResponse::Ok().json(json!({"tenants": st.store.list_tenants().await?})))
+}
+
+async fn set_tenant_limits(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &st, Permission::TenantAdmin).await?;
+    let id = path.into_inner();
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let limits: aetheris_actors::ratelimit::TenantLimits = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid limits: {e}")))?;
+    check_limits(&limits)?;
+    let t = st
+        .store
+        .set_tenant_limits(&id, limits_json(&limits))
+        .await
+        .map_err(|e| match e {
+            aetheris_store::StoreError::Rejected(m) => ApiError::NotFound(m),
+            other => other.into(),
+        })?;
+    st.limits.set_tenant_limits(&id, limits);
+    Ok(HttpResponse::Ok().json(t))
 }
 
 /// Turns actix's own extractor errors (bad query strings) into problem+json.

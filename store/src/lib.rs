@@ -16,6 +16,7 @@ pub mod conformance;
 pub mod migrate;
 pub mod pg_commands;
 pub mod pg_store;
+pub mod pg_tenants;
 pub mod pg_test;
 pub mod redb_store;
 
@@ -182,6 +183,16 @@ pub struct StoredCommand {
     pub created_at_ms: i64,
 }
 
+/// A tenant as data: its id (the `tenant` claim of tokens), a display name, and its rate
+/// limits (a JSON object in the shape of `TenantLimits`, applied without restart).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub limits: serde_json::Value,
+    pub created_at_ms: i64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new job (seq 1 = `job_submitted`) durably, or returns the existing job for
@@ -254,6 +265,18 @@ pub trait Store: Send + Sync + 'static {
     /// Job ids that just received a command (a hint: lost while disconnected; workers
     /// also re-check).
     fn command_hint(&self) -> tokio::sync::broadcast::Receiver<JobId>;
+
+    /// Creates a tenant; `Conflict` if the id exists.
+    async fn create_tenant(
+        &self,
+        id: &str,
+        name: &str,
+        limits: serde_json::Value,
+    ) -> Result<Tenant>;
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    /// Replaces a tenant's limits; `NotFound`-like `Rejected` if it does not exist.
+    async fn set_tenant_limits(&self, id: &str, limits: serde_json::Value) -> Result<Tenant>;
 
     /// Bytes used on disk (for the benchmark's W7).
     async fn size_bytes(&self) -> Result<u64>;

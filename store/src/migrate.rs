@@ -40,6 +40,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_timers.sql",
         sql: include_str!("../../migrations/0003_timers.sql"),
     },
+    Migration {
+        name: "0004_tenants.sql",
+        sql: include_str!("../../migrations/0004_tenants.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

@@ -812,6 +812,31 @@ impl Store for PgStore {
         self.commands.subscribe()
     }
 
+    async fn create_tenant(
+        &self,
+        id: &str,
+        name: &str,
+        limits: serde_json::Value,
+    ) -> Result<crate::Tenant> {
+        crate::pg_tenants::create(self.pool(), id, name, limits).await
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Option<crate::Tenant>> {
+        crate::pg_tenants::get(self.pool(), id).await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<crate::Tenant>> {
+        crate::pg_tenants::list(self.pool()).await
+    }
+
+    async fn set_tenant_limits(
+        &self,
+        id: &str,
+        limits: serde_json::Value,
+    ) -> Result<crate::Tenant> {
+        crate::pg_tenants::set_limits(self.pool(), id, limits).await
+    }
+
     async fn submit(&self, job: NewJob) -> Result<(JobSummary, bool)> {
         let client = self.client().await?;
         let lookup = client

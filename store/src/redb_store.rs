@@ -10,7 +10,7 @@
 
 use crate::{
     backend, Append, CommandBody, JobSummary, Lease, LedgerEntry, ListFilter, NewJob, Result,
-    Scope, StatusCount, Store, StoreError, StoredCommand,
+    Scope, StatusCount, Store, StoreError, StoredCommand, Tenant,
 };
 use aetheris_proof::event_hash;
 use aetheris_runtime::codec::{decode_versioned, encode_versioned};
@@ -38,6 +38,8 @@ const COMMANDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("commands")
 /// wake_at (8, BE, sign bit flipped) ‖ job (16) → () scanned by claims.
 const TIMERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("timers");
 const DUE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("due");
+/// Tenants: id → JSON of `Tenant`.
+const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 /// Counters: "command_seq" → u64 (BE).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -184,6 +186,12 @@ enum WriteOp {
         ids: Vec<u64>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Create (`create == true`) or update the limits of a tenant.
+    PutTenant {
+        tenant: Tenant,
+        create: bool,
+        reply: oneshot::Sender<Result<Tenant>>,
+    },
 }
 
 /// A reply that is sent only after the batch's commit succeeded.
@@ -242,6 +250,7 @@ impl RedbStore {
                 tx.open_table(t).map_err(backend)?;
             }
             tx.open_table(META).map_err(backend)?;
+            tx.open_table(TENANTS).map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
         let db = Arc::new(db);
@@ -422,6 +431,11 @@ fn execute(
             ids,
             reply,
         } => defer(reply, mark_applied_in(tx, id, token, &ids)),
+        WriteOp::PutTenant {
+            tenant,
+            create,
+            reply,
+        } => defer(reply, put_tenant_in(tx, tenant, create, now)),
     })
 }
 
@@ -532,6 +546,58 @@ fn mark_applied_in(tx: &WriteTransaction, id: JobId, token: u64, ids: &[u64]) ->
         }
     }
     save_row(tx, id, &row)
+}
+
+fn put_tenant_in(tx: &WriteTransaction, mut t: Tenant, create: bool, now: i64) -> Result<Tenant> {
+    let mut table = tx.open_table(TENANTS).map_err(backend)?;
+    let existing: Option<Tenant> = table
+        .get(t.id.as_str())
+        .map_err(backend)?
+        .map(|g| serde_json::from_slice(g.value()))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("tenant row: {e}")))?;
+    match (existing, create) {
+        (Some(_), true) => return Err(StoreError::Conflict(format!("tenant {:?} exists", t.id))),
+        (None, false) => {
+            return Err(StoreError::Rejected(format!(
+                "tenant {:?} does not exist",
+                t.id
+            )))
+        }
+        (Some(old), false) => {
+            t.name = old.name;
+            t.created_at_ms = old.created_at_ms;
+        }
+        (None, true) => t.created_at_ms = now,
+    }
+    let json = serde_json::to_vec(&t).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    table
+        .insert(t.id.as_str(), json.as_slice())
+        .map_err(backend)?;
+    Ok(t)
+}
+
+fn read_tenants(db: &Database, id: Option<&str>) -> Result<Vec<Tenant>> {
+    let tx = db.begin_read().map_err(backend)?;
+    let t = tx.open_table(TENANTS).map_err(backend)?;
+    let parse = |v: &[u8]| -> Result<Tenant> {
+        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("tenant row: {e}")))
+    };
+    let mut out = Vec::new();
+    match id {
+        Some(id) => {
+            if let Some(g) = t.get(id).map_err(backend)? {
+                out.push(parse(g.value())?);
+            }
+        }
+        None => {
+            for item in t.iter().map_err(backend)? {
+                let (_, v) = item.map_err(backend)?;
+                out.push(parse(v.value())?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn read_commands(db: &Database, id: JobId) -> Result<Vec<StoredCommand>> {
@@ -1219,6 +1285,51 @@ impl Store for RedbStore {
 
     fn command_hint(&self) -> tokio::sync::broadcast::Receiver<JobId> {
         self.commands.subscribe()
+    }
+
+    async fn create_tenant(
+        &self,
+        id: &str,
+        name: &str,
+        limits: serde_json::Value,
+    ) -> Result<Tenant> {
+        let tenant = Tenant {
+            id: id.to_string(),
+            name: name.to_string(),
+            limits,
+            created_at_ms: 0,
+        };
+        self.send(|reply| WriteOp::PutTenant {
+            tenant,
+            create: true,
+            reply,
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {
+        let id = id.to_string();
+        self.read(move |db| Ok(read_tenants(db, Some(&id))?.pop()))
+            .await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        self.read(|db| read_tenants(db, None)).await
+    }
+
+    async fn set_tenant_limits(&self, id: &str, limits: serde_json::Value) -> Result<Tenant> {
+        let tenant = Tenant {
+            id: id.to_string(),
+            name: String::new(),
+            limits,
+            created_at_ms: 0,
+        };
+        self.send(|reply| WriteOp::PutTenant {
+            tenant,
+            create: false,
+            reply,
+        })
+        .await
     }
 
     async fn size_bytes(&self) -> Result<u64> {

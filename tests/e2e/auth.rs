@@ -25,7 +25,14 @@ fn node() -> TestNode {
         hs256_secrets: vec![SECRET.to_vec()],
         ..Default::default()
     };
-    TestNode::start_with_auth(|_| {}, WorkerConfig::default(), Some(cfg))
+    let node = TestNode::start_with_auth(|_| {}, WorkerConfig::default(), Some(cfg));
+    rt().block_on(async {
+        let names = (0..12).map(|i| format!("tenant-{i}"));
+        for t in names.chain(["rbac".to_string(), "t".to_string()]) {
+            node.store.create_tenant(&t, &t, json!({})).await.unwrap();
+        }
+    });
+    node
 }
 
 async fn call(
@@ -166,7 +173,12 @@ fn bad_tokens_get_401_problem_json() {
                 e(&json!({"sub": "x", "tenant": "t", "roles": ["admin"], "exp": n + 3600}))
             )
         };
+        let ghost = auth::issue_hs256(
+            &SECRET,
+            &Claims::new("x", "no-such-tenant", &[Role::Admin], n, 3600),
+        );
         for (name, tok) in [
+            ("tenant that does not exist", Some(ghost)),
             ("no token", None),
             ("garbage", Some("not.a.jwt".to_string())),
             ("wrong key", Some(wrong_key)),
@@ -239,6 +251,12 @@ fn every_role_gets_the_documented_answer_on_every_route() {
             ),
             ("GET", format!("{u}/metrics"), None, Permission::SystemRead),
             (
+                "GET",
+                format!("{u}/v1/tenants"),
+                None,
+                Permission::TenantAdmin,
+            ),
+            (
                 "POST",
                 format!("{u}/v1/jobs/{id}/cancel"),
                 Some(json!({})),
@@ -258,5 +276,112 @@ fn every_role_gets_the_documented_answer_on_every_route() {
                 }
             }
         }
+    });
+}
+
+#[test]
+fn tenant_admin_creates_tenants_and_limits_apply_without_restart() {
+    let node = node();
+    rt().block_on(async {
+        let c = reqwest::Client::new();
+        let u = &node.url;
+        let admin = token("rbac", &[Role::Admin]);
+        let (s, t, _) = call(
+            &c,
+            "POST",
+            &format!("{u}/v1/tenants"),
+            Some(&admin),
+            Some(json!({"id": "acme", "name": "Acme"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{t}");
+        let (s, _, _) = call(
+            &c,
+            "POST",
+            &format!("{u}/v1/tenants"),
+            Some(&admin),
+            Some(json!({"id": "acme"})),
+        )
+        .await;
+        assert_eq!(s, 409);
+        let (s, _, _) = call(
+            &c,
+            "POST",
+            &format!("{u}/v1/tenants"),
+            Some(&admin),
+            Some(json!({"id": "bad id!"})),
+        )
+        .await;
+        assert_eq!(s, 400);
+        let (s, _, _) = call(
+            &c,
+            "POST",
+            &format!("{u}/v1/tenants"),
+            Some(&token("rbac", &[Role::Operator])),
+            Some(json!({"id": "x2"})),
+        )
+        .await;
+        assert_eq!(s, 403);
+        let r = c
+            .put(format!("{u}/v1/tenants/acme/limits"))
+            .bearer_auth(&admin)
+            .json(&json!({"admissions_per_s": 0.1, "admission_burst": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let r = c
+            .put(format!("{u}/v1/tenants/acme/limits"))
+            .bearer_auth(&admin)
+            .json(&json!({"admissions_per_s": -1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            400,
+            "a bad limit is refused and changes nothing"
+        );
+        let acme = token("acme", &[Role::Submitter]);
+        let (s1, _, _) = call(
+            &c,
+            "POST",
+            &format!("{u}/v1/jobs"),
+            Some(&acme),
+            Some(job_body()),
+        )
+        .await;
+        let (s2, p, _) = call(
+            &c,
+            "POST",
+            &format!("{u}/v1/jobs"),
+            Some(&acme),
+            Some(job_body()),
+        )
+        .await;
+        assert_eq!(
+            (s1, s2),
+            (201, 429),
+            "acme's new limit applies at once: {p}"
+        );
+        // Another tenant is not slowed by acme's limit.
+        for _ in 0..3 {
+            let (s, _, _) = call(
+                &c,
+                "POST",
+                &format!("{u}/v1/jobs"),
+                Some(&admin),
+                Some(job_body()),
+            )
+            .await;
+            assert_eq!(s, 201);
+        }
+        let (s, list, _) = call(&c, "GET", &format!("{u}/v1/tenants"), Some(&admin), None).await;
+        assert_eq!(s, 200);
+        assert!(list["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == "acme" && t["limits"]["admissions_per_s"] == 0.1));
     });
 }

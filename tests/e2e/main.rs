@@ -9,6 +9,7 @@ mod crash;
 mod fairness;
 mod fencing;
 mod limits;
+mod pg_cluster;
 mod postgres;
 mod supervision;
 mod support;
