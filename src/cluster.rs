@@ -140,6 +140,7 @@ pub fn server(
     limits: Option<std::path::PathBuf>,
     auth_secret: Option<std::path::PathBuf>,
 ) -> Result<ExitCode, String> {
+    crate::dev::init_logging();
     let rate_limits = load_limits(limits.as_deref())?;
     let auth = load_auth(auth_secret.as_deref())?;
     actix_rt::System::new().block_on(async move {
@@ -167,6 +168,7 @@ pub fn server(
 }
 
 pub fn worker(db: DbArgs, w: WorkerArgs) -> Result<ExitCode, String> {
+    crate::dev::init_logging();
     let config = w.config()?;
     actix_rt::System::new().block_on(async move {
         let store = connect(&db).await?;

@@ -92,14 +92,19 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run(args: DevArgs) -> Result<ExitCode, String> {
-    tracing_subscriber::fmt()
+/// Logs to stderr at `AETHERIS_LOG` (default `warn`), for every long-running command.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AETHERIS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .try_init();
+}
+
+pub fn run(args: DevArgs) -> Result<ExitCode, String> {
+    init_logging();
     if args.snapshot_every == 0 {
         return Err("--snapshot-every must be at least 1".into());
     }

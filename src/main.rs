@@ -42,6 +42,9 @@ enum Command {
         /// Verify bearer tokens with this HS256 secret (`hex:…`/`base64:…`; docs/auth.md).
         #[arg(long, env = "AETHERIS_AUTH_HS256_SECRET_FILE")]
         auth_hs256_secret_file: Option<PathBuf>,
+        /// Run without authentication (refused otherwise when no key is configured).
+        #[arg(long)]
+        insecure_no_auth: bool,
     },
     /// Issue tokens for clients (docs/auth.md).
     Token {
@@ -185,7 +188,14 @@ fn main() -> ExitCode {
             bind,
             limits,
             auth_hs256_secret_file,
-        } => cluster::server(db, bind, limits, auth_hs256_secret_file),
+            insecure_no_auth,
+        } => {
+            if auth_hs256_secret_file.is_none() && !insecure_no_auth {
+                Err("no authentication configured: pass --auth-hs256-secret-file FILE (see docs/auth.md) or --insecure-no-auth".into())
+            } else {
+                cluster::server(db, bind, limits, auth_hs256_secret_file)
+            }
+        }
         Command::Token {
             command: TokenCommand::Issue(a),
         } => token::issue(a),

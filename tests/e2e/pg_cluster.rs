@@ -375,6 +375,7 @@ impl Harness {
             "server",
             vec![
                 "server".into(),
+                "--insecure-no-auth".into(),
                 "--database-url".into(),
                 db_url.clone(),
                 "--bind".into(),
