@@ -63,7 +63,7 @@ enum Command {
         #[command(flatten)]
         db: cluster::DbArgs,
     },
-    /// Run the benchmark workloads (DESIGN §7) on the embedded store.
+    /// Run the benchmark workloads (DESIGN §7) on the embedded store or `--database-url`.
     Bench(bench::BenchArgs),
     /// Submit and inspect jobs on a running server.
     Job {

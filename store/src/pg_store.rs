@@ -15,8 +15,15 @@
 //! - Group commit: `append_many` runs one transaction for the whole batch; each append is
 //!   validated (fence, seq, ledger transitions via `LedgerStatus::transition`, status via
 //!   `JobStatus::after`) in memory against the locked rows *before* anything is written, so
-//!   a rejected append writes nothing while the others commit. Writes are multi-row
-//!   `UNNEST` statements sent as one pipeline.
+//!   a rejected append writes nothing while the others commit. One append transaction is
+//!   two round trips: BEGIN + row locks + ledger read pipelined, then one multi-row
+//!   `UNNEST` write statement with COMMIT pipelined behind it (`append_tx`).
+//! - Group commit across jobs: a single `append` goes through a batcher
+//!   (`group_commit_worker`): appends queued while a transaction is in flight share the
+//!   next one, so N concurrent jobs share one commit and one WAL flush, each still with
+//!   its own checks. `append_stats` reports appends per transaction.
+//! - Pooled sessions use generic plans with sequential scans and JIT off (`SESSION_SETUP`):
+//!   re-planning the array statements on every call cost more than executing them.
 //! - No deadlocks between writers: every statement that locks several job rows locks them
 //!   in `job_id` order; `claim` never waits (`FOR UPDATE SKIP LOCKED`).
 //!
@@ -48,12 +55,13 @@ use deadpool_postgres::{
     Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts,
 };
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::FromSql;
-use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Row};
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{AsyncMessage, NoTls, Row};
 use uuid::Uuid;
 
 /// The NOTIFY channel that carries "new work may be claimable".
@@ -94,10 +102,20 @@ macro_rules! job_cols {
 /// (re-checked predicates after a row lock wait), and G1 needs synchronous commit; a
 /// server-wide `off` is overridden, stronger settings (`remote_apply`, …) are kept. An
 /// abandoned transaction must not hold job row locks for long.
+///
+/// Plans: every statement of this store is a point, range or `unnest`-array query driven by
+/// an index, whose best plan does not depend on the parameter values; in `auto` mode
+/// PostgreSQL re-plans the array statements on every call (measured: 0.1–0.5 ms of
+/// planning per statement, more than their execution). So plans are generic (made once per
+/// session and statement), and sequential scans are off so that a plan made while a table
+/// is still empty or unanalyzed (a fresh database) is not a cached sequential scan for the
+/// session's life. JIT is off: it never pays for OLTP statements, and a disabled-seqscan
+/// cost estimate would otherwise trigger it.
 const SESSION_SETUP: &str = "SET default_transaction_isolation = 'read committed'; \
      SELECT set_config('synchronous_commit', 'on', false) \
      WHERE current_setting('synchronous_commit') = 'off'; \
-     SET idle_in_transaction_session_timeout = '60s'";
+     SET idle_in_transaction_session_timeout = '60s'; \
+     SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET jit = off";
 
 const NOW_SQL: &str = concat!("SELECT ", now_ms!());
 
@@ -171,29 +189,41 @@ const LOCK_JOBS_SQL: &str = concat!(
 const LEDGER_FOR_JOBS_SQL: &str = "SELECT job_id, step, invocation_key, attempt, effect, status, \
      updated_at FROM ledger WHERE job_id = ANY($1)";
 
-const INSERT_EVENTS_SQL: &str = "\
-INSERT INTO events (job_id, seq, recorded_at, kind, payload, prev_hash, hash)
-SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                     $6::bytea[], $7::bytea[])";
+/// All writes of an append transaction in one statement: the events, the ledger rows and
+/// the job rows (fenced again by token). The final SELECT divides by zero — failing the
+/// statement, so the COMMIT pipelined behind it rolls back — unless every locked job row
+/// the batch changed was updated (it cannot be otherwise while the rows are locked).
+const APPEND_WRITE_SQL: &str = "\
+WITH ev AS (
+    INSERT INTO events (job_id, seq, recorded_at, kind, payload, prev_hash, hash)
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                         $6::bytea[], $7::bytea[])
+), led AS (
+    INSERT INTO ledger (job_id, step, invocation_key, attempt, effect, status, updated_at)
+    SELECT * FROM unnest($8::uuid[], $9::text[], $10::text[], $11::bigint[], $12::text[],
+                         $13::text[], $14::bigint[])
+    ON CONFLICT (job_id, step) DO UPDATE SET
+        invocation_key = EXCLUDED.invocation_key, attempt = EXCLUDED.attempt,
+        effect = EXCLUDED.effect, status = EXCLUDED.status, updated_at = EXCLUDED.updated_at
+), upd AS (
+    UPDATE jobs AS j
+    SET status = u.status, last_seq = u.last_seq, last_hash = u.last_hash,
+        updated_at = u.updated_at,
+        wake_at = CASE WHEN u.wake_set THEN u.wake_at
+                       WHEN u.status <> 'waiting' THEN NULL ELSE j.wake_at END,
+        wake_due = false
+    FROM unnest($15::uuid[], $16::bigint[], $17::text[], $18::bigint[], $19::bytea[],
+                $20::bigint[], $21::bool[], $22::bigint[])
+        AS u(job_id, token, status, last_seq, last_hash, updated_at, wake_set, wake_at)
+    WHERE j.job_id = u.job_id AND j.token = u.token
+    RETURNING 1
+)
+SELECT 1 / (CASE WHEN (SELECT count(*) FROM upd) = cardinality($15::uuid[]) THEN 1 ELSE 0 END)";
 
-const UPSERT_LEDGER_SQL: &str = "\
-INSERT INTO ledger (job_id, step, invocation_key, attempt, effect, status, updated_at)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-                     $7::bigint[])
-ON CONFLICT (job_id, step) DO UPDATE SET
-    invocation_key = EXCLUDED.invocation_key, attempt = EXCLUDED.attempt,
-    effect = EXCLUDED.effect, status = EXCLUDED.status, updated_at = EXCLUDED.updated_at";
-
-const UPDATE_JOBS_SQL: &str = "\
-UPDATE jobs AS j
-SET status = u.status, last_seq = u.last_seq, last_hash = u.last_hash, updated_at = u.updated_at,
-    wake_at = CASE WHEN u.wake_set THEN u.wake_at
-                   WHEN u.status <> 'waiting' THEN NULL ELSE j.wake_at END,
-    wake_due = false
-FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[], $6::bigint[],
-            $7::bool[], $8::bigint[])
-    AS u(job_id, token, status, last_seq, last_hash, updated_at, wake_set, wake_at)
-WHERE j.job_id = u.job_id AND j.token = u.token";
+/// Transaction control as prepared statements, so they pipeline with the statements of
+/// the transaction (one round trip for BEGIN + lock + ledger read, one for write + COMMIT).
+const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+const COMMIT_SQL: &str = "COMMIT";
 
 /// Marks parked jobs whose timer is due as claimable (uses the `jobs_due` index).
 const SWEEP_DUE_SQL: &str = concat!(
@@ -319,6 +349,10 @@ pub struct PgStore {
     hint: Arc<Notify>,
     /// Job ids from `NOTIFY aetheris_cmd` (commands stored by any process).
     commands: tokio::sync::broadcast::Sender<JobId>,
+    /// The group-commit queue of single appends (see `group_commit_worker`).
+    group: tokio::sync::mpsc::Sender<Queued>,
+    /// How appends were batched (see `append_stats`).
+    stats: Arc<AppendCounters>,
     _listener: Arc<ListenerGuard>,
 }
 
@@ -400,10 +434,23 @@ impl PgStore {
         listen_config.application_name(LISTENER_APP_NAME);
         let (commands, _) = tokio::sync::broadcast::channel(1024);
         let task = tokio::spawn(listen_loop(listen_config, hint.clone(), commands.clone()));
+        // Group commit: workers on this runtime too; they stop when the last clone drops.
+        let (group, queue) = tokio::sync::mpsc::channel(GROUP_QUEUE);
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let stats = Arc::new(AppendCounters::default());
+        for _ in 0..group_commit_workers(size) {
+            tokio::spawn(group_commit_worker(
+                pool.clone(),
+                stats.clone(),
+                queue.clone(),
+            ));
+        }
         Ok(PgStore {
             pool,
             hint,
             commands,
+            group,
+            stats,
             _listener: Arc::new(ListenerGuard(task.abort_handle())),
         })
     }
@@ -418,6 +465,14 @@ impl PgStore {
         applied
     }
 
+    /// How this store's appends were batched so far (group commit).
+    pub fn append_stats(&self) -> AppendStats {
+        AppendStats {
+            appends: self.stats.appends.load(Relaxed),
+            transactions: self.stats.transactions.load(Relaxed),
+        }
+    }
+
     /// The connection pool, for operators' tooling and tests.
     pub fn pool(&self) -> &Pool {
         &self.pool
@@ -430,19 +485,23 @@ impl PgStore {
     /// Maps a driver error; statements prepared before a schema change can fail with
     /// SQLSTATE 0A000 (or 26000): drop the cached statements so the next call re-prepares.
     fn pg(&self, e: tokio_postgres::Error) -> StoreError {
-        if let Some(code) = e.code() {
-            if *code == SqlState::FEATURE_NOT_SUPPORTED
-                || *code == SqlState::INVALID_SQL_STATEMENT_NAME
-            {
-                self.pool.manager().statement_caches.clear();
-            }
-        }
-        pg_err(e)
+        pg_in(&self.pool, e)
     }
 
     fn wake_local(&self) {
         fire(&self.hint);
     }
+}
+
+/// `PgStore::pg` for code that has only the pool.
+fn pg_in(pool: &Pool, e: tokio_postgres::Error) -> StoreError {
+    if let Some(code) = e.code() {
+        if *code == SqlState::FEATURE_NOT_SUPPORTED || *code == SqlState::INVALID_SQL_STATEMENT_NAME
+        {
+            pool.manager().statement_caches.clear();
+        }
+    }
+    pg_err(e)
 }
 
 async fn get_client(pool: &Pool) -> Result<deadpool_postgres::Object> {
@@ -789,6 +848,355 @@ fn plan_append(
     Ok(out)
 }
 
+// ---------------------------------------------------------------------------------------
+// append transactions and the group-commit batcher
+
+/// Why an append transaction failed. `unwritten`: it certainly wrote nothing (it failed
+/// before COMMIT was sent, or the server answered with an error, which rolls back).
+struct TxFailed {
+    error: StoreError,
+    unwritten: bool,
+}
+
+impl From<StoreError> for TxFailed {
+    fn from(error: StoreError) -> Self {
+        TxFailed {
+            error,
+            unwritten: true,
+        }
+    }
+}
+
+/// A pooled connection inside an append transaction. Unless `release` is called (the
+/// transaction is over), dropping it takes the connection out of the pool and closes it,
+/// so the server rolls the transaction back: a connection must never return to the pool
+/// with a transaction open (e.g. when a caller drops its future half-way, or on errors).
+struct TxConn(Option<deadpool_postgres::Object>);
+
+impl TxConn {
+    fn client(&self) -> Result<&deadpool_postgres::Object> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("append connection already released".into()))
+    }
+
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        if let Some(obj) = self.0.take() {
+            drop(deadpool_postgres::Object::take(obj));
+        }
+    }
+}
+
+/// One append transaction for a batch (group commit), in two round trips: (1) BEGIN, lock
+/// the job rows in id order, read their ledger rows — pipelined; the ledger read is its own
+/// statement so its snapshot is taken after the locks are held; (2) one statement writing
+/// events, ledger and job rows, with COMMIT pipelined behind it (a failed statement turns
+/// that COMMIT into a rollback). Every append is validated in memory against the locked
+/// rows first (`plan_append`), so a rejected append writes nothing while the others commit.
+async fn append_tx(
+    pool: &Pool,
+    batch: Vec<Append>,
+) -> std::result::Result<Vec<Result<Vec<RecordedEvent>>>, TxFailed> {
+    let mut ids: Vec<Uuid> = batch.iter().map(|a| a.job_id.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut ledger_ids: Vec<Uuid> = batch
+        .iter()
+        .filter(|a| a.events.iter().any(|e| ledger_change(e).is_some()))
+        .map(|a| a.job_id.0)
+        .collect();
+    ledger_ids.sort_unstable();
+    ledger_ids.dedup();
+
+    let conn = TxConn(Some(get_client(pool).await?));
+    let c = conn.client()?;
+    // Cached after the first use on a connection: no round trip.
+    let (begin, lock_st, ledger_st, write_st, commit) = tokio::try_join!(
+        c.prepare_cached(BEGIN_SQL),
+        c.prepare_cached(LOCK_JOBS_SQL),
+        c.prepare_cached(LEDGER_FOR_JOBS_SQL),
+        c.prepare_cached(APPEND_WRITE_SQL),
+        c.prepare_cached(COMMIT_SQL)
+    )
+    .map_err(|e| pg_in(pool, e))?;
+    // Round trip 1. Requests go out in poll order, so BEGIN precedes the lock.
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (_, job_rows, ledger_rows) = tokio::try_join!(
+        c.execute(&begin, &[]),
+        c.query(&lock_st, &lock_params),
+        async {
+            if ledger_ids.is_empty() {
+                Ok(vec![])
+            } else {
+                c.query(&ledger_st, &[&ledger_ids]).await
+            }
+        }
+    )
+    .map_err(|e| pg_in(pool, e))?;
+
+    let mut db_now = 0i64;
+    let mut jobs = HashMap::with_capacity(job_rows.len());
+    for r in &job_rows {
+        jobs.insert(
+            col::<Uuid>(r, 0)?,
+            JobMem {
+                status: parse_status(col(r, 1)?)?,
+                last_seq: to_u64(col(r, 2)?, "last_seq")?,
+                last_hash: hash32(col(r, 3)?, "last_hash")?,
+                token: to_u64(col(r, 4)?, "token")?,
+                updated_at: col(r, 5)?,
+                dirty: false,
+                wake: None,
+            },
+        );
+        db_now = col(r, 6)?;
+    }
+    let mut ledger = HashMap::with_capacity(ledger_rows.len());
+    for r in &ledger_rows {
+        let attempt: i64 = col(r, 3)?;
+        ledger.insert(
+            (col::<Uuid>(r, 0)?, col::<String>(r, 1)?),
+            LedgerMem {
+                invocation_key: col(r, 2)?,
+                attempt: u32::try_from(attempt)
+                    .map_err(|_| StoreError::Corrupt(format!("ledger attempt {attempt}")))?,
+                effect: parse_effect(col(r, 4)?)?,
+                status: parse_ledger_status(col(r, 5)?)?,
+                updated_at: col(r, 6)?,
+            },
+        );
+    }
+
+    let mut dirty_ledger = BTreeMap::new();
+    let mut events = EventCols::default();
+    let results: Vec<Result<Vec<RecordedEvent>>> = batch
+        .into_iter()
+        .map(|a| {
+            plan_append(
+                a,
+                &mut jobs,
+                &mut ledger,
+                &mut dirty_ledger,
+                &mut events,
+                db_now,
+            )
+        })
+        .collect();
+
+    let mut upd = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut wake_set, mut wake_at): (Vec<bool>, Vec<Option<i64>>) = (vec![], vec![]);
+    for (id, j) in jobs.iter().filter(|(_, j)| j.dirty) {
+        upd.0.push(*id);
+        upd.1.push(to_i64(j.token));
+        upd.2.push(j.status.as_str());
+        upd.3.push(to_i64(j.last_seq));
+        upd.4.push(j.last_hash.to_vec());
+        upd.5.push(j.updated_at);
+        wake_set.push(j.wake.is_some());
+        wake_at.push(j.wake.flatten());
+    }
+    if upd.0.is_empty() {
+        // Every append failed validation: nothing to write.
+        c.batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| pg_in(pool, e))?;
+        conn.release();
+        return Ok(results);
+    }
+    let mut led = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((id, step), l) in &dirty_ledger {
+        led.0.push(*id);
+        led.1.push(step.as_str());
+        led.2.push(l.invocation_key.as_str());
+        led.3.push(i64::from(l.attempt));
+        led.4.push(l.effect.as_str());
+        led.5.push(l.status.as_str());
+        led.6.push(l.updated_at);
+    }
+
+    // Round trip 2: all writes, then COMMIT.
+    let write_params: [&(dyn ToSql + Sync); 22] = [
+        &events.job,
+        &events.seq,
+        &events.at,
+        &events.kind,
+        &events.payload,
+        &events.prev,
+        &events.hash,
+        &led.0,
+        &led.1,
+        &led.2,
+        &led.3,
+        &led.4,
+        &led.5,
+        &led.6,
+        &upd.0,
+        &upd.1,
+        &upd.2,
+        &upd.3,
+        &upd.4,
+        &upd.5,
+        &wake_set,
+        &wake_at,
+    ];
+    let written = tokio::try_join!(
+        c.query_one(&write_st, &write_params),
+        c.execute(&commit, &[])
+    );
+    match written {
+        Ok(_) => {
+            conn.release();
+            Ok(results)
+        }
+        Err(e) => {
+            let unwritten = e.as_db_error().is_some();
+            let error = if e.code() == Some(&SqlState::DIVISION_BY_ZERO) {
+                StoreError::Backend(
+                    "append: a locked job row was not updated; nothing was written".into(),
+                )
+            } else {
+                pg_in(pool, e)
+            };
+            Err(TxFailed { error, unwritten })
+        }
+    }
+}
+
+/// Counts of appends and of the transactions that carried them.
+#[derive(Default)]
+struct AppendCounters {
+    appends: AtomicU64,
+    transactions: AtomicU64,
+}
+
+/// How a store's appends were batched (cumulative), for the benchmark and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendStats {
+    /// Appends written or rejected by an append transaction.
+    pub appends: u64,
+    /// Append transactions run (each one commit, or one rollback if all were rejected).
+    pub transactions: u64,
+}
+
+/// Appends a batch in one transaction (`append_tx`), each append with its own fence, seq
+/// and ledger checks, failing alone. If the transaction fails as a whole and certainly
+/// wrote nothing, each append is retried in a transaction of its own, so one append the
+/// server refuses cannot fail the others. `Err` only when the batch failed as a whole.
+async fn append_batch(
+    pool: &Pool,
+    stats: &AppendCounters,
+    batch: Vec<Append>,
+) -> std::result::Result<Vec<Result<Vec<RecordedEvent>>>, TxFailed> {
+    let n = batch.len() as u64;
+    let retry = (batch.len() > 1).then(|| batch.clone());
+    stats.transactions.fetch_add(1, Relaxed);
+    match append_tx(pool, batch).await {
+        Ok(results) => {
+            stats.appends.fetch_add(n, Relaxed);
+            Ok(results)
+        }
+        Err(f) if f.unwritten && retry.is_some() => {
+            tracing::warn!(error = %f.error, "append transaction failed; retrying its appends one by one");
+            let mut results = Vec::new();
+            for a in retry.into_iter().flatten() {
+                stats.transactions.fetch_add(1, Relaxed);
+                stats.appends.fetch_add(1, Relaxed);
+                results.push(match append_tx(pool, vec![a]).await {
+                    Ok(mut v) => v
+                        .pop()
+                        .unwrap_or_else(|| Err(StoreError::Backend("empty batch result".into()))),
+                    Err(f) => Err(f.error),
+                });
+            }
+            Ok(results)
+        }
+        Err(f) => Err(f),
+    }
+}
+
+/// An append waiting for the group-commit batcher, with where its result goes.
+type Queued = (
+    Append,
+    tokio::sync::oneshot::Sender<Result<Vec<RecordedEvent>>>,
+);
+
+/// Group-commit transactions in flight at once, each on its own pooled connection: one
+/// can be in its WAL flush while the next is being validated and written. At most half
+/// the pool, so claims, heartbeats and reads always find a connection. (Measured on a
+/// 2-core machine with local PostgreSQL: 1, 2 and 4 perform alike within noise.)
+fn group_commit_workers(pool_size: usize) -> usize {
+    GROUP_IN_FLIGHT.min(pool_size / 2).max(1)
+}
+
+const GROUP_IN_FLIGHT: usize = 2;
+
+/// Most appends one group-commit transaction carries.
+const GROUP_MAX_APPENDS: usize = 512;
+/// Appends that may wait for the batcher before `append` callers wait to enqueue.
+const GROUP_QUEUE: usize = 8_192;
+
+/// Group commit across jobs: single `append`s from all callers queue here; a worker takes
+/// whatever is queued (up to `GROUP_MAX_APPENDS`) and commits it as one `append_tx`, so N
+/// concurrent jobs share one transaction and one WAL flush. `group_commit_workers` such
+/// workers run, so that many transactions are in flight at once and a lone append never
+/// waits for another's commit. Each append keeps its own fence, seq and ledger checks and
+/// fails alone (see `append_batch`). Ends when every `PgStore` clone (every sender) is
+/// gone.
+async fn group_commit_worker(
+    pool: Pool,
+    stats: Arc<AppendCounters>,
+    queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Queued>>>,
+) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = queue.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            batch.push(first);
+            while batch.len() < GROUP_MAX_APPENDS {
+                match rx.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+        }
+        // A caller that gave up (dropped its future) gets nothing written.
+        let (appends, replies): (Vec<Append>, Vec<_>) =
+            batch.into_iter().filter(|(_, r)| !r.is_closed()).unzip();
+        if appends.is_empty() {
+            continue;
+        }
+        match append_batch(&pool, &stats, appends).await {
+            Ok(results) => {
+                for (r, reply) in results.into_iter().zip(replies) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(f) => {
+                for reply in replies {
+                    let _ = reply.send(Err(same_error(&f.error)));
+                }
+            }
+        }
+    }
+}
+
+/// A copy of a transaction-level error for every append of the failed batch.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn put_command(
@@ -1022,174 +1430,22 @@ impl Store for PgStore {
         if batch.is_empty() {
             return Ok(vec![]);
         }
-        let mut ids: Vec<Uuid> = batch.iter().map(|a| a.job_id.0).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut ledger_ids: Vec<Uuid> = batch
-            .iter()
-            .filter(|a| a.events.iter().any(|e| ledger_change(e).is_some()))
-            .map(|a| a.job_id.0)
-            .collect();
-        ledger_ids.sort_unstable();
-        ledger_ids.dedup();
-
-        let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
+        append_batch(&self.pool, &self.stats, batch)
             .await
-            .map_err(|e| self.pg(e))?;
-        let (lock_st, ledger_st) = tokio::try_join!(
-            tx.prepare_cached(LOCK_JOBS_SQL),
-            tx.prepare_cached(LEDGER_FOR_JOBS_SQL)
-        )
-        .map_err(|e| self.pg(e))?;
-        // One pipeline: lock the rows (in id order), then read their ledger rows.
-        let (job_rows, ledger_rows) =
-            tokio::try_join!(async { tx.query(&lock_st, &[&ids]).await }, async {
-                if ledger_ids.is_empty() {
-                    Ok(vec![])
-                } else {
-                    tx.query(&ledger_st, &[&ledger_ids]).await
-                }
-            })
-            .map_err(|e| self.pg(e))?;
+            .map_err(|f| f.error)
+    }
 
-        let mut db_now = 0i64;
-        let mut jobs = HashMap::with_capacity(job_rows.len());
-        for r in &job_rows {
-            jobs.insert(
-                col::<Uuid>(r, 0)?,
-                JobMem {
-                    status: parse_status(col(r, 1)?)?,
-                    last_seq: to_u64(col(r, 2)?, "last_seq")?,
-                    last_hash: hash32(col(r, 3)?, "last_hash")?,
-                    token: to_u64(col(r, 4)?, "token")?,
-                    updated_at: col(r, 5)?,
-                    dirty: false,
-                    wake: None,
-                },
-            );
-            db_now = col(r, 6)?;
-        }
-        let mut ledger = HashMap::with_capacity(ledger_rows.len());
-        for r in &ledger_rows {
-            let attempt: i64 = col(r, 3)?;
-            ledger.insert(
-                (col::<Uuid>(r, 0)?, col::<String>(r, 1)?),
-                LedgerMem {
-                    invocation_key: col(r, 2)?,
-                    attempt: u32::try_from(attempt)
-                        .map_err(|_| StoreError::Corrupt(format!("ledger attempt {attempt}")))?,
-                    effect: parse_effect(col(r, 4)?)?,
-                    status: parse_ledger_status(col(r, 5)?)?,
-                    updated_at: col(r, 6)?,
-                },
-            );
-        }
-
-        let mut dirty_ledger = BTreeMap::new();
-        let mut events = EventCols::default();
-        let results: Vec<Result<Vec<RecordedEvent>>> = batch
-            .into_iter()
-            .map(|a| {
-                plan_append(
-                    a,
-                    &mut jobs,
-                    &mut ledger,
-                    &mut dirty_ledger,
-                    &mut events,
-                    db_now,
-                )
-            })
-            .collect();
-
-        let mut upd = (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let (mut wake_set, mut wake_at): (Vec<bool>, Vec<Option<i64>>) = (vec![], vec![]);
-        for (id, j) in jobs.iter().filter(|(_, j)| j.dirty) {
-            upd.0.push(*id);
-            upd.1.push(to_i64(j.token));
-            upd.2.push(j.status.as_str());
-            upd.3.push(to_i64(j.last_seq));
-            upd.4.push(j.last_hash.to_vec());
-            upd.5.push(j.updated_at);
-            wake_set.push(j.wake.is_some());
-            wake_at.push(j.wake.flatten());
-        }
-        if upd.0.is_empty() {
-            // Every append failed validation: nothing to write.
-            tx.rollback().await.map_err(|e| self.pg(e))?;
-            return Ok(results);
-        }
-        let mut led = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for ((id, step), l) in &dirty_ledger {
-            led.0.push(*id);
-            led.1.push(step.as_str());
-            led.2.push(l.invocation_key.as_str());
-            led.3.push(i64::from(l.attempt));
-            led.4.push(l.effect.as_str());
-            led.5.push(l.status.as_str());
-            led.6.push(l.updated_at);
-        }
-
-        let (ev_st, led_st, upd_st) = tokio::try_join!(
-            tx.prepare_cached(INSERT_EVENTS_SQL),
-            tx.prepare_cached(UPSERT_LEDGER_SQL),
-            tx.prepare_cached(UPDATE_JOBS_SQL)
-        )
-        .map_err(|e| self.pg(e))?;
-        let (_, _, updated) = tokio::try_join!(
-            async {
-                if events.job.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(
-                        &ev_st,
-                        &[
-                            &events.job,
-                            &events.seq,
-                            &events.at,
-                            &events.kind,
-                            &events.payload,
-                            &events.prev,
-                            &events.hash,
-                        ],
-                    )
-                    .await
-                }
-            },
-            async {
-                if led.0.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(
-                        &led_st,
-                        &[&led.0, &led.1, &led.2, &led.3, &led.4, &led.5, &led.6],
-                    )
-                    .await
-                }
-            },
-            async {
-                tx.execute(
-                    &upd_st,
-                    &[
-                        &upd.0, &upd.1, &upd.2, &upd.3, &upd.4, &upd.5, &wake_set, &wake_at,
-                    ],
-                )
-                .await
-            }
-        )
-        .map_err(|e| self.pg(e))?;
-        if updated != upd.0.len() as u64 {
-            // Cannot happen while the rows are locked; refuse to commit if it does.
-            return Err(StoreError::Backend(format!(
-                "append: updated {updated} of {} locked job rows",
-                upd.0.len()
-            )));
-        }
-        tx.commit().await.map_err(|e| self.pg(e))?;
-        Ok(results)
+    /// One append, through the group-commit batcher: appends of concurrent jobs share a
+    /// transaction (see `group_commit_worker`).
+    async fn append(&self, a: Append) -> Result<Vec<RecordedEvent>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.group
+            .send((a, reply))
+            .await
+            .map_err(|_| StoreError::Backend("append batcher has stopped".into()))?;
+        answer.await.map_err(|_| {
+            StoreError::Backend("append batcher stopped before answering; outcome unknown".into())
+        })?
     }
 
     async fn put_snapshot(&self, id: JobId, token: u64, seq: u64, blob: Vec<u8>) -> Result<()> {

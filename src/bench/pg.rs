@@ -1,0 +1,295 @@
+//! PostgreSQL helpers of `aetheris bench`: one database per run, the server's CPU time,
+//! the `pgbench` baseline and the W7 breakdown of the `events` table.
+//!
+//! - Fresh state: `CREATE DATABASE bench_<uuid>` on the server of the given URL (the URL's
+//!   own database is only used to issue it), `DROP DATABASE … WITH (FORCE)` after the run.
+//! - Server CPU (for W1's CPU per step): when the server runs on this machine and the
+//!   URL's user may read `data_directory`, the postmaster pid comes from its
+//!   `postmaster.pid`; the server's CPU time is the postmaster's own and reaped children's
+//!   time plus the live children's (backends, WAL writer, checkpointer, …). Otherwise the
+//!   bench reports our process only and says so.
+//! - pgbench: in a database of its own, a logged table `pgb(id bigserial primary key,
+//!   x bigint)` and the script `\set x random(1, 1000000000)` / `INSERT INTO pgb(x) VALUES
+//!   (:x);`, run with `-n -T <s>` at 1 client and at 32 clients (`-j 2`): single-row insert
+//!   commits/s, the ceiling one durable commit per step could reach on this server.
+
+use std::path::PathBuf;
+use tokio_postgres::NoTls;
+
+/// The server under test.
+#[derive(Clone)]
+pub struct Server {
+    /// The URL as given (its database is used only for CREATE/DROP DATABASE).
+    pub url: String,
+    pub version: String,
+    /// The postmaster's pid, when the server runs here and we may see its data directory.
+    pub postmaster: Option<u32>,
+}
+
+/// W7 on PostgreSQL: the `events` table after a W1 run, per event.
+#[derive(Clone, Debug)]
+pub struct W7 {
+    pub total_per_event: f64,
+    pub heap_per_event: f64,
+    pub index_per_event: f64,
+    pub rest_per_event: f64,
+    pub payload_per_event: f64,
+}
+
+pub struct Pgbench {
+    pub binary: String,
+    pub clients_1: f64,
+    pub clients_32: f64,
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| format!("PostgreSQL at the bench URL: {}", msg(&e)))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+fn msg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut m = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                m.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            m
+        }
+    }
+}
+
+/// `url` with its database replaced by `db` (URL or key=value form).
+pub fn with_dbname(url: &str, db: &str) -> String {
+    for scheme in ["postgres://", "postgresql://"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            let (main, query) = match rest.find('?') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, ""),
+            };
+            let authority = match main.find('/') {
+                Some(i) => &main[..i],
+                None => main,
+            };
+            return format!("{scheme}{authority}/{db}{query}");
+        }
+    }
+    // key=value: a later key wins.
+    format!("{url} dbname={db}")
+}
+
+impl Server {
+    /// Connects once: checks the URL, reads the version, finds the postmaster if local.
+    pub async fn probe(url: &str) -> Result<Server, String> {
+        let c = connect(url).await?;
+        let row = c
+            .query_one(
+                "SELECT version(), current_setting('data_directory', true)",
+                &[],
+            )
+            .await
+            .map_err(|e| format!("PostgreSQL: {}", msg(&e)))?;
+        let version: String = row.get(0);
+        let data_dir: Option<String> = row.get(1);
+        let postmaster = data_dir.and_then(|d| {
+            let pid: u32 = std::fs::read_to_string(PathBuf::from(d).join("postmaster.pid"))
+                .ok()?
+                .lines()
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            comm.trim().starts_with("postgres").then_some(pid)
+        });
+        Ok(Server {
+            url: url.to_string(),
+            version: version.split(" on ").next().unwrap_or(&version).to_string(),
+            postmaster,
+        })
+    }
+
+    pub fn url_for(&self, db: &str) -> String {
+        with_dbname(&self.url, db)
+    }
+
+    /// Creates an empty database `bench_<uuid>` and returns its name.
+    pub async fn create_database(&self) -> Result<String, String> {
+        let name = format!("bench_{}", uuid::Uuid::now_v7().simple());
+        let c = connect(&self.url).await?;
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .map_err(|e| {
+                format!(
+                    "CREATE DATABASE {name}: {} — the bench needs a user with CREATEDB, \
+                     it never runs in an existing database",
+                    msg(&e)
+                )
+            })?;
+        Ok(name)
+    }
+
+    pub async fn drop_database(&self, name: &str) -> Result<(), String> {
+        let c = connect(&self.url).await?;
+        let force = c
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+        if force.is_err() {
+            // Before PostgreSQL 13: no FORCE; the run's connections are closed by now.
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+                .await
+                .map_err(|e| format!("DROP DATABASE {name}: {}", msg(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// pgbench at 1 and 32 clients in a database of its own; `None` if no pgbench binary.
+    pub async fn pgbench(&self, seconds: u64) -> Result<Option<Pgbench>, String> {
+        let Some(bin) = find_pgbench() else {
+            return Ok(None);
+        };
+        let db = self.create_database().await?;
+        let r = self.pgbench_in(&bin, &db, seconds).await;
+        let d = self.drop_database(&db).await;
+        let r = r?;
+        d?;
+        Ok(Some(Pgbench {
+            binary: bin.display().to_string(),
+            clients_1: r.0,
+            clients_32: r.1,
+        }))
+    }
+
+    async fn pgbench_in(
+        &self,
+        bin: &std::path::Path,
+        db: &str,
+        seconds: u64,
+    ) -> Result<(f64, f64), String> {
+        let url = self.url_for(db);
+        let c = connect(&url).await?;
+        c.batch_execute("CREATE TABLE pgb (id bigserial PRIMARY KEY, x bigint NOT NULL)")
+            .await
+            .map_err(|e| format!("pgbench table: {}", msg(&e)))?;
+        let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+        let script = dir.path().join("insert.sql");
+        std::fs::write(
+            &script,
+            "\\set x random(1, 1000000000)\nINSERT INTO pgb(x) VALUES (:x);\n",
+        )
+        .map_err(|e| format!("writing the pgbench script: {e}"))?;
+        let mut tps = Vec::new();
+        for (clients, threads) in [(1, 1), (32, 2)] {
+            let out = tokio::process::Command::new(bin)
+                .args(["-n", "-T", &seconds.to_string()])
+                .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
+                .arg("-f")
+                .arg(&script)
+                .arg(&url)
+                .output()
+                .await
+                .map_err(|e| format!("running {}: {e}", bin.display()))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() {
+                return Err(format!(
+                    "pgbench failed ({}): {}{}",
+                    out.status,
+                    text,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let v = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("tps = "))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse::<f64>().ok())
+                .ok_or_else(|| format!("no `tps = ` line in pgbench output: {text}"))?;
+            tps.push(v);
+        }
+        Ok((tps[0], tps[1]))
+    }
+}
+
+/// `pgbench` on `$PATH`, else the newest `/usr/lib/postgresql/<version>/bin/pgbench`.
+fn find_pgbench() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(p) = std::env::split_paths(&path)
+            .map(|d| d.join("pgbench"))
+            .find(|p| p.is_file())
+        {
+            return Some(p);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let p = e.path().join("bin").join("pgbench");
+            p.is_file().then_some((v, p))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p)
+}
+
+/// CPU time (ms) of the whole server: the postmaster (with its reaped children) plus every
+/// live child process.
+pub fn server_cpu_ms(postmaster: u32) -> Option<f64> {
+    let mut total = crate::bench::proc_cpu_ms(&postmaster.to_string(), true)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(postmaster) {
+            total += crate::bench::proc_cpu_ms(pid, false).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
+/// The `events` table of the run's database, per event.
+pub async fn w7(url: &str) -> Result<W7, String> {
+    let c = connect(url).await?;
+    let row = c
+        .query_one(
+            "SELECT pg_total_relation_size('events')::float8, pg_relation_size('events')::float8,
+                    pg_indexes_size('events')::float8, count(*)::float8,
+                    coalesce(avg(octet_length(payload)), 0)::float8
+             FROM events",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("W7 sizes: {}", msg(&e)))?;
+    let (total, heap, index, n, payload): (f64, f64, f64, f64, f64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let n = n.max(1.0);
+    Ok(W7 {
+        total_per_event: total / n,
+        heap_per_event: heap / n,
+        index_per_event: index / n,
+        rest_per_event: (total - heap - index) / n,
+        payload_per_event: payload,
+    })
+}
