@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// Events in the W4 job.
     #[arg(long, default_value_t = 10_000)]
     pub reload_events: u64,
+    /// Jobs parked on a signal in W5 (run with `--workloads w5`).
+    #[arg(long, default_value_t = 10_000)]
+    pub parked: usize,
     /// Only these workloads (w1, w3, w4, w7).
     #[arg(long, value_delimiter = ',', default_value = "w1,w3,w4,w7")]
     pub workloads: Vec<String>,
@@ -639,9 +642,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
         return Err("--w3-heartbeat-ms must be above 0 and below --w3-lease-ttl-ms".into());
     }
     for w in &args.workloads {
-        if !["w1", "w3", "w4", "w7"].contains(&w.to_ascii_lowercase().as_str()) {
+        if !["w1", "w3", "w4", "w5", "w7"].contains(&w.to_ascii_lowercase().as_str()) {
             return Err(format!(
-                "unknown workload {w:?} (expected w1, w3, w4 or w7)"
+                "unknown workload {w:?} (expected w1, w3, w4, w5 or w7)"
             ));
         }
     }
@@ -814,6 +817,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
         report["w3"] = w3::run(&target, &args)?;
         progress_done();
     }
+    if want("w5") {
+        progress(&format!("W5 ({} parked jobs)…", args.parked));
+        let (parked, samples) = (args.parked, 200.min(args.parked));
+        report["w5"] = with_fresh(
+            &target,
+            args.pool_size,
+            args.keep_databases,
+            move |o| async move {
+                let store = o.open().await?;
+                crate::bench_w5::w5(store, parked, samples, 200).await
+            },
+        )?;
+        progress_done();
+    }
     if want("w4") {
         let mut runs = Vec::new();
         for r in 0..args.runs {
@@ -845,6 +862,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
         println!("{report}");
     } else {
         print_table(&report);
+        if let Some(w) = report.get("w5").filter(|w| !w.is_null()) {
+            println!(
+                "\nW5: {} jobs parked on a signal: RSS {:.1} MiB (+{:.1}), idle CPU {:.2}%, \
+                 signal→next step p50 {:.1} ms p99 {:.1} ms, timer lateness p50 {:.0} ms p99 {:.0} ms",
+                w["parked_jobs"],
+                f(&w["rss_mib"]),
+                f(&w["rss_delta_mib"]),
+                f(&w["idle_cpu_percent"]),
+                f(&w["signal_to_next_step_p50_ms"]),
+                f(&w["signal_to_next_step_p99_ms"]),
+                f(&w["timer_lateness_p50_ms"]),
+                f(&w["timer_lateness_p99_ms"]),
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

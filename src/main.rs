@@ -3,7 +3,6 @@
 //! failure prints one line on stderr and exits non-zero (G8).
 
 mod bench;
-#[allow(dead_code)]
 mod bench_w5;
 mod client;
 mod cluster;
