@@ -284,6 +284,20 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
+/// The checks every backend makes on each appended event before its ledger move: the job
+/// is not finished, and `job_submitted` only ever starts a log.
+pub(crate) fn check_appendable(job: JobId, status: JobStatus, body: &EventBody) -> Result<()> {
+    if status.is_terminal() {
+        return Err(StoreError::Rejected(format!("job {job} already finished")));
+    }
+    if let EventBody::JobSubmitted { .. } = body {
+        return Err(StoreError::Rejected(
+            "job_submitted cannot be appended".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A ledger move: (step, new status, attempt, effect class, invocation key).
 pub(crate) type LedgerMove<'a> = (
     &'a str,

@@ -765,17 +765,7 @@ fn plan_append(
     let mut changes: HashMap<&str, LedgerMem> = HashMap::new();
     let mut payloads = Vec::with_capacity(a.events.len());
     for body in &a.events {
-        if status.is_terminal() {
-            return Err(StoreError::Rejected(format!(
-                "job {} already finished",
-                a.job_id
-            )));
-        }
-        if let EventBody::JobSubmitted { .. } = body {
-            return Err(StoreError::Rejected(
-                "job_submitted cannot be appended".into(),
-            ));
-        }
+        crate::check_appendable(a.job_id, status, body)?;
         if let Some((step, to, attempt, effect, key)) = ledger_change(body) {
             let cur = changes
                 .get(step)

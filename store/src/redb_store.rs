@@ -721,17 +721,7 @@ fn append_in(tx: &WriteTransaction, a: Append, now: i64) -> Result<Vec<RecordedE
     {
         let lt = tx.open_table(LEDGER).map_err(backend)?;
         for body in &a.events {
-            if status.is_terminal() {
-                return Err(StoreError::Rejected(format!(
-                    "job {} already finished",
-                    a.job_id
-                )));
-            }
-            if let EventBody::JobSubmitted { .. } = body {
-                return Err(StoreError::Rejected(
-                    "job_submitted cannot be appended".into(),
-                ));
-            }
+            crate::check_appendable(a.job_id, status, body)?;
             if let Some((step, to, attempt, effect, key)) = ledger_change(body) {
                 if !ledger.contains_key(step) {
                     let cur = lt
