@@ -381,12 +381,15 @@ async fn w1_once(
             while left.get() > 0 {
                 left.set(left.get() - 1);
                 let (summary, _) = store
-                    .submit(NewJob {
-                        tenant: "bench".into(),
-                        idempotency_key: None,
-                        plan: plan.clone(),
-                        input: Value::Null,
-                    })
+                    .submit(
+                        NewJob {
+                            tenant: "bench".into(),
+                            idempotency_key: None,
+                            plan: plan.clone(),
+                            input: Value::Null,
+                        },
+                        None,
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 let id = summary.job_id;
@@ -546,12 +549,15 @@ async fn w4_once(opener: Opener, events: u64) -> Result<W4, String> {
     let plan: Plan = serde_json::from_value(json!({"steps": [{"id": "s", "tool": "echo"}]}))
         .map_err(|e| e.to_string())?;
     let (job, _) = store
-        .submit(NewJob {
-            tenant: "bench".into(),
-            idempotency_key: None,
-            plan,
-            input: Value::Null,
-        })
+        .submit(
+            NewJob {
+                tenant: "bench".into(),
+                idempotency_key: None,
+                plan,
+                input: Value::Null,
+            },
+            None,
+        )
         .await
         .map_err(|e| e.to_string())?;
     let lease = store

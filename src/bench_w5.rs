@@ -100,12 +100,15 @@ pub async fn w5(
             eprint!("\rW5: submitting {i}/{parked}…   ");
         }
         let (s, _) = store
-            .submit(NewJob {
-                tenant: "bench".into(),
-                idempotency_key: None,
-                plan: plan.clone(),
-                input: Value::Null,
-            })
+            .submit(
+                NewJob {
+                    tenant: "bench".into(),
+                    idempotency_key: None,
+                    plan: plan.clone(),
+                    input: Value::Null,
+                },
+                None,
+            )
             .await
             .map_err(|e| e.to_string())?;
         ids.push(s.job_id);
@@ -130,7 +133,7 @@ pub async fn w5(
             by: None,
         };
         store
-            .put_command(Scope::System, *id, body)
+            .put_command(Scope::System, *id, body, None)
             .await
             .map_err(|e| e.to_string())?;
         loop {
@@ -150,12 +153,15 @@ pub async fn w5(
     let mut sleepers: HashMap<JobId, ()> = HashMap::new();
     for _ in 0..timers {
         let (s, _) = store
-            .submit(NewJob {
-                tenant: "bench".into(),
-                idempotency_key: None,
-                plan: sleep_plan.clone(),
-                input: Value::Null,
-            })
+            .submit(
+                NewJob {
+                    tenant: "bench".into(),
+                    idempotency_key: None,
+                    plan: sleep_plan.clone(),
+                    input: Value::Null,
+                },
+                None,
+            )
             .await
             .map_err(|e| e.to_string())?;
         sleepers.insert(s.job_id, ());

@@ -138,7 +138,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             (None, None) => return Err("no store".to_string()),
         };
         // The default tenant the dev admin token is for (created once).
-        match store.create_tenant("default", "default", serde_json::json!({})).await {
+        match store.create_tenant("default", "default", serde_json::json!({}), None).await {
             Ok(_) | Err(aetheris_store::StoreError::Conflict(_)) => {}
             Err(e) => return Err(format!("creating the default tenant: {e}")),
         }

@@ -95,9 +95,13 @@ impl LeaseManager {
         self.claiming = true;
         let store = self.sh.store.clone();
         let cfg = self.sh.config.clone();
+        // Tenants' caps on running jobs are enforced by the store across all workers.
+        let caps = cfg.rate_limits.running_caps();
         ctx.spawn(
             actix::fut::wrap_future(async move {
-                store.claim(&cfg.worker_id, cfg.lease_ttl_ms, room).await
+                store
+                    .claim_within(&cfg.worker_id, cfg.lease_ttl_ms, room, &caps)
+                    .await
             })
             .map(move |res, act: &mut LeaseManager, ctx| {
                 act.claiming = false;

@@ -6,7 +6,9 @@
 //!
 //! Invariants: an admission over the limit is refused (the gateway answers 429 with
 //! Retry-After and stores nothing); a tool call over the limit waits its turn (buckets go
-//! into debt in arrival order), it never fails. Limits are per process: with several
+//! into debt in arrival order), it never fails. The cap on running jobs (`max_running_jobs`) is not a
+//! bucket: it is handed to the store with every claim (`running_caps`), which counts
+//! leases across all workers and never grants one past the cap. Limits are per process: with several
 //! workers, give each worker its share of a tenant's global limit (`share` = 1/N for N
 //! workers) — see docs.
 
@@ -36,6 +38,10 @@ pub struct TenantLimits {
     /// LLM tokens per minute.
     #[serde(default)]
     pub llm_tokens_per_min: Option<f64>,
+    /// Jobs running at once across all workers, enforced when workers claim jobs (the
+    /// store counts leases; never scaled by `share`).
+    #[serde(default)]
+    pub max_running_jobs: Option<u64>,
 }
 
 /// Defaults plus per-tenant overrides (an override replaces the default field by field).
@@ -66,6 +72,20 @@ impl LimitsConfig {
             tool_calls_per_s: pick(|l| l.tool_calls_per_s),
             tool_calls_per_s_by_tool: by_tool,
             llm_tokens_per_min: pick(|l| l.llm_tokens_per_min),
+            max_running_jobs: o.and_then(|o| o.max_running_jobs).or(d.max_running_jobs),
+        }
+    }
+
+    /// The caps on running jobs that claims enforce: the default for every tenant, and
+    /// each override that names one.
+    pub fn running_caps(&self) -> aetheris_store::RunningCaps {
+        aetheris_store::RunningCaps {
+            default: self.defaults.max_running_jobs,
+            tenants: self
+                .tenants
+                .iter()
+                .filter_map(|(t, l)| Some((t.clone(), l.max_running_jobs?)))
+                .collect(),
         }
     }
 
@@ -89,6 +109,15 @@ impl LimitsConfig {
             {
                 return Err(format!(
                     "limits: {who}: every limit must be a positive number"
+                ));
+            }
+        }
+        let all = std::iter::once(("defaults", &c.defaults))
+            .chain(c.tenants.iter().map(|(k, v)| (k.as_str(), v)));
+        for (who, l) in all {
+            if l.max_running_jobs == Some(0) {
+                return Err(format!(
+                    "limits: {who}: max_running_jobs must be at least 1"
                 ));
             }
         }
@@ -283,6 +312,15 @@ impl RateLimiters {
 
     pub fn limits(&self) -> LimitsConfig {
         self.0.limits.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// The current caps on running jobs, for claims.
+    pub fn running_caps(&self) -> aetheris_store::RunningCaps {
+        self.0
+            .limits
+            .read()
+            .map(|g| g.running_caps())
+            .unwrap_or_default()
     }
 
     fn count(&self, name: &'static str, tenant: &str, kind: &str, v: f64) {

@@ -1,6 +1,9 @@
 //! REST routes under `/v1` plus health and metrics. Handlers parse and validate fully
-//! before touching the store, scope every read by tenant, and answer errors as
-//! problem+json. Until authentication lands every request acts for tenant `default`.
+//! before touching the store, scope every store call by the caller's tenant (G6), and
+//! answer errors as problem+json. Every mutating call hands the store an `AuditEntry`
+//! that is written in the same transaction as the change; a refused permission writes a
+//! `denied` row (see `authorize`). Who acted (`by` of cancels, signals and confirmations)
+//! is the token's `sub`; without auth (dev/tests) every caller is an admin of `default`.
 
 use crate::auth::{Permission, Principal};
 use crate::problem::ApiError;
@@ -8,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use aetheris_actors::job::load_state;
 use aetheris_actors::Metrics;
 use aetheris_runtime::{EffectClass, JobId, JobState, JobStatus, Plan, ToolCatalog};
-use aetheris_store::{DynStore, JobSummary, ListFilter, NewJob, Scope};
+use aetheris_store::{AuditEntry, AuditFilter, DynStore, JobSummary, ListFilter, NewJob, Scope};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -52,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/tenants", web::get().to(list_tenants))
                 .route("/tenants", web::post().to(create_tenant))
                 .route("/tenants/{id}/limits", web::put().to(set_tenant_limits))
+                .route("/audit", web::get().to(audit))
                 .route("/jobs/{id}/signals/{name}", web::post().to(signal))
                 .route("/jobs/{id}/steps/{step}/confirm", web::post().to(confirm)),
         )
@@ -90,9 +94,35 @@ async fn authorize(
             p.tenant
         )));
     }
-    p.require(perm)
-        .map_err(|e| ApiError::Forbidden(e.to_string()))?;
+    if let Err(e) = p.require(perm) {
+        // The attempt is audited; failing to write the row must not turn a 403 into a 500,
+        // so it is logged instead.
+        let denied = AuditEntry {
+            result: "denied".into(),
+            ..AuditEntry::ok(&p.tenant, &p.sub, perm.as_str(), req.path())
+        };
+        if let Err(err) = st.store.record_audit(&denied).await {
+            tracing::error!(error = %err, "could not write the audit row of a denied request");
+        }
+        return Err(ApiError::Forbidden(e.to_string()));
+    }
     Ok(p)
+}
+
+/// The identity recorded as `by` of a command: the token's `sub`. A body's own `by` is
+/// only honoured without auth (dev and tests); with auth it must match the token.
+fn acting_as(st: &AppState, p: &Principal, claimed: Option<String>) -> Result<String, ApiError> {
+    match claimed {
+        Some(b) if b.len() > 256 => {
+            Err(ApiError::BadRequest("by must be at most 256 bytes".into()))
+        }
+        Some(b) if st.auth.is_none() => Ok(b),
+        Some(b) if b != p.sub => Err(ApiError::BadRequest(format!(
+            "by {b:?} differs from the caller {:?}: it is taken from the token; omit it",
+            p.sub
+        ))),
+        _ => Ok(p.sub.clone()),
+    }
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -214,12 +244,16 @@ async fn submit(
     }
     let (summary, created) = st
         .store
-        .submit(NewJob {
-            tenant: p.tenant.clone(),
-            idempotency_key: sub.idempotency_key,
-            plan: sub.plan,
-            input: sub.input,
-        })
+        .submit(
+            NewJob {
+                tenant: p.tenant.clone(),
+                idempotency_key: sub.idempotency_key,
+                plan: sub.plan,
+                input: sub.input,
+            },
+            // The store fills in the job id and whether it was created.
+            Some(&AuditEntry::ok(&p.tenant, &p.sub, "job.submit", "")),
+        )
         .await?;
     let view = job_view(&st.store, &p.tenant, summary.job_id).await?;
     if created {
@@ -482,7 +516,7 @@ async fn ledger(
 struct CancelRequest {
     #[serde(default)]
     reason: Option<String>,
-    /// Who cancels; replaced by the authenticated identity once auth exists.
+    /// Who cancels: must match the token's `sub` when auth is on (see `acting_as`).
     #[serde(default)]
     by: Option<String>,
 }
@@ -509,18 +543,24 @@ async fn cancel(
             .map_err(|e| ApiError::BadRequest(format!("invalid cancel request: {e}")))?
     };
     let reason = r.reason.unwrap_or_else(|| "no reason given".into());
-    let by = r.by.unwrap_or_else(|| "anonymous".into());
-    if reason.len() > 1024 || by.len() > 256 {
+    if reason.len() > 1024 {
         return Err(ApiError::BadRequest(
-            "reason (at most 1024 bytes) or by (at most 256) too long".into(),
+            "reason must be at most 1024 bytes".into(),
         ));
     }
+    let by = acting_as(&st, &p, r.by)?;
     let cmd = st
         .store
         .put_command(
             Scope::Tenant(&p.tenant),
             id,
             aetheris_store::CommandBody::Cancel { by, reason },
+            Some(&AuditEntry::ok(
+                &p.tenant,
+                &p.sub,
+                "job.cancel",
+                id.to_string(),
+            )),
         )
         .await?;
     Ok(HttpResponse::Accepted().json(json!({
@@ -539,8 +579,8 @@ struct SignalRequest {
     /// Makes the signal idempotent: the same id is applied once.
     #[serde(default)]
     signal_id: Option<String>,
-    /// Who sends it (an approval's approver); replaced by the token's identity once auth
-    /// exists.
+    /// Who sends it (an approval's approver): must match the token's `sub` when auth is
+    /// on (see `acting_as`).
     #[serde(default)]
     by: Option<String>,
 }
@@ -590,9 +630,7 @@ async fn signal(
         }
         None => uuid::Uuid::now_v7().to_string(),
     };
-    if r.by.as_ref().is_some_and(|b| b.len() > 256) {
-        return Err(ApiError::BadRequest("by must be at most 256 bytes".into()));
-    }
+    let by = acting_as(&st, &p, r.by)?;
     let cmd = st
         .store
         .put_command(
@@ -602,8 +640,14 @@ async fn signal(
                 signal: name.clone(),
                 signal_id: signal_id.clone(),
                 payload: r.payload,
-                by: r.by,
+                by: Some(by),
             },
+            Some(&AuditEntry::ok(
+                &p.tenant,
+                &p.sub,
+                "job.signal",
+                format!("{id}/signals/{name}"),
+            )),
         )
         .await?;
     Ok(HttpResponse::Accepted().json(json!({
@@ -670,7 +714,7 @@ async fn confirm(
             "step {step:?} already has a confirmation pending"
         )));
     }
-    let by = r.by.unwrap_or_else(|| "anonymous".into());
+    let by = acting_as(&st, &p, r.by)?;
     let cmd = st
         .store
         .put_command(
@@ -683,6 +727,12 @@ async fn confirm(
                 by,
                 note: r.note,
             },
+            Some(&AuditEntry::ok(
+                &p.tenant,
+                &p.sub,
+                "job.confirm",
+                format!("{id}/steps/{step}"),
+            )),
         )
         .await?;
     Ok(HttpResponse::Accepted().json(json!({"job_id": id, "step": step, "command_id": cmd.id})))
@@ -715,7 +765,7 @@ async fn create_tenant(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &st, Permission::TenantAdmin).await?;
+    let p = authorize(&req, &st, Permission::TenantAdmin).await?;
     let body = read_body(&req, payload, st.body_limit).await?;
     let t: NewTenant = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid tenant: {e}")))?;
@@ -725,7 +775,12 @@ async fn create_tenant(
     let name = t.name.unwrap_or_else(|| t.id.clone());
     let created = st
         .store
-        .create_tenant(&t.id, &name, limits_json(&limits))
+        .create_tenant(
+            &t.id,
+            &name,
+            limits_json(&limits),
+            Some(&AuditEntry::ok(&p.tenant, &p.sub, "tenant.create", &t.id)),
+        )
         .await?;
     st.limits.set_tenant_limits(&t.id, limits);
     Ok(HttpResponse::Created().json(created))
@@ -742,7 +797,7 @@ async fn set_tenant_limits(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &st, Permission::TenantAdmin).await?;
+    let p = authorize(&req, &st, Permission::TenantAdmin).await?;
     let id = path.into_inner();
     let body = read_body(&req, payload, st.body_limit).await?;
     let limits: aetheris_actors::ratelimit::TenantLimits = serde_json::from_slice(&body)
@@ -750,7 +805,11 @@ async fn set_tenant_limits(
     check_limits(&limits)?;
     let t = st
         .store
-        .set_tenant_limits(&id, limits_json(&limits))
+        .set_tenant_limits(
+            &id,
+            limits_json(&limits),
+            Some(&AuditEntry::ok(&p.tenant, &p.sub, "tenant.set_limits", &id)),
+        )
         .await
         .map_err(|e| match e {
             aetheris_store::StoreError::Rejected(m) => ApiError::NotFound(m),
@@ -758,6 +817,47 @@ async fn set_tenant_limits(
         })?;
     st.limits.set_tenant_limits(&id, limits);
     Ok(HttpResponse::Ok().json(t))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    action: Option<String>,
+}
+
+/// The caller's tenant's access audit log, oldest first; page with `?after=<next_after>`.
+async fn audit(
+    req: HttpRequest,
+    q: web::Query<AuditQuery>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::AuditRead).await?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
+    }
+    if let Some(a) = &q.action {
+        check_name("action", a)?;
+    }
+    let rows = st
+        .store
+        .list_audit(
+            Scope::Tenant(&p.tenant),
+            AuditFilter {
+                after_id: q.after.unwrap_or(0),
+                limit,
+                action: q.action.clone(),
+            },
+        )
+        .await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({"entries": rows, "next_after": next})))
 }
 
 /// Turns actix's own extractor errors (bad query strings) into problem+json.

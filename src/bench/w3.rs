@@ -346,12 +346,15 @@ async fn drive(
                 serde_json::from_value(plan).map_err(|e| format!("W3 plan: {e}"))?;
             for n in 0..cfg.jobs {
                 store
-                    .submit(NewJob {
-                        tenant: "bench-w3".into(),
-                        idempotency_key: None,
-                        plan: plan.clone(),
-                        input: json!({ "n": n }),
-                    })
+                    .submit(
+                        NewJob {
+                            tenant: "bench-w3".into(),
+                            idempotency_key: None,
+                            plan: plan.clone(),
+                            input: json!({ "n": n }),
+                        },
+                        None,
+                    )
                     .await
                     .map_err(|e| format!("W3 submit: {e}"))?;
             }

@@ -13,7 +13,10 @@
 //! park every claimable job left over from earlier checks under a long lease
 //! ([`park_claimable`]), so they must run one at a time; [`run_all`] runs them in sequence.
 
-use crate::{Append, DynStore, JobSummary, Lease, ListFilter, NewJob, Scope, StoreError};
+use crate::{
+    Append, AuditEntry, AuditFilter, AuditRecord, DynStore, JobSummary, Lease, ListFilter, NewJob,
+    RunningCaps, Scope, StoreError,
+};
 use aetheris_runtime::{
     invocation_key, EffectClass, EventBody, JobId, JobState, JobStatus, LedgerStatus, Plan,
     RecordedEvent,
@@ -45,6 +48,8 @@ pub async fn run_all(store: DynStore) {
     batch_appends_fail_alone(store.clone()).await;
     work_hint_fires_on_submit_and_release(store.clone()).await;
     commands_wake_waiting_jobs_and_are_fenced(store.clone()).await;
+    audit_rows_commit_with_their_change(store.clone()).await;
+    claims_respect_running_caps(store.clone()).await;
     clock_and_size_are_sane(store).await;
 }
 
@@ -95,7 +100,7 @@ fn new_job(tenant: &str, key: Option<&str>) -> NewJob {
 }
 
 async fn submit(store: &DynStore, tenant: &str) -> JobSummary {
-    let (s, created) = ok(store.submit(new_job(tenant, None)).await, "submit");
+    let (s, created) = ok(store.submit(new_job(tenant, None), None).await, "submit");
     assert!(
         created,
         "conformance: a submit without a key must create a job"
@@ -214,7 +219,7 @@ pub async fn submit_creates_job_and_is_idempotent(store: DynStore) {
     let tenant = fresh_tenant("submit");
     let other = fresh_tenant("submit-other");
 
-    let (s, created) = ok(store.submit(new_job(&tenant, None)).await, "submit");
+    let (s, created) = ok(store.submit(new_job(&tenant, None), None).await, "submit");
     assert!(created, "a new job must be created");
     assert_eq!(s.tenant, tenant);
     assert_eq!(s.status, JobStatus::Queued, "a new job is queued");
@@ -241,12 +246,15 @@ pub async fn submit_creates_job_and_is_idempotent(store: DynStore) {
         "seq 1 records what was submitted"
     );
 
-    let (k1, created) = ok(store.submit(new_job(&tenant, Some("k"))).await, "submit k");
+    let (k1, created) = ok(
+        store.submit(new_job(&tenant, Some("k")), None).await,
+        "submit k",
+    );
     assert!(created);
     assert_eq!(k1.idempotency_key.as_deref(), Some("k"));
     let mut again = new_job(&tenant, Some("k"));
     again.input = json!({"order": "different"});
-    let (k2, created) = ok(store.submit(again).await, "resubmit k");
+    let (k2, created) = ok(store.submit(again, None).await, "resubmit k");
     assert!(!created, "a repeated idempotency key must not create a job");
     assert_eq!(k2, k1, "a repeated idempotency key returns the same job");
     assert_eq!(
@@ -256,7 +264,7 @@ pub async fn submit_creates_job_and_is_idempotent(store: DynStore) {
     );
 
     let (o, created) = ok(
-        store.submit(new_job(&other, Some("k"))).await,
+        store.submit(new_job(&other, Some("k")), None).await,
         "submit other",
     );
     assert!(created, "the same key under another tenant is another job");
@@ -271,9 +279,9 @@ pub async fn submit_creates_job_and_is_idempotent(store: DynStore) {
 
     // Concurrent submits with one key: exactly one creates.
     let (r1, r2, r3) = tokio::join!(
-        store.submit(new_job(&tenant, Some("race"))),
-        store.submit(new_job(&tenant, Some("race"))),
-        store.submit(new_job(&tenant, Some("race"))),
+        store.submit(new_job(&tenant, Some("race")), None),
+        store.submit(new_job(&tenant, Some("race")), None),
+        store.submit(new_job(&tenant, Some("race")), None),
     );
     let rs = [ok(r1, "race 1"), ok(r2, "race 2"), ok(r3, "race 3")];
     assert_eq!(
@@ -1416,6 +1424,7 @@ pub async fn commands_wake_waiting_jobs_and_are_fenced(store: DynStore) {
                     by: "x".into(),
                     reason: "y".into(),
                 },
+                None,
             )
             .await,
         "foreign tenant command",
@@ -1430,6 +1439,7 @@ pub async fn commands_wake_waiting_jobs_and_are_fenced(store: DynStore) {
                     by: "ops".into(),
                     reason: "stop".into(),
                 },
+                None,
             )
             .await,
         "put command",
@@ -1486,10 +1496,320 @@ pub async fn commands_wake_waiting_jobs_and_are_fenced(store: DynStore) {
                     by: "ops".into(),
                     reason: "again".into(),
                 },
+                None,
             )
             .await,
         "command after the end",
     );
     assert!(matches!(late, StoreError::Conflict(_)), "{late:?}");
     assert_consistent(&store, id).await;
+}
+
+async fn audit_rows(store: &DynStore, scope: Scope<'_>) -> Vec<AuditRecord> {
+    ok(
+        store
+            .list_audit(
+                scope,
+                AuditFilter {
+                    after_id: 0,
+                    limit: 10_000,
+                    action: None,
+                },
+            )
+            .await,
+        "list_audit",
+    )
+}
+
+/// Access audit rows (DESIGN G6, issue 5): a change made with an audit entry writes its
+/// row in the same transaction, so the row exists exactly when the change committed — a
+/// rejected change (wrong tenant, finished job, duplicate tenant, unknown tenant) leaves
+/// none. Rows are read per tenant, oldest first, with paging and an action filter.
+pub async fn audit_rows_commit_with_their_change(store: DynStore) {
+    let tenant = fresh_tenant("audit");
+    let other = fresh_tenant("audit-other");
+    let who = |action: &str, target: &str| AuditEntry::ok(&tenant, "alice", action, target);
+
+    let (job1, created) = ok(
+        store
+            .submit(new_job(&tenant, Some("k")), Some(&who("job.submit", "")))
+            .await,
+        "audited submit",
+    );
+    assert!(created);
+    let (again, created) = ok(
+        store
+            .submit(new_job(&tenant, Some("k")), Some(&who("job.submit", "")))
+            .await,
+        "audited resubmit",
+    );
+    assert!(!created && again.job_id == job1.job_id);
+    let id = job1.job_id;
+    let cancel = |reason: &str| crate::CommandBody::Cancel {
+        by: "alice".into(),
+        reason: reason.into(),
+    };
+    ok(
+        store
+            .put_command(
+                Scope::Tenant(&tenant),
+                id,
+                cancel("first"),
+                Some(&who("job.cancel", &id.to_string())),
+            )
+            .await,
+        "audited command",
+    );
+    let foreign = err(
+        store
+            .put_command(
+                Scope::Tenant(&other),
+                id,
+                cancel("foreign"),
+                Some(&AuditEntry::ok(
+                    &other,
+                    "mallory",
+                    "job.cancel",
+                    id.to_string(),
+                )),
+            )
+            .await,
+        "foreign command",
+    );
+    assert!(matches!(foreign, StoreError::NotFound(_)), "{foreign:?}");
+    // Finish the job, then a command for it is rejected and leaves no row.
+    let l = lease_job(&store, "audit-w", HOUR_MS, id).await;
+    ok(
+        store
+            .append(append(
+                id,
+                l.token,
+                1,
+                vec![EventBody::JobCancelled {
+                    by: "alice".into(),
+                    reason: "first".into(),
+                    command_id: 0,
+                }],
+            ))
+            .await,
+        "cancel event",
+    );
+    let late = err(
+        store
+            .put_command(
+                Scope::Tenant(&tenant),
+                id,
+                cancel("late"),
+                Some(&who("job.cancel", &id.to_string())),
+            )
+            .await,
+        "command after the end",
+    );
+    assert!(matches!(late, StoreError::Conflict(_)), "{late:?}");
+
+    let new_tenant = fresh_tenant("audit-new");
+    ok(
+        store
+            .create_tenant(
+                &new_tenant,
+                "New",
+                json!({}),
+                Some(&who("tenant.create", &new_tenant)),
+            )
+            .await,
+        "audited create tenant",
+    );
+    let dup = err(
+        store
+            .create_tenant(
+                &new_tenant,
+                "New",
+                json!({}),
+                Some(&who("tenant.create", &new_tenant)),
+            )
+            .await,
+        "duplicate tenant",
+    );
+    assert!(matches!(dup, StoreError::Conflict(_)), "{dup:?}");
+    let ghost = fresh_tenant("audit-ghost");
+    err(
+        store
+            .set_tenant_limits(
+                &ghost,
+                json!({"admissions_per_s": 1.0}),
+                Some(&who("tenant.set_limits", &ghost)),
+            )
+            .await,
+        "limits of an unknown tenant",
+    );
+    ok(
+        store
+            .set_tenant_limits(
+                &new_tenant,
+                json!({"admissions_per_s": 1.0}),
+                Some(&who("tenant.set_limits", &new_tenant)),
+            )
+            .await,
+        "audited set limits",
+    );
+    let denied = AuditEntry {
+        result: "denied".into(),
+        ..who("evidence.export", &id.to_string())
+    };
+    ok(store.record_audit(&denied).await, "record denied");
+
+    let rows = audit_rows(&store, Scope::Tenant(&tenant)).await;
+    let got: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r.entry.tenant, tenant);
+            assert_eq!(r.entry.actor, "alice");
+            assert!(r.at_ms > 0);
+            (
+                r.entry.action.as_str(),
+                r.entry.target.as_str(),
+                r.entry.result.as_str(),
+            )
+        })
+        .collect();
+    let id_s = id.to_string();
+    assert_eq!(
+        got,
+        vec![
+            ("job.submit", id_s.as_str(), "ok"),
+            ("job.submit", id_s.as_str(), "existing"),
+            ("job.cancel", id_s.as_str(), "ok"),
+            ("tenant.create", new_tenant.as_str(), "ok"),
+            ("tenant.set_limits", new_tenant.as_str(), "ok"),
+            ("evidence.export", id_s.as_str(), "denied"),
+        ],
+        "audit rows: one per committed change, none for rejected ones"
+    );
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    assert!(
+        audit_rows(&store, Scope::Tenant(&other)).await.is_empty(),
+        "a rejected foreign command leaves no row, and rows are scoped by tenant"
+    );
+    let all = audit_rows(&store, Scope::System).await;
+    assert!(
+        rows.iter().all(|r| all.contains(r)),
+        "System sees every row"
+    );
+    let page = ok(
+        store
+            .list_audit(
+                Scope::Tenant(&tenant),
+                AuditFilter {
+                    after_id: rows[1].id,
+                    limit: 2,
+                    action: None,
+                },
+            )
+            .await,
+        "audit page",
+    );
+    assert_eq!(page, rows[2..4].to_vec(), "paging by after_id and limit");
+    let cancels = ok(
+        store
+            .list_audit(
+                Scope::Tenant(&tenant),
+                AuditFilter {
+                    after_id: 0,
+                    limit: 100,
+                    action: Some("job.cancel".into()),
+                },
+            )
+            .await,
+        "audit by action",
+    );
+    assert_eq!(cancels, vec![rows[2].clone()], "action filter");
+}
+
+/// Per-tenant caps on running jobs hold across workers (issue 5): concurrent claims by
+/// several workers never lease more of a tenant's jobs than its cap; a release or an
+/// expired lease frees a slot; uncapped claims are unaffected.
+pub async fn claims_respect_running_caps(store: DynStore) {
+    park_claimable(&store).await;
+    let a = fresh_tenant("cap-a");
+    let b = fresh_tenant("cap-b");
+    for _ in 0..6 {
+        submit(&store, &a).await;
+        submit(&store, &b).await;
+    }
+    let caps = RunningCaps {
+        default: Some(3),
+        tenants: [(a.clone(), 2)].into_iter().collect(),
+    };
+    let count = |ls: &[Lease], t: &str| ls.iter().filter(|l| l.tenant == t).count();
+    // Four workers claim at once.
+    let claims: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            let caps = caps.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_within(&format!("cap-w{i}"), 300, 100, &caps)
+                    .await
+            })
+        })
+        .collect();
+    let mut all: Vec<Lease> = Vec::new();
+    for (i, c) in claims.into_iter().enumerate() {
+        let mut got = ok(ok(c.await, "claim task"), "concurrent capped claim");
+        let mine = got
+            .iter()
+            .filter(|l| l.tenant == a || l.tenant == b)
+            .count();
+        assert_eq!(mine, got.len(), "worker {i} claimed another tenant's job");
+        all.append(&mut got);
+    }
+    assert_eq!(count(&all, &a), 2, "tenant a is capped at 2: {all:?}");
+    assert_eq!(
+        count(&all, &b),
+        3,
+        "tenant b gets the default cap 3: {all:?}"
+    );
+    let more = ok(
+        store.claim_within("cap-w9", HOUR_MS, 100, &caps).await,
+        "claim at the cap",
+    );
+    assert!(more.is_empty(), "no slot left: {more:?}");
+    // A release frees exactly one slot.
+    let first_a = all.iter().find(|l| l.tenant == a).cloned();
+    let Some(first_a) = first_a else {
+        panic!("conformance: tenant a got no lease: {all:?}")
+    };
+    // `Lease` does not name its worker: release under each name (only the owner's counts).
+    for i in 0..4 {
+        ok(
+            store
+                .release(&format!("cap-w{i}"), &[(first_a.job_id, first_a.token)])
+                .await,
+            "release",
+        );
+    }
+    let after_release = ok(
+        store.claim_within("cap-w9", HOUR_MS, 100, &caps).await,
+        "claim after a release",
+    );
+    assert_eq!(
+        (count(&after_release, &a), count(&after_release, &b)),
+        (1, 0),
+        "one slot of a freed: {after_release:?}"
+    );
+    // The first leases (300 ms) expire: their slots free up for other workers.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after_expiry = ok(
+        store.claim_within("cap-w10", HOUR_MS, 100, &caps).await,
+        "claim after expiry",
+    );
+    assert_eq!(
+        (count(&after_expiry, &a), count(&after_expiry, &b)),
+        (1, 3),
+        "expired leases do not count: {after_expiry:?}"
+    );
+    // Without caps the rest is claimable at once.
+    let rest = ok(store.claim("cap-w11", HOUR_MS, 100).await, "uncapped claim");
+    assert_eq!((count(&rest, &a), count(&rest, &b)), (4, 3), "{rest:?}");
+    park_claimable(&store).await;
 }

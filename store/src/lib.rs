@@ -14,6 +14,7 @@
 
 pub mod conformance;
 pub mod migrate;
+pub mod pg_audit;
 pub mod pg_commands;
 pub mod pg_store;
 pub mod pg_tenants;
@@ -193,11 +194,77 @@ pub struct Tenant {
     pub created_at_ms: i64,
 }
 
+/// One row of the access audit log, as the caller describes it: who (`actor`, the token's
+/// `sub`) did what (`action`, e.g. `job.cancel`) to which `target` in which `tenant`, and
+/// the `result` (`ok`, `existing` for an idempotent repeat, `denied` for a refused
+/// permission). The store adds the id and the time (its own clock).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub tenant: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub result: String,
+}
+
+impl AuditEntry {
+    /// An entry with result `ok` (the store writes it only if the change commits).
+    pub fn ok(tenant: &str, actor: &str, action: &str, target: impl Into<String>) -> Self {
+        AuditEntry {
+            tenant: tenant.to_string(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.into(),
+            result: "ok".into(),
+        }
+    }
+}
+
+/// A stored audit row: ids increase in commit order within a store.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    pub id: u64,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+/// Which audit rows to read: oldest first, after `after_id`, at most `limit`, optionally
+/// of one `action` only.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub after_id: u64,
+    pub limit: usize,
+    pub action: Option<String>,
+}
+
+/// Caps on the number of running jobs per tenant, held across all workers: a job counts
+/// as running while it is claimable (queued, running, or woken to apply a command) and
+/// holds a live lease. `claim_within` never grants a lease that would take a tenant past
+/// its cap. `default` applies to tenants without an entry in `tenants`; `None` = no cap.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunningCaps {
+    pub default: Option<u64>,
+    pub tenants: std::collections::BTreeMap<String, u64>,
+}
+
+impl RunningCaps {
+    pub fn cap(&self, tenant: &str) -> Option<u64> {
+        self.tenants.get(tenant).copied().or(self.default)
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.default.is_none() && self.tenants.is_empty()
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new job (seq 1 = `job_submitted`) durably, or returns the existing job for
-    /// a repeated (tenant, idempotency_key) with `created == false`.
-    async fn submit(&self, job: NewJob) -> Result<(JobSummary, bool)>;
+    /// a repeated (tenant, idempotency_key) with `created == false`. With `audit`, an
+    /// audit row is written in the same transaction, its `target` set to the job id and
+    /// its `result` to `ok` (created) or `existing`.
+    async fn submit(&self, job: NewJob, audit: Option<&AuditEntry>) -> Result<(JobSummary, bool)>;
 
     async fn get_job(&self, scope: Scope<'_>, id: JobId) -> Result<Option<JobSummary>>;
     async fn list_jobs(&self, scope: Scope<'_>, filter: ListFilter) -> Result<Vec<JobSummary>>;
@@ -229,8 +296,21 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_snapshot(&self, id: JobId, max_seq: u64) -> Result<Option<(u64, Vec<u8>)>>;
 
     /// Claims up to `max` runnable, unleased (or lease-expired) jobs for `worker`, round
-    /// robin across tenants, bumping each job's fencing token.
-    async fn claim(&self, worker: &str, ttl_ms: u64, max: usize) -> Result<Vec<Lease>>;
+    /// robin across tenants, bumping each job's fencing token, and never taking a tenant
+    /// past its cap in `caps` (counted across every worker of the store).
+    async fn claim_within(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        max: usize,
+        caps: &RunningCaps,
+    ) -> Result<Vec<Lease>>;
+
+    /// `claim_within` without caps.
+    async fn claim(&self, worker: &str, ttl_ms: u64, max: usize) -> Result<Vec<Lease>> {
+        self.claim_within(worker, ttl_ms, max, &RunningCaps::default())
+            .await
+    }
     /// Renews the given leases in one round trip; returns the ones still held.
     async fn heartbeat(
         &self,
@@ -252,11 +332,13 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a command for a job, durably. A job that is not finished becomes claimable
     /// (even if waiting) until the command is applied, and the command hint fires.
     /// `Conflict` if the job already finished; `NotFound` outside the scope.
+    /// With `audit`, its row is written in the same transaction as the command.
     async fn put_command(
         &self,
         scope: Scope<'_>,
         id: JobId,
         body: CommandBody,
+        audit: Option<&AuditEntry>,
     ) -> Result<StoredCommand>;
     /// The job's commands not yet applied, oldest first.
     async fn pending_commands(&self, id: JobId) -> Result<Vec<StoredCommand>>;
@@ -266,17 +348,29 @@ pub trait Store: Send + Sync + 'static {
     /// also re-check).
     fn command_hint(&self) -> tokio::sync::broadcast::Receiver<JobId>;
 
-    /// Creates a tenant; `Conflict` if the id exists.
+    /// Creates a tenant; `Conflict` if the id exists. With `audit`, its row is written in
+    /// the same transaction.
     async fn create_tenant(
         &self,
         id: &str,
         name: &str,
         limits: serde_json::Value,
+        audit: Option<&AuditEntry>,
     ) -> Result<Tenant>;
     async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>>;
     async fn list_tenants(&self) -> Result<Vec<Tenant>>;
     /// Replaces a tenant's limits; `NotFound`-like `Rejected` if it does not exist.
-    async fn set_tenant_limits(&self, id: &str, limits: serde_json::Value) -> Result<Tenant>;
+    async fn set_tenant_limits(
+        &self,
+        id: &str,
+        limits: serde_json::Value,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Tenant>;
+
+    /// Writes an audit row on its own (an attempt that changed nothing, e.g. `denied`).
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<AuditRecord>;
+    /// Audit rows of the scope's tenant (all tenants for `System`), oldest first.
+    async fn list_audit(&self, scope: Scope<'_>, filter: AuditFilter) -> Result<Vec<AuditRecord>>;
 
     /// Bytes used on disk (for the benchmark's W7).
     async fn size_bytes(&self) -> Result<u64>;

@@ -44,6 +44,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_tenants.sql",
         sql: include_str!("../../migrations/0004_tenants.sql"),
     },
+    Migration {
+        name: "0005_audit.sql",
+        sql: include_str!("../../migrations/0005_audit.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

@@ -4,7 +4,7 @@
 //! hears of it at commit. Marking commands applied is fenced by the job's token (G3).
 
 use crate::pg_store::pg_err;
-use crate::{CommandBody, Result, Scope, StoreError, StoredCommand};
+use crate::{AuditEntry, CommandBody, Result, Scope, StoreError, StoredCommand};
 use aetheris_runtime::{JobId, JobStatus};
 use deadpool_postgres::Pool;
 
@@ -24,6 +24,7 @@ pub async fn put_command(
     scope: Scope<'_>,
     id: JobId,
     body: CommandBody,
+    audit: Option<&AuditEntry>,
 ) -> Result<StoredCommand> {
     let json = serde_json::to_string(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut c = client(pool).await?;
@@ -53,14 +54,22 @@ pub async fn put_command(
             status.as_str()
         )));
     }
+    // The audit row (if any) is written by the same statement as the command.
+    let cols = crate::pg_audit::COLUMNS;
     let sql = format!(
         "WITH c AS (INSERT INTO commands (job_id, body, created_at) VALUES ($1, $2, {NOW_MS}) \
          RETURNING id, created_at), \
-         j AS (UPDATE jobs SET pending_commands = pending_commands + 1 WHERE job_id = $1) \
+         j AS (UPDATE jobs SET pending_commands = pending_commands + 1 WHERE job_id = $1), \
+         a AS (INSERT INTO access_audit_log ({cols}) \
+               SELECT c.created_at, $4, $5, $6, $7, $8 FROM c WHERE $4::text IS NOT NULL) \
          SELECT c.id, c.created_at, pg_notify('{COMMAND_CHANNEL}', $3) FROM c"
     );
+    let [a1, a2, a3, a4, a5] = crate::pg_audit::nullable_params(audit);
     let r = tx
-        .query_one(&sql, &[&id.0, &json, &id.to_string()])
+        .query_one(
+            &sql,
+            &[&id.0, &json, &id.to_string(), &a1, &a2, &a3, &a4, &a5],
+        )
         .await
         .map_err(pg_err)?;
     tx.commit().await.map_err(pg_err)?;

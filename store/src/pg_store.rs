@@ -45,8 +45,8 @@
 //! hint is only a hint: workers also poll.
 
 use crate::{
-    Append, JobSummary, Lease, LedgerEntry, ListFilter, NewJob, Result, Scope, StatusCount, Store,
-    StoreError,
+    Append, AuditEntry, AuditFilter, AuditRecord, JobSummary, Lease, LedgerEntry, ListFilter,
+    NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
 };
 use aetheris_proof::{event_hash, GENESIS};
 use aetheris_runtime::{EffectClass, EventBody, JobId, JobStatus, LedgerStatus, RecordedEvent};
@@ -138,6 +138,9 @@ WITH j AS (
     INSERT INTO events (job_id, seq, recorded_at, kind, payload, prev_hash, hash)
     SELECT job_id, 1, $5, 'job_submitted', $6, $7, $4 FROM j
     RETURNING job_id
+), a AS (
+    INSERT INTO access_audit_log (at, tenant, actor, action, target, result)
+    SELECT $5, $8, $9, $10, e.job_id::text, 'ok' FROM e WHERE $8::text IS NOT NULL
 )
 SELECT e.job_id, pg_notify('aetheris_work', '') FROM e";
 
@@ -289,6 +292,70 @@ granted AS (
 SELECT g.job_id, g.tenant, g.token, g.lease_expires_at
 FROM granted g JOIN picked p ON p.job_id = g.job_id
 ORDER BY p.rn, p.tenant, g.job_id";
+
+/// The claim with per-tenant caps on running jobs (`RunningCaps`): the same round robin,
+/// but each tenant offers at most `cap - running` candidates, where `running` counts its
+/// claimable jobs with a live lease (`jobs_leased`). $3/$4 are the capped tenants and their
+/// caps, $5 the default cap (NULL = none). Run only inside a transaction that holds
+/// `CLAIM_LOCK_SQL`, so no two claims count at once (see `claim_within`).
+const CLAIM_CAPPED_SQL_TEMPLATE: &str = "\
+WITH RECURSIVE clock AS (SELECT NOW_MS AS now_ms),
+tenants AS (
+    (SELECT tenant FROM jobs WHERE claimable ORDER BY tenant LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.tenant FROM jobs j
+            WHERE j.claimable AND j.tenant > t.tenant
+            ORDER BY j.tenant LIMIT 1)
+    FROM tenants t WHERE t.tenant IS NOT NULL
+),
+running AS (
+    SELECT j.tenant, count(*) AS n FROM jobs j, clock
+    WHERE j.lease_owner IS NOT NULL AND j.claimable AND j.lease_expires_at > clock.now_ms
+    GROUP BY j.tenant
+),
+budget AS (
+    SELECT t.tenant, COALESCE(caps.cap, $5::bigint) - COALESCE(r.n, 0) AS budget
+    FROM tenants t
+    LEFT JOIN unnest($3::text[], $4::bigint[]) AS caps(tenant, cap) ON caps.tenant = t.tenant
+    LEFT JOIN running r ON r.tenant = t.tenant
+    WHERE t.tenant IS NOT NULL
+),
+cand AS (
+    SELECT c.job_id, c.tenant, c.rn FROM (
+        SELECT c.job_id, c.tenant, b.budget,
+               row_number() OVER (PARTITION BY c.tenant ORDER BY c.job_id) AS rn
+        FROM budget b CROSS JOIN LATERAL (
+            SELECT j.job_id, j.tenant FROM jobs j, clock
+            WHERE j.tenant = b.tenant AND j.claimable
+              AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
+            ORDER BY j.job_id LIMIT {pool}
+        ) c
+        WHERE b.budget IS NULL OR b.budget > 0
+    ) c
+    WHERE c.budget IS NULL OR c.rn <= c.budget
+    ORDER BY c.rn, c.tenant, c.job_id LIMIT {pool}
+),
+picked AS (
+    SELECT j.job_id, c.rn, c.tenant FROM cand c JOIN jobs j ON j.job_id = c.job_id, clock
+    WHERE j.claimable
+      AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
+    ORDER BY c.rn, c.tenant, j.job_id
+    LIMIT {max}
+    FOR UPDATE OF j SKIP LOCKED
+),
+granted AS (
+    UPDATE jobs SET token = jobs.token + 1, lease_owner = $1,
+                    lease_expires_at = clock.now_ms + $2
+    FROM picked, clock WHERE jobs.job_id = picked.job_id
+    RETURNING jobs.job_id, jobs.tenant, jobs.token, jobs.lease_expires_at
+)
+SELECT g.job_id, g.tenant, g.token, g.lease_expires_at
+FROM granted g JOIN picked p ON p.job_id = g.job_id
+ORDER BY p.rn, p.tenant, g.job_id";
+
+/// Serializes capped claims across all workers (held to the end of the claim's
+/// transaction): a count of running jobs is only true until the next claim commits.
+const CLAIM_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(7301431263709966403)";
 
 /// Heartbeat: renew every held lease whose token and owner still match, in one statement;
 /// rows are locked in id order, results come back in the order given.
@@ -1194,8 +1261,9 @@ impl Store for PgStore {
         scope: Scope<'_>,
         id: JobId,
         body: crate::CommandBody,
+        audit: Option<&AuditEntry>,
     ) -> Result<crate::StoredCommand> {
-        crate::pg_commands::put_command(self.pool(), scope, id, body).await
+        crate::pg_commands::put_command(self.pool(), scope, id, body, audit).await
     }
 
     async fn pending_commands(&self, id: JobId) -> Result<Vec<crate::StoredCommand>> {
@@ -1215,8 +1283,9 @@ impl Store for PgStore {
         id: &str,
         name: &str,
         limits: serde_json::Value,
+        audit: Option<&AuditEntry>,
     ) -> Result<crate::Tenant> {
-        crate::pg_tenants::create(self.pool(), id, name, limits).await
+        crate::pg_tenants::create(self.pool(), id, name, limits, audit).await
     }
 
     async fn get_tenant(&self, id: &str) -> Result<Option<crate::Tenant>> {
@@ -1231,11 +1300,34 @@ impl Store for PgStore {
         &self,
         id: &str,
         limits: serde_json::Value,
+        audit: Option<&AuditEntry>,
     ) -> Result<crate::Tenant> {
-        crate::pg_tenants::set_limits(self.pool(), id, limits).await
+        crate::pg_tenants::set_limits(self.pool(), id, limits, audit).await
     }
 
-    async fn submit(&self, job: NewJob) -> Result<(JobSummary, bool)> {
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
+        crate::pg_audit::record(self.pool(), entry).await
+    }
+
+    async fn list_audit(&self, scope: Scope<'_>, filter: AuditFilter) -> Result<Vec<AuditRecord>> {
+        crate::pg_audit::list(self.pool(), scope, filter).await
+    }
+
+    async fn submit(&self, job: NewJob, audit: Option<&AuditEntry>) -> Result<(JobSummary, bool)> {
+        // An idempotent repeat changes nothing; its audit row is written on its own.
+        let audit_existing = |s: &JobSummary| {
+            let entry = audit.map(|a| AuditEntry {
+                target: s.job_id.to_string(),
+                result: "existing".into(),
+                ..a.clone()
+            });
+            async move {
+                if let Some(e) = entry {
+                    self.record_audit(&e).await?;
+                }
+                Ok::<_, StoreError>(())
+            }
+        };
         let client = self.client().await?;
         let lookup = client
             .prepare_cached(SUBMIT_LOOKUP_SQL)
@@ -1247,7 +1339,9 @@ impl Store for PgStore {
             .map_err(|e| self.pg(e))?;
         let now: i64 = col(&row, 0)?;
         if col::<Option<Uuid>>(&row, 1)?.is_some() {
-            return Ok((summary_at(&row, 1)?, false));
+            let existing = summary_at(&row, 1)?;
+            audit_existing(&existing).await?;
+            return Ok((existing, false));
         }
 
         let id = new_job_id(now);
@@ -1274,6 +1368,10 @@ impl Store for PgStore {
                     &now,
                     &payload,
                     &GENESIS.as_slice(),
+                    // The audit row is written by the same statement (`a` CTE).
+                    &audit.map(|a| a.tenant.as_str()),
+                    &audit.map(|a| a.actor.as_str()),
+                    &audit.map(|a| a.action.as_str()),
                 ],
             )
             .await
@@ -1291,7 +1389,9 @@ impl Store for PgStore {
                 .ok_or_else(|| {
                     StoreError::Backend("idempotency conflict on a job that is gone".into())
                 })?;
-            return Ok((summary_at(&row, 0)?, false));
+            let existing = summary_at(&row, 0)?;
+            audit_existing(&existing).await?;
+            return Ok((existing, false));
         }
         self.wake_local();
         Ok((
@@ -1483,17 +1583,28 @@ impl Store for PgStore {
         }
     }
 
-    async fn claim(&self, worker: &str, ttl_ms: u64, max: usize) -> Result<Vec<Lease>> {
+    async fn claim_within(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        max: usize,
+        caps: &RunningCaps,
+    ) -> Result<Vec<Lease>> {
         if max == 0 {
             return Ok(vec![]);
         }
         let max = max.min(CLAIM_POOL_CAP);
         let pool = (max * 2).min(CLAIM_POOL_CAP);
-        let sql = CLAIM_SQL_TEMPLATE
+        let template = if caps.is_unlimited() {
+            CLAIM_SQL_TEMPLATE
+        } else {
+            CLAIM_CAPPED_SQL_TEMPLATE
+        };
+        let sql = template
             .replace("NOW_MS", now_ms!())
             .replace("{pool}", &pool.to_string())
             .replace("{max}", &max.to_string());
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         // Due timers become claimable (see migrations/0003_timers.sql).
         let sweep = client
             .prepare_cached(SWEEP_DUE_SQL)
@@ -1501,10 +1612,29 @@ impl Store for PgStore {
             .map_err(|e| self.pg(e))?;
         client.execute(&sweep, &[]).await.map_err(|e| self.pg(e))?;
         let st = client.prepare_cached(&sql).await.map_err(|e| self.pg(e))?;
-        let rows = client
-            .query(&st, &[&worker, &to_i64(ttl_ms)])
-            .await
-            .map_err(|e| self.pg(e))?;
+        let rows = if caps.is_unlimited() {
+            client
+                .query(&st, &[&worker, &to_i64(ttl_ms)])
+                .await
+                .map_err(|e| self.pg(e))?
+        } else {
+            // Count and claim under one cluster-wide lock, in a transaction: the claim
+            // statement's snapshot is taken after the lock, so it sees every earlier
+            // claim's leases, and no later claim counts before this one commits.
+            let names: Vec<&str> = caps.tenants.keys().map(String::as_str).collect();
+            let limits: Vec<i64> = caps.tenants.values().map(|c| to_i64(*c)).collect();
+            let default = caps.default.map(to_i64);
+            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
+            tx.execute(CLAIM_LOCK_SQL, &[])
+                .await
+                .map_err(|e| self.pg(e))?;
+            let rows = tx
+                .query(&st, &[&worker, &to_i64(ttl_ms), &names, &limits, &default])
+                .await
+                .map_err(|e| self.pg(e))?;
+            tx.commit().await.map_err(|e| self.pg(e))?;
+            rows
+        };
         rows.iter().map(lease_row).collect()
     }
 

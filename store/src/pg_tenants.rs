@@ -2,7 +2,7 @@
 //! JSON text, created time from the database clock.
 
 use crate::pg_store::pg_err;
-use crate::{Result, StoreError, Tenant};
+use crate::{AuditEntry, Result, StoreError, Tenant};
 use deadpool_postgres::Pool;
 
 async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
@@ -25,20 +25,42 @@ fn row(r: &tokio_postgres::Row) -> Result<Tenant> {
 
 const COLS: &str = "id, name, limits, created_at";
 
+/// Wraps a statement `t` that returns a tenant row so that, when `$A` (the first audit
+/// parameter, numbered `first`) is not null, the same statement writes the audit row.
+fn with_audit(tenant_stmt: &str, first: usize) -> String {
+    let cols = crate::pg_audit::COLUMNS;
+    let p: Vec<String> = (first..first + 5).map(|i| format!("${i}")).collect();
+    format!(
+        "WITH t AS ({tenant_stmt}), \
+         a AS (INSERT INTO access_audit_log ({cols}) \
+               SELECT floor(extract(epoch FROM now()) * 1000)::bigint, {} FROM t \
+               WHERE {}::text IS NOT NULL) \
+         SELECT {COLS} FROM t",
+        p.join(", "),
+        p[0]
+    )
+}
+
 pub async fn create(
     pool: &Pool,
     id: &str,
     name: &str,
     limits: serde_json::Value,
+    audit: Option<&AuditEntry>,
 ) -> Result<Tenant> {
     let c = client(pool).await?;
-    let sql = format!(
-        "INSERT INTO tenants (id, name, limits, created_at) \
-         VALUES ($1, $2, $3, floor(extract(epoch FROM now()) * 1000)::bigint) \
-         ON CONFLICT (id) DO NOTHING RETURNING {COLS}"
+    let sql = with_audit(
+        &format!(
+            "INSERT INTO tenants (id, name, limits, created_at) \
+             VALUES ($1, $2, $3, floor(extract(epoch FROM now()) * 1000)::bigint) \
+             ON CONFLICT (id) DO NOTHING RETURNING {COLS}"
+        ),
+        4,
     );
+    let limits = limits.to_string();
+    let [a1, a2, a3, a4, a5] = crate::pg_audit::nullable_params(audit);
     let rows = c
-        .query(&sql, &[&id, &name, &limits.to_string()])
+        .query(&sql, &[&id, &name, &limits, &a1, &a2, &a3, &a4, &a5])
         .await
         .map_err(pg_err)?;
     match rows.first() {
@@ -65,13 +87,21 @@ pub async fn list(pool: &Pool) -> Result<Vec<Tenant>> {
     rows.iter().map(row).collect()
 }
 
-pub async fn set_limits(pool: &Pool, id: &str, limits: serde_json::Value) -> Result<Tenant> {
+pub async fn set_limits(
+    pool: &Pool,
+    id: &str,
+    limits: serde_json::Value,
+    audit: Option<&AuditEntry>,
+) -> Result<Tenant> {
     let c = client(pool).await?;
+    let sql = with_audit(
+        &format!("UPDATE tenants SET limits = $2 WHERE id = $1 RETURNING {COLS}"),
+        3,
+    );
+    let limits = limits.to_string();
+    let [a1, a2, a3, a4, a5] = crate::pg_audit::nullable_params(audit);
     let rows = c
-        .query(
-            &format!("UPDATE tenants SET limits = $2 WHERE id = $1 RETURNING {COLS}"),
-            &[&id, &limits.to_string()],
-        )
+        .query(&sql, &[&id, &limits, &a1, &a2, &a3, &a4, &a5])
         .await
         .map_err(pg_err)?;
     match rows.first() {

@@ -9,8 +9,9 @@
 //! within the process).
 
 use crate::{
-    backend, Append, CommandBody, JobSummary, Lease, LedgerEntry, ListFilter, NewJob, Result,
-    Scope, StatusCount, Store, StoreError, StoredCommand, Tenant,
+    backend, Append, AuditEntry, AuditFilter, AuditRecord, CommandBody, JobSummary, Lease,
+    LedgerEntry, ListFilter, NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
+    StoredCommand, Tenant,
 };
 use aetheris_proof::event_hash;
 use aetheris_runtime::codec::{decode_versioned, encode_versioned};
@@ -40,7 +41,10 @@ const TIMERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("timers");
 const DUE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("due");
 /// Tenants: id → JSON of `Tenant`.
 const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
-/// Counters: "command_seq" → u64 (BE).
+/// The access audit log: tenant ‖ 0x00 ‖ id (8, BE) → JSON of `AuditRecord`, so a
+/// tenant's rows are one range in id order (tenant ids never contain 0x00).
+const AUDIT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("access_audit_log");
+/// Counters: "command_seq", "audit_seq" → u64 (BE).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const ROW_FORMAT_V1: u8 = 1;
@@ -145,7 +149,11 @@ fn summary(id: JobId, r: &JobRow) -> JobSummary {
 }
 
 enum WriteOp {
-    Submit(NewJob, oneshot::Sender<Result<(JobSummary, bool)>>),
+    Submit(
+        NewJob,
+        Option<AuditEntry>,
+        oneshot::Sender<Result<(JobSummary, bool)>>,
+    ),
     Append(
         Vec<Append>,
         oneshot::Sender<Result<Vec<Result<Vec<RecordedEvent>>>>>,
@@ -161,6 +169,7 @@ enum WriteOp {
         worker: String,
         ttl_ms: u64,
         max: usize,
+        caps: RunningCaps,
         reply: oneshot::Sender<Result<Vec<Lease>>>,
     },
     Heartbeat {
@@ -178,6 +187,7 @@ enum WriteOp {
         tenant: Option<String>,
         id: JobId,
         body: CommandBody,
+        audit: Option<AuditEntry>,
         reply: oneshot::Sender<Result<StoredCommand>>,
     },
     MarkApplied {
@@ -190,7 +200,12 @@ enum WriteOp {
     PutTenant {
         tenant: Tenant,
         create: bool,
+        audit: Option<AuditEntry>,
         reply: oneshot::Sender<Result<Tenant>>,
+    },
+    RecordAudit {
+        entry: AuditEntry,
+        reply: oneshot::Sender<Result<AuditRecord>>,
     },
 }
 
@@ -246,6 +261,7 @@ impl RedbStore {
                 COMMANDS,
                 TIMERS,
                 DUE,
+                AUDIT,
             ] {
                 tx.open_table(t).map_err(backend)?;
             }
@@ -356,6 +372,33 @@ fn defer<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, r: Result<T>) -> 
     })
 }
 
+/// A backend error inside an operation may leave partial writes in the shared
+/// transaction, so it fails the whole batch (nobody is told "ok" for a commit that did not
+/// happen as computed); other errors are the operation's own answer, given before it wrote.
+fn lift<T>(r: Result<T>) -> Result<Result<T>> {
+    match r {
+        Err(StoreError::Backend(e)) => Err(StoreError::Backend(e)),
+        other => Ok(other),
+    }
+}
+
+/// Runs `op` and, if it succeeded, writes its audit row in the same transaction, so the
+/// row exists exactly when the change commits.
+fn audited<T>(
+    tx: &WriteTransaction,
+    audit: Option<AuditEntry>,
+    now: i64,
+    op: impl FnOnce() -> Result<T>,
+    finish: impl FnOnce(&T, &mut AuditEntry),
+) -> Result<Result<T>> {
+    let r = lift(op())?;
+    if let (Ok(v), Some(mut entry)) = (&r, audit) {
+        finish(v, &mut entry);
+        audit_in(tx, entry, now)?;
+    }
+    Ok(r)
+}
+
 fn execute(
     tx: &mut WriteTransaction,
     op: WriteOp,
@@ -364,8 +407,17 @@ fn execute(
     commanded: &mut Vec<JobId>,
 ) -> Result<Deferred> {
     Ok(match op {
-        WriteOp::Submit(job, reply) => {
-            let r = submit_in(tx, job, now);
+        WriteOp::Submit(job, audit, reply) => {
+            let r = audited(
+                tx,
+                audit,
+                now,
+                || submit_in(tx, job, now),
+                |(s, created), e| {
+                    e.target = s.job_id.to_string();
+                    e.result = if *created { "ok" } else { "existing" }.into();
+                },
+            )?;
             if matches!(r, Ok((_, true))) {
                 *wake = true;
             }
@@ -391,34 +443,42 @@ fn execute(
             seq,
             blob,
             reply,
-        } => defer(reply, snapshot_in(tx, id, token, seq, &blob)),
+        } => defer(reply, lift(snapshot_in(tx, id, token, seq, &blob))?),
         WriteOp::Claim {
             worker,
             ttl_ms,
             max,
+            caps,
             reply,
-        } => defer(reply, claim_in(tx, &worker, ttl_ms, max, now)),
+        } => defer(reply, lift(claim_in(tx, &worker, ttl_ms, max, &caps, now))?),
         WriteOp::Heartbeat {
             worker,
             ttl_ms,
             held,
             reply,
-        } => defer(reply, heartbeat_in(tx, &worker, ttl_ms, &held, now)),
+        } => defer(reply, lift(heartbeat_in(tx, &worker, ttl_ms, &held, now))?),
         WriteOp::Release {
             worker,
             held,
             reply,
         } => {
             *wake = true;
-            defer(reply, release_in(tx, &worker, &held))
+            defer(reply, lift(release_in(tx, &worker, &held))?)
         }
         WriteOp::PutCommand {
             tenant,
             id,
             body,
+            audit,
             reply,
         } => {
-            let r = put_command_in(tx, tenant.as_deref(), id, body, now);
+            let r = audited(
+                tx,
+                audit,
+                now,
+                || put_command_in(tx, tenant.as_deref(), id, body, now),
+                |_, _| {},
+            )?;
             if r.is_ok() {
                 *wake = true;
                 commanded.push(id);
@@ -430,13 +490,110 @@ fn execute(
             token,
             ids,
             reply,
-        } => defer(reply, mark_applied_in(tx, id, token, &ids)),
+        } => defer(reply, lift(mark_applied_in(tx, id, token, &ids))?),
         WriteOp::PutTenant {
             tenant,
             create,
+            audit,
             reply,
-        } => defer(reply, put_tenant_in(tx, tenant, create, now)),
+        } => {
+            let r = audited(
+                tx,
+                audit,
+                now,
+                || put_tenant_in(tx, tenant, create, now),
+                |_, _| {},
+            )?;
+            defer(reply, r)
+        }
+        WriteOp::RecordAudit { entry, reply } => defer(reply, Ok(audit_in(tx, entry, now)?)),
     })
+}
+
+fn audit_key(tenant: &str, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 9);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Bumps and returns the counter `name` in META.
+fn next_seq(tx: &WriteTransaction, name: &str) -> Result<u64> {
+    let mut meta = tx.open_table(META).map_err(backend)?;
+    let cur = match meta.get(name).map_err(backend)? {
+        Some(g) => {
+            let b: [u8; 8] = g
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt(name.to_string()))?;
+            u64::from_be_bytes(b)
+        }
+        None => 0,
+    };
+    let next = cur + 1;
+    meta.insert(name, next.to_be_bytes().as_slice())
+        .map_err(backend)?;
+    Ok(next)
+}
+
+fn audit_in(tx: &WriteTransaction, entry: AuditEntry, now: i64) -> Result<AuditRecord> {
+    let rec = AuditRecord {
+        id: next_seq(tx, "audit_seq")?,
+        at_ms: now,
+        entry,
+    };
+    let json = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.open_table(AUDIT)
+        .map_err(backend)?
+        .insert(
+            audit_key(&rec.entry.tenant, rec.id).as_slice(),
+            json.as_slice(),
+        )
+        .map_err(backend)?;
+    Ok(rec)
+}
+
+fn read_audit(db: &Database, tenant: Option<&str>, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
+    let tx = db.begin_read().map_err(backend)?;
+    let t = tx.open_table(AUDIT).map_err(backend)?;
+    let parse = |v: &[u8]| -> Result<AuditRecord> {
+        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("audit row: {e}")))
+    };
+    let wanted = |r: &AuditRecord| {
+        r.id > f.after_id && f.action.as_ref().is_none_or(|a| *a == r.entry.action)
+    };
+    let mut out = Vec::new();
+    match tenant {
+        Some(tenant) => {
+            let lo = audit_key(tenant, f.after_id.saturating_add(1));
+            let hi = audit_key(tenant, u64::MAX);
+            for item in t
+                .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+                .map_err(backend)?
+            {
+                let r = parse(item.map_err(backend)?.1.value())?;
+                if wanted(&r) {
+                    out.push(r);
+                    if out.len() >= f.limit {
+                        break;
+                    }
+                }
+            }
+        }
+        None => {
+            // All tenants (operators only): keyed by tenant, so merge by id.
+            for item in t.iter().map_err(backend)? {
+                let r = parse(item.map_err(backend)?.1.value())?;
+                if wanted(&r) {
+                    out.push(r);
+                }
+            }
+            out.sort_by_key(|r| r.id);
+            out.truncate(f.limit);
+        }
+    }
+    Ok(out)
 }
 
 fn load_row(tx: &WriteTransaction, id: JobId) -> Result<Option<JobRow>> {
@@ -497,23 +654,7 @@ fn put_command_in(
             row.status.as_str()
         )));
     }
-    let cmd_id = {
-        let mut meta = tx.open_table(META).map_err(backend)?;
-        let cur = match meta.get("command_seq").map_err(backend)? {
-            Some(g) => {
-                let b: [u8; 8] = g
-                    .value()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("command_seq".into()))?;
-                u64::from_be_bytes(b)
-            }
-            None => 0,
-        };
-        let next = cur + 1;
-        meta.insert("command_seq", next.to_be_bytes().as_slice())
-            .map_err(backend)?;
-        next
-    };
+    let cmd_id = next_seq(tx, "command_seq")?;
     let json = serde_json::to_vec(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut v = now.to_be_bytes().to_vec();
     v.extend_from_slice(&json);
@@ -870,6 +1011,7 @@ fn claim_in(
     worker: &str,
     ttl_ms: u64,
     max: usize,
+    caps: &RunningCaps,
     now: i64,
 ) -> Result<Vec<Lease>> {
     if max == 0 {
@@ -877,6 +1019,10 @@ fn claim_in(
     }
     // Candidates per tenant, oldest first (ids are time-ordered).
     let mut per_tenant: BTreeMap<String, VecDeque<(JobId, JobRow)>> = BTreeMap::new();
+    // Running jobs per tenant (claimable with a live lease: exactly the RUNNABLE rows
+    // skipped below), for the caps. One writer thread serializes claims, so the count
+    // cannot race another claim.
+    let mut running: HashMap<String, u64> = HashMap::new();
     {
         let rt = tx.open_table(RUNNABLE).map_err(backend)?;
         let jt = tx.open_table(JOBS).map_err(backend)?;
@@ -911,12 +1057,20 @@ fn claim_in(
             };
             let row: JobRow = dec(g.value())?;
             if row.lease_owner.is_some() && row.lease_expires_ms > now {
+                *running.entry(row.tenant).or_default() += 1;
                 continue;
             }
             let q = per_tenant.entry(row.tenant.clone()).or_default();
             if q.len() < max {
                 q.push_back((id, row));
             }
+        }
+    }
+    // A capped tenant offers only what its cap leaves.
+    for (tenant, q) in per_tenant.iter_mut() {
+        if let Some(cap) = caps.cap(tenant) {
+            let left = cap.saturating_sub(running.get(tenant).copied().unwrap_or(0));
+            q.truncate(usize::try_from(left).unwrap_or(usize::MAX));
         }
     }
     // Round robin across tenants so one tenant's backlog cannot starve another.
@@ -996,8 +1150,9 @@ fn read_row(db: &Database, id: JobId) -> Result<Option<JobRow>> {
 
 #[async_trait]
 impl Store for RedbStore {
-    async fn submit(&self, job: NewJob) -> Result<(JobSummary, bool)> {
-        self.send(|reply| WriteOp::Submit(job, reply)).await
+    async fn submit(&self, job: NewJob, audit: Option<&AuditEntry>) -> Result<(JobSummary, bool)> {
+        let audit = audit.cloned();
+        self.send(|reply| WriteOp::Submit(job, audit, reply)).await
     }
 
     async fn get_job(&self, scope: Scope<'_>, id: JobId) -> Result<Option<JobSummary>> {
@@ -1157,12 +1312,20 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn claim(&self, worker: &str, ttl_ms: u64, max: usize) -> Result<Vec<Lease>> {
+    async fn claim_within(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        max: usize,
+        caps: &RunningCaps,
+    ) -> Result<Vec<Lease>> {
         let worker = worker.to_string();
+        let caps = caps.clone();
         self.send(|reply| WriteOp::Claim {
             worker,
             ttl_ms,
             max,
+            caps,
             reply,
         })
         .await
@@ -1244,15 +1407,18 @@ impl Store for RedbStore {
         scope: Scope<'_>,
         id: JobId,
         body: CommandBody,
+        audit: Option<&AuditEntry>,
     ) -> Result<StoredCommand> {
         let tenant = match scope {
             Scope::Tenant(t) => Some(t.to_string()),
             Scope::System => None,
         };
+        let audit = audit.cloned();
         self.send(|reply| WriteOp::PutCommand {
             tenant,
             id,
             body,
+            audit,
             reply,
         })
         .await
@@ -1282,6 +1448,7 @@ impl Store for RedbStore {
         id: &str,
         name: &str,
         limits: serde_json::Value,
+        audit: Option<&AuditEntry>,
     ) -> Result<Tenant> {
         let tenant = Tenant {
             id: id.to_string(),
@@ -1289,9 +1456,11 @@ impl Store for RedbStore {
             limits,
             created_at_ms: 0,
         };
+        let audit = audit.cloned();
         self.send(|reply| WriteOp::PutTenant {
             tenant,
             create: true,
+            audit,
             reply,
         })
         .await
@@ -1307,19 +1476,41 @@ impl Store for RedbStore {
         self.read(|db| read_tenants(db, None)).await
     }
 
-    async fn set_tenant_limits(&self, id: &str, limits: serde_json::Value) -> Result<Tenant> {
+    async fn set_tenant_limits(
+        &self,
+        id: &str,
+        limits: serde_json::Value,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Tenant> {
         let tenant = Tenant {
             id: id.to_string(),
             name: String::new(),
             limits,
             created_at_ms: 0,
         };
+        let audit = audit.cloned();
         self.send(|reply| WriteOp::PutTenant {
             tenant,
             create: false,
+            audit,
             reply,
         })
         .await
+    }
+
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
+        let entry = entry.clone();
+        self.send(|reply| WriteOp::RecordAudit { entry, reply })
+            .await
+    }
+
+    async fn list_audit(&self, scope: Scope<'_>, filter: AuditFilter) -> Result<Vec<AuditRecord>> {
+        let tenant = match scope {
+            Scope::Tenant(t) => Some(t.to_string()),
+            Scope::System => None,
+        };
+        self.read(move |db| read_audit(db, tenant.as_deref(), &filter))
+            .await
     }
 
     async fn size_bytes(&self) -> Result<u64> {

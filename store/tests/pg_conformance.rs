@@ -69,7 +69,7 @@ async fn pg_passes_the_conformance_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_a_new_connection_pool() {
     let (url, a) = fresh().await;
-    let (job, _) = a.submit(new_job("t", Some("k"))).await.unwrap();
+    let (job, _) = a.submit(new_job("t", Some("k")), None).await.unwrap();
     let lease = a.claim("w1", 60_000, 10).await.unwrap();
     let token = lease[0].token;
     a.append(Append {
@@ -94,7 +94,7 @@ async fn data_survives_a_new_connection_pool() {
         .unwrap();
     assert_eq!(again, evs);
     aetheris_proof::verify_chain(job.job_id, &again).unwrap();
-    let (same, created) = b.submit(new_job("t", Some("k"))).await.unwrap();
+    let (same, created) = b.submit(new_job("t", Some("k")), None).await.unwrap();
     assert!(!created);
     assert_eq!(same.job_id, job.job_id);
     // The lease is still held: nobody else can claim the job.
@@ -115,7 +115,7 @@ async fn claims_are_exclusive_across_processes() {
         let tenant = format!("t{}", i % 5);
         want.push(
             stores[0]
-                .submit(new_job(&tenant, None))
+                .submit(new_job(&tenant, None), None)
                 .await
                 .unwrap()
                 .0
@@ -166,7 +166,9 @@ async fn idempotent_submit_races_across_processes() {
     for i in 0..16 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
-            s.submit(new_job("race", Some("same-key"))).await.unwrap()
+            s.submit(new_job("race", Some("same-key")), None)
+                .await
+                .unwrap()
         }));
     }
     let mut ids = Vec::new();
@@ -197,8 +199,8 @@ async fn idempotent_submit_races_across_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_batches_do_not_deadlock() {
     let (_, s) = fresh().await;
-    let a = s.submit(new_job("d", None)).await.unwrap().0.job_id;
-    let b = s.submit(new_job("d", None)).await.unwrap().0.job_id;
+    let a = s.submit(new_job("d", None), None).await.unwrap().0.job_id;
+    let b = s.submit(new_job("d", None), None).await.unwrap().0.job_id;
     let leases = s.claim("w", 600_000, 10).await.unwrap();
     let tok: HashMap<JobId, u64> = leases.iter().map(|l| (l.job_id, l.token)).collect();
     let touch = |id: JobId| Append {
@@ -235,7 +237,7 @@ async fn batch_outcomes_are_independent() {
     let (_, s) = fresh().await;
     let mut ids = Vec::new();
     for _ in 0..4 {
-        ids.push(s.submit(new_job("b", None)).await.unwrap().0.job_id);
+        ids.push(s.submit(new_job("b", None), None).await.unwrap().0.job_id);
     }
     let tok: HashMap<JobId, u64> = s
         .claim("w", 600_000, 10)
@@ -355,7 +357,7 @@ async fn payload_is_stored_byte_exact_and_tampering_is_located() {
             plan: plan(),
             input: json!({"text": "héllo \u{1F600} \"quoted\" \\ \n", "n": 1.5e-7, "big": u64::MAX,
                           "neg": -42, "nested": {"z": [1, 2, {"y": null}], "a": true}}),
-        })
+        }, None)
         .await
         .unwrap();
     let id = job.job_id;
@@ -435,7 +437,7 @@ async fn events_size(db: &tokio_postgres::Client) -> (i64, i64) {
 async fn bytes_per_event_are_small() {
     let (url, s) = fresh().await;
     let db = raw(&url).await;
-    let (job, _) = s.submit(new_job("w7", None)).await.unwrap();
+    let (job, _) = s.submit(new_job("w7", None), None).await.unwrap();
     let id = job.job_id;
     let token = s.claim("w", 600_000, 1).await.unwrap()[0].token;
     let (before, payload_before) = events_size(&db).await;
@@ -544,7 +546,7 @@ async fn listen_notify_wakes_other_processes_and_reconnects() {
     let woken = hint.notified();
     tokio::pin!(woken);
     woken.as_mut().enable();
-    other.submit(new_job("n", None)).await.unwrap();
+    other.submit(new_job("n", None), None).await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_secs(5), woken)
             .await
@@ -577,7 +579,7 @@ async fn listen_notify_wakes_other_processes_and_reconnects() {
 async fn event_times_come_from_the_database_clock() {
     let (url, s) = fresh().await;
     let db = raw(&url).await;
-    let (job, _) = s.submit(new_job("clock", None)).await.unwrap();
+    let (job, _) = s.submit(new_job("clock", None), None).await.unwrap();
     let id = job.job_id;
     let token = s.claim("w", 600_000, 1).await.unwrap()[0].token;
     let before: i64 = db
@@ -632,7 +634,7 @@ async fn concurrent_migrations_apply_once() {
         .get(0);
     assert_eq!(n as usize, MIGRATIONS.len());
     // And the schema works.
-    stores[0].submit(new_job("m", None)).await.unwrap();
+    stores[0].submit(new_job("m", None), None).await.unwrap();
 }
 
 /// Polls all futures concurrently on this task (no extra dependency needed).
@@ -753,4 +755,106 @@ async fn a_bad_url_is_a_clear_error() {
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::Backend(_)), "{e}");
+}
+
+/// Audit rows roll back with their change (issue 5): triggers make the change itself fail
+/// inside its statement — after the audit insert was planned alongside it — and no audit
+/// row survives; without the triggers the same calls write their rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_rows_roll_back_with_their_change() {
+    use aetheris_store::{AuditEntry, AuditFilter, CommandBody};
+    let (url, store) = fresh().await;
+    let db = raw(&url).await;
+    let tenant = "audited";
+    let who = |action: &str| AuditEntry::ok(tenant, "alice", action, "t");
+    let (job, _) = store
+        .submit(new_job(tenant, None), Some(&who("job.submit")))
+        .await
+        .unwrap();
+    let rows = |store: PgStore| async move {
+        store
+            .list_audit(
+                Scope::Tenant("audited"),
+                AuditFilter {
+                    after_id: 0,
+                    limit: 100,
+                    action: None,
+                },
+            )
+            .await
+            .unwrap()
+    };
+    assert_eq!(rows(store.clone()).await.len(), 1, "the submit's row");
+    db.batch_execute(
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'poisoned %', TG_TABLE_NAME; END $$; \
+         CREATE TRIGGER poison_commands BEFORE INSERT ON commands \
+           FOR EACH ROW EXECUTE FUNCTION poison(); \
+         CREATE TRIGGER poison_events BEFORE INSERT ON events \
+           FOR EACH ROW EXECUTE FUNCTION poison(); \
+         CREATE TRIGGER poison_tenants BEFORE INSERT OR UPDATE ON tenants \
+           FOR EACH ROW EXECUTE FUNCTION poison();",
+    )
+    .await
+    .unwrap();
+    let cancel = CommandBody::Cancel {
+        by: "alice".into(),
+        reason: "x".into(),
+    };
+    let e = store
+        .put_command(
+            Scope::Tenant(tenant),
+            job.job_id,
+            cancel.clone(),
+            Some(&who("job.cancel")),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("poisoned"), "{e}");
+    let e = store
+        .submit(new_job(tenant, None), Some(&who("job.submit")))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("poisoned"), "{e}");
+    store
+        .create_tenant("t2", "T2", json!({}), Some(&who("tenant.create")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rows(store.clone()).await.len(),
+        1,
+        "failed changes must leave no audit rows"
+    );
+    db.batch_execute(
+        "DROP TRIGGER poison_commands ON commands; DROP TRIGGER poison_events ON events; \
+         DROP TRIGGER poison_tenants ON tenants;",
+    )
+    .await
+    .unwrap();
+    store
+        .put_command(
+            Scope::Tenant(tenant),
+            job.job_id,
+            cancel,
+            Some(&who("job.cancel")),
+        )
+        .await
+        .unwrap();
+    store
+        .submit(new_job(tenant, None), Some(&who("job.submit")))
+        .await
+        .unwrap();
+    store
+        .create_tenant("t2", "T2", json!({}), Some(&who("tenant.create")))
+        .await
+        .unwrap();
+    let actions: Vec<String> = rows(store.clone())
+        .await
+        .into_iter()
+        .map(|r| r.entry.action)
+        .collect();
+    assert_eq!(
+        actions,
+        ["job.submit", "job.cancel", "job.submit", "tenant.create"]
+    );
 }

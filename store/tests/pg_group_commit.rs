@@ -75,12 +75,15 @@ async fn concurrent_single_appends_share_commits_and_keep_every_check() {
     let mut ids = Vec::new();
     for _ in 0..jobs_n {
         let (s, _) = store
-            .submit(NewJob {
-                tenant: TENANT.into(),
-                idempotency_key: None,
-                plan: plan(),
-                input: json!({}),
-            })
+            .submit(
+                NewJob {
+                    tenant: TENANT.into(),
+                    idempotency_key: None,
+                    plan: plan(),
+                    input: json!({}),
+                },
+                None,
+            )
             .await
             .unwrap();
         ids.push(s.job_id);
@@ -256,12 +259,15 @@ async fn single_appends_and_batches_interleave() {
     for _ in 0..8 {
         ids.push(
             store
-                .submit(NewJob {
-                    tenant: TENANT.into(),
-                    idempotency_key: None,
-                    plan: plan(),
-                    input: json!({}),
-                })
+                .submit(
+                    NewJob {
+                        tenant: TENANT.into(),
+                        idempotency_key: None,
+                        plan: plan(),
+                        input: json!({}),
+                    },
+                    None,
+                )
                 .await
                 .unwrap()
                 .0

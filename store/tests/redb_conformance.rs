@@ -26,12 +26,15 @@ async fn redb_data_survives_reopen() {
 
     let store: DynStore = Arc::new(RedbStore::open(&path).unwrap());
     let (job, created) = store
-        .submit(NewJob {
-            tenant: tenant.into(),
-            idempotency_key: Some("once".into()),
-            plan: plan.clone(),
-            input: json!({"x": 1}),
-        })
+        .submit(
+            NewJob {
+                tenant: tenant.into(),
+                idempotency_key: Some("once".into()),
+                plan: plan.clone(),
+                input: json!({"x": 1}),
+            },
+            None,
+        )
         .await
         .unwrap();
     assert!(created);
@@ -83,12 +86,15 @@ async fn redb_data_survives_reopen() {
         Some((3, b"state@3".to_vec()))
     );
     let (same, created) = store
-        .submit(NewJob {
-            tenant: tenant.into(),
-            idempotency_key: Some("once".into()),
-            plan,
-            input: json!({"x": 2}),
-        })
+        .submit(
+            NewJob {
+                tenant: tenant.into(),
+                idempotency_key: Some("once".into()),
+                plan,
+                input: json!({"x": 2}),
+            },
+            None,
+        )
         .await
         .unwrap();
     assert!(!created, "the idempotency key survives a reopen");

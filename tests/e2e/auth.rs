@@ -29,7 +29,10 @@ fn node() -> TestNode {
     rt().block_on(async {
         let names = (0..12).map(|i| format!("tenant-{i}"));
         for t in names.chain(["rbac".to_string(), "t".to_string()]) {
-            node.store.create_tenant(&t, &t, json!({})).await.unwrap();
+            node.store
+                .create_tenant(&t, &t, json!({}), None)
+                .await
+                .unwrap();
         }
     });
     node

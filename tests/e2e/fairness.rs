@@ -22,24 +22,30 @@ fn a_small_tenant_is_not_starved_by_a_backlog() {
     let b_ids = rt().block_on(async {
         for _ in 0..2000 {
             store
-                .submit(NewJob {
-                    tenant: "a".into(),
-                    idempotency_key: None,
-                    plan: plan.clone(),
-                    input: Value::Null,
-                })
+                .submit(
+                    NewJob {
+                        tenant: "a".into(),
+                        idempotency_key: None,
+                        plan: plan.clone(),
+                        input: Value::Null,
+                    },
+                    None,
+                )
                 .await
                 .unwrap();
         }
         let mut ids = Vec::new();
         for _ in 0..10 {
             let (s, _) = store
-                .submit(NewJob {
-                    tenant: "b".into(),
-                    idempotency_key: None,
-                    plan: plan.clone(),
-                    input: Value::Null,
-                })
+                .submit(
+                    NewJob {
+                        tenant: "b".into(),
+                        idempotency_key: None,
+                        plan: plan.clone(),
+                        input: Value::Null,
+                    },
+                    None,
+                )
                 .await
                 .unwrap();
             ids.push(s.job_id);

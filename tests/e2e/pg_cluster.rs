@@ -1800,12 +1800,15 @@ fn pg_stale_worker_is_fenced_and_calls_nothing_after_losing_its_lease() {
             ]}))
             .unwrap();
             let (job, _) = st
-                .submit(NewJob {
-                    tenant: "t".into(),
-                    idempotency_key: None,
-                    plan,
-                    input: Value::Null,
-                })
+                .submit(
+                    NewJob {
+                        tenant: "t".into(),
+                        idempotency_key: None,
+                        plan,
+                        input: Value::Null,
+                    },
+                    None,
+                )
                 .await
                 .unwrap();
             // Worker A: short lease, heartbeats far apart, so its lease lapses mid-call.
