@@ -57,22 +57,28 @@ pub struct LimitsConfig {
     pub share: Option<f64>,
 }
 
+impl TenantLimits {
+    /// These limits laid over `base`, field by field: a field set here wins, an unset one
+    /// falls back to `base`; per-tool rates merge (these win per tool).
+    pub fn over(&self, base: &TenantLimits) -> TenantLimits {
+        let mut by_tool = base.tool_calls_per_s_by_tool.clone();
+        by_tool.extend(self.tool_calls_per_s_by_tool.clone());
+        TenantLimits {
+            admissions_per_s: self.admissions_per_s.or(base.admissions_per_s),
+            admission_burst: self.admission_burst.or(base.admission_burst),
+            tool_calls_per_s: self.tool_calls_per_s.or(base.tool_calls_per_s),
+            tool_calls_per_s_by_tool: by_tool,
+            llm_tokens_per_min: self.llm_tokens_per_min.or(base.llm_tokens_per_min),
+            max_running_jobs: self.max_running_jobs.or(base.max_running_jobs),
+        }
+    }
+}
+
 impl LimitsConfig {
     pub fn for_tenant(&self, tenant: &str) -> TenantLimits {
-        let d = &self.defaults;
-        let o = self.tenants.get(tenant);
-        let pick = |f: fn(&TenantLimits) -> Option<f64>| o.and_then(f).or(f(d));
-        let mut by_tool = d.tool_calls_per_s_by_tool.clone();
-        if let Some(o) = o {
-            by_tool.extend(o.tool_calls_per_s_by_tool.clone());
-        }
-        TenantLimits {
-            admissions_per_s: pick(|l| l.admissions_per_s),
-            admission_burst: pick(|l| l.admission_burst),
-            tool_calls_per_s: pick(|l| l.tool_calls_per_s),
-            tool_calls_per_s_by_tool: by_tool,
-            llm_tokens_per_min: pick(|l| l.llm_tokens_per_min),
-            max_running_jobs: o.and_then(|o| o.max_running_jobs).or(d.max_running_jobs),
+        match self.tenants.get(tenant) {
+            Some(o) => o.over(&self.defaults),
+            None => self.defaults.clone(),
         }
     }
 
@@ -257,7 +263,10 @@ impl Handler<SettleLlm> for RateLimiter {
 
 #[derive(Default)]
 struct Inner {
+    /// What applies: `file` with each tenant's `table` limits laid over its file override.
     limits: RwLock<LimitsConfig>,
+    /// The two sources: the limits file, and the tenants table (id → limits).
+    sources: Mutex<(LimitsConfig, BTreeMap<String, TenantLimits>)>,
     actors: Mutex<HashMap<String, Addr<RateLimiter>>>,
     arbiter: Mutex<Option<actix::Arbiter>>,
     metrics: RwLock<Option<Arc<Metrics>>>,
@@ -287,23 +296,41 @@ impl RateLimiters {
         self
     }
 
-    /// Replaces the limits at run time; live limiters are dropped and rebuilt on next use.
-    pub fn set_limits(&self, limits: LimitsConfig) {
+    /// Replaces the limits file at run time; live limiters are dropped and rebuilt on
+    /// next use. Limits from the tenants table stay laid over it.
+    pub fn set_limits(&self, file: LimitsConfig) {
+        let Ok(mut src) = self.0.sources.lock() else {
+            return;
+        };
+        src.0 = file;
+        let mut effective = src.0.clone();
+        for (t, l) in &src.1 {
+            let base = effective.tenants.get(t).cloned().unwrap_or_default();
+            effective.tenants.insert(t.clone(), l.over(&base));
+        }
         if let Ok(mut g) = self.0.limits.write() {
-            *g = limits;
+            *g = effective;
         }
         if let Ok(mut a) = self.0.actors.lock() {
             a.clear();
         }
     }
 
-    /// Replaces one tenant's limits (from the tenants table), rebuilding its limiter.
+    /// Sets one tenant's limits from the tenants table, laid over the file's override for
+    /// it field by field (a field the table leaves unset keeps the file's value), and
+    /// rebuilds its limiter if that changed anything.
     pub fn set_tenant_limits(&self, tenant: &str, limits: TenantLimits) {
+        let Ok(mut src) = self.0.sources.lock() else {
+            return;
+        };
+        let base = src.0.tenants.get(tenant).cloned().unwrap_or_default();
+        let effective = limits.over(&base);
+        src.1.insert(tenant.to_string(), limits);
         if let Ok(mut g) = self.0.limits.write() {
-            if g.tenants.get(tenant) == Some(&limits) {
+            if g.tenants.get(tenant) == Some(&effective) {
                 return;
             }
-            g.tenants.insert(tenant.to_string(), limits);
+            g.tenants.insert(tenant.to_string(), effective);
         }
         if let Ok(mut a) = self.0.actors.lock() {
             a.remove(tenant);
@@ -441,4 +468,59 @@ pub fn spawn_limits_refresh(store: aetheris_store::DynStore, limits: RateLimiter
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(v: serde_json::Value) -> LimitsConfig {
+        LimitsConfig::parse(&v.to_string()).unwrap()
+    }
+
+    #[test]
+    fn table_limits_lie_over_the_file_field_by_field() {
+        let r = RateLimiters::new(cfg(serde_json::json!({
+            "defaults": {"tool_calls_per_s": 100.0, "max_running_jobs": 50},
+            "tenants": {"acme": {"admissions_per_s": 5.0, "max_running_jobs": 3}}
+        })));
+        // An empty row in the tenants table changes nothing.
+        r.set_tenant_limits("acme", TenantLimits::default());
+        let acme = r.limits().for_tenant("acme");
+        assert_eq!(acme.admissions_per_s, Some(5.0));
+        assert_eq!(acme.tool_calls_per_s, Some(100.0));
+        assert_eq!(acme.max_running_jobs, Some(3));
+        // A set field wins; the others keep the file's values.
+        r.set_tenant_limits(
+            "acme",
+            TenantLimits {
+                max_running_jobs: Some(7),
+                ..TenantLimits::default()
+            },
+        );
+        let acme = r.limits().for_tenant("acme");
+        assert_eq!(
+            (acme.admissions_per_s, acme.max_running_jobs),
+            (Some(5.0), Some(7))
+        );
+        // Reloading the file keeps the table's layer.
+        r.set_limits(cfg(
+            serde_json::json!({"tenants": {"acme": {"admissions_per_s": 1.0}}}),
+        ));
+        let acme = r.limits().for_tenant("acme");
+        assert_eq!(
+            (acme.admissions_per_s, acme.max_running_jobs),
+            (Some(1.0), Some(7))
+        );
+        assert_eq!(acme.tool_calls_per_s, None, "the new file has no default");
+        let caps = r.running_caps();
+        assert_eq!(caps.cap("acme"), Some(7));
+        assert_eq!(caps.cap("other"), None);
+    }
+
+    #[test]
+    fn a_zero_cap_is_refused() {
+        let e = LimitsConfig::parse(r#"{"defaults": {"max_running_jobs": 0}}"#).unwrap_err();
+        assert!(e.contains("max_running_jobs"), "{e}");
+    }
 }

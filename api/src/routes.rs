@@ -840,8 +840,18 @@ async fn audit(
             "limit must be between 1 and 1000".into(),
         ));
     }
-    if let Some(a) = &q.action {
-        check_name("action", a)?;
+    // Actions are `job.cancel`-style names, or a permission (`job:create`) for denials.
+    if let Some(a) = q.action.as_deref() {
+        if a.is_empty()
+            || a.len() > 64
+            || !a
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || "_.:".contains(c))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "action {a:?} must be 1-64 characters of [a-z_.:]"
+            )));
+        }
     }
     let rows = st
         .store

@@ -253,6 +253,7 @@ fn every_role_gets_the_documented_answer_on_every_route() {
                 Permission::JobConfirm,
             ),
             ("GET", format!("{u}/metrics"), None, Permission::SystemRead),
+            ("GET", format!("{u}/v1/audit"), None, Permission::AuditRead),
             (
                 "GET",
                 format!("{u}/v1/tenants"),

@@ -3,6 +3,7 @@
 //! one module per concern.
 
 mod api;
+mod audit;
 mod auth;
 mod cancel;
 mod crash;

@@ -50,6 +50,17 @@ impl TestNode {
         Self::start_on(None, Some(url), dir, register, worker)
     }
 
+    /// A node on a fresh PostgreSQL database with bearer-token authentication.
+    pub fn start_pg_with_auth(
+        register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
+        worker: WorkerConfig,
+        auth: Option<aetheris_api::auth::AuthConfig>,
+    ) -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = rt().block_on(aetheris_store::pg_test::fresh_database_url());
+        Self::start_on_auth(None, Some(url), dir, register, worker, auth)
+    }
+
     fn start_on(
         store: Option<DynStore>,
         pg_url: Option<String>,
