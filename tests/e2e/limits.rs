@@ -106,11 +106,12 @@ fn tool_calls_wait_their_turn_and_hold_the_rate() {
     );
     rt().block_on(async {
         let c = reqwest::Client::new();
-        let steps: Vec<Value> = (0..10)
+        // 280 calls: a burst of 25, then 255 at 25/s, a window of about 10 s.
+        let steps: Vec<Value> = (0..14)
             .map(|i| json!({"id": format!("s{i}"), "tool": "clocked"}))
             .collect();
         let mut ids = Vec::new();
-        for _ in 0..15 {
+        for _ in 0..20 {
             let (s, j) = submit(&c, &node.url, &json!({"plan": {"steps": steps}})).await;
             assert_eq!(s, 201);
             ids.push(j["job_id"].as_str().unwrap().to_string());
@@ -140,7 +141,7 @@ fn tool_calls_wait_their_turn_and_hold_the_rate() {
     });
     let mut t = calls.lock().unwrap().clone();
     t.sort();
-    assert_eq!(t.len(), 150);
+    assert_eq!(t.len(), 280);
     // After the initial burst (one second's worth), calls arrive at the limit: measure
     // the rate over the rest of the window.
     let after_burst = &t[rate as usize..];
@@ -150,6 +151,7 @@ fn tool_calls_wait_their_turn_and_hold_the_rate() {
         .duration_since(after_burst[0])
         .as_secs_f64();
     let observed = (after_burst.len() - 1) as f64 / window;
+    assert!(window >= 9.5, "the window is about 10 s: {window:.1}s");
     assert!(
         observed <= rate * 1.10,
         "observed {observed:.1}/s over {window:.1}s, limit {rate}/s"
@@ -174,4 +176,76 @@ fn a_bad_limits_file_names_the_problem() {
         let e = LimitsConfig::parse(text).unwrap_err();
         assert!(e.contains(needle), "{text}: {e}");
     }
+}
+
+/// Counts calls in flight at once, and the most ever.
+#[derive(Default)]
+struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+struct Slow(Arc<InFlight>);
+
+#[async_trait::async_trait]
+impl Tool for Slow {
+    fn effect(&self) -> EffectClass {
+        EffectClass::Pure
+    }
+    async fn invoke(&self, _: Invocation) -> Result<Value, ToolError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.0.now.fetch_add(1, SeqCst) + 1;
+        self.0.most.fetch_max(n, SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.0.now.fetch_sub(1, SeqCst);
+        Ok(Value::Null)
+    }
+}
+
+/// `max_running_jobs` on the embedded store: the worker never runs more of the tenant's
+/// jobs at once than the cap (the multi-worker case is in pg_cluster.rs).
+#[test]
+fn running_jobs_cap_holds_on_the_embedded_store() {
+    let seen = Arc::new(InFlight::default());
+    let s2 = seen.clone();
+    let node = TestNode::start(
+        move |t| t.register("slow", Slow(s2)),
+        WorkerConfig {
+            rate_limits: limits(json!({"defaults": {"max_running_jobs": 3}})),
+            ..WorkerConfig::default()
+        },
+    );
+    rt().block_on(async {
+        let c = reqwest::Client::new();
+        let job = json!({"plan": {"steps": [{"id": "a", "tool": "slow"}, {"id": "b", "tool": "slow", "needs": ["a"]}]}});
+        for _ in 0..12 {
+            assert_eq!(submit(&c, &node.url, &job).await.0, 201);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done = node
+                .store
+                .list_jobs(
+                    Scope::System,
+                    ListFilter {
+                        status: Some(aetheris_runtime::JobStatus::Succeeded),
+                        limit: 100,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap()
+                .len();
+            if done == 12 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{done} of 12 done");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let most = seen.most.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        most, 3,
+        "at most (and, with 12 queued, exactly) 3 jobs run at once"
+    );
 }

@@ -67,8 +67,8 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// A counting HTTP stub: records every `Idempotency-Key` it sees (with the fencing token
-/// that came with it) and answers `200 {"ok":true}` after a random delay in
-/// `[min_ms, max_ms]`.
+/// that came with it), the calls in flight at once per `?tenant=` label (current, most),
+/// and answers `200 {"ok":true}` after a random delay in `[min_ms, max_ms]`.
 mod stub {
     use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
     use rand::Rng;
@@ -90,6 +90,8 @@ mod stub {
         pub keys: Mutex<HashMap<String, Vec<Call>>>,
         pub calls: AtomicUsize,
         pub keyless: AtomicUsize,
+        /// `?tenant=` label → (calls in flight now, most ever in flight at once).
+        pub in_flight: Mutex<HashMap<String, (usize, usize)>>,
     }
 
     impl Seen {
@@ -133,8 +135,24 @@ mod stub {
                 seen.keyless.fetch_add(1, Ordering::SeqCst);
             }
         }
+        let label = req
+            .query_string()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("tenant="))
+            .map(str::to_owned);
+        if let Some(l) = &label {
+            let mut m = seen.in_flight.lock().unwrap();
+            let e = m.entry(l.clone()).or_default();
+            e.0 += 1;
+            e.1 = e.1.max(e.0);
+        }
         let ms = rand::rng().random_range(delay.0..=delay.1);
         actix_rt::time::sleep(Duration::from_millis(ms)).await;
+        if let Some(l) = &label {
+            if let Some(e) = seen.in_flight.lock().unwrap().get_mut(l) {
+                e.0 -= 1;
+            }
+        }
         HttpResponse::Ok().json(json!({"ok": true}))
     }
 
@@ -1916,4 +1934,130 @@ fn pg_stale_worker_is_fenced_and_calls_nothing_after_losing_its_lease() {
         );
         assert!(metrics_b.counter("aetheris_lease_grants_total", &[]) >= 1.0);
     });
+}
+
+/// The cap on running jobs per tenant holds across worker processes (issue 5): three
+/// workers share tenant `default`'s `max_running_jobs: 2` (from their limits file) while
+/// tenant `free`, uncapped, runs many jobs at once. The stub measures calls in flight per
+/// tenant; each job is one slow call, so calls in flight ≤ jobs running.
+#[test]
+fn pg_running_cap_holds_across_three_worker_processes() {
+    let _serial = serial();
+    const JOBS: usize = 12;
+    let stub = Stub::start(250, 250);
+    let rt = rt();
+    let url = rt.block_on(aetheris_store::pg_test::fresh_database_url());
+    let mut h = Harness::new("cap", url, rt);
+    if let Err(e) = h.start_server() {
+        h.fail("cap: server start", &[e]);
+    }
+    let limits = h.dir().join("limits.json");
+    std::fs::write(
+        &limits,
+        json!({"tenants": {"default": {"max_running_jobs": 2}}}).to_string(),
+    )
+    .expect("write limits");
+    let limits = limits.display().to_string();
+    for i in 0..3 {
+        h.add_worker(&["--limits", &limits]);
+        if let Err(e) = h.workers[i].wait_worker_ready(Duration::from_secs(30)) {
+            h.fail("cap: worker start", &[e]);
+        }
+    }
+    let body = |tenant: &str| {
+        job_body(
+            &format!("{}?tenant={tenant}", stub.url),
+            1,
+            "side_effect",
+            None,
+        )
+    };
+    let mut ids = Vec::new();
+    for _ in 0..JOBS {
+        match h.post_job(&body("default")) {
+            Ok((201, j)) => ids.push(j["job_id"].as_str().unwrap_or_default().to_string()),
+            other => h.fail("cap: submit", &[format!("answered {other:?}")]),
+        }
+    }
+    // The uncapped tenant's jobs go in through the store (the server runs without auth,
+    // so every HTTP caller is tenant `default`).
+    let free: Vec<JobId> = {
+        let plan: Plan = serde_json::from_value(body("free")["plan"].clone()).expect("plan");
+        let store = h.checker().clone();
+        h.rt.block_on(async {
+            let mut out = Vec::new();
+            for _ in 0..JOBS {
+                let (j, _) = store
+                    .submit(
+                        NewJob {
+                            tenant: "free".into(),
+                            idempotency_key: None,
+                            plan: plan.clone(),
+                            input: json!({}),
+                        },
+                        None,
+                    )
+                    .await
+                    .expect("submit free");
+                out.push(j.job_id);
+            }
+            out
+        })
+    };
+    let store = h.checker().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = h.rt.block_on(async {
+            let mut n = 0;
+            for id in ids
+                .iter()
+                .filter_map(|i| i.parse::<JobId>().ok())
+                .chain(free.iter().copied())
+            {
+                if let Ok(Some(j)) = store.get_job(Scope::System, id).await {
+                    n += usize::from(j.status == JobStatus::Succeeded);
+                }
+            }
+            n
+        });
+        if done == 2 * JOBS {
+            break;
+        }
+        if Instant::now() > deadline {
+            h.fail(
+                "cap: jobs did not finish",
+                &[format!("{done} of {} done", 2 * JOBS)],
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let most = |t: &str| {
+        stub.seen
+            .in_flight
+            .lock()
+            .unwrap()
+            .get(t)
+            .map_or(0, |e| e.1)
+    };
+    let (capped, uncapped) = (most("default"), most("free"));
+    eprintln!("cap: most calls in flight: capped tenant {capped}, uncapped tenant {uncapped}");
+    let mut v = Vec::new();
+    if capped > 2 {
+        v.push(format!(
+            "tenant default had {capped} jobs running at once; its cap is 2"
+        ));
+    }
+    if capped < 2 {
+        v.push(format!(
+            "tenant default never ran 2 jobs at once ({capped}): the test proves nothing"
+        ));
+    }
+    if uncapped <= 2 {
+        v.push(format!(
+            "uncapped tenant free ran at most {uncapped} at once: caps leak across tenants"
+        ));
+    }
+    if !v.is_empty() {
+        h.fail("cap", &v);
+    }
 }
