@@ -103,6 +103,16 @@ impl Metrics {
 
     /// Renders everything, plus `extra` gauges computed at scrape time (e.g. jobs by state).
     pub fn render(&self, extra: &[ScrapeGauge]) -> String {
+        self.render_for(extra, None)
+    }
+
+    /// Renders only what `tenant` may see (G6): every series labelled with another
+    /// tenant is left out; `None` renders everything (the deployment's operators).
+    pub fn render_for(&self, extra: &[ScrapeGauge], tenant: Option<&str>) -> String {
+        let visible = |l: &Labels| match tenant {
+            None => true,
+            Some(t) => l.iter().all(|(k, v)| *k != "tenant" || v == t),
+        };
         let mut out = String::new();
         let Ok(g) = self.inner.lock() else { return out };
         let mut last = "";
@@ -126,19 +136,19 @@ impl Metrics {
                 *last = name;
             }
         };
-        for ((name, l), v) in &g.counters {
+        for ((name, l), v) in g.counters.iter().filter(|((_, l), _)| visible(l)) {
             header(&mut out, name, "counter", &mut last);
             let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
         }
-        for ((name, l), v) in &g.gauges {
+        for ((name, l), v) in g.gauges.iter().filter(|((_, l), _)| visible(l)) {
             header(&mut out, name, "gauge", &mut last);
             let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
         }
-        for (name, l, v) in extra {
+        for (name, l, v) in extra.iter().filter(|(_, l, _)| visible(l)) {
             header(&mut out, name, "gauge", &mut last);
             let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
         }
-        for ((name, l), h) in &g.histograms {
+        for ((name, l), h) in g.histograms.iter().filter(|((_, l), _)| visible(l)) {
             header(&mut out, name, "histogram", &mut last);
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
@@ -189,5 +199,22 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("aetheris_jobs{state=\"queued\"} 3"), "{t}");
+    }
+
+    #[test]
+    fn a_tenant_sees_only_its_own_series() {
+        let m = Metrics::default();
+        m.inc("aetheris_jobs_submitted_total", &[("tenant", "acme")]);
+        m.inc("aetheris_jobs_submitted_total", &[("tenant", "globex")]);
+        m.inc("aetheris_lease_grants_total", &[]);
+        let extra = [
+            ("aetheris_jobs", vec![("tenant", "acme".into())], 1.0),
+            ("aetheris_jobs", vec![("tenant", "globex".into())], 2.0),
+        ];
+        let t = m.render_for(&extra, Some("acme"));
+        assert!(!t.contains("globex"), "{t}");
+        assert!(t.contains("aetheris_jobs{tenant=\"acme\"} 1"), "{t}");
+        assert!(t.contains("aetheris_lease_grants_total 1"), "{t}");
+        assert!(m.render(&extra).contains("globex"));
     }
 }

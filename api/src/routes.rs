@@ -21,6 +21,21 @@ use std::sync::Arc;
 /// Largest accepted request body.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_TENANT: &str = "default";
+/// The deployment operators' tenant: only its admins manage tenants, and only its
+/// `system:read` sees every tenant's metrics. Any other tenant sees its own (G6).
+pub const SYSTEM_TENANT: &str = DEFAULT_TENANT;
+
+/// Refuses tenant administration to callers outside the system tenant: a tenant's own
+/// admin may not list other tenants nor raise its own limits.
+fn require_system_tenant(p: &Principal) -> Result<(), ApiError> {
+    if p.tenant == SYSTEM_TENANT {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "tenant administration is for admins of the {SYSTEM_TENANT:?} tenant"
+        )))
+    }
+}
 
 /// Authentication of requests: `None` runs without it (dev and tests only; every caller
 /// acts as an admin of tenant `default`).
@@ -143,7 +158,7 @@ async fn readyz(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 }
 
 async fn metrics(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let _p = authorize(&req, &st, Permission::SystemRead).await?;
+    let p = authorize(&req, &st, Permission::SystemRead).await?;
     let counts = st.store.count_by_status().await?;
     let extra: Vec<aetheris_actors::metrics::ScrapeGauge> = counts
         .into_iter()
@@ -160,7 +175,10 @@ async fn metrics(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespon
         .collect();
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(st.metrics.render(&extra)))
+        .body(st.metrics.render_for(
+            &extra,
+            (p.tenant != SYSTEM_TENANT).then_some(p.tenant.as_str()),
+        )))
 }
 
 /// Reads the whole body, refusing more than `limit` bytes without buffering them.
@@ -766,6 +784,7 @@ async fn create_tenant(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &st, Permission::TenantAdmin).await?;
+    require_system_tenant(&p)?;
     let body = read_body(&req, payload, st.body_limit).await?;
     let t: NewTenant = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid tenant: {e}")))?;
@@ -787,7 +806,8 @@ async fn create_tenant(
 }
 
 async fn list_tenants(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &st, Permission::TenantAdmin).await?;
+    let p = authorize(&req, &st, Permission::TenantAdmin).await?;
+    require_system_tenant(&p)?;
     Ok(HttpResponse::Ok().json(json!({"tenants": st.store.list_tenants().await?})))
 }
 
@@ -798,6 +818,7 @@ async fn set_tenant_limits(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &st, Permission::TenantAdmin).await?;
+    require_system_tenant(&p)?;
     let id = path.into_inner();
     let body = read_body(&req, payload, st.body_limit).await?;
     let limits: aetheris_actors::ratelimit::TenantLimits = serde_json::from_slice(&body)

@@ -31,8 +31,8 @@ fn auth_cfg() -> Option<AuthConfig> {
 }
 
 fn worker() -> WorkerConfig {
-    // acme may admit 6 jobs at once, so the 7th submission gets 429.
-    let limits = json!({"tenants": {"acme": {"admissions_per_s": 0.01, "admission_burst": 6}}});
+    // the tenant may admit 6 jobs at once, so the 7th submission gets 429.
+    let limits = json!({"tenants": {"default": {"admissions_per_s": 0.01, "admission_burst": 6}}});
     WorkerConfig {
         rate_limits: RateLimiters::new(LimitsConfig::parse(&limits.to_string()).unwrap()),
         ..WorkerConfig::default()
@@ -57,7 +57,7 @@ async fn send(
 
 fn audit_trail(node: TestNode) {
     rt().block_on(async {
-        for t in ["acme", "other"] {
+        for t in ["default", "other"] {
             node.store
                 .create_tenant(t, t, json!({}), None)
                 .await
@@ -65,9 +65,9 @@ fn audit_trail(node: TestNode) {
         }
         let c = reqwest::Client::new();
         let u = node.url.clone();
-        let admin = token("alice", "acme", Role::Admin);
-        let auditor = token("audrey", "acme", Role::Auditor);
-        let viewer = token("victor", "acme", Role::Viewer);
+        let admin = token("alice", "default", Role::Admin);
+        let auditor = token("audrey", "default", Role::Auditor);
+        let viewer = token("victor", "default", Role::Viewer);
         let foreign_auditor = token("oscar", "other", Role::Auditor);
         use reqwest::Method as M;
         let job = json!({"idempotency_key": "k1", "plan": {"steps": [
@@ -204,7 +204,7 @@ fn audit_trail(node: TestNode) {
         let got: Vec<(String, String, String, String)> = entries
             .iter()
             .map(|e| {
-                assert_eq!(e["tenant"], "acme");
+                assert_eq!(e["tenant"], "default");
                 assert!(e["at_ms"].as_i64().unwrap() > 0);
                 let f = |k: &str| e[k].as_str().unwrap().to_string();
                 (f("actor"), f("action"), f("target"), f("result"))

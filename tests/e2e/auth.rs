@@ -28,7 +28,7 @@ fn node() -> TestNode {
     let node = TestNode::start_with_auth(|_| {}, WorkerConfig::default(), Some(cfg));
     rt().block_on(async {
         let names = (0..12).map(|i| format!("tenant-{i}"));
-        for t in names.chain(["rbac".to_string(), "t".to_string()]) {
+        for t in names.chain(["default", "rbac", "t"].map(String::from)) {
             node.store
                 .create_tenant(&t, &t, json!({}), None)
                 .await
@@ -204,7 +204,7 @@ fn every_role_gets_the_documented_answer_on_every_route() {
     rt().block_on(async {
         let c = reqwest::Client::new();
         let u = &node.url;
-        let admin = token("rbac", &[Role::Admin]);
+        let admin = token("default", &[Role::Admin]);
         let (_, j, _) = call(
             &c,
             "POST",
@@ -268,7 +268,7 @@ fn every_role_gets_the_documented_answer_on_every_route() {
             ),
         ];
         for role in Role::ALL {
-            let tok = token("rbac", &[role]);
+            let tok = token("default", &[role]);
             for (m, url, body, perm) in &routes {
                 let (s, p, _) = call(&c, m, url, Some(&tok), body.clone()).await;
                 let allowed = auth::permissions(role).contains(perm);
@@ -289,7 +289,28 @@ fn tenant_admin_creates_tenants_and_limits_apply_without_restart() {
     rt().block_on(async {
         let c = reqwest::Client::new();
         let u = &node.url;
-        let admin = token("rbac", &[Role::Admin]);
+        let admin = token("default", &[Role::Admin]);
+        // Only the system tenant's admins manage tenants; another tenant's admin may not
+        // list them (G6) nor raise its own limits.
+        let rbac_admin = token("rbac", &[Role::Admin]);
+        let (s, p, _) = call(
+            &c,
+            "GET",
+            &format!("{u}/v1/tenants"),
+            Some(&rbac_admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, 403, "{p}");
+        let (s, _, _) = call(
+            &c,
+            "POST",
+            &format!("{u}/v1/tenants"),
+            Some(&rbac_admin),
+            Some(json!({"id": "x3"})),
+        )
+        .await;
+        assert_eq!(s, 403);
         let (s, t, _) = call(
             &c,
             "POST",
@@ -321,7 +342,7 @@ fn tenant_admin_creates_tenants_and_limits_apply_without_restart() {
             &c,
             "POST",
             &format!("{u}/v1/tenants"),
-            Some(&token("rbac", &[Role::Operator])),
+            Some(&token("default", &[Role::Operator])),
             Some(json!({"id": "x2"})),
         )
         .await;
@@ -387,5 +408,50 @@ fn tenant_admin_creates_tenants_and_limits_apply_without_restart() {
             .unwrap()
             .iter()
             .any(|t| t["id"] == "acme" && t["limits"]["admissions_per_s"] == 0.1));
+    });
+}
+
+#[test]
+fn metrics_show_a_tenant_only_its_own_series() {
+    let node = node();
+    rt().block_on(async {
+        let c = reqwest::Client::new();
+        let u = &node.url;
+        for t in ["tenant-1", "tenant-2"] {
+            let (s, _, _) = call(
+                &c,
+                "POST",
+                &format!("{u}/v1/jobs"),
+                Some(&token(t, &[Role::Admin])),
+                Some(job_body()),
+            )
+            .await;
+            assert_eq!(s, 201);
+        }
+        let scrape = |t: &'static str| {
+            let c = c.clone();
+            let url = format!("{u}/metrics");
+            async move {
+                c.get(url)
+                    .bearer_auth(token(t, &[Role::Admin]))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap()
+            }
+        };
+        let one = scrape("tenant-1").await;
+        assert!(one.contains("tenant=\"tenant-1\""), "{one}");
+        assert!(
+            !one.contains("tenant-2"),
+            "another tenant's series leak: {one}"
+        );
+        let ops = scrape("default").await;
+        assert!(
+            ops.contains("tenant-1") && ops.contains("tenant-2"),
+            "{ops}"
+        );
     });
 }
