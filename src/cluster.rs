@@ -8,6 +8,7 @@ use aetheris_actors::{start_worker, Drain, Metrics, Shared, ToolRegistry, Worker
 use aetheris_api::{start_node, NodeConfig};
 use aetheris_store::{DynStore, PgStore};
 use clap::Args;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,34 +116,88 @@ pub fn migrate(db: DbArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// Reads an HS256 secret file into an auth configuration (checked at start).
-pub fn load_auth(
-    secret_file: Option<&std::path::Path>,
-) -> Result<Option<aetheris_api::auth::AuthConfig>, String> {
-    let Some(p) = secret_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
-    let secret = aetheris_api::auth::decode_hs256_secret(text.trim())
-        .map_err(|e| format!("{}: {e}", p.display()))?;
-    let cfg = aetheris_api::auth::AuthConfig {
-        hs256_secrets: vec![secret],
-        ..Default::default()
-    };
-    cfg.validate()
-        .map_err(|e| format!("{}: {e}", p.display()))?;
-    Ok(Some(cfg))
+/// How `aetheris server` verifies bearer tokens (docs/auth.md): any number of HS256
+/// secrets and Ed25519 public keys, each from a file, plus an optional audience. At least
+/// one key is required unless `--insecure-no-auth` says otherwise.
+#[derive(Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// Verify HS256 tokens with the secret in this file (`hex:…`/`base64:…`, ≥ 32 bytes).
+    /// Repeat for key rotation.
+    #[arg(long, env = "AETHERIS_AUTH_HS256_SECRET_FILE", value_delimiter = ',')]
+    pub auth_hs256_secret_file: Vec<PathBuf>,
+    /// Verify EdDSA tokens with the Ed25519 public key in this file (32 bytes,
+    /// `hex:…`/`base64:…`; `aetheris token keygen` writes one). Repeat for rotation.
+    #[arg(
+        long,
+        env = "AETHERIS_AUTH_ED25519_PUBLIC_KEY_FILE",
+        value_delimiter = ','
+    )]
+    pub auth_ed25519_public_key_file: Vec<PathBuf>,
+    /// Require this `aud` in every token.
+    #[arg(long, env = "AETHERIS_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// Run without authentication (refused otherwise when no key is configured).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+fn read_key_file(p: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(p)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| format!("reading {}: {e}", p.display()))
+}
+
+impl AuthArgs {
+    /// The checked configuration, `None` with `--insecure-no-auth`; an error names the bad
+    /// file, or says how to configure auth when nothing is given.
+    pub fn load(&self) -> Result<Option<aetheris_api::auth::AuthConfig>, String> {
+        use aetheris_api::auth;
+        let no_keys =
+            self.auth_hs256_secret_file.is_empty() && self.auth_ed25519_public_key_file.is_empty();
+        if self.insecure_no_auth {
+            if !no_keys {
+                return Err("--insecure-no-auth contradicts the auth key files given".into());
+            }
+            return Ok(None);
+        }
+        if no_keys {
+            return Err(
+                "no authentication configured: pass --auth-hs256-secret-file FILE or \
+                        --auth-ed25519-public-key-file FILE (see docs/auth.md), or \
+                        --insecure-no-auth"
+                    .into(),
+            );
+        }
+        let mut cfg = auth::AuthConfig {
+            audience: self.auth_audience.clone(),
+            ..Default::default()
+        };
+        for p in &self.auth_hs256_secret_file {
+            cfg.hs256_secrets.push(
+                auth::decode_hs256_secret(&read_key_file(p)?)
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+            );
+        }
+        for p in &self.auth_ed25519_public_key_file {
+            cfg.ed25519_public_keys.push(
+                auth::decode_ed25519_public_key(&read_key_file(p)?)
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+            );
+        }
+        cfg.validate()?;
+        Ok(Some(cfg))
+    }
 }
 
 pub fn server(
     db: DbArgs,
     bind: String,
     limits: Option<std::path::PathBuf>,
-    auth_secret: Option<std::path::PathBuf>,
+    auth: AuthArgs,
 ) -> Result<ExitCode, String> {
+    let auth = auth.load()?;
     crate::dev::init_logging();
     let rate_limits = load_limits(limits.as_deref())?;
-    let auth = load_auth(auth_secret.as_deref())?;
     actix_rt::System::new().block_on(async move {
         let store = connect(&db).await?;
         let tools = ToolRegistry::with_builtins();

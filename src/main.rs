@@ -38,12 +38,8 @@ enum Command {
         /// Per-tenant rate limits (JSON file; see docs/limits.md).
         #[arg(long, env = "AETHERIS_LIMITS")]
         limits: Option<PathBuf>,
-        /// Verify bearer tokens with this HS256 secret (`hex:…`/`base64:…`; docs/auth.md).
-        #[arg(long, env = "AETHERIS_AUTH_HS256_SECRET_FILE")]
-        auth_hs256_secret_file: Option<PathBuf>,
-        /// Run without authentication (refused otherwise when no key is configured).
-        #[arg(long)]
-        insecure_no_auth: bool,
+        #[command(flatten)]
+        auth: cluster::AuthArgs,
     },
     /// Issue tokens for clients (docs/auth.md).
     Token {
@@ -84,8 +80,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Sign a token: `aetheris token issue --secret-file F --tenant T --role admin --ttl 1h`.
+    /// Sign a token: `aetheris token issue --secret-file F --tenant T --role admin --ttl 1h`
+    /// (or `--ed25519-signing-key-file F` for an EdDSA token).
     Issue(token::IssueArgs),
+    /// Make an Ed25519 key pair: `aetheris token keygen --out keys/issuer` writes
+    /// `issuer.key` (the signing key; keep it secret) and `issuer.pub` (for the server).
+    Keygen(token::KeygenArgs),
 }
 
 #[derive(Subcommand)]
@@ -186,18 +186,14 @@ fn main() -> ExitCode {
             db,
             bind,
             limits,
-            auth_hs256_secret_file,
-            insecure_no_auth,
-        } => {
-            if auth_hs256_secret_file.is_none() && !insecure_no_auth {
-                Err("no authentication configured: pass --auth-hs256-secret-file FILE (see docs/auth.md) or --insecure-no-auth".into())
-            } else {
-                cluster::server(db, bind, limits, auth_hs256_secret_file)
-            }
-        }
+            auth,
+        } => cluster::server(db, bind, limits, auth),
         Command::Token {
             command: TokenCommand::Issue(a),
         } => token::issue(a),
+        Command::Token {
+            command: TokenCommand::Keygen(a),
+        } => token::keygen(a),
         Command::Worker { db, worker } => cluster::worker(db, worker),
         Command::Migrate { db } => cluster::migrate(db),
         Command::Job {

@@ -1,5 +1,6 @@
-//! `aetheris token issue`: signs a JWT for a tenant and roles with a configured key, for
-//! clients of a server started with the matching verification key.
+//! `aetheris token issue`: signs a JWT for a tenant and roles with a configured key (an
+//! HS256 secret or an Ed25519 signing key), for clients of a server started with the
+//! matching verification key; `aetheris token keygen`: makes an Ed25519 key pair.
 
 use aetheris_api::auth::{self, Claims, Role};
 use clap::Args;
@@ -9,8 +10,17 @@ use std::process::ExitCode;
 #[derive(Args)]
 pub struct IssueArgs {
     /// File holding the HS256 secret (`hex:…` or `base64:…`, at least 32 bytes).
-    #[arg(long, env = "AETHERIS_AUTH_HS256_SECRET_FILE")]
-    pub secret_file: PathBuf,
+    #[arg(
+        long,
+        env = "AETHERIS_AUTH_HS256_SECRET_FILE",
+        required_unless_present = "ed25519_signing_key_file",
+        conflicts_with = "ed25519_signing_key_file"
+    )]
+    pub secret_file: Option<PathBuf>,
+    /// File holding an Ed25519 signing key (from `aetheris token keygen`): issues an EdDSA
+    /// token, verified by a server given the matching `.pub` file.
+    #[arg(long)]
+    pub ed25519_signing_key_file: Option<PathBuf>,
     #[arg(long)]
     pub tenant: String,
     /// Role(s): admin, operator, submitter, viewer, auditor.
@@ -24,11 +34,36 @@ pub struct IssueArgs {
     pub sub: String,
 }
 
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// Path prefix of the pair: writes `<out>.key` and `<out>.pub`; refuses to overwrite.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+fn read_key(p: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(p)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| format!("reading {}: {e}", p.display()))
+}
+
+enum SigningKey {
+    Hs256(Vec<u8>),
+    Ed25519([u8; 32]),
+}
+
 pub fn issue(a: IssueArgs) -> Result<ExitCode, String> {
-    let text = std::fs::read_to_string(&a.secret_file)
-        .map_err(|e| format!("reading {}: {e}", a.secret_file.display()))?;
-    let secret = auth::decode_hs256_secret(text.trim())
-        .map_err(|e| format!("{}: {e}", a.secret_file.display()))?;
+    let key = match (&a.secret_file, &a.ed25519_signing_key_file) {
+        (Some(p), None) => SigningKey::Hs256(
+            auth::decode_hs256_secret(&read_key(p)?)
+                .map_err(|e| format!("{}: {e}", p.display()))?,
+        ),
+        (None, Some(p)) => SigningKey::Ed25519(
+            auth::decode_ed25519_signing_key(&read_key(p)?)
+                .map_err(|e| format!("{}: {e}", p.display()))?,
+        ),
+        _ => return Err("give exactly one of --secret-file and --ed25519-signing-key-file".into()),
+    };
     let roles: Vec<Role> = a
         .roles
         .iter()
@@ -48,6 +83,53 @@ pub fn issue(a: IssueArgs) -> Result<ExitCode, String> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let claims = Claims::new(&a.sub, &a.tenant, &roles, now, ttl.duration.as_secs());
-    println!("{}", auth::issue_hs256(&secret, &claims));
+    let token = match key {
+        SigningKey::Hs256(secret) => auth::issue_hs256(&secret, &claims),
+        SigningKey::Ed25519(seed) => auth::issue_ed25519(seed, &claims),
+    };
+    println!("{token}");
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn keygen(a: KeygenArgs) -> Result<ExitCode, String> {
+    let with_ext = |ext: &str| {
+        let mut p = a.out.clone().into_os_string();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let (key_path, pub_path) = (with_ext(".key"), with_ext(".pub"));
+    for p in [&key_path, &pub_path] {
+        if p.exists() {
+            return Err(format!("{} exists; not overwriting a key", p.display()));
+        }
+    }
+    let seed = auth::generate_ed25519_signing_key();
+    let public = auth::ed25519_public_key(&seed);
+    write_private(&key_path, &format!("{}\n", auth::encode_key_base64(&seed)))?;
+    std::fs::write(&pub_path, format!("{}\n", auth::encode_key_base64(&public)))
+        .map_err(|e| format!("writing {}: {e}", pub_path.display()))?;
+    println!(
+        "signing key: {} (keep it secret)\npublic key:  {} (give it to the server: --auth-ed25519-public-key-file)\nkey id: {}",
+        key_path.display(),
+        pub_path.display(),
+        auth::key_id_ed25519(&public)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `p` readable by its owner only (a signing key), failing if it exists.
+fn write_private(p: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(p)
+        .map_err(|e| format!("creating {}: {e}", p.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", p.display()))
 }

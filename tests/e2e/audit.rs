@@ -213,7 +213,7 @@ fn audit_trail(node: TestNode) {
         let row = |a: &str, b: &str, t: &str, r: &str| {
             (a.to_string(), b.to_string(), t.to_string(), r.to_string())
         };
-        let mut want = vec![
+        let want = [
             row("alice", "job.submit", &id, "ok"),
             row("alice", "job.submit", &id, "existing"),
             row("alice", "job.signal", &format!("{id}/signals/go"), "ok"),

@@ -12,6 +12,7 @@ mod fencing;
 mod limits;
 mod pg_cluster;
 mod postgres;
+mod server_auth;
 mod supervision;
 mod support;
 mod waits;
