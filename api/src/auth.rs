@@ -463,6 +463,9 @@ pub struct Principal {
     pub tenant: String,
     /// Known roles from the token, deduplicated, in token order.
     pub roles: Vec<Role>,
+    /// The roles the deployment grants this user (its row in the users table), if it has
+    /// one: a permission needs both a token role and a granted role that include it.
+    pub granted: Option<Vec<Role>>,
 }
 
 impl Principal {
@@ -478,13 +481,13 @@ impl Principal {
             sub: claims.sub.clone(),
             tenant: claims.tenant.clone(),
             roles,
+            granted: None,
         }
     }
 
     pub fn can(&self, permission: Permission) -> bool {
-        self.roles
-            .iter()
-            .any(|r| permissions(*r).contains(&permission))
+        let grants = |roles: &[Role]| roles.iter().any(|r| permissions(*r).contains(&permission));
+        grants(&self.roles) && self.granted.as_deref().is_none_or(grants)
     }
 
     /// `Ok` if [`Principal::can`], else a 403 [`PermissionDenied`].
@@ -525,6 +528,8 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ),
     ("GET", "/v1/jobs/{id}/evidence", Permission::EvidenceExport),
     ("GET", "/v1/audit", Permission::AuditRead),
+    ("GET", "/v1/users", Permission::TenantAdmin),
+    ("PUT", "/v1/users/{id}", Permission::TenantAdmin),
     ("GET", "/v1/tenants", Permission::TenantAdmin),
     ("POST", "/v1/tenants", Permission::TenantAdmin),
     ("PUT", "/v1/tenants/{id}/limits", Permission::TenantAdmin),

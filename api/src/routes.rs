@@ -71,6 +71,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/tenants", web::post().to(create_tenant))
                 .route("/tenants/{id}/limits", web::put().to(set_tenant_limits))
                 .route("/audit", web::get().to(audit))
+                .route("/users", web::get().to(list_users))
+                .route("/users/{id}", web::put().to(put_user))
                 .route("/jobs/{id}/signals/{name}", web::post().to(signal))
                 .route("/jobs/{id}/steps/{step}/confirm", web::post().to(confirm)),
         )
@@ -90,6 +92,7 @@ async fn authorize(
             sub: "anonymous".into(),
             tenant: DEFAULT_TENANT.into(),
             roles: vec![crate::auth::Role::Admin],
+            granted: None,
         });
     };
     let now = std::time::SystemTime::now()
@@ -100,14 +103,31 @@ async fn authorize(
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    let p = crate::auth::authenticate(cfg, header, now)
+    let mut p = crate::auth::authenticate(cfg, header, now)
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    // A token for a tenant that does not exist is not a valid credential.
-    if st.store.get_tenant(&p.tenant).await?.is_none() {
+    // One read: the token's tenant must exist, and a user row (if any) narrows the
+    // token's permissions to those its roles grant, or refuses a disabled user (revocation without
+    // rotating keys).
+    let access = st.store.access(&p.tenant, &p.sub).await?;
+    if !access.tenant_exists {
         return Err(ApiError::Unauthorized(format!(
             "tenant {:?} does not exist",
             p.tenant
         )));
+    }
+    if let Some(user) = access.user {
+        if user.disabled {
+            return Err(ApiError::Unauthorized(format!(
+                "user {:?} of tenant {:?} is disabled",
+                p.sub, p.tenant
+            )));
+        }
+        p.granted = Some(
+            user.roles
+                .iter()
+                .filter_map(|r| crate::auth::Role::parse(r))
+                .collect(),
+        );
     }
     if let Err(e) = p.require(perm) {
         // The attempt is audited; failing to write the row must not turn a 403 into a 500,
@@ -838,6 +858,63 @@ async fn set_tenant_limits(
         })?;
     st.limits.set_tenant_limits(&id, limits);
     Ok(HttpResponse::Ok().json(t))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserRequest {
+    roles: Vec<String>,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// The caller's tenant's users (a tenant's admins manage their own tenant's users).
+async fn list_users(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::TenantAdmin).await?;
+    Ok(HttpResponse::Ok().json(json!({"users": st.store.list_users(&p.tenant).await?})))
+}
+
+/// Creates or replaces a user of the caller's tenant: the roles its tokens may use, and
+/// whether it is disabled. Takes effect on the next request (no token is reissued).
+async fn put_user(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let p = authorize(&req, &st, Permission::TenantAdmin).await?;
+    let id = path.into_inner();
+    let ok_id = !id.is_empty()
+        && id.len() <= 256
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.@+".contains(c));
+    if !ok_id {
+        return Err(ApiError::BadRequest(format!(
+            "user id {id:?} must be 1-256 characters of [A-Za-z0-9_.@+-]"
+        )));
+    }
+    let body = read_body(&req, payload, st.body_limit).await?;
+    let r: UserRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid user: {e}")))?;
+    for role in &r.roles {
+        crate::auth::Role::parse(role).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown role {role:?}: use admin, operator, submitter, viewer or auditor"
+            ))
+        })?;
+    }
+    let user = st
+        .store
+        .put_user(
+            &p.tenant,
+            &id,
+            r.roles,
+            r.disabled,
+            Some(&AuditEntry::ok(&p.tenant, &p.sub, "user.put", &id)),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(user))
 }
 
 #[derive(Deserialize)]

@@ -50,6 +50,7 @@ pub async fn run_all(store: DynStore) {
     commands_wake_waiting_jobs_and_are_fenced(store.clone()).await;
     audit_rows_commit_with_their_change(store.clone()).await;
     claims_respect_running_caps(store.clone()).await;
+    users_are_per_tenant_data(store.clone()).await;
     clock_and_size_are_sane(store).await;
 }
 
@@ -1812,4 +1813,72 @@ pub async fn claims_respect_running_caps(store: DynStore) {
     let rest = ok(store.claim("cap-w11", HOUR_MS, 100).await, "uncapped claim");
     assert_eq!((count(&rest, &a), count(&rest, &b)), (4, 3), "{rest:?}");
     park_claimable(&store).await;
+}
+
+/// Users as data (issue 5): a user row belongs to an existing tenant, is replaced by a
+/// second put (keeping its creation time), is listed and looked up only under its tenant,
+/// and its audit row commits with it (none for a rejected put).
+pub async fn users_are_per_tenant_data(store: DynStore) {
+    let t = fresh_tenant("users");
+    let other = fresh_tenant("users-other");
+    for x in [&t, &other] {
+        ok(store.create_tenant(x, x, json!({}), None).await, "tenant");
+    }
+    let who = |target: &str| AuditEntry::ok(&t, "root", "user.put", target);
+    let u = ok(
+        store
+            .put_user(
+                &t,
+                "alice",
+                vec!["viewer".into()],
+                false,
+                Some(&who("alice")),
+            )
+            .await,
+        "put user",
+    );
+    assert_eq!((u.tenant.as_str(), u.id.as_str()), (t.as_str(), "alice"));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let u2 = ok(
+        store
+            .put_user(
+                &t,
+                "alice",
+                vec!["operator".into()],
+                true,
+                Some(&who("alice")),
+            )
+            .await,
+        "replace user",
+    );
+    assert_eq!(u2.created_at_ms, u.created_at_ms, "creation time kept");
+    assert!(u2.updated_at_ms >= u.updated_at_ms);
+    assert_eq!(
+        (u2.roles.clone(), u2.disabled),
+        (vec!["operator".to_string()], true)
+    );
+    let ghost = fresh_tenant("users-ghost");
+    err(
+        store
+            .put_user(
+                &ghost,
+                "bob",
+                vec![],
+                false,
+                Some(&AuditEntry::ok(&ghost, "root", "user.put", "bob")),
+            )
+            .await,
+        "user of an unknown tenant",
+    );
+    assert!(audit_rows(&store, Scope::Tenant(&ghost)).await.is_empty());
+    assert_eq!(audit_rows(&store, Scope::Tenant(&t)).await.len(), 2);
+    assert_eq!(ok(store.list_users(&t).await, "list"), vec![u2.clone()]);
+    assert!(ok(store.list_users(&other).await, "list other").is_empty());
+    let a = ok(store.access(&t, "alice").await, "access");
+    assert!(a.tenant_exists);
+    assert_eq!(a.user, Some(u2));
+    let a = ok(store.access(&other, "alice").await, "access other");
+    assert!(a.tenant_exists && a.user.is_none(), "users are per tenant");
+    let a = ok(store.access(&ghost, "alice").await, "access ghost");
+    assert!(!a.tenant_exists && a.user.is_none());
 }

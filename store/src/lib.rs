@@ -19,6 +19,7 @@ pub mod pg_commands;
 pub mod pg_store;
 pub mod pg_tenants;
 pub mod pg_test;
+pub mod pg_users;
 pub mod redb_store;
 
 use aetheris_runtime::{
@@ -194,6 +195,28 @@ pub struct Tenant {
     pub created_at_ms: i64,
 }
 
+/// A user of a tenant as data: the token `sub` it matches, the roles it may hold, and
+/// whether it is disabled. A token for a user with a row acts with the roles it carries
+/// that the row also grants, and not at all while the row is disabled; a token for a
+/// user without a row acts with its own roles (the issuer vouches for them).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct User {
+    pub tenant: String,
+    pub id: String,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// What a request's credentials meet in the store: whether the token's tenant exists and
+/// the user row of its `sub`, if any. Read in one round trip per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Access {
+    pub tenant_exists: bool,
+    pub user: Option<User>,
+}
+
 /// One row of the access audit log, as the caller describes it: who (`actor`, the token's
 /// `sub`) did what (`action`, e.g. `job.cancel`) to which `target` in which `tenant`, and
 /// the `result` (`ok`, `existing` for an idempotent repeat, `denied` for a refused
@@ -366,6 +389,21 @@ pub trait Store: Send + Sync + 'static {
         limits: serde_json::Value,
         audit: Option<&AuditEntry>,
     ) -> Result<Tenant>;
+
+    /// Creates or replaces the user `id` of `tenant` (keeping its creation time), with
+    /// `audit` in the same transaction. `Rejected` if the tenant does not exist.
+    async fn put_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        roles: Vec<String>,
+        disabled: bool,
+        audit: Option<&AuditEntry>,
+    ) -> Result<User>;
+    /// The tenant's users, by id.
+    async fn list_users(&self, tenant: &str) -> Result<Vec<User>>;
+    /// The tenant and user a request's token names (see `Access`).
+    async fn access(&self, tenant: &str, user: &str) -> Result<Access>;
 
     /// Writes an audit row on its own (an attempt that changed nothing, e.g. `denied`).
     async fn record_audit(&self, entry: &AuditEntry) -> Result<AuditRecord>;

@@ -48,6 +48,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_audit.sql",
         sql: include_str!("../../migrations/0005_audit.sql"),
     },
+    Migration {
+        name: "0006_users.sql",
+        sql: include_str!("../../migrations/0006_users.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

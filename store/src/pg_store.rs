@@ -1305,6 +1305,25 @@ impl Store for PgStore {
         crate::pg_tenants::set_limits(self.pool(), id, limits, audit).await
     }
 
+    async fn put_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        roles: Vec<String>,
+        disabled: bool,
+        audit: Option<&AuditEntry>,
+    ) -> Result<crate::User> {
+        crate::pg_users::put(self.pool(), tenant, id, roles, disabled, audit).await
+    }
+
+    async fn list_users(&self, tenant: &str) -> Result<Vec<crate::User>> {
+        crate::pg_users::list(self.pool(), tenant).await
+    }
+
+    async fn access(&self, tenant: &str, user: &str) -> Result<crate::Access> {
+        crate::pg_users::access(self.pool(), tenant, user).await
+    }
+
     async fn record_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
         crate::pg_audit::record(self.pool(), entry).await
     }

@@ -9,9 +9,9 @@
 //! within the process).
 
 use crate::{
-    backend, Append, AuditEntry, AuditFilter, AuditRecord, CommandBody, JobSummary, Lease,
+    backend, Access, Append, AuditEntry, AuditFilter, AuditRecord, CommandBody, JobSummary, Lease,
     LedgerEntry, ListFilter, NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
-    StoredCommand, Tenant,
+    StoredCommand, Tenant, User,
 };
 use aetheris_proof::event_hash;
 use aetheris_runtime::codec::{decode_versioned, encode_versioned};
@@ -44,6 +44,8 @@ const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 /// The access audit log: tenant ‖ 0x00 ‖ id (8, BE) → JSON of `AuditRecord`, so a
 /// tenant's rows are one range in id order (tenant ids never contain 0x00).
 const AUDIT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("access_audit_log");
+/// Users: tenant ‖ 0x00 ‖ id → JSON of `User` (a tenant's users are one range).
+const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
 /// Counters: "command_seq", "audit_seq" → u64 (BE).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -207,6 +209,11 @@ enum WriteOp {
         entry: AuditEntry,
         reply: oneshot::Sender<Result<AuditRecord>>,
     },
+    PutUser {
+        user: User,
+        audit: Option<AuditEntry>,
+        reply: oneshot::Sender<Result<User>>,
+    },
 }
 
 /// A reply that is sent only after the batch's commit succeeded.
@@ -262,6 +269,7 @@ impl RedbStore {
                 TIMERS,
                 DUE,
                 AUDIT,
+                USERS,
             ] {
                 tx.open_table(t).map_err(backend)?;
             }
@@ -507,15 +515,92 @@ fn execute(
             defer(reply, r)
         }
         WriteOp::RecordAudit { entry, reply } => defer(reply, Ok(audit_in(tx, entry, now)?)),
+        WriteOp::PutUser { user, audit, reply } => {
+            let r = audited(tx, audit, now, || put_user_in(tx, user, now), |_, _| {})?;
+            defer(reply, r)
+        }
     })
 }
 
-fn audit_key(tenant: &str, id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(tenant.len() + 9);
+/// tenant ‖ 0x00 ‖ rest: the key shape of per-tenant tables (tenant ids never hold 0x00).
+fn tenant_key(tenant: &str, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 1 + rest.len());
     k.extend_from_slice(tenant.as_bytes());
     k.push(0);
-    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(rest);
     k
+}
+
+fn audit_key(tenant: &str, id: u64) -> Vec<u8> {
+    tenant_key(tenant, &id.to_be_bytes())
+}
+
+fn put_user_in(tx: &WriteTransaction, mut user: User, now: i64) -> Result<User> {
+    let exists = tx
+        .open_table(TENANTS)
+        .map_err(backend)?
+        .get(user.tenant.as_str())
+        .map_err(backend)?
+        .is_some();
+    if !exists {
+        return Err(StoreError::Rejected(format!(
+            "tenant {:?} does not exist",
+            user.tenant
+        )));
+    }
+    let key = tenant_key(&user.tenant, user.id.as_bytes());
+    let mut t = tx.open_table(USERS).map_err(backend)?;
+    let old: Option<User> = t
+        .get(key.as_slice())
+        .map_err(backend)?
+        .map(|g| parse_user(g.value()))
+        .transpose()?;
+    user.created_at_ms = old.map_or(now, |o| o.created_at_ms);
+    user.updated_at_ms = now;
+    let json = serde_json::to_vec(&user).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    t.insert(key.as_slice(), json.as_slice()).map_err(backend)?;
+    Ok(user)
+}
+
+fn parse_user(v: &[u8]) -> Result<User> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(format!("user row: {e}")))
+}
+
+fn read_users(db: &Database, tenant: &str) -> Result<Vec<User>> {
+    let tx = db.begin_read().map_err(backend)?;
+    let t = tx.open_table(USERS).map_err(backend)?;
+    let lo = tenant_key(tenant, b"");
+    let mut hi = tenant.as_bytes().to_vec();
+    hi.push(1);
+    let mut out = Vec::new();
+    for item in t
+        .range::<&[u8]>(lo.as_slice()..hi.as_slice())
+        .map_err(backend)?
+    {
+        out.push(parse_user(item.map_err(backend)?.1.value())?);
+    }
+    Ok(out)
+}
+
+fn read_access(db: &Database, tenant: &str, user: &str) -> Result<Access> {
+    let tx = db.begin_read().map_err(backend)?;
+    let tenant_exists = tx
+        .open_table(TENANTS)
+        .map_err(backend)?
+        .get(tenant)
+        .map_err(backend)?
+        .is_some();
+    let user = tx
+        .open_table(USERS)
+        .map_err(backend)?
+        .get(tenant_key(tenant, user.as_bytes()).as_slice())
+        .map_err(backend)?
+        .map(|g| parse_user(g.value()))
+        .transpose()?;
+    Ok(Access {
+        tenant_exists,
+        user,
+    })
 }
 
 /// Bumps and returns the counter `name` in META.
@@ -1496,6 +1581,37 @@ impl Store for RedbStore {
             reply,
         })
         .await
+    }
+
+    async fn put_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        roles: Vec<String>,
+        disabled: bool,
+        audit: Option<&AuditEntry>,
+    ) -> Result<User> {
+        let user = User {
+            tenant: tenant.to_string(),
+            id: id.to_string(),
+            roles,
+            disabled,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let audit = audit.cloned();
+        self.send(|reply| WriteOp::PutUser { user, audit, reply })
+            .await
+    }
+
+    async fn list_users(&self, tenant: &str) -> Result<Vec<User>> {
+        let tenant = tenant.to_string();
+        self.read(move |db| read_users(db, &tenant)).await
+    }
+
+    async fn access(&self, tenant: &str, user: &str) -> Result<Access> {
+        let (tenant, user) = (tenant.to_string(), user.to_string());
+        self.read(move |db| read_access(db, &tenant, &user)).await
     }
 
     async fn record_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {

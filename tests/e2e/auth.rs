@@ -256,6 +256,12 @@ fn every_role_gets_the_documented_answer_on_every_route() {
             ("GET", format!("{u}/v1/audit"), None, Permission::AuditRead),
             (
                 "GET",
+                format!("{u}/v1/users"),
+                None,
+                Permission::TenantAdmin,
+            ),
+            (
+                "GET",
                 format!("{u}/v1/tenants"),
                 None,
                 Permission::TenantAdmin,
@@ -453,5 +459,110 @@ fn metrics_show_a_tenant_only_its_own_series() {
             ops.contains("tenant-1") && ops.contains("tenant-2"),
             "{ops}"
         );
+    });
+}
+
+#[test]
+fn user_rows_narrow_roles_and_disable_users() {
+    let node = node();
+    rt().block_on(async {
+        let c = reqwest::Client::new();
+        let u = &node.url;
+        let tok = |sub: &str, tenant: &str, roles: &[Role]| {
+            auth::issue_hs256(&SECRET, &Claims::new(sub, tenant, roles, now(), 3600))
+        };
+        let boss = tok("boss", "rbac", &[Role::Admin]);
+        let alice = tok("alice", "rbac", &[Role::Admin]);
+        let put = |who: String, id: &'static str, body: Value| {
+            let c = c.clone();
+            let url = format!("{u}/v1/users/{id}");
+            async move {
+                let r = c
+                    .put(url)
+                    .bearer_auth(who)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    r.status().as_u16(),
+                    r.json::<Value>().await.unwrap_or(Value::Null),
+                )
+            }
+        };
+        let jobs = format!("{u}/v1/jobs");
+        // Without a row, alice's token acts with its own roles.
+        let (s, _, _) = call(&c, "POST", &jobs, Some(&alice), Some(job_body())).await;
+        assert_eq!(s, 201);
+        let (s, p) = put(boss.clone(), "alice", json!({"roles": ["viewer"]})).await;
+        assert_eq!(s, 200, "{p}");
+        let (s, _, _) = call(&c, "GET", &jobs, Some(&alice), None).await;
+        assert_eq!(s, 200, "viewer may read");
+        let (s, _, _) = call(&c, "POST", &jobs, Some(&alice), Some(job_body())).await;
+        assert_eq!(s, 403, "the row narrows the token's admin role to viewer");
+        let (s, p) = put(
+            boss.clone(),
+            "alice",
+            json!({"roles": ["admin"], "disabled": true}),
+        )
+        .await;
+        assert_eq!(s, 200, "{p}");
+        let (s, p, _) = call(&c, "GET", &jobs, Some(&alice), None).await;
+        assert_eq!(s, 401, "a disabled user is refused: {p}");
+        assert!(p.to_string().contains("disabled"), "{p}");
+        let (s, _) = put(boss.clone(), "alice", json!({"roles": ["admin"]})).await;
+        assert_eq!(s, 200);
+        let (s, _, _) = call(&c, "POST", &jobs, Some(&alice), Some(job_body())).await;
+        assert_eq!(s, 201, "re-enabled");
+        // Bad input changes nothing.
+        let (s, _) = put(boss.clone(), "alice", json!({"roles": ["root"]})).await;
+        assert_eq!(s, 400);
+        let (s, _) = put(boss.clone(), "bad id!", json!({"roles": []})).await;
+        assert!(s == 400 || s == 404, "{s}");
+        let (s, _) = put(
+            tok("v", "rbac", &[Role::Viewer]),
+            "alice",
+            json!({"roles": []}),
+        )
+        .await;
+        assert_eq!(s, 403);
+        let (s, list, _) = call(&c, "GET", &format!("{u}/v1/users"), Some(&boss), None).await;
+        assert_eq!(s, 200);
+        assert_eq!(list["users"].as_array().unwrap().len(), 1, "{list}");
+        assert_eq!(list["users"][0]["roles"], json!(["admin"]));
+        // Users are per tenant: another tenant's admin sees none, and its own `alice` is
+        // another user.
+        let other_admin = tok("root", "tenant-3", &[Role::Admin]);
+        let (_, theirs, _) = call(
+            &c,
+            "GET",
+            &format!("{u}/v1/users"),
+            Some(&other_admin),
+            None,
+        )
+        .await;
+        assert_eq!(theirs["users"], json!([]));
+        let (s, _, _) = call(
+            &c,
+            "GET",
+            &jobs,
+            Some(&tok("alice", "tenant-3", &[Role::Viewer])),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "rbac's row for alice does not apply in tenant-3");
+        let rows = node
+            .store
+            .list_audit(
+                aetheris_store::Scope::Tenant("rbac"),
+                aetheris_store::AuditFilter {
+                    after_id: 0,
+                    limit: 100,
+                    action: Some("user.put".into()),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3, "three accepted puts: {rows:?}");
     });
 }
