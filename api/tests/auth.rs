@@ -83,7 +83,8 @@ fn valid_hs256_token_verifies() {
         Principal {
             sub: "alice".into(),
             tenant: "acme".into(),
-            roles: vec![Role::Operator]
+            roles: vec![Role::Operator],
+            granted: None,
         }
     );
     assert!(p.can(Permission::JobCreate));
@@ -813,6 +814,7 @@ fn every_role_and_permission_matches_the_spec() {
             sub: "s".into(),
             tenant: "t".into(),
             roles: vec![role],
+            granted: None,
         };
         for perm in Permission::ALL {
             let expected = granted.contains(&perm.as_str());
@@ -837,8 +839,19 @@ fn every_role_and_permission_matches_the_spec() {
         sub: "s".into(),
         tenant: "t".into(),
         roles: vec![Role::Viewer, Role::Auditor],
+        granted: None,
     };
     assert!(p.can(Permission::AuditRead) && !p.can(Permission::JobCreate));
+    // A user row's roles cap the token's: admin ∩ viewer = viewer.
+    let capped = Principal {
+        sub: "s".into(),
+        tenant: "t".into(),
+        roles: vec![Role::Admin],
+        granted: Some(vec![Role::Viewer]),
+    };
+    for perm in Permission::ALL {
+        assert_eq!(capped.can(perm), perm == Permission::JobRead, "{perm:?}");
+    }
 }
 
 #[test]
