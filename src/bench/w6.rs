@@ -262,7 +262,9 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
     }
     b_waits.sort_by(|a, b| a.total_cmp(b));
     let mut a_spans = Vec::new();
-    for id in a_ids.borrow().iter() {
+    // The submitters are done: the sample is final, and no borrow is held across awaits.
+    let a_sampled = a_ids.take();
+    for id in &a_sampled {
         a_spans.push(submitted_and_started(&store, *id).await?);
     }
     let mut a_waits: Vec<f64> = a_spans.iter().map(|(s, t)| (t - s) as f64).collect();
