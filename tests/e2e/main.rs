@@ -13,4 +13,5 @@ mod pg_cluster;
 mod postgres;
 mod supervision;
 mod support;
+mod tenant_cli;
 mod waits;
