@@ -14,6 +14,10 @@
 //!   outrun the worker); B's trickle starts once a quarter of A's jobs are stored and runs
 //!   while A's backlog drains. The run ends when every job of both tenants has finished.
 //!
+//! On PostgreSQL both tenants submit through a pool of their own (as a separate gateway
+//! process would), so A's submitters do not queue in front of the worker's claims and
+//! reads; on the embedded store everything shares the one store, as in `aetheris dev`.
+//!
 //! Fairness comes from the store's claim, which round-robins across tenants with runnable
 //! work; the worker is the one `aetheris dev`/`aetheris worker` run (`start_worker`,
 //! `--w6-max-jobs` leases at once, default 256 as theirs). Reported per phase (medians over
@@ -115,7 +119,15 @@ async fn submit(store: &DynStore, tenant: &str, plan: &Plan) -> Result<JobId, St
 type Finished = Rc<RefCell<HashMap<JobId, (JobStatus, Instant)>>>;
 
 async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<Phase, String> {
+    // On PostgreSQL the tenants submit through a pool of their own, as a gateway in its
+    // own process would, so A's 64 submitters do not queue in front of the worker's
+    // claims and reads; the embedded store is one process's file, shared as in `dev`.
+    let gateway = match &opener {
+        Opener::Pg { .. } => Some(opener.clone().open().await?),
+        Opener::Redb(_) => None,
+    };
     let store = opener.open().await?;
+    let gateway = gateway.unwrap_or_else(|| store.clone());
     let a_jobs = if flood { cfg.a_jobs } else { 0 };
     let total = a_jobs + cfg.b_jobs + 1; // + B's warm-up job
                                          // Room for every completion, so the feed can never lag and lose one.
@@ -147,7 +159,7 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
 
     // One unmeasured job of B first, so neither phase counts the worker's first claim,
     // actor start and tool spawn against B.
-    let warm_up = submit(&store, &cfg.trickle_tenant, &plan).await?;
+    let warm_up = submit(&gateway, &cfg.trickle_tenant, &plan).await?;
     let warm_deadline = Instant::now() + Duration::from_secs(60);
     while !finished.borrow().contains_key(&warm_up) {
         if Instant::now() > warm_deadline {
@@ -165,7 +177,7 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
     let every = (a_jobs / A_SAMPLE).max(1);
     let mut submitters = Vec::new();
     for _ in 0..FLOOD_SUBMITTERS.min(a_jobs) {
-        let (store, plan, tenant) = (store.clone(), plan.clone(), cfg.flood_tenant.clone());
+        let (store, plan, tenant) = (gateway.clone(), plan.clone(), cfg.flood_tenant.clone());
         let (reserved, stored, a_ids) = (reserved.clone(), stored.clone(), a_ids.clone());
         submitters.push(actix_rt::spawn(async move {
             loop {
@@ -197,7 +209,7 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
     for i in 0..cfg.b_jobs {
         // A fixed schedule: a late submission does not push the later ones back.
         tokio::time::sleep_until(b_start + cfg.interval * i as u32).await;
-        b_ids.push(submit(&store, &cfg.trickle_tenant, &plan).await?);
+        b_ids.push(submit(&gateway, &cfg.trickle_tenant, &plan).await?);
         progress(&format!(
             "{label}: B submitted {}/{}, A stored {}/{a_jobs}, finished {}…",
             i + 1,
