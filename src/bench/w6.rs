@@ -129,8 +129,9 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
     let store = opener.open().await?;
     let gateway = gateway.unwrap_or_else(|| store.clone());
     let a_jobs = if flood { cfg.a_jobs } else { 0 };
-    let total = a_jobs + cfg.b_jobs + 1; // + B's warm-up job
-                                         // Room for every completion, so the feed can never lag and lose one.
+    // Every job, B's warm-up included; the completion feed has room for all of them, so
+    // it can never lag and lose one.
+    let total = a_jobs + cfg.b_jobs + 1;
     let (finished_tx, mut finished_rx) = tokio::sync::broadcast::channel(total + 1024);
     let metrics = Arc::new(Metrics::default());
     let mut tools = ToolRegistry::with_builtins();
@@ -195,8 +196,9 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
         }));
     }
 
-    // B's trickle starts once a quarter of A's jobs are stored: far more than the worker
-    // holds (`max_jobs`), so B meets a real backlog from its first job.
+    // B's trickle starts once a quarter of A's jobs are stored (with the defaults far more
+    // than the worker holds), so B meets a backlog from its first job; the backlog each
+    // of B's jobs met is reported, so a setup where A drains too fast shows.
     while stored.get() < a_jobs / 4 {
         if t0.elapsed() > Duration::from_secs(600) {
             return Err("W6: A's flood did not get stored in 10 minutes".into());
