@@ -8,6 +8,11 @@
 //! - W3 (`w3.rs`): crash-to-resume and drain handoff with real worker processes;
 //! - W4: reload of a 10,000-event job with and without a snapshot, and the latency of one
 //!   fenced append at event 10,000 vs event 10;
+//! - W5 (`bench_w5.rs`, on request): jobs parked on a signal — memory, idle CPU,
+//!   signal→next step, timer lateness;
+//! - W6 (`w6.rs`, on request: `--workloads w6`): tenant flood — tenant B's p99 queue wait
+//!   (submission to first step, store clock) while tenant A floods 1000× as many jobs, vs
+//!   B alone; target ≤ 2×, reported, never asserted;
 //! - W7: bytes per event (embedded: file size / events; PostgreSQL: the `events` table
 //!   with its indexes and TOAST, see `pg.rs`) and the average payload;
 //! - on PostgreSQL, `pgbench` single-row insert commits/s with 1 and 32 clients on the
@@ -25,6 +30,7 @@
 
 mod pg;
 mod w3;
+mod w6;
 
 use aetheris_actors::job::load_state;
 use aetheris_actors::{
@@ -61,7 +67,7 @@ pub struct BenchArgs {
     /// Jobs parked on a signal in W5 (run with `--workloads w5`).
     #[arg(long, default_value_t = 10_000)]
     pub parked: usize,
-    /// Only these workloads (w1, w3, w4, w7).
+    /// Only these workloads (w1, w3, w4, w5, w6, w7; w5 and w6 run only when named).
     #[arg(long, value_delimiter = ',', default_value = "w1,w3,w4,w7")]
     pub workloads: Vec<String>,
     #[arg(long)]
@@ -93,6 +99,24 @@ pub struct BenchArgs {
     /// W3: how long the stub tool holds each call (ms).
     #[arg(long, default_value_t = 20)]
     pub w3_step_ms: u64,
+    /// W6: jobs tenant B trickles in (its queue-wait samples).
+    #[arg(long, default_value_t = 20)]
+    pub w6_b_jobs: usize,
+    /// W6: tenant A floods this many times as many jobs as B.
+    #[arg(long, default_value_t = 1000)]
+    pub w6_ratio: usize,
+    /// W6: B submits one job every this many ms.
+    #[arg(long, default_value_t = 40)]
+    pub w6_interval_ms: u64,
+    /// W6: jobs the worker runs at once (the default of `aetheris dev` and `worker`).
+    #[arg(long, default_value_t = 256)]
+    pub w6_max_jobs: usize,
+    /// W6: the flooding tenant's id (claims go round robin in tenant-id order).
+    #[arg(long, default_value = "a")]
+    pub w6_flood_tenant: String,
+    /// W6: the trickling tenant's id.
+    #[arg(long, default_value = "b")]
+    pub w6_trickle_tenant: String,
 }
 
 /// The W1 tool: does nothing, declared side_effect so every step takes the full
@@ -647,10 +671,21 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
     if args.w3_heartbeat_ms == 0 || args.w3_heartbeat_ms >= args.w3_lease_ttl_ms {
         return Err("--w3-heartbeat-ms must be above 0 and below --w3-lease-ttl-ms".into());
     }
+    if args.w6_b_jobs == 0 || args.w6_ratio == 0 || args.w6_max_jobs == 0 {
+        return Err("--w6-b-jobs, --w6-ratio and --w6-max-jobs must be at least 1".into());
+    }
+    if args.w6_flood_tenant.is_empty()
+        || args.w6_trickle_tenant.is_empty()
+        || args.w6_flood_tenant == args.w6_trickle_tenant
+    {
+        return Err(
+            "--w6-flood-tenant and --w6-trickle-tenant must be two different, non-empty ids".into(),
+        );
+    }
     for w in &args.workloads {
-        if !["w1", "w3", "w4", "w5", "w7"].contains(&w.to_ascii_lowercase().as_str()) {
+        if !["w1", "w3", "w4", "w5", "w6", "w7"].contains(&w.to_ascii_lowercase().as_str()) {
             return Err(format!(
-                "unknown workload {w:?} (expected w1, w3, w4, w5 or w7)"
+                "unknown workload {w:?} (expected w1, w3, w4, w5, w6 or w7)"
             ));
         }
     }
@@ -837,6 +872,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
         )?;
         progress_done();
     }
+    if want("w6") {
+        report["w6"] = w6::run(&target, &args)?;
+        progress_done();
+    }
     if want("w4") {
         let mut runs = Vec::new();
         for r in 0..args.runs {
@@ -995,6 +1034,9 @@ fn print_table(r: &Value) {
     }
     if let Some(w) = r.get("w3").filter(|w| !w.is_null()) {
         w3::print(w);
+    }
+    if let Some(w) = r.get("w6").filter(|w| !w.is_null()) {
+        w6::print(w);
     }
     if let Some(w) = r.get("w4").filter(|w| !w.is_null()) {
         println!("\nW4: reload of a {}-event job", w["events"]);

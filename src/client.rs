@@ -1,5 +1,7 @@
 //! HTTP client side of the CLI (`aetheris job …`): sends requests to a server, prints
-//! human output or `--json`, and turns problem+json answers into one-line errors.
+//! human output or `--json`, and turns problem+json answers into one-line errors. Its
+//! token, runtime and request helpers are shared with the other client commands
+//! (`tenant.rs`).
 
 use crate::JobCommand;
 use serde_json::Value;
@@ -8,19 +10,32 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn run(server: &str, token: Option<&str>, cmd: JobCommand) -> Result<ExitCode, String> {
-    // No token given: use the one `aetheris dev` wrote into its default data dir.
-    let dev_token = match token {
-        Some(_) => None,
+    let token = resolve_token(token);
+    block_on(run_async(
+        server.trim_end_matches('/'),
+        token.as_deref(),
+        cmd,
+    ))?
+}
+
+/// The token to send: the one given (`--token` / `AETHERIS_TOKEN`), else the one
+/// `aetheris dev` wrote into its default data dir, else none.
+pub fn resolve_token(token: Option<&str>) -> Option<String> {
+    match token {
+        Some(t) => Some(t.to_string()),
         None => std::fs::read_to_string(".aetheris/token")
             .ok()
             .map(|t| t.trim().to_string()),
-    };
-    let token = token.or(dev_token.as_deref());
+    }
+}
+
+/// Runs one CLI request on a single-threaded runtime (a command is one short exchange).
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting runtime: {e}"))?;
-    rt.block_on(run_async(server.trim_end_matches('/'), token, cmd))
+    Ok(rt.block_on(f))
 }
 
 pub async fn request(

@@ -1,12 +1,13 @@
 //! The `aetheris` command: CLI parsing and wiring only. `dev` runs gateway and worker in
-//! one process on the embedded store; `job …` are HTTP clients of a running server. Every
-//! failure prints one line on stderr and exits non-zero (G8).
+//! one process on the embedded store; `job …` and `tenant …` are HTTP clients of a running
+//! server. Every failure prints one line on stderr and exits non-zero (G8).
 
 mod bench;
 mod bench_w5;
 mod client;
 mod cluster;
 mod dev;
+mod tenant;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -62,20 +63,35 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Submit and inspect jobs on a running server.
     Job {
-        /// Server URL.
-        #[arg(
-            long,
-            global = true,
-            env = "AETHERIS_SERVER",
-            default_value = "http://127.0.0.1:7420"
-        )]
-        server: String,
-        /// Bearer token for a server with authentication.
-        #[arg(long, global = true, env = "AETHERIS_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        conn: ServerConn,
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Manage tenants on a running server (needs a token with `tenant:admin`, role admin).
+    Tenant {
+        #[command(flatten)]
+        conn: ServerConn,
+        #[command(subcommand)]
+        command: tenant::TenantCommand,
+    },
+}
+
+/// Which server a client command talks to, and as whom (shared by `job` and `tenant`).
+#[derive(clap::Args)]
+struct ServerConn {
+    /// Server URL.
+    #[arg(
+        long,
+        global = true,
+        env = "AETHERIS_SERVER",
+        default_value = "http://127.0.0.1:7420"
+    )]
+    server: String,
+    /// Bearer token for a server with authentication (default: `.aetheris/token`, written
+    /// by `aetheris dev`).
+    #[arg(long, global = true, env = "AETHERIS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -196,11 +212,10 @@ fn main() -> ExitCode {
         } => token::keygen(a),
         Command::Worker { db, worker } => cluster::worker(db, worker),
         Command::Migrate { db } => cluster::migrate(db),
-        Command::Job {
-            server,
-            token,
-            command,
-        } => client::run(&server, token.as_deref(), command),
+        Command::Job { conn, command } => client::run(&conn.server, conn.token.as_deref(), command),
+        Command::Tenant { conn, command } => {
+            tenant::run(&conn.server, conn.token.as_deref(), command)
+        }
     };
     match result {
         Ok(code) => code,

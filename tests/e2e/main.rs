@@ -15,4 +15,5 @@ mod postgres;
 mod server_auth;
 mod supervision;
 mod support;
+mod tenant_cli;
 mod waits;
