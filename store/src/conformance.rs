@@ -684,6 +684,25 @@ pub async fn claims_are_fair_across_tenants(store: DynStore) {
         "a claim of 4 must include tenant B despite A's backlog: {got:?}"
     );
     assert!(got.iter().all(|l| l.tenant == a || l.tenant == b));
+    // Claims with room for one job take turns between tenants: the round robin starts
+    // after the tenant the previous claim served, not at the lowest tenant id (A's id
+    // sorts first here, so a fixed start would serve only A).
+    for _ in 0..2 {
+        submit(&store, &b).await;
+    }
+    let ones: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            let got = ok(store.claim("fair-w1", HOUR_MS, 1).await, "claim 1");
+            assert_eq!(got.len(), 1, "a claim of 1 with work left");
+            v.push(got[0].tenant.clone());
+        }
+        v
+    };
+    assert!(
+        ones.windows(2).all(|w| w[0] != w[1]),
+        "claims of one job must alternate between A and B: {ones:?}"
+    );
     park_claimable(&store).await;
 }
 

@@ -251,7 +251,8 @@ const LATEST_SNAPSHOT_SQL: &str = "SELECT seq, blob FROM snapshots \
 
 /// Claim: walk the tenants that have runnable jobs (a loose index scan of
 /// `jobs_runnable`), take each tenant's oldest claimable jobs, rank them round robin
-/// (rank within tenant, then tenant), lock the best `{max}` with SKIP LOCKED (re-checking
+/// (rank within tenant, then tenant — starting after `CURSOR`, the tenant this store's
+/// previous claim served last, so claims take turns), lock the best `{max}` with SKIP LOCKED (re-checking
 /// claimability on the locked row version) and grant them. `{pool}` and `{max}` are
 /// literals so the planner sees the small row counts even with a generic plan.
 const CLAIM_SQL_TEMPLATE: &str = "\
@@ -273,13 +274,13 @@ cand AS (
         ORDER BY j.job_id LIMIT {pool}
     ) c
     WHERE t.tenant IS NOT NULL
-    ORDER BY rn, tenant, job_id LIMIT {pool}
+    ORDER BY rn, (c.tenant <= CURSOR), c.tenant, c.job_id LIMIT {pool}
 ),
 picked AS (
     SELECT j.job_id, c.rn, c.tenant FROM cand c JOIN jobs j ON j.job_id = c.job_id, clock
     WHERE j.claimable
       AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
-    ORDER BY c.rn, c.tenant, j.job_id
+    ORDER BY c.rn, (c.tenant <= CURSOR), c.tenant, j.job_id
     LIMIT {max}
     FOR UPDATE OF j SKIP LOCKED
 ),
@@ -291,7 +292,7 @@ granted AS (
 )
 SELECT g.job_id, g.tenant, g.token, g.lease_expires_at
 FROM granted g JOIN picked p ON p.job_id = g.job_id
-ORDER BY p.rn, p.tenant, g.job_id";
+ORDER BY p.rn, (p.tenant <= CURSOR), p.tenant, g.job_id";
 
 /// The claim with per-tenant caps on running jobs (`RunningCaps`): the same round robin,
 /// but each tenant offers at most `cap - running` candidates, where `running` counts its
@@ -333,13 +334,13 @@ cand AS (
         WHERE b.budget IS NULL OR b.budget > 0
     ) c
     WHERE c.budget IS NULL OR c.rn <= c.budget
-    ORDER BY c.rn, c.tenant, c.job_id LIMIT {pool}
+    ORDER BY c.rn, (c.tenant <= CURSOR), c.tenant, c.job_id LIMIT {pool}
 ),
 picked AS (
     SELECT j.job_id, c.rn, c.tenant FROM cand c JOIN jobs j ON j.job_id = c.job_id, clock
     WHERE j.claimable
       AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
-    ORDER BY c.rn, c.tenant, j.job_id
+    ORDER BY c.rn, (c.tenant <= CURSOR), c.tenant, j.job_id
     LIMIT {max}
     FOR UPDATE OF j SKIP LOCKED
 ),
@@ -351,7 +352,7 @@ granted AS (
 )
 SELECT g.job_id, g.tenant, g.token, g.lease_expires_at
 FROM granted g JOIN picked p ON p.job_id = g.job_id
-ORDER BY p.rn, p.tenant, g.job_id";
+ORDER BY p.rn, (p.tenant <= CURSOR), p.tenant, g.job_id";
 
 /// Serializes capped claims across all workers (held to the end of the claim's
 /// transaction): a count of running jobs is only true until the next claim commits.
@@ -421,6 +422,10 @@ pub struct PgStore {
     /// How appends were batched (see `append_stats`).
     stats: Arc<AppendCounters>,
     _listener: Arc<ListenerGuard>,
+    /// The tenant this store's last claim served last: the next claim's round robin
+    /// starts after it (`CURSOR` in the claim statements), so claims with little room
+    /// take turns between tenants instead of always serving the lowest tenant id.
+    claim_cursor: Arc<Mutex<String>>,
 }
 
 /// Aborts the LISTEN task (and so closes its connection) when dropped.
@@ -519,6 +524,7 @@ impl PgStore {
             group,
             stats,
             _listener: Arc::new(ListenerGuard(task.abort_handle())),
+            claim_cursor: Arc::default(),
         })
     }
 
@@ -1620,6 +1626,7 @@ impl Store for PgStore {
             CLAIM_CAPPED_SQL_TEMPLATE
         };
         let sql = template
+            .replace("CURSOR", if caps.is_unlimited() { "$3" } else { "$6" })
             .replace("NOW_MS", now_ms!())
             .replace("{pool}", &pool.to_string())
             .replace("{max}", &max.to_string());
@@ -1631,9 +1638,14 @@ impl Store for PgStore {
             .map_err(|e| self.pg(e))?;
         client.execute(&sweep, &[]).await.map_err(|e| self.pg(e))?;
         let st = client.prepare_cached(&sql).await.map_err(|e| self.pg(e))?;
+        let cursor = self
+            .claim_cursor
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
         let rows = if caps.is_unlimited() {
             client
-                .query(&st, &[&worker, &to_i64(ttl_ms)])
+                .query(&st, &[&worker, &to_i64(ttl_ms), &cursor])
                 .await
                 .map_err(|e| self.pg(e))?
         } else {
@@ -1648,13 +1660,20 @@ impl Store for PgStore {
                 .await
                 .map_err(|e| self.pg(e))?;
             let rows = tx
-                .query(&st, &[&worker, &to_i64(ttl_ms), &names, &limits, &default])
+                .query(
+                    &st,
+                    &[&worker, &to_i64(ttl_ms), &names, &limits, &default, &cursor],
+                )
                 .await
                 .map_err(|e| self.pg(e))?;
             tx.commit().await.map_err(|e| self.pg(e))?;
             rows
         };
-        rows.iter().map(lease_row).collect()
+        let leases: Vec<Lease> = rows.iter().map(lease_row).collect::<Result<_>>()?;
+        if let (Some(last), Ok(mut c)) = (leases.last(), self.claim_cursor.lock()) {
+            c.clone_from(&last.tenant);
+        }
+        Ok(leases)
     }
 
     async fn heartbeat(

@@ -31,7 +31,15 @@ const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
 const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
 const SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("snapshots");
 const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
-const RUNNABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("runnable");
+/// Claimable jobs by tenant: tenant ‖ 0x00 ‖ job (16) → (). A claim seeks from tenant to
+/// tenant and reads only the head of each tenant's range, so its cost does not grow with
+/// a tenant's backlog.
+const RUNNABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("runnable_by_tenant");
+/// The first layout of the claimable set (job → tenant); migrated on open.
+const RUNNABLE_V1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("runnable");
+/// Claimable jobs that hold a lease: tenant ‖ 0x00 ‖ job (16) → lease expiry (8, BE).
+/// Claims skip the live ones and count them for `RunningCaps`.
+const LEASED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("leased");
 const LEDGER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ledger");
 /// Unapplied commands: job (16) ‖ command id (8, BE) → created_at (8, BE) ‖ JSON body.
 const COMMANDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("commands");
@@ -264,6 +272,7 @@ impl RedbStore {
                 SNAPSHOTS,
                 IDEMPOTENCY,
                 RUNNABLE,
+                LEASED,
                 LEDGER,
                 COMMANDS,
                 TIMERS,
@@ -275,6 +284,7 @@ impl RedbStore {
             }
             tx.open_table(META).map_err(backend)?;
             tx.open_table(TENANTS).map_err(backend)?;
+            migrate_runnable_v1(&tx)?;
             tx.commit().map_err(backend)?;
         }
         let db = Arc::new(db);
@@ -334,6 +344,8 @@ fn writer_loop(
     commands: tokio::sync::broadcast::Sender<JobId>,
 ) {
     let mut clock = 0i64;
+    // The tenant the last claim served last: the next claim's round robin starts after it.
+    let mut claim_cursor: Vec<u8> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH {
@@ -350,7 +362,14 @@ fn writer_loop(
             let mut tx = db.begin_write().map_err(backend)?;
             tx.set_durability(Durability::Immediate).map_err(backend)?;
             for op in ops {
-                deferred.push(execute(&mut tx, op, clock, &mut wake, &mut commanded)?);
+                deferred.push(execute(
+                    &mut tx,
+                    op,
+                    clock,
+                    &mut wake,
+                    &mut commanded,
+                    &mut claim_cursor,
+                )?);
             }
             tx.commit().map_err(backend)
         })();
@@ -413,6 +432,7 @@ fn execute(
     now: i64,
     wake: &mut bool,
     commanded: &mut Vec<JobId>,
+    claim_cursor: &mut Vec<u8>,
 ) -> Result<Deferred> {
     Ok(match op {
         WriteOp::Submit(job, audit, reply) => {
@@ -458,7 +478,10 @@ fn execute(
             max,
             caps,
             reply,
-        } => defer(reply, lift(claim_in(tx, &worker, ttl_ms, max, &caps, now))?),
+        } => {
+            let r = claim_in(tx, &worker, ttl_ms, max, &caps, now, claim_cursor);
+            defer(reply, lift(r)?)
+        }
         WriteOp::Heartbeat {
             worker,
             ttl_ms,
@@ -695,13 +718,50 @@ fn save_row(tx: &WriteTransaction, id: JobId, row: &JobRow) -> Result<()> {
     // (a waiting job must wake up to apply a cancel).
     let claimable =
         row.status.is_runnable() || (!row.status.is_terminal() && has_commands(tx, id)?);
+    let key = tenant_key(&row.tenant, id.as_bytes());
     let mut r = tx.open_table(RUNNABLE).map_err(backend)?;
+    let mut l = tx.open_table(LEASED).map_err(backend)?;
     if claimable {
-        r.insert(id.as_bytes().as_slice(), row.tenant.as_bytes())
+        r.insert(key.as_slice(), [].as_slice()).map_err(backend)?;
+        if row.lease_owner.is_some() {
+            l.insert(
+                key.as_slice(),
+                row.lease_expires_ms.to_be_bytes().as_slice(),
+            )
             .map_err(backend)?;
+        } else {
+            l.remove(key.as_slice()).map_err(backend)?;
+        }
     } else {
-        r.remove(id.as_bytes().as_slice()).map_err(backend)?;
+        r.remove(key.as_slice()).map_err(backend)?;
+        l.remove(key.as_slice()).map_err(backend)?;
     }
+    Ok(())
+}
+
+/// Moves a store written by an earlier version (claimable set keyed by job) to the
+/// per-tenant layout, re-deriving `RUNNABLE` and `LEASED` from each job row.
+fn migrate_runnable_v1(tx: &WriteTransaction) -> Result<()> {
+    let ids: Vec<[u8; 16]> = {
+        let old = tx.open_table(RUNNABLE_V1).map_err(backend)?;
+        let mut ids = Vec::new();
+        for item in old.iter().map_err(backend)? {
+            let (k, _) = item.map_err(backend)?;
+            ids.push(
+                k.value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("runnable key".into()))?,
+            );
+        }
+        ids
+    };
+    for b in ids {
+        let id = JobId::from_bytes(b);
+        if let Some(row) = load_row(tx, id)? {
+            save_row(tx, id, &row)?;
+        }
+    }
+    tx.delete_table(RUNNABLE_V1).map_err(backend)?;
     Ok(())
 }
 
@@ -1091,6 +1151,27 @@ fn set_timer(tx: &WriteTransaction, job: JobId, at: Option<i64>) -> Result<()> {
     Ok(())
 }
 
+/// The tenant of a `tenant ‖ 0x00 ‖ …` key.
+fn key_tenant(k: &[u8]) -> Result<&[u8]> {
+    let n = k
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| StoreError::Corrupt("per-tenant key without a tenant".into()))?;
+    Ok(&k[..n])
+}
+
+fn lease_live(v: &[u8], now: i64) -> Result<bool> {
+    let b: [u8; 8] = v
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("lease expiry".into()))?;
+    Ok(i64::from_be_bytes(b) > now)
+}
+
+/// Claims up to `max` jobs: parked jobs whose timer is due, then claimable ones, round
+/// robin across tenants starting after `cursor` (the tenant the previous claim served
+/// last), so a claim with room for one job does not always serve the same tenant. Each
+/// tenant offers at most what its cap leaves. Cost: one seek per tenant with work plus
+/// the heads of their ranges (live leases are skipped), never a tenant's whole backlog.
 fn claim_in(
     tx: &WriteTransaction,
     worker: &str,
@@ -1098,80 +1179,129 @@ fn claim_in(
     max: usize,
     caps: &RunningCaps,
     now: i64,
+    cursor: &mut Vec<u8>,
 ) -> Result<Vec<Lease>> {
     if max == 0 {
         return Ok(vec![]);
     }
-    // Candidates per tenant, oldest first (ids are time-ordered).
-    let mut per_tenant: BTreeMap<String, VecDeque<(JobId, JobRow)>> = BTreeMap::new();
-    // Running jobs per tenant (claimable with a live lease: exactly the RUNNABLE rows
-    // skipped below), for the caps. One writer thread serializes claims, so the count
-    // cannot race another claim.
-    let mut running: HashMap<String, u64> = HashMap::new();
+    // Parked jobs whose timer is due, per tenant (their rows say whether they are leased).
+    let mut due_by_tenant: BTreeMap<Vec<u8>, Vec<JobId>> = BTreeMap::new();
     {
-        let rt = tx.open_table(RUNNABLE).map_err(backend)?;
-        let jt = tx.open_table(JOBS).map_err(backend)?;
         let due = tx.open_table(DUE).map_err(backend)?;
-        // Runnable jobs, then parked jobs whose timer is due.
-        let mut ids: Vec<[u8; 16]> = Vec::new();
-        for item in rt.iter().map_err(backend)? {
-            let (k, _) = item.map_err(backend)?;
-            ids.push(
-                k.value()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("runnable key".into()))?,
-            );
-        }
+        let jt = tx.open_table(JOBS).map_err(backend)?;
         let upto = due_key(now, JobId::from_bytes([0xff; 16]));
         for item in due.range::<&[u8]>(..=upto.as_slice()).map_err(backend)? {
             let (k, _) = item.map_err(backend)?;
-            ids.push(
-                k.value()[8..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("due key".into()))?,
-            );
-        }
-        let mut seen = std::collections::HashSet::new();
-        for b in ids {
-            if !seen.insert(b) {
-                continue;
-            }
-            let id = JobId::from_bytes(b);
+            let b: [u8; 16] = k.value()[8..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("due key".into()))?;
             let Some(g) = jt.get(b.as_slice()).map_err(backend)? else {
                 continue;
             };
             let row: JobRow = dec(g.value())?;
             if row.lease_owner.is_some() && row.lease_expires_ms > now {
-                *running.entry(row.tenant).or_default() += 1;
                 continue;
             }
-            let q = per_tenant.entry(row.tenant.clone()).or_default();
-            if q.len() < max {
-                q.push_back((id, row));
+            due_by_tenant
+                .entry(row.tenant.into_bytes())
+                .or_default()
+                .push(JobId::from_bytes(b));
+        }
+    }
+    let rt = tx.open_table(RUNNABLE).map_err(backend)?;
+    let lt = tx.open_table(LEASED).map_err(backend)?;
+    // Every tenant with claimable work: one seek each.
+    let mut tenants: Vec<Vec<u8>> = due_by_tenant.keys().cloned().collect();
+    let mut from: Vec<u8> = Vec::new();
+    loop {
+        let next = rt
+            .range::<&[u8]>(from.as_slice()..)
+            .map_err(backend)?
+            .next();
+        let Some(item) = next else { break };
+        let (k, _) = item.map_err(backend)?;
+        let t = key_tenant(k.value())?.to_vec();
+        from = t.clone();
+        from.push(1); // past every `t ‖ 0x00 ‖ …` key
+        tenants.push(t);
+    }
+    tenants.sort();
+    tenants.dedup();
+    // Rotate: tenants after the cursor first, then the rest.
+    let split = tenants.partition_point(|t| t.as_slice() <= cursor.as_slice());
+    tenants.rotate_left(split);
+
+    let mut queues: Vec<(Vec<u8>, VecDeque<JobId>)> = Vec::with_capacity(tenants.len());
+    for t in tenants {
+        let name = String::from_utf8_lossy(&t).into_owned();
+        let lo = tenant_key(&name, b"");
+        let mut hi = t.clone();
+        hi.push(1);
+        let mut budget = max;
+        if let Some(cap) = caps.cap(&name) {
+            let mut running = 0u64;
+            for item in lt
+                .range::<&[u8]>(lo.as_slice()..hi.as_slice())
+                .map_err(backend)?
+            {
+                let (_, v) = item.map_err(backend)?;
+                running += u64::from(lease_live(v.value(), now)?);
+            }
+            budget = budget.min(usize::try_from(cap.saturating_sub(running)).unwrap_or(max));
+        }
+        let mut q: VecDeque<JobId> = due_by_tenant.remove(&t).unwrap_or_default().into();
+        q.truncate(budget);
+        let due: std::collections::HashSet<JobId> = q.iter().copied().collect();
+        if q.len() < budget {
+            for item in rt
+                .range::<&[u8]>(lo.as_slice()..hi.as_slice())
+                .map_err(backend)?
+            {
+                let (k, _) = item.map_err(backend)?;
+                let k = k.value();
+                if let Some(v) = lt.get(k).map_err(backend)? {
+                    if lease_live(v.value(), now)? {
+                        continue;
+                    }
+                }
+                let b: [u8; 16] = k[k.len().saturating_sub(16)..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("runnable key".into()))?;
+                let id = JobId::from_bytes(b);
+                if !due.contains(&id) {
+                    q.push_back(id);
+                }
+                if q.len() >= budget {
+                    break;
+                }
             }
         }
-    }
-    // A capped tenant offers only what its cap leaves.
-    for (tenant, q) in per_tenant.iter_mut() {
-        if let Some(cap) = caps.cap(tenant) {
-            let left = cap.saturating_sub(running.get(tenant).copied().unwrap_or(0));
-            q.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+        if !q.is_empty() {
+            queues.push((t, q));
         }
     }
-    // Round robin across tenants so one tenant's backlog cannot starve another.
-    let mut picked = Vec::new();
-    while picked.len() < max && per_tenant.values().any(|q| !q.is_empty()) {
-        for q in per_tenant.values_mut() {
+    drop((rt, lt));
+    // Round robin in rotated tenant order.
+    let mut picked: Vec<JobId> = Vec::new();
+    while picked.len() < max && queues.iter().any(|(_, q)| !q.is_empty()) {
+        for (t, q) in queues.iter_mut() {
             if picked.len() >= max {
                 break;
             }
-            if let Some(x) = q.pop_front() {
-                picked.push(x);
+            if let Some(id) = q.pop_front() {
+                picked.push(id);
+                cursor.clone_from(t);
             }
         }
     }
     let mut out = Vec::with_capacity(picked.len());
-    for (id, mut row) in picked {
+    for id in picked {
+        let Some(mut row) = load_row(tx, id)? else {
+            continue;
+        };
+        if row.lease_owner.is_some() && row.lease_expires_ms > now {
+            continue; // defensive: the indexes said unleased
+        }
         row.token += 1;
         row.lease_owner = Some(worker.to_string());
         row.lease_expires_ms = now + ttl_ms as i64;
@@ -1633,5 +1763,72 @@ impl Store for RedbStore {
         std::fs::metadata(&self.path)
             .map(|m| m.len())
             .map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::TableHandle;
+    use serde_json::json;
+
+    /// A file written with the first claimable-set layout (job → tenant, no `leased`)
+    /// opens with its queued and leased jobs in the per-tenant layout: the queued job is
+    /// claimable, the leased one is not until its lease expires.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_v1_runnable_table_is_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let plan: aetheris_runtime::Plan =
+            serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo"}]})).unwrap();
+        let job = |t: &str| NewJob {
+            tenant: t.into(),
+            idempotency_key: None,
+            plan: plan.clone(),
+            input: json!({}),
+        };
+        let (queued, leased) = {
+            let store = RedbStore::open(&path).unwrap();
+            let (q, _) = store.submit(job("acme"), None).await.unwrap();
+            let (l, _) = store.submit(job("globex"), None).await.unwrap();
+            let got = store.claim("w", 60_000, 10).await.unwrap();
+            let held: Vec<(JobId, u64)> = got
+                .iter()
+                .filter(|x| x.job_id != l.job_id)
+                .map(|x| (x.job_id, x.token))
+                .collect();
+            store.release("w", &held).await.unwrap();
+            (q.job_id, l.job_id)
+        };
+        // Rewrite the claimable set in the old layout.
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.delete_table(RUNNABLE).unwrap();
+            tx.delete_table(LEASED).unwrap();
+            {
+                let mut old = tx.open_table(RUNNABLE_V1).unwrap();
+                for (id, t) in [(queued, "acme"), (leased, "globex")] {
+                    old.insert(id.as_bytes().as_slice(), t.as_bytes()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let got = store.claim("w2", 60_000, 10).await.unwrap();
+        let ids: Vec<JobId> = got.iter().map(|l| l.job_id).collect();
+        assert_eq!(
+            ids,
+            vec![queued],
+            "the leased job stays leased after migration"
+        );
+        let tables: Vec<String> = {
+            let tx = store.db.begin_read().unwrap();
+            tx.list_tables()
+                .unwrap()
+                .map(|h| h.name().to_string())
+                .collect()
+        };
+        assert!(!tables.contains(&"runnable".to_string()), "{tables:?}");
     }
 }
