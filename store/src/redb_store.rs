@@ -3,6 +3,9 @@
 //! All writes go through one writer thread that drains its queue into a single redb write
 //! transaction and commits it with `Durability::Immediate` (fsync) before answering anyone:
 //! group commit across jobs, each operation keeping its own fence and seq checks (G1, G3).
+//! The writer serves its queue fairly (`FairQueue`): the deployment's operations first,
+//! then tenants in turn, so one tenant's flood of writes does not queue ahead of another
+//! tenant's next write.
 //! An operation validates everything before it writes, so one rejected operation never
 //! leaves partial writes in the shared transaction. Reads use redb's MVCC read
 //! transactions on the blocking pool. The writer's clock is the store clock (monotonic
@@ -59,7 +62,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const ROW_FORMAT_V1: u8 = 1;
 /// Most operations folded into one commit.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 128;
 
 /// The job row: the projection of a job's events plus its lease.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +340,108 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// What the writer thread keeps between batches.
+#[derive(Default)]
+struct WriterState {
+    /// The tenant the last claim served last: the next claim's round robin starts after it.
+    claim_cursor: Vec<u8>,
+    /// The tenant of each job leased through this store (from claims, dropped on release):
+    /// appends name only their job, and the queue needs their tenant to be fair. A hint:
+    /// an unknown job queues under the empty tenant.
+    job_tenants: HashMap<JobId, Arc<str>>,
+}
+
+/// The most job → tenant hints kept; past it they are dropped (they only order work).
+const MAX_JOB_TENANTS: usize = 200_000;
+
+/// Operations waiting for the writer, served fairly (issue 5, W6): the deployment's own
+/// operations (claims, heartbeats, releases, tenant admin) first, then tenants in turn,
+/// one operation each, in arrival order within a tenant. A tenant flooding the store with
+/// appends therefore delays another tenant's next write by at most about one batch,
+/// instead of by everything it queued ahead of it.
+#[derive(Default)]
+struct FairQueue {
+    system: VecDeque<WriteOp>,
+    tenants: HashMap<Arc<str>, VecDeque<WriteOp>>,
+    /// Tenants with queued operations, in the order they are served next.
+    turn: VecDeque<Arc<str>>,
+    len: usize,
+}
+
+impl FairQueue {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The tenant an operation is for (`None` = the deployment's own).
+    fn tenant_of(op: &WriteOp, st: &WriterState) -> Option<Arc<str>> {
+        let of_job = |id: &JobId| {
+            Some(
+                st.job_tenants
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from("")),
+            )
+        };
+        match op {
+            WriteOp::Submit(job, _, _) => Some(Arc::from(job.tenant.as_str())),
+            WriteOp::Append(batch, _) => batch.first().and_then(|a| of_job(&a.job_id)),
+            WriteOp::Snapshot { id, .. } | WriteOp::MarkApplied { id, .. } => of_job(id),
+            WriteOp::PutCommand { tenant, id, .. } => match tenant {
+                Some(t) => Some(Arc::from(t.as_str())),
+                None => of_job(id),
+            },
+            WriteOp::RecordAudit { entry, .. } => Some(Arc::from(entry.tenant.as_str())),
+            WriteOp::PutUser { user, .. } => Some(Arc::from(user.tenant.as_str())),
+            WriteOp::Claim { .. }
+            | WriteOp::Heartbeat { .. }
+            | WriteOp::Release { .. }
+            | WriteOp::PutTenant { .. } => None,
+        }
+    }
+
+    fn push(&mut self, op: WriteOp, st: &WriterState) {
+        self.len += 1;
+        match Self::tenant_of(&op, st) {
+            None => self.system.push_back(op),
+            Some(t) => {
+                let q = self.tenants.entry(t.clone()).or_default();
+                if q.is_empty() {
+                    self.turn.push_back(t);
+                }
+                q.push_back(op);
+            }
+        }
+    }
+
+    /// Up to `max` operations: every queued system one first, then round robin.
+    fn next_batch(&mut self, max: usize) -> Vec<WriteOp> {
+        let mut out = Vec::with_capacity(max.min(self.len));
+        while out.len() < max {
+            if let Some(op) = self.system.pop_front() {
+                out.push(op);
+                continue;
+            }
+            let Some(t) = self.turn.pop_front() else {
+                break;
+            };
+            let Some(q) = self.tenants.get_mut(&t) else {
+                continue;
+            };
+            if let Some(op) = q.pop_front() {
+                out.push(op);
+            }
+            if q.is_empty() {
+                self.tenants.remove(&t);
+            } else {
+                self.turn.push_back(t);
+            }
+        }
+        self.len -= out.len();
+        out
+    }
+}
+
 fn writer_loop(
     db: Arc<Database>,
     rx: mpsc::Receiver<WriteOp>,
@@ -344,16 +449,19 @@ fn writer_loop(
     commands: tokio::sync::broadcast::Sender<JobId>,
 ) {
     let mut clock = 0i64;
-    // The tenant the last claim served last: the next claim's round robin starts after it.
-    let mut claim_cursor: Vec<u8> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut ops = vec![first];
-        while ops.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+    let mut state = WriterState::default();
+    let mut queue = FairQueue::default();
+    loop {
+        if queue.is_empty() {
+            match rx.recv() {
+                Ok(op) => queue.push(op, &state),
+                Err(_) => break, // the store is closing and everything is written
             }
         }
+        while let Ok(op) = rx.try_recv() {
+            queue.push(op, &state);
+        }
+        let ops = queue.next_batch(MAX_BATCH);
         clock = clock.max(now_ms());
         let mut deferred: Vec<Deferred> = Vec::with_capacity(ops.len());
         let mut wake = false;
@@ -368,7 +476,7 @@ fn writer_loop(
                     clock,
                     &mut wake,
                     &mut commanded,
-                    &mut claim_cursor,
+                    &mut state,
                 )?);
             }
             tx.commit().map_err(backend)
@@ -432,7 +540,7 @@ fn execute(
     now: i64,
     wake: &mut bool,
     commanded: &mut Vec<JobId>,
-    claim_cursor: &mut Vec<u8>,
+    state: &mut WriterState,
 ) -> Result<Deferred> {
     Ok(match op {
         WriteOp::Submit(job, audit, reply) => {
@@ -479,8 +587,26 @@ fn execute(
             caps,
             reply,
         } => {
-            let r = claim_in(tx, &worker, ttl_ms, max, &caps, now, claim_cursor);
-            defer(reply, lift(r)?)
+            let r = lift(claim_in(
+                tx,
+                &worker,
+                ttl_ms,
+                max,
+                &caps,
+                now,
+                &mut state.claim_cursor,
+            ))?;
+            if let Ok(leases) = &r {
+                if state.job_tenants.len() + leases.len() > MAX_JOB_TENANTS {
+                    state.job_tenants.clear();
+                }
+                for l in leases {
+                    state
+                        .job_tenants
+                        .insert(l.job_id, Arc::from(l.tenant.as_str()));
+                }
+            }
+            defer(reply, r)
         }
         WriteOp::Heartbeat {
             worker,
@@ -494,6 +620,9 @@ fn execute(
             reply,
         } => {
             *wake = true;
+            for (id, _) in &held {
+                state.job_tenants.remove(id);
+            }
             defer(reply, lift(release_in(tx, &worker, &held))?)
         }
         WriteOp::PutCommand {
