@@ -180,26 +180,10 @@ fn limits_text(l: &Value) -> String {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS` (UTC) of a time in ms since the epoch; the civil-from-days
-/// conversion (H. Hinnant) keeps the CLI free of a date library for one column.
+/// The RFC 3339 UTC time of ms since the epoch (the formatter the gateway's token errors
+/// use).
 fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    aetheris_api::auth::rfc3339(u64::try_from(ms.div_euclid(1000)).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -232,8 +216,8 @@ mod tests {
 
     #[test]
     fn utc_formats_known_instants() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
-        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20");
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_700_000_000_123), "2023-11-14T22:13:20Z");
     }
 }

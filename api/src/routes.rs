@@ -307,6 +307,16 @@ async fn submit(
     }
 }
 
+/// A list's `limit`: `default` when absent, else 1-1000.
+fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match limit.unwrap_or(default) {
+        n @ 1..=1000 => Ok(n),
+        _ => Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        )),
+    }
+}
+
 fn parse_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::NotFound(format!("job {raw:?} not found")))
@@ -402,12 +412,7 @@ async fn list(
                 .map_err(|_| ApiError::BadRequest(format!("bad cursor {c:?}")))?,
         ),
     };
-    let limit = q.limit.unwrap_or(50);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 1000".into(),
-        ));
-    }
+    let limit = page_limit(q.limit, 50)?;
     let jobs = st
         .store
         .list_jobs(
@@ -932,12 +937,7 @@ async fn audit(
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let p = authorize(&req, &st, Permission::AuditRead).await?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::BadRequest(
-            "limit must be between 1 and 1000".into(),
-        ));
-    }
+    let limit = page_limit(q.limit, 100)?;
     // Actions are `job.cancel`-style names, or a permission (`job:create`) for denials.
     if let Some(a) = q.action.as_deref() {
         if a.is_empty()

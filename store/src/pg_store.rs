@@ -250,56 +250,20 @@ const LATEST_SNAPSHOT_SQL: &str = "SELECT seq, blob FROM snapshots \
      WHERE job_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1";
 
 /// Claim: walk the tenants that have runnable jobs (a loose index scan of
-/// `jobs_runnable`), take each tenant's oldest claimable jobs, rank them round robin
+/// `jobs_claimable`), take each tenant's oldest claimable jobs, rank them round robin
 /// (rank within tenant, then tenant — starting after `CURSOR`, the tenant this store's
-/// previous claim served last, so claims take turns), lock the best `{max}` with SKIP LOCKED (re-checking
-/// claimability on the locked row version) and grant them. `{pool}` and `{max}` are
-/// literals so the planner sees the small row counts even with a generic plan.
+/// previous claim served last, so claims take turns), lock the best `{max}` with SKIP
+/// LOCKED (re-checking claimability on the locked row version) and grant them. `{pool}`
+/// and `{max}` are literals so the planner sees the small row counts even with a generic
+/// plan.
+///
+/// Per-tenant caps on running jobs (`RunningCaps`): each tenant offers at most
+/// `cap - running` candidates, where `running` counts its claimable jobs with a live lease
+/// (`jobs_leased`; not computed at all when no cap is set). $3/$4 are the capped tenants
+/// and their caps, $5 the default cap (NULL = none), $6 the cursor. With caps, run only
+/// inside a transaction that holds `CLAIM_LOCK_SQL`, so no two claims count at once (see
+/// `claim_within`).
 const CLAIM_SQL_TEMPLATE: &str = "\
-WITH RECURSIVE clock AS (SELECT NOW_MS AS now_ms),
-tenants AS (
-    (SELECT tenant FROM jobs WHERE claimable ORDER BY tenant LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.tenant FROM jobs j
-            WHERE j.claimable AND j.tenant > t.tenant
-            ORDER BY j.tenant LIMIT 1)
-    FROM tenants t WHERE t.tenant IS NOT NULL
-),
-cand AS (
-    SELECT c.job_id, c.tenant, row_number() OVER (PARTITION BY c.tenant ORDER BY c.job_id) AS rn
-    FROM tenants t CROSS JOIN LATERAL (
-        SELECT j.job_id, j.tenant FROM jobs j, clock
-        WHERE j.tenant = t.tenant AND j.claimable
-          AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
-        ORDER BY j.job_id LIMIT {pool}
-    ) c
-    WHERE t.tenant IS NOT NULL
-    ORDER BY rn, (c.tenant <= CURSOR), c.tenant, c.job_id LIMIT {pool}
-),
-picked AS (
-    SELECT j.job_id, c.rn, c.tenant FROM cand c JOIN jobs j ON j.job_id = c.job_id, clock
-    WHERE j.claimable
-      AND (j.lease_owner IS NULL OR j.lease_expires_at <= clock.now_ms)
-    ORDER BY c.rn, (c.tenant <= CURSOR), c.tenant, j.job_id
-    LIMIT {max}
-    FOR UPDATE OF j SKIP LOCKED
-),
-granted AS (
-    UPDATE jobs SET token = jobs.token + 1, lease_owner = $1,
-                    lease_expires_at = clock.now_ms + $2
-    FROM picked, clock WHERE jobs.job_id = picked.job_id
-    RETURNING jobs.job_id, jobs.tenant, jobs.token, jobs.lease_expires_at
-)
-SELECT g.job_id, g.tenant, g.token, g.lease_expires_at
-FROM granted g JOIN picked p ON p.job_id = g.job_id
-ORDER BY p.rn, (p.tenant <= CURSOR), p.tenant, g.job_id";
-
-/// The claim with per-tenant caps on running jobs (`RunningCaps`): the same round robin,
-/// but each tenant offers at most `cap - running` candidates, where `running` counts its
-/// claimable jobs with a live lease (`jobs_leased`). $3/$4 are the capped tenants and their
-/// caps, $5 the default cap (NULL = none). Run only inside a transaction that holds
-/// `CLAIM_LOCK_SQL`, so no two claims count at once (see `claim_within`).
-const CLAIM_CAPPED_SQL_TEMPLATE: &str = "\
 WITH RECURSIVE clock AS (SELECT NOW_MS AS now_ms),
 tenants AS (
     (SELECT tenant FROM jobs WHERE claimable ORDER BY tenant LIMIT 1)
@@ -312,6 +276,7 @@ tenants AS (
 running AS (
     SELECT j.tenant, count(*) AS n FROM jobs j, clock
     WHERE j.lease_owner IS NOT NULL AND j.claimable AND j.lease_expires_at > clock.now_ms
+      AND ($5::bigint IS NOT NULL OR cardinality($3::text[]) > 0)
     GROUP BY j.tenant
 ),
 budget AS (
@@ -1620,13 +1585,8 @@ impl Store for PgStore {
         }
         let max = max.min(CLAIM_POOL_CAP);
         let pool = (max * 2).min(CLAIM_POOL_CAP);
-        let template = if caps.is_unlimited() {
-            CLAIM_SQL_TEMPLATE
-        } else {
-            CLAIM_CAPPED_SQL_TEMPLATE
-        };
-        let sql = template
-            .replace("CURSOR", if caps.is_unlimited() { "$3" } else { "$6" })
+        let sql = CLAIM_SQL_TEMPLATE
+            .replace("CURSOR", "$6")
             .replace("NOW_MS", now_ms!())
             .replace("{pool}", &pool.to_string())
             .replace("{max}", &max.to_string());
@@ -1643,29 +1603,22 @@ impl Store for PgStore {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
+        let names: Vec<&str> = caps.tenants.keys().map(String::as_str).collect();
+        let limits: Vec<i64> = caps.tenants.values().map(|c| to_i64(*c)).collect();
+        let default = caps.default.map(to_i64);
+        let params: [&(dyn ToSql + Sync); 6] =
+            [&worker, &to_i64(ttl_ms), &names, &limits, &default, &cursor];
         let rows = if caps.is_unlimited() {
-            client
-                .query(&st, &[&worker, &to_i64(ttl_ms), &cursor])
-                .await
-                .map_err(|e| self.pg(e))?
+            client.query(&st, &params).await.map_err(|e| self.pg(e))?
         } else {
             // Count and claim under one cluster-wide lock, in a transaction: the claim
             // statement's snapshot is taken after the lock, so it sees every earlier
             // claim's leases, and no later claim counts before this one commits.
-            let names: Vec<&str> = caps.tenants.keys().map(String::as_str).collect();
-            let limits: Vec<i64> = caps.tenants.values().map(|c| to_i64(*c)).collect();
-            let default = caps.default.map(to_i64);
             let tx = client.transaction().await.map_err(|e| self.pg(e))?;
             tx.execute(CLAIM_LOCK_SQL, &[])
                 .await
                 .map_err(|e| self.pg(e))?;
-            let rows = tx
-                .query(
-                    &st,
-                    &[&worker, &to_i64(ttl_ms), &names, &limits, &default, &cursor],
-                )
-                .await
-                .map_err(|e| self.pg(e))?;
+            let rows = tx.query(&st, &params).await.map_err(|e| self.pg(e))?;
             tx.commit().await.map_err(|e| self.pg(e))?;
             rows
         };

@@ -1901,6 +1901,51 @@ mod tests {
     use redb::TableHandle;
     use serde_json::json;
 
+    /// The writer's queue serves the deployment's operations first, then tenants in
+    /// turn: one tenant's backlog does not delay another tenant's next write.
+    #[test]
+    fn the_writer_queue_serves_tenants_in_turn() {
+        let plan: aetheris_runtime::Plan =
+            serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo"}]})).unwrap();
+        let submit = |t: &str| {
+            let job = NewJob {
+                tenant: t.into(),
+                idempotency_key: None,
+                plan: plan.clone(),
+                input: json!({}),
+            };
+            WriteOp::Submit(job, None, oneshot::channel().0)
+        };
+        let st = WriterState::default();
+        let mut q = FairQueue::default();
+        for _ in 0..5 {
+            q.push(submit("a"), &st);
+        }
+        q.push(submit("b"), &st);
+        q.push(
+            WriteOp::Claim {
+                worker: "w".into(),
+                ttl_ms: 1,
+                max: 1,
+                caps: RunningCaps::default(),
+                reply: oneshot::channel().0,
+            },
+            &st,
+        );
+        let who = |ops: &[WriteOp]| -> Vec<String> {
+            ops.iter()
+                .map(|op| match op {
+                    WriteOp::Submit(j, _, _) => j.tenant.clone(),
+                    WriteOp::Claim { .. } => "claim".into(),
+                    _ => "other".into(),
+                })
+                .collect()
+        };
+        assert_eq!(who(&q.next_batch(3)), ["claim", "a", "b"]);
+        assert_eq!(who(&q.next_batch(10)), ["a", "a", "a", "a"]);
+        assert!(q.is_empty());
+    }
+
     /// A file written with the first claimable-set layout (job → tenant, no `leased`)
     /// opens with its queued and leased jobs in the per-tenant layout: the queued job is
     /// claimable, the leased one is not until its lease expires.
