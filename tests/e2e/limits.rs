@@ -138,6 +138,25 @@ fn tool_calls_wait_their_turn_and_hold_the_rate() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        // The waits are counted per tenant and kind.
+        let m = c
+            .get(format!("{}/metrics", node.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let waits: f64 = m
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "aetheris_rate_limit_waits_total{tenant=\"default\",kind=\"tool_call\"} ",
+                )
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no tool_call waits metric: {m}"));
+        assert!(waits >= 200.0, "about 255 calls waited: {waits}");
     });
     let mut t = calls.lock().unwrap().clone();
     t.sort();
