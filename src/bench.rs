@@ -108,9 +108,10 @@ pub struct BenchArgs {
     /// W6: B submits one job every this many ms.
     #[arg(long, default_value_t = 40)]
     pub w6_interval_ms: u64,
-    /// W6: jobs the worker runs at once (the default of `aetheris dev` and `worker`).
-    #[arg(long, default_value_t = 256)]
-    pub w6_max_jobs: usize,
+    /// W6: jobs the worker runs at once (default: as `aetheris dev` on the embedded store,
+    /// 256; as `aetheris worker` on PostgreSQL, 64).
+    #[arg(long)]
+    pub w6_max_jobs: Option<usize>,
     /// W6: the flooding tenant's id (claims go round robin in tenant-id order).
     #[arg(long, default_value = "a")]
     pub w6_flood_tenant: String,
@@ -671,7 +672,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
     if args.w3_heartbeat_ms == 0 || args.w3_heartbeat_ms >= args.w3_lease_ttl_ms {
         return Err("--w3-heartbeat-ms must be above 0 and below --w3-lease-ttl-ms".into());
     }
-    if args.w6_b_jobs == 0 || args.w6_ratio == 0 || args.w6_max_jobs == 0 {
+    if args.w6_b_jobs == 0 || args.w6_ratio == 0 || args.w6_max_jobs == Some(0) {
         return Err("--w6-b-jobs, --w6-ratio and --w6-max-jobs must be at least 1".into());
     }
     if args.w6_flood_tenant.is_empty()

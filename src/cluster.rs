@@ -34,8 +34,10 @@ pub struct WorkerArgs {
     /// Heartbeat interval in milliseconds (renews all held leases in one round trip).
     #[arg(long, env = "AETHERIS_HEARTBEAT_MS", default_value_t = 1_000)]
     pub heartbeat_ms: u64,
-    /// Jobs this worker runs at once.
-    #[arg(long, default_value_t = 256)]
+    /// Jobs this worker runs at once. More than the database can commit for at once only
+    /// adds latency: with W6 on a 2-core machine, 64 gave tenant B a p99 queue wait of
+    /// 83 ms and A 954 jobs/s, where 256 gave 265 ms and 883 jobs/s.
+    #[arg(long, default_value_t = 64)]
     pub max_jobs: usize,
     /// Write a job snapshot every N events.
     #[arg(long, default_value_t = 100)]

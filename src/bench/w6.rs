@@ -357,7 +357,10 @@ pub(super) fn run(target: &Target, args: &BenchArgs) -> Result<Value, String> {
         b_jobs: args.w6_b_jobs,
         a_jobs,
         interval: Duration::from_millis(args.w6_interval_ms),
-        max_jobs: args.w6_max_jobs,
+        max_jobs: args.w6_max_jobs.unwrap_or(match target {
+            Target::Embedded => 256,
+            Target::Pg(_) => 64,
+        }),
         flood_tenant: args.w6_flood_tenant.clone(),
         trickle_tenant: args.w6_trickle_tenant.clone(),
     };

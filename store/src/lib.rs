@@ -13,6 +13,7 @@
 //! only in handlers.
 
 pub mod conformance;
+mod fair;
 pub mod migrate;
 pub mod pg_audit;
 pub mod pg_commands;

@@ -44,6 +44,7 @@
 //! hint after every (re)connect, since notifications sent while it was away are lost. The
 //! hint is only a hint: workers also poll.
 
+use crate::fair::{FairQueue, JobTenants};
 use crate::{
     Append, AuditEntry, AuditFilter, AuditRecord, JobSummary, Lease, LedgerEntry, ListFilter,
     NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
@@ -391,6 +392,8 @@ pub struct PgStore {
     /// starts after it (`CURSOR` in the claim statements), so claims with little room
     /// take turns between tenants instead of always serving the lowest tenant id.
     claim_cursor: Arc<Mutex<String>>,
+    /// The tenants of jobs this store leased, so the batcher can serve tenants in turn.
+    job_tenants: Arc<Mutex<JobTenants>>,
 }
 
 /// Aborts the LISTEN task (and so closes its connection) when dropped.
@@ -473,13 +476,15 @@ impl PgStore {
         let task = tokio::spawn(listen_loop(listen_config, hint.clone(), commands.clone()));
         // Group commit: workers on this runtime too; they stop when the last clone drops.
         let (group, queue) = tokio::sync::mpsc::channel(GROUP_QUEUE);
-        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let queue = Arc::new(tokio::sync::Mutex::new((queue, FairQueue::default())));
         let stats = Arc::new(AppendCounters::default());
+        let job_tenants: Arc<Mutex<JobTenants>> = Arc::default();
         for _ in 0..group_commit_workers(size) {
             tokio::spawn(group_commit_worker(
                 pool.clone(),
                 stats.clone(),
                 queue.clone(),
+                job_tenants.clone(),
             ));
         }
         Ok(PgStore {
@@ -490,6 +495,7 @@ impl PgStore {
             stats,
             _listener: Arc::new(ListenerGuard(task.abort_handle())),
             claim_cursor: Arc::default(),
+            job_tenants,
         })
     }
 
@@ -1164,8 +1170,9 @@ fn group_commit_workers(pool_size: usize) -> usize {
 
 const GROUP_IN_FLIGHT: usize = 2;
 
-/// Most appends one group-commit transaction carries.
-const GROUP_MAX_APPENDS: usize = 512;
+/// Most appends one group-commit transaction carries: enough to share commits widely, few
+/// enough that a transaction stays short, since the next tenant's append waits for one.
+const GROUP_MAX_APPENDS: usize = 128;
 /// Appends that may wait for the batcher before `append` callers wait to enqueue.
 const GROUP_QUEUE: usize = 8_192;
 
@@ -1179,23 +1186,27 @@ const GROUP_QUEUE: usize = 8_192;
 async fn group_commit_worker(
     pool: Pool,
     stats: Arc<AppendCounters>,
-    queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Queued>>>,
+    queue: Arc<tokio::sync::Mutex<(tokio::sync::mpsc::Receiver<Queued>, FairQueue<Queued>)>>,
+    job_tenants: Arc<Mutex<JobTenants>>,
 ) {
+    let tenant = |q: &Queued| job_tenants.lock().ok().map(|t| t.of(&q.0.job_id));
     loop {
-        let mut batch = Vec::new();
-        {
-            let mut rx = queue.lock().await;
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            batch.push(first);
-            while batch.len() < GROUP_MAX_APPENDS {
-                match rx.try_recv() {
-                    Ok(q) => batch.push(q),
-                    Err(_) => break,
-                }
+        let batch = {
+            let mut guard = queue.lock().await;
+            let (rx, waiting) = &mut *guard;
+            if waiting.is_empty() {
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
+                waiting.push(tenant(&first), first);
             }
-        }
+            while let Ok(q) = rx.try_recv() {
+                waiting.push(tenant(&q), q);
+            }
+            // Tenants in turn (W6): a tenant's backlog of appends does not fill every
+            // transaction ahead of another tenant's next append.
+            waiting.next_batch(GROUP_MAX_APPENDS)
+        };
         // A caller that gave up (dropped its future) gets nothing written.
         let (appends, replies): (Vec<Append>, Vec<_>) =
             batch.into_iter().filter(|(_, r)| !r.is_closed()).unzip();
@@ -1626,6 +1637,9 @@ impl Store for PgStore {
         if let (Some(last), Ok(mut c)) = (leases.last(), self.claim_cursor.lock()) {
             c.clone_from(&last.tenant);
         }
+        if let Ok(mut t) = self.job_tenants.lock() {
+            t.leased(&leases);
+        }
         Ok(leases)
     }
 
@@ -1653,6 +1667,9 @@ impl Store for PgStore {
     }
 
     async fn release(&self, worker: &str, held: &[(JobId, u64)]) -> Result<()> {
+        if let Ok(mut t) = self.job_tenants.lock() {
+            t.released(held.iter().map(|(j, _)| *j));
+        }
         if !held.is_empty() {
             let ids: Vec<Uuid> = held.iter().map(|(j, _)| j.0).collect();
             let tokens: Vec<i64> = held.iter().map(|(_, t)| to_i64(*t)).collect();

@@ -3,14 +3,15 @@
 //! All writes go through one writer thread that drains its queue into a single redb write
 //! transaction and commits it with `Durability::Immediate` (fsync) before answering anyone:
 //! group commit across jobs, each operation keeping its own fence and seq checks (G1, G3).
-//! The writer serves its queue fairly (`FairQueue`): the deployment's operations first,
-//! then tenants in turn, so one tenant's flood of writes does not queue ahead of another
-//! tenant's next write.
+//! The writer serves its queue fairly (`crate::fair::FairQueue`): the deployment's
+//! operations first, then tenants in turn, so one tenant's flood of writes does not queue
+//! ahead of another tenant's next write.
 //! An operation validates everything before it writes, so one rejected operation never
 //! leaves partial writes in the shared transaction. Reads use redb's MVCC read
 //! transactions on the blocking pool. The writer's clock is the store clock (monotonic
 //! within the process).
 
+use crate::fair::{FairQueue, JobTenants};
 use crate::{
     backend, Access, Append, AuditEntry, AuditFilter, AuditRecord, CommandBody, JobSummary, Lease,
     LedgerEntry, ListFilter, NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
@@ -345,100 +346,28 @@ fn now_ms() -> i64 {
 struct WriterState {
     /// The tenant the last claim served last: the next claim's round robin starts after it.
     claim_cursor: Vec<u8>,
-    /// The tenant of each job leased through this store (from claims, dropped on release):
-    /// appends name only their job, and the queue needs their tenant to be fair. A hint:
-    /// an unknown job queues under the empty tenant.
-    job_tenants: HashMap<JobId, Arc<str>>,
+    /// The tenants of jobs leased here, so the queue can place their appends.
+    job_tenants: JobTenants,
 }
 
-/// The most job → tenant hints kept; past it they are dropped (they only order work).
-const MAX_JOB_TENANTS: usize = 200_000;
-
-/// Operations waiting for the writer, served fairly (issue 5, W6): the deployment's own
-/// operations (claims, heartbeats, releases, tenant admin) first, then tenants in turn,
-/// one operation each, in arrival order within a tenant. A tenant flooding the store with
-/// appends therefore delays another tenant's next write by at most about one batch,
-/// instead of by everything it queued ahead of it.
-#[derive(Default)]
-struct FairQueue {
-    system: VecDeque<WriteOp>,
-    tenants: HashMap<Arc<str>, VecDeque<WriteOp>>,
-    /// Tenants with queued operations, in the order they are served next.
-    turn: VecDeque<Arc<str>>,
-    len: usize,
-}
-
-impl FairQueue {
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The tenant an operation is for (`None` = the deployment's own).
-    fn tenant_of(op: &WriteOp, st: &WriterState) -> Option<Arc<str>> {
-        let of_job = |id: &JobId| {
-            Some(
-                st.job_tenants
-                    .get(id)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from("")),
-            )
-        };
-        match op {
-            WriteOp::Submit(job, _, _) => Some(Arc::from(job.tenant.as_str())),
-            WriteOp::Append(batch, _) => batch.first().and_then(|a| of_job(&a.job_id)),
-            WriteOp::Snapshot { id, .. } | WriteOp::MarkApplied { id, .. } => of_job(id),
-            WriteOp::PutCommand { tenant, id, .. } => match tenant {
-                Some(t) => Some(Arc::from(t.as_str())),
-                None => of_job(id),
-            },
-            WriteOp::RecordAudit { entry, .. } => Some(Arc::from(entry.tenant.as_str())),
-            WriteOp::PutUser { user, .. } => Some(Arc::from(user.tenant.as_str())),
-            WriteOp::Claim { .. }
-            | WriteOp::Heartbeat { .. }
-            | WriteOp::Release { .. }
-            | WriteOp::PutTenant { .. } => None,
-        }
-    }
-
-    fn push(&mut self, op: WriteOp, st: &WriterState) {
-        self.len += 1;
-        match Self::tenant_of(&op, st) {
-            None => self.system.push_back(op),
-            Some(t) => {
-                let q = self.tenants.entry(t.clone()).or_default();
-                if q.is_empty() {
-                    self.turn.push_back(t);
-                }
-                q.push_back(op);
-            }
-        }
-    }
-
-    /// Up to `max` operations: every queued system one first, then round robin.
-    fn next_batch(&mut self, max: usize) -> Vec<WriteOp> {
-        let mut out = Vec::with_capacity(max.min(self.len));
-        while out.len() < max {
-            if let Some(op) = self.system.pop_front() {
-                out.push(op);
-                continue;
-            }
-            let Some(t) = self.turn.pop_front() else {
-                break;
-            };
-            let Some(q) = self.tenants.get_mut(&t) else {
-                continue;
-            };
-            if let Some(op) = q.pop_front() {
-                out.push(op);
-            }
-            if q.is_empty() {
-                self.tenants.remove(&t);
-            } else {
-                self.turn.push_back(t);
-            }
-        }
-        self.len -= out.len();
-        out
+/// The tenant an operation is for (`None` = the deployment's own), for the writer's
+/// `FairQueue`.
+fn tenant_of(op: &WriteOp, st: &WriterState) -> Option<Arc<str>> {
+    let of_job = |id: &JobId| Some(st.job_tenants.of(id));
+    match op {
+        WriteOp::Submit(job, _, _) => Some(Arc::from(job.tenant.as_str())),
+        WriteOp::Append(batch, _) => batch.first().and_then(|a| of_job(&a.job_id)),
+        WriteOp::Snapshot { id, .. } | WriteOp::MarkApplied { id, .. } => of_job(id),
+        WriteOp::PutCommand { tenant, id, .. } => match tenant {
+            Some(t) => Some(Arc::from(t.as_str())),
+            None => of_job(id),
+        },
+        WriteOp::RecordAudit { entry, .. } => Some(Arc::from(entry.tenant.as_str())),
+        WriteOp::PutUser { user, .. } => Some(Arc::from(user.tenant.as_str())),
+        WriteOp::Claim { .. }
+        | WriteOp::Heartbeat { .. }
+        | WriteOp::Release { .. }
+        | WriteOp::PutTenant { .. } => None,
     }
 }
 
@@ -450,16 +379,16 @@ fn writer_loop(
 ) {
     let mut clock = 0i64;
     let mut state = WriterState::default();
-    let mut queue = FairQueue::default();
+    let mut queue: FairQueue<WriteOp> = FairQueue::default();
     loop {
         if queue.is_empty() {
             match rx.recv() {
-                Ok(op) => queue.push(op, &state),
+                Ok(op) => queue.push(tenant_of(&op, &state), op),
                 Err(_) => break, // the store is closing and everything is written
             }
         }
         while let Ok(op) = rx.try_recv() {
-            queue.push(op, &state);
+            queue.push(tenant_of(&op, &state), op);
         }
         let ops = queue.next_batch(MAX_BATCH);
         clock = clock.max(now_ms());
@@ -597,14 +526,7 @@ fn execute(
                 &mut state.claim_cursor,
             ))?;
             if let Ok(leases) = &r {
-                if state.job_tenants.len() + leases.len() > MAX_JOB_TENANTS {
-                    state.job_tenants.clear();
-                }
-                for l in leases {
-                    state
-                        .job_tenants
-                        .insert(l.job_id, Arc::from(l.tenant.as_str()));
-                }
+                state.job_tenants.leased(leases);
             }
             defer(reply, r)
         }
@@ -620,9 +542,7 @@ fn execute(
             reply,
         } => {
             *wake = true;
-            for (id, _) in &held {
-                state.job_tenants.remove(id);
-            }
+            state.job_tenants.released(held.iter().map(|(id, _)| *id));
             defer(reply, lift(release_in(tx, &worker, &held))?)
         }
         WriteOp::PutCommand {
@@ -1900,51 +1820,6 @@ mod tests {
     use super::*;
     use redb::TableHandle;
     use serde_json::json;
-
-    /// The writer's queue serves the deployment's operations first, then tenants in
-    /// turn: one tenant's backlog does not delay another tenant's next write.
-    #[test]
-    fn the_writer_queue_serves_tenants_in_turn() {
-        let plan: aetheris_runtime::Plan =
-            serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo"}]})).unwrap();
-        let submit = |t: &str| {
-            let job = NewJob {
-                tenant: t.into(),
-                idempotency_key: None,
-                plan: plan.clone(),
-                input: json!({}),
-            };
-            WriteOp::Submit(job, None, oneshot::channel().0)
-        };
-        let st = WriterState::default();
-        let mut q = FairQueue::default();
-        for _ in 0..5 {
-            q.push(submit("a"), &st);
-        }
-        q.push(submit("b"), &st);
-        q.push(
-            WriteOp::Claim {
-                worker: "w".into(),
-                ttl_ms: 1,
-                max: 1,
-                caps: RunningCaps::default(),
-                reply: oneshot::channel().0,
-            },
-            &st,
-        );
-        let who = |ops: &[WriteOp]| -> Vec<String> {
-            ops.iter()
-                .map(|op| match op {
-                    WriteOp::Submit(j, _, _) => j.tenant.clone(),
-                    WriteOp::Claim { .. } => "claim".into(),
-                    _ => "other".into(),
-                })
-                .collect()
-        };
-        assert_eq!(who(&q.next_batch(3)), ["claim", "a", "b"]);
-        assert_eq!(who(&q.next_batch(10)), ["a", "a", "a", "a"]);
-        assert!(q.is_empty());
-    }
 
     /// A file written with the first claimable-set layout (job → tenant, no `leased`)
     /// opens with its queued and leased jobs in the per-tenant layout: the queued job is
