@@ -99,8 +99,8 @@ pub struct BenchArgs {
     /// W3: how long the stub tool holds each call (ms).
     #[arg(long, default_value_t = 20)]
     pub w3_step_ms: u64,
-    /// W6: jobs tenant B trickles in (its queue-wait samples).
-    #[arg(long, default_value_t = 20)]
+    /// W6: jobs tenant B trickles in per run (its queue-wait samples).
+    #[arg(long, default_value_t = 50)]
     pub w6_b_jobs: usize,
     /// W6: tenant A floods this many times as many jobs as B.
     #[arg(long, default_value_t = 1000)]

@@ -3,7 +3,9 @@
 //! one round trip per heartbeat, revokes the actor of any lease the heartbeat did not keep,
 //! and releases leases of finished or passivated jobs at once so another worker (or a later
 //! claim) can take them without waiting for the TTL. Claims are triggered by the store's
-//! wake-up hint and by a polling fallback. `Drain` stops taking work, lets job actors
+//! wake-up hint and by a polling fallback. No tenant may hold more than its share of this
+//! worker's slots (`tenant_share`: all but an eighth), so a tenant's backlog never takes
+//! the last free slot from another tenant's new job (W6). `Drain` stops taking work, lets job actors
 //! record their in-flight calls, and releases everything (G4: graceful handoff in
 //! milliseconds).
 
@@ -12,6 +14,7 @@ use crate::Shared;
 use actix::prelude::*;
 use aetheris_runtime::JobId;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Message)]
@@ -51,10 +54,24 @@ pub struct Drain {
     pub grace: Duration,
 }
 
+/// The slots of a worker with `max_jobs` slots that one tenant may hold: all but an eighth
+/// (none reserved below 8 slots), so other tenants' new jobs find a free slot at once.
+pub fn tenant_share(max_jobs: usize) -> usize {
+    max_jobs - max_jobs / 8
+}
+
+/// A lease this worker holds.
+struct Held {
+    token: u64,
+    tenant: Arc<str>,
+}
+
 pub struct LeaseManager {
     sh: Shared,
     registry: Addr<JobRegistry>,
-    held: HashMap<JobId, u64>,
+    held: HashMap<JobId, Held>,
+    /// Leases held per tenant (the counts of `held`).
+    per_tenant: HashMap<Arc<str>, usize>,
     claiming: bool,
     claim_again: bool,
     draining: bool,
@@ -72,6 +89,7 @@ impl LeaseManager {
             sh,
             registry,
             held: HashMap::new(),
+            per_tenant: HashMap::new(),
             claiming: false,
             claim_again: false,
             draining: false,
@@ -95,8 +113,19 @@ impl LeaseManager {
         self.claiming = true;
         let store = self.sh.store.clone();
         let cfg = self.sh.config.clone();
-        // Tenants' caps on running jobs are enforced by the store across all workers.
-        let caps = cfg.rate_limits.running_caps();
+        // Tenants' caps on running jobs are enforced by the store across all workers; the
+        // store also keeps each tenant within what is left of its share of this worker.
+        let mut caps = cfg.rate_limits.running_caps();
+        let share = tenant_share(cfg.max_jobs);
+        if room > share {
+            caps.this_claim_default = Some(share as u64);
+        }
+        for (tenant, n) in &self.per_tenant {
+            if n + room > share {
+                caps.this_claim
+                    .insert(tenant.to_string(), share.saturating_sub(*n) as u64);
+            }
+        }
         ctx.spawn(
             actix::fut::wrap_future(async move {
                 store
@@ -110,7 +139,7 @@ impl LeaseManager {
                         let full = leases.len() == room;
                         for l in leases {
                             act.sh.metrics.inc("aetheris_lease_grants_total", &[]);
-                            act.held.insert(l.job_id, l.token);
+                            act.hold(l.job_id, l.token, &l.tenant);
                             act.registry.do_send(RunJob {
                                 job_id: l.job_id,
                                 token: l.token,
@@ -126,11 +155,38 @@ impl LeaseManager {
         );
     }
 
+    fn holds(&self, job: JobId, token: u64) -> bool {
+        self.held.get(&job).is_some_and(|h| h.token == token)
+    }
+
+    fn hold(&mut self, job: JobId, token: u64, tenant: &str) {
+        let tenant: Arc<str> = Arc::from(tenant);
+        *self.per_tenant.entry(tenant.clone()).or_insert(0) += 1;
+        if let Some(old) = self.held.insert(job, Held { token, tenant }) {
+            self.count_out(&old.tenant);
+        }
+    }
+
+    fn unhold(&mut self, job: JobId) {
+        if let Some(old) = self.held.remove(&job) {
+            self.count_out(&old.tenant);
+        }
+    }
+
+    fn count_out(&mut self, tenant: &Arc<str>) {
+        if let Some(n) = self.per_tenant.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_tenant.remove(tenant);
+            }
+        }
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         if self.held.is_empty() {
             return;
         }
-        let sent: Vec<(JobId, u64)> = self.held.iter().map(|(j, t)| (*j, *t)).collect();
+        let sent: Vec<(JobId, u64)> = self.held.iter().map(|(j, h)| (*j, h.token)).collect();
         let store = self.sh.store.clone();
         let cfg = self.sh.config.clone();
         let t0 = Instant::now();
@@ -152,9 +208,8 @@ impl LeaseManager {
                         let kept: HashMap<JobId, u64> =
                             kept.into_iter().map(|l| (l.job_id, l.token)).collect();
                         for (job, token) in sent {
-                            if kept.get(&job) != Some(&token) && act.held.get(&job) == Some(&token)
-                            {
-                                act.held.remove(&job);
+                            if kept.get(&job) != Some(&token) && act.holds(job, token) {
+                                act.unhold(job);
                                 act.sh
                                     .metrics
                                     .inc("aetheris_lease_losses_total", &[("reason", "heartbeat")]);
@@ -223,8 +278,8 @@ impl Handler<ClaimNow> for LeaseManager {
 impl Handler<LeaseDone> for LeaseManager {
     type Result = ();
     fn handle(&mut self, m: LeaseDone, ctx: &mut Context<Self>) {
-        if self.held.get(&m.job_id) == Some(&m.token) {
-            self.held.remove(&m.job_id);
+        if self.holds(m.job_id, m.token) {
+            self.unhold(m.job_id);
         }
         if m.release {
             if self.draining {
@@ -261,7 +316,9 @@ impl Handler<Drain> for LeaseManager {
                 }
             })
             .then(|_, act: &mut LeaseManager, _| {
-                let mut rest: Vec<(JobId, u64)> = act.held.drain().collect();
+                act.per_tenant.clear();
+                let mut rest: Vec<(JobId, u64)> =
+                    act.held.drain().map(|(j, h)| (j, h.token)).collect();
                 rest.append(&mut act.released_in_drain);
                 let store = act.sh.store.clone();
                 let worker = act.sh.config.worker_id.clone();

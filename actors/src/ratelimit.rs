@@ -92,6 +92,8 @@ impl LimitsConfig {
                 .iter()
                 .filter_map(|(t, l)| Some((t.clone(), l.max_running_jobs?)))
                 .collect(),
+            this_claim: Default::default(),
+            this_claim_default: None,
         }
     }
 

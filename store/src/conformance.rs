@@ -1747,7 +1747,8 @@ pub async fn audit_rows_commit_with_their_change(store: DynStore) {
 
 /// Per-tenant caps on running jobs hold across workers (issue 5): concurrent claims by
 /// several workers never lease more of a tenant's jobs than its cap; a release or an
-/// expired lease frees a slot; uncapped claims are unaffected.
+/// expired lease frees a slot; uncapped claims are unaffected. A per-claim limit (a
+/// worker's share) bounds one claim only.
 pub async fn claims_respect_running_caps(store: DynStore) {
     park_claimable(&store).await;
     let a = fresh_tenant("cap-a");
@@ -1759,6 +1760,7 @@ pub async fn claims_respect_running_caps(store: DynStore) {
     let caps = RunningCaps {
         default: Some(3),
         tenants: [(a.clone(), 2)].into_iter().collect(),
+        ..Default::default()
     };
     let count = |ls: &[Lease], t: &str| ls.iter().filter(|l| l.tenant == t).count();
     // Four workers claim at once.
@@ -1831,6 +1833,59 @@ pub async fn claims_respect_running_caps(store: DynStore) {
     // Without caps the rest is claimable at once.
     let rest = ok(store.claim("cap-w11", HOUR_MS, 100).await, "uncapped claim");
     assert_eq!((count(&rest, &a), count(&rest, &b)), (4, 3), "{rest:?}");
+    park_claimable(&store).await;
+
+    // A limit for this claim only (a worker's share left): no counting, no cap across
+    // workers; 0 skips the tenant, a tenant without an entry is not limited.
+    for _ in 0..4 {
+        submit(&store, &a).await;
+        submit(&store, &b).await;
+    }
+    let share = |a_left: u64| RunningCaps {
+        this_claim: [(a.clone(), a_left)].into_iter().collect(),
+        ..Default::default()
+    };
+    let none_of_a = ok(
+        store.claim_within("share-w", HOUR_MS, 3, &share(0)).await,
+        "claim with a's share used up",
+    );
+    assert_eq!(
+        (count(&none_of_a, &a), count(&none_of_a, &b)),
+        (0, 3),
+        "a share of 0 skips tenant a: {none_of_a:?}"
+    );
+    let one_of_a = ok(
+        store.claim_within("share-w", HOUR_MS, 100, &share(1)).await,
+        "claim with one of a's share left",
+    );
+    assert_eq!(
+        (count(&one_of_a, &a), count(&one_of_a, &b)),
+        (1, 1),
+        "{one_of_a:?}"
+    );
+    let again = ok(
+        store.claim_within("share-w", HOUR_MS, 100, &share(1)).await,
+        "the limit is per claim",
+    );
+    assert_eq!((count(&again, &a), count(&again, &b)), (1, 0), "{again:?}");
+    park_claimable(&store).await;
+    // The default limit covers every tenant without an entry of its own.
+    for _ in 0..3 {
+        submit(&store, &a).await;
+        submit(&store, &b).await;
+    }
+    let by_default = RunningCaps {
+        this_claim: [(b.clone(), 2)].into_iter().collect(),
+        this_claim_default: Some(1),
+        ..Default::default()
+    };
+    let got = ok(
+        store
+            .claim_within("share-w", HOUR_MS, 100, &by_default)
+            .await,
+        "claim with a default limit",
+    );
+    assert_eq!((count(&got, &a), count(&got, &b)), (1, 2), "{got:?}");
     park_claimable(&store).await;
 }
 

@@ -266,10 +266,18 @@ pub struct AuditFilter {
 /// as running while it is claimable (queued, running, or woken to apply a command) and
 /// holds a live lease. `claim_within` never grants a lease that would take a tenant past
 /// its cap. `default` applies to tenants without an entry in `tenants`; `None` = no cap.
+///
+/// `this_claim` (`this_claim_default` for tenants without an entry) limits one claim
+/// only: at most that many jobs of the tenant, whatever the caps allow. A worker passes
+/// what is left of its own per-tenant share there (it knows its leases, so the store
+/// counts nothing), so one tenant's backlog cannot take every slot of a worker and leave
+/// another tenant's new job waiting for one (W6).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunningCaps {
     pub default: Option<u64>,
     pub tenants: std::collections::BTreeMap<String, u64>,
+    pub this_claim: std::collections::BTreeMap<String, u64>,
+    pub this_claim_default: Option<u64>,
 }
 
 impl RunningCaps {
@@ -277,6 +285,15 @@ impl RunningCaps {
         self.tenants.get(tenant).copied().or(self.default)
     }
 
+    /// The most jobs of `tenant` this claim may lease, caps aside (`None` = no limit).
+    pub fn claim_limit(&self, tenant: &str) -> Option<u64> {
+        self.this_claim
+            .get(tenant)
+            .copied()
+            .or(self.this_claim_default)
+    }
+
+    /// No cap across workers (`this_claim` aside): a claim needs no running count.
     pub fn is_unlimited(&self) -> bool {
         self.default.is_none() && self.tenants.is_empty()
     }

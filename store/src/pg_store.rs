@@ -261,7 +261,9 @@ const LATEST_SNAPSHOT_SQL: &str = "SELECT seq, blob FROM snapshots \
 /// Per-tenant caps on running jobs (`RunningCaps`): each tenant offers at most
 /// `cap - running` candidates, where `running` counts its claimable jobs with a live lease
 /// (`jobs_leased`; not computed at all when no cap is set). $3/$4 are the capped tenants
-/// and their caps, $5 the default cap (NULL = none), $6 the cursor. With caps, run only
+/// and their caps, $5 the default cap (NULL = none), $6 the cursor, $7/$8 the tenants
+/// limited in this claim only (`RunningCaps::this_claim`) and their limits, $9 the limit of
+/// this claim for the other tenants (NULL = none). With caps, run only
 /// inside a transaction that holds `CLAIM_LOCK_SQL`, so no two claims count at once (see
 /// `claim_within`).
 const CLAIM_SQL_TEMPLATE: &str = "\
@@ -281,9 +283,12 @@ running AS (
     GROUP BY j.tenant
 ),
 budget AS (
-    SELECT t.tenant, COALESCE(caps.cap, $5::bigint) - COALESCE(r.n, 0) AS budget
+    SELECT t.tenant,
+           LEAST(COALESCE(caps.cap, $5::bigint) - COALESCE(r.n, 0),
+                 COALESCE(here.n, $9::bigint)) AS budget
     FROM tenants t
     LEFT JOIN unnest($3::text[], $4::bigint[]) AS caps(tenant, cap) ON caps.tenant = t.tenant
+    LEFT JOIN unnest($7::text[], $8::bigint[]) AS here(tenant, n) ON here.tenant = t.tenant
     LEFT JOIN running r ON r.tenant = t.tenant
     WHERE t.tenant IS NOT NULL
 ),
@@ -476,7 +481,10 @@ impl PgStore {
         let task = tokio::spawn(listen_loop(listen_config, hint.clone(), commands.clone()));
         // Group commit: workers on this runtime too; they stop when the last clone drops.
         let (group, queue) = tokio::sync::mpsc::channel(GROUP_QUEUE);
-        let queue = Arc::new(tokio::sync::Mutex::new((queue, FairQueue::default())));
+        let queue = Arc::new(tokio::sync::Mutex::new((
+            queue,
+            FairQueue::new(GROUP_CONTENDED_QUOTA),
+        )));
         let stats = Arc::new(AppendCounters::default());
         let job_tenants: Arc<Mutex<JobTenants>> = Arc::default();
         for _ in 0..group_commit_workers(size) {
@@ -1173,6 +1181,10 @@ const GROUP_IN_FLIGHT: usize = 2;
 /// Most appends one group-commit transaction carries: enough to share commits widely, few
 /// enough that a transaction stays short, since the next tenant's append waits for one.
 const GROUP_MAX_APPENDS: usize = 128;
+/// A tenant's appends per group-commit transaction while other tenants are active too
+/// (`FairQueue`): a flood's transactions stay short, so another tenant's append waits
+/// for a short one (W6).
+const GROUP_CONTENDED_QUOTA: usize = 16;
 /// Appends that may wait for the batcher before `append` callers wait to enqueue.
 const GROUP_QUEUE: usize = 8_192;
 
@@ -1617,8 +1629,20 @@ impl Store for PgStore {
         let names: Vec<&str> = caps.tenants.keys().map(String::as_str).collect();
         let limits: Vec<i64> = caps.tenants.values().map(|c| to_i64(*c)).collect();
         let default = caps.default.map(to_i64);
-        let params: [&(dyn ToSql + Sync); 6] =
-            [&worker, &to_i64(ttl_ms), &names, &limits, &default, &cursor];
+        let here_names: Vec<&str> = caps.this_claim.keys().map(String::as_str).collect();
+        let here_limits: Vec<i64> = caps.this_claim.values().map(|c| to_i64(*c)).collect();
+        let here_default = caps.this_claim_default.map(to_i64);
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &worker,
+            &to_i64(ttl_ms),
+            &names,
+            &limits,
+            &default,
+            &cursor,
+            &here_names,
+            &here_limits,
+            &here_default,
+        ];
         let rows = if caps.is_unlimited() {
             client.query(&st, &params).await.map_err(|e| self.pg(e))?
         } else {

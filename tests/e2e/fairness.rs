@@ -1,14 +1,161 @@
 //! Fairness across tenants: with tenant A's 2,000 jobs queued first, tenant B's 10 jobs
 //! start within a bounded wait, because claims round-robin across tenants with runnable
-//! work (a backlog cannot starve a small tenant).
+//! work (a backlog cannot starve a small tenant); and a tenant whose jobs hold every slot
+//! they may cannot take a worker's last ones, so another tenant's new job starts at once.
 
 use crate::support::rt;
-use aetheris_actors::{start_worker, Metrics, Shared, ToolRegistry, WorkerConfig};
-use aetheris_runtime::{JobStatus, Plan};
+use aetheris_actors::{
+    lease::tenant_share, start_worker, Invocation, Metrics, Shared, Tool, ToolError, ToolRegistry,
+    WorkerConfig,
+};
+use aetheris_runtime::{EffectClass, JobId, JobStatus, Plan};
 use aetheris_store::{DynStore, NewJob, RedbStore, Scope};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+async fn submit_to(store: &DynStore, tenant: &str, plan: &Plan) -> JobId {
+    let (s, _) = store
+        .submit(
+            NewJob {
+                tenant: tenant.into(),
+                idempotency_key: None,
+                plan: plan.clone(),
+                input: Value::Null,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    s.job_id
+}
+
+/// Tenant `a`'s calls wait at a gate until the test opens it (counting how many wait at
+/// once); other tenants' calls pass.
+struct Gate {
+    open: Arc<tokio::sync::Semaphore>,
+    a_waiting: Arc<AtomicUsize>,
+    a_most: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Tool for Gate {
+    fn effect(&self) -> EffectClass {
+        EffectClass::Pure
+    }
+    async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
+        if call.tenant == "a" {
+            let now = self.a_waiting.fetch_add(1, Ordering::SeqCst) + 1;
+            self.a_most.fetch_max(now, Ordering::SeqCst);
+            let permit = self.open.acquire().await;
+            drop(permit);
+            self.a_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(json!({}))
+    }
+}
+
+#[test]
+fn one_tenant_cannot_take_every_slot_of_a_worker() {
+    const MAX_JOBS: usize = 8;
+    let share = tenant_share(MAX_JOBS);
+    assert!(share < MAX_JOBS, "a worker of {MAX_JOBS} keeps a slot free");
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+    let plan: Plan =
+        serde_json::from_value(json!({"steps": [{"id": "hold", "tool": "gate"}]})).unwrap();
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let (a_waiting, a_most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let a_ids: Vec<JobId> = rt().block_on(async {
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            ids.push(submit_to(&store, "a", &plan).await);
+        }
+        ids
+    });
+    let (st, gate) = (
+        store.clone(),
+        Gate {
+            open: open.clone(),
+            a_waiting: a_waiting.clone(),
+            a_most: a_most.clone(),
+        },
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let (finished, _) = tokio::sync::broadcast::channel(64);
+            let mut tools = ToolRegistry::with_builtins();
+            tools.register("gate", gate);
+            let _w = start_worker(Shared {
+                store: st,
+                tools,
+                metrics: Arc::new(Metrics::default()),
+                config: Arc::new(WorkerConfig {
+                    max_jobs: MAX_JOBS,
+                    poll_ms: 20,
+                    ..WorkerConfig::default()
+                }),
+                finished,
+            });
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+            actix_rt::System::current().stop();
+        })
+    });
+    let status = |id: JobId| {
+        let store = store.clone();
+        async move {
+            store
+                .get_job(Scope::System, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+        }
+    };
+    rt().block_on(async {
+        // a's jobs fill the worker up to a's share, and no further, even after many polls.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while a_waiting.load(Ordering::SeqCst) < share {
+            assert!(Instant::now() < deadline, "a's jobs did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            a_most.load(Ordering::SeqCst),
+            share,
+            "tenant a holds at most its share of the worker's {MAX_JOBS} slots"
+        );
+        // b's new job takes a free slot while every one of a's is still held.
+        let b = submit_to(&store, "b", &plan).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status(b).await != JobStatus::Succeeded {
+            assert!(
+                Instant::now() < deadline,
+                "tenant b's job waited behind tenant a's"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            a_waiting.load(Ordering::SeqCst),
+            share,
+            "a's jobs still hold"
+        );
+        // Open the gate: all of a's jobs finish, never more than its share at once.
+        open.add_permits(1_000);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for id in &a_ids {
+            while status(*id).await != JobStatus::Succeeded {
+                assert!(Instant::now() < deadline, "a's jobs did not finish");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(a_most.load(Ordering::SeqCst), share);
+    });
+    let _ = tx.send(());
+    thread.join().unwrap();
+}
 
 #[test]
 fn a_small_tenant_is_not_starved_by_a_backlog() {
