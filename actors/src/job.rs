@@ -833,6 +833,9 @@ fn store_reason(e: &StoreError) -> &'static str {
     }
 }
 
+/// Events read per round trip while replaying.
+const REPLAY_PAGE: usize = 10_000;
+
 /// Loads a job's state: the newest snapshot, then the events after it.
 pub async fn load_state(
     store: &aetheris_store::DynStore,
@@ -854,15 +857,17 @@ pub async fn load_state(
     let mut after = state.as_ref().map(|s| s.last_seq).unwrap_or(0);
     loop {
         let batch = store
-            .read_events(Scope::System, job, after, 10_000)
+            .read_events(Scope::System, job, after, REPLAY_PAGE)
             .await
             .map_err(|e| e.to_string())?;
-        if batch.is_empty() {
-            break;
-        }
+        let last_page = batch.len() < REPLAY_PAGE;
         replayed += batch.len();
         after = batch.last().map(|e| e.seq).unwrap_or(after);
         state = JobState::replay(state, &batch).map_err(|e| e.to_string())?;
+        // A short page is the end of the log: no extra round trip to read nothing.
+        if last_page {
+            break;
+        }
     }
     Ok(state.map(|s| (s, snap_seq, replayed)))
 }
@@ -879,11 +884,12 @@ impl Actor for JobActor {
         let t0 = Instant::now();
         ctx.wait(
             actix::fut::wrap_future(async move {
-                let state = load_state(&store, job).await?;
-                let cmds = store
-                    .pending_commands(job)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // Independent reads, at once: a job starts after two round trips of the
+                // store, not four (on a loaded database each one queues).
+                let (state, cmds) =
+                    tokio::join!(load_state(&store, job), store.pending_commands(job));
+                let state = state?;
+                let cmds = cmds.map_err(|e| e.to_string())?;
                 Ok::<_, String>(state.map(|s| (s, cmds)))
             })
             .map(move |res, act: &mut JobActor, ctx| match res {

@@ -1,13 +1,13 @@
 //! `LeaseManager`: this worker's leases. Claims runnable jobs (the store makes claims fair
 //! across tenants and bumps the fencing token on every grant), renews every held lease in
 //! one round trip per heartbeat, revokes the actor of any lease the heartbeat did not keep,
-//! and releases leases of finished or passivated jobs at once so another worker (or a later
-//! claim) can take them without waiting for the TTL. Claims are triggered by the store's
-//! wake-up hint and by a polling fallback. No tenant may hold more than its share of this
-//! worker's slots (`tenant_share`: all but an eighth), so a tenant's backlog never takes
-//! the last free slot from another tenant's new job (W6). `Drain` stops taking work, lets job actors
-//! record their in-flight calls, and releases everything (G4: graceful handoff in
-//! milliseconds).
+//! and releases leases of finished or passivated jobs at once (together, in one store call
+//! at a time) so another worker (or a later claim) can take them without waiting for the
+//! TTL. Claims are triggered by the store's wake-up hint and by a polling fallback. No
+//! tenant may hold more than its share of this worker's slots (`tenant_share`: all but an
+//! eighth), so a tenant's backlog never takes the last free slot from another tenant's new
+//! job (W6). `Drain` stops taking work, lets job actors record their in-flight calls, and
+//! releases everything (G4: graceful handoff in milliseconds).
 
 use crate::registry::{ActiveCount, DrainAll, JobRegistry, RevokeJob, RunJob};
 use crate::Shared;
@@ -36,6 +36,12 @@ struct ClaimNow;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WakeAt(pub i64);
+
+/// Claims of this worker under way at once. Two, so that under load one is always queued
+/// at the store while the other's answer travels back: a job submitted behind a flood is
+/// leased by the next commit, not the one after (W6). Each claim is for the slots the
+/// others have not promised, so together they never exceed `max_jobs`.
+const CLAIMS_IN_FLIGHT: usize = 2;
 
 /// How often due timers are checked.
 const TIMER_TICK: Duration = Duration::from_millis(10);
@@ -72,8 +78,14 @@ pub struct LeaseManager {
     held: HashMap<JobId, Held>,
     /// Leases held per tenant (the counts of `held`).
     per_tenant: HashMap<Arc<str>, usize>,
-    claiming: bool,
+    /// Claims sent and not yet answered, and the slots they may fill between them.
+    claims_in_flight: usize,
+    claimed_room: usize,
     claim_again: bool,
+    /// Leases of finished jobs not yet given back: released together, one store call at
+    /// a time (one write for many jobs, not one each).
+    to_release: Vec<(JobId, u64)>,
+    releasing: bool,
     draining: bool,
     /// Leases given back (each in its own spawned release) since the drain began: the
     /// drain releases them once more, awaited, so none is still in flight when the process
@@ -90,8 +102,11 @@ impl LeaseManager {
             registry,
             held: HashMap::new(),
             per_tenant: HashMap::new(),
-            claiming: false,
+            claims_in_flight: 0,
+            claimed_room: 0,
             claim_again: false,
+            to_release: Vec::new(),
+            releasing: false,
             draining: false,
             released_in_drain: Vec::new(),
             timers: std::collections::BTreeSet::new(),
@@ -102,28 +117,39 @@ impl LeaseManager {
         if self.draining {
             return;
         }
-        if self.claiming {
+        if self.claims_in_flight >= CLAIMS_IN_FLIGHT {
             self.claim_again = true;
             return;
         }
-        let room = self.sh.config.max_jobs.saturating_sub(self.held.len());
+        let room = self
+            .sh
+            .config
+            .max_jobs
+            .saturating_sub(self.held.len() + self.claimed_room);
         if room == 0 {
+            // Slots promised to a claim in flight come back if it finds less work.
+            self.claim_again |= self.claims_in_flight > 0;
             return;
         }
-        self.claiming = true;
+        self.claims_in_flight += 1;
+        self.claimed_room += room;
         let store = self.sh.store.clone();
         let cfg = self.sh.config.clone();
         // Tenants' caps on running jobs are enforced by the store across all workers; the
-        // store also keeps each tenant within what is left of its share of this worker.
+        // store also keeps each tenant within what is left of its share of this worker,
+        // counting the other claim in flight as if it leased that tenant's jobs only.
         let mut caps = cfg.rate_limits.running_caps();
         let share = tenant_share(cfg.max_jobs);
-        if room > share {
-            caps.this_claim_default = Some(share as u64);
+        let promised = self.claimed_room - room;
+        if promised + room > share {
+            caps.this_claim_default = Some(share.saturating_sub(promised) as u64);
         }
         for (tenant, n) in &self.per_tenant {
-            if n + room > share {
-                caps.this_claim
-                    .insert(tenant.to_string(), share.saturating_sub(*n) as u64);
+            if n + promised + room > share {
+                caps.this_claim.insert(
+                    tenant.to_string(),
+                    share.saturating_sub(n + promised) as u64,
+                );
             }
         }
         ctx.spawn(
@@ -133,7 +159,8 @@ impl LeaseManager {
                     .await
             })
             .map(move |res, act: &mut LeaseManager, ctx| {
-                act.claiming = false;
+                act.claims_in_flight -= 1;
+                act.claimed_room -= room;
                 match res {
                     Ok(leases) => {
                         let full = leases.len() == room;
@@ -152,6 +179,29 @@ impl LeaseManager {
                     Err(e) => tracing::warn!(error = %e, "claim failed"),
                 }
             }),
+        );
+    }
+
+    /// Gives back every lease in `to_release` in one call, unless a call is in flight (its
+    /// completion sends what queued meanwhile).
+    fn release_pending(&mut self, ctx: &mut Context<Self>) {
+        if self.releasing || self.to_release.is_empty() {
+            return;
+        }
+        self.releasing = true;
+        let leases = std::mem::take(&mut self.to_release);
+        let store = self.sh.store.clone();
+        let worker = self.sh.config.worker_id.clone();
+        ctx.spawn(
+            actix::fut::wrap_future(async move { store.release(&worker, &leases).await }).map(
+                |res, act: &mut LeaseManager, ctx| {
+                    act.releasing = false;
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, "release failed; the leases will expire");
+                    }
+                    act.release_pending(ctx);
+                },
+            ),
         );
     }
 
@@ -285,13 +335,8 @@ impl Handler<LeaseDone> for LeaseManager {
             if self.draining {
                 self.released_in_drain.push((m.job_id, m.token));
             }
-            let store = self.sh.store.clone();
-            let worker = self.sh.config.worker_id.clone();
-            ctx.spawn(actix::fut::wrap_future(async move {
-                if let Err(e) = store.release(&worker, &[(m.job_id, m.token)]).await {
-                    tracing::warn!(job = %m.job_id, error = %e, "release failed; the lease will expire");
-                }
-            }));
+            self.to_release.push((m.job_id, m.token));
+            self.release_pending(ctx);
         }
         self.claim(ctx);
     }
@@ -319,6 +364,7 @@ impl Handler<Drain> for LeaseManager {
                 act.per_tenant.clear();
                 let mut rest: Vec<(JobId, u64)> =
                     act.held.drain().map(|(j, h)| (j, h.token)).collect();
+                rest.append(&mut act.to_release);
                 rest.append(&mut act.released_in_drain);
                 let store = act.sh.store.clone();
                 let worker = act.sh.config.worker_id.clone();
