@@ -66,6 +66,42 @@ pub fn tenant_share(max_jobs: usize) -> usize {
     max_jobs - max_jobs / 8
 }
 
+/// What the next claim asks for: `room` slots, no more of one tenant than its limit.
+#[derive(Debug, PartialEq)]
+struct NextClaim {
+    room: usize,
+    default_limit: Option<u64>,
+    tenant_limits: std::collections::BTreeMap<String, u64>,
+}
+
+/// The next claim of a worker of `max_jobs` slots that holds `held` leases (per tenant:
+/// `per_tenant`) while claims under way may still fill `promised` slots; `None` when no
+/// slot is free. Each limit counts the claims under way as if they leased only that
+/// tenant's jobs, so the share holds whatever they return.
+fn next_claim(
+    max_jobs: usize,
+    held: usize,
+    promised: usize,
+    per_tenant: &HashMap<Arc<str>, usize>,
+) -> Option<NextClaim> {
+    let room = max_jobs.saturating_sub(held + promised);
+    if room == 0 {
+        return None;
+    }
+    let share = tenant_share(max_jobs);
+    let default_limit = (promised + room > share).then(|| share.saturating_sub(promised) as u64);
+    let tenant_limits = per_tenant
+        .iter()
+        .filter(|(_, n)| *n + promised + room > share)
+        .map(|(t, n)| (t.to_string(), share.saturating_sub(n + promised) as u64))
+        .collect();
+    Some(NextClaim {
+        room,
+        default_limit,
+        tenant_limits,
+    })
+}
+
 /// A lease this worker holds.
 struct Held {
     token: u64,
@@ -121,37 +157,26 @@ impl LeaseManager {
             self.claim_again = true;
             return;
         }
-        let room = self
-            .sh
-            .config
-            .max_jobs
-            .saturating_sub(self.held.len() + self.claimed_room);
-        if room == 0 {
+        let Some(next) = next_claim(
+            self.sh.config.max_jobs,
+            self.held.len(),
+            self.claimed_room,
+            &self.per_tenant,
+        ) else {
             // Slots promised to a claim in flight come back if it finds less work.
             self.claim_again |= self.claims_in_flight > 0;
             return;
-        }
+        };
+        let room = next.room;
         self.claims_in_flight += 1;
         self.claimed_room += room;
         let store = self.sh.store.clone();
         let cfg = self.sh.config.clone();
         // Tenants' caps on running jobs are enforced by the store across all workers; the
-        // store also keeps each tenant within what is left of its share of this worker,
-        // counting the other claim in flight as if it leased that tenant's jobs only.
+        // store also keeps each tenant within what is left of its share of this worker.
         let mut caps = cfg.rate_limits.running_caps();
-        let share = tenant_share(cfg.max_jobs);
-        let promised = self.claimed_room - room;
-        if promised + room > share {
-            caps.this_claim_default = Some(share.saturating_sub(promised) as u64);
-        }
-        for (tenant, n) in &self.per_tenant {
-            if n + promised + room > share {
-                caps.this_claim.insert(
-                    tenant.to_string(),
-                    share.saturating_sub(n + promised) as u64,
-                );
-            }
-        }
+        caps.this_claim = next.tenant_limits;
+        caps.this_claim_default = next.default_limit;
         ctx.spawn(
             actix::fut::wrap_future(async move {
                 store
@@ -377,5 +402,105 @@ impl Handler<Drain> for LeaseManager {
                 })
             }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenants(v: &[(&str, usize)]) -> HashMap<Arc<str>, usize> {
+        v.iter().map(|(t, n)| (Arc::from(*t), *n)).collect()
+    }
+
+    #[test]
+    fn the_share_keeps_a_slot_free_from_eight_slots_up() {
+        assert_eq!(tenant_share(1), 1);
+        assert_eq!(tenant_share(7), 7);
+        assert_eq!(tenant_share(8), 7);
+        assert_eq!(tenant_share(64), 56);
+        assert_eq!(tenant_share(256), 224);
+    }
+
+    #[test]
+    fn a_claim_asks_only_for_unpromised_slots_within_each_share() {
+        // Nothing held: the whole worker, no tenant past its share.
+        let c = next_claim(8, 0, 0, &tenants(&[])).unwrap();
+        assert_eq!((c.room, c.default_limit), (8, Some(7)));
+        // Full, or the rest promised to a claim under way: no claim.
+        assert_eq!(next_claim(8, 8, 0, &tenants(&[("a", 8)])), None);
+        assert_eq!(next_claim(8, 6, 2, &tenants(&[("a", 6)])), None);
+        // a holds 5 and a claim under way may bring 1 more: this one may add 1 of a.
+        let c = next_claim(8, 5, 1, &tenants(&[("a", 5)])).unwrap();
+        assert_eq!(c.room, 2);
+        assert_eq!(c.tenant_limits.get("a"), Some(&1));
+        assert_eq!(c.default_limit, None);
+        // a at its share: none of a; others unlimited within the room.
+        let c = next_claim(8, 7, 0, &tenants(&[("a", 7)])).unwrap();
+        assert_eq!((c.room, c.tenant_limits.get("a")), (1, Some(&0)));
+    }
+
+    /// Claims under way, answered in any order with any number of leases up to what each
+    /// may take, never hold more than `max_jobs` nor a tenant more than its share.
+    #[test]
+    fn claims_under_way_never_overfill_the_worker_or_a_share() {
+        const MAX: usize = 8;
+        let share = tenant_share(MAX);
+        // A small deterministic generator: the order of events varies, the bounds don't.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut per_tenant: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut in_flight: Vec<NextClaim> = Vec::new();
+        for _ in 0..20_000 {
+            let held: usize = per_tenant.values().sum();
+            let promised: usize = in_flight.iter().map(|c| c.room).sum();
+            match rand(3) {
+                0 if in_flight.len() < CLAIMS_IN_FLIGHT => {
+                    if let Some(c) = next_claim(MAX, held, promised, &per_tenant) {
+                        in_flight.push(c);
+                    }
+                }
+                1 if !in_flight.is_empty() => {
+                    // The store answers one claim: leases of a (busy) and b, within limits.
+                    let c = in_flight.remove(rand(in_flight.len()));
+                    let mut left = rand(c.room + 1);
+                    for t in ["a", "b"] {
+                        let limit = c
+                            .tenant_limits
+                            .get(t)
+                            .copied()
+                            .or(c.default_limit)
+                            .map_or(usize::MAX, |l| l as usize);
+                        let n = left.min(limit);
+                        *per_tenant.entry(Arc::from(t)).or_insert(0) += n;
+                        left -= n;
+                    }
+                }
+                _ => {
+                    // A job finishes.
+                    let busy: Vec<Arc<str>> = per_tenant
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(t, _)| t.clone())
+                        .collect();
+                    if !busy.is_empty() {
+                        let t = &busy[rand(busy.len())];
+                        if let Some(n) = per_tenant.get_mut(t) {
+                            *n -= 1;
+                        }
+                    }
+                }
+            }
+            let held: usize = per_tenant.values().sum();
+            assert!(held <= MAX, "held {held} of {MAX}");
+            for (t, n) in &per_tenant {
+                assert!(*n <= share, "{t} holds {n}, share {share}");
+            }
+        }
     }
 }

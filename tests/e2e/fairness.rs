@@ -31,12 +31,27 @@ async fn submit_to(store: &DynStore, tenant: &str, plan: &Plan) -> JobId {
     s.job_id
 }
 
-/// Tenant `a`'s calls wait at a gate until the test opens it (counting how many wait at
-/// once); other tenants' calls pass.
+/// Calls of tenants other than `b` wait at a gate until the test opens it; `a`'s waiting
+/// calls, and all waiting calls, are counted (now and at most).
+#[derive(Clone)]
 struct Gate {
     open: Arc<tokio::sync::Semaphore>,
     a_waiting: Arc<AtomicUsize>,
     a_most: Arc<AtomicUsize>,
+    all_waiting: Arc<AtomicUsize>,
+    all_most: Arc<AtomicUsize>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            open: Arc::new(tokio::sync::Semaphore::new(0)),
+            a_waiting: Arc::default(),
+            a_most: Arc::default(),
+            all_waiting: Arc::default(),
+            all_most: Arc::default(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -45,15 +60,110 @@ impl Tool for Gate {
         EffectClass::Pure
     }
     async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
-        if call.tenant == "a" {
-            let now = self.a_waiting.fetch_add(1, Ordering::SeqCst) + 1;
-            self.a_most.fetch_max(now, Ordering::SeqCst);
+        if call.tenant != "b" {
+            let all = self.all_waiting.fetch_add(1, Ordering::SeqCst) + 1;
+            self.all_most.fetch_max(all, Ordering::SeqCst);
+            if call.tenant == "a" {
+                let now = self.a_waiting.fetch_add(1, Ordering::SeqCst) + 1;
+                self.a_most.fetch_max(now, Ordering::SeqCst);
+            }
             let permit = self.open.acquire().await;
             drop(permit);
-            self.a_waiting.fetch_sub(1, Ordering::SeqCst);
+            if call.tenant == "a" {
+                self.a_waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.all_waiting.fetch_sub(1, Ordering::SeqCst);
         }
         Ok(json!({}))
     }
+}
+
+/// Runs a worker of `max_jobs` slots with the `gate` tool on `store` until the returned
+/// sender is used (or dropped).
+fn gated_worker(
+    store: &DynStore,
+    gate: &Gate,
+    max_jobs: usize,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (st, gate) = (store.clone(), gate.clone());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let (finished, _) = tokio::sync::broadcast::channel(64);
+            let mut tools = ToolRegistry::with_builtins();
+            tools.register("gate", gate);
+            let _w = start_worker(Shared {
+                store: st,
+                tools,
+                metrics: Arc::new(Metrics::default()),
+                config: Arc::new(WorkerConfig {
+                    max_jobs,
+                    poll_ms: 20,
+                    ..WorkerConfig::default()
+                }),
+                finished,
+            });
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+            actix_rt::System::current().stop();
+        })
+    });
+    (tx, thread)
+}
+
+/// Two claims are under way at once, yet a worker never runs more than `max_jobs` jobs:
+/// two tenants' backlogs fill exactly its slots, each within its share.
+#[test]
+fn a_worker_never_runs_more_than_max_jobs() {
+    const MAX_JOBS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(RedbStore::open(&dir.path().join("m.redb")).unwrap());
+    let plan: Plan =
+        serde_json::from_value(json!({"steps": [{"id": "hold", "tool": "gate"}]})).unwrap();
+    let gate = Gate::default();
+    let ids: Vec<JobId> = rt().block_on(async {
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            ids.push(submit_to(&store, if i % 2 == 0 { "a" } else { "c" }, &plan).await);
+        }
+        ids
+    });
+    let (stop, thread) = gated_worker(&store, &gate, MAX_JOBS);
+    rt().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gate.all_waiting.load(Ordering::SeqCst) < MAX_JOBS {
+            assert!(Instant::now() < deadline, "the jobs did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Many claims later, still no more than the worker's slots.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(gate.all_most.load(Ordering::SeqCst), MAX_JOBS);
+        // Jobs finish one at a time: every finish triggers a claim while others are under
+        // way, and still the worker never holds more than its slots.
+        for _ in 0..25 {
+            gate.open.add_permits(1);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        assert_eq!(gate.all_most.load(Ordering::SeqCst), MAX_JOBS);
+        assert!(gate.a_most.load(Ordering::SeqCst) <= tenant_share(MAX_JOBS));
+        gate.open.add_permits(1_000);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for id in &ids {
+            while store
+                .get_job(Scope::System, *id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+                != JobStatus::Succeeded
+            {
+                assert!(Instant::now() < deadline, "the jobs did not finish");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(gate.all_most.load(Ordering::SeqCst), MAX_JOBS);
+    });
+    let _ = stop.send(());
+    thread.join().unwrap();
 }
 
 #[test]
@@ -65,8 +175,12 @@ fn one_tenant_cannot_take_every_slot_of_a_worker() {
     let store: DynStore = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
     let plan: Plan =
         serde_json::from_value(json!({"steps": [{"id": "hold", "tool": "gate"}]})).unwrap();
-    let open = Arc::new(tokio::sync::Semaphore::new(0));
-    let (a_waiting, a_most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let gate = Gate::default();
+    let (open, a_waiting, a_most) = (
+        gate.open.clone(),
+        gate.a_waiting.clone(),
+        gate.a_most.clone(),
+    );
     let a_ids: Vec<JobId> = rt().block_on(async {
         let mut ids = Vec::new();
         for _ in 0..20 {
@@ -74,35 +188,7 @@ fn one_tenant_cannot_take_every_slot_of_a_worker() {
         }
         ids
     });
-    let (st, gate) = (
-        store.clone(),
-        Gate {
-            open: open.clone(),
-            a_waiting: a_waiting.clone(),
-            a_most: a_most.clone(),
-        },
-    );
-    let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            let (finished, _) = tokio::sync::broadcast::channel(64);
-            let mut tools = ToolRegistry::with_builtins();
-            tools.register("gate", gate);
-            let _w = start_worker(Shared {
-                store: st,
-                tools,
-                metrics: Arc::new(Metrics::default()),
-                config: Arc::new(WorkerConfig {
-                    max_jobs: MAX_JOBS,
-                    poll_ms: 20,
-                    ..WorkerConfig::default()
-                }),
-                finished,
-            });
-            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
-            actix_rt::System::current().stop();
-        })
-    });
+    let (tx, thread) = gated_worker(&store, &gate, MAX_JOBS);
     let status = |id: JobId| {
         let store = store.clone();
         async move {
