@@ -84,8 +84,11 @@ impl<T> FairQueue<T> {
     }
 
     fn next_batch_at(&mut self, max: usize, now: Instant) -> Vec<T> {
-        self.last_seen
-            .retain(|_, at| now.saturating_duration_since(*at) < CONTENTION_WINDOW);
+        // Only a queue that saw several tenants can be contended (and needs pruning).
+        if self.last_seen.len() > 1 {
+            self.last_seen
+                .retain(|_, at| now.saturating_duration_since(*at) < CONTENTION_WINDOW);
+        }
         let quota = if self.last_seen.len() > 1 {
             self.contended_quota
         } else {
