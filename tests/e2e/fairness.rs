@@ -254,34 +254,11 @@ fn a_small_tenant_is_not_starved_by_a_backlog() {
     // The backlog is stored before any worker runs.
     let b_ids = rt().block_on(async {
         for _ in 0..2000 {
-            store
-                .submit(
-                    NewJob {
-                        tenant: "a".into(),
-                        idempotency_key: None,
-                        plan: plan.clone(),
-                        input: Value::Null,
-                    },
-                    None,
-                )
-                .await
-                .unwrap();
+            submit_to(&store, "a", &plan).await;
         }
         let mut ids = Vec::new();
         for _ in 0..10 {
-            let (s, _) = store
-                .submit(
-                    NewJob {
-                        tenant: "b".into(),
-                        idempotency_key: None,
-                        plan: plan.clone(),
-                        input: Value::Null,
-                    },
-                    None,
-                )
-                .await
-                .unwrap();
-            ids.push(s.job_id);
+            ids.push(submit_to(&store, "b", &plan).await);
         }
         ids
     });
