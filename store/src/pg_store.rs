@@ -44,7 +44,7 @@
 //! hint after every (re)connect, since notifications sent while it was away are lost. The
 //! hint is only a hint: workers also poll.
 
-use crate::fair::{FairQueue, JobTenants};
+use crate::fair::{FairQueue, JobTenants, TenantPermits};
 use crate::{
     Append, AuditEntry, AuditFilter, AuditRecord, JobSummary, Lease, LedgerEntry, ListFilter,
     NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
@@ -399,7 +399,12 @@ pub struct PgStore {
     claim_cursor: Arc<Mutex<String>>,
     /// The tenants of jobs this store leased, so the batcher can serve tenants in turn.
     job_tenants: Arc<Mutex<JobTenants>>,
+    /// At most `SUBMITS_PER_TENANT` submissions of one tenant at once (W6).
+    submit_permits: Arc<TenantPermits>,
 }
+
+/// Submissions of one tenant this process runs at once; more callers wait their turn here.
+const SUBMITS_PER_TENANT: usize = 8;
 
 /// Aborts the LISTEN task (and so closes its connection) when dropped.
 struct ListenerGuard(tokio::task::AbortHandle);
@@ -504,6 +509,7 @@ impl PgStore {
             _listener: Arc::new(ListenerGuard(task.abort_handle())),
             claim_cursor: Arc::default(),
             job_tenants,
+            submit_permits: Arc::new(TenantPermits::new(SUBMITS_PER_TENANT)),
         })
     }
 
@@ -1341,6 +1347,7 @@ impl Store for PgStore {
                 Ok::<_, StoreError>(())
             }
         };
+        let _permit = self.submit_permits.acquire(&job.tenant).await;
         let client = self.client().await?;
         let lookup = client
             .prepare_cached(SUBMIT_LOOKUP_SQL)
