@@ -1845,29 +1845,31 @@ pub async fn claims_respect_running_caps(store: DynStore) {
         this_claim: [(a.clone(), a_left)].into_iter().collect(),
         ..Default::default()
     };
-    let none_of_a = ok(
-        store.claim_within("share-w", HOUR_MS, 3, &share(0)).await,
-        "claim with a's share used up",
-    );
+    // Claims up to `max` under `caps`: how many of a's and of b's jobs it leased.
+    let claimed = |max: usize, caps: RunningCaps, what: &'static str| {
+        let store = store.clone();
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let got = ok(
+                store.claim_within("share-w", HOUR_MS, max, &caps).await,
+                what,
+            );
+            (count(&got, &a), count(&got, &b))
+        }
+    };
     assert_eq!(
-        (count(&none_of_a, &a), count(&none_of_a, &b)),
+        claimed(3, share(0), "claim with a's share used up").await,
         (0, 3),
-        "a share of 0 skips tenant a: {none_of_a:?}"
-    );
-    let one_of_a = ok(
-        store.claim_within("share-w", HOUR_MS, 100, &share(1)).await,
-        "claim with one of a's share left",
+        "a share of 0 skips tenant a"
     );
     assert_eq!(
-        (count(&one_of_a, &a), count(&one_of_a, &b)),
-        (1, 1),
-        "{one_of_a:?}"
+        claimed(100, share(1), "claim with one of a's share left").await,
+        (1, 1)
     );
-    let again = ok(
-        store.claim_within("share-w", HOUR_MS, 100, &share(1)).await,
-        "the limit is per claim",
+    assert_eq!(
+        claimed(100, share(1), "the limit is per claim").await,
+        (1, 0)
     );
-    assert_eq!((count(&again, &a), count(&again, &b)), (1, 0), "{again:?}");
     park_claimable(&store).await;
     // The default limit covers every tenant without an entry of its own.
     for _ in 0..3 {
@@ -1879,13 +1881,10 @@ pub async fn claims_respect_running_caps(store: DynStore) {
         this_claim_default: Some(1),
         ..Default::default()
     };
-    let got = ok(
-        store
-            .claim_within("share-w", HOUR_MS, 100, &by_default)
-            .await,
-        "claim with a default limit",
+    assert_eq!(
+        claimed(100, by_default, "claim with a default limit").await,
+        (1, 2)
     );
-    assert_eq!((count(&got, &a), count(&got, &b)), (1, 2), "{got:?}");
     park_claimable(&store).await;
 }
 
