@@ -841,35 +841,65 @@ pub async fn load_state(
     store: &aetheris_store::DynStore,
     job: JobId,
 ) -> Result<Option<(JobState, u64, usize)>, String> {
-    let snapshot = store
-        .latest_snapshot(job, u64::MAX)
+    Ok(load_job_state(store, job)
+        .await?
+        .map(|(state, snap_seq, replayed, _)| (state, snap_seq, replayed)))
+}
+
+/// What a job actor starts from: its state (newest snapshot plus the events after it),
+/// the snapshot's seq, the events replayed, and the commands not yet applied. The first
+/// page of events comes with the snapshot and the commands in one `Store::load_job` (one
+/// round trip on PostgreSQL); only a log longer than `REPLAY_PAGE` past the snapshot, or
+/// an unreadable snapshot, costs more reads.
+pub async fn load_job_state(
+    store: &aetheris_store::DynStore,
+    job: JobId,
+) -> Result<Option<(JobState, u64, usize, Vec<aetheris_store::StoredCommand>)>, String> {
+    let load = store
+        .load_job(job, REPLAY_PAGE)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut state, snap_seq) = match snapshot {
-        Some((seq, blob)) => match decode_versioned::<JobState>(SNAPSHOT_FORMAT, &blob) {
-            Ok(s) if s.last_seq == seq => (Some(s), seq),
+    let snapshot = match &load.snapshot {
+        Some((seq, blob)) => match decode_versioned::<JobState>(SNAPSHOT_FORMAT, blob) {
+            Ok(s) if s.last_seq == *seq => Some((s, *seq)),
             // An unreadable snapshot is not fatal: the log is the source of truth.
-            _ => (None, 0),
+            _ => None,
         },
-        None => (None, 0),
+        None => None,
     };
-    let mut replayed = 0usize;
-    let mut after = state.as_ref().map(|s| s.last_seq).unwrap_or(0);
-    loop {
+    // A short page is the end of the log: no extra round trip to read nothing.
+    let full = |page: &Vec<RecordedEvent>| page.len() >= REPLAY_PAGE;
+    let (mut state, snap_seq, first_page, mut more) = match snapshot {
+        Some((s, seq)) => {
+            let more = full(&load.events);
+            (Some(s), seq, load.events, more)
+        }
+        // Without a snapshot the events read are the log from seq 1.
+        None if load.snapshot.is_none() => {
+            let more = full(&load.events);
+            (None, 0, load.events, more)
+        }
+        // With an unreadable one they continue it: the log is read again from the start.
+        None => (None, 0, Vec::new(), true),
+    };
+    let mut replayed = first_page.len();
+    let mut after = first_page
+        .last()
+        .map(|e| e.seq)
+        .or(state.as_ref().map(|s| s.last_seq))
+        .unwrap_or(0);
+    state = JobState::replay(state, &first_page).map_err(|e| e.to_string())?;
+    while more {
         let batch = store
             .read_events(Scope::System, job, after, REPLAY_PAGE)
             .await
             .map_err(|e| e.to_string())?;
-        let last_page = batch.len() < REPLAY_PAGE;
+        more = full(&batch);
         replayed += batch.len();
         after = batch.last().map(|e| e.seq).unwrap_or(after);
         state = JobState::replay(state, &batch).map_err(|e| e.to_string())?;
-        // A short page is the end of the log: no extra round trip to read nothing.
-        if last_page {
-            break;
-        }
     }
-    Ok(state.map(|s| (s, snap_seq, replayed)))
+    Ok(state.map(|s| (s, snap_seq, replayed, load.commands)))
 }
 
 impl Actor for JobActor {
@@ -883,45 +913,42 @@ impl Actor for JobActor {
         let job = self.job_id;
         let t0 = Instant::now();
         ctx.wait(
-            actix::fut::wrap_future(async move {
-                // Independent reads, at once: a job starts after two round trips of the
-                // store, not four (on a loaded database each one queues).
-                let (state, cmds) =
-                    tokio::join!(load_state(&store, job), store.pending_commands(job));
-                let state = state?;
-                let cmds = cmds.map_err(|e| e.to_string())?;
-                Ok::<_, String>(state.map(|s| (s, cmds)))
-            })
-            .map(move |res, act: &mut JobActor, ctx| match res {
-                Ok(Some(((state, snap_seq, replayed), cmds))) => {
-                    act.sh.metrics.observe(
-                        "aetheris_replay_duration_seconds",
-                        &[],
-                        t0.elapsed().as_secs_f64(),
-                    );
-                    act.sh
-                        .metrics
-                        .add("aetheris_replay_events_total", &[], replayed as f64);
-                    act.last_snapshot_seq = snap_seq;
-                    if state.status.is_terminal() {
-                        act.exit(Exit::Finished, ctx);
-                        return;
+            // One store call (one round trip on PostgreSQL): on a loaded database each
+            // round trip queues, and the job's first step waits for all of them.
+            actix::fut::wrap_future(async move { load_job_state(&store, job).await }).map(
+                move |res, act: &mut JobActor, ctx| match res {
+                    Ok(Some((state, snap_seq, replayed, cmds))) => {
+                        act.sh.metrics.observe(
+                            "aetheris_replay_duration_seconds",
+                            &[],
+                            t0.elapsed().as_secs_f64(),
+                        );
+                        act.sh
+                            .metrics
+                            .add("aetheris_replay_events_total", &[], replayed as f64);
+                        act.last_snapshot_seq = snap_seq;
+                        if state.status.is_terminal() {
+                            act.exit(Exit::Finished, ctx);
+                            return;
+                        }
+                        act.pending = act.recovery_events(&state);
+                        act.reconcile(&state, ctx);
+                        act.state = Some(state);
+                        // Commands stored while no actor ran (e.g. a cancel that woke a
+                        // waiting job) are applied before anything else is decided.
+                        act.apply_commands(cmds, ctx);
+                        // Fallback for command hints lost while disconnected.
+                        ctx.run_interval(Duration::from_secs(2), |act, ctx| {
+                            act.check_commands(ctx)
+                        });
                     }
-                    act.pending = act.recovery_events(&state);
-                    act.reconcile(&state, ctx);
-                    act.state = Some(state);
-                    // Commands stored while no actor ran (e.g. a cancel that woke a
-                    // waiting job) are applied before anything else is decided.
-                    act.apply_commands(cmds, ctx);
-                    // Fallback for command hints lost while disconnected.
-                    ctx.run_interval(Duration::from_secs(2), |act, ctx| act.check_commands(ctx));
-                }
-                Ok(None) => act.exit(Exit::Finished, ctx),
-                Err(e) => {
-                    tracing::warn!(job = %act.job_id, error = %e, "loading job failed");
-                    act.exit(Exit::Crashed("load".into()), ctx)
-                }
-            }),
+                    Ok(None) => act.exit(Exit::Finished, ctx),
+                    Err(e) => {
+                        tracing::warn!(job = %act.job_id, error = %e, "loading job failed");
+                        act.exit(Exit::Crashed("load".into()), ctx)
+                    }
+                },
+            ),
         );
     }
 

@@ -44,6 +44,7 @@ pub async fn run_all(store: DynStore) {
     events_are_hash_chained(store.clone()).await;
     terminal_jobs_are_closed(store.clone()).await;
     snapshots_select_newest_at_or_below(store.clone()).await;
+    load_job_reads_one_consistent_start(store.clone()).await;
     reads_are_scoped_and_listing_pages(store.clone()).await;
     batch_appends_fail_alone(store.clone()).await;
     work_hint_fires_on_submit_and_release(store.clone()).await;
@@ -1157,6 +1158,108 @@ pub async fn snapshots_select_newest_at_or_below(store: DynStore) {
     let e = err(
         store.put_snapshot(JobId::new(), 1, 1, b"x".to_vec()).await,
         "snapshot of an unknown job",
+    );
+    assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+}
+
+/// `load_job` is the three reads a job actor starts from, in one call: the newest
+/// snapshot, the events after it (up to the limit, in order, gap-free from the snapshot)
+/// and the pending commands; the same answers as `latest_snapshot`, `read_events` and
+/// `pending_commands` give one by one. An unknown job is `NotFound`.
+pub async fn load_job_reads_one_consistent_start(store: DynStore) {
+    let tenant = fresh_tenant("load");
+    let id = submit(&store, &tenant).await.job_id;
+    let l = lease_job(&store, "load-w", HOUR_MS, id).await;
+    ok(
+        store
+            .append(append(
+                id,
+                l.token,
+                1,
+                vec![
+                    started(&tenant, id, "a", 1, EffectClass::Pure, l.token),
+                    succeeded("a", 1),
+                    started(&tenant, id, "b", 1, EffectClass::Pure, l.token),
+                    succeeded("b", 1),
+                ],
+            ))
+            .await,
+        "append",
+    );
+    let log = events(&store, id).await;
+    assert_eq!(log.len(), 5);
+    let load = ok(store.load_job(id, 100).await, "load_job without snapshot");
+    assert_eq!(load.snapshot, None);
+    assert_eq!(load.events, log, "without a snapshot: the whole log");
+    assert!(load.commands.is_empty());
+
+    ok(
+        store
+            .put_snapshot(id, l.token, 3, b"state@3".to_vec())
+            .await,
+        "put_snapshot",
+    );
+    let load = ok(store.load_job(id, 100).await, "load_job with snapshot");
+    assert_eq!(load.snapshot, Some((3, b"state@3".to_vec())));
+    assert_eq!(
+        load.events,
+        log[3..].to_vec(),
+        "the events after the snapshot"
+    );
+    let load = ok(store.load_job(id, 1).await, "load_job, limit 1");
+    assert_eq!(
+        load.events,
+        log[3..4].to_vec(),
+        "at most the limit, oldest first"
+    );
+
+    let cmd = ok(
+        store
+            .put_command(
+                Scope::Tenant(&tenant),
+                id,
+                crate::CommandBody::Cancel {
+                    by: "ops".into(),
+                    reason: "stop".into(),
+                },
+                None,
+            )
+            .await,
+        "put command",
+    );
+    let load = ok(store.load_job(id, 100).await, "load_job with a command");
+    assert_eq!(load.commands, vec![cmd.clone()]);
+    assert_eq!(
+        load.commands,
+        ok(store.pending_commands(id).await, "pending_commands"),
+        "the same commands as pending_commands"
+    );
+    ok(
+        store.mark_commands_applied(id, l.token, &[cmd.id]).await,
+        "mark applied",
+    );
+    let load = ok(store.load_job(id, 100).await, "load_job after applying");
+    assert!(load.commands.is_empty(), "applied commands are not pending");
+
+    ok(
+        store
+            .put_snapshot(id, l.token, 5, b"state@5".to_vec())
+            .await,
+        "snapshot at the last seq",
+    );
+    let load = ok(
+        store.load_job(id, 100).await,
+        "load_job, snapshot at the end",
+    );
+    assert_eq!(load.snapshot, Some((5, b"state@5".to_vec())));
+    assert!(
+        load.events.is_empty(),
+        "nothing after a snapshot of the end"
+    );
+
+    let e = err(
+        store.load_job(JobId::new(), 100).await,
+        "load_job of an unknown job",
     );
     assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
 }

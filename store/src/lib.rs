@@ -123,6 +123,18 @@ pub struct Append {
     pub events: Vec<EventBody>,
 }
 
+/// What a job actor starts from (`Store::load_job`): the newest snapshot, the events after
+/// it (at most the limit asked for, oldest first) and the commands not yet applied, all as
+/// of one point in time, so the events continue the snapshot without a gap.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JobLoad {
+    /// `(seq, blob)` of the newest snapshot, if any.
+    pub snapshot: Option<(u64, Vec<u8>)>,
+    /// Events with `seq >` the snapshot's seq (or from seq 1 without one).
+    pub events: Vec<RecordedEvent>,
+    pub commands: Vec<StoredCommand>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
     pub job_id: JobId,
@@ -383,6 +395,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<StoredCommand>;
     /// The job's commands not yet applied, oldest first.
     async fn pending_commands(&self, id: JobId) -> Result<Vec<StoredCommand>>;
+
+    /// A job's starting point in one call ([`JobLoad`]): its newest snapshot, up to
+    /// `event_limit` events after it and its pending commands. `NotFound` for an unknown
+    /// job. Unscoped (workers only). The default makes the three reads in turn; a store
+    /// whose reads are round trips (PostgreSQL) answers with one, since a job cannot
+    /// start before this returns (W6: every round trip queues on a loaded database).
+    async fn load_job(&self, id: JobId, event_limit: usize) -> Result<JobLoad> {
+        let snapshot = self.latest_snapshot(id, u64::MAX).await?;
+        let after = snapshot.as_ref().map(|(seq, _)| *seq).unwrap_or(0);
+        let events = self
+            .read_events(Scope::System, id, after, event_limit)
+            .await?;
+        let commands = self.pending_commands(id).await?;
+        Ok(JobLoad {
+            snapshot,
+            events,
+            commands,
+        })
+    }
     /// Marks commands applied (their events are already appended), fenced.
     async fn mark_commands_applied(&self, id: JobId, token: u64, ids: &[u64]) -> Result<()>;
     /// Job ids that just received a command (a hint: lost while disconnected; workers

@@ -101,22 +101,32 @@ pub async fn pending_commands(pool: &Pool, id: JobId) -> Result<Vec<StoredComman
             let cmd_id: i64 = r
                 .try_get(0)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let body: String = r
+            let body: &str = r
                 .try_get(1)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let created_at_ms: i64 = r
                 .try_get(2)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let body: CommandBody = serde_json::from_str(&body)
-                .map_err(|e| StoreError::Corrupt(format!("command {cmd_id}: {e}")))?;
-            Ok(StoredCommand {
-                id: cmd_id as u64,
-                job_id: id,
-                body,
-                created_at_ms,
-            })
+            stored_command(id, cmd_id, body, created_at_ms)
         })
         .collect()
+}
+
+/// A command row's columns as a `StoredCommand` (shared with `PgStore::load_job`).
+pub(crate) fn stored_command(
+    id: JobId,
+    cmd_id: i64,
+    body: &str,
+    created_at_ms: i64,
+) -> Result<StoredCommand> {
+    let body: CommandBody = serde_json::from_str(body)
+        .map_err(|e| StoreError::Corrupt(format!("command {cmd_id}: {e}")))?;
+    Ok(StoredCommand {
+        id: cmd_id as u64,
+        job_id: id,
+        body,
+        created_at_ms,
+    })
 }
 
 pub async fn mark_applied(pool: &Pool, id: JobId, token: u64, ids: &[u64]) -> Result<()> {

@@ -184,6 +184,22 @@ LEFT JOIN LATERAL (
 WHERE j.job_id = $1 AND ($4::text IS NULL OR j.tenant = $4)
 ORDER BY e.seq";
 
+/// `load_job` in one statement (so one snapshot of the database: the events continue the
+/// snapshot returned, even if a newer one is stored meanwhile). Rows are tagged by `part`:
+/// `s` the newest snapshot (seq, blob in `b1`), `e` an event (the columns of
+/// `READ_EVENTS_SQL`), `c` a pending command (id, created_at, body in `txt`).
+const LOAD_JOB_SQL: &str = "\
+WITH s AS (SELECT seq, blob FROM snapshots WHERE job_id = $1 ORDER BY seq DESC LIMIT 1)
+SELECT 's'::text AS part, s.seq AS num, NULL::bigint AS at, NULL::text AS kind,
+       NULL::text AS txt, s.blob AS b1, NULL::bytea AS b2
+FROM s
+UNION ALL
+(SELECT 'e', e.seq, e.recorded_at, e.kind, e.payload, e.prev_hash, e.hash FROM events e
+ WHERE e.job_id = $1 AND e.seq > COALESCE((SELECT seq FROM s), 0) ORDER BY e.seq LIMIT $2)
+UNION ALL
+(SELECT 'c', c.id, c.created_at, NULL, c.body, NULL, NULL FROM commands c
+ WHERE c.job_id = $1 AND c.applied_at IS NULL ORDER BY c.id)";
+
 const LOCK_JOBS_SQL: &str = concat!(
     "SELECT job_id, status, last_seq, last_hash, token, updated_at, ",
     now_ms!(),
@@ -663,6 +679,30 @@ async fn listen_once(
 
 // ---------------------------------------------------------------------------------------
 // Row decoding
+
+/// An event from `row`, whose columns from `first` on are those of `READ_EVENTS_SQL`
+/// (seq already read), checking that the kind column agrees with the payload.
+fn event_row(id: JobId, r: &Row, first: usize, seq: i64) -> Result<RecordedEvent> {
+    let seq = to_u64(seq, "seq")?;
+    let kind: &str = col(r, first + 2)?;
+    let payload: &str = col(r, first + 3)?;
+    let body: EventBody = serde_json::from_str(payload)
+        .map_err(|e| StoreError::Corrupt(format!("event {id}/{seq}: {e}")))?;
+    if body.kind() != kind {
+        return Err(StoreError::Corrupt(format!(
+            "event {id}/{seq}: kind column {kind:?} disagrees with payload {:?}",
+            body.kind()
+        )));
+    }
+    Ok(RecordedEvent {
+        job_id: id,
+        seq,
+        recorded_at_ms: col(r, first + 1)?,
+        body,
+        prev_hash: hash32(col(r, first + 4)?, "prev_hash")?,
+        hash: hash32(col(r, first + 5)?, "hash")?,
+    })
+}
 
 fn col<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
     row.try_get(i)
@@ -1270,6 +1310,48 @@ impl Store for PgStore {
         crate::pg_commands::pending_commands(self.pool(), id).await
     }
 
+    /// One statement, one round trip (`LOAD_JOB_SQL`) instead of three reads, two of them
+    /// in turn: under a flood each round trip queues behind other tenants' work (W6).
+    async fn load_job(&self, id: JobId, event_limit: usize) -> Result<crate::JobLoad> {
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(LOAD_JOB_SQL)
+            .await
+            .map_err(|e| self.pg(e))?;
+        let rows = client
+            .query(&st, &[&id.0, &to_i64(event_limit as u64)])
+            .await
+            .map_err(|e| self.pg(e))?;
+        let mut load = crate::JobLoad::default();
+        for r in &rows {
+            let part: &str = col(r, 0)?;
+            let num: i64 = col(r, 1)?;
+            match part {
+                "s" => load.snapshot = Some((to_u64(num, "snapshot seq")?, col(r, 5)?)),
+                "e" => load.events.push(event_row(id, r, 1, num)?),
+                "c" => load.commands.push(crate::pg_commands::stored_command(
+                    id,
+                    num,
+                    col(r, 4)?,
+                    col(r, 2)?,
+                )?),
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "load_job: unknown part {other:?}"
+                    )))
+                }
+            }
+        }
+        // UNION ALL keeps no order of its own.
+        load.events.sort_by_key(|e| e.seq);
+        load.commands.sort_by_key(|c| c.id);
+        if load.snapshot.is_none() && load.events.is_empty() {
+            // Every job has `job_submitted`: nothing at all means no such job.
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(load)
+    }
+
     async fn mark_commands_applied(&self, id: JobId, token: u64, ids: &[u64]) -> Result<()> {
         crate::pg_commands::mark_applied(self.pool(), id, token, ids).await
     }
@@ -1513,25 +1595,7 @@ impl Store for PgStore {
             let Some(seq) = col::<Option<i64>>(r, 0)? else {
                 continue; // the job exists but has no events past after_seq
             };
-            let seq = to_u64(seq, "seq")?;
-            let kind: &str = col(r, 2)?;
-            let payload: &str = col(r, 3)?;
-            let body: EventBody = serde_json::from_str(payload)
-                .map_err(|e| StoreError::Corrupt(format!("event {id}/{seq}: {e}")))?;
-            if body.kind() != kind {
-                return Err(StoreError::Corrupt(format!(
-                    "event {id}/{seq}: kind column {kind:?} disagrees with payload {:?}",
-                    body.kind()
-                )));
-            }
-            out.push(RecordedEvent {
-                job_id: id,
-                seq,
-                recorded_at_ms: col(r, 1)?,
-                body,
-                prev_hash: hash32(col(r, 4)?, "prev_hash")?,
-                hash: hash32(col(r, 5)?, "hash")?,
-            });
+            out.push(event_row(id, r, 0, seq)?);
         }
         Ok(out)
     }

@@ -5,7 +5,7 @@
 use crate::support::{rt, settle, submit, TestNode};
 use aetheris_actors::job::load_state;
 use aetheris_actors::{Invocation, Tool, ToolError, WorkerConfig};
-use aetheris_runtime::{EffectClass, JobId, JobState};
+use aetheris_runtime::{EffectClass, EventBody, JobId, JobState};
 use aetheris_store::Scope;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -164,6 +164,20 @@ fn reload_with_and_without_snapshots_gives_identical_state() {
         let (with_snapshot, snap_seq, replayed) = load_state(&node.store, job).await.unwrap().unwrap();
         assert!(snap_seq > 0 && replayed < events.len(), "the reload used a snapshot");
         assert_eq!(with_snapshot, full);
+        // An unreadable newest snapshot is passed over: the log is replayed from seq 1.
+        let token = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::StepStarted { fencing_token, .. } => Some(*fencing_token),
+                _ => None,
+            })
+            .max()
+            .unwrap();
+        let last = events.last().unwrap().seq;
+        node.store.put_snapshot(job, token, last, b"not a snapshot".to_vec()).await.unwrap();
+        let (from_log, snap_seq, replayed) = load_state(&node.store, job).await.unwrap().unwrap();
+        assert_eq!((snap_seq, replayed), (0, events.len()), "the whole log was replayed");
+        assert_eq!(from_log, full);
         // And from every snapshot-able point.
         for k in [1, 2, 10, 40, events.len() - 1] {
             let base = JobState::from_events(&events[..k]).unwrap();
