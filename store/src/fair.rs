@@ -1,5 +1,5 @@
 //! `FairQueue`: the queue in front of a store's shared commit path (the embedded store's
-//! writer thread, PostgreSQL's group-commit batcher), served fairly across tenants
+//! writer thread, PostgreSQL's group-commit and group-submit batchers), served fairly across tenants
 //! (issue 5, W6): items of the deployment itself (`None`: claims, heartbeats, releases)
 //! first, then tenants in turn, one item each, in arrival order within a tenant. One
 //! tenant's flood of writes therefore delays another tenant's next write by about one
@@ -128,56 +128,6 @@ impl<T> FairQueue<T> {
     }
 }
 
-/// At most `per_tenant` operations of one tenant at once through this process, each
-/// tenant with permits of its own, so one tenant's many concurrent callers queue here (a
-/// cheap wait in this process) instead of as that many busy database backends that every
-/// other tenant's statements then queue behind (W6 on PostgreSQL, a flood of 64
-/// concurrent submitters held to 8: B's queue wait under the flood p50 27 → 19 ms, p99
-/// 64 → 27 ms; held to 4: 14 / 22 ms, but A's throughput fell 13 %). Entries of idle
-/// tenants are dropped when the map grows large.
-#[derive(Debug)]
-pub(crate) struct TenantPermits {
-    per_tenant: usize,
-    tenants: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
-}
-
-/// Past this many tenants, idle entries are dropped.
-const MAX_PERMIT_ENTRIES: usize = 10_000;
-
-impl TenantPermits {
-    pub(crate) fn new(per_tenant: usize) -> Self {
-        TenantPermits {
-            per_tenant: per_tenant.max(1),
-            tenants: std::sync::Mutex::default(),
-        }
-    }
-
-    fn semaphore(&self, tenant: &str) -> Arc<tokio::sync::Semaphore> {
-        let mut map = match self.tenants.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if map.len() >= MAX_PERMIT_ENTRIES && !map.contains_key(tenant) {
-            let full = self.per_tenant;
-            map.retain(|_, s| s.available_permits() < full);
-        }
-        map.entry(tenant.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_tenant)))
-            .clone()
-    }
-
-    /// Waits for one of `tenant`'s permits; it is given back when the guard drops.
-    pub(crate) async fn acquire(&self, tenant: &str) -> tokio::sync::OwnedSemaphorePermit {
-        let semaphore = self.semaphore(tenant);
-        loop {
-            // The semaphore is never closed, so acquiring only fails if it were.
-            if let Ok(p) = semaphore.clone().acquire_owned().await {
-                return p;
-            }
-        }
-    }
-}
-
 /// The most job → tenant hints kept; past it they are dropped (they only order work).
 const MAX_JOB_TENANTS: usize = 200_000;
 
@@ -223,24 +173,6 @@ mod tests {
         assert_eq!(q.next_batch(3), ["claim", "a0", "b0"]);
         assert_eq!(q.next_batch(10), ["a1", "a2", "a3", "a4"]);
         assert!(q.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_tenant_waits_for_its_own_permits_only() {
-        let permits = TenantPermits::new(2);
-        let a1 = permits.acquire("a").await;
-        let _a2 = permits.acquire("a").await;
-        // a's third caller waits; b is not held up by a.
-        let third =
-            tokio::time::timeout(std::time::Duration::from_millis(50), permits.acquire("a")).await;
-        assert!(third.is_err(), "a's third caller must wait");
-        let _b = tokio::time::timeout(std::time::Duration::from_secs(1), permits.acquire("b"))
-            .await
-            .expect("b gets a permit while a's are all taken");
-        drop(a1);
-        let _again = tokio::time::timeout(std::time::Duration::from_secs(1), permits.acquire("a"))
-            .await
-            .expect("a permit given back is taken again");
     }
 
     #[test]

@@ -194,6 +194,126 @@ async fn idempotent_submit_races_across_processes() {
     assert_eq!(jobs.len(), 1);
 }
 
+/// Group submit: concurrent submissions share statements, and each still gets what a
+/// lone submit would: its own job, idempotency across the batch (one key submitted five
+/// times at once creates one job; every caller gets it; the repeats are audited as
+/// `existing`), and a submission the database refuses (a NUL byte in the tenant) fails
+/// alone, storing nothing, while the others of its batch are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_submit_keeps_each_submission_on_its_own() {
+    let (_, s) = fresh().await;
+    let before = s.submit_batches();
+    let audit = aetheris_store::AuditEntry::ok("gs-1", "alice", "job.create", "");
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = s.clone();
+        let audit = audit.clone();
+        tasks.push(tokio::spawn(async move {
+            let (tenant, key) = match i {
+                0..=29 => (format!("gs-{}", i % 3), None),
+                30..=34 => ("gs-1".to_string(), Some("dup".to_string())),
+                35..=38 => ("gs-2".to_string(), Some(format!("k{i}"))),
+                _ => ("bad\0tenant".to_string(), None),
+            };
+            let job = NewJob {
+                tenant,
+                idempotency_key: key,
+                ..new_job("x", None)
+            };
+            let audited = (30..=34).contains(&i).then_some(&audit);
+            (i, s.submit(job, audited).await)
+        }));
+    }
+    let mut dup = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (39, r) => assert!(r.is_err(), "a NUL byte in the tenant is refused: {r:?}"),
+            (i, Ok((job, created))) if (30..=34).contains(&i) => dup.push((job.job_id, created)),
+            (i, Ok((job, created))) => assert!(created, "submission {i}: {job:?}"),
+            (i, Err(e)) => panic!("submission {i} failed: {e}"),
+        }
+    }
+    assert!(
+        s.submit_batches() - before < 40,
+        "concurrent submissions share batches ({} for 40)",
+        s.submit_batches() - before
+    );
+    assert_eq!(
+        dup.iter().filter(|(_, c)| *c).count(),
+        1,
+        "one key, one job created"
+    );
+    assert!(
+        dup.iter().all(|(id, _)| *id == dup[0].0),
+        "every caller gets that job"
+    );
+    let list = |t: &'static str| {
+        let s = s.clone();
+        async move {
+            s.list_jobs(
+                Scope::Tenant(t),
+                aetheris_store::ListFilter {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(list("gs-0").await.len(), 10);
+    assert_eq!(
+        list("gs-1").await.len(),
+        11,
+        "10 without a key and the one keyed job"
+    );
+    assert_eq!(list("gs-2").await.len(), 14);
+    let all = s
+        .list_jobs(
+            Scope::System,
+            aetheris_store::ListFilter {
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 35, "nothing of the refused submission is stored");
+    for job in &all {
+        let events = s
+            .read_events(Scope::System, job.job_id, 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1, "job_submitted, once");
+        aetheris_proof::verify_chain(job.job_id, &events).unwrap();
+    }
+    let rows = s
+        .list_audit(
+            Scope::System,
+            aetheris_store::AuditFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let results: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.entry.target == dup[0].0.to_string())
+        .map(|r| r.entry.result.as_str())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| **r == "ok").count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(
+        results.iter().filter(|r| **r == "existing").count(),
+        4,
+        "{results:?}"
+    );
+}
+
 /// Batches that lock the same rows in opposite orders never deadlock (rows are locked in
 /// id order), and every append keeps its own fence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
