@@ -70,6 +70,8 @@ pub struct JobActor {
     /// store clock − local clock, learned from each append's recorded time.
     clock_offset_ms: i64,
     wake: Option<SpawnHandle>,
+    /// The load the claim brought, taken by `started` (then the store is not read).
+    preload: Option<aetheris_store::JobLoad>,
     guard: GoneGuard,
 }
 
@@ -112,6 +114,7 @@ impl JobActor {
             last_snapshot_seq: 0,
             clock_offset_ms: 0,
             wake: None,
+            preload: None,
             guard: GoneGuard {
                 registry,
                 job_id,
@@ -119,6 +122,12 @@ impl JobActor {
                 exit: None,
             },
         }
+    }
+
+    /// Starts from `preload` (see `RunJob::preload`) instead of reading the store.
+    pub fn with_preload(mut self, preload: Option<aetheris_store::JobLoad>) -> Self {
+        self.preload = preload;
+        self
     }
 
     fn now_est(&self) -> i64 {
@@ -859,6 +868,16 @@ pub async fn load_job_state(
         .load_job(job, REPLAY_PAGE)
         .await
         .map_err(|e| e.to_string())?;
+    state_from_load(store, job, load).await
+}
+
+/// `load_job_state` from a `JobLoad` already read (by `load_job`, or by the claim): the
+/// store is read again only past a full page of events or an unreadable snapshot.
+pub async fn state_from_load(
+    store: &aetheris_store::DynStore,
+    job: JobId,
+    load: aetheris_store::JobLoad,
+) -> Result<Option<(JobState, u64, usize, Vec<aetheris_store::StoredCommand>)>, String> {
     let snapshot = match &load.snapshot {
         Some((seq, blob)) => match decode_versioned::<JobState>(SNAPSHOT_FORMAT, blob) {
             Ok(s) if s.last_seq == *seq => Some((s, *seq)),
@@ -911,44 +930,47 @@ impl Actor for JobActor {
             .gauge_add("aetheris_actors_alive", &[("kind", "job")], 1.0);
         let store = self.sh.store.clone();
         let job = self.job_id;
+        let preload = self.preload.take();
         let t0 = Instant::now();
         ctx.wait(
             // One store call (one round trip on PostgreSQL): on a loaded database each
             // round trip queues, and the job's first step waits for all of them.
-            actix::fut::wrap_future(async move { load_job_state(&store, job).await }).map(
-                move |res, act: &mut JobActor, ctx| match res {
-                    Ok(Some((state, snap_seq, replayed, cmds))) => {
-                        act.sh.metrics.observe(
-                            "aetheris_replay_duration_seconds",
-                            &[],
-                            t0.elapsed().as_secs_f64(),
-                        );
-                        act.sh
-                            .metrics
-                            .add("aetheris_replay_events_total", &[], replayed as f64);
-                        act.last_snapshot_seq = snap_seq;
-                        if state.status.is_terminal() {
-                            act.exit(Exit::Finished, ctx);
-                            return;
-                        }
-                        act.pending = act.recovery_events(&state);
-                        act.reconcile(&state, ctx);
-                        act.state = Some(state);
-                        // Commands stored while no actor ran (e.g. a cancel that woke a
-                        // waiting job) are applied before anything else is decided.
-                        act.apply_commands(cmds, ctx);
-                        // Fallback for command hints lost while disconnected.
-                        ctx.run_interval(Duration::from_secs(2), |act, ctx| {
-                            act.check_commands(ctx)
-                        });
+            actix::fut::wrap_future(async move {
+                match preload {
+                    Some(load) => state_from_load(&store, job, load).await,
+                    None => load_job_state(&store, job).await,
+                }
+            })
+            .map(move |res, act: &mut JobActor, ctx| match res {
+                Ok(Some((state, snap_seq, replayed, cmds))) => {
+                    act.sh.metrics.observe(
+                        "aetheris_replay_duration_seconds",
+                        &[],
+                        t0.elapsed().as_secs_f64(),
+                    );
+                    act.sh
+                        .metrics
+                        .add("aetheris_replay_events_total", &[], replayed as f64);
+                    act.last_snapshot_seq = snap_seq;
+                    if state.status.is_terminal() {
+                        act.exit(Exit::Finished, ctx);
+                        return;
                     }
-                    Ok(None) => act.exit(Exit::Finished, ctx),
-                    Err(e) => {
-                        tracing::warn!(job = %act.job_id, error = %e, "loading job failed");
-                        act.exit(Exit::Crashed("load".into()), ctx)
-                    }
-                },
-            ),
+                    act.pending = act.recovery_events(&state);
+                    act.reconcile(&state, ctx);
+                    act.state = Some(state);
+                    // Commands stored while no actor ran (e.g. a cancel that woke a
+                    // waiting job) are applied before anything else is decided.
+                    act.apply_commands(cmds, ctx);
+                    // Fallback for command hints lost while disconnected.
+                    ctx.run_interval(Duration::from_secs(2), |act, ctx| act.check_commands(ctx));
+                }
+                Ok(None) => act.exit(Exit::Finished, ctx),
+                Err(e) => {
+                    tracing::warn!(job = %act.job_id, error = %e, "loading job failed");
+                    act.exit(Exit::Crashed("load".into()), ctx)
+                }
+            }),
         );
     }
 

@@ -180,7 +180,7 @@ impl LeaseManager {
         ctx.spawn(
             actix::fut::wrap_future(async move {
                 store
-                    .claim_within(&cfg.worker_id, cfg.lease_ttl_ms, room, &caps)
+                    .claim_and_load(&cfg.worker_id, cfg.lease_ttl_ms, room, &caps)
                     .await
             })
             .map(move |res, act: &mut LeaseManager, ctx| {
@@ -189,12 +189,13 @@ impl LeaseManager {
                 match res {
                     Ok(leases) => {
                         let full = leases.len() == room;
-                        for l in leases {
+                        for (l, preload) in leases {
                             act.sh.metrics.inc("aetheris_lease_grants_total", &[]);
                             act.hold(l.job_id, l.token, &l.tenant);
                             act.registry.do_send(RunJob {
                                 job_id: l.job_id,
                                 token: l.token,
+                                preload,
                             });
                         }
                         if full || std::mem::take(&mut act.claim_again) {

@@ -41,6 +41,9 @@ pub struct ActorGone {
 pub struct RunJob {
     pub job_id: JobId,
     pub token: u64,
+    /// The job's load, when the claim brought it (`Store::claim_and_load`): the actor
+    /// starts from it instead of reading the store.
+    pub preload: Option<aetheris_store::JobLoad>,
 }
 
 /// The lease of `job` under `token` is gone: stop its actor now.
@@ -101,8 +104,15 @@ impl JobRegistry {
         }
     }
 
-    fn spawn(&mut self, job_id: JobId, token: u64, ctx: &mut Context<Self>) {
-        let actor = JobActor::new(job_id, token, self.sh.clone(), ctx.address().recipient());
+    fn spawn(
+        &mut self,
+        job_id: JobId,
+        token: u64,
+        preload: Option<aetheris_store::JobLoad>,
+        ctx: &mut Context<Self>,
+    ) {
+        let actor = JobActor::new(job_id, token, self.sh.clone(), ctx.address().recipient())
+            .with_preload(preload);
         self.actors.insert(job_id, (actor.start(), token));
     }
 
@@ -160,7 +170,7 @@ impl Handler<RunJob> for JobRegistry {
             // A newer lease on the same job: the old incarnation must not write again.
             addr.do_send(Revoke);
         }
-        self.spawn(m.job_id, m.token, ctx);
+        self.spawn(m.job_id, m.token, m.preload, ctx);
     }
 }
 
@@ -219,7 +229,7 @@ impl Handler<ActorGone> for JobRegistry {
                 let (job, token) = (m.job_id, m.token);
                 ctx.run_later(delay, move |act, ctx| {
                     if !act.actors.contains_key(&job) && !act.draining {
-                        act.spawn(job, token, ctx);
+                        act.spawn(job, token, None, ctx);
                     }
                 });
             }

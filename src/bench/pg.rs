@@ -52,6 +52,16 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
     Ok(client)
 }
 
+/// `CHECKPOINT` on the server of `url`, so the dirty pages and WAL of what ran before (an
+/// earlier phase, pgbench) are not flushed during the next measurement. Needs a superuser
+/// or `pg_checkpoint`; without, the error says so (the caller decides how to report it).
+pub async fn checkpoint(url: &str) -> Result<(), String> {
+    let c = connect(url).await?;
+    c.batch_execute("CHECKPOINT")
+        .await
+        .map_err(|e| format!("CHECKPOINT: {}", msg(&e)))
+}
+
 fn msg(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),

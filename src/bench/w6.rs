@@ -212,6 +212,7 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
     // On PostgreSQL the tenants submit through pools of their own, as a gateway in its
     // own process would, so A's 64 submitters do not queue in front of the worker's
     // claims and reads; the embedded store is one process's file, shared as in `dev`.
+    let pg_url = opener.pg_url();
     let (gateway, flood_gateway) = match &opener {
         Opener::Pg { .. } => (Some(opener.clone().open().await?), Some(opener.clone())),
         Opener::Redb(_) => (None, None),
@@ -270,7 +271,14 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // A database created a moment ago is still flushing its creation: let it settle.
+    // A database created a moment ago is still flushing its creation, and the run before
+    // (an earlier phase, pgbench) left dirty pages that a checkpoint would flush in the
+    // middle of this one: flush them now, then let it settle.
+    if let Some(url) = &pg_url {
+        if let Err(e) = super::pg::checkpoint(url).await {
+            eprintln!("W6: {e}; phases may include flushes of earlier writes");
+        }
+    }
     tokio::time::sleep(SETTLE).await;
 
     // A's flood; every `every`-th job is sampled for A's own wait and backlog.

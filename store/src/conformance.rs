@@ -45,6 +45,7 @@ pub async fn run_all(store: DynStore) {
     terminal_jobs_are_closed(store.clone()).await;
     snapshots_select_newest_at_or_below(store.clone()).await;
     load_job_reads_one_consistent_start(store.clone()).await;
+    claim_and_load_preloads_only_what_load_job_would_read(store.clone()).await;
     reads_are_scoped_and_listing_pages(store.clone()).await;
     batch_appends_fail_alone(store.clone()).await;
     work_hint_fires_on_submit_and_release(store.clone()).await;
@@ -1262,6 +1263,81 @@ pub async fn load_job_reads_one_consistent_start(store: DynStore) {
         "load_job of an unknown job",
     );
     assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+}
+
+/// `claim_and_load` grants the same leases as a claim, and a load it returns with a lease
+/// is exactly what `load_job` reads at that moment (the whole log, the pending commands):
+/// never a stale or partial one. Returns the loads, so a store that preloads can check
+/// that it does.
+pub async fn claim_and_load_preloads_only_what_load_job_would_read(
+    store: DynStore,
+) -> Vec<(Lease, Option<crate::JobLoad>)> {
+    park_claimable(&store).await;
+    let tenant = fresh_tenant("preload");
+    let fresh = submit(&store, &tenant).await.job_id;
+    let with_command = submit(&store, &tenant).await.job_id;
+    ok(
+        store
+            .put_command(
+                Scope::Tenant(&tenant),
+                with_command,
+                crate::CommandBody::Cancel {
+                    by: "ops".into(),
+                    reason: "stop".into(),
+                },
+                None,
+            )
+            .await,
+        "put command",
+    );
+    // A job with a longer log, given back and claimed again.
+    let longer = submit(&store, &tenant).await.job_id;
+    let l = lease_job(&store, "preload-w", HOUR_MS, longer).await;
+    ok(
+        store
+            .append(append(
+                longer,
+                l.token,
+                1,
+                vec![
+                    started(&tenant, longer, "a", 1, EffectClass::Pure, l.token),
+                    succeeded("a", 1),
+                ],
+            ))
+            .await,
+        "append",
+    );
+    ok(
+        store.release("preload-w", &[(longer, l.token)]).await,
+        "release",
+    );
+
+    let claimed = ok(
+        store
+            .claim_and_load("preload-w", HOUR_MS, 100, &RunningCaps::default())
+            .await,
+        "claim_and_load",
+    );
+    let ids: BTreeSet<JobId> = claimed.iter().map(|(l, _)| l.job_id).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([fresh, with_command, longer]),
+        "claim_and_load leases what a claim would"
+    );
+    for (lease, load) in &claimed {
+        assert_eq!(lease.tenant, tenant);
+        if let Some(load) = load {
+            let read = ok(store.load_job(lease.job_id, 10_000).await, "load_job");
+            let log = events(&store, lease.job_id).await;
+            assert_eq!(
+                load.events, log,
+                "a preload is the whole log of {}",
+                lease.job_id
+            );
+            assert_eq!(load.commands, read.commands, "and its pending commands");
+        }
+    }
+    claimed
 }
 
 /// G6: another tenant's scope sees nothing of a job (None / NotFound / absent from

@@ -359,6 +359,22 @@ pub trait Store: Send + Sync + 'static {
         caps: &RunningCaps,
     ) -> Result<Vec<Lease>>;
 
+    /// `claim_within`, and with each lease its job's [`JobLoad`] when the store could read
+    /// it in the same round trip (`None`: the worker calls `load_job`). A load is as of
+    /// the claim: the job's whole log (no snapshot) and no pending commands. The default
+    /// loads nothing; PostgreSQL preloads short logs (W6: a job then starts after two
+    /// round trips, the claim and its first append, instead of three).
+    async fn claim_and_load(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        max: usize,
+        caps: &RunningCaps,
+    ) -> Result<Vec<(Lease, Option<JobLoad>)>> {
+        let leases = self.claim_within(worker, ttl_ms, max, caps).await?;
+        Ok(leases.into_iter().map(|l| (l, None)).collect())
+    }
+
     /// `claim_within` without caps.
     async fn claim(&self, worker: &str, ttl_ms: u64, max: usize) -> Result<Vec<Lease>> {
         self.claim_within(worker, ttl_ms, max, &RunningCaps::default())

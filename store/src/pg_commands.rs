@@ -29,30 +29,41 @@ pub async fn put_command(
     let json = serde_json::to_string(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(pg_err)?;
-    let row = tx
-        .query_opt(
-            "SELECT tenant, status FROM jobs WHERE job_id = $1 FOR UPDATE",
-            &[&id.0],
-        )
-        .await
-        .map_err(pg_err)?
-        .ok_or(StoreError::NotFound(id))?;
-    let tenant: String = row
-        .try_get(0)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let status: String = row
-        .try_get(1)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    if !scope.allows(&tenant) {
-        return Err(StoreError::NotFound(id));
+    // A refusal rolls back at once, awaited: a transaction merely dropped would hold the
+    // row lock until its ROLLBACK reaches the server, and a claim meanwhile skips the
+    // (locked) job.
+    let checked = async {
+        let row = tx
+            .query_opt(
+                "SELECT tenant, status FROM jobs WHERE job_id = $1 FOR UPDATE",
+                &[&id.0],
+            )
+            .await
+            .map_err(pg_err)?
+            .ok_or(StoreError::NotFound(id))?;
+        let tenant: String = row
+            .try_get(0)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let status: String = row
+            .try_get(1)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if !scope.allows(&tenant) {
+            return Err(StoreError::NotFound(id));
+        }
+        let status = JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?;
+        if status.is_terminal() {
+            return Err(StoreError::Conflict(format!(
+                "job {id} already finished ({})",
+                status.as_str()
+            )));
+        }
+        Ok(())
     }
-    let status = JobStatus::parse(&status)
-        .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?;
-    if status.is_terminal() {
-        return Err(StoreError::Conflict(format!(
-            "job {id} already finished ({})",
-            status.as_str()
-        )));
+    .await;
+    if let Err(e) = checked {
+        let _ = tx.rollback().await;
+        return Err(e);
     }
     // The audit row (if any) is written by the same statement as the command.
     let cols = crate::pg_audit::COLUMNS;

@@ -351,11 +351,35 @@ granted AS (
     UPDATE jobs SET token = jobs.token + 1, lease_owner = $1,
                     lease_expires_at = clock.now_ms + $2
     FROM picked, clock WHERE jobs.job_id = picked.job_id
-    RETURNING jobs.job_id, jobs.tenant, jobs.token, jobs.lease_expires_at
+    RETURNING jobs.job_id, jobs.tenant, jobs.token, jobs.lease_expires_at, jobs.last_seq,
+              jobs.pending_commands
 )
+{tail}";
+
+/// The end of a plain claim: the leases, in the order granted.
+const CLAIM_TAIL: &str = "\
 SELECT g.job_id, g.tenant, g.token, g.lease_expires_at
 FROM granted g JOIN picked p ON p.job_id = g.job_id
 ORDER BY p.rn, (p.tenant <= CURSOR), p.tenant, g.job_id";
+
+/// The end of `claim_and_load`: each lease with its job's events, one row per event
+/// (columns 4.. as in `READ_EVENTS_SQL`, NULL when not preloaded), for jobs with at most
+/// `PRELOAD_MAX_EVENTS` events and no pending command; column 4 is the job's `last_seq`
+/// as updated (a load whose last event is older is dropped: see `claim_and_load`).
+const CLAIM_LOAD_TAIL: &str = "\
+SELECT g.job_id, g.tenant, g.token, g.lease_expires_at, g.last_seq,
+       e.seq, e.recorded_at, e.kind, e.payload, e.prev_hash, e.hash
+FROM granted g JOIN picked p ON p.job_id = g.job_id
+LEFT JOIN LATERAL (
+    SELECT seq, recorded_at, kind, payload, prev_hash, hash FROM events
+    WHERE job_id = g.job_id AND g.last_seq <= {preload} AND g.pending_commands = 0
+    ORDER BY seq
+) e ON true
+ORDER BY p.rn, (p.tenant <= CURSOR), p.tenant, g.job_id, e.seq";
+
+/// Jobs whose log is at most this long come with their events from `claim_and_load`
+/// (a new job has one event; a longer log is read by the worker, with its snapshot).
+const PRELOAD_MAX_EVENTS: u64 = 32;
 
 /// Serializes capped claims across all workers (held to the end of the claim's
 /// transaction): a count of running jobs is only true until the next claim commits.
@@ -597,6 +621,90 @@ impl PgStore {
     /// SQLSTATE 0A000 (or 26000): drop the cached statements so the next call re-prepares.
     fn pg(&self, e: tokio_postgres::Error) -> StoreError {
         pg_in(&self.pool, e)
+    }
+
+    /// The rows of one claim statement: `CLAIM_SQL_TEMPLATE` ending in `tail`.
+    async fn claim_rows(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        max: usize,
+        caps: &RunningCaps,
+        tail: &str,
+    ) -> Result<Vec<Row>> {
+        let max = max.min(CLAIM_POOL_CAP);
+        let pool = (max * 2).min(CLAIM_POOL_CAP);
+        let sql = CLAIM_SQL_TEMPLATE
+            .replace("{tail}", tail)
+            .replace("{preload}", &PRELOAD_MAX_EVENTS.to_string())
+            .replace("CURSOR", "$6")
+            .replace("NOW_MS", now_ms!())
+            .replace("{pool}", &pool.to_string())
+            .replace("{max}", &max.to_string());
+        let mut client = self.client().await?;
+        let (sweep, st) = tokio::try_join!(
+            client.prepare_cached(SWEEP_DUE_SQL),
+            client.prepare_cached(&sql)
+        )
+        .map_err(|e| self.pg(e))?;
+        let cursor = self
+            .claim_cursor
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let names: Vec<&str> = caps.tenants.keys().map(String::as_str).collect();
+        let limits: Vec<i64> = caps.tenants.values().map(|c| to_i64(*c)).collect();
+        let default = caps.default.map(to_i64);
+        let here_names: Vec<&str> = caps.this_claim.keys().map(String::as_str).collect();
+        let here_limits: Vec<i64> = caps.this_claim.values().map(|c| to_i64(*c)).collect();
+        let here_default = caps.this_claim_default.map(to_i64);
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &worker,
+            &to_i64(ttl_ms),
+            &names,
+            &limits,
+            &default,
+            &cursor,
+            &here_names,
+            &here_limits,
+            &here_default,
+        ];
+        let rows = if caps.is_unlimited() {
+            // Due timers become claimable (see migrations/0003_timers.sql) before the
+            // claim looks: both statements go out at once (requests leave in poll order
+            // and the server runs them in turn, the sweep committing first), one round
+            // trip instead of two. A failed sweep does not undo the claim's leases.
+            let (swept, rows) =
+                tokio::join!(client.execute(&sweep, &[]), client.query(&st, &params));
+            if let Err(e) = swept {
+                tracing::warn!(error = %e, "timer sweep failed; due timers wait for the next claim");
+            }
+            rows.map_err(|e| self.pg(e))?
+        } else {
+            client.execute(&sweep, &[]).await.map_err(|e| self.pg(e))?;
+            // Count and claim under one cluster-wide lock, in a transaction: the claim
+            // statement's snapshot is taken after the lock, so it sees every earlier
+            // claim's leases, and no later claim counts before this one commits.
+            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
+            tx.execute(CLAIM_LOCK_SQL, &[])
+                .await
+                .map_err(|e| self.pg(e))?;
+            let rows = tx.query(&st, &params).await.map_err(|e| self.pg(e))?;
+            tx.commit().await.map_err(|e| self.pg(e))?;
+            rows
+        };
+        Ok(rows)
+    }
+
+    /// Book-keeping after a claim: the next claim's round robin starts after the tenant
+    /// served last; the batcher learns the tenants of the leased jobs.
+    fn claimed(&self, leases: &[Lease]) {
+        if let (Some(last), Ok(mut c)) = (leases.last(), self.claim_cursor.lock()) {
+            c.clone_from(&last.tenant);
+        }
+        if let Ok(mut t) = self.job_tenants.lock() {
+            t.leased(leases);
+        }
     }
 
     fn wake_local(&self) {
@@ -1896,65 +2004,60 @@ impl Store for PgStore {
         if max == 0 {
             return Ok(vec![]);
         }
-        let max = max.min(CLAIM_POOL_CAP);
-        let pool = (max * 2).min(CLAIM_POOL_CAP);
-        let sql = CLAIM_SQL_TEMPLATE
-            .replace("CURSOR", "$6")
-            .replace("NOW_MS", now_ms!())
-            .replace("{pool}", &pool.to_string())
-            .replace("{max}", &max.to_string());
-        let mut client = self.client().await?;
-        // Due timers become claimable (see migrations/0003_timers.sql).
-        let sweep = client
-            .prepare_cached(SWEEP_DUE_SQL)
-            .await
-            .map_err(|e| self.pg(e))?;
-        client.execute(&sweep, &[]).await.map_err(|e| self.pg(e))?;
-        let st = client.prepare_cached(&sql).await.map_err(|e| self.pg(e))?;
-        let cursor = self
-            .claim_cursor
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default();
-        let names: Vec<&str> = caps.tenants.keys().map(String::as_str).collect();
-        let limits: Vec<i64> = caps.tenants.values().map(|c| to_i64(*c)).collect();
-        let default = caps.default.map(to_i64);
-        let here_names: Vec<&str> = caps.this_claim.keys().map(String::as_str).collect();
-        let here_limits: Vec<i64> = caps.this_claim.values().map(|c| to_i64(*c)).collect();
-        let here_default = caps.this_claim_default.map(to_i64);
-        let params: [&(dyn ToSql + Sync); 9] = [
-            &worker,
-            &to_i64(ttl_ms),
-            &names,
-            &limits,
-            &default,
-            &cursor,
-            &here_names,
-            &here_limits,
-            &here_default,
-        ];
-        let rows = if caps.is_unlimited() {
-            client.query(&st, &params).await.map_err(|e| self.pg(e))?
-        } else {
-            // Count and claim under one cluster-wide lock, in a transaction: the claim
-            // statement's snapshot is taken after the lock, so it sees every earlier
-            // claim's leases, and no later claim counts before this one commits.
-            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
-            tx.execute(CLAIM_LOCK_SQL, &[])
-                .await
-                .map_err(|e| self.pg(e))?;
-            let rows = tx.query(&st, &params).await.map_err(|e| self.pg(e))?;
-            tx.commit().await.map_err(|e| self.pg(e))?;
-            rows
-        };
+        let rows = self
+            .claim_rows(worker, ttl_ms, max, caps, CLAIM_TAIL)
+            .await?;
         let leases: Vec<Lease> = rows.iter().map(lease_row).collect::<Result<_>>()?;
-        if let (Some(last), Ok(mut c)) = (leases.last(), self.claim_cursor.lock()) {
-            c.clone_from(&last.tenant);
-        }
-        if let Ok(mut t) = self.job_tenants.lock() {
-            t.leased(&leases);
-        }
+        self.claimed(&leases);
         Ok(leases)
+    }
+
+    /// The claim statement also returns the events of each leased job with a short log
+    /// and no pending command (`CLAIM_LOAD_TAIL`), read in the same statement: one round
+    /// trip for the lease and the load. The events are as of the statement's snapshot; if
+    /// an earlier lease holder's append committed just before the row was locked, the
+    /// job's updated `last_seq` is past them and the load is dropped (the worker reads
+    /// it), so a preload is never stale.
+    async fn claim_and_load(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        max: usize,
+        caps: &RunningCaps,
+    ) -> Result<Vec<(Lease, Option<crate::JobLoad>)>> {
+        if max == 0 {
+            return Ok(vec![]);
+        }
+        let rows = self
+            .claim_rows(worker, ttl_ms, max, caps, CLAIM_LOAD_TAIL)
+            .await?;
+        let mut out: Vec<(Lease, u64, Vec<RecordedEvent>)> = Vec::new();
+        for r in &rows {
+            let lease = lease_row(r)?;
+            if out.last().map(|(l, _, _)| l.job_id) != Some(lease.job_id) {
+                let last_seq = to_u64(col(r, 4)?, "last_seq")?;
+                out.push((lease.clone(), last_seq, Vec::new()));
+            }
+            if let (Some(seq), Some((_, _, events))) = (col::<Option<i64>>(r, 5)?, out.last_mut()) {
+                events.push(event_row(lease.job_id, r, 5, seq)?);
+            }
+        }
+        let leases: Vec<Lease> = out.iter().map(|(l, _, _)| l.clone()).collect();
+        self.claimed(&leases);
+        Ok(out
+            .into_iter()
+            .map(|(lease, last_seq, events)| {
+                // The whole log, 1..=last_seq, or nothing.
+                let whole = events.len() as u64 == last_seq
+                    && events.iter().zip(1u64..).all(|(e, seq)| e.seq == seq);
+                let load = (whole && last_seq > 0).then(|| crate::JobLoad {
+                    snapshot: None,
+                    events,
+                    commands: Vec::new(),
+                });
+                (lease, load)
+            })
+            .collect())
     }
 
     async fn heartbeat(

@@ -66,6 +66,31 @@ async fn pg_passes_the_conformance_suite() {
     conformance::run_all(store).await;
 }
 
+/// PostgreSQL's claim reads the log of each job it leases with a short log and no pending
+/// command in the same statement (a job starts one round trip sooner); the others are
+/// left for the worker to load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_preload_short_logs_without_commands() {
+    let (_, store) = fresh().await;
+    let store: DynStore = Arc::new(store);
+    let claimed =
+        conformance::claim_and_load_preloads_only_what_load_job_would_read(store.clone()).await;
+    let mut lengths = Vec::new();
+    for (lease, load) in &claimed {
+        let pending = store.pending_commands(lease.job_id).await.unwrap();
+        match load {
+            Some(load) => lengths.push(load.events.len()),
+            None => assert_eq!(pending.len(), 1, "only the job with a command loads itself"),
+        }
+    }
+    lengths.sort();
+    assert_eq!(
+        lengths,
+        [1, 3],
+        "the new job and the re-claimed one come preloaded"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_a_new_connection_pool() {
     let (url, a) = fresh().await;
