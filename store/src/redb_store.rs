@@ -947,6 +947,65 @@ fn read_tenants(db: &Database, id: Option<&str>) -> Result<Vec<Tenant>> {
     Ok(out)
 }
 
+/// `Store::read_events` inside the calling thread: one read transaction.
+fn read_events_in(
+    db: &Database,
+    tenant: Option<&str>,
+    id: JobId,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>> {
+    let tx = db.begin_read().map_err(backend)?;
+    let jt = tx.open_table(JOBS).map_err(backend)?;
+    let row: JobRow = match jt.get(id.as_bytes().as_slice()).map_err(backend)? {
+        Some(g) => dec(g.value())?,
+        None => return Err(StoreError::NotFound(id)),
+    };
+    if tenant.is_some_and(|t| t != row.tenant) {
+        return Err(StoreError::NotFound(id));
+    }
+    let t = tx.open_table(EVENTS).map_err(backend)?;
+    let lo = seq_key(id, after_seq.saturating_add(1));
+    let hi = seq_key(id, u64::MAX);
+    let mut out = Vec::new();
+    for item in t
+        .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+        .map_err(backend)?
+    {
+        // Fix (found by the conformance suite): the limit is checked before the
+        // push, so `limit == 0` returns no events instead of one.
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item.map_err(backend)?;
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&k.value()[16..24]);
+        out.push(decode_event(id, u64::from_be_bytes(s), v.value())?);
+    }
+    Ok(out)
+}
+
+/// `Store::latest_snapshot` inside the calling thread.
+fn latest_snapshot_in(db: &Database, id: JobId, max_seq: u64) -> Result<Option<(u64, Vec<u8>)>> {
+    let tx = db.begin_read().map_err(backend)?;
+    let t = tx.open_table(SNAPSHOTS).map_err(backend)?;
+    let lo = seq_key(id, 0);
+    let hi = seq_key(id, max_seq);
+    let last = t
+        .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+        .map_err(backend)?
+        .next_back();
+    match last {
+        None => Ok(None),
+        Some(item) => {
+            let (k, v) = item.map_err(backend)?;
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&k.value()[16..24]);
+            Ok(Some((u64::from_be_bytes(s), v.value().to_vec())))
+        }
+    }
+}
+
 fn read_commands(db: &Database, id: JobId) -> Result<Vec<StoredCommand>> {
     let tx = db.begin_read().map_err(backend)?;
     let t = tx.open_table(COMMANDS).map_err(backend)?;
@@ -1523,37 +1582,8 @@ impl Store for RedbStore {
             Scope::Tenant(t) => Some(t.to_string()),
             Scope::System => None,
         };
-        self.read(move |db| {
-            let tx = db.begin_read().map_err(backend)?;
-            let jt = tx.open_table(JOBS).map_err(backend)?;
-            let row: JobRow = match jt.get(id.as_bytes().as_slice()).map_err(backend)? {
-                Some(g) => dec(g.value())?,
-                None => return Err(StoreError::NotFound(id)),
-            };
-            if tenant.as_deref().is_some_and(|t| t != row.tenant) {
-                return Err(StoreError::NotFound(id));
-            }
-            let t = tx.open_table(EVENTS).map_err(backend)?;
-            let lo = seq_key(id, after_seq.saturating_add(1));
-            let hi = seq_key(id, u64::MAX);
-            let mut out = Vec::new();
-            for item in t
-                .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
-                .map_err(backend)?
-            {
-                // Fix (found by the conformance suite): the limit is checked before the
-                // push, so `limit == 0` returns no events instead of one.
-                if out.len() >= limit {
-                    break;
-                }
-                let (k, v) = item.map_err(backend)?;
-                let mut s = [0u8; 8];
-                s.copy_from_slice(&k.value()[16..24]);
-                out.push(decode_event(id, u64::from_be_bytes(s), v.value())?);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |db| read_events_in(db, tenant.as_deref(), id, after_seq, limit))
+            .await
     }
 
     async fn append_many(&self, batch: Vec<Append>) -> Result<Vec<Result<Vec<RecordedEvent>>>> {
@@ -1572,26 +1602,8 @@ impl Store for RedbStore {
     }
 
     async fn latest_snapshot(&self, id: JobId, max_seq: u64) -> Result<Option<(u64, Vec<u8>)>> {
-        self.read(move |db| {
-            let tx = db.begin_read().map_err(backend)?;
-            let t = tx.open_table(SNAPSHOTS).map_err(backend)?;
-            let lo = seq_key(id, 0);
-            let hi = seq_key(id, max_seq);
-            let last = t
-                .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
-                .map_err(backend)?
-                .next_back();
-            match last {
-                None => Ok(None),
-                Some(item) => {
-                    let (k, v) = item.map_err(backend)?;
-                    let mut s = [0u8; 8];
-                    s.copy_from_slice(&k.value()[16..24]);
-                    Ok(Some((u64::from_be_bytes(s), v.value().to_vec())))
-                }
-            }
-        })
-        .await
+        self.read(move |db| latest_snapshot_in(db, id, max_seq))
+            .await
     }
 
     async fn claim_within(
@@ -1708,6 +1720,21 @@ impl Store for RedbStore {
 
     async fn pending_commands(&self, id: JobId) -> Result<Vec<StoredCommand>> {
         self.read(move |db| read_commands(db, id)).await
+    }
+
+    /// The three reads on one blocking-pool hop (the writer commits between them at most,
+    /// and only this job's lease holder writes its events and snapshots).
+    async fn load_job(&self, id: JobId, event_limit: usize) -> Result<crate::JobLoad> {
+        self.read(move |db| {
+            let snapshot = latest_snapshot_in(db, id, u64::MAX)?;
+            let after = snapshot.as_ref().map(|(seq, _)| *seq).unwrap_or(0);
+            Ok(crate::JobLoad {
+                events: read_events_in(db, None, id, after, event_limit)?,
+                commands: read_commands(db, id)?,
+                snapshot,
+            })
+        })
+        .await
     }
 
     async fn mark_commands_applied(&self, id: JobId, token: u64, ids: &[u64]) -> Result<()> {
