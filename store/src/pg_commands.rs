@@ -160,6 +160,9 @@ pub async fn mark_applied(pool: &Pool, id: JobId, token: u64, ids: &[u64]) -> Re
         .try_get(0)
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if current != presented {
+        // Released now, not when the dropped transaction's ROLLBACK lands (see
+        // `put_command`).
+        let _ = tx.rollback().await;
         return Err(StoreError::Fenced {
             job: id,
             presented: token,
