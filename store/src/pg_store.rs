@@ -1389,6 +1389,29 @@ const GROUP_CONTENDED_QUOTA: usize = 16;
 /// Appends that may wait for the batcher before `append` callers wait to enqueue.
 const GROUP_QUEUE: usize = 8_192;
 
+/// A batcher's queue: what callers sent, and what waits its turn (`FairQueue`).
+type FairChannel<T> = tokio::sync::Mutex<(tokio::sync::mpsc::Receiver<T>, FairQueue<T>)>;
+
+/// The next batch of a batcher (group commit, group submit): waits for one item if none
+/// waits, takes everything else already sent, and returns up to `max`, tenants in turn.
+/// `None` once every sender is gone.
+async fn next_fair_batch<T>(
+    queue: &FairChannel<T>,
+    tenant: impl Fn(&T) -> Option<Arc<str>>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let mut guard = queue.lock().await;
+    let (rx, waiting) = &mut *guard;
+    if waiting.is_empty() {
+        let first = rx.recv().await?;
+        waiting.push(tenant(&first), first);
+    }
+    while let Ok(item) = rx.try_recv() {
+        waiting.push(tenant(&item), item);
+    }
+    Some(waiting.next_batch(max))
+}
+
 /// Group commit across jobs: single `append`s from all callers queue here; a worker takes
 /// whatever is queued (up to `GROUP_MAX_APPENDS`) and commits it as one `append_tx`, so N
 /// concurrent jobs share one transaction and one WAL flush. `group_commit_workers` such
@@ -1399,26 +1422,15 @@ const GROUP_QUEUE: usize = 8_192;
 async fn group_commit_worker(
     pool: Pool,
     stats: Arc<AppendCounters>,
-    queue: Arc<tokio::sync::Mutex<(tokio::sync::mpsc::Receiver<Queued>, FairQueue<Queued>)>>,
+    queue: Arc<FairChannel<Queued>>,
     job_tenants: Arc<Mutex<JobTenants>>,
 ) {
     let tenant = |q: &Queued| job_tenants.lock().ok().map(|t| t.of(&q.0.job_id));
     loop {
-        let batch = {
-            let mut guard = queue.lock().await;
-            let (rx, waiting) = &mut *guard;
-            if waiting.is_empty() {
-                let Some(first) = rx.recv().await else {
-                    return;
-                };
-                waiting.push(tenant(&first), first);
-            }
-            while let Ok(q) = rx.try_recv() {
-                waiting.push(tenant(&q), q);
-            }
-            // Tenants in turn (W6): a tenant's backlog of appends does not fill every
-            // transaction ahead of another tenant's next append.
-            waiting.next_batch(GROUP_MAX_APPENDS)
+        // Tenants in turn (W6): a tenant's backlog of appends does not fill every
+        // transaction ahead of another tenant's next append.
+        let Some(batch) = next_fair_batch(&queue, tenant, GROUP_MAX_APPENDS).await else {
+            return;
         };
         // A caller that gave up (dropped its future) gets nothing written.
         let (appends, replies): (Vec<Append>, Vec<_>) =
@@ -1467,29 +1479,13 @@ const SUBMIT_QUEUE: usize = 8_192;
 async fn group_submit_worker(
     pool: Pool,
     hint: Arc<Notify>,
-    queue: Arc<
-        tokio::sync::Mutex<(
-            tokio::sync::mpsc::Receiver<QueuedSubmit>,
-            FairQueue<QueuedSubmit>,
-        )>,
-    >,
+    queue: Arc<FairChannel<QueuedSubmit>>,
     batches: Arc<AtomicU64>,
 ) {
     let tenant = |q: &QueuedSubmit| Some(Arc::<str>::from(q.job.tenant.as_str()));
     loop {
-        let batch = {
-            let mut guard = queue.lock().await;
-            let (rx, waiting) = &mut *guard;
-            if waiting.is_empty() {
-                let Some(first) = rx.recv().await else {
-                    return;
-                };
-                waiting.push(tenant(&first), first);
-            }
-            while let Ok(q) = rx.try_recv() {
-                waiting.push(tenant(&q), q);
-            }
-            waiting.next_batch(SUBMIT_MAX_BATCH)
+        let Some(batch) = next_fair_batch(&queue, tenant, SUBMIT_MAX_BATCH).await else {
+            return;
         };
         // A caller that gave up (dropped its future) gets nothing stored.
         let batch: Vec<QueuedSubmit> = batch.into_iter().filter(|q| !q.reply.is_closed()).collect();
@@ -1509,22 +1505,24 @@ async fn group_submit_worker(
                 }
             }
             // One bad entry must not fail other callers' (other tenants') submissions:
-            // a failed batch is retried one job at a time, so only its own caller fails.
-            Err(_) if !single => {
+            // a batch that certainly stored nothing is retried one job at a time, so only
+            // its own caller fails. (One whose fate is unknown is not: a job without an
+            // idempotency key would be stored twice.)
+            Err(f) if f.unwritten && !single => {
                 for (job, reply) in jobs.into_iter().zip(replies) {
                     let one = std::slice::from_ref(&job);
                     let r = match submit_batch(&pool, one).await {
                         Ok(mut rs) => rs.pop().unwrap_or_else(|| {
                             Err(StoreError::Backend("empty submit result".into()))
                         }),
-                        Err(e) => Err(e),
+                        Err(f) => Err(f.error),
                     };
                     let _ = reply.send(r);
                 }
             }
-            Err(e) => {
+            Err(f) => {
                 for reply in replies {
-                    let _ = reply.send(Err(same_error(&e)));
+                    let _ = reply.send(Err(same_error(&f.error)));
                 }
             }
         }
@@ -1537,7 +1535,7 @@ async fn group_submit_worker(
 async fn submit_batch(
     pool: &Pool,
     jobs: &[(NewJob, Option<AuditEntry>)],
-) -> Result<Vec<Result<(JobSummary, bool)>>> {
+) -> std::result::Result<Vec<Result<(JobSummary, bool)>>, TxFailed> {
     let client = get_client(pool).await?;
     let pg = |e| pg_in(pool, e);
     // Step 1: the clock, and jobs already holding a key of the batch.
@@ -1559,7 +1557,7 @@ async fn submit_batch(
         .map_err(pg)?;
     let now: i64 = match rows.first() {
         Some(r) => col(r, 0)?,
-        None => return Err(StoreError::Backend("submit lookup returned no row".into())),
+        None => return Err(StoreError::Backend("submit lookup returned no row".into()).into()),
     };
     let mut existing: Vec<Option<JobSummary>> = vec![None; jobs.len()];
     for r in &rows {
@@ -1635,9 +1633,19 @@ async fn submit_batch(
                 ],
             )
             .await
-            .map_err(pg)?;
+            .map_err(|e| TxFailed {
+                // A server error rolled the statement back; anything else (a lost
+                // connection) may have come after its commit.
+                unwritten: e.as_db_error().is_some(),
+                error: pg_in(pool, e),
+            })?;
         for r in &rows {
-            inserted.insert(col::<Uuid>(r, 0)?);
+            // Committed already: a failure here is not a batch that stored nothing.
+            let id = col::<Uuid>(r, 0).map_err(|error| TxFailed {
+                error,
+                unwritten: false,
+            })?;
+            inserted.insert(id);
         }
     }
     for (i, id) in new_at {
