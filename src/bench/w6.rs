@@ -14,11 +14,13 @@
 //!   outrun the worker); B's trickle starts once a quarter of A's jobs are stored and runs
 //!   while A's backlog drains. The run ends when every job of both tenants has finished.
 //!
-//! A's submitters run on a thread of their own, as a gateway's HTTP workers do (in
-//! `aetheris dev` too), not on the worker's actor thread. On PostgreSQL the tenants submit
-//! through a pool of their own (as a separate gateway process would), so A's submitters do
-//! not queue in front of the worker's claims and reads; on the embedded store everything
-//! shares the one store, as in `aetheris dev`.
+//! Both tenants submit through one gateway (`Gateway`): a thread of its own, as a
+//! gateway's HTTP workers are (in `aetheris dev` too), not the worker's actor thread. On
+//! PostgreSQL the gateway has a pool of its own (as one `aetheris serve` gateway process
+//! in front of the workers would), so A's submitters do not queue in front of the
+//! worker's claims and reads, and its group submit sees both tenants (with several
+//! gateways behind a balancer, each sees both tenants' traffic too); on the embedded
+//! store everything shares the one store, as in `aetheris dev`.
 //!
 //! Fairness comes from the store's claim, which round-robins across tenants with runnable
 //! work; the worker is the one `aetheris dev`/`aetheris worker` run (`start_worker`,
@@ -131,7 +133,7 @@ async fn submit(store: &DynStore, tenant: &str, plan: &Plan) -> Result<JobId, St
 /// Jobs the worker reported finished, with their status and when this process saw it.
 type Finished = Rc<RefCell<HashMap<JobId, (JobStatus, Instant)>>>;
 
-/// A's flood under way on its own thread.
+/// A's flood under way on the gateway's thread.
 struct Flood {
     /// A's jobs stored so far.
     stored: Arc<AtomicUsize>,
@@ -139,26 +141,86 @@ struct Flood {
     done: tokio::sync::oneshot::Receiver<Result<(Vec<JobId>, Duration), String>>,
 }
 
-/// Starts A's `a_jobs` submissions from `FLOOD_SUBMITTERS` concurrent submitters on a new
-/// thread with its own runtime (a gateway's). On PostgreSQL it opens its own pool there
-/// (`gateway`); on the embedded store it shares `store`.
-fn start_flood(
-    gateway: Option<Opener>,
+/// The tenants' gateway of a phase: a thread with its own runtime, as a gateway
+/// process's HTTP workers are. On PostgreSQL it holds a store (a pool) of its own, through
+/// which both tenants submit, as through one `aetheris serve` gateway: its group submit
+/// sees both tenants and serves them fairly, and A's 64 submitters do not queue in front
+/// of the worker's claims and reads. On the embedded store it shares the worker's store,
+/// as in `aetheris dev`. Stops when dropped.
+struct Gateway {
     store: DynStore,
+    runtime: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn start_gateway(own: Option<Opener>, shared: DynStore) -> Result<Gateway, String> {
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("w6-gateway".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("W6 gateway runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let store = match own {
+                    Some(o) => o.open().await,
+                    None => Ok(shared),
+                };
+                let ok = store.is_ok();
+                let _ = ready_tx.send(store.map(|s| (s, tokio::runtime::Handle::current())));
+                if ok {
+                    let _ = stopped.await;
+                }
+            });
+        })
+        .map_err(|e| format!("W6 gateway thread: {e}"))?;
+    // On failure the thread has ended on its own (it waits for `stop` only with a store).
+    let (store, runtime) = ready
+        .await
+        .map_err(|_| "W6: the gateway thread ended without an answer".to_string())??;
+    Ok(Gateway {
+        store,
+        runtime,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+/// Starts A's `a_jobs` submissions from `FLOOD_SUBMITTERS` concurrent submitters on the
+/// gateway's runtime, through the gateway's store.
+fn start_flood(
+    gateway: &Gateway,
     tenant: String,
     plan: Plan,
     a_jobs: usize,
     every: usize,
     t0: Instant,
-) -> Result<Flood, String> {
+) -> Flood {
     let stored = Arc::new(AtomicUsize::new(0));
     let (tx, done) = tokio::sync::oneshot::channel();
     let counted = stored.clone();
+    let store = gateway.store.clone();
     let flood = async move {
-        let store = match gateway {
-            Some(o) => o.open().await?,
-            None => store,
-        };
         let reserved = Arc::new(AtomicUsize::new(0));
         let sampled: Arc<Mutex<Vec<JobId>>> = Arc::default();
         let mut submitters = Vec::new();
@@ -192,33 +254,20 @@ fn start_flood(
         let ids = sampled.lock().map(|s| s.clone()).unwrap_or_default();
         Ok((ids, last))
     };
-    std::thread::Builder::new()
-        .name("w6-flood".into())
-        .spawn(move || {
-            let r = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(flood),
-                Err(e) => Err(format!("W6 flood runtime: {e}")),
-            };
-            let _ = tx.send(r);
-        })
-        .map_err(|e| format!("W6 flood thread: {e}"))?;
-    Ok(Flood { stored, done })
+    gateway.runtime.spawn(async move {
+        let _ = tx.send(flood.await);
+    });
+    Flood { stored, done }
 }
 
 async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<Phase, String> {
-    // On PostgreSQL the tenants submit through pools of their own, as a gateway in its
-    // own process would, so A's 64 submitters do not queue in front of the worker's
-    // claims and reads; the embedded store is one process's file, shared as in `dev`.
+    let store = opener.clone().open().await?;
+    let gateway = start_gateway(
+        matches!(opener, Opener::Pg { .. }).then(|| opener.clone()),
+        store.clone(),
+    )
+    .await?;
     let pg_url = opener.pg_url();
-    let (gateway, flood_gateway) = match &opener {
-        Opener::Pg { .. } => (Some(opener.clone().open().await?), Some(opener.clone())),
-        Opener::Redb(_) => (None, None),
-    };
-    let store = opener.open().await?;
-    let gateway = gateway.unwrap_or_else(|| store.clone());
     let a_jobs = if flood { cfg.a_jobs } else { 0 };
     // Every job, B's warm-up included; the completion feed has room for all of them, so
     // it can never lag and lose one.
@@ -255,8 +304,11 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
     // warm-up job left B's first ~15 unloaded waits at 6-22 ms against 3-4 ms after).
     let submitting: Vec<_> = (0..WARM_UP_JOBS)
         .map(|_| {
-            let (gateway, tenant, plan) =
-                (gateway.clone(), cfg.trickle_tenant.clone(), plan.clone());
+            let (gateway, tenant, plan) = (
+                gateway.store.clone(),
+                cfg.trickle_tenant.clone(),
+                plan.clone(),
+            );
             actix_rt::spawn(async move { submit(&gateway, &tenant, &plan).await })
         })
         .collect();
@@ -285,14 +337,13 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
     let t0 = Instant::now();
     let every = (a_jobs / A_SAMPLE).max(1);
     let flood_run = start_flood(
-        flood_gateway,
-        gateway.clone(),
+        &gateway,
         cfg.flood_tenant.clone(),
         plan.clone(),
         a_jobs,
         every,
         t0,
-    )?;
+    );
     let stored = || flood_run.stored.load(Ordering::Relaxed);
 
     // B's trickle starts once a quarter of A's jobs are stored (with the defaults far more
@@ -310,7 +361,7 @@ async fn phase(opener: Opener, cfg: Cfg, flood: bool, label: String) -> Result<P
     for i in 0..cfg.b_jobs {
         // A fixed schedule: a late submission does not push the later ones back.
         tokio::time::sleep_until(b_start + cfg.interval * i as u32).await;
-        b_ids.push(submit(&gateway, &cfg.trickle_tenant, &plan).await?);
+        b_ids.push(submit(&gateway.store, &cfg.trickle_tenant, &plan).await?);
         progress(&format!(
             "{label}: B submitted {}/{}, A stored {}/{a_jobs}, finished {}…",
             i + 1,

@@ -14,6 +14,14 @@
 //! single-tenant throughput (W1) keeps the store's full batches. The price is paid by the
 //! flooding tenant while others are active (more, smaller commits) — measured by W6.
 //!
+//! A queue built `sharing_batches` (PostgreSQL's group submit, which runs several batches
+//! at once) also shares the batches in flight: while several tenants are active, a tenant
+//! with a batch in flight gets no items into another one until it finishes (the caller
+//! reports it with `finished`). A flood then occupies one batch at a time, not every
+//! batcher and every database backend behind them, and another tenant's submission finds
+//! a batcher free and a batch of its own (W6: B's submission waited for a batch of A's
+//! in flight and then shared its own with 16 of A's). A lone tenant keeps every batcher.
+//!
 //! `JobTenants` is how a queue learns the tenant of an append, which names only its job:
 //! claims record the tenant of each job they lease, releases forget it. It is a hint —
 //! an unknown job queues under the empty tenant — and bounded.
@@ -37,6 +45,10 @@ pub(crate) struct FairQueue<T> {
     last_seen: HashMap<Arc<str>, Instant>,
     /// A tenant's items per batch while another tenant is active too.
     contended_quota: usize,
+    /// Whether a tenant with a batch in flight waits for it while contended.
+    share_batches: bool,
+    /// Batches in flight per tenant (counted only when `share_batches`).
+    in_flight: HashMap<Arc<str>, usize>,
 }
 
 impl<T> FairQueue<T> {
@@ -50,6 +62,28 @@ impl<T> FairQueue<T> {
             len: 0,
             last_seen: HashMap::new(),
             contended_quota: contended_quota.max(1),
+            share_batches: false,
+            in_flight: HashMap::new(),
+        }
+    }
+
+    /// This queue also shares the batches in flight while contended (module doc): every
+    /// batch taken with `next_batch_with_tenants` must be reported with `finished`.
+    pub(crate) fn sharing_batches(mut self) -> Self {
+        self.share_batches = true;
+        self
+    }
+
+    /// A batch taken with `next_batch_with_tenants` has finished: its tenants may be
+    /// served again while contended.
+    pub(crate) fn finished(&mut self, tenants: impl IntoIterator<Item = Arc<str>>) {
+        for t in tenants {
+            if let Some(n) = self.in_flight.get_mut(&t) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.in_flight.remove(&t);
+                }
+            }
         }
     }
 
@@ -80,20 +114,26 @@ impl<T> FairQueue<T> {
     /// Up to `max` items: every queued system one first, then round robin (each tenant
     /// capped at the contended quota while several are active).
     pub(crate) fn next_batch(&mut self, max: usize) -> Vec<T> {
+        self.next_batch_at(max, Instant::now()).0
+    }
+
+    /// As `next_batch`, with the tenants that got items into it (to report to `finished`
+    /// once the batch is done, on a queue `sharing_batches`). Empty while every tenant
+    /// with queued items waits for a batch in flight.
+    pub(crate) fn next_batch_with_tenants(&mut self, max: usize) -> (Vec<T>, Vec<Arc<str>>) {
         self.next_batch_at(max, Instant::now())
     }
 
-    fn next_batch_at(&mut self, max: usize, now: Instant) -> Vec<T> {
+    fn next_batch_at(&mut self, max: usize, now: Instant) -> (Vec<T>, Vec<Arc<str>>) {
         // Only a queue that saw several tenants can be contended (and needs pruning).
         if self.last_seen.len() > 1 {
             self.last_seen
                 .retain(|_, at| now.saturating_duration_since(*at) < CONTENTION_WINDOW);
         }
-        let quota = if self.last_seen.len() > 1 {
-            self.contended_quota
-        } else {
-            max
-        };
+        let contended = self.last_seen.len() > 1;
+        let quota = if contended { self.contended_quota } else { max };
+        // Tenants waiting for a batch in flight: first in turn once it finished.
+        let mut held_back: Vec<Arc<str>> = Vec::new();
         // Tenants that used their quota: served again from the next batch on.
         let mut full: Vec<Arc<str>> = Vec::new();
         let mut taken: HashMap<Arc<str>, usize> = HashMap::new();
@@ -106,6 +146,10 @@ impl<T> FairQueue<T> {
             let Some(t) = self.turn.pop_front() else {
                 break;
             };
+            if self.share_batches && contended && self.in_flight.contains_key(&t) {
+                held_back.push(t);
+                continue;
+            }
             let Some(q) = self.tenants.get_mut(&t) else {
                 continue;
             };
@@ -122,9 +166,18 @@ impl<T> FairQueue<T> {
                 self.turn.push_back(t);
             }
         }
+        for t in held_back.into_iter().rev() {
+            self.turn.push_front(t);
+        }
         self.turn.extend(full);
         self.len -= out.len();
-        out
+        let tenants: Vec<Arc<str>> = taken.into_keys().collect();
+        if self.share_batches {
+            for t in &tenants {
+                *self.in_flight.entry(t.clone()).or_insert(0) += 1;
+            }
+        }
+        (out, tenants)
     }
 }
 
@@ -182,7 +235,7 @@ mod tests {
         for i in 0..10 {
             q.push_at(Some(Arc::from("a")), i, t0);
         }
-        assert_eq!(q.next_batch_at(8, t0).len(), 8);
+        assert_eq!(q.next_batch_at(8, t0).0.len(), 8);
     }
 
     #[test]
@@ -195,12 +248,12 @@ mod tests {
         q.push_at(Some(Arc::from("b")), "b0".to_string(), t0);
         q.push_at(None, "claim".to_string(), t0);
         // System items are never capped; a and b take turns, a stops at its quota.
-        assert_eq!(q.next_batch_at(100, t0), ["claim", "a0", "b0", "a1"]);
+        assert_eq!(q.next_batch_at(100, t0).0, ["claim", "a0", "b0", "a1"]);
         // b queued nothing more but is still active: a stays capped.
-        assert_eq!(q.next_batch_at(100, t0), ["a2", "a3"]);
+        assert_eq!(q.next_batch_at(100, t0).0, ["a2", "a3"]);
         // Once b has been quiet for the window, a has whole batches again.
         let later = t0 + CONTENTION_WINDOW;
-        assert_eq!(q.next_batch_at(100, later), ["a4", "a5"]);
+        assert_eq!(q.next_batch_at(100, later).0, ["a4", "a5"]);
         assert!(q.is_empty());
     }
 
@@ -213,8 +266,61 @@ mod tests {
                 q.push_at(Some(Arc::from(t)), format!("{t}{i}"), t0);
             }
         }
-        assert_eq!(q.next_batch_at(100, t0), ["a0", "b0", "c0"]);
-        assert_eq!(q.next_batch_at(2, t0), ["a1", "b1"]);
-        assert_eq!(q.next_batch_at(2, t0), ["c1"]);
+        assert_eq!(q.next_batch_at(100, t0).0, ["a0", "b0", "c0"]);
+        assert_eq!(q.next_batch_at(2, t0).0, ["a1", "b1"]);
+        assert_eq!(q.next_batch_at(2, t0).0, ["c1"]);
+    }
+
+    fn strs(v: Vec<Arc<str>>) -> Vec<String> {
+        let mut v: Vec<String> = v.iter().map(|t| t.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_sharing_queue_holds_a_busy_tenant_back_only_while_contended() {
+        let mut q = FairQueue::new(2).sharing_batches();
+        let t0 = Instant::now();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        for i in 0..6 {
+            q.push_at(Some(a.clone()), format!("a{i}"), t0);
+        }
+        // Alone, a fills batch after batch while its first is in flight.
+        let (first, tenants) = q.next_batch_at(2, t0);
+        assert_eq!(
+            (first, strs(tenants)),
+            (vec!["a0".into(), "a1".into()], vec!["a".into()])
+        );
+        assert_eq!(q.next_batch_at(2, t0).0, ["a2", "a3"]);
+        // b arrives: a has batches in flight, so the next batch is b's alone.
+        q.push_at(Some(b.clone()), "b0".to_string(), t0);
+        let (batch, tenants) = q.next_batch_at(100, t0);
+        assert_eq!(
+            (batch, strs(tenants)),
+            (vec!["b0".to_string()], vec!["b".into()])
+        );
+        // Nothing servable while a and b both wait for their batches.
+        q.push_at(Some(b.clone()), "b1".to_string(), t0);
+        assert!(q.next_batch_at(100, t0).0.is_empty());
+        // b's batch finished: b first; a still waits for both of its batches.
+        q.finished([b.clone()]);
+        assert_eq!(q.next_batch_at(100, t0).0, ["b1"]);
+        q.finished([a.clone()]);
+        assert!(q.next_batch_at(100, t0).0.is_empty());
+        q.finished([a.clone()]);
+        // a is served again, within its quota.
+        assert_eq!(q.next_batch_at(100, t0).0, ["a4", "a5"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_plain_queue_never_holds_a_tenant_back() {
+        let mut q = FairQueue::new(1);
+        let t0 = Instant::now();
+        q.push_at(Some(Arc::from("a")), "a0", t0);
+        q.push_at(Some(Arc::from("b")), "b0", t0);
+        q.push_at(Some(Arc::from("a")), "a1", t0);
+        assert_eq!(q.next_batch_at(100, t0).0, ["a0", "b0"]);
+        assert_eq!(q.next_batch_at(100, t0).0, ["a1"]);
     }
 }

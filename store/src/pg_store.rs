@@ -559,10 +559,10 @@ impl PgStore {
         let task = tokio::spawn(listen_loop(listen_config, hint.clone(), commands.clone()));
         // Group commit: workers on this runtime too; they stop when the last clone drops.
         let (group, queue) = tokio::sync::mpsc::channel(GROUP_QUEUE);
-        let queue = Arc::new(tokio::sync::Mutex::new((
+        let queue = Arc::new(FairChannel::new(
             queue,
             FairQueue::new(GROUP_CONTENDED_QUOTA),
-        )));
+        ));
         let stats = Arc::new(AppendCounters::default());
         let job_tenants: Arc<Mutex<JobTenants>> = Arc::default();
         for _ in 0..group_commit_workers(size) {
@@ -575,10 +575,10 @@ impl PgStore {
         }
         // Group submit: the same shape as group commit, for new jobs.
         let (submits, submit_queue) = tokio::sync::mpsc::channel(SUBMIT_QUEUE);
-        let submit_queue = Arc::new(tokio::sync::Mutex::new((
+        let submit_queue = Arc::new(FairChannel::new(
             submit_queue,
-            FairQueue::new(SUBMIT_CONTENDED_QUOTA),
-        )));
+            FairQueue::new(SUBMIT_CONTENDED_QUOTA).sharing_batches(),
+        ));
         let submit_batches = Arc::new(AtomicU64::new(0));
         for _ in 0..group_commit_workers(size) {
             tokio::spawn(group_submit_worker(
@@ -1389,27 +1389,67 @@ const GROUP_CONTENDED_QUOTA: usize = 16;
 /// Appends that may wait for the batcher before `append` callers wait to enqueue.
 const GROUP_QUEUE: usize = 8_192;
 
-/// A batcher's queue: what callers sent, and what waits its turn (`FairQueue`).
-type FairChannel<T> = tokio::sync::Mutex<(tokio::sync::mpsc::Receiver<T>, FairQueue<T>)>;
+/// A batcher's queue: what callers sent, and what waits its turn (`FairQueue`); for a
+/// queue `sharing_batches`, also the tenants of batches that finished since a batcher
+/// last looked (kept outside the lock, which a waiting batcher holds).
+struct FairChannel<T> {
+    queue: tokio::sync::Mutex<(tokio::sync::mpsc::Receiver<T>, FairQueue<T>)>,
+    finished: Mutex<Vec<Arc<str>>>,
+    batch_done: Notify,
+}
 
-/// The next batch of a batcher (group commit, group submit): waits for one item if none
-/// waits, takes everything else already sent, and returns up to `max`, tenants in turn.
-/// `None` once every sender is gone.
+impl<T> FairChannel<T> {
+    fn new(rx: tokio::sync::mpsc::Receiver<T>, queue: FairQueue<T>) -> Self {
+        FairChannel {
+            queue: tokio::sync::Mutex::new((rx, queue)),
+            finished: Mutex::new(Vec::new()),
+            batch_done: Notify::new(),
+        }
+    }
+
+    /// A batch of a queue `sharing_batches` is done: its tenants may be served again.
+    fn finished(&self, tenants: Vec<Arc<str>>) {
+        if tenants.is_empty() {
+            return;
+        }
+        self.finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(tenants);
+        self.batch_done.notify_one();
+    }
+}
+
+/// The next batch of a batcher (group commit, group submit) and its tenants: waits for
+/// one item if none waits (or, on a queue `sharing_batches`, until a tenant with queued
+/// items has no batch in flight), takes everything else already sent, and returns up to
+/// `max`, tenants in turn. `None` once every sender is gone.
 async fn next_fair_batch<T>(
-    queue: &FairChannel<T>,
+    channel: &FairChannel<T>,
     tenant: impl Fn(&T) -> Option<Arc<str>>,
     max: usize,
-) -> Option<Vec<T>> {
-    let mut guard = queue.lock().await;
+) -> Option<(Vec<T>, Vec<Arc<str>>)> {
+    let mut guard = channel.queue.lock().await;
     let (rx, waiting) = &mut *guard;
-    if waiting.is_empty() {
-        let first = rx.recv().await?;
-        waiting.push(tenant(&first), first);
+    loop {
+        let done = std::mem::take(&mut *channel.finished.lock().unwrap_or_else(|e| e.into_inner()));
+        waiting.finished(done);
+        while let Ok(item) = rx.try_recv() {
+            waiting.push(tenant(&item), item);
+        }
+        let (batch, tenants) = waiting.next_batch_with_tenants(max);
+        if !batch.is_empty() {
+            return Some((batch, tenants));
+        }
+        // Nothing to serve yet: a new item, or a batch in flight finishing, may change it.
+        tokio::select! {
+            item = rx.recv() => {
+                let item = item?;
+                waiting.push(tenant(&item), item);
+            }
+            _ = channel.batch_done.notified() => {}
+        }
     }
-    while let Ok(item) = rx.try_recv() {
-        waiting.push(tenant(&item), item);
-    }
-    Some(waiting.next_batch(max))
 }
 
 /// Group commit across jobs: single `append`s from all callers queue here; a worker takes
@@ -1429,7 +1469,7 @@ async fn group_commit_worker(
     loop {
         // Tenants in turn (W6): a tenant's backlog of appends does not fill every
         // transaction ahead of another tenant's next append.
-        let Some(batch) = next_fair_batch(&queue, tenant, GROUP_MAX_APPENDS).await else {
+        let Some((batch, _)) = next_fair_batch(&queue, tenant, GROUP_MAX_APPENDS).await else {
             return;
         };
         // A caller that gave up (dropped its future) gets nothing written.
@@ -1484,12 +1524,13 @@ async fn group_submit_worker(
 ) {
     let tenant = |q: &QueuedSubmit| Some(Arc::<str>::from(q.job.tenant.as_str()));
     loop {
-        let Some(batch) = next_fair_batch(&queue, tenant, SUBMIT_MAX_BATCH).await else {
+        let Some((batch, tenants)) = next_fair_batch(&queue, tenant, SUBMIT_MAX_BATCH).await else {
             return;
         };
         // A caller that gave up (dropped its future) gets nothing stored.
         let batch: Vec<QueuedSubmit> = batch.into_iter().filter(|q| !q.reply.is_closed()).collect();
         if batch.is_empty() {
+            queue.finished(tenants);
             continue;
         }
         let single = batch.len() == 1;
@@ -1526,6 +1567,7 @@ async fn group_submit_worker(
                 }
             }
         }
+        queue.finished(tenants);
         fire(&hint);
     }
 }
