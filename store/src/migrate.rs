@@ -52,6 +52,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_users.sql",
         sql: include_str!("../../migrations/0006_users.sql"),
     },
+    Migration {
+        name: "0007_claim_index.sql",
+        sql: include_str!("../../migrations/0007_claim_index.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

@@ -178,10 +178,16 @@ const GET_JOB_SQL: &str = concat!(
     " FROM jobs j WHERE j.job_id = $1 AND ($2::text IS NULL OR j.tenant = $2)"
 );
 
+/// A tenant's jobs, newest first: the claimable and the settled ones from their own
+/// partial indexes (`jobs_claimable`, `jobs_settled`), merged (see
+/// migrations/0007_claim_index.sql for why no index covers both).
 const LIST_TENANT_SQL: &str = concat!(
     "SELECT ",
     job_cols!("j"),
-    " FROM jobs j WHERE j.tenant = $1 AND j.job_id < $2 AND ($3::text IS NULL OR j.status = $3)",
+    " FROM ((SELECT * FROM jobs WHERE tenant = $1 AND job_id < $2 AND claimable",
+    " AND ($3::text IS NULL OR status = $3) ORDER BY job_id DESC LIMIT $4)",
+    " UNION ALL (SELECT * FROM jobs WHERE tenant = $1 AND job_id < $2 AND NOT claimable",
+    " AND ($3::text IS NULL OR status = $3) ORDER BY job_id DESC LIMIT $4)) j",
     " ORDER BY j.job_id DESC LIMIT $4"
 );
 
@@ -2230,6 +2236,94 @@ impl Store for PgStore {
 mod tests {
     use super::*;
     use crate::{NewJob, Store};
+
+    /// A connection keeps the generic claim plan it made first. Made while a tenant's
+    /// jobs were all queued, it must still find that tenant's runnable jobs without
+    /// reading its settled ones once most have finished (migrations/0007): no index
+    /// led by `tenant` covers both, so the walk can only take `jobs_claimable`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_plan_made_on_a_queued_table_skips_settled_jobs_later() {
+        let url = crate::pg_test::fresh_database_url().await;
+        let store = PgStore::connect(&url, 1).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let plan: aetheris_runtime::Plan =
+            serde_json::from_value(serde_json::json!({"steps": [{"id": "a", "tool": "echo"}]}))
+                .expect("plan");
+        let submits: Vec<_> = (0..400)
+            .map(|_| {
+                let (store, plan) = (store.clone(), plan.clone());
+                tokio::spawn(async move {
+                    let job = NewJob {
+                        tenant: "flood".into(),
+                        idempotency_key: None,
+                        plan,
+                        input: serde_json::json!({}),
+                    };
+                    store.submit(job, None).await
+                })
+            })
+            .collect();
+        for s in submits {
+            s.await.expect("task").expect("submit");
+        }
+        let client = store.client().await.expect("client");
+        let sql = claim_sql(4, CLAIM_LOAD_TAIL);
+        let types =
+            "text, bigint, text[], bigint[], bigint, text, text[], bigint[], bigint, bigint";
+        let args = "('w', 60000, '{}', '{}', NULL, '', '{}', '{}', NULL, 4)";
+        client
+            .batch_execute(&format!("PREPARE probe ({types}) AS {sql}"))
+            .await
+            .expect("prepare");
+        // The plan is made now (the pooled session forces generic plans), on a table whose
+        // jobs are all queued.
+        client
+            .batch_execute(&format!("EXECUTE probe {args}"))
+            .await
+            .expect("first claim");
+        client
+            .batch_execute(
+                "UPDATE jobs SET status = 'succeeded', lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE job_id IN (SELECT job_id FROM jobs ORDER BY job_id LIMIT 390)",
+            )
+            .await
+            .expect("settle");
+        let rows = client
+            .simple_query(&format!(
+                "EXPLAIN (ANALYZE, COSTS OFF) EXECUTE probe {args}"
+            ))
+            .await
+            .expect("explain");
+        let text: Vec<String> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        let text = text.join("\n");
+        let most_removed = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Rows Removed by Filter: "))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        assert!(most_removed < 10, "the claim read settled jobs:\n{text}");
+        assert!(text.contains("jobs_claimable"), "{text}");
+        // And no index led by `tenant` may cover claimable and settled jobs alike.
+        let defs = client
+            .query(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = 'jobs' \
+                 AND indexdef LIKE '%(tenant%'",
+                &[],
+            )
+            .await
+            .expect("indexes");
+        for d in defs {
+            let def: String = d.get(0);
+            assert!(def.contains(" WHERE "), "a full index led by tenant: {def}");
+        }
+    }
 
     /// Every claim size shares one of a few statement texts (a prepared statement per
     /// text and connection), and the text never fixes the number of leases.
