@@ -28,6 +28,28 @@ pub fn payload_digest(payload: &[u8]) -> [u8; 32] {
     Sha256::digest(payload).into()
 }
 
+/// The bytes `link` hashes, split around the 8 bytes of `recorded_at_ms` (big-endian):
+/// `event_hash(prev, job, seq, t, kind, payload)` is `SHA-256(head ‖ t ‖ tail)`. A store
+/// whose clock is read where the event is written (PostgreSQL's group submit) hashes
+/// there, with these two parts sent along.
+pub fn parts_around_time(
+    prev: &[u8; 32],
+    job: JobId,
+    seq: u64,
+    kind: &str,
+    payload: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let mut head = Vec::with_capacity(32 + 16 + 8);
+    head.extend_from_slice(prev);
+    head.extend_from_slice(job.as_bytes());
+    head.extend_from_slice(&seq.to_be_bytes());
+    let mut tail = Vec::with_capacity(2 + kind.len() + 32);
+    tail.extend_from_slice(&(kind.len() as u16).to_be_bytes());
+    tail.extend_from_slice(kind.as_bytes());
+    tail.extend_from_slice(&payload_digest(payload));
+    (head, tail)
+}
+
 /// The chain link for one event, given the digest of its payload.
 pub fn link(prev: &[u8; 32], header: &[u8], payload_digest: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -152,6 +174,24 @@ mod tests {
             prev = hash;
         }
         (job, out)
+    }
+
+    #[test]
+    fn parts_around_time_hash_to_the_event_hash() {
+        let job = JobId::from_bytes(*b"0123456789abcdef");
+        let prev = [7u8; 32];
+        for t in [0i64, 1_764_000_000_123, -5] {
+            let (head, tail) = parts_around_time(&prev, job, 3, "job_submitted", b"{\"x\":1}");
+            let mut h = Sha256::new();
+            h.update(&head);
+            h.update(t.to_be_bytes());
+            h.update(&tail);
+            let split: [u8; 32] = h.finalize().into();
+            assert_eq!(
+                split,
+                event_hash(&prev, job, 3, t, "job_submitted", b"{\"x\":1}")
+            );
+        }
     }
 
     #[test]

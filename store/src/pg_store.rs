@@ -49,7 +49,7 @@ use crate::{
     Append, AuditEntry, AuditFilter, AuditRecord, JobSummary, Lease, LedgerEntry, ListFilter,
     NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
 };
-use aetheris_proof::{event_hash, GENESIS};
+use aetheris_proof::{event_hash, parts_around_time, GENESIS};
 use aetheris_runtime::{EffectClass, EventBody, JobId, JobStatus, LedgerStatus, RecordedEvent};
 use async_trait::async_trait;
 use deadpool_postgres::{
@@ -125,46 +125,45 @@ const SESSION_SETUP: &str = "SET default_transaction_isolation = 'read committed
 
 const NOW_SQL: &str = concat!("SELECT ", now_ms!());
 
-/// Group submit, step 1: the database clock (every job of the batch is recorded at it)
-/// and the jobs that already hold a batch entry's (tenant, idempotency key); `ord` is the
-/// 1-based position in the arrays. One row with NULLs when nothing matches.
-const SUBMIT_BATCH_LOOKUP_SQL: &str = concat!(
-    "SELECT ",
+/// Group submit: every new job of the batch (its row, its `job_submitted` event, its
+/// audit row when `a_tenant` is set) in one statement and one commit, one round trip.
+/// The database clock stamps them all (`recorded_at`, `created_at`, the audit time), and
+/// each event's hash is computed here, around that clock: the caller sends the canonical
+/// bytes before the time (`head`: prev hash, job id, seq) and after it (`tail`: kind
+/// length, kind, payload digest; see `aetheris_proof::canonical_header`), and
+/// `sha256(head ‖ int8send(now) ‖ tail)` is exactly `event_hash` (big-endian i64). A key
+/// already taken (or twice in the batch) inserts nothing for that entry; the caller looks
+/// the winner up. Returns the ids inserted, each with the clock.
+const SUBMIT_BATCH_INSERT_SQL: &str = concat!(
+    "WITH clock AS (SELECT ",
     now_ms!(),
-    ", e.ord, ",
-    job_cols!("e"),
-    " FROM (SELECT 1) AS one LEFT JOIN (SELECT u.ord, ",
-    job_cols!("j"),
-    " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(tenant, key, ord)",
-    " JOIN jobs j ON j.tenant = u.tenant AND j.idempotency_key = u.key) e ON true"
-);
-
-/// Group submit, step 2: every new job of the batch (its row, its `job_submitted` event,
-/// its audit row when `a_tenant` is set) in one statement, one commit. A key taken
-/// meanwhile (or twice in the batch) inserts nothing for that entry; the caller looks the
-/// winner up. Returns the ids inserted.
-const SUBMIT_BATCH_INSERT_SQL: &str = "\
-WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[],
-                         $6::text[], $7::text[], $8::text[])
-        AS i(job_id, tenant, key, hash, payload, a_tenant, a_actor, a_action)
+    " AS now_ms),
+input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
+                         $6::text[], $7::text[], $8::text[], $9::text[])
+        AS i(job_id, tenant, key, head, tail, payload, a_tenant, a_actor, a_action)
+), stamped AS MATERIALIZED (
+    SELECT i.job_id, i.tenant, i.key, i.payload, i.a_tenant, i.a_actor, i.a_action,
+           c.now_ms, sha256(i.head || int8send(c.now_ms) || i.tail) AS hash
+    FROM input i, clock c
 ), j AS (
     INSERT INTO jobs (job_id, tenant, status, idempotency_key, last_seq, last_hash,
                       created_at, updated_at, token)
-    SELECT job_id, tenant, 'queued', key, 1, hash, $9, $9, 0 FROM input
+    SELECT job_id, tenant, 'queued', key, 1, hash, now_ms, now_ms, 0 FROM stamped
     ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING job_id
 ), e AS (
     INSERT INTO events (job_id, seq, recorded_at, kind, payload, prev_hash, hash)
-    SELECT i.job_id, 1, $9, 'job_submitted', i.payload, $10, i.hash
-    FROM input i JOIN j ON j.job_id = i.job_id
-    RETURNING job_id
+    SELECT s.job_id, 1, s.now_ms, 'job_submitted', s.payload, $10, s.hash
+    FROM stamped s JOIN j ON j.job_id = s.job_id
+    RETURNING job_id, recorded_at
 ), a AS (
     INSERT INTO access_audit_log (at, tenant, actor, action, target, result)
-    SELECT $9, i.a_tenant, i.a_actor, i.a_action, i.job_id::text, 'ok'
-    FROM input i JOIN e ON e.job_id = i.job_id WHERE i.a_tenant IS NOT NULL
+    SELECT s.now_ms, s.a_tenant, s.a_actor, s.a_action, s.job_id::text, 'ok'
+    FROM stamped s JOIN e ON e.job_id = s.job_id WHERE s.a_tenant IS NOT NULL
 )
-SELECT e.job_id, pg_notify('aetheris_work', '') FROM e";
+SELECT e.job_id, e.recorded_at, pg_notify('aetheris_work', '') FROM e"
+);
 
 const SUBMIT_EXISTING_SQL: &str = concat!(
     "SELECT ",
@@ -588,12 +587,14 @@ impl PgStore {
             FairQueue::new(SUBMIT_CONTENDED_QUOTA).sharing_batches(),
         ));
         let submit_batches = Arc::new(AtomicU64::new(0));
+        let clock = Arc::new(DbClock::default());
         for _ in 0..group_commit_workers(size) {
             tokio::spawn(group_submit_worker(
                 pool.clone(),
                 hint.clone(),
                 submit_queue.clone(),
                 submit_batches.clone(),
+                clock.clone(),
             ));
         }
         Ok(PgStore {
@@ -937,7 +938,32 @@ fn scope_tenant<'a>(scope: Scope<'a>) -> Option<&'a str> {
     }
 }
 
-/// A fresh job id: UUIDv7 stamped with the database clock.
+/// The database clock as this process last saw it, moved on by local time since (the
+/// time stamped into new job ids; see `submit_batch`). Before the first sighting, the
+/// local clock.
+#[derive(Debug, Default)]
+struct DbClock(Mutex<Option<(i64, std::time::Instant)>>);
+
+impl DbClock {
+    fn estimate(&self) -> i64 {
+        let seen = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match seen {
+            Some((ms, at)) => {
+                ms.saturating_add(i64::try_from(at.elapsed().as_millis()).unwrap_or(0))
+            }
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
+                .unwrap_or(0),
+        }
+    }
+
+    fn saw(&self, ms: i64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((ms, std::time::Instant::now()));
+    }
+}
+
+/// A fresh job id: UUIDv7 stamped with (an estimate of) the database clock.
 fn new_job_id(now_ms: i64) -> JobId {
     let ms = u64::try_from(now_ms).unwrap_or(0);
     let ctx = ID_CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
@@ -1531,6 +1557,7 @@ async fn group_submit_worker(
     hint: Arc<Notify>,
     queue: Arc<FairChannel<QueuedSubmit>>,
     batches: Arc<AtomicU64>,
+    clock: Arc<DbClock>,
 ) {
     let tenant = |q: &QueuedSubmit| Some(Arc::<str>::from(q.job.tenant.as_str()));
     loop {
@@ -1549,7 +1576,7 @@ async fn group_submit_worker(
             .map(|q| ((q.job, q.audit), q.reply))
             .unzip();
         batches.fetch_add(1, Relaxed);
-        match submit_batch(&pool, &jobs).await {
+        match submit_batch(&pool, &clock, &jobs).await {
             Ok(results) => {
                 for (r, reply) in results.into_iter().zip(replies) {
                     let _ = reply.send(r);
@@ -1562,7 +1589,7 @@ async fn group_submit_worker(
             Err(f) if f.unwritten && !single => {
                 for (job, reply) in jobs.into_iter().zip(replies) {
                     let one = std::slice::from_ref(&job);
-                    let r = match submit_batch(&pool, one).await {
+                    let r = match submit_batch(&pool, &clock, one).await {
                         Ok(mut rs) => rs.pop().unwrap_or_else(|| {
                             Err(StoreError::Backend("empty submit result".into()))
                         }),
@@ -1586,57 +1613,25 @@ async fn group_submit_worker(
 /// order. `Err` when a statement failed (nothing of the batch was stored).
 async fn submit_batch(
     pool: &Pool,
+    clock: &DbClock,
     jobs: &[(NewJob, Option<AuditEntry>)],
 ) -> std::result::Result<Vec<Result<(JobSummary, bool)>>, TxFailed> {
     let client = get_client(pool).await?;
-    let pg = |e| pg_in(pool, e);
-    // Step 1: the clock, and jobs already holding a key of the batch.
-    let keyed: Vec<usize> = (0..jobs.len())
-        .filter(|i| jobs[*i].0.idempotency_key.is_some())
-        .collect();
-    let key_tenants: Vec<&str> = keyed.iter().map(|i| jobs[*i].0.tenant.as_str()).collect();
-    let keys: Vec<&str> = keyed
-        .iter()
-        .filter_map(|i| jobs[*i].0.idempotency_key.as_deref())
-        .collect();
-    let lookup = client
-        .prepare_cached(SUBMIT_BATCH_LOOKUP_SQL)
-        .await
-        .map_err(pg)?;
-    let rows = client
-        .query(&lookup, &[&key_tenants, &keys])
-        .await
-        .map_err(pg)?;
-    let now: i64 = match rows.first() {
-        Some(r) => col(r, 0)?,
-        None => return Err(StoreError::Backend("submit lookup returned no row".into()).into()),
-    };
-    let mut existing: Vec<Option<JobSummary>> = vec![None; jobs.len()];
-    for r in &rows {
-        if let Some(ord) = col::<Option<i64>>(r, 1)? {
-            let at = usize::try_from(ord - 1)
-                .ok()
-                .and_then(|k| keyed.get(k).copied())
-                .ok_or_else(|| StoreError::Corrupt(format!("submit lookup ord {ord}")))?;
-            existing[at] = Some(summary_at(r, 2)?);
-        }
-    }
-
-    // Step 2: the new jobs, all in one statement.
+    // Job ids are UUIDv7 stamped with the database clock as last seen plus the time
+    // since (`clock`), so ids stay in database-clock order across gateways without a
+    // round trip of their own; the times recorded are the database's own, at insert.
+    let id_ms = clock.estimate();
     let mut results: Vec<Option<Result<(JobSummary, bool)>>> = Vec::with_capacity(jobs.len());
     let mut ids = Vec::new();
     let mut tenants = Vec::new();
     let mut new_keys = Vec::new();
-    let mut hashes = Vec::new();
+    let mut heads = Vec::new();
+    let mut tails = Vec::new();
     let mut payloads = Vec::new();
     let (mut a_tenants, mut a_actors, mut a_actions) = (Vec::new(), Vec::new(), Vec::new());
     let mut new_at: Vec<(usize, JobId)> = Vec::new();
-    for (i, (job, audit)) in jobs.iter().enumerate() {
-        if let Some(found) = existing[i].take() {
-            results.push(Some(Ok((found, false))));
-            continue;
-        }
-        let id = new_job_id(now);
+    for (job, audit) in jobs {
+        let id = new_job_id(id_ms);
         let body = EventBody::JobSubmitted {
             tenant: job.tenant.clone(),
             plan: job.plan.clone(),
@@ -1650,24 +1645,25 @@ async fn submit_batch(
                 continue;
             }
         };
-        let hash = event_hash(&GENESIS, id, 1, now, body.kind(), payload.as_bytes());
+        let (head, tail) = parts_around_time(&GENESIS, id, 1, body.kind(), payload.as_bytes());
+        new_at.push((results.len(), id));
         results.push(None);
-        new_at.push((i, id));
         ids.push(id.0);
         tenants.push(job.tenant.as_str());
         new_keys.push(job.idempotency_key.as_deref());
-        hashes.push(hash.to_vec());
+        heads.push(head);
+        tails.push(tail);
         payloads.push(payload);
         a_tenants.push(audit.as_ref().map(|a| a.tenant.as_str()));
         a_actors.push(audit.as_ref().map(|a| a.actor.as_str()));
         a_actions.push(audit.as_ref().map(|a| a.action.as_str()));
     }
-    let mut inserted = std::collections::HashSet::new();
+    let mut inserted: HashMap<Uuid, i64> = HashMap::new();
     if !ids.is_empty() {
         let insert = client
             .prepare_cached(SUBMIT_BATCH_INSERT_SQL)
             .await
-            .map_err(pg)?;
+            .map_err(|e| pg_in(pool, e))?;
         let rows = client
             .query(
                 &insert,
@@ -1675,12 +1671,12 @@ async fn submit_batch(
                     &ids,
                     &tenants,
                     &new_keys,
-                    &hashes,
+                    &heads,
+                    &tails,
                     &payloads,
                     &a_tenants,
                     &a_actors,
                     &a_actions,
-                    &now,
                     &GENESIS.as_slice(),
                 ],
             )
@@ -1693,16 +1689,19 @@ async fn submit_batch(
             })?;
         for r in &rows {
             // Committed already: a failure here is not a batch that stored nothing.
-            let id = col::<Uuid>(r, 0).map_err(|error| TxFailed {
-                error,
-                unwritten: false,
-            })?;
-            inserted.insert(id);
+            let (id, at) = col::<Uuid>(r, 0)
+                .and_then(|id| Ok((id, col::<i64>(r, 1)?)))
+                .map_err(|error| TxFailed {
+                    error,
+                    unwritten: false,
+                })?;
+            clock.saw(at);
+            inserted.insert(id, at);
         }
     }
     for (i, id) in new_at {
         let job = &jobs[i].0;
-        results[i] = Some(if inserted.contains(&id.0) {
+        results[i] = Some(if let Some(&now) = inserted.get(&id.0) {
             Ok((
                 JobSummary {
                     job_id: id,

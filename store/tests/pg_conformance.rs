@@ -724,8 +724,27 @@ async fn listen_notify_wakes_other_processes_and_reconnects() {
 async fn event_times_come_from_the_database_clock() {
     let (url, s) = fresh().await;
     let db = raw(&url).await;
+    let db_now = || async {
+        let ms: i64 = db
+            .query_one(
+                "SELECT (floor(extract(epoch FROM now()) * 1000))::bigint",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        ms
+    };
+    let submit_from = db_now().await;
     let (job, _) = s.submit(new_job("clock", None), None).await.unwrap();
+    let submit_to = db_now().await;
     let id = job.job_id;
+    // The submission is stamped by the database where it is written (group submit), and
+    // its hash covers that time.
+    let first = s.read_events(Scope::System, id, 0, 10).await.unwrap();
+    assert_eq!(first[0].recorded_at_ms, job.created_at_ms);
+    assert!((submit_from..=submit_to).contains(&job.created_at_ms));
+    aetheris_proof::verify_chain(id, &first).unwrap();
     let token = s.claim("w", 600_000, 1).await.unwrap()[0].token;
     let before: i64 = db
         .query_one(
