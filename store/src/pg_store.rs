@@ -629,7 +629,7 @@ impl PgStore {
         }
     }
 
-    /// Group-submit batches stored so far (each: two statements, one commit), for tests
+    /// Group-submit batches stored so far (each: one statement and commit), for tests
     /// and the benchmark: fewer than the submissions when concurrent ones were batched.
     pub fn submit_batches(&self) -> u64 {
         self.submit_batches.load(Relaxed)
@@ -1546,10 +1546,11 @@ const SUBMIT_CONTENDED_QUOTA: usize = 16;
 const SUBMIT_QUEUE: usize = 8_192;
 
 /// Group submit: `submit` callers queue here; a worker takes what is queued (tenants in
-/// turn, up to `SUBMIT_MAX_BATCH`) and stores it with two statements (`submit_batch`):
-/// one round trip for the clock and idempotency keys, one for every new row, event and
-/// audit row, committed together. A flood of concurrent submitters thus costs the
-/// database a few statements per batch instead of two round trips and one commit per job,
+/// turn, up to `SUBMIT_MAX_BATCH`) and stores it with one statement (`submit_batch`):
+/// every new row, event and audit row, stamped with the database clock and committed
+/// together; only an entry whose idempotency key was taken costs a lookup more. A flood
+/// of concurrent submitters thus costs the database one statement per batch instead of
+/// two round trips and one commit per job,
 /// and waits here, in the process, not as busy backends that another tenant's statements
 /// queue behind (W6). Ends when every `PgStore` clone (every sender) is gone.
 async fn group_submit_worker(
@@ -1889,7 +1890,7 @@ impl Store for PgStore {
     }
 
     /// Through the group-submit batcher (`group_submit_worker`): concurrent submissions
-    /// share two round trips and one commit.
+    /// share one round trip and one commit.
     async fn submit(&self, job: NewJob, audit: Option<&AuditEntry>) -> Result<(JobSummary, bool)> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let queued = QueuedSubmit {
