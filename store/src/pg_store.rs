@@ -938,6 +938,20 @@ fn scope_tenant<'a>(scope: Scope<'a>) -> Option<&'a str> {
     }
 }
 
+/// A claim's preload, if it is the job's whole log `1..=last_seq` (`last_seq` as the
+/// lease's row was updated). The events come from the claim statement's snapshot, the
+/// row from its locked version: an append that committed between the two leaves the
+/// events short of `last_seq`, and the job actor must then read the log itself.
+fn whole_log(last_seq: u64, events: Vec<RecordedEvent>) -> Option<crate::JobLoad> {
+    let whole =
+        events.len() as u64 == last_seq && events.iter().zip(1u64..).all(|(e, seq)| e.seq == seq);
+    (whole && last_seq > 0).then(|| crate::JobLoad {
+        snapshot: None,
+        events,
+        commands: Vec::new(),
+    })
+}
+
 /// The database clock as this process last saw it, moved on by local time since (the
 /// time stamped into new job ids; see `submit_batch`). Before the first sighting, the
 /// local clock.
@@ -2116,17 +2130,7 @@ impl Store for PgStore {
         self.claimed(&leases);
         Ok(out
             .into_iter()
-            .map(|(lease, last_seq, events)| {
-                // The whole log, 1..=last_seq, or nothing.
-                let whole = events.len() as u64 == last_seq
-                    && events.iter().zip(1u64..).all(|(e, seq)| e.seq == seq);
-                let load = (whole && last_seq > 0).then(|| crate::JobLoad {
-                    snapshot: None,
-                    events,
-                    commands: Vec::new(),
-                });
-                (lease, load)
-            })
+            .map(|(lease, last_seq, events)| (lease, whole_log(last_seq, events)))
             .collect())
     }
 
@@ -2323,6 +2327,27 @@ mod tests {
             let def: String = d.get(0);
             assert!(def.contains(" WHERE "), "a full index led by tenant: {def}");
         }
+    }
+
+    /// A preload older than the row the claim locked (an append committed in between)
+    /// is not used, nor one with a gap; the whole log is.
+    #[test]
+    fn a_preload_is_used_only_when_it_is_the_whole_log() {
+        let job = JobId::new();
+        let event = |seq: u64| RecordedEvent {
+            job_id: job,
+            seq,
+            recorded_at_ms: 1,
+            body: EventBody::JobSucceeded {
+                output: serde_json::Value::Null,
+            },
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        };
+        assert!(whole_log(2, vec![event(1), event(2)]).is_some());
+        assert!(whole_log(3, vec![event(1), event(2)]).is_none(), "stale");
+        assert!(whole_log(2, vec![event(1), event(3)]).is_none(), "gap");
+        assert!(whole_log(0, vec![]).is_none());
     }
 
     /// Every claim size shares one of a few statement texts (a prepared statement per
