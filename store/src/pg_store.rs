@@ -2241,24 +2241,17 @@ mod tests {
     use super::*;
     use crate::{NewJob, Store};
 
-    /// A connection keeps the generic claim plan it made first. Made while a tenant's
-    /// jobs were all queued, it must still find that tenant's runnable jobs without
-    /// reading its settled ones once most have finished (migrations/0007): no index
-    /// led by `tenant` covers both, so the walk can only take `jobs_claimable`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_claim_plan_made_on_a_queued_table_skips_settled_jobs_later() {
-        let url = crate::pg_test::fresh_database_url().await;
-        let store = PgStore::connect(&url, 1).await.expect("connect");
-        store.migrate().await.expect("migrate");
+    /// `n` one-step jobs of `tenant`, submitted concurrently (so in shared batches).
+    async fn queue_jobs(store: &PgStore, tenant: &str, n: usize) {
         let plan: aetheris_runtime::Plan =
             serde_json::from_value(serde_json::json!({"steps": [{"id": "a", "tool": "echo"}]}))
                 .expect("plan");
-        let submits: Vec<_> = (0..400)
+        let submits: Vec<_> = (0..n)
             .map(|_| {
-                let (store, plan) = (store.clone(), plan.clone());
+                let (store, plan, tenant) = (store.clone(), plan.clone(), tenant.to_string());
                 tokio::spawn(async move {
                     let job = NewJob {
-                        tenant: "flood".into(),
+                        tenant,
                         idempotency_key: None,
                         plan,
                         input: serde_json::json!({}),
@@ -2270,6 +2263,18 @@ mod tests {
         for s in submits {
             s.await.expect("task").expect("submit");
         }
+    }
+
+    /// A connection keeps the generic claim plan it made first. Made while a tenant's
+    /// jobs were all queued, it must still find that tenant's runnable jobs without
+    /// reading its settled ones once most have finished (migrations/0007): no index
+    /// led by `tenant` covers both, so the walk can only take `jobs_claimable`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_plan_made_on_a_queued_table_skips_settled_jobs_later() {
+        let url = crate::pg_test::fresh_database_url().await;
+        let store = PgStore::connect(&url, 1).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        queue_jobs(&store, "flood", 400).await;
         let client = store.client().await.expect("client");
         let sql = claim_sql(4, CLAIM_LOAD_TAIL);
         let types =
@@ -2370,26 +2375,7 @@ mod tests {
         let url = crate::pg_test::fresh_database_url().await;
         let store = PgStore::connect(&url, 2).await.expect("connect");
         store.migrate().await.expect("migrate");
-        let plan: aetheris_runtime::Plan =
-            serde_json::from_value(serde_json::json!({"steps": [{"id": "a", "tool": "echo"}]}))
-                .expect("plan");
-        let submits: Vec<_> = (0..600)
-            .map(|_| {
-                let (store, plan) = (store.clone(), plan.clone());
-                tokio::spawn(async move {
-                    let job = NewJob {
-                        tenant: "backlog".into(),
-                        idempotency_key: None,
-                        plan,
-                        input: serde_json::json!({}),
-                    };
-                    store.submit(job, None).await
-                })
-            })
-            .collect();
-        for s in submits {
-            s.await.expect("task").expect("submit");
-        }
+        queue_jobs(&store, "backlog", 600).await;
         let client = store.client().await.expect("client");
         let names: Vec<&str> = vec![];
         let limits: Vec<i64> = vec![];
