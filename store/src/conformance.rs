@@ -172,6 +172,26 @@ pub async fn park_claimable(store: &DynStore) {
 }
 
 /// Claims `id` for `worker`, giving back any other job the claim picked up.
+/// Leases `id` for an hour and records its pure step `a` started and succeeded.
+async fn lease_and_run_a(store: &DynStore, tenant: &str, worker: &str, id: JobId) -> Lease {
+    let l = lease_job(store, worker, HOUR_MS, id).await;
+    ok(
+        store
+            .append(append(
+                id,
+                l.token,
+                1,
+                vec![
+                    started(tenant, id, "a", 1, EffectClass::Pure, l.token),
+                    succeeded("a", 1),
+                ],
+            ))
+            .await,
+        "run a",
+    );
+    l
+}
+
 async fn lease_job(store: &DynStore, worker: &str, ttl_ms: u64, id: JobId) -> Lease {
     for _ in 0..100 {
         let leases = ok(store.claim(worker, ttl_ms, 1000).await, "claim");
@@ -959,21 +979,7 @@ pub async fn terminal_jobs_are_closed(store: DynStore) {
     let done = submit(&store, &tenant).await.job_id;
     let failed = submit(&store, &tenant).await.job_id;
 
-    let l = lease_job(&store, "terminal-w", HOUR_MS, done).await;
-    ok(
-        store
-            .append(append(
-                done,
-                l.token,
-                1,
-                vec![
-                    started(&tenant, done, "a", 1, EffectClass::Pure, l.token),
-                    succeeded("a", 1),
-                ],
-            ))
-            .await,
-        "run a",
-    );
+    let l = lease_and_run_a(&store, &tenant, "terminal-w", done).await;
     let e = err(
         store
             .append(append(
@@ -1292,21 +1298,7 @@ pub async fn claim_and_load_preloads_only_what_load_job_would_read(
     );
     // A job with a longer log, given back and claimed again.
     let longer = submit(&store, &tenant).await.job_id;
-    let l = lease_job(&store, "preload-w", HOUR_MS, longer).await;
-    ok(
-        store
-            .append(append(
-                longer,
-                l.token,
-                1,
-                vec![
-                    started(&tenant, longer, "a", 1, EffectClass::Pure, l.token),
-                    succeeded("a", 1),
-                ],
-            ))
-            .await,
-        "append",
-    );
+    let l = lease_and_run_a(&store, &tenant, "preload-w", longer).await;
     ok(
         store.release("preload-w", &[(longer, l.token)]).await,
         "release",
