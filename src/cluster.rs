@@ -4,9 +4,10 @@
 //! lock, so many processes starting together are safe. SIGTERM/Ctrl-C drains a worker:
 //! it stops taking work, records in-flight calls and releases its leases at once.
 
+use aetheris_actors::ratelimit::{announce_once, Announcement};
 use aetheris_actors::{start_worker, Drain, Metrics, Shared, ToolRegistry, WorkerConfig};
 use aetheris_api::{start_node, NodeConfig};
-use aetheris_store::{DynStore, PgStore};
+use aetheris_store::{DynStore, PgStore, ProcessKind};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -238,9 +239,24 @@ pub fn worker(db: DbArgs, w: WorkerArgs) -> Result<ExitCode, String> {
             config: Arc::new(config),
             finished,
         };
-        aetheris_actors::ratelimit::spawn_limits_refresh(
+        let limits = shared.config.rate_limits.clone();
+        aetheris_actors::ratelimit::spawn_limits_refresh(shared.store.clone(), limits.clone());
+        // Count the live workers before the first claim, so the first tool calls already
+        // use this worker's share of each tenant's limits.
+        let (every, ttl) = (
+            Duration::from_millis(shared.config.heartbeat_ms),
+            Duration::from_millis(shared.config.lease_ttl_ms),
+        );
+        announce_once(&shared.store, &limits, ProcessKind::Worker, &worker_id, ttl)
+            .await
+            .map_err(|e| format!("announcing the worker: {e}"))?;
+        let announcement = Announcement::start(
             shared.store.clone(),
-            shared.config.rate_limits.clone(),
+            limits,
+            ProcessKind::Worker,
+            worker_id.clone(),
+            every,
+            ttl,
         );
         let (leases, _) = start_worker(shared);
         println!("aetheris worker {worker_id}: running");
@@ -251,6 +267,7 @@ pub fn worker(db: DbArgs, w: WorkerArgs) -> Result<ExitCode, String> {
                 grace: Duration::from_millis(w.drain_grace_ms),
             })
             .await;
+        announcement.retire().await;
         Ok(ExitCode::SUCCESS)
     })
 }

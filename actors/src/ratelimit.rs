@@ -8,15 +8,22 @@
 //! Retry-After and stores nothing); a tool call over the limit waits its turn (buckets go
 //! into debt in arrival order), it never fails. The cap on running jobs (`max_running_jobs`) is not a
 //! bucket: it is handed to the store with every claim (`running_caps`), which counts
-//! leases across all workers and never grants one past the cap. Limits are per process: with several
-//! workers, give each worker its share of a tenant's global limit (`share` = 1/N for N
-//! workers) — see docs.
+//! leases across all workers and never grants one past the cap.
+//!
+//! Buckets live in each process; a tenant's limits are global. Every gateway and worker
+//! announces itself in the store each heartbeat (`Announcement`), learns how many of its
+//! kind are live, and sizes its buckets to `1/that` of each limit (gateways share
+//! admissions, workers tool calls and LLM tokens), so N live workers together never go
+//! past the limit however many join or leave. A fixed `share` in the limits file
+//! overrides the count. See docs/limits.md.
 
 use crate::metrics::Metrics;
 use actix::prelude::*;
 use aetheris_runtime::bucket::TokenBucket;
+use aetheris_store::{DynStore, ProcessKind};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -52,7 +59,8 @@ pub struct LimitsConfig {
     pub defaults: TenantLimits,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantLimits>,
-    /// This process's share of every limit (1/N with N workers), default 1.
+    /// A fixed share of every limit for this process. Unset (the default): `1/N` with N
+    /// live processes of its kind, counted in the store.
     #[serde(default)]
     pub share: Option<f64>,
 }
@@ -143,10 +151,18 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// This process's share of a tenant's global limits: gateways enforce admissions,
+/// workers tool calls and LLM tokens, each kind sharing among its live processes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Shares {
+    admission: f64,
+    work: f64,
+}
+
 /// The buckets of one tenant.
 pub struct RateLimiter {
     limits: TenantLimits,
-    share: f64,
+    shares: Shares,
     admission: Option<TokenBucket>,
     tools: Option<TokenBucket>,
     by_tool: HashMap<String, TokenBucket>,
@@ -154,24 +170,61 @@ pub struct RateLimiter {
     last_used: Instant,
 }
 
+/// (rate per second, burst) of each bucket of `l` at `s`.
+fn admission_rate(l: &TenantLimits, s: &Shares) -> Option<(f64, f64)> {
+    let r = l.admissions_per_s?;
+    Some((
+        r * s.admission,
+        l.admission_burst.unwrap_or(r) * s.admission,
+    ))
+}
+
+fn tool_rate(r: f64, s: &Shares) -> (f64, f64) {
+    (r * s.work, r * s.work)
+}
+
+fn llm_rate(l: &TenantLimits, s: &Shares) -> Option<(f64, f64)> {
+    let r = l.llm_tokens_per_min?;
+    Some((r * s.work / 60.0, r * s.work))
+}
+
 impl RateLimiter {
-    fn new(limits: TenantLimits, share: f64) -> Self {
+    fn new(limits: TenantLimits, shares: Shares) -> Self {
         let now = now_ms();
-        let s = share;
+        let bucket = |(r, b): (f64, f64)| TokenBucket::new(r, b, now);
         RateLimiter {
-            admission: limits
-                .admissions_per_s
-                .map(|r| TokenBucket::new(r * s, limits.admission_burst.unwrap_or(r) * s, now)),
+            admission: admission_rate(&limits, &shares).map(bucket),
             tools: limits
                 .tool_calls_per_s
-                .map(|r| TokenBucket::new(r * s, r * s, now)),
+                .map(|r| bucket(tool_rate(r, &shares))),
             by_tool: HashMap::new(),
-            llm: limits
-                .llm_tokens_per_min
-                .map(|r| TokenBucket::new(r * s / 60.0, r * s, now)),
+            llm: llm_rate(&limits, &shares).map(bucket),
             limits,
-            share,
+            shares,
             last_used: Instant::now(),
+        }
+    }
+
+    /// Resizes every bucket to new shares, keeping what each holds (or owes).
+    fn rescale(&mut self, shares: Shares) {
+        let now = now_ms();
+        self.shares = shares;
+        let l = &self.limits;
+        if let (Some(b), Some((r, burst))) = (&mut self.admission, admission_rate(l, &shares)) {
+            b.rescale(r, burst, now);
+        }
+        if let (Some(b), Some(r)) = (&mut self.tools, l.tool_calls_per_s) {
+            let (r, burst) = tool_rate(r, &shares);
+            b.rescale(r, burst, now);
+        }
+        for (tool, b) in &mut self.by_tool {
+            if let Some(r) = l.tool_calls_per_s_by_tool.get(tool) {
+                let (r, burst) = tool_rate(*r, &shares);
+                b.rescale(r, burst, now);
+            }
+        }
+        if let (Some(b), Some((r, burst))) = (&mut self.llm, llm_rate(l, &shares)) {
+            b.rescale(r, burst, now);
         }
     }
 }
@@ -231,10 +284,10 @@ impl Handler<ToolCall> for RateLimiter {
             .unwrap_or(0);
         let one = match self.limits.tool_calls_per_s_by_tool.get(&m.0) {
             Some(r) => {
-                let r = r * self.share;
+                let (r, burst) = tool_rate(*r, &self.shares);
                 self.by_tool
                     .entry(m.0)
-                    .or_insert_with(|| TokenBucket::new(r, r, now))
+                    .or_insert_with(|| TokenBucket::new(r, burst, now))
                     .reserve(1.0, now)
             }
             None => 0,
@@ -251,6 +304,18 @@ impl Handler<ReserveLlm> for RateLimiter {
             .as_mut()
             .map(|b| b.reserve(m.0, now_ms()))
             .unwrap_or(0)
+    }
+}
+
+/// This process's shares changed (processes of its kind joined or left).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Rescale(Shares);
+
+impl Handler<Rescale> for RateLimiter {
+    type Result = ();
+    fn handle(&mut self, m: Rescale, _: &mut Context<Self>) {
+        self.rescale(m.0);
     }
 }
 
@@ -272,6 +337,9 @@ struct Inner {
     actors: Mutex<HashMap<String, Addr<RateLimiter>>>,
     arbiter: Mutex<Option<actix::Arbiter>>,
     metrics: RwLock<Option<Arc<Metrics>>>,
+    /// Live processes of each kind as last announced (0: not yet known, taken as 1).
+    live_gateways: AtomicU32,
+    live_workers: AtomicU32,
 }
 
 /// The shared handle to every tenant's `RateLimiter`. Cheap to clone.
@@ -343,6 +411,55 @@ impl RateLimiters {
         self.0.limits.read().map(|g| g.clone()).unwrap_or_default()
     }
 
+    fn live(&self, kind: ProcessKind) -> &AtomicU32 {
+        match kind {
+            ProcessKind::Gateway => &self.0.live_gateways,
+            ProcessKind::Worker => &self.0.live_workers,
+        }
+    }
+
+    /// This process's shares: the file's fixed `share`, else one over the live count.
+    fn shares(&self) -> Shares {
+        let fixed = self.0.limits.read().ok().and_then(|g| g.share);
+        let of =
+            |kind| fixed.unwrap_or(1.0 / f64::from(self.live(kind).load(Ordering::Relaxed).max(1)));
+        Shares {
+            admission: of(ProcessKind::Gateway),
+            work: of(ProcessKind::Worker),
+        }
+    }
+
+    /// This process's share of each limit it enforces as a `kind` (1.0 = the whole limit).
+    pub fn share_of(&self, kind: ProcessKind) -> f64 {
+        let s = self.shares();
+        match kind {
+            ProcessKind::Gateway => s.admission,
+            ProcessKind::Worker => s.work,
+        }
+    }
+
+    /// `n` processes of `kind` are live (this one included): resizes every tenant's
+    /// buckets to the new share at once.
+    pub fn set_live(&self, kind: ProcessKind, n: u32) {
+        let n = n.max(1);
+        let old = self.live(kind).swap(n, Ordering::Relaxed);
+        if old == n {
+            return;
+        }
+        if let Ok(g) = self.0.metrics.read() {
+            if let Some(m) = g.as_ref() {
+                let delta = f64::from(n) - f64::from(old);
+                m.gauge_add("aetheris_live_processes", &[("kind", kind.as_str())], delta);
+            }
+        }
+        let shares = self.shares();
+        if let Ok(actors) = self.0.actors.lock() {
+            for a in actors.values() {
+                a.do_send(Rescale(shares));
+            }
+        }
+    }
+
     /// The current caps on running jobs, for claims.
     pub fn running_caps(&self) -> aetheris_store::RunningCaps {
         self.0
@@ -369,9 +486,9 @@ impl RateLimiters {
         }
         let mut arb = self.0.arbiter.lock().ok()?;
         let handle = arb.get_or_insert_with(actix::Arbiter::new).handle();
-        let cfg = self.limits();
-        let (limits, share) = (cfg.for_tenant(tenant), cfg.share.unwrap_or(1.0));
-        let addr = RateLimiter::start_in_arbiter(&handle, move |_| RateLimiter::new(limits, share));
+        let (limits, shares) = (self.limits().for_tenant(tenant), self.shares());
+        let addr =
+            RateLimiter::start_in_arbiter(&handle, move |_| RateLimiter::new(limits, shares));
         actors.insert(tenant.to_string(), addr.clone());
         Some(addr)
     }
@@ -472,6 +589,90 @@ pub fn spawn_limits_refresh(store: aetheris_store::DynStore, limits: RateLimiter
     });
 }
 
+/// This process's announcement as a live `kind` (gateway or worker) in the store, renewed
+/// every `every` and valid for `ttl`, which keeps `RateLimiters`' share of every tenant's
+/// limits at one over the live count. A killed process drops out when its announcement
+/// expires (until then the others run a little under the limit, never over it); a
+/// joining one counts itself at once and the others within `every` (the only window in
+/// which the total can pass the limit, by at most their shares' difference for `every`).
+pub struct Announcement {
+    store: DynStore,
+    kind: ProcessKind,
+    id: String,
+    stopped: Arc<AtomicBool>,
+    /// Held across each announcement, so `retire` never races one still in flight (which
+    /// would put the row back after it was deleted).
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Announces `id` once and sets `limits`' live count of `kind` from the answer.
+pub async fn announce_once(
+    store: &DynStore,
+    limits: &RateLimiters,
+    kind: ProcessKind,
+    id: &str,
+    ttl: Duration,
+) -> Result<u32, aetheris_store::StoreError> {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let n = store.announce_process(kind, id, ttl_ms).await?;
+    limits.set_live(kind, n);
+    Ok(n)
+}
+
+impl Announcement {
+    /// Starts announcing (the first announcement at once). Must be called inside an actix
+    /// system.
+    pub fn start(
+        store: DynStore,
+        limits: RateLimiters,
+        kind: ProcessKind,
+        id: String,
+        every: Duration,
+        ttl: Duration,
+    ) -> Announcement {
+        let stopped = Arc::new(AtomicBool::new(false));
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        let (st, who, stop, lock) = (store.clone(), id.clone(), stopped.clone(), turn.clone());
+        actix::spawn(async move {
+            loop {
+                {
+                    let _turn = lock.lock().await;
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Err(e) = announce_once(&st, &limits, kind, &who, ttl).await {
+                        // Keep the last share: the store being unreachable says nothing
+                        // about how many processes are live.
+                        tracing::warn!(error = %e, kind = kind.as_str(), "announcing this process failed");
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        Announcement {
+            store,
+            kind,
+            id,
+            stopped,
+            turn,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stops announcing and withdraws the announcement, so the other processes' shares
+    /// grow on their next announcement (a drain), not after the TTL.
+    pub async fn retire(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _turn = self.turn.lock().await;
+        if let Err(e) = self.store.retire_process(self.kind, &self.id).await {
+            tracing::warn!(error = %e, "withdrawing this process's announcement failed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +719,57 @@ mod tests {
         let caps = r.running_caps();
         assert_eq!(caps.cap("acme"), Some(7));
         assert_eq!(caps.cap("other"), None);
+    }
+
+    #[test]
+    fn each_kind_takes_one_over_its_live_count_unless_the_share_is_fixed() {
+        let r = RateLimiters::new(cfg(serde_json::json!({
+            "defaults": {"tool_calls_per_s": 90.0, "admissions_per_s": 10.0}
+        })));
+        assert_eq!(r.share_of(ProcessKind::Worker), 1.0, "alone until told");
+        r.set_live(ProcessKind::Worker, 3);
+        assert!((r.share_of(ProcessKind::Worker) - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(
+            r.share_of(ProcessKind::Gateway),
+            1.0,
+            "gateways counted apart"
+        );
+        r.set_live(ProcessKind::Worker, 0);
+        assert_eq!(
+            r.share_of(ProcessKind::Worker),
+            1.0,
+            "never less than itself"
+        );
+        r.set_live(ProcessKind::Gateway, 4);
+        r.set_limits(cfg(serde_json::json!({"share": 0.5})));
+        assert_eq!(r.share_of(ProcessKind::Gateway), 0.5, "a fixed share wins");
+    }
+
+    #[test]
+    fn a_rescaled_limiter_resizes_every_bucket() {
+        let limits = TenantLimits {
+            admissions_per_s: Some(10.0),
+            tool_calls_per_s: Some(90.0),
+            tool_calls_per_s_by_tool: [("http".to_string(), 30.0)].into(),
+            llm_tokens_per_min: Some(6000.0),
+            ..TenantLimits::default()
+        };
+        let whole = Shares {
+            admission: 1.0,
+            work: 1.0,
+        };
+        let mut l = RateLimiter::new(limits, whole);
+        l.by_tool
+            .insert("http".into(), TokenBucket::new(30.0, 30.0, now_ms()));
+        l.rescale(Shares {
+            admission: 0.5,
+            work: 1.0 / 3.0,
+        });
+        let rate = |b: &Option<TokenBucket>| b.as_ref().map(|b| b.rate_per_s.round());
+        assert_eq!(rate(&l.admission), Some(5.0));
+        assert_eq!(rate(&l.tools), Some(30.0));
+        assert_eq!(l.by_tool["http"].rate_per_s.round(), 10.0);
+        assert_eq!(l.llm.as_ref().map(|b| b.burst.round()), Some(2000.0));
     }
 
     #[test]

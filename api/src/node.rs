@@ -8,10 +8,11 @@
 use crate::routes::{configure, query_error_handler, AppState, DEFAULT_BODY_LIMIT};
 use actix::Addr;
 use actix_web::{web, App, HttpServer};
+use aetheris_actors::ratelimit::Announcement;
 use aetheris_actors::{
     start_worker, Drain, LeaseManager, Metrics, Shared, ToolRegistry, WorkerConfig,
 };
-use aetheris_store::DynStore;
+use aetheris_store::{DynStore, ProcessKind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,9 @@ pub struct NodeHandle {
     /// Jobs finished by this node's worker.
     pub finished:
         tokio::sync::broadcast::Sender<(aetheris_runtime::JobId, aetheris_runtime::JobStatus)>,
+    /// This node's announcements as a live gateway (and worker), which size its share of
+    /// every tenant's global limits; withdrawn on shutdown.
+    pub announcements: Vec<Announcement>,
 }
 
 impl NodeHandle {
@@ -55,6 +59,9 @@ impl NodeHandle {
     pub async fn shutdown(self, grace: Duration) {
         if let Some(l) = &self.leases {
             let _ = l.send(Drain { grace }).await;
+        }
+        for a in &self.announcements {
+            a.retire().await;
         }
         self.server.stop(true).await;
     }
@@ -76,6 +83,19 @@ pub fn start_node(
     let (finished, _) = tokio::sync::broadcast::channel(4096);
     let limits = cfg.worker.rate_limits.clone().with_metrics(metrics.clone());
     aetheris_actors::ratelimit::spawn_limits_refresh(store.clone(), limits.clone());
+    let (every, ttl) = (
+        Duration::from_millis(cfg.worker.heartbeat_ms),
+        Duration::from_millis(cfg.worker.lease_ttl_ms),
+    );
+    let announce =
+        |kind, id| Announcement::start(store.clone(), limits.clone(), kind, id, every, ttl);
+    let mut announcements = vec![announce(
+        ProcessKind::Gateway,
+        format!("gateway-{}", uuid::Uuid::now_v7()),
+    )];
+    if cfg.run_worker {
+        announcements.push(announce(ProcessKind::Worker, cfg.worker.worker_id.clone()));
+    }
     let shared = Shared {
         store: store.clone(),
         tools,
@@ -115,6 +135,7 @@ pub fn start_node(
             leases,
             metrics,
             finished,
+            announcements,
         },
         running,
     ))

@@ -53,6 +53,16 @@ impl TokenBucket {
         wait
     }
 
+    /// Changes the rate and burst from `now_ms` on (this process's share of a global limit
+    /// changed): tokens earned so far are kept up to the new burst, and debt stays debt,
+    /// so callers already waiting are not overtaken by new ones.
+    pub fn rescale(&mut self, rate_per_s: f64, burst: f64, now_ms: i64) {
+        self.refill(now_ms);
+        self.rate_per_s = rate_per_s.max(0.0);
+        self.burst = burst.max(1.0);
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     /// Returns unused tokens of a reservation (e.g. an LLM call used fewer than reserved).
     pub fn give_back(&mut self, n: f64) {
         self.tokens = (self.tokens + n.max(0.0)).min(self.burst);
@@ -96,6 +106,18 @@ mod tests {
         assert_eq!(b.reserve(1.0, 0), 200);
         b.give_back(1.0);
         assert_eq!(b.reserve(1.0, 0), 200);
+    }
+
+    #[test]
+    fn a_rescaled_bucket_keeps_its_debt_and_refills_at_the_new_rate() {
+        let mut b = TokenBucket::new(10.0, 10.0, 0);
+        assert_eq!(b.reserve(12.0, 0), 200, "two tokens of debt");
+        b.rescale(5.0, 5.0, 0);
+        assert_eq!(b.reserve(1.0, 0), 600, "3 tokens short at 5/s");
+        b.rescale(20.0, 20.0, 0);
+        assert_eq!(b.available(1_000), 17.0, "-3 plus one second at 20/s");
+        b.rescale(20.0, 4.0, 1_000);
+        assert_eq!(b.available(1_000), 4.0, "never above the new burst");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod fair;
 pub mod migrate;
 pub mod pg_audit;
 pub mod pg_commands;
+pub mod pg_presence;
 pub mod pg_store;
 pub mod pg_tenants;
 pub mod pg_test;
@@ -475,8 +476,59 @@ pub trait Store: Send + Sync + 'static {
     /// Audit rows of the scope's tenant (all tenants for `System`), oldest first.
     async fn list_audit(&self, scope: Scope<'_>, filter: AuditFilter) -> Result<Vec<AuditRecord>>;
 
+    /// Announces the process `id` as a live `kind` until `ttl_ms` from now (the store's
+    /// clock) and returns how many processes of that kind are live, itself included
+    /// (never 0). Each process takes `1/that` of every tenant's global rate limits.
+    async fn announce_process(&self, kind: ProcessKind, id: &str, ttl_ms: u64) -> Result<u32>;
+    /// Withdraws the announcement of `id` at once (a draining process), so the others'
+    /// shares grow on their next announcement instead of after the TTL.
+    async fn retire_process(&self, kind: ProcessKind, id: &str) -> Result<()>;
+
     /// Bytes used on disk (for the benchmark's W7).
     async fn size_bytes(&self) -> Result<u64>;
+}
+
+/// What a live process does, for sharing a tenant's global limits among the processes
+/// that enforce them: gateways share admission limits, workers tool-call and LLM limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProcessKind {
+    Gateway,
+    Worker,
+}
+
+impl ProcessKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessKind::Gateway => "gateway",
+            ProcessKind::Worker => "worker",
+        }
+    }
+}
+
+/// Live processes kept in memory, for a store that only one OS process can open (the
+/// embedded store): announcements expire `ttl_ms` after they were made.
+#[derive(Debug, Default)]
+pub struct Presence(std::sync::Mutex<std::collections::HashMap<(ProcessKind, String), i64>>);
+
+impl Presence {
+    pub fn announce(&self, kind: ProcessKind, id: &str, ttl_ms: u64, now_ms: i64) -> u32 {
+        let Ok(mut live) = self.0.lock() else {
+            return 1;
+        };
+        live.retain(|_, expires| *expires > now_ms);
+        live.insert(
+            (kind, id.to_string()),
+            now_ms.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)),
+        );
+        let n = live.keys().filter(|(k, _)| *k == kind).count();
+        u32::try_from(n).unwrap_or(u32::MAX).max(1)
+    }
+
+    pub fn retire(&self, kind: ProcessKind, id: &str) {
+        if let Ok(mut live) = self.0.lock() {
+            live.remove(&(kind, id.to_string()));
+        }
+    }
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -56,6 +56,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_claim_index.sql",
         sql: include_str!("../../migrations/0007_claim_index.sql"),
     },
+    Migration {
+        name: "0008_processes.sql",
+        sql: include_str!("../../migrations/0008_processes.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

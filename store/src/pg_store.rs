@@ -1895,6 +1895,19 @@ impl Store for PgStore {
         crate::pg_users::access(self.pool(), tenant, user).await
     }
 
+    async fn announce_process(
+        &self,
+        kind: crate::ProcessKind,
+        id: &str,
+        ttl_ms: u64,
+    ) -> Result<u32> {
+        crate::pg_presence::announce(self.pool(), kind, id, ttl_ms).await
+    }
+
+    async fn retire_process(&self, kind: crate::ProcessKind, id: &str) -> Result<()> {
+        crate::pg_presence::retire(self.pool(), kind, id).await
+    }
+
     async fn record_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
         crate::pg_audit::record(self.pool(), entry).await
     }

@@ -246,6 +246,7 @@ pub struct RedbStore {
     writer_thread: Option<std::thread::JoinHandle<()>>,
     hint: Arc<Notify>,
     commands: tokio::sync::broadcast::Sender<JobId>,
+    presence: crate::Presence,
 }
 
 /// Fix (found by the conformance suite's reopen test): the writer thread holds its own
@@ -316,6 +317,7 @@ impl RedbStore {
             writer_thread: Some(writer_thread),
             hint,
             commands,
+            presence: crate::Presence::default(),
         })
     }
 
@@ -1851,6 +1853,21 @@ impl Store for RedbStore {
         };
         self.read(move |db| read_audit(db, tenant.as_deref(), &filter))
             .await
+    }
+
+    /// One OS process opens a redb file, so its live processes are kept in memory.
+    async fn announce_process(
+        &self,
+        kind: crate::ProcessKind,
+        id: &str,
+        ttl_ms: u64,
+    ) -> Result<u32> {
+        Ok(self.presence.announce(kind, id, ttl_ms, now_ms()))
+    }
+
+    async fn retire_process(&self, kind: crate::ProcessKind, id: &str) -> Result<()> {
+        self.presence.retire(kind, id);
+        Ok(())
     }
 
     async fn size_bytes(&self) -> Result<u64> {

@@ -21,6 +21,8 @@
 //!   well under a TTL (all done within 3 s), with no `outcome_unknown`. Prints the handoff
 //!   times (first and last job resumed).
 //! - `pg_stale_worker_*`: the two-workers-one-job fencing test of fencing.rs on PostgreSQL.
+//! - `pg_running_cap_*`, `pg_tool_call_rate_*`: a tenant's global limits hold across three
+//!   worker processes (the running-jobs cap; the tool-call rate, also as a worker leaves).
 //!
 //! Every child process is killed when its handle drops, so a failing test leaves nothing
 //! behind; the tests in this module run one at a time (they are timing-sensitive and each
@@ -92,6 +94,8 @@ mod stub {
         pub keyless: AtomicUsize,
         /// `?tenant=` label → (calls in flight now, most ever in flight at once).
         pub in_flight: Mutex<HashMap<String, (usize, usize)>>,
+        /// `?tenant=` label → when each of its calls arrived.
+        pub arrivals: Mutex<HashMap<String, Vec<std::time::Instant>>>,
     }
 
     impl Seen {
@@ -141,6 +145,12 @@ mod stub {
             .find_map(|kv| kv.strip_prefix("tenant="))
             .map(str::to_owned);
         if let Some(l) = &label {
+            seen.arrivals
+                .lock()
+                .unwrap()
+                .entry(l.clone())
+                .or_default()
+                .push(std::time::Instant::now());
             let mut m = seen.in_flight.lock().unwrap();
             let e = m.entry(l.clone()).or_default();
             e.0 += 1;
@@ -2059,5 +2069,185 @@ fn pg_running_cap_holds_across_three_worker_processes() {
     }
     if !v.is_empty() {
         h.fail("cap", &v);
+    }
+}
+
+/// A tenant's tool-call rate is global (issue 5): three worker processes, each taking one
+/// third of tenant `default`'s `tool_calls_per_s: 40` (the live workers they count in the
+/// store), together call the stub at no more than 40/s (+10 %) over the window after the
+/// initial burst; when one of them drains and withdraws, the other two take a half each
+/// within a heartbeat, so the rate stays near 40/s with two (fixed thirds would give
+/// 26.7/s). `AETHERIS_PG_RATE_CALLS` sets the number of calls (default 480, about 12 s).
+#[test]
+fn pg_tool_call_rate_holds_across_workers_as_they_come_and_go() {
+    let _serial = serial();
+    const RATE: f64 = 40.0;
+    const STEPS: usize = 20;
+    let jobs = env_usize("AETHERIS_PG_RATE_CALLS", 480)
+        .div_ceil(STEPS)
+        .max(12);
+    let calls = jobs * STEPS;
+    let stub = Stub::start(0, 2);
+    let rt = rt();
+    let url = rt.block_on(aetheris_store::pg_test::fresh_database_url());
+    let mut h = Harness::new("rate", url, rt);
+    if let Err(e) = h.start_server() {
+        h.fail("rate: server start", &[e]);
+    }
+    let limits = h.dir().join("limits.json");
+    std::fs::write(
+        &limits,
+        json!({"tenants": {"default": {"tool_calls_per_s": RATE}}}).to_string(),
+    )
+    .expect("write limits");
+    let limits = limits.display().to_string();
+    // Four slots each: every worker always has jobs of the tenant waiting for their turn,
+    // so each uses its whole share (a share left idle on one worker is not lent out).
+    for i in 0..3 {
+        h.add_worker(&["--limits", &limits, "--max-jobs", "4"]);
+        if let Err(e) = h.workers[i].wait_worker_ready(Duration::from_secs(30)) {
+            h.fail("rate: worker start", &[e]);
+        }
+    }
+    // Every worker has counted the other two (they re-announce each 1 s heartbeat).
+    thread::sleep(Duration::from_millis(1500));
+    let body = job_body(
+        &format!("{}?tenant=default", stub.url),
+        STEPS,
+        "idempotent",
+        None,
+    );
+    let mut ids = Vec::new();
+    for _ in 0..jobs {
+        match h.post_job(&body) {
+            Ok((201, j)) => ids.push(j["job_id"].as_str().unwrap_or_default().to_string()),
+            other => h.fail("rate: submit", &[format!("answered {other:?}")]),
+        }
+    }
+    // A third of the way in, worker 0 drains (SIGTERM) and withdraws its announcement.
+    let first = loop {
+        if let Some(t) = stub
+            .seen
+            .arrivals
+            .lock()
+            .unwrap()
+            .get("default")
+            .and_then(|v| v.first().copied())
+        {
+            break t;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let third = Duration::from_secs_f64(calls as f64 / RATE / 3.0);
+    thread::sleep(third.saturating_sub(first.elapsed()));
+    h.workers[0].sigterm();
+    let drained_at = Instant::now();
+    if h.workers[0].wait_exit(Duration::from_secs(20)).is_none() {
+        h.fail("rate: worker 0 did not drain", &[]);
+    }
+    let store = h.checker().clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = h.rt.block_on(async {
+            let mut n = 0;
+            for id in ids.iter().filter_map(|i| i.parse::<JobId>().ok()) {
+                if let Ok(Some(j)) = store.get_job(Scope::System, id).await {
+                    n += usize::from(j.status == JobStatus::Succeeded);
+                }
+            }
+            n
+        });
+        if done == ids.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            h.fail(
+                "rate: jobs did not finish",
+                &[format!("{done} of {} done", ids.len())],
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut t = stub
+        .seen
+        .arrivals
+        .lock()
+        .unwrap()
+        .get("default")
+        .cloned()
+        .unwrap_or_default();
+    t.sort();
+    let rate_of = |w: &[Instant]| match (w.first(), w.last()) {
+        (Some(a), Some(b)) if w.len() > 1 => {
+            (w.len() - 1) as f64 / b.duration_since(*a).as_secs_f64()
+        }
+        _ => 0.0,
+    };
+    // The initial burst (one second's worth, split among the workers) is allowed; after it
+    // the calls come at the rate.
+    let after_burst = &t[(RATE as usize).min(t.len())..];
+    let whole = rate_of(after_burst);
+    let span = match (after_burst.first(), after_burst.last()) {
+        (Some(a), Some(b)) => b.duration_since(*a).as_secs_f64(),
+        _ => 0.0,
+    };
+    // With two workers: 4 s from a heartbeat and a bit after the drain (well before the
+    // end, when a worker that ran out of jobs leaves its share idle).
+    let settled = drained_at + Duration::from_millis(1500);
+    let window = Duration::from_secs(4);
+    let with_two: Vec<Instant> = t
+        .iter()
+        .copied()
+        .filter(|i| *i >= settled && *i < settled + window)
+        .collect();
+    let two = with_two.len() as f64 / window.as_secs_f64();
+    let ran_past = t.last().is_some_and(|l| *l >= settled + window);
+    let most_in_10s = (0..t.len())
+        .map(|i| {
+            t[i..]
+                .iter()
+                .take_while(|x| x.duration_since(t[i]) < Duration::from_secs(10))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "rate: {} calls; after the burst {whole:.1}/s over {span:.1} s; with two workers \
+         {two:.1}/s over {} calls; most in any 10 s: {most_in_10s}; limit {RATE}/s",
+        t.len(),
+        with_two.len()
+    );
+    let mut v = Vec::new();
+    if t.len() < calls {
+        v.push(format!(
+            "only {} of {calls} calls reached the stub",
+            t.len()
+        ));
+    }
+    if span < 9.0 {
+        v.push(format!(
+            "the window is {span:.1} s, not about 10 s: the test proves little"
+        ));
+    }
+    if whole > RATE * 1.10 {
+        v.push(format!(
+            "{whole:.1} calls/s across three workers; the limit is {RATE}/s"
+        ));
+    }
+    if most_in_10s as f64 > RATE * 10.0 * 1.10 + RATE {
+        v.push(format!(
+            "{most_in_10s} calls in one 10 s window; the limit allows {} plus the burst",
+            RATE * 10.0
+        ));
+    }
+    if !ran_past {
+        v.push("the calls ended within 5.5 s of the drain: the test proves little".into());
+    } else if !(RATE * 0.80..=RATE * 1.10).contains(&two) {
+        v.push(format!(
+            "with two workers left the rate was {two:.1}/s: their shares did not grow to a half each ({RATE}/s)"
+        ));
+    }
+    if !v.is_empty() {
+        h.fail("rate", &v);
     }
 }
