@@ -58,6 +58,12 @@ fn help(name: &str) -> &'static str {
         }
         "aetheris_replay_duration_seconds" => "Time to load a job actor's state from storage.",
         "aetheris_store_append_seconds" => "Latency of fenced appends to the store.",
+        "aetheris_rate_limit_rejections_total" => "Requests refused by a rate limit.",
+        "aetheris_rate_limit_waits_total" => "Calls that waited for a rate limit.",
+        "aetheris_rate_limit_wait_seconds_total" => "Time calls waited for a rate limit.",
+        "aetheris_live_processes" => {
+            "Live processes of this kind; this one takes one over it of each global limit."
+        }
         _ => "Aetheris metric.",
     }
 }

@@ -1,7 +1,8 @@
 //! Fairness across tenants: with tenant A's 2,000 jobs queued first, tenant B's 10 jobs
-//! start within a bounded wait, because claims round-robin across tenants with runnable
-//! work (a backlog cannot starve a small tenant); and a tenant whose jobs hold every slot
-//! they may cannot take a worker's last ones, so another tenant's new job starts at once.
+//! start within a bounded wait (on both stores), because claims round-robin across
+//! tenants with runnable work (a backlog cannot starve a small tenant); and a tenant
+//! whose jobs hold every slot they may cannot take a worker's last ones, so another
+//! tenant's new job starts at once.
 
 use crate::support::rt;
 use aetheris_actors::{
@@ -243,29 +244,52 @@ fn one_tenant_cannot_take_every_slot_of_a_worker() {
     thread.join().unwrap();
 }
 
+/// The store under test, opened on the worker's actix system (a PostgreSQL pool must live
+/// on the system that uses it, DESIGN §8).
+type OpenStore = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, DynStore> + Send>;
+
 #[test]
 fn a_small_tenant_is_not_starved_by_a_backlog() {
     let dir = tempfile::tempdir().unwrap();
-    let store: DynStore = Arc::new(RedbStore::open(&dir.path().join("f.redb")).unwrap());
+    let path = dir.path().join("f.redb");
+    small_tenant_is_not_starved(Box::new(move || {
+        Box::pin(async move { Arc::new(RedbStore::open(&path).unwrap()) as DynStore })
+    }));
+}
+
+#[test]
+fn a_small_tenant_is_not_starved_by_a_backlog_on_postgres() {
+    small_tenant_is_not_starved(Box::new(|| {
+        Box::pin(async {
+            let url = aetheris_store::pg_test::fresh_database_url().await;
+            let pg = aetheris_store::PgStore::connect(&url, 8)
+                .await
+                .expect("connect");
+            pg.migrate().await.expect("migrate");
+            Arc::new(pg) as DynStore
+        })
+    }));
+}
+
+/// Tenant A's 2,000 jobs are stored before any worker runs, then tenant B's 10; B's all
+/// finish while A has finished fewer than half of its own.
+fn small_tenant_is_not_starved(open: OpenStore) {
     let plan: Plan = serde_json::from_value(json!({"steps": [
         {"id": "a", "tool": "echo"}, {"id": "b", "tool": "echo", "needs": ["a"]}
     ]}))
     .unwrap();
-    // The backlog is stored before any worker runs.
-    let b_ids = rt().block_on(async {
-        for _ in 0..2000 {
-            submit_to(&store, "a", &plan).await;
-        }
-        let mut ids = Vec::new();
-        for _ in 0..10 {
-            ids.push(submit_to(&store, "b", &plan).await);
-        }
-        ids
-    });
-    let st = store.clone();
+    let (store_tx, store_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
+            let st = open().await;
+            store_tx.send(st.clone()).unwrap();
+            // The backlog is stored before the worker starts.
+            let go = tokio::task::spawn_blocking(move || go_rx.recv()).await;
+            if !matches!(go, Ok(Ok(()))) {
+                return;
+            }
             let (finished, _) = tokio::sync::broadcast::channel(16);
             let shared = Shared {
                 store: st,
@@ -282,8 +306,23 @@ fn a_small_tenant_is_not_starved_by_a_backlog() {
             actix_rt::System::current().stop();
         })
     });
+    let store: DynStore = store_rx.recv().expect("the store opens");
+    // One runtime for every call from here: PostgreSQL connections made on it live as long
+    // as it does, and the worker may be handed them by the pool.
+    let rt = rt();
+    let b_ids = rt.block_on(async {
+        for _ in 0..2000 {
+            submit_to(&store, "a", &plan).await;
+        }
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            ids.push(submit_to(&store, "b", &plan).await);
+        }
+        ids
+    });
+    go_tx.send(()).unwrap();
     let t0 = Instant::now();
-    rt().block_on(async {
+    rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut done = 0;
