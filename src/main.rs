@@ -2,6 +2,7 @@
 //! one process on the embedded store; `job …` and `tenant …` are HTTP clients of a running
 //! server. Every failure prints one line on stderr and exits non-zero (G8).
 
+mod admin;
 mod bench;
 mod bench_w5;
 mod client;
@@ -75,9 +76,24 @@ enum Command {
         #[command(subcommand)]
         command: tenant::TenantCommand,
     },
+    /// Manage your tenant's users and their roles (needs `tenant:admin`, role admin).
+    User {
+        #[command(flatten)]
+        conn: ServerConn,
+        #[command(subcommand)]
+        command: admin::UserCommand,
+    },
+    /// Read your tenant's access audit log (needs `audit:read`: roles admin, auditor).
+    Audit {
+        #[command(flatten)]
+        conn: ServerConn,
+        #[command(subcommand)]
+        command: admin::AuditCommand,
+    },
 }
 
-/// Which server a client command talks to, and as whom (shared by `job` and `tenant`).
+/// Which server a client command talks to, and as whom (shared by `job`, `tenant`,
+/// `user` and `audit`).
 #[derive(clap::Args)]
 struct ServerConn {
     /// Server URL.
@@ -215,6 +231,12 @@ fn main() -> ExitCode {
         Command::Job { conn, command } => client::run(&conn.server, conn.token.as_deref(), command),
         Command::Tenant { conn, command } => {
             tenant::run(&conn.server, conn.token.as_deref(), command)
+        }
+        Command::User { conn, command } => {
+            admin::user(&conn.server, conn.token.as_deref(), command)
+        }
+        Command::Audit { conn, command } => {
+            admin::audit(&conn.server, conn.token.as_deref(), command)
         }
     };
     match result {

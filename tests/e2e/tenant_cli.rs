@@ -1,5 +1,5 @@
-//! `aetheris tenant create|list|set-limits` end to end: the real binary against a node
-//! with authentication. Creates, lists and changes a tenant (checked through the HTTP
+//! `aetheris tenant create|list|set-limits`, `aetheris user put|list` and `aetheris audit
+//! list` end to end: the real binary against a node with authentication. Creates, lists and changes a tenant (checked through the HTTP
 //! API), and checks that every failure — a duplicate id, bad local input, a non-admin
 //! token, an unknown tenant, limits the server refuses — is one line on stderr, a non-zero
 //! exit, and changes nothing (G8).
@@ -44,11 +44,16 @@ struct Out {
 
 /// Runs `aetheris tenant ARGS…` in `cwd`, with no token or server from the environment.
 fn tenant(cwd: &Path, args: &[&str]) -> Out {
+    cli(cwd, "tenant", args)
+}
+
+/// Runs `aetheris COMMAND ARGS…` in `cwd`, with no token or server from the environment.
+fn cli(cwd: &Path, command: &str, args: &[&str]) -> Out {
     let out = Command::new(env!("CARGO_BIN_EXE_aetheris"))
         .current_dir(cwd)
         .env_remove("AETHERIS_TOKEN")
         .env_remove("AETHERIS_SERVER")
-        .arg("tenant")
+        .arg(command)
         .args(args)
         .output()
         .expect("run aetheris");
@@ -261,4 +266,126 @@ fn a_token_without_tenant_admin_gets_403_and_the_dev_token_file_is_used() {
     let o = tenant(cwd, &["--server", &node.url, "create", "from-dev-token"]);
     assert!(o.ok, "{}", o.stderr);
     assert!(find(&tenants(&node), "from-dev-token").is_some());
+}
+
+/// A token of tenant `default` for user `sub` with `roles`.
+fn token_for(sub: &str, roles: &[Role]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    auth::issue_hs256(&SECRET, &Claims::new(sub, "default", roles, now, 3600))
+}
+
+#[test]
+fn users_and_the_audit_log_through_the_cli() {
+    let node = node();
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let run = |command: &str, tok: &str, extra: &[&str]| {
+        let mut args = vec!["--server", node.url.as_str(), "--token", tok];
+        args.extend_from_slice(extra);
+        cli(cwd, command, &args)
+    };
+    let admin = token(&[Role::Admin]);
+    let status_as = |tok: &str| {
+        rt().block_on(async {
+            reqwest::Client::new()
+                .get(format!("{}/v1/jobs", node.url))
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+
+    // put → shown; list shows it (human and --json).
+    let o = run("user", &admin, &["put", "ada", "--role", "operator,viewer"]);
+    assert!(o.ok, "put failed: {}", o.stderr);
+    assert!(
+        o.stdout.contains("ada") && o.stdout.contains("operator,viewer"),
+        "{}",
+        o.stdout
+    );
+    let o = run("user", &admin, &["list"]);
+    assert!(o.ok, "{}", o.stderr);
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("ada "))
+        .expect("ada listed");
+    assert!(line.contains("active"), "{line}");
+    let o = run("user", &admin, &["list", "--json"]);
+    let v: Value = serde_json::from_str(&o.stdout).expect("--json is JSON");
+    assert_eq!(v["users"][0]["id"], "ada");
+    assert_eq!(v["users"][0]["roles"], json!(["operator", "viewer"]));
+    let ada = token_for("ada", &[Role::Viewer]);
+    assert_eq!(status_as(&ada), 200, "ada may read jobs");
+
+    // Failures: one line, non-zero exit, nothing changed.
+    let e = failure(&run("user", &admin, &["put", "bob", "--role", "root"]));
+    assert!(e.contains("unknown role \"root\""), "{e}");
+    let e = failure(&run("user", &ada, &["put", "bob", "--role", "admin"]));
+    assert!(e.contains("403"), "a viewer cannot manage users: {e}");
+    let e = failure(&run("user", &admin, &["put", "a b", "--role", "viewer"]));
+    assert!(e.contains("user id"), "{e}");
+    let o = run("user", &admin, &["list", "--json"]);
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["users"].as_array().unwrap().len(), 1, "only ada: {v}");
+
+    // Disabling takes effect on the next request.
+    let o = run(
+        "user",
+        &admin,
+        &["put", "ada", "--role", "viewer", "--disabled"],
+    );
+    assert!(
+        o.ok && o.stdout.contains("disabled"),
+        "{} {}",
+        o.stdout,
+        o.stderr
+    );
+    assert_eq!(status_as(&ada), 401, "a disabled user's token is refused");
+
+    // The audit log shows both changes; an auditor reads it; pages and filters work.
+    let auditor = token_for("audrey", &[Role::Auditor]);
+    let o = run("audit", &auditor, &["list", "--action", "user.put"]);
+    assert!(o.ok, "{}", o.stderr);
+    let puts: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.contains("user.put"))
+        .collect();
+    assert_eq!(puts.len(), 2, "{}", o.stdout);
+    assert!(
+        puts.iter()
+            .all(|l| l.contains(" ada") && l.contains("tester")),
+        "{puts:?}"
+    );
+    let o = run("audit", &auditor, &["list", "--limit", "1", "--json"]);
+    let page: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    let next = page["next_after"]
+        .as_u64()
+        .expect("a next page")
+        .to_string();
+    let o = run(
+        "audit",
+        &auditor,
+        &["list", "--limit", "1", "--after", &next],
+    );
+    assert!(o.ok && o.stdout.contains("more: --after"), "{}", o.stdout);
+    let e = failure(&run("audit", &auditor, &["list", "--action", "Bad!"]));
+    assert!(e.contains("action"), "{e}");
+    let e = failure(&run(
+        "audit",
+        &token_for("sam", &[Role::Submitter]),
+        &["list"],
+    ));
+    assert!(
+        e.contains("403"),
+        "a submitter cannot read the audit log: {e}"
+    );
 }
