@@ -21,8 +21,9 @@
 //!   well under a TTL (all done within 3 s), with no `outcome_unknown`. Prints the handoff
 //!   times (first and last job resumed).
 //! - `pg_stale_worker_*`: the two-workers-one-job fencing test of fencing.rs on PostgreSQL.
-//! - `pg_running_cap_*`, `pg_tool_call_rate_*`: a tenant's global limits hold across three
-//!   worker processes (the running-jobs cap; the tool-call rate, also as a worker leaves).
+//! - `pg_running_cap_*`, `pg_tool_call_rate_*`, `pg_admission_*`: a tenant's global limits
+//!   hold across processes (the running-jobs cap and the tool-call rate across three
+//!   workers, also as one leaves; the admission limit across two gateways).
 //!
 //! Every child process is killed when its handle drops, so a failing test leaves nothing
 //! behind; the tests in this module run one at a time (they are timing-sensitive and each
@@ -2249,5 +2250,124 @@ fn pg_tool_call_rate_holds_across_workers_as_they_come_and_go() {
     }
     if !v.is_empty() {
         h.fail("rate", &v);
+    }
+}
+
+/// Admission limits are global too: two gateway processes on one database each count the
+/// other and admit half of tenant `default`'s burst (10 jobs, refilling at 0.5/s), so 20
+/// quick submissions, 10 to each, store about 10 jobs, not 20; each refused one is a 429
+/// with Retry-After. (The tool-call test above covers a process leaving.)
+#[test]
+fn pg_admission_limit_holds_across_two_gateways() {
+    let _serial = serial();
+    let rt = rt();
+    let url = rt.block_on(aetheris_store::pg_test::fresh_database_url());
+    let h = Harness::new("admit", url.clone(), rt);
+    let limits = h.dir().join("limits.json");
+    std::fs::write(
+        &limits,
+        json!({"tenants": {"default": {"admissions_per_s": 0.5, "admission_burst": 10}}})
+            .to_string(),
+    )
+    .expect("write limits");
+    let mut gateways: Vec<(Proc, String)> = (0..2)
+        .map(|i| {
+            let port = free_port();
+            let args = [
+                "server",
+                "--insecure-no-auth",
+                "--database-url",
+                &url,
+                "--bind",
+                &format!("127.0.0.1:{port}"),
+                "--pool-size",
+                "4",
+                "--limits",
+                &limits.display().to_string(),
+            ]
+            .map(String::from)
+            .to_vec();
+            let mut p = Proc::new(&format!("gateway{i}"), args, h.dir());
+            p.spawn();
+            (p, format!("http://127.0.0.1:{port}"))
+        })
+        .collect();
+    let tails = |g: &[(Proc, String)]| {
+        g.iter()
+            .map(|(p, _)| p.tail(20))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let ready = |base: &str| {
+        h.rt.block_on(async {
+            matches!(h.client.get(format!("{base}/readyz")).send().await, Ok(r) if r.status().is_success())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gateways.iter().all(|(_, b)| ready(b)) {
+        if Instant::now() > deadline || gateways.iter_mut().any(|(p, _)| p.exited().is_some()) {
+            panic!("admit: gateways did not start\n{}", tails(&gateways));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Each has counted the other (they re-announce every 1 s heartbeat).
+    thread::sleep(Duration::from_millis(1500));
+    let body = json!({"plan": {"steps": [{"id": "w", "wait": {"signal": "go"}}]}});
+    let mut admitted = [0usize; 2];
+    let mut refused = 0;
+    for _ in 0..10 {
+        for (i, (_, base)) in gateways.iter().enumerate() {
+            let (code, retry_after) = h.rt.block_on(async {
+                let r = h
+                    .client
+                    .post(format!("{base}/v1/jobs"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("POST /v1/jobs");
+                let ra = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                (r.status().as_u16(), ra)
+            });
+            match code {
+                201 => admitted[i] += 1,
+                429 => {
+                    assert!(retry_after.is_some(), "a 429 without Retry-After");
+                    refused += 1;
+                }
+                other => panic!("admit: answered {other}\n{}", tails(&gateways)),
+            }
+        }
+    }
+    let stored = h.rt.block_on(async {
+        let db = aetheris_store::PgStore::connect(&url, 1)
+            .await
+            .expect("connect");
+        db.count_by_status()
+            .await
+            .expect("count")
+            .iter()
+            .filter(|c| c.tenant == "default")
+            .map(|c| c.count)
+            .sum::<u64>()
+    });
+    eprintln!("admit: gateways admitted {admitted:?}, refused {refused}, stored {stored}");
+    let total = admitted[0] + admitted[1];
+    assert_eq!(stored as usize, total, "refused submissions store nothing");
+    // The burst of 10, plus what refilled while the 20 requests ran (0.5/s).
+    assert!(
+        (10..=11).contains(&total),
+        "two gateways admitted {total} against one burst of 10: {admitted:?}\n{}",
+        tails(&gateways)
+    );
+    assert!(
+        admitted.iter().all(|a| *a <= 6),
+        "each admits its half: {admitted:?}"
+    );
+    for (p, _) in &mut gateways {
+        p.kill();
     }
 }
