@@ -537,6 +537,33 @@ impl Harness {
         })
     }
 
+    /// Waits until every job of `ids` has succeeded, or fails the test after `limit`.
+    fn wait_all_succeeded(&mut self, what: &str, ids: &[JobId], limit: Duration) {
+        let store = self.checker().clone();
+        let deadline = Instant::now() + limit;
+        loop {
+            let done = self.rt.block_on(async {
+                let mut n = 0;
+                for id in ids {
+                    if let Ok(Some(j)) = store.get_job(Scope::System, *id).await {
+                        n += usize::from(j.status == JobStatus::Succeeded);
+                    }
+                }
+                n
+            });
+            if done == ids.len() {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.fail(
+                    &format!("{what}: jobs did not finish"),
+                    &[format!("{done} of {} done", ids.len())],
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn post_job(&self, body: &Value) -> Result<(u16, Value), String> {
         let url = format!("{}/v1/jobs", self.base);
         let client = &self.client;
@@ -2015,33 +2042,12 @@ fn pg_running_cap_holds_across_three_worker_processes() {
             out
         })
     };
-    let store = h.checker().clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = h.rt.block_on(async {
-            let mut n = 0;
-            for id in ids
-                .iter()
-                .filter_map(|i| i.parse::<JobId>().ok())
-                .chain(free.iter().copied())
-            {
-                if let Ok(Some(j)) = store.get_job(Scope::System, id).await {
-                    n += usize::from(j.status == JobStatus::Succeeded);
-                }
-            }
-            n
-        });
-        if done == 2 * JOBS {
-            break;
-        }
-        if Instant::now() > deadline {
-            h.fail(
-                "cap: jobs did not finish",
-                &[format!("{done} of {} done", 2 * JOBS)],
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    let all: Vec<JobId> = ids
+        .iter()
+        .filter_map(|i| i.parse::<JobId>().ok())
+        .chain(free.iter().copied())
+        .collect();
+    h.wait_all_succeeded("cap", &all, Duration::from_secs(60));
     let most = |t: &str| {
         stub.seen
             .in_flight
@@ -2146,29 +2152,8 @@ fn pg_tool_call_rate_holds_across_workers_as_they_come_and_go() {
     if h.workers[0].wait_exit(Duration::from_secs(20)).is_none() {
         h.fail("rate: worker 0 did not drain", &[]);
     }
-    let store = h.checker().clone();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = h.rt.block_on(async {
-            let mut n = 0;
-            for id in ids.iter().filter_map(|i| i.parse::<JobId>().ok()) {
-                if let Ok(Some(j)) = store.get_job(Scope::System, id).await {
-                    n += usize::from(j.status == JobStatus::Succeeded);
-                }
-            }
-            n
-        });
-        if done == ids.len() {
-            break;
-        }
-        if Instant::now() > deadline {
-            h.fail(
-                "rate: jobs did not finish",
-                &[format!("{done} of {} done", ids.len())],
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    let all: Vec<JobId> = ids.iter().filter_map(|i| i.parse().ok()).collect();
+    h.wait_all_succeeded("rate", &all, Duration::from_secs(120));
     let mut t = stub
         .seen
         .arrivals
