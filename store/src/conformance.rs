@@ -172,7 +172,6 @@ pub async fn park_claimable(store: &DynStore) {
     panic!("conformance: claim keeps returning jobs; leases are not being kept");
 }
 
-/// Claims `id` for `worker`, giving back any other job the claim picked up.
 /// Leases `id` for an hour and records its pure step `a` started and succeeded.
 async fn lease_and_run_a(store: &DynStore, tenant: &str, worker: &str, id: JobId) -> Lease {
     let l = lease_job(store, worker, HOUR_MS, id).await;
@@ -193,6 +192,7 @@ async fn lease_and_run_a(store: &DynStore, tenant: &str, worker: &str, id: JobId
     l
 }
 
+/// Claims `id` for `worker`, giving back any other job the claim picked up.
 async fn lease_job(store: &DynStore, worker: &str, ttl_ms: u64, id: JobId) -> Lease {
     for _ in 0..100 {
         let leases = ok(store.claim(worker, ttl_ms, 1000).await, "claim");

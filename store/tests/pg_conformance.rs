@@ -746,14 +746,7 @@ async fn event_times_come_from_the_database_clock() {
     assert!((submit_from..=submit_to).contains(&job.created_at_ms));
     aetheris_proof::verify_chain(id, &first).unwrap();
     let token = s.claim("w", 600_000, 1).await.unwrap()[0].token;
-    let before: i64 = db
-        .query_one(
-            "SELECT (floor(extract(epoch FROM now()) * 1000))::bigint",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let before = db_now().await;
     // Pretend the last write happened in the future (a clock step back): times must not
     // go backwards.
     db.execute(
