@@ -4,7 +4,7 @@
 //! lock, so many processes starting together are safe. SIGTERM/Ctrl-C drains a worker:
 //! it stops taking work, records in-flight calls and releases its leases at once.
 
-use aetheris_actors::ratelimit::{announce_once, Announcement};
+use aetheris_actors::ratelimit::Announcement;
 use aetheris_actors::{start_worker, Drain, Metrics, Shared, ToolRegistry, WorkerConfig};
 use aetheris_api::{start_node, NodeConfig};
 use aetheris_store::{DynStore, PgStore, ProcessKind};
@@ -247,17 +247,16 @@ pub fn worker(db: DbArgs, w: WorkerArgs) -> Result<ExitCode, String> {
             Duration::from_millis(shared.config.heartbeat_ms),
             Duration::from_millis(shared.config.lease_ttl_ms),
         );
-        announce_once(&shared.store, &limits, ProcessKind::Worker, &worker_id, ttl)
-            .await
-            .map_err(|e| format!("announcing the worker: {e}"))?;
-        let announcement = Announcement::start(
+        let announcement = Announcement::begin(
             shared.store.clone(),
             limits,
             ProcessKind::Worker,
             worker_id.clone(),
             every,
             ttl,
-        );
+        )
+        .await
+        .map_err(|e| format!("announcing the worker: {e}"))?;
         let (leases, _) = start_worker(shared);
         println!("aetheris worker {worker_id}: running");
         crate::dev::wait_for_signal().await;

@@ -606,7 +606,7 @@ pub struct Announcement {
 }
 
 /// Announces `id` once and sets `limits`' live count of `kind` from the answer.
-pub async fn announce_once(
+async fn announce_once(
     store: &DynStore,
     limits: &RateLimiters,
     kind: ProcessKind,
@@ -620,8 +620,8 @@ pub async fn announce_once(
 }
 
 impl Announcement {
-    /// Starts announcing (the first announcement at once). Must be called inside an actix
-    /// system.
+    /// Starts announcing (the first announcement at once, in the background). Must be
+    /// called inside an actix system.
     pub fn start(
         store: DynStore,
         limits: RateLimiters,
@@ -630,10 +630,40 @@ impl Announcement {
         every: Duration,
         ttl: Duration,
     ) -> Announcement {
+        Announcement::spawn(store, limits, kind, id, every, ttl, Duration::ZERO)
+    }
+
+    /// Announces once before returning (so this process's shares are right before its
+    /// first claim or admission), then keeps announcing every `every`; an error if the
+    /// store cannot be reached. Must be called inside an actix system.
+    pub async fn begin(
+        store: DynStore,
+        limits: RateLimiters,
+        kind: ProcessKind,
+        id: String,
+        every: Duration,
+        ttl: Duration,
+    ) -> Result<Announcement, aetheris_store::StoreError> {
+        announce_once(&store, &limits, kind, &id, ttl).await?;
+        Ok(Announcement::spawn(
+            store, limits, kind, id, every, ttl, every,
+        ))
+    }
+
+    fn spawn(
+        store: DynStore,
+        limits: RateLimiters,
+        kind: ProcessKind,
+        id: String,
+        every: Duration,
+        ttl: Duration,
+        first_after: Duration,
+    ) -> Announcement {
         let stopped = Arc::new(AtomicBool::new(false));
         let turn = Arc::new(tokio::sync::Mutex::new(()));
         let (st, who, stop, lock) = (store.clone(), id.clone(), stopped.clone(), turn.clone());
         actix::spawn(async move {
+            tokio::time::sleep(first_after).await;
             loop {
                 {
                     let _turn = lock.lock().await;
@@ -656,10 +686,6 @@ impl Announcement {
             stopped,
             turn,
         }
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     /// Stops announcing and withdraws the announcement, so the other processes' shares
