@@ -2,10 +2,13 @@
 //! gateway, started on the current actix system. Used by `aetheris dev` and by tests that
 //! need a whole node in-process (with extra tools registered).
 //!
-//! DESIGN §8: singletons (the worker's actors, the tool actors) are started outside the
-//! `HttpServer::new` factory, which runs once per HTTP worker thread.
+//! Singletons (the worker's actors, the tool actors) are started outside the
+//! `HttpServer::new` factory, which runs once per HTTP worker thread. The HTTP server is
+//! bounded in connections, head time, body time and keep-alive (`conn.rs`, `body.rs`).
 
-use crate::routes::{configure, query_error_handler, AppState, DEFAULT_BODY_LIMIT};
+use crate::body::BodyRules;
+use crate::conn::{ConnectionCounter, ConnectionLimits, HEAD_DEADLINE, KEEP_ALIVE};
+use crate::routes::{configure, query_error_handler, AppState};
 use actix::Addr;
 use actix_web::{web, App, HttpServer};
 use aetheris_actors::ratelimit::Announcement;
@@ -21,7 +24,10 @@ pub struct NodeConfig {
     pub bind: String,
     pub worker: WorkerConfig,
     pub http_workers: usize,
-    pub body_limit: usize,
+    /// Request body size limit and deadline.
+    pub body: BodyRules,
+    /// Bound on the connections this process serves.
+    pub connections: ConnectionLimits,
     /// Run the worker's actor tree (false: gateway only).
     pub run_worker: bool,
     /// Bearer-token authentication; `None` = none (dev and tests only).
@@ -34,7 +40,8 @@ impl Default for NodeConfig {
             bind: "127.0.0.1:7420".into(),
             worker: WorkerConfig::default(),
             http_workers: 2,
-            body_limit: DEFAULT_BODY_LIMIT,
+            body: BodyRules::default(),
+            connections: ConnectionLimits::default(),
             run_worker: true,
             auth: None,
         }
@@ -75,11 +82,13 @@ pub fn start_node(
     cfg: NodeConfig,
 ) -> std::io::Result<(NodeHandle, actix_web::dev::Server)> {
     let metrics = Arc::new(Metrics::default());
-    let catalog = tools
-        .names()
-        .into_iter()
-        .filter_map(|n| tools.get(&n).map(|e| (n, e.effect)))
-        .collect();
+    let catalog = Arc::new(
+        tools
+            .names()
+            .into_iter()
+            .filter_map(|n| tools.get(&n).map(|e| (n, e.effect)))
+            .collect(),
+    );
     let (finished, _) = tokio::sync::broadcast::channel(4096);
     let limits = cfg.worker.rate_limits.clone().with_metrics(metrics.clone());
     aetheris_actors::ratelimit::spawn_limits_refresh(store.clone(), limits.clone());
@@ -110,16 +119,27 @@ pub fn start_node(
         store,
         tools: catalog,
         metrics: metrics.clone(),
-        body_limit: cfg.body_limit,
+        body: cfg.body,
+        validation: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )),
     });
+    crate::conn::raise_fd_limit();
+    let counter = ConnectionCounter::default();
+    let workers = cfg.http_workers.max(1);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default())
+            .wrap_fn(crate::conn::admit)
             .configure(configure)
     })
-    .workers(cfg.http_workers.max(1))
+    .on_connect(counter.on_connect(cfg.connections.effective_max()))
+    .max_connections(cfg.connections.hard_cap().div_ceil(workers))
+    .client_request_timeout(HEAD_DEADLINE)
+    .keep_alive(KEEP_ALIVE)
+    .workers(workers)
     .disable_signals()
     .bind(&cfg.bind)?;
     let addr = server

@@ -3,6 +3,7 @@
 //! docs/auth.md embeds the tables the code renders. Keys and `now` are fixed.
 
 use aetheris_api::auth::*;
+use aetheris_api::routes::{render_route_table, route_access, RouteAccess, ROUTES};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ed25519_dalek::Signer as _;
@@ -882,11 +883,7 @@ fn routes_map_to_the_specified_permissions() {
             "/v1/jobs/x/steps/refund/confirm",
             RouteAccess::Requires(JobConfirm),
         ),
-        (
-            "GET",
-            "/v1/jobs/x/evidence",
-            RouteAccess::Requires(EvidenceExport),
-        ),
+        ("GET", "/v1/openapi.json", RouteAccess::Public),
         ("GET", "/v1/audit", RouteAccess::Requires(AuditRead)),
         ("GET", "/v1/tenants", RouteAccess::Requires(TenantAdmin)),
         ("POST", "/v1/tenants", RouteAccess::Requires(TenantAdmin)),
@@ -905,15 +902,24 @@ fn routes_map_to_the_specified_permissions() {
         ("POST", "/v1/jobs/x/signals/", RouteAccess::Unknown),
         ("GET", "/v1/jobs/x/y/z", RouteAccess::Unknown),
         ("GET", "/v1/nope", RouteAccess::Unknown),
+        // Not built yet: docs and tables list only what exists.
+        ("GET", "/v1/jobs/x/evidence", RouteAccess::Unknown),
     ];
     for (m, p, want) in cases {
         assert_eq!(route_access(m, p), want, "{m} {p}");
     }
     // Every table row is reachable by its own pattern.
-    for (m, p, perm) in ROUTE_PERMISSIONS {
+    for r in ROUTES {
+        let want = match r.access.permission() {
+            None => RouteAccess::Public,
+            Some(p) => RouteAccess::Requires(p),
+        };
         assert_eq!(
-            route_access(m, &p.replace('{', "x").replace('}', "")),
-            RouteAccess::Requires(*perm)
+            route_access(
+                r.method.as_str(),
+                &r.path.replace('{', "x").replace('}', "")
+            ),
+            want
         );
     }
 }

@@ -85,7 +85,7 @@ fn hostile_input_gets_problem_json_and_stores_nothing() {
         let big = "x".repeat(2 * 1024 * 1024);
         let cases: Vec<(&str, String, u16, &str)> = vec![
             ("bad json", "{\"plan\": ".into(), 400, "not valid JSON"),
-            ("not an object", "[1,2]".into(), 400, "invalid submission"),
+            ("not an object", "[1,2]".into(), 400, "must be a JSON object"),
             ("unknown top-level field", json!({"plan": {"steps": [{"id": "a", "tool": "echo"}]}, "bogus": 1}).to_string(), 400, "unknown field `bogus`"),
             ("unknown step field", json!({"plan": {"steps": [{"id": "a", "tool": "echo", "retries": 3}]}}).to_string(), 400, "plan.steps[0]"),
             ("wrong type", json!({"plan": {"steps": [{"id": 5, "tool": "echo"}]}}).to_string(), 400, "plan.steps[0].id"),

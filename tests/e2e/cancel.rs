@@ -130,8 +130,10 @@ fn scenario(start: fn(Register, WorkerConfig) -> TestNode) {
         // 4. Hostile and unknown.
         let (s, _) = cancel("01a21429-84f8-7561-b23b-0d9fd8dffe88".into(), json!({})).await;
         assert_eq!(s, 404);
-        let r = c.post(format!("{url}/v1/jobs/{wid}/cancel")).body("{nope").send().await.unwrap();
+        let r = c.post(format!("{url}/v1/jobs/{wid}/cancel")).header("content-type", "application/json").body("{nope").send().await.unwrap();
         assert_eq!(r.status().as_u16(), 400);
+        let r = c.post(format!("{url}/v1/jobs/{wid}/cancel")).body("{nope").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 415, "a body that is not declared JSON");
         let r = c.post(format!("{url}/v1/jobs/{wid}/cancel")).json(&json!({"bogus": 1})).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 400);
     });

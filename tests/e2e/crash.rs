@@ -389,6 +389,10 @@ async fn submit_loop(
             let key = rng
                 .random_bool(1.0 / 3.0)
                 .then(|| format!("crash-{lane}-{}", rng.random_range(0..=i / 2)));
+            // A repeat of a key sends the same body (another body would be a 409).
+            let n = key
+                .as_deref()
+                .map_or(n, |k| 3 + crate::support::keyed_draw(k, 3) as usize);
             (n, key, rng.random_range(5..=25u64))
         };
         subs.attempts.fetch_add(1, Ordering::SeqCst);
@@ -486,7 +490,7 @@ async fn fetch_report(client: &reqwest::Client, base: &str, id: &str) -> Result<
     let mut events: Vec<RecordedEvent> = Vec::new();
     let events = loop {
         let after = events.last().map(|e| e.seq).unwrap_or(0);
-        let url = format!("{base}/v1/jobs/{id}/events?after={after}&limit=10000");
+        let url = format!("{base}/v1/jobs/{id}/events?after={after}&limit=1000");
         let page = match get_json(client, url).await {
             Ok((200, page)) => page,
             Ok((code, body)) => break Err(format!("events answered {code}: {body}")),

@@ -709,7 +709,17 @@ async fn submit_loop(
             let key = rng
                 .random_bool(1.0 / 3.0)
                 .then(|| format!("pg-{lane}-{}", rng.random_range(0..=i / 2)));
-            let effect = if rng.random_bool(plan.idempotent_share) {
+            let idempotent = match key.as_deref() {
+                // A repeat of a key sends the same body (another body would be a 409).
+                Some(k) => {
+                    (crate::support::keyed_draw(k, 1000) as f64) < plan.idempotent_share * 1000.0
+                }
+                None => rng.random_bool(plan.idempotent_share),
+            };
+            let n = key
+                .as_deref()
+                .map_or(n, |k| 3 + crate::support::keyed_draw(k, 3) as usize);
+            let effect = if idempotent {
                 "idempotent"
             } else {
                 "side_effect"
@@ -826,7 +836,7 @@ async fn fetch_report(client: &reqwest::Client, base: &str, id: &str) -> Result<
     let mut events: Vec<RecordedEvent> = Vec::new();
     let events = loop {
         let after = events.last().map(|e| e.seq).unwrap_or(0);
-        let url = format!("{base}/v1/jobs/{id}/events?after={after}&limit=10000");
+        let url = format!("{base}/v1/jobs/{id}/events?after={after}&limit=1000");
         let page = match get_json(client, url).await {
             Ok((200, page)) => page,
             Ok((code, body)) => break Err(format!("events answered {code}: {body}")),

@@ -49,8 +49,14 @@ fn jobs_run_to_completion_on_postgres() {
             assert_eq!(s, 201, "{j}");
             ids.push(j["job_id"].as_str().unwrap().to_string());
         }
-        let (s, _) = submit(&c, &base, &json!({"idempotency_key": "k3", "plan": {"steps": [{"id": "a", "tool": "echo"}]}})).await;
-        assert_eq!(s, 200, "repeated key returns the existing job");
+        let (s, j) = submit(&c, &base, &json!({"input": {"i": 3}, "idempotency_key": "k3", "plan": {"steps": [
+            {"id": "a", "tool": "echo", "args": {"i": "${input.i}"}},
+            {"id": "b", "tool": "echo", "needs": ["a"], "args": {"twice": ["${steps.a.output.i}", "${steps.a.output.i}"]}}
+        ]}})).await;
+        assert_eq!(s, 200, "an identical repeat of a key returns the existing job");
+        assert_eq!(j["job_id"].as_str(), Some(ids[3].as_str()));
+        let (s, p) = submit(&c, &base, &json!({"idempotency_key": "k3", "plan": {"steps": [{"id": "a", "tool": "echo"}]}})).await;
+        assert_eq!(s, 409, "the same key with another request is a conflict: {p}");
         for (i, id) in ids.iter().enumerate() {
             let j = settle(&c, &base, id, Duration::from_secs(60)).await;
             assert_eq!(j["status"], "succeeded", "{j}");

@@ -283,3 +283,12 @@ impl Drop for Stub {
         }
     }
 }
+
+/// A number in `0..modulus` fixed by `key`: a job body drawn at random must be the same for
+/// every submission that reuses an idempotency key (a different body is a 409).
+pub fn keyed_draw(key: &str, modulus: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish() % modulus.max(1)
+}

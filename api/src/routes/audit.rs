@@ -1,0 +1,116 @@
+//! The caller's tenant's access audit log (roles admin and auditor), oldest first, paged
+//! with `?after=<next_after>`. Rows are written by the store in the same transaction as
+//! the change they record; a refused permission writes a `denied` row.
+
+use super::{page_limit, schema, Access, Answer, AppState, Caller, RouteSpec};
+use crate::auth::Permission;
+use crate::problem::ApiError;
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse};
+use aetheris_store::{AuditFilter, AuditRecord, Scope};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const LIST: RouteSpec = RouteSpec {
+    method: Method::GET,
+    path: "/v1/audit",
+    access: Access::Requires(Permission::AuditRead),
+    operation: "listAudit",
+    summary: "The tenant's access audit log, oldest first",
+    body: None,
+    query: Some(schema::<AuditQuery>),
+    answer: Answer {
+        status: 200,
+        description: "one page of audit rows",
+        media: "application/json",
+        schema: schema::<AuditPage>,
+        event_stream: false,
+    },
+    errors: &[],
+    mount: |r| r.to(audit),
+};
+
+/// `GET /v1/audit` query.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only rows with a larger id (`next_after` of the previous page).
+    pub after: Option<u64>,
+    /// Page size, 1-1000 (default 100).
+    pub limit: Option<usize>,
+    /// Only this action (`job.cancel`-style, or a permission such as `job:create` for
+    /// denials): 1-64 characters of `[a-z_.:]`.
+    pub action: Option<String>,
+}
+
+/// One audit row.
+#[derive(Serialize, JsonSchema)]
+pub struct AuditView {
+    pub id: u64,
+    pub at_ms: i64,
+    pub tenant: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    /// ok, existing (an idempotent repeat) or denied.
+    pub result: String,
+}
+
+impl From<AuditRecord> for AuditView {
+    fn from(r: AuditRecord) -> Self {
+        AuditView {
+            id: r.id,
+            at_ms: r.at_ms,
+            tenant: r.entry.tenant,
+            actor: r.entry.actor,
+            action: r.entry.action,
+            target: r.entry.target,
+            result: r.entry.result,
+        }
+    }
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditView>,
+    pub next_after: Option<u64>,
+}
+
+async fn audit(
+    p: Caller,
+    q: web::Query<AuditQuery>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page_limit(q.limit, 100)?;
+    if let Some(a) = q.action.as_deref() {
+        if a.is_empty()
+            || a.len() > 64
+            || !a
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || "_.:".contains(c))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "action {:?} must be 1-64 characters of [a-z_.:]",
+                crate::problem::clip(a, 64)
+            )));
+        }
+    }
+    let rows = st
+        .store
+        .list_audit(
+            Scope::Tenant(&p.tenant),
+            AuditFilter {
+                after_id: q.after.unwrap_or(0),
+                limit,
+                action: q.action.clone(),
+            },
+        )
+        .await?;
+    let next_after = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(AuditPage {
+        entries: rows.into_iter().map(AuditView::from).collect(),
+        next_after,
+    }))
+}

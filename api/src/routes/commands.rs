@@ -1,0 +1,344 @@
+//! Commands for a job: cancel, signal, confirm. Each is stored durably before the 202
+//! (G1) and then applied by the worker holding the job's lease under its fencing token
+//! (G3); a job nobody runs is claimed to apply it. Who acted is the token's `sub`.
+//!
+//! Cancel and signal accept an empty body (all defaults); confirm requires one. Sizes are
+//! capped here so a command can never carry more than a few hundred KiB into a job's log.
+
+use super::{
+    acting_as, check_name, parse_id, schema, Access, Answer, AppState, BodySpec, Caller, RouteSpec,
+};
+use crate::auth::Permission;
+use crate::body::Presence;
+use crate::problem::ApiError;
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use aetheris_runtime::{ConfirmOutcome, StepStatus};
+use aetheris_store::{AuditEntry, CommandBody, Scope};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest cancel reason and confirmation note, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Longest signal name and signal id.
+pub const MAX_SIGNAL_NAME: usize = 128;
+/// Largest signal payload, as JSON text.
+pub const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Largest confirmed output, as JSON text.
+pub const MAX_CONFIRM_OUTPUT_BYTES: usize = 256 * 1024;
+
+pub const CANCEL: RouteSpec = RouteSpec {
+    method: Method::POST,
+    path: "/v1/jobs/{id}/cancel",
+    access: Access::Requires(Permission::JobCancel),
+    operation: "cancelJob",
+    summary: "Cancel a job (stored durably, applied by the worker running it); the body \
+              may be empty",
+    body: Some(BodySpec {
+        presence: Presence::Optional,
+        schema: schema::<CancelRequest>,
+    }),
+    query: None,
+    answer: Answer {
+        status: 202,
+        description: "the cancel is stored",
+        media: "application/json",
+        schema: schema::<CancelAccepted>,
+        event_stream: false,
+    },
+    errors: &[404, 409],
+    mount: |r| r.to(cancel),
+};
+
+pub const SIGNAL: RouteSpec = RouteSpec {
+    method: Method::POST,
+    path: "/v1/jobs/{id}/signals/{name}",
+    access: Access::Requires(Permission::JobSignal),
+    operation: "signalJob",
+    summary: "Send a signal (e.g. an approval) to a job; `wait` steps for that name resume; \
+              the body may be empty",
+    body: Some(BodySpec {
+        presence: Presence::Optional,
+        schema: schema::<SignalRequest>,
+    }),
+    query: None,
+    answer: Answer {
+        status: 202,
+        description: "the signal is stored",
+        media: "application/json",
+        schema: schema::<SignalAccepted>,
+        event_stream: false,
+    },
+    errors: &[404, 409],
+    mount: |r| r.to(signal),
+};
+
+pub const CONFIRM: RouteSpec = RouteSpec {
+    method: Method::POST,
+    path: "/v1/jobs/{id}/steps/{step}/confirm",
+    access: Access::Requires(Permission::JobConfirm),
+    operation: "confirmStep",
+    summary: "Resolve an outcome_unknown step: it happened (`succeeded`, with its output) \
+              or not (`not_executed`: it runs again with the same invocation key)",
+    body: Some(BodySpec {
+        presence: Presence::Required,
+        schema: schema::<ConfirmRequest>,
+    }),
+    query: None,
+    answer: Answer {
+        status: 202,
+        description: "the confirmation is stored",
+        media: "application/json",
+        schema: schema::<ConfirmAccepted>,
+        event_stream: false,
+    },
+    errors: &[404, 409],
+    mount: |r| r.to(confirm),
+};
+
+/// `POST /v1/jobs/{id}/cancel`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// Why (recorded in the `job_cancelled` event), at most 1024 bytes.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who cancels: taken from the token; only honoured without authentication.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct CancelAccepted {
+    pub job_id: String,
+    pub command_id: u64,
+    /// Always `cancel_requested`.
+    pub status: String,
+    pub created_at_ms: i64,
+}
+
+fn check_len(what: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "{what} must be at most {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+async fn cancel(
+    req: HttpRequest,
+    p: Caller,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let r: CancelRequest = crate::body::json_optional(&req, payload, st.body, "cancel").await?;
+    let reason = r.reason.unwrap_or_else(|| "no reason given".into());
+    check_len("reason", &reason, MAX_REASON_BYTES)?;
+    let by = acting_as(&st, &p, r.by)?;
+    let cmd = st
+        .store
+        .put_command(
+            Scope::Tenant(&p.tenant),
+            id,
+            CommandBody::Cancel { by, reason },
+            Some(&AuditEntry::ok(
+                &p.tenant,
+                &p.sub,
+                "job.cancel",
+                id.to_string(),
+            )),
+        )
+        .await?;
+    Ok(HttpResponse::Accepted().json(CancelAccepted {
+        job_id: id.to_string(),
+        command_id: cmd.id,
+        status: "cancel_requested".into(),
+        created_at_ms: cmd.created_at_ms,
+    }))
+}
+
+/// `POST /v1/jobs/{id}/signals/{name}`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// Any JSON (at most 64 KiB as text); a `wait` step's output.
+    #[serde(default)]
+    pub payload: Value,
+    /// Makes the signal idempotent: the same id is applied once. 1-128 characters of
+    /// `[A-Za-z0-9_.-]`; a new id is made when absent.
+    #[serde(default)]
+    pub signal_id: Option<String>,
+    /// Who sends it (an approval's approver): taken from the token; only honoured without
+    /// authentication.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct SignalAccepted {
+    pub job_id: String,
+    pub signal: String,
+    pub signal_id: String,
+    pub command_id: u64,
+}
+
+/// Stores a signal durably (G1) and answers 202; idempotent by `signal_id`; 409 if the
+/// job finished.
+async fn signal(
+    req: HttpRequest,
+    p: Caller,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, name) = path.into_inner();
+    let id = parse_id(&raw_id)?;
+    check_name("signal name", &name, MAX_SIGNAL_NAME)?;
+    let r: SignalRequest = crate::body::json_optional(&req, payload, st.body, "signal").await?;
+    check_len(
+        "payload (as JSON text)",
+        &r.payload.to_string(),
+        MAX_SIGNAL_PAYLOAD_BYTES,
+    )?;
+    let signal_id = match r.signal_id {
+        Some(s) => {
+            check_name("signal_id", &s, MAX_SIGNAL_NAME)?;
+            s
+        }
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let by = acting_as(&st, &p, r.by)?;
+    let cmd = st
+        .store
+        .put_command(
+            Scope::Tenant(&p.tenant),
+            id,
+            CommandBody::Signal {
+                signal: name.clone(),
+                signal_id: signal_id.clone(),
+                payload: r.payload,
+                by: Some(by),
+            },
+            Some(&AuditEntry::ok(
+                &p.tenant,
+                &p.sub,
+                "job.signal",
+                format!("{id}/signals/{name}"),
+            )),
+        )
+        .await?;
+    Ok(HttpResponse::Accepted().json(SignalAccepted {
+        job_id: id.to_string(),
+        signal: name,
+        signal_id,
+        command_id: cmd.id,
+    }))
+}
+
+/// `POST /v1/jobs/{id}/steps/{step}/confirm`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    /// `succeeded` (it happened; give its `output`) or `not_executed` (run it again).
+    #[schemars(with = "String")]
+    pub outcome: ConfirmOutcome,
+    /// The step's output (with `succeeded`), at most 256 KiB as JSON text.
+    #[serde(default)]
+    pub output: Option<Value>,
+    /// A note for the record, at most 1024 bytes.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Who confirms: taken from the token; only honoured without authentication.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct ConfirmAccepted {
+    pub job_id: String,
+    pub step: String,
+    pub command_id: u64,
+}
+
+/// Resolves an `outcome_unknown` step. 409 unless the step is `outcome_unknown` with no
+/// confirmation pending.
+async fn confirm(
+    req: HttpRequest,
+    p: Caller,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, step) = path.into_inner();
+    let id = parse_id(&raw_id)?;
+    let r: ConfirmRequest =
+        crate::body::json_required(&req, payload, st.body, "confirmation").await?;
+    let outcome = r.outcome;
+    if outcome == ConfirmOutcome::NotExecuted && r.output.is_some() {
+        return Err(ApiError::BadRequest(
+            "output is only for outcome \"succeeded\"".into(),
+        ));
+    }
+    if let Some(o) = &r.output {
+        check_len(
+            "output (as JSON text)",
+            &o.to_string(),
+            MAX_CONFIRM_OUTPUT_BYTES,
+        )?;
+    }
+    if let Some(n) = &r.note {
+        check_len("note", n, MAX_REASON_BYTES)?;
+    }
+    let state = super::jobs::job_state(&st.store, &p.tenant, id).await?;
+    let status = state.steps.get(&step).map(|s| s.status).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "job {id} has no step {:?}",
+            crate::problem::clip(&step, 64)
+        ))
+    })?;
+    if status != StepStatus::OutcomeUnknown {
+        return Err(ApiError::Conflict(format!(
+            "step {step:?} is {}, not outcome_unknown",
+            status.as_str()
+        )));
+    }
+    let pending = st.store.pending_commands(id).await?;
+    if pending
+        .iter()
+        .any(|c| matches!(&c.body, CommandBody::Confirm { step: s, .. } if *s == step))
+    {
+        return Err(ApiError::Conflict(format!(
+            "step {step:?} already has a confirmation pending"
+        )));
+    }
+    let by = acting_as(&st, &p, r.by)?;
+    let cmd = st
+        .store
+        .put_command(
+            Scope::Tenant(&p.tenant),
+            id,
+            CommandBody::Confirm {
+                step: step.clone(),
+                outcome,
+                output: r.output,
+                by,
+                note: r.note,
+            },
+            Some(&AuditEntry::ok(
+                &p.tenant,
+                &p.sub,
+                "job.confirm",
+                format!("{id}/steps/{step}"),
+            )),
+        )
+        .await?;
+    Ok(HttpResponse::Accepted().json(ConfirmAccepted {
+        job_id: id.to_string(),
+        step,
+        command_id: cmd.id,
+    }))
+}

@@ -1,0 +1,467 @@
+//! The gateway's one route table and what it drives. Each [`RouteSpec`] says method, path,
+//! who may call it, its body and answers, and which handler serves it; from that one list
+//! come the router ([`configure`]), the permission check of every request ([`Caller`]),
+//! the route table of docs/auth.md ([`render_route_table`]) and the OpenAPI document
+//! (`openapi.rs`). A permission is therefore written once and is the one enforced.
+//!
+//! Handlers live one file per resource (jobs, commands, tenants, users, audit, ops). They
+//! parse and validate fully before touching the store, scope every store call by the
+//! caller's tenant (G6), and answer errors as problem+json. Every mutating call hands the
+//! store an `AuditEntry` written in the same transaction as the change; a refused
+//! permission writes a `denied` row. Who acted (`by` of cancels, signals and
+//! confirmations) is the token's `sub`; without auth (dev/tests) every caller is an admin
+//! of `default`.
+
+pub mod audit;
+pub mod commands;
+pub mod jobs;
+pub mod ops;
+pub mod tenants;
+pub mod users;
+
+use crate::auth::{Permission, Principal};
+use crate::body::{BodyRules, Presence};
+use crate::problem::ApiError;
+use actix_web::dev::Payload;
+use actix_web::http::Method;
+use actix_web::{guard, web, FromRequest, HttpRequest};
+use aetheris_runtime::{EffectClass, JobId, ToolCatalog};
+use aetheris_store::{AuditEntry, DynStore};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub const DEFAULT_TENANT: &str = "default";
+/// The deployment operators' tenant: only its admins manage tenants, and only its
+/// `system:read` sees every tenant's metrics. Any other tenant sees its own (G6).
+pub const SYSTEM_TENANT: &str = DEFAULT_TENANT;
+/// Every list route takes `limit` in this range (400 outside it, never clamped).
+pub const MAX_PAGE_LIMIT: usize = 1000;
+
+/// What the handlers share: the store, the auth configuration (`None` runs without
+/// authentication: dev and tests only, every caller acts as an admin of `default`), the
+/// tool catalog plans are checked against, metrics, body rules and rate limits.
+pub struct AppState {
+    pub auth: Option<Arc<crate::auth::AuthConfig>>,
+    pub store: DynStore,
+    pub tools: Arc<BTreeMap<String, EffectClass>>,
+    pub metrics: Arc<aetheris_actors::Metrics>,
+    pub body: BodyRules,
+    pub limits: aetheris_actors::ratelimit::RateLimiters,
+    /// Bounds how many big bodies are parsed and validated at once, off the HTTP workers.
+    pub validation: Arc<tokio::sync::Semaphore>,
+}
+
+/// The tool catalog of a node, as plan validation sees it.
+pub struct Catalog(pub Arc<BTreeMap<String, EffectClass>>);
+impl ToolCatalog for Catalog {
+    fn effect_class(&self, tool: &str) -> Option<EffectClass> {
+        self.0.get(tool).copied()
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed.
+    Public,
+    /// A valid token whose roles grant this permission.
+    Requires(Permission),
+    /// As `Requires`, and the caller's tenant must be the system tenant (tenant
+    /// administration: a tenant's own admin may not list others nor raise its limits).
+    System(Permission),
+}
+
+impl Access {
+    pub fn permission(self) -> Option<Permission> {
+        match self {
+            Access::Public => None,
+            Access::Requires(p) | Access::System(p) => Some(p),
+        }
+    }
+}
+
+/// Builds a JSON Schema for the OpenAPI document.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// The schema of `T` (a `$ref` into the document's components).
+pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+/// A route's request body.
+#[derive(Clone, Copy)]
+pub struct BodySpec {
+    pub presence: Presence,
+    pub schema: SchemaFn,
+}
+
+/// A route's success answer.
+#[derive(Clone, Copy)]
+pub struct Answer {
+    pub status: u16,
+    pub description: &'static str,
+    /// Media type of the answer (`application/json` for all but `/metrics`).
+    pub media: &'static str,
+    pub schema: SchemaFn,
+    /// Also answers `text/event-stream` when asked to (`Accept`).
+    pub event_stream: bool,
+}
+
+/// One row of the route table.
+pub struct RouteSpec {
+    pub method: Method,
+    /// actix pattern, also the OpenAPI path (`{id}` is one path segment).
+    pub path: &'static str,
+    pub access: Access,
+    /// OpenAPI `operationId`.
+    pub operation: &'static str,
+    pub summary: &'static str,
+    pub body: Option<BodySpec>,
+    /// The query-string parameters (a struct's schema), if any.
+    pub query: Option<SchemaFn>,
+    pub answer: Answer,
+    /// Error statuses particular to this route; those implied by its access, body, query
+    /// and the store are added by [`RouteSpec::error_statuses`].
+    pub errors: &'static [u16],
+    /// Attaches the handler to the route.
+    pub mount: fn(actix_web::Route) -> actix_web::Route,
+}
+
+impl RouteSpec {
+    /// Every problem+json status this route can answer.
+    pub fn error_statuses(&self) -> Vec<u16> {
+        let mut s: Vec<u16> = self.errors.to_vec();
+        if self.access != Access::Public {
+            s.extend([401, 403]);
+        }
+        if self.body.is_some() {
+            s.extend([400, 408, 413, 415]);
+        }
+        if self.query.is_some() {
+            s.push(400);
+        }
+        // Over the connection limit, or the store unavailable. /healthz answers always.
+        if self.path != "/healthz" {
+            s.push(503);
+        }
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+
+    /// The path parameters, in order (`{id}` → `id`).
+    pub fn path_params(&self) -> impl Iterator<Item = &'static str> {
+        self.path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+    }
+}
+
+/// Index of a route in [`ROUTES`], stored on its actix resource.
+#[derive(Clone, Copy)]
+struct RouteIndex(usize);
+
+/// Every route the gateway serves.
+pub static ROUTES: &[RouteSpec] = &[
+    ops::HEALTHZ,
+    ops::READYZ,
+    ops::METRICS,
+    ops::OPENAPI,
+    jobs::SUBMIT,
+    jobs::LIST,
+    jobs::GET,
+    jobs::EVENTS,
+    jobs::LEDGER,
+    commands::CANCEL,
+    commands::SIGNAL,
+    commands::CONFIRM,
+    tenants::LIST,
+    tenants::CREATE,
+    tenants::SET_LIMITS,
+    users::LIST,
+    users::PUT,
+    audit::LIST,
+];
+
+/// Registers every route of [`ROUTES`] and the problem+json 404 for anything else.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for (i, r) in ROUTES.iter().enumerate() {
+        cfg.service(
+            web::resource(r.path)
+                .guard(guard::Method(r.method.clone()))
+                .app_data(RouteIndex(i))
+                .route((r.mount)(web::route())),
+        );
+    }
+    cfg.default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        crate::problem::clip(req.path(), 200)
+    )))
+}
+
+/// What a request needs before it reaches a handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAccess {
+    /// No token needed.
+    Public,
+    /// A valid token whose roles grant this permission.
+    Requires(Permission),
+    /// Not a route: the router answers 404.
+    Unknown,
+}
+
+/// Looks up `method` + `path` (no query string) in [`ROUTES`] (`{name}` matches one
+/// non-empty path segment).
+pub fn route_access(method: &str, path: &str) -> RouteAccess {
+    ROUTES
+        .iter()
+        .find(|r| r.method.as_str().eq_ignore_ascii_case(method) && path_matches(r.path, path))
+        .map_or(RouteAccess::Unknown, |r| match r.access.permission() {
+            None => RouteAccess::Public,
+            Some(p) => RouteAccess::Requires(p),
+        })
+}
+
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut pat = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (pat.next(), got.next()) {
+            (None, None) => return true,
+            (Some(p), Some(g)) => {
+                let wildcard = p.starts_with('{') && p.ends_with('}');
+                if !(wildcard && !g.is_empty() || p == g) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// The route → permission table as markdown (docs/auth.md embeds it; a test keeps it in
+/// step).
+pub fn render_route_table() -> String {
+    let mut out = String::from("| method | path | permission |\n|---|---|---|\n");
+    for r in ROUTES {
+        let perm = match r.access {
+            Access::Public => "none (no token)".to_string(),
+            Access::Requires(p) => format!("`{p}`"),
+            Access::System(p) => format!("`{p}` in the `{SYSTEM_TENANT}` tenant"),
+        };
+        out.push_str(&format!("| {} | `{}` | {perm} |\n", r.method, r.path));
+    }
+    out
+}
+
+/// The authenticated caller of a route, checked against the route's row of [`ROUTES`]:
+/// the one place requests are authenticated and authorized. Its tenant scopes every store
+/// call of the handler (G6).
+pub struct Caller(pub Principal);
+
+impl std::ops::Deref for Caller {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Caller, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let spec = req
+                .app_data::<RouteIndex>()
+                .and_then(|i| ROUTES.get(i.0))
+                .ok_or_else(|| ApiError::Internal("route without a table entry".into()))?;
+            let st = req
+                .app_data::<web::Data<AppState>>()
+                .ok_or_else(|| ApiError::Internal("no application state".into()))?;
+            authorize(&req, st, spec.access).await.map(Caller)
+        })
+    }
+}
+
+fn anonymous_admin() -> Principal {
+    Principal {
+        sub: "anonymous".into(),
+        tenant: DEFAULT_TENANT.into(),
+        roles: vec![crate::auth::Role::Admin],
+        granted: None,
+    }
+}
+
+/// Verifies the bearer token, checks the route's permission (and system tenant), and
+/// returns the caller. A refusal of a verified caller writes a `denied` audit row.
+async fn authorize(
+    req: &HttpRequest,
+    st: &AppState,
+    access: Access,
+) -> Result<Principal, ApiError> {
+    let Some(perm) = access.permission() else {
+        return Ok(anonymous_admin());
+    };
+    let Some(cfg) = &st.auth else {
+        return Ok(anonymous_admin());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let mut p = crate::auth::authenticate(cfg, header, now)
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    // One read: the token's tenant must exist, and a user row (if any) narrows the
+    // token's permissions to those its roles grant, or refuses a disabled user
+    // (revocation without rotating keys).
+    let access_row = st.store.access(&p.tenant, &p.sub).await?;
+    if !access_row.tenant_exists {
+        return Err(ApiError::Unauthorized(format!(
+            "tenant {:?} does not exist",
+            crate::problem::clip(&p.tenant, 64)
+        )));
+    }
+    if let Some(user) = access_row.user {
+        if user.disabled {
+            return Err(ApiError::Unauthorized(format!(
+                "user {:?} of tenant {:?} is disabled",
+                p.sub, p.tenant
+            )));
+        }
+        p.granted = Some(
+            user.roles
+                .iter()
+                .filter_map(|r| crate::auth::Role::parse(r))
+                .collect(),
+        );
+    }
+    let refusal = match p.require(perm) {
+        Err(e) => Some(e.to_string()),
+        Ok(()) if matches!(access, Access::System(_)) && p.tenant != SYSTEM_TENANT => Some(
+            format!("this route is for admins of the {SYSTEM_TENANT:?} tenant"),
+        ),
+        Ok(()) => None,
+    };
+    if let Some(why) = refusal {
+        // The attempt is audited; failing to write the row must not turn a 403 into a
+        // 500, so it is logged instead.
+        let denied = AuditEntry {
+            result: "denied".into(),
+            ..AuditEntry::ok(&p.tenant, &p.sub, perm.as_str(), req.path())
+        };
+        if let Err(err) = st.store.record_audit(&denied).await {
+            tracing::error!(error = %err, "could not write the audit row of a denied request");
+        }
+        return Err(ApiError::Forbidden(why));
+    }
+    Ok(p)
+}
+
+/// The identity recorded as `by` of a command: the token's `sub`. A body's own `by` is
+/// only honoured without auth (dev and tests); with auth it must match the token.
+pub fn acting_as(
+    st: &AppState,
+    p: &Principal,
+    claimed: Option<String>,
+) -> Result<String, ApiError> {
+    match claimed {
+        Some(b) if b.len() > MAX_NAME_BYTES => Err(ApiError::BadRequest(format!(
+            "by must be at most {MAX_NAME_BYTES} bytes"
+        ))),
+        Some(b) if st.auth.is_none() => Ok(b),
+        Some(b) if b != p.sub => Err(ApiError::BadRequest(format!(
+            "by {:?} differs from the caller {:?}: it is taken from the token; omit it",
+            crate::problem::clip(&b, 64),
+            p.sub
+        ))),
+        _ => Ok(p.sub.clone()),
+    }
+}
+
+/// Longest user id, `by`, and tenant display name.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// A list's `limit`: `default` when absent, else 1..=[`MAX_PAGE_LIMIT`]; the same rule on
+/// every list route.
+pub fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match limit.unwrap_or(default) {
+        n @ 1..=MAX_PAGE_LIMIT => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE_LIMIT}"
+        ))),
+    }
+}
+
+/// A job id from the path; anything that is not one is a job that does not exist.
+pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::NotFound(format!("job {:?} not found", crate::problem::clip(raw, 64)))
+    })
+}
+
+/// Checks a name made of `[A-Za-z0-9_.-]` (signal names, signal ids).
+pub fn check_name(what: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= max
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{what} {:?} must be 1-{max} characters of [A-Za-z0-9_.-]",
+            crate::problem::clip(v, 64)
+        )))
+    }
+}
+
+/// Turns actix's own extractor errors (bad query strings) into problem+json.
+pub fn query_error_handler(
+    err: actix_web::error::QueryPayloadError,
+    _: &HttpRequest,
+) -> actix_web::Error {
+    ApiError::BadRequest(format!("bad query string: {err}")).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_patterns_match_single_segments() {
+        assert!(path_matches("/v1/jobs/{id}", "/v1/jobs/abc"));
+        assert!(!path_matches("/v1/jobs/{id}", "/v1/jobs/"));
+        assert!(!path_matches("/v1/jobs/{id}", "/v1/jobs/a/b"));
+        assert!(!path_matches("/v1/jobs", "/v1/jobs/"));
+        assert!(path_matches("/metrics", "/metrics"));
+    }
+
+    #[test]
+    fn every_route_is_unique_and_named_once() {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut ops = std::collections::BTreeSet::new();
+        for r in ROUTES {
+            assert!(
+                seen.insert((r.method.to_string(), r.path)),
+                "{} {}",
+                r.method,
+                r.path
+            );
+            assert!(ops.insert(r.operation), "operation {} twice", r.operation);
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Operational routes: liveness (`/healthz`: the process answers), readiness (`/readyz`:
+//! the store answers), Prometheus metrics (`/metrics`; a tenant's token sees only its own
+//! series, G6) and the OpenAPI document (`/v1/openapi.json`, public, generated from
+//! [`super::ROUTES`]).
+
+use super::{schema, Access, Answer, AppState, Caller, RouteSpec, SYSTEM_TENANT};
+use crate::auth::Permission;
+use crate::problem::ApiError;
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+/// `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(Serialize, JsonSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+pub const HEALTHZ: RouteSpec = RouteSpec {
+    method: Method::GET,
+    path: "/healthz",
+    access: Access::Public,
+    operation: "healthz",
+    summary: "Liveness: the process answers",
+    body: None,
+    query: None,
+    answer: Answer {
+        status: 200,
+        description: "alive",
+        media: "application/json",
+        schema: schema::<Health>,
+        event_stream: false,
+    },
+    errors: &[],
+    mount: |r| r.to(healthz),
+};
+
+pub const READYZ: RouteSpec = RouteSpec {
+    method: Method::GET,
+    path: "/readyz",
+    access: Access::Public,
+    operation: "readyz",
+    summary: "Readiness: the store answers",
+    body: None,
+    query: None,
+    answer: Answer {
+        status: 200,
+        description: "ready",
+        media: "application/json",
+        schema: schema::<Health>,
+        event_stream: false,
+    },
+    errors: &[],
+    mount: |r| r.to(readyz),
+};
+
+pub const METRICS: RouteSpec = RouteSpec {
+    method: Method::GET,
+    path: "/metrics",
+    access: Access::Requires(Permission::SystemRead),
+    operation: "metrics",
+    summary: "Prometheus metrics (text format); a tenant's token sees only its own series",
+    body: None,
+    query: None,
+    answer: Answer {
+        status: 200,
+        description: "Prometheus text exposition format 0.0.4",
+        media: "text/plain",
+        schema: schema::<String>,
+        event_stream: false,
+    },
+    errors: &[],
+    mount: |r| r.to(metrics),
+};
+
+pub const OPENAPI: RouteSpec = RouteSpec {
+    method: Method::GET,
+    path: "/v1/openapi.json",
+    access: Access::Public,
+    operation: "openapi",
+    summary: "This API's OpenAPI 3.1 document",
+    body: None,
+    query: None,
+    answer: Answer {
+        status: 200,
+        description: "the OpenAPI document",
+        media: "application/json",
+        schema: schema::<serde_json::Value>,
+        event_stream: false,
+    },
+    errors: &[],
+    mount: |r| r.to(openapi),
+};
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+    })
+}
+
+async fn readyz(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    st.store.now_ms().await?;
+    Ok(HttpResponse::Ok().json(Health {
+        status: "ready".into(),
+    }))
+}
+
+async fn metrics(p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let counts = st.store.count_by_status().await?;
+    let extra: Vec<aetheris_actors::metrics::ScrapeGauge> = counts
+        .into_iter()
+        .map(|c| {
+            (
+                "aetheris_jobs",
+                vec![
+                    ("tenant", c.tenant),
+                    ("state", c.status.as_str().to_string()),
+                ],
+                c.count as f64,
+            )
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(st.metrics.render_for(
+            &extra,
+            (p.tenant != SYSTEM_TENANT).then_some(p.tenant.as_str()),
+        )))
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(crate::openapi::document_text())
+}

@@ -1,0 +1,209 @@
+//! Tenants as data (admins of the system tenant only): create, list, and replace a
+//! tenant's rate limits, which every gateway and worker applies without a restart.
+
+use super::{schema, Access, Answer, AppState, BodySpec, Caller, RouteSpec, MAX_NAME_BYTES};
+use crate::auth::Permission;
+use crate::body::Presence;
+use crate::problem::ApiError;
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use aetheris_actors::ratelimit::{LimitsConfig, TenantLimits};
+use aetheris_store::{AuditEntry, StoreError, Tenant};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Longest tenant id.
+pub const MAX_TENANT_ID: usize = 64;
+
+pub const LIST: RouteSpec = RouteSpec {
+    method: Method::GET,
+    path: "/v1/tenants",
+    access: Access::System(Permission::TenantAdmin),
+    operation: "listTenants",
+    summary: "List every tenant (admins of the system tenant)",
+    body: None,
+    query: None,
+    answer: Answer {
+        status: 200,
+        description: "the tenants",
+        media: "application/json",
+        schema: schema::<TenantList>,
+        event_stream: false,
+    },
+    errors: &[],
+    mount: |r| r.to(list_tenants),
+};
+
+pub const CREATE: RouteSpec = RouteSpec {
+    method: Method::POST,
+    path: "/v1/tenants",
+    access: Access::System(Permission::TenantAdmin),
+    operation: "createTenant",
+    summary: "Create a tenant (admins of the system tenant)",
+    body: Some(BodySpec {
+        presence: Presence::Required,
+        schema: schema::<NewTenant>,
+    }),
+    query: None,
+    answer: Answer {
+        status: 201,
+        description: "the tenant",
+        media: "application/json",
+        schema: schema::<TenantView>,
+        event_stream: false,
+    },
+    errors: &[409],
+    mount: |r| r.to(create_tenant),
+};
+
+pub const SET_LIMITS: RouteSpec = RouteSpec {
+    method: Method::PUT,
+    path: "/v1/tenants/{id}/limits",
+    access: Access::System(Permission::TenantAdmin),
+    operation: "setTenantLimits",
+    summary: "Replace a tenant's rate limits (applied without restart)",
+    body: Some(BodySpec {
+        presence: Presence::Required,
+        schema: schema::<TenantLimits>,
+    }),
+    query: None,
+    answer: Answer {
+        status: 200,
+        description: "the tenant",
+        media: "application/json",
+        schema: schema::<TenantView>,
+        event_stream: false,
+    },
+    errors: &[404],
+    mount: |r| r.to(set_tenant_limits),
+};
+
+/// `POST /v1/tenants`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// 1-64 characters of `[a-z0-9_-]`: the `tenant` claim of its tokens.
+    pub id: String,
+    /// Display name, at most 256 bytes (default: the id).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub limits: Option<TenantLimits>,
+}
+
+/// A tenant.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TenantView {
+    pub id: String,
+    pub name: String,
+    pub limits: Value,
+    pub created_at_ms: i64,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        TenantView {
+            id: t.id,
+            name: t.name,
+            limits: t.limits,
+            created_at_ms: t.created_at_ms,
+        }
+    }
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
+}
+
+/// A tenant id: what tokens carry and metrics are labelled with, so short and plain.
+pub fn check_tenant_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_TENANT_ID
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "tenant id {:?} must be 1-{MAX_TENANT_ID} characters of [a-z0-9_-]",
+            crate::problem::clip(id, 64)
+        )))
+    }
+}
+
+fn limits_json(l: &TenantLimits) -> Value {
+    serde_json::to_value(l).unwrap_or(Value::Null)
+}
+
+/// Checks limits the way a limits file is checked (positive numbers).
+fn check_limits(l: &TenantLimits) -> Result<(), ApiError> {
+    let cfg = json!({"defaults": limits_json(l)});
+    LimitsConfig::parse(&cfg.to_string())
+        .map(|_| ())
+        .map_err(ApiError::BadRequest)
+}
+
+async fn create_tenant(
+    req: HttpRequest,
+    p: Caller,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let t: NewTenant = crate::body::json_required(&req, payload, st.body, "tenant").await?;
+    check_tenant_id(&t.id)?;
+    let name = t.name.unwrap_or_else(|| t.id.clone());
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "tenant name must be 1-{MAX_NAME_BYTES} bytes"
+        )));
+    }
+    let limits = t.limits.unwrap_or_default();
+    check_limits(&limits)?;
+    let created = st
+        .store
+        .create_tenant(
+            &t.id,
+            &name,
+            limits_json(&limits),
+            Some(&AuditEntry::ok(&p.tenant, &p.sub, "tenant.create", &t.id)),
+        )
+        .await?;
+    st.limits.set_tenant_limits(&t.id, limits);
+    Ok(HttpResponse::Created().json(TenantView::from(created)))
+}
+
+async fn list_tenants(_p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let tenants = st.store.list_tenants().await?;
+    Ok(HttpResponse::Ok().json(TenantList {
+        tenants: tenants.into_iter().map(TenantView::from).collect(),
+    }))
+}
+
+async fn set_tenant_limits(
+    req: HttpRequest,
+    p: Caller,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let limits: TenantLimits = crate::body::json_required(&req, payload, st.body, "limits").await?;
+    check_limits(&limits)?;
+    let t = st
+        .store
+        .set_tenant_limits(
+            &id,
+            limits_json(&limits),
+            Some(&AuditEntry::ok(&p.tenant, &p.sub, "tenant.set_limits", &id)),
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Rejected(m) => ApiError::NotFound(m),
+            other => other.into(),
+        })?;
+    st.limits.set_tenant_limits(&id, limits);
+    Ok(HttpResponse::Ok().json(TenantView::from(t)))
+}

@@ -1,0 +1,146 @@
+//! A tenant's users (its own admins manage them): the roles a user's tokens may use and
+//! whether it is disabled, taking effect on the next request (no token is reissued).
+
+use super::{schema, Access, Answer, AppState, BodySpec, Caller, RouteSpec, MAX_NAME_BYTES};
+use crate::auth::{Permission, Role};
+use crate::body::Presence;
+use crate::problem::ApiError;
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
+use aetheris_store::{AuditEntry, User};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const LIST: RouteSpec = RouteSpec {
+    method: Method::GET,
+    path: "/v1/users",
+    access: Access::Requires(Permission::TenantAdmin),
+    operation: "listUsers",
+    summary: "The caller's tenant's users",
+    body: None,
+    query: None,
+    answer: Answer {
+        status: 200,
+        description: "the users",
+        media: "application/json",
+        schema: schema::<UserList>,
+        event_stream: false,
+    },
+    errors: &[],
+    mount: |r| r.to(list_users),
+};
+
+pub const PUT: RouteSpec = RouteSpec {
+    method: Method::PUT,
+    path: "/v1/users/{id}",
+    access: Access::Requires(Permission::TenantAdmin),
+    operation: "putUser",
+    summary: "Create or replace a user of the caller's tenant",
+    body: Some(BodySpec {
+        presence: Presence::Required,
+        schema: schema::<UserRequest>,
+    }),
+    query: None,
+    answer: Answer {
+        status: 200,
+        description: "the user",
+        media: "application/json",
+        schema: schema::<UserView>,
+        event_stream: false,
+    },
+    errors: &[],
+    mount: |r| r.to(put_user),
+};
+
+/// `PUT /v1/users/{id}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRequest {
+    /// Role names: admin, operator, submitter, viewer, auditor.
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// A user of a tenant.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct UserView {
+    pub tenant: String,
+    pub id: String,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        UserView {
+            tenant: u.tenant,
+            id: u.id,
+            roles: u.roles,
+            disabled: u.disabled,
+            created_at_ms: u.created_at_ms,
+            updated_at_ms: u.updated_at_ms,
+        }
+    }
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct UserList {
+    pub users: Vec<UserView>,
+}
+
+async fn list_users(p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let users = st.store.list_users(&p.tenant).await?;
+    Ok(HttpResponse::Ok().json(UserList {
+        users: users.into_iter().map(UserView::from).collect(),
+    }))
+}
+
+async fn put_user(
+    req: HttpRequest,
+    p: Caller,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    let ok_id = !id.is_empty()
+        && id.len() <= MAX_NAME_BYTES
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.@+".contains(c));
+    if !ok_id {
+        return Err(ApiError::BadRequest(format!(
+            "user id {:?} must be 1-{MAX_NAME_BYTES} characters of [A-Za-z0-9_.@+-]",
+            crate::problem::clip(&id, 64)
+        )));
+    }
+    let r: UserRequest = crate::body::json_required(&req, payload, st.body, "user").await?;
+    if r.roles.len() > Role::ALL.len() {
+        return Err(ApiError::BadRequest(format!(
+            "at most {} roles",
+            Role::ALL.len()
+        )));
+    }
+    for role in &r.roles {
+        Role::parse(role).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown role {:?}: use admin, operator, submitter, viewer or auditor",
+                crate::problem::clip(role, 32)
+            ))
+        })?;
+    }
+    let user = st
+        .store
+        .put_user(
+            &p.tenant,
+            &id,
+            r.roles,
+            r.disabled,
+            Some(&AuditEntry::ok(&p.tenant, &p.sub, "user.put", &id)),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(UserView::from(user)))
+}
