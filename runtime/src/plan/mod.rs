@@ -269,7 +269,7 @@ impl Plan {
         validate::validate(self, tools)
     }
 
-    /// All steps `id` needs, directly or transitively. O(steps + needs).
+    /// All steps `id` needs, directly or transitively. Visits each step and need once.
     pub fn ancestors(&self, id: &str) -> BTreeSet<&str> {
         let mut seen = BTreeSet::new();
         let mut todo: Vec<&str> = self
