@@ -309,7 +309,7 @@ fn ten_step_plan() -> Plan {
             }
         })
         .collect();
-    serde_json::from_value(json!({ "steps": steps })).unwrap_or(Plan { steps: vec![] })
+    serde_json::from_value(json!({ "steps": steps })).unwrap_or_default()
 }
 
 /// Completions the W1 dispatcher has seen: waited for, or seen before anyone waited.

@@ -1,7 +1,28 @@
 //! Errors of the pure core: one enum for the crate, with the plan-validation and fold
-//! errors it wraps. Plan errors always name the JSON path that is wrong (G8).
+//! errors it wraps. Plan errors always name the JSON path that is wrong (G8). A message
+//! never embeds more than [`MAX_SHOWN_CHARS`] characters of any one user string (see
+//! [`shorten`]), so the size of an error report is bounded by the plan caps, not by what
+//! a client sent.
 
 use serde::Serialize;
+use std::borrow::Cow;
+
+/// The most characters of one user-supplied string (a tool name, an id, a reference, a
+/// duration) that a message quotes; longer strings are cut and end in `…`.
+pub const MAX_SHOWN_CHARS: usize = 64;
+
+/// `s`, cut to [`MAX_SHOWN_CHARS`] characters with a trailing `…` when longer.
+pub fn shorten(s: &str) -> Cow<'_, str> {
+    match s.char_indices().nth(MAX_SHOWN_CHARS) {
+        None => Cow::Borrowed(s),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &s[..cut])),
+    }
+}
+
+/// `s` shortened and quoted as a Rust/JSON-like string literal, for messages.
+pub fn quoted(s: &str) -> String {
+    format!("{:?}", shorten(s).as_ref())
+}
 
 /// One problem found in a submitted plan, located by a JSON path such as
 /// `plan.steps[2].needs[0]`.
@@ -47,6 +68,30 @@ pub enum RuntimeError {
     Fold(#[from] FoldError),
     #[error("codec: {0}")]
     Codec(String),
+    /// Not a number with a unit. Holds the text already [`shorten`]ed.
     #[error("invalid duration {0:?}: use a number with a unit, e.g. 200ms, 30s, 5m, 24h")]
     Duration(String),
+    /// Longer than any duration a plan may hold. Holds the text already [`shorten`]ed.
+    #[error("invalid duration {0:?}: longer than {max}", max = crate::duration::MAX_DURATION_TEXT)]
+    DurationTooLong(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_user_strings_are_cut_on_a_char_boundary() {
+        assert_eq!(shorten("short"), "short");
+        let exact = "x".repeat(MAX_SHOWN_CHARS);
+        assert_eq!(shorten(&exact), exact.as_str());
+        let long = "é".repeat(MAX_SHOWN_CHARS + 1);
+        let cut = shorten(&long);
+        assert_eq!(cut.chars().count(), MAX_SHOWN_CHARS + 1);
+        assert!(cut.ends_with("é…"), "{cut}");
+        assert_eq!(
+            quoted(&"a".repeat(1_000)).len(),
+            2 + MAX_SHOWN_CHARS + '…'.len_utf8()
+        );
+    }
 }

@@ -18,6 +18,8 @@ pub mod plan;
 pub mod retry;
 pub mod state;
 pub mod template;
+#[doc(hidden)]
+pub mod testkit;
 
 pub use decide::{decide, recover, Decision, Recovery};
 pub use error::{FoldError, PlanError, RuntimeError};

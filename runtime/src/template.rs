@@ -1,15 +1,38 @@
 //! `${input.a.b}` and `${steps.ID.output.x}` references inside step arguments: finding them
 //! (for validation) and resolving them against the input and recorded step outputs (at run
 //! time). A string that is exactly one reference is replaced by the referenced JSON value
-//! (keeping its type); otherwise references are interpolated as text.
+//! (keeping its type); otherwise references are interpolated as text. Every message names a
+//! reference as the user wrote it (`${steps.a.output.x}`), cut to a bounded length.
 
+use crate::error::{quoted, shorten};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fmt::{self, Write};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reference {
     Input(Vec<String>),
     Step { step: String, path: Vec<String> },
+}
+
+/// Renders the reference as written in a plan: `${input.a.b}`, `${steps.ID.output.x}`.
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = match self {
+            Reference::Input(path) => {
+                f.write_str("${input")?;
+                path
+            }
+            Reference::Step { step, path } => {
+                write!(f, "${{steps.{step}.output")?;
+                path
+            }
+        };
+        for seg in path {
+            write!(f, ".{seg}")?;
+        }
+        f.write_str("}")
+    }
 }
 
 /// Calls `f(json_path, text)` for every string inside `v`, with paths like `.body.items[2]`.
@@ -20,7 +43,8 @@ pub fn visit_strings(v: &Value, f: &mut dyn FnMut(&str, &str)) {
             Value::Array(a) => {
                 for (i, x) in a.iter().enumerate() {
                     let len = path.len();
-                    path.push_str(&format!("[{i}]"));
+                    // Writing to a String cannot fail.
+                    let _ = write!(path, "[{i}]");
                     go(x, path, f);
                     path.truncate(len);
                 }
@@ -40,57 +64,72 @@ pub fn visit_strings(v: &Value, f: &mut dyn FnMut(&str, &str)) {
     go(v, &mut String::new(), f)
 }
 
-fn spans(text: &str) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(start) = text[i..].find("${") {
-        let s = i + start;
-        match text[s..].find('}') {
-            Some(end) => {
-                out.push((s, s + end + 1));
-                i = s + end + 1;
-            }
-            None => {
-                out.push((s, text.len()));
-                break;
-            }
-        }
+/// The byte ranges of the `${…}` spans in a text, in order. An unterminated `${` runs to the
+/// end of the text.
+struct Spans<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl Iterator for Spans<'_> {
+    type Item = (usize, usize);
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let start = self.at + self.text.get(self.at..)?.find("${")?;
+        let end = match self.text[start..].find('}') {
+            Some(close) => start + close + 1,
+            None => self.text.len(),
+        };
+        // Past the end: the next call finds nothing.
+        self.at = if end == self.text.len() { end + 1 } else { end };
+        Some((start, end))
     }
-    out
+}
+
+fn spans(text: &str) -> Spans<'_> {
+    Spans { text, at: 0 }
+}
+
+/// How many `${…}` references (well-formed or not) a text holds: what the plan's
+/// reference cap counts. Allocates nothing.
+pub fn count_references(text: &str) -> usize {
+    spans(text).count()
 }
 
 fn parse(inner: &str) -> Result<Reference, String> {
-    let segs: Vec<String> = inner.split('.').map(|s| s.to_string()).collect();
+    let bad = |why: &str| format!("bad reference {}: {why}", shorten(&format!("${{{inner}}}")));
+    let segs: Vec<&str> = inner.split('.').collect();
     if segs.iter().any(|s| s.is_empty()) {
-        return Err(format!("bad reference ${{{inner}}}: empty path segment"));
+        return Err(bad("empty path segment"));
     }
-    match segs[0].as_str() {
-        "input" => Ok(Reference::Input(segs[1..].to_vec())),
+    let owned = |segs: &[&str]| segs.iter().map(|s| s.to_string()).collect();
+    match segs[0] {
+        "input" => Ok(Reference::Input(owned(&segs[1..]))),
         "steps" => {
             if segs.len() < 3 || segs[2] != "output" {
-                return Err(format!(
-                    "bad reference ${{{inner}}}: use ${{steps.ID.output...}}"
-                ));
+                return Err(bad("use ${steps.ID.output...}"));
             }
             Ok(Reference::Step {
-                step: segs[1].clone(),
-                path: segs[3..].to_vec(),
+                step: segs[1].to_string(),
+                path: owned(&segs[3..]),
             })
         }
-        other => Err(format!(
-            "bad reference ${{{inner}}}: {other:?} is not a root; use input or steps"
-        )),
+        other => Err(bad(&format!(
+            "{} is not a root; use input or steps",
+            quoted(other)
+        ))),
     }
 }
 
 /// Every reference in one string, parsed (or an error message for a malformed one).
 pub fn references(text: &str) -> Vec<Result<Reference, String>> {
     spans(text)
-        .into_iter()
         .map(|(s, e)| {
             let raw = &text[s..e];
             if !raw.ends_with('}') {
-                return Err(format!("unterminated reference in {text:?}"));
+                return Err(format!(
+                    "unterminated reference {} (no closing }})",
+                    quoted(raw)
+                ));
             }
             parse(&raw[2..raw.len() - 1])
         })
@@ -121,11 +160,11 @@ pub fn resolve(
         };
         found
             .cloned()
-            .ok_or_else(|| format!("reference {r:?} resolves to nothing"))
+            .ok_or_else(|| format!("reference {} resolves to nothing", shorten(&r.to_string())))
     };
     Ok(match args {
         Value::String(s) => {
-            let sp = spans(s);
+            let sp: Vec<(usize, usize)> = spans(s).collect();
             if sp.len() == 1 && sp[0] == (0, s.len()) && s.ends_with('}') {
                 get(&parse(&s[2..s.len() - 1])?)?
             } else if sp.is_empty() {
@@ -173,5 +212,83 @@ mod tests {
         let r = resolve(&args, &json!({"o": "x"}), &outs).unwrap();
         assert_eq!(r, json!({"n": 5, "s": "n=5/x", "i": 2}));
         assert!(resolve(&json!("${input.missing}"), &json!({}), &outs).is_err());
+    }
+
+    #[test]
+    fn display_renders_what_the_user_wrote() {
+        for text in [
+            "${input}",
+            "${input.order}",
+            "${input.a.0.b}",
+            "${steps.a.output}",
+            "${steps.fetch-1.output.body.items.2}",
+            "${steps.a.output.__proto__}",
+        ] {
+            let parsed = references(text);
+            assert_eq!(parsed.len(), 1, "{text}");
+            let r = parsed[0].as_ref().unwrap();
+            assert_eq!(r.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn resolve_errors_name_the_reference_as_written() {
+        let mut outs = BTreeMap::new();
+        outs.insert("a".to_string(), json!({"n": 1}));
+        let e = resolve(&json!("${steps.a.output.__proto__}"), &json!({}), &outs).unwrap_err();
+        assert_eq!(
+            e,
+            "reference ${steps.a.output.__proto__} resolves to nothing"
+        );
+        let e = resolve(&json!({"k": "x=${input.a.b}"}), &json!({"a": {}}), &outs).unwrap_err();
+        assert_eq!(e, "reference ${input.a.b} resolves to nothing");
+        let long = format!("${{input.{}}}", "k".repeat(10_000));
+        let e = resolve(&json!(long), &json!({}), &outs).unwrap_err();
+        assert!(e.len() < 120 && e.contains('…'), "{e}");
+    }
+
+    #[test]
+    fn malformed_references_are_named_briefly() {
+        let cases = [
+            (
+                "${input..x}",
+                "bad reference ${input..x}: empty path segment",
+            ),
+            (
+                "${steps.a.out}",
+                "bad reference ${steps.a.out}: use ${steps.ID.output...}",
+            ),
+            (
+                "${env.HOME}",
+                "bad reference ${env.HOME}: \"env\" is not a root; use input or steps",
+            ),
+            (
+                "x ${input.a",
+                "unterminated reference \"${input.a\" (no closing })",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = references(text);
+            assert_eq!(got, vec![Err(want.to_string())], "{text}");
+        }
+        let long = format!("${{nope{}}}", "x".repeat(100_000));
+        let got = references(&long);
+        let Err(m) = &got[0] else { panic!("{got:?}") };
+        assert!(m.len() < 300, "{} bytes", m.len());
+    }
+
+    #[test]
+    fn spans_are_counted_like_they_are_parsed() {
+        for (text, n) in [
+            ("", 0),
+            ("plain", 0),
+            ("${a}", 1),
+            ("${a}${b} ${c", 3),
+            ("${a${b}", 1),
+            ("}${", 1),
+        ] {
+            assert_eq!(count_references(text), n, "{text}");
+            assert_eq!(references(text).len(), n, "{text}");
+        }
     }
 }

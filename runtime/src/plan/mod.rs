@@ -1,14 +1,20 @@
-//! The plan model (a DAG of steps) and its validation. Validation is total: it reports
-//! every problem, each located by its JSON path, and a plan that passes can be run without
-//! any further checks (unique ids, `needs` exist, no cycles, known tools, references only
-//! to the input and to steps the referring step transitively needs).
+//! The plan model (a DAG of steps), its documented caps and duration bounds. Validation
+//! (in `validate`) is total: it reports every problem, each located by its JSON path, and a
+//! plan that passes can be run without any further checks (unique ids, `needs` exist, no
+//! cycles, known tools, durations within bounds, references only to the input and to steps
+//! the referring step transitively needs). Its cost is near-linear in the size of the plan,
+//! and the caps below are checked first, so a hostile plan costs little to refuse.
+//! User-facing reference: docs/plans.md.
 
-use crate::duration::HumanDuration;
+mod validate;
+
+use crate::duration::{HumanDuration, DAY_MS, HOUR_MS};
 use crate::error::PlanError;
-use crate::template;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 /// How safe a tool call is to repeat (DESIGN §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -135,11 +141,31 @@ impl StepSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     pub steps: Vec<StepSpec>,
+    /// Step id → position, built on the first [`Plan::step`] lookup so run-time lookups are
+    /// O(1). Never serialized; shared by clones.
+    #[serde(skip)]
+    by_id: StepIndex,
 }
+
+/// Equal plans have equal steps; the lookup cache plays no part.
+impl PartialEq for Plan {
+    fn eq(&self, other: &Self) -> bool {
+        self.steps == other.steps
+    }
+}
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plan").field("steps", &self.steps).finish()
+    }
+}
+
+#[derive(Clone, Default)]
+struct StepIndex(OnceLock<Arc<HashMap<String, usize>>>);
 
 /// What validation needs to know about tools: whether a name exists and its declared
 /// effect class. Implemented by the worker's tool registry.
@@ -153,13 +179,81 @@ impl<F: Fn(&str) -> Option<EffectClass>> ToolCatalog for F {
     }
 }
 
-/// Upper bounds that keep a hostile plan from costing us memory or time.
+// Caps: upper bounds that keep a hostile plan from costing memory or time. They are
+// checked before anything else, and a plan over any of them is refused at once.
+
+/// Steps in one plan.
 pub const MAX_STEPS: usize = 1_000;
+/// Entries in one step's `needs`.
+pub const MAX_NEEDS_PER_STEP: usize = 100;
+/// `needs` entries summed over all steps (the edges of the graph).
+pub const MAX_EDGES: usize = 10_000;
+/// `${…}` references summed over all string values in the `args` of all steps.
+pub const MAX_REFERENCES: usize = 10_000;
+/// Characters of a step id or a wait signal name.
 pub const MAX_ID_LEN: usize = 128;
+/// The largest `retry.max_attempts` (the smallest is 1).
+pub const MAX_RETRY_ATTEMPTS: u32 = 100;
+
+/// Inclusive bounds of one duration field of a step, with both ends as users write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationBounds {
+    pub min_ms: u64,
+    pub min: &'static str,
+    pub max_ms: u64,
+    pub max: &'static str,
+}
+
+impl DurationBounds {
+    pub fn contains(&self, d: &HumanDuration) -> bool {
+        (self.min_ms..=self.max_ms).contains(&d.as_millis())
+    }
+}
+
+const fn at_least_1ms_up_to(max_ms: u64, max: &'static str) -> DurationBounds {
+    DurationBounds {
+        min_ms: 1,
+        min: "1ms",
+        max_ms,
+        max,
+    }
+}
+
+/// A tool step's `timeout`.
+pub const TOOL_TIMEOUT_BOUNDS: DurationBounds = at_least_1ms_up_to(24 * HOUR_MS, "24h");
+/// A `sleep` step's duration.
+pub const SLEEP_BOUNDS: DurationBounds = at_least_1ms_up_to(365 * DAY_MS, "365d");
+/// A wait step's `wait.timeout`.
+pub const WAIT_TIMEOUT_BOUNDS: DurationBounds = at_least_1ms_up_to(365 * DAY_MS, "365d");
+/// `retry.initial`: the first backoff delay.
+pub const RETRY_INITIAL_BOUNDS: DurationBounds = at_least_1ms_up_to(HOUR_MS, "1h");
+/// `retry.max`: the longest backoff delay (and never shorter than `retry.initial`).
+pub const RETRY_MAX_BOUNDS: DurationBounds = at_least_1ms_up_to(24 * HOUR_MS, "24h");
 
 impl Plan {
+    /// A plan of these steps (what deserializing `{"steps": [...]}` yields).
+    pub fn new(steps: Vec<StepSpec>) -> Plan {
+        Plan {
+            steps,
+            by_id: StepIndex::default(),
+        }
+    }
+
+    /// The step with this id (the first, if a plan that failed validation repeats it). O(1)
+    /// after the first call, which indexes the steps once.
     pub fn step(&self, id: &str) -> Option<&StepSpec> {
-        self.steps.iter().find(|s| s.id == id)
+        let index = self.by_id.0.get_or_init(|| {
+            let mut index = HashMap::with_capacity(self.steps.len());
+            for (i, s) in self.steps.iter().enumerate() {
+                index.entry(s.id.clone()).or_insert(i);
+            }
+            Arc::new(index)
+        });
+        match index.get(id).and_then(|&i| self.steps.get(i)) {
+            Some(s) if s.id == id => Some(s),
+            // `steps` is public: if it changed after the index was built, scan.
+            _ => self.steps.iter().find(|s| s.id == id),
+        }
     }
 
     /// The effect class a step runs with: its own `effect`, else its tool's.
@@ -170,210 +264,12 @@ impl Plan {
     }
 
     /// Every problem with this plan, each named by its JSON path (prefixed `plan.steps[i]`).
-    /// Empty means the plan is runnable.
+    /// Empty means the plan is runnable. If a cap is exceeded, only the caps are reported.
     pub fn validate(&self, tools: &dyn ToolCatalog) -> Vec<PlanError> {
-        let mut errs = Vec::new();
-        let err = |errs: &mut Vec<PlanError>, path: String, message: String| {
-            errs.push(PlanError { path, message })
-        };
-        if self.steps.is_empty() {
-            err(
-                &mut errs,
-                "plan.steps".into(),
-                "a plan needs at least one step".into(),
-            );
-        }
-        if self.steps.len() > MAX_STEPS {
-            err(
-                &mut errs,
-                "plan.steps".into(),
-                format!(
-                    "at most {MAX_STEPS} steps are allowed, got {}",
-                    self.steps.len()
-                ),
-            );
-            return errs;
-        }
-        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
-        for (i, s) in self.steps.iter().enumerate() {
-            let p = format!("plan.steps[{i}]");
-            let id_ok = !s.id.is_empty()
-                && s.id.len() <= MAX_ID_LEN
-                && s.id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !id_ok {
-                err(
-                    &mut errs,
-                    format!("{p}.id"),
-                    format!(
-                        "step id {:?} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_-]",
-                        s.id
-                    ),
-                );
-            }
-            if index.insert(s.id.as_str(), i).is_some() {
-                err(
-                    &mut errs,
-                    format!("{p}.id"),
-                    format!("duplicate step id {:?}", s.id),
-                );
-            }
-            let kinds = [s.tool.is_some(), s.wait.is_some(), s.sleep.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
-            if kinds != 1 {
-                err(
-                    &mut errs,
-                    p.clone(),
-                    "a step must have exactly one of \"tool\", \"wait\", \"sleep\"".into(),
-                );
-            }
-            if let Some(w) = &s.wait {
-                let ok = !w.signal.is_empty()
-                    && w.signal.len() <= MAX_ID_LEN
-                    && w.signal
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
-                if !ok {
-                    err(
-                        &mut errs,
-                        format!("{p}.wait.signal"),
-                        format!(
-                            "signal name {:?} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_.-]",
-                            w.signal
-                        ),
-                    );
-                }
-            }
-            if (s.wait.is_some() || s.sleep.is_some())
-                && (s.retry.is_some()
-                    || s.effect.is_some()
-                    || s.timeout.is_some()
-                    || !s.args.is_null())
-            {
-                err(
-                    &mut errs,
-                    p.clone(),
-                    "retry, effect, timeout and args apply to tool steps only (a wait has wait.timeout)".into(),
-                );
-            }
-            if let Some(tool) = &s.tool {
-                if tools.effect_class(tool).is_none() {
-                    err(
-                        &mut errs,
-                        format!("{p}.tool"),
-                        format!("unknown tool {tool:?}"),
-                    );
-                }
-            }
-            if let Some(r) = &s.retry {
-                if r.max_attempts == 0 || r.max_attempts > 100 {
-                    err(
-                        &mut errs,
-                        format!("{p}.retry.max_attempts"),
-                        "must be between 1 and 100".into(),
-                    );
-                }
-            }
-        }
-        for (i, s) in self.steps.iter().enumerate() {
-            for (j, n) in s.needs.iter().enumerate() {
-                if !index.contains_key(n.as_str()) {
-                    err(
-                        &mut errs,
-                        format!("plan.steps[{i}].needs[{j}]"),
-                        format!("unknown step {n:?}"),
-                    );
-                } else if n == &s.id {
-                    err(
-                        &mut errs,
-                        format!("plan.steps[{i}].needs[{j}]"),
-                        "a step cannot need itself".into(),
-                    );
-                }
-            }
-        }
-        if let Some(cycle) = self.find_cycle(&index) {
-            err(
-                &mut errs,
-                format!("plan.steps[{}].needs", index[cycle[0].as_str()]),
-                format!("cycle: {}", cycle.join(" -> ")),
-            );
-            return errs;
-        }
-        // References may only reach the input and steps this step transitively needs.
-        for (i, s) in self.steps.iter().enumerate() {
-            let ancestors = self.ancestors(&s.id);
-            template::visit_strings(&s.args, &mut |json_path, text| {
-                for r in template::references(text) {
-                    let path = format!("plan.steps[{i}].args{json_path}");
-                    match r {
-                        Ok(template::Reference::Input(_)) => {}
-                        Ok(template::Reference::Step { step, .. }) => {
-                            if !index.contains_key(step.as_str()) {
-                                err(
-                                    &mut errs,
-                                    path,
-                                    format!("reference to unknown step {step:?}"),
-                                );
-                            } else if !ancestors.contains(step.as_str()) {
-                                err(
-                                    &mut errs,
-                                    path,
-                                    format!("reference to step {step:?}, which this step does not (transitively) need"),
-                                );
-                            }
-                        }
-                        Err(m) => err(&mut errs, path, m),
-                    }
-                }
-            });
-        }
-        errs
+        validate::validate(self, tools)
     }
 
-    fn find_cycle(&self, index: &BTreeMap<&str, usize>) -> Option<Vec<String>> {
-        // Iterative three-colour DFS; returns the ids on the first cycle found.
-        let n = self.steps.len();
-        let mut colour = vec![0u8; n];
-        for root in 0..n {
-            if colour[root] != 0 {
-                continue;
-            }
-            let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
-            colour[root] = 1;
-            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-                let needs = &self.steps[node].needs;
-                if *next < needs.len() {
-                    let dep = needs[*next].as_str();
-                    *next += 1;
-                    if let Some(&d) = index.get(dep) {
-                        if colour[d] == 1 {
-                            let start = stack.iter().position(|(x, _)| *x == d).unwrap_or(0);
-                            let mut ids: Vec<String> = stack[start..]
-                                .iter()
-                                .map(|(x, _)| self.steps[*x].id.clone())
-                                .collect();
-                            ids.push(self.steps[d].id.clone());
-                            return Some(ids);
-                        }
-                        if colour[d] == 0 {
-                            colour[d] = 1;
-                            stack.push((d, 0));
-                        }
-                    }
-                } else {
-                    colour[node] = 2;
-                    stack.pop();
-                }
-            }
-        }
-        None
-    }
-
-    /// All steps `id` needs, directly or transitively.
+    /// All steps `id` needs, directly or transitively. Visits each step and need once.
     pub fn ancestors(&self, id: &str) -> BTreeSet<&str> {
         let mut seen = BTreeSet::new();
         let mut todo: Vec<&str> = self
@@ -493,5 +389,90 @@ mod tests {
         let r: Result<Plan, _> =
             serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo", "bogus": 1}]}));
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_long_cycle_is_named_briefly() {
+        let n = 50;
+        let steps: Vec<Value> = (0..n)
+            .map(|k| json!({"id": format!("s{k}"), "tool": "echo", "needs": [format!("s{}", (k + 1) % n)]}))
+            .collect();
+        let e = paths(&plan(json!({ "steps": steps })));
+        assert_eq!(
+            e,
+            vec!["plan.steps[0].needs: cycle of 50 steps: s0 -> s1 -> s2 -> s3 -> s4 -> s5 -> s6 -> s7 -> s8 -> s9 -> … -> s0"]
+        );
+    }
+
+    #[test]
+    fn self_needs_are_reported_once_and_references_still_checked() {
+        let p = plan(json!({"steps": [
+            {"id": "a", "tool": "echo", "needs": ["a"], "args": {"x": "${steps.a.output}"}}
+        ]}));
+        assert_eq!(
+            paths(&p),
+            vec![
+                "plan.steps[0].needs[0]: a step cannot need itself",
+                "plan.steps[0].args.x: reference to step \"a\", which this step does not (transitively) need"
+            ]
+        );
+    }
+
+    #[test]
+    fn step_lookup_is_indexed_and_never_stale() {
+        let mut p = plan(json!({"steps": [
+            {"id": "a", "tool": "echo"},
+            {"id": "b", "tool": "echo", "needs": ["a"]},
+            {"id": "c", "tool": "echo", "needs": ["b"]}
+        ]}));
+        assert_eq!(
+            p.step("b").map(|s| s.needs.clone()),
+            Some(vec!["a".to_string()])
+        );
+        assert!(p.step("zz").is_none());
+        let copy = p.clone();
+        assert_eq!(copy, p);
+        // Changed after the index was built: lookups still see the steps as they are.
+        p.steps.swap(0, 2);
+        p.steps
+            .push(serde_json::from_value(json!({"id": "d", "tool": "echo"})).unwrap());
+        assert_eq!(p.step("a").map(|s| s.id.as_str()), Some("a"));
+        assert_eq!(p.step("c").map(|s| s.id.as_str()), Some("c"));
+        assert_eq!(p.step("d").map(|s| s.id.as_str()), Some("d"));
+        assert_eq!(
+            copy.step("c").map(|s| s.needs.clone()),
+            Some(vec!["b".to_string()])
+        );
+        // The index is not part of the plan: equality and JSON are the steps alone.
+        assert_ne!(copy, p);
+        let fresh = plan(serde_json::to_value(&copy).unwrap());
+        assert_eq!(fresh, copy);
+        assert_eq!(
+            serde_json::to_string(&fresh).unwrap(),
+            serde_json::to_string(&copy).unwrap()
+        );
+    }
+
+    #[test]
+    fn ancestors_are_transitive() {
+        let p = plan(json!({"steps": [
+            {"id": "a", "tool": "echo"},
+            {"id": "b", "tool": "echo", "needs": ["a"]},
+            {"id": "c", "tool": "echo", "needs": ["a"]},
+            {"id": "d", "tool": "echo", "needs": ["b", "c"]},
+            {"id": "e", "tool": "echo"}
+        ]}));
+        assert_eq!(
+            p.ancestors("d").into_iter().collect::<Vec<_>>(),
+            vec!["a", "b", "c"]
+        );
+        assert!(p.ancestors("a").is_empty() && p.ancestors("nope").is_empty());
+    }
+
+    #[test]
+    fn serialization_is_unchanged() {
+        let text = r#"{"steps":[{"id":"a","tool":"echo","args":{"x":1},"needs":["b"],"effect":"pure","retry":{"max_attempts":2,"backoff":"fixed","initial":"0005s","max":"1m"},"timeout":"30s"},{"id":"b","wait":{"signal":"go","timeout":"1d"}},{"id":"c","sleep":"200ms"}]}"#;
+        let p: Plan = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&p).unwrap(), text);
     }
 }
