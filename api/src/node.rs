@@ -82,6 +82,8 @@ pub fn start_node(
     cfg: NodeConfig,
 ) -> std::io::Result<(NodeHandle, actix_web::dev::Server)> {
     let metrics = Arc::new(Metrics::default());
+    let names = tools.names();
+    let tool_names: Vec<&str> = names.iter().map(String::as_str).collect();
     let catalog = Arc::new(
         tools
             .names()
@@ -120,6 +122,7 @@ pub fn start_node(
         tools: catalog,
         metrics: metrics.clone(),
         body: cfg.body,
+        openapi: web::Bytes::from(crate::openapi::document(&tool_names).to_string()),
         validation: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),

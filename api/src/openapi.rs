@@ -6,13 +6,13 @@
 //! What each operation documents, besides its own answer and statuses: 401/403 and the
 //! bearer scheme when it needs a token, 400/408/413/415 when it takes a body, 400 when it
 //! takes a query, 503 (connection limit or store unavailable) everywhere but `/healthz`;
-//! every error is `application/problem+json` ([`Problem`]).
+//! every error is `application/problem+json` ([`Problem`]). A route that creates something
+//! links to the routes that take its id; a step's `tool` lists the node's own tools.
 
 use crate::routes::{Access, RouteSpec, ROUTES};
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
-use std::sync::OnceLock;
 
 /// An RFC 9457 problem, as every error of the API is answered.
 #[derive(serde::Serialize, JsonSchema)]
@@ -40,14 +40,8 @@ pub struct PlanProblem {
     pub message: String,
 }
 
-/// The document as JSON text (built once).
-pub fn document_text() -> &'static str {
-    static DOC: OnceLock<String> = OnceLock::new();
-    DOC.get_or_init(|| document().to_string())
-}
-
-/// Builds the document.
-pub fn document() -> Value {
+/// Builds the document of a node whose tools are `tools`.
+pub fn document(tools: &[&str]) -> Value {
     let mut g = SchemaSettings::draft2020_12()
         .with(|s| {
             s.definitions_path = "/components/schemas".into();
@@ -61,7 +55,12 @@ pub fn document() -> Value {
         let item = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         item[r.method.as_str().to_ascii_lowercase()] = op;
     }
-    let schemas = Value::Object(g.take_definitions(true));
+    let mut schemas = Value::Object(g.take_definitions(true));
+    if let Some(tool) = schemas.pointer_mut("/StepSpec/properties/tool") {
+        let mut names: Vec<Value> = tools.iter().map(|t| json!(t)).collect();
+        names.push(Value::Null);
+        tool["enum"] = Value::Array(names);
+    }
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -104,7 +103,7 @@ fn operation(r: &RouteSpec, g: &mut SchemaGenerator, problem: &Schema) -> Value 
     let mut params: Vec<Value> = r
         .path_params()
         .map(|name| {
-            json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+            json!({"name": name, "in": "path", "required": true, "schema": path_param(r.path, name)})
         })
         .collect();
     if let Some(q) = r.query {
@@ -125,10 +124,11 @@ fn operation(r: &RouteSpec, g: &mut SchemaGenerator, problem: &Schema) -> Value 
     if r.answer.event_stream {
         content["text/event-stream"] = json!({"schema": {"type": "string"}});
     }
-    responses.insert(
-        r.answer.status.to_string(),
-        json!({"description": r.answer.description, "content": content}),
-    );
+    let mut ok = json!({"description": r.answer.description, "content": content});
+    if let Some(links) = links(r) {
+        ok["links"] = links;
+    }
+    responses.insert(r.answer.status.to_string(), ok);
     for status in r.error_statuses() {
         let answer = if status < 400 {
             // Another success with the same body (an idempotent repeat).
@@ -143,6 +143,35 @@ fn operation(r: &RouteSpec, g: &mut SchemaGenerator, problem: &Schema) -> Value 
     }
     op["responses"] = Value::Object(responses);
     op
+}
+
+/// Links from a creating route to every route under what it creates, passing the id.
+fn links(r: &RouteSpec) -> Option<Value> {
+    let (prefix, pointer) = r.creates?;
+    let mut out = Map::new();
+    for target in ROUTES.iter().filter(|t| t.path.starts_with(prefix)) {
+        out.insert(
+            target.operation.to_string(),
+            json!({
+                "operationId": target.operation,
+                "parameters": {"id": format!("$response.body#{pointer}")},
+            }),
+        );
+    }
+    Some(Value::Object(out))
+}
+
+/// The schema of a path parameter: what the handler accepts (anything else is a 400, or a
+/// 404 for ids that cannot name a job).
+fn path_param(path: &str, name: &str) -> Value {
+    match (path.split('/').nth(2), name) {
+        (Some("jobs"), "id") => json!({"type": "string", "format": "uuid"}),
+        (Some("jobs"), "name") => json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}),
+        (Some("jobs"), "step") => json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}),
+        (Some("tenants"), "id") => json!({"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}),
+        (Some("users"), "id") => json!({"type": "string", "pattern": "^[A-Za-z0-9_.@+-]{1,256}$"}),
+        _ => json!({"type": "string"}),
+    }
 }
 
 /// Query parameters from a query struct's (inline) schema: one parameter per property.
@@ -230,7 +259,7 @@ mod tests {
 
     #[test]
     fn every_route_is_documented_with_its_statuses() {
-        let doc = document();
+        let doc = document(&["echo"]);
         assert_eq!(doc["openapi"], "3.1.0");
         for r in ROUTES {
             let op = &doc["paths"][r.path][r.method.as_str().to_ascii_lowercase()];
@@ -256,8 +285,21 @@ mod tests {
     }
 
     #[test]
+    fn creating_routes_link_to_what_takes_their_id() {
+        let doc = document(&["echo", "http"]);
+        let links = &doc["paths"]["/v1/jobs"]["post"]["responses"]["201"]["links"];
+        assert_eq!(
+            links["getJob"]["parameters"]["id"],
+            "$response.body#/job_id"
+        );
+        assert!(links.get("confirmStep").is_some());
+        let tool = &doc["components"]["schemas"]["StepSpec"]["properties"]["tool"];
+        assert_eq!(tool["enum"], json!(["echo", "http", null]));
+    }
+
+    #[test]
     fn query_structs_become_parameters() {
-        let doc = document();
+        let doc = document(&["echo"]);
         let params = doc["paths"]["/v1/jobs"]["get"]["parameters"]
             .as_array()
             .expect("parameters");

@@ -33,6 +33,9 @@ pub enum ApiError {
     InvalidPlan(Vec<PlanError>),
     #[error("{0}")]
     NotFound(String),
+    /// A known path with another method (405 with `Allow`).
+    #[error("method {method} is not allowed here; use {allowed}")]
+    MethodNotAllowed { method: String, allowed: String },
     #[error("request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
     /// The body did not arrive within the deadline (408; the connection is closed).
@@ -77,6 +80,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::InvalidPlan(_) => "invalid-plan",
             ApiError::NotFound(_) => "not-found",
+            ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::TooLarge(_) => "payload-too-large",
             ApiError::BodyTimeout(_) => "request-timeout",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
@@ -94,6 +98,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "Bad request",
             ApiError::InvalidPlan(_) => "Invalid plan",
             ApiError::NotFound(_) => "Not found",
+            ApiError::MethodNotAllowed { .. } => "Method not allowed",
             ApiError::TooLarge(_) => "Payload too large",
             ApiError::BodyTimeout(_) => "Request timeout",
             ApiError::UnsupportedMediaType(_) => "Unsupported media type",
@@ -114,6 +119,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidPlan(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -146,6 +152,9 @@ impl ResponseError for ApiError {
         }
         if let ApiError::Unauthorized(_) = self {
             resp.insert_header(("WWW-Authenticate", "Bearer error=\"invalid_token\""));
+        }
+        if let ApiError::MethodNotAllowed { allowed, .. } = self {
+            resp.insert_header(("Allow", allowed.as_str()));
         }
         if let ApiError::Overloaded(_) = self {
             resp.insert_header(("Retry-After", "1"));

@@ -73,6 +73,20 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// In a JSON Schema a duration is its text: a whole number and one unit.
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]+(ms|s|m|h|d)$",
+            "description": "A whole number and a unit: ms, s, m, h or d (e.g. 200ms, 30s, 24h)."
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

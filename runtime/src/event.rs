@@ -8,7 +8,7 @@ use crate::plan::{EffectClass, Plan};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EventBody {
     /// Seq 1 of every job: what was submitted.
@@ -119,7 +119,7 @@ pub enum EventBody {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConfirmOutcome {
     Succeeded,
@@ -164,16 +164,20 @@ impl EventBody {
 }
 
 /// An event as stored: header assigned by the store, body, and its place in the hash chain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RecordedEvent {
     pub job_id: JobId,
     pub seq: u64,
     /// Milliseconds since the Unix epoch, from the store's clock (G3: never a worker's).
     pub recorded_at_ms: i64,
     pub body: EventBody,
+    /// SHA-256 of the previous event (hex); zeros for the first.
     #[serde(with = "hex_bytes")]
+    #[schemars(with = "String")]
     pub prev_hash: [u8; 32],
+    /// This event's chain hash (hex): SHA-256(prev_hash ‖ header ‖ SHA-256(payload)).
     #[serde(with = "hex_bytes")]
+    #[schemars(with = "String")]
     pub hash: [u8; 32],
 }
 

@@ -12,6 +12,16 @@ use uuid::Uuid;
 #[serde(transparent)]
 pub struct JobId(pub Uuid);
 
+/// In a JSON Schema a job id is its UUID text.
+impl schemars::JsonSchema for JobId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JobId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "format": "uuid"})
+    }
+}
+
 impl JobId {
     /// A fresh UUIDv7. Callers pass the time in so the core stays free of clocks where it
     /// matters; ids are not part of the replayed state, only its key.

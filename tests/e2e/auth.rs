@@ -526,6 +526,16 @@ fn user_rows_narrow_roles_and_disable_users() {
         )
         .await;
         assert_eq!(s, 403);
+        // No self-lockout: an admin may not disable itself or drop its own admin role
+        // (409, nothing stored).
+        for body in [
+            json!({"roles": ["admin"], "disabled": true}),
+            json!({"roles": ["viewer"]}),
+            json!({"roles": []}),
+        ] {
+            let (s, p) = put(boss.clone(), "boss", body).await;
+            assert_eq!(s, 409, "{p}");
+        }
         let (s, list, _) = call(&c, "GET", &format!("{u}/v1/users"), Some(&boss), None).await;
         assert_eq!(s, 200);
         assert_eq!(list["users"].as_array().unwrap().len(), 1, "{list}");

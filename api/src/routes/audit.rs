@@ -27,6 +27,7 @@ pub const LIST: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[],
+    creates: None,
     mount: |r| r.to(audit),
 };
 
@@ -35,11 +36,14 @@ pub const LIST: RouteSpec = RouteSpec {
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only rows with a larger id (`next_after` of the previous page).
+    #[schemars(range(max = i64::MAX))]
     pub after: Option<u64>,
     /// Page size, 1-1000 (default 100).
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<usize>,
     /// Only this action (`job.cancel`-style, or a permission such as `job:create` for
     /// denials): 1-64 characters of `[a-z_.:]`.
+    #[schemars(regex(pattern = r"^[a-z_.:]{1,64}$"))]
     pub action: Option<String>,
 }
 

@@ -48,6 +48,7 @@ pub const CANCEL: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[404, 409],
+    creates: None,
     mount: |r| r.to(cancel),
 };
 
@@ -71,6 +72,7 @@ pub const SIGNAL: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[404, 409],
+    creates: None,
     mount: |r| r.to(signal),
 };
 
@@ -94,6 +96,7 @@ pub const CONFIRM: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[404, 409],
+    creates: None,
     mount: |r| r.to(confirm),
 };
 
@@ -103,6 +106,7 @@ pub const CONFIRM: RouteSpec = RouteSpec {
 pub struct CancelRequest {
     /// Why (recorded in the `job_cancelled` event), at most 1024 bytes.
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub reason: Option<String>,
     /// Who cancels: taken from the token; only honoured without authentication.
     #[serde(default)]
@@ -171,6 +175,7 @@ pub struct SignalRequest {
     /// Makes the signal idempotent: the same id is applied once. 1-128 characters of
     /// `[A-Za-z0-9_.-]`; a new id is made when absent.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,128}$"))]
     pub signal_id: Option<String>,
     /// Who sends it (an approval's approver): taken from the token; only honoured without
     /// authentication.
@@ -244,13 +249,13 @@ async fn signal(
 #[serde(deny_unknown_fields)]
 pub struct ConfirmRequest {
     /// `succeeded` (it happened; give its `output`) or `not_executed` (run it again).
-    #[schemars(with = "String")]
     pub outcome: ConfirmOutcome,
     /// The step's output (with `succeeded`), at most 256 KiB as JSON text.
     #[serde(default)]
     pub output: Option<Value>,
     /// A note for the record, at most 1024 bytes.
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub note: Option<String>,
     /// Who confirms: taken from the token; only honoured without authentication.
     #[serde(default)]

@@ -16,7 +16,7 @@ use crate::problem::ApiError;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use aetheris_actors::job::load_state;
-use aetheris_runtime::{JobId, JobState, JobStatus, Plan, StepStatus};
+use aetheris_runtime::{JobId, JobState, JobStatus, Plan, RecordedEvent, StepStatus};
 use aetheris_store::{AuditEntry, DynStore, JobSummary, ListFilter, NewJob, Scope};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,6 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 #[serde(deny_unknown_fields)]
 pub struct Submission {
     /// The plan: a DAG of steps (docs/plans.md).
-    #[schemars(with = "serde_json::Value")]
     pub plan: Plan,
     /// The job's input, referred to as `${input.…}` in step arguments.
     #[serde(default)]
@@ -38,6 +37,7 @@ pub struct Submission {
     /// A repeat with the same key and the same plan and input returns the same job (200);
     /// the same key with a different request is a 409. 1-256 characters.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 256))]
     pub idempotency_key: Option<String>,
 }
 
@@ -60,6 +60,7 @@ pub const SUBMIT: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[200, 409, 422, 429],
+    creates: Some(("/v1/jobs/{id}", "/job_id")),
     mount: |r| r.to(submit),
 };
 
@@ -79,6 +80,7 @@ pub const LIST: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[],
+    creates: None,
     mount: |r| r.to(list),
 };
 
@@ -98,6 +100,7 @@ pub const GET: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[404],
+    creates: None,
     mount: |r| r.to(get),
 };
 
@@ -118,6 +121,7 @@ pub const EVENTS: RouteSpec = RouteSpec {
         event_stream: true,
     },
     errors: &[404],
+    creates: None,
     mount: |r| r.to(events),
 };
 
@@ -137,6 +141,7 @@ pub const LEDGER: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[404],
+    creates: None,
     mount: |r| r.to(ledger),
 };
 
@@ -358,11 +363,20 @@ async fn get(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only jobs in this state.
+    #[schemars(schema_with = "job_states")]
     pub state: Option<String>,
     /// Continue after this cursor (`next_cursor` of the previous page).
+    #[schemars(extend("format" = "uuid"))]
     pub cursor: Option<String>,
     /// Page size, 1-1000 (default 50).
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<usize>,
+}
+
+/// The states a job can be in, from [`JobStatus::ALL`].
+fn job_states(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let states: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+    schemars::json_schema!({"type": "string", "enum": states})
 }
 
 /// A page of jobs; `next_cursor` is set when more may follow.
@@ -445,15 +459,17 @@ async fn list(
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Only events with a larger seq (`next_after` of the previous page).
+    #[schemars(range(max = i64::MAX))]
     pub after: Option<u64>,
     /// Page size, 1-1000 (default 1000). Not used by the event stream.
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<usize>,
 }
 
 /// A page of events; `next_after` is the last seq of the page.
 #[derive(Serialize, JsonSchema)]
 pub struct EventPage {
-    pub events: Vec<Value>,
+    pub events: Vec<RecordedEvent>,
     pub next_after: Option<u64>,
 }
 
@@ -489,11 +505,10 @@ async fn events(
         .read_events(Scope::Tenant(&p.tenant), id, q.after.unwrap_or(0), limit)
         .await?;
     let next_after = evs.last().map(|e| e.seq);
-    let events = evs
-        .iter()
-        .map(|e| serde_json::to_value(e).map_err(|e| ApiError::Internal(e.to_string())))
-        .collect::<Result<_, _>>()?;
-    Ok(HttpResponse::Ok().json(EventPage { events, next_after }))
+    Ok(HttpResponse::Ok().json(EventPage {
+        events: evs,
+        next_after,
+    }))
 }
 
 /// Server-Sent Events: every event after `after`, then new ones as they are appended

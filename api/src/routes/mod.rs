@@ -52,6 +52,8 @@ pub struct AppState {
     pub limits: aetheris_actors::ratelimit::RateLimiters,
     /// Bounds how many big bodies are parsed and validated at once, off the HTTP workers.
     pub validation: Arc<tokio::sync::Semaphore>,
+    /// This node's OpenAPI document (its tools are part of it), built once at start.
+    pub openapi: web::Bytes,
 }
 
 /// The tool catalog of a node, as plan validation sees it.
@@ -126,6 +128,9 @@ pub struct RouteSpec {
     /// Error statuses particular to this route; those implied by its access, body, query
     /// and the store are added by [`RouteSpec::error_statuses`].
     pub errors: &'static [u16],
+    /// What a success creates, for OpenAPI links: the routes under this path prefix take
+    /// its `{id}` from this JSON pointer into the answer (e.g. `("/v1/jobs/{id}", "/job_id")`).
+    pub creates: Option<(&'static str, &'static str)>,
     /// Attaches the handler to the route.
     pub mount: fn(actix_web::Route) -> actix_web::Route,
 }
@@ -199,7 +204,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(not_found));
 }
 
+/// Anything the table does not serve: 405 with `Allow` for a known path with another
+/// method, else 404.
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter(|r| path_matches(r.path, req.path()))
+        .map(|r| r.method.as_str())
+        .collect();
+    if !allowed.is_empty() {
+        return Err(ApiError::MethodNotAllowed {
+            method: req.method().to_string(),
+            allowed: allowed.join(", "),
+        });
+    }
     Err(ApiError::NotFound(format!(
         "no route for {} {}",
         req.method(),

@@ -33,6 +33,7 @@ pub const HEALTHZ: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[],
+    creates: None,
     mount: |r| r.to(healthz),
 };
 
@@ -52,6 +53,7 @@ pub const READYZ: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[],
+    creates: None,
     mount: |r| r.to(readyz),
 };
 
@@ -71,6 +73,7 @@ pub const METRICS: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[],
+    creates: None,
     mount: |r| r.to(metrics),
 };
 
@@ -90,6 +93,7 @@ pub const OPENAPI: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[],
+    creates: None,
     mount: |r| r.to(openapi),
 };
 
@@ -129,8 +133,8 @@ async fn metrics(p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, Api
         )))
 }
 
-async fn openapi() -> HttpResponse {
+async fn openapi(st: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(crate::openapi::document_text())
+        .body(st.openapi.clone())
 }

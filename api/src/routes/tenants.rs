@@ -32,6 +32,7 @@ pub const LIST: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[],
+    creates: None,
     mount: |r| r.to(list_tenants),
 };
 
@@ -54,6 +55,7 @@ pub const CREATE: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[409],
+    creates: Some(("/v1/tenants/{id}", "/id")),
     mount: |r| r.to(create_tenant),
 };
 
@@ -76,6 +78,7 @@ pub const SET_LIMITS: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[404],
+    creates: None,
     mount: |r| r.to(set_tenant_limits),
 };
 
@@ -84,9 +87,11 @@ pub const SET_LIMITS: RouteSpec = RouteSpec {
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     /// 1-64 characters of `[a-z0-9_-]`: the `tenant` claim of its tokens.
+    #[schemars(regex(pattern = r"^[a-z0-9_-]{1,64}$"))]
     pub id: String,
-    /// Display name, at most 256 bytes (default: the id).
+    /// Display name, 1-256 bytes (default: the id).
     #[serde(default)]
+    #[schemars(length(min = 1, max = 256))]
     pub name: Option<String>,
     #[serde(default)]
     pub limits: Option<TenantLimits>,

@@ -1,5 +1,6 @@
 //! A tenant's users (its own admins manage them): the roles a user's tokens may use and
-//! whether it is disabled, taking effect on the next request (no token is reissued).
+//! whether it is disabled, taking effect on the next request (no token is reissued). An
+//! admin cannot lock itself out (disable itself or drop its own admin role): 409.
 
 use super::{schema, Access, Answer, AppState, BodySpec, Caller, RouteSpec, MAX_NAME_BYTES};
 use crate::auth::{Permission, Role};
@@ -27,6 +28,7 @@ pub const LIST: RouteSpec = RouteSpec {
         event_stream: false,
     },
     errors: &[],
+    creates: None,
     mount: |r| r.to(list_users),
 };
 
@@ -48,7 +50,8 @@ pub const PUT: RouteSpec = RouteSpec {
         schema: schema::<UserView>,
         event_stream: false,
     },
-    errors: &[],
+    errors: &[409],
+    creates: None,
     mount: |r| r.to(put_user),
 };
 
@@ -57,9 +60,20 @@ pub const PUT: RouteSpec = RouteSpec {
 #[serde(deny_unknown_fields)]
 pub struct UserRequest {
     /// Role names: admin, operator, submitter, viewer, auditor.
+    #[schemars(schema_with = "role_names")]
     pub roles: Vec<String>,
     #[serde(default)]
     pub disabled: bool,
+}
+
+/// A list of role names, from [`Role::ALL`].
+fn role_names(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "string", "enum": names},
+        "maxItems": names.len(),
+    })
 }
 
 /// A user of a tenant.
@@ -131,6 +145,13 @@ async fn put_user(
                 crate::problem::clip(role, 32)
             ))
         })?;
+    }
+    // No self-lockout: the last way back in would be a new signing key.
+    if id == p.sub && (r.disabled || !r.roles.iter().any(|x| x == Role::Admin.as_str())) {
+        return Err(ApiError::Conflict(format!(
+            "user {id:?} is the caller: an admin may not disable itself or drop its own \
+             admin role; ask another admin"
+        )));
     }
     let user = st
         .store

@@ -10,6 +10,7 @@ mod validate;
 
 use crate::duration::{HumanDuration, DAY_MS, HOUR_MS};
 use crate::error::PlanError;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
@@ -17,7 +18,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 /// How safe a tool call is to repeat (DESIGN §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EffectClass {
     /// No side effect: may be re-run freely.
@@ -43,7 +44,7 @@ impl EffectClass {
 }
 
 /// Retries of one step. Every attempt reuses the step's invocation key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     #[serde(default = "default_max_attempts")]
@@ -60,7 +61,7 @@ fn default_max_attempts() -> u32 {
     3
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Backoff {
     #[default]
@@ -81,7 +82,7 @@ impl Default for RetryPolicy {
 
 /// One node of the plan as submitted. Exactly one of `tool`, `wait`, `sleep` is set; the
 /// flat shape mirrors the JSON users write (DESIGN §6).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub id: String,
@@ -104,7 +105,7 @@ pub struct StepSpec {
 }
 
 /// A `wait` step: park until a signal with this name arrives (an approval is a signal).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitSpec {
     pub signal: String,
@@ -141,9 +142,10 @@ impl StepSpec {
     }
 }
 
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
+    #[schemars(length(min = 1, max = MAX_STEPS))]
     pub steps: Vec<StepSpec>,
     /// Step id → position, built on the first [`Plan::step`] lookup so run-time lookups are
     /// O(1). Never serialized; shared by clones.
