@@ -35,7 +35,7 @@ fn pg_bootstrap_from_an_empty_database_to_a_first_job_as_the_readme_says() {
         dir.path(),
         &script,
         &[],
-        &[cluster.bin_dir.clone()],
+        std::slice::from_ref(&cluster.bin_dir),
         Duration::from_secs(300),
     );
     assert_ran("the README's production section", &run);

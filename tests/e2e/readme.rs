@@ -92,7 +92,7 @@ pub fn free_port() -> u16 {
 /// `cargo run … -- ARGS` as the built binary.
 const PREAMBLE: &str = r#"set -Eeuo pipefail
 shopt -s inherit_errexit
-trap 'echo "README COMMAND FAILED (exit $?): $BASH_COMMAND" >&2' ERR
+trap 'rc=$?; if [ -n "${FUNCNAME[0]:-}" ]; then l=${BASH_LINENO[0]}; else l=$LINENO; fi; echo "README COMMAND FAILED (exit $rc): $(sed -n "${l}p" "$0")" >&2' ERR
 cargo() {
   if [ "${1:-}" != run ]; then echo "the README may only use cargo run, not: cargo $*" >&2; return 97; fi
   shift
