@@ -5,7 +5,7 @@
 //! changes nothing, G8); the server checks them again and answers problem+json, which
 //! `client.rs` turns into one line and a non-zero exit.
 
-use crate::client::{block_on, client_with_token, request, resolve_token};
+use crate::client::{block_on, path_segment, Api};
 use aetheris_api::auth::Role;
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -46,9 +46,9 @@ pub enum AuditCommand {
         /// Only entries after this id (the `next_after` of a previous page).
         #[arg(long)]
         after: Option<u64>,
-        /// At most this many entries (1-1000, default 100).
-        #[arg(long)]
-        limit: Option<usize>,
+        /// At most this many entries (1-1000; the server's default is 100).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: Option<u16>,
         /// Only this action, e.g. `job.cancel`, or a permission (`job:create`) for denials.
         #[arg(long)]
         action: Option<String>,
@@ -74,10 +74,8 @@ pub fn user(server: &str, token: Option<&str>, cmd: UserCommand) -> Result<ExitC
     if let UserCommand::Put { roles, .. } = &cmd {
         check_roles(roles)?;
     }
-    let token = resolve_token(token);
-    let server = server.trim_end_matches('/').to_string();
+    let api = Api::from_args(server, token)?;
     block_on(async move {
-        let client = client_with_token(token.as_deref())?;
         match cmd {
             UserCommand::Put {
                 id,
@@ -85,13 +83,12 @@ pub fn user(server: &str, token: Option<&str>, cmd: UserCommand) -> Result<ExitC
                 disabled,
                 json,
             } => {
-                let (_, u) = request(
-                    &client,
-                    client
-                        .put(format!("{server}/v1/users/{}", path_segment(&id)))
-                        .json(&json!({"roles": roles, "disabled": disabled})),
-                )
-                .await?;
+                let (_, u) = api
+                    .send(
+                        api.put(&format!("/v1/users/{}", path_segment(&id)))
+                            .json(&json!({"roles": roles, "disabled": disabled})),
+                    )
+                    .await?;
                 if json {
                     println!("{u}");
                 } else {
@@ -99,7 +96,7 @@ pub fn user(server: &str, token: Option<&str>, cmd: UserCommand) -> Result<ExitC
                 }
             }
             UserCommand::List { json } => {
-                let (_, page) = request(&client, client.get(format!("{server}/v1/users"))).await?;
+                let (_, page) = api.send(api.get("/v1/users")).await?;
                 if json {
                     println!("{page}");
                 } else {
@@ -121,10 +118,8 @@ pub fn audit(server: &str, token: Option<&str>, cmd: AuditCommand) -> Result<Exi
         action,
         json,
     } = cmd;
-    let token = resolve_token(token);
-    let server = server.trim_end_matches('/').to_string();
+    let api = Api::from_args(server, token)?;
     block_on(async move {
-        let client = client_with_token(token.as_deref())?;
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(a) = after {
             query.push(("after", a.to_string()));
@@ -135,11 +130,7 @@ pub fn audit(server: &str, token: Option<&str>, cmd: AuditCommand) -> Result<Exi
         if let Some(a) = action {
             query.push(("action", a));
         }
-        let (_, page) = request(
-            &client,
-            client.get(format!("{server}/v1/audit")).query(&query),
-        )
-        .await?;
+        let (_, page) = api.send(api.get("/v1/audit").query(&query)).await?;
         if json {
             println!("{page}");
             return Ok(ExitCode::SUCCESS);
@@ -164,19 +155,6 @@ pub fn audit(server: &str, token: Option<&str>, cmd: AuditCommand) -> Result<Exi
         }
         Ok(ExitCode::SUCCESS)
     })?
-}
-
-/// A user id as one URL path segment (ids are `[A-Za-z0-9_.@+-]`; anything else is
-/// escaped so the server, not the URL parser, answers it).
-fn path_segment(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'@' | b'+' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn user_line(u: &Value) -> String {
@@ -222,12 +200,6 @@ mod tests {
         assert!(check_roles(&["admin".into(), "viewer".into()]).is_ok());
         let e = check_roles(&["root".into()]).unwrap_err();
         assert!(e.contains("unknown role \"root\""), "{e}");
-    }
-
-    #[test]
-    fn ids_become_one_path_segment() {
-        assert_eq!(path_segment("ada@example.com"), "ada@example.com");
-        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
     }
 
     #[test]

@@ -16,15 +16,24 @@ use std::time::Duration;
 
 #[derive(Args, Clone)]
 pub struct DbArgs {
-    /// PostgreSQL connection URL.
+    /// PostgreSQL URL: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
     #[arg(long, env = "AETHERIS_DATABASE_URL")]
     pub database_url: String,
-    /// Connections in the pool.
-    #[arg(long, default_value_t = 16)]
-    pub pool_size: usize,
-    /// Do not apply migrations at start.
+    /// Connections in the pool (at least 1).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub pool_size: u16,
+    /// Do not apply the database migrations at start (apply them with `aetheris
+    /// migrate` first).
     #[arg(long)]
     pub no_migrate: bool,
+}
+
+/// `aetheris migrate`: only the database.
+#[derive(Args, Clone)]
+pub struct MigrateArgs {
+    /// PostgreSQL URL: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
+    #[arg(long, env = "AETHERIS_DATABASE_URL")]
+    pub database_url: String,
 }
 
 #[derive(Args, Clone)]
@@ -86,10 +95,18 @@ pub fn load_limits(
     Ok(aetheris_actors::ratelimit::RateLimiters::new(cfg))
 }
 
+/// Connects a pool to `--database-url`; a failure says where it tried and why.
+async fn open(url: &str, pool_size: usize) -> Result<PgStore, String> {
+    crate::startup::describe_database_url(url)?;
+    match PgStore::connect(url, pool_size).await {
+        Ok(store) => Ok(store),
+        Err(e) => Err(crate::startup::database_error(url, e.to_string()).await),
+    }
+}
+
+/// The store of a server or worker: connected, and migrated unless `--no-migrate`.
 pub async fn connect(db: &DbArgs) -> Result<DynStore, String> {
-    let store = PgStore::connect(&db.database_url, db.pool_size)
-        .await
-        .map_err(|e| format!("database: {e}"))?;
+    let store = open(&db.database_url, usize::from(db.pool_size)).await?;
     if !db.no_migrate {
         store
             .migrate()
@@ -99,11 +116,9 @@ pub async fn connect(db: &DbArgs) -> Result<DynStore, String> {
     Ok(Arc::new(store))
 }
 
-pub fn migrate(db: DbArgs) -> Result<ExitCode, String> {
-    actix_rt::System::new().block_on(async move {
-        let store = PgStore::connect(&db.database_url, 1)
-            .await
-            .map_err(|e| format!("database: {e}"))?;
+pub fn migrate(db: MigrateArgs) -> Result<ExitCode, String> {
+    crate::startup::run_system(async move {
+        let store = open(&db.database_url, 1).await?;
         let applied = store
             .migrate()
             .await
@@ -201,7 +216,8 @@ pub fn server(
     let auth = auth.load()?;
     crate::dev::init_logging();
     let rate_limits = load_limits(limits.as_deref())?;
-    actix_rt::System::new().block_on(async move {
+    crate::startup::check_bind(&bind)?;
+    crate::startup::run_system(async move {
         let store = connect(&db).await?;
         let tools = ToolRegistry::with_builtins();
         let cfg = NodeConfig {
@@ -228,7 +244,7 @@ pub fn server(
 pub fn worker(db: DbArgs, w: WorkerArgs) -> Result<ExitCode, String> {
     crate::dev::init_logging();
     let config = w.config()?;
-    actix_rt::System::new().block_on(async move {
+    crate::startup::run_system(async move {
         let store = connect(&db).await?;
         let (finished, _) = tokio::sync::broadcast::channel(1024);
         let worker_id = config.worker_id.clone();

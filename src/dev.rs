@@ -1,8 +1,10 @@
 //! `aetheris dev`: gateway + worker in one process on the embedded redb store. With
 //! `--run FILE` it also submits that job, prints its trace when it finishes, and exits
-//! (0 if it succeeded): the README's first command.
+//! (0 if it succeeded): the README's first command. Start-up checks everything it can —
+//! job file, limits file, listen address, data dir — before opening the store or
+//! starting an actor, and any failure is one `error: …` line (see `startup.rs`).
 
-use crate::client::{fetch_events, print_trace, request, wait_for};
+use crate::client::{fetch_events, print_trace, submit, wait_for, Api, TokenSource};
 use aetheris_actors::{ToolRegistry, WorkerConfig};
 use aetheris_api::{start_node, NodeConfig};
 use aetheris_store::{DynStore, RedbStore};
@@ -14,31 +16,35 @@ use std::time::Duration;
 
 #[derive(Args)]
 pub struct DevArgs {
-    /// Where the embedded store keeps its file.
+    /// Directory of the embedded store's file, the auth key and the admin token (created
+    /// if missing).
     #[arg(long, env = "AETHERIS_DATA_DIR", default_value = ".aetheris")]
     pub data_dir: PathBuf,
     /// Address the gateway listens on (loopback by default).
     #[arg(long, env = "AETHERIS_BIND", default_value = "127.0.0.1:7420")]
     pub bind: String,
-    /// Submit this job file, print its trace when it finishes, then exit.
+    /// Submit this job file, print its trace when it stops, then exit (0 if it succeeded).
+    /// `${input.server}` in its plan is this node's URL unless its input sets `server`.
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// Write a job snapshot every N events.
+    /// Write a job snapshot every N events (at least 1).
     #[arg(long, default_value_t = 100)]
     pub snapshot_every: u64,
-    /// Jobs this worker runs at once.
+    /// Jobs this worker runs at once (at least 1).
     #[arg(long, default_value_t = 256)]
     pub max_jobs: usize,
-    /// Lease TTL in milliseconds.
+    /// Lease TTL in milliseconds (at least 100; leases are renewed every fifth of it).
     #[arg(long, default_value_t = 5_000)]
     pub lease_ttl_ms: u64,
-    /// Use this PostgreSQL instead of the embedded store.
+    /// Use this PostgreSQL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, migrated at
+    /// start) instead of the embedded store.
     #[arg(long, env = "AETHERIS_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Per-tenant rate limits (JSON file; see docs/limits.md).
     #[arg(long, env = "AETHERIS_LIMITS")]
     pub limits: Option<PathBuf>,
-    /// Run without authentication (every caller is an admin of tenant `default`).
+    /// Run without authentication (every caller is an admin of tenant `default`); no
+    /// token is written.
     #[arg(long)]
     pub insecure_no_auth: bool,
 }
@@ -105,8 +111,11 @@ pub fn init_logging() {
 
 pub fn run(args: DevArgs) -> Result<ExitCode, String> {
     init_logging();
-    if args.snapshot_every == 0 {
-        return Err("--snapshot-every must be at least 1".into());
+    if args.snapshot_every == 0 || args.max_jobs == 0 {
+        return Err("--snapshot-every and --max-jobs must be at least 1".into());
+    }
+    if args.lease_ttl_ms < 100 {
+        return Err("--lease-ttl-ms must be at least 100".into());
     }
     let job_file = match &args.run {
         Some(p) => {
@@ -114,14 +123,26 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         }
         None => None,
     };
+    let rate_limits = crate::cluster::load_limits(args.limits.as_deref())?;
+    crate::startup::check_bind(&args.bind)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("--data-dir {}: {e}", args.data_dir.display()))?;
     let path = args.data_dir.join("aetheris.redb");
     let redb: Option<DynStore> = match &args.database_url {
         Some(_) => None,
-        None => Some(Arc::new(RedbStore::open(&path).map_err(|e| e.to_string())?)),
+        None => Some(Arc::new(RedbStore::open(&path).map_err(|e| {
+            format!("--data-dir {}: {e}", args.data_dir.display())
+        })?)),
     };
-    let system = actix_rt::System::new();
-    system.block_on(async move {
-        // The PostgreSQL pool must live on this long-lived system (DESIGN §8).
+    let (auth, token) = if args.insecure_no_auth {
+        (None, None)
+    } else {
+        let (a, t) = dev_auth(&args.data_dir)?;
+        (Some(a), Some(t))
+    };
+    crate::startup::run_system(async move {
+        // The PostgreSQL pool must live on this long-lived system (a pool dies with the
+        // runtime that created it).
         let (store, where_) = match (redb, &args.database_url) {
             (Some(s), _) => (s, path.display().to_string()),
             (None, Some(url)) => {
@@ -138,24 +159,21 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             (None, None) => return Err("no store".to_string()),
         };
         // The default tenant the dev admin token is for (created once).
-        match store.create_tenant("default", "default", serde_json::json!({}), None).await {
+        match store
+            .create_tenant("default", "default", serde_json::json!({}), None)
+            .await
+        {
             Ok(_) | Err(aetheris_store::StoreError::Conflict(_)) => {}
             Err(e) => return Err(format!("creating the default tenant: {e}")),
         }
         let tools = ToolRegistry::with_builtins();
         let worker = WorkerConfig {
-            rate_limits: crate::cluster::load_limits(args.limits.as_deref())?,
+            rate_limits,
             snapshot_every: args.snapshot_every,
             max_jobs: args.max_jobs,
             lease_ttl_ms: args.lease_ttl_ms,
             heartbeat_ms: (args.lease_ttl_ms / 5).max(50),
             ..WorkerConfig::default()
-        };
-        let (auth, token) = if args.insecure_no_auth {
-            (None, None)
-        } else {
-            let (a, t) = dev_auth(&args.data_dir)?;
-            (Some(a), Some(t))
         };
         let cfg = NodeConfig {
             bind: args.bind.clone(),
@@ -177,30 +195,9 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         let server_task = actix_rt::spawn(running);
         let code = match job_file {
             Some(body) => {
-                let client = crate::client::client_with_token(token.as_deref())?;
-                let result = async {
-                    let (_, job) = request(
-                        &client,
-                        client
-                            .post(format!("{url}/v1/jobs"))
-                            .header("content-type", "application/json")
-                            .body(body),
-                    )
-                    .await?;
-                    let id = job["job_id"].as_str().unwrap_or_default().to_string();
-                    println!("submitted job {id}");
-                    let job = wait_for(&client, &url, &id, Duration::from_secs(600)).await?;
-                    let events = fetch_events(&client, &url, &id).await?;
-                    print_trace(&job, &events);
-                    Ok::<_, String>(job["status"] == "succeeded")
-                }
-                .await;
+                let result = run_job(&url, token.as_deref(), body).await;
                 node.shutdown(Duration::from_secs(5)).await;
-                match result {
-                    Ok(true) => ExitCode::SUCCESS,
-                    Ok(false) => ExitCode::FAILURE,
-                    Err(e) => return Err(e),
-                }
+                result?
             }
             None => {
                 wait_for_signal().await;
@@ -211,6 +208,22 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         };
         let _ = server_task.await;
         Ok(code)
+    })
+}
+
+/// `--run`: submits the job to this node, waits until it stops, prints its trace.
+async fn run_job(url: &str, token: Option<&str>, body: String) -> Result<ExitCode, String> {
+    let api = Api::new(url.to_string(), token, TokenSource::Given)?;
+    let (_, job) = submit(&api, body).await?;
+    let id = job["job_id"].as_str().unwrap_or_default().to_string();
+    println!("submitted job {id}");
+    let job = wait_for(&api, &id, Duration::from_secs(600)).await?;
+    let events = fetch_events(&api, &id).await?;
+    print_trace(&job, &events);
+    Ok(if job["status"] == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

@@ -1,6 +1,7 @@
 //! The `aetheris` command: CLI parsing and wiring only. `dev` runs gateway and worker in
 //! one process on the embedded store; `job …` and `tenant …` are HTTP clients of a running
-//! server. Every failure prints one line on stderr and exits non-zero (G8).
+//! server. Every failure — bad arguments included — prints one `error: …` line on stderr
+//! and exits non-zero (G8); every flag and argument has a help line (a test checks).
 
 mod admin;
 mod bench;
@@ -8,9 +9,11 @@ mod bench_w5;
 mod client;
 mod cluster;
 mod dev;
+mod startup;
 mod tenant;
 mod token;
 
+use aetheris_runtime::JobStatus;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +37,7 @@ enum Command {
     Server {
         #[command(flatten)]
         db: cluster::DbArgs,
-        /// Address to listen on.
+        /// Address to listen on (HOST:PORT).
         #[arg(long, env = "AETHERIS_BIND", default_value = "127.0.0.1:7420")]
         bind: String,
         /// Per-tenant rate limits (JSON file; see docs/limits.md).
@@ -43,7 +46,7 @@ enum Command {
         #[command(flatten)]
         auth: cluster::AuthArgs,
     },
-    /// Issue tokens for clients (docs/auth.md).
+    /// Make keys and issue tokens for clients (docs/auth.md).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -55,12 +58,14 @@ enum Command {
         #[command(flatten)]
         worker: cluster::WorkerArgs,
     },
-    /// Apply database migrations and exit.
+    /// Apply the database migrations (forward-only, under an advisory lock) and exit;
+    /// `server` and `worker` also apply them at start unless `--no-migrate`.
     Migrate {
         #[command(flatten)]
-        db: cluster::DbArgs,
+        db: cluster::MigrateArgs,
     },
-    /// Run the benchmark workloads (DESIGN §7) on the embedded store or `--database-url`.
+    /// Run the benchmark workloads W1-W7 (README "Benchmarks") on the embedded store or
+    /// `--database-url`.
     Bench(bench::BenchArgs),
     /// Submit and inspect jobs on a running server.
     Job {
@@ -96,7 +101,7 @@ enum Command {
 /// `user` and `audit`).
 #[derive(clap::Args)]
 struct ServerConn {
-    /// Server URL.
+    /// Server URL; `HOST:PORT` means `http://HOST:PORT`.
     #[arg(
         long,
         global = true,
@@ -104,8 +109,8 @@ struct ServerConn {
         default_value = "http://127.0.0.1:7420"
     )]
     server: String,
-    /// Bearer token for a server with authentication (default: `.aetheris/token`, written
-    /// by `aetheris dev`).
+    /// Bearer token (default: the file `.aetheris/token` in the working directory, which
+    /// `aetheris dev` writes).
     #[arg(long, global = true, env = "AETHERIS_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
@@ -115,102 +120,171 @@ enum TokenCommand {
     /// Sign a token: `aetheris token issue --secret-file F --tenant T --role admin --ttl 1h`
     /// (or `--ed25519-signing-key-file F` for an EdDSA token).
     Issue(token::IssueArgs),
-    /// Make an Ed25519 key pair: `aetheris token keygen --out keys/issuer` writes
-    /// `issuer.key` (the signing key; keep it secret) and `issuer.pub` (for the server).
+    /// Make a key: `aetheris token keygen --out keys/issuer` writes an Ed25519 pair,
+    /// `issuer.key` (the signing key; keep it secret) and `issuer.pub` (for the server);
+    /// `--hs256 --out auth` writes the HS256 secret `auth.key` (for both).
     Keygen(token::KeygenArgs),
+}
+
+/// The job states `job list --state` accepts, from the runtime's own list.
+fn job_states() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(JobStatus::ALL.map(|s| s.as_str()))
 }
 
 #[derive(Subcommand)]
 pub enum JobCommand {
-    /// Submit a job from a JSON file (or `-` for stdin).
+    /// Submit a job. If its plan refers to `${input.server}` and its input does not set
+    /// `server`, the URL of the server it is submitted to is filled in.
     Submit {
+        /// The job as JSON (`{"input": …, "plan": {"steps": […]}}`), or `-` for stdin.
         file: PathBuf,
-        /// Wait until the job finishes and print its trace.
+        /// Wait until the job stops (succeeded, failed, cancelled or waiting), print its
+        /// trace, and exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
+        /// Print the server's JSON answer (with `--wait`: the job and its events).
         #[arg(long)]
         json: bool,
     },
     /// Show one job and its steps.
     Get {
+        /// Job id.
         id: String,
+        /// Print the server's JSON answer as is.
         #[arg(long)]
         json: bool,
     },
     /// List jobs, newest first.
     List {
-        /// Only jobs in this state (queued, running, waiting, succeeded, failed).
-        #[arg(long)]
+        /// Only jobs in this state.
+        #[arg(long, value_parser = job_states())]
         state: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// Continue after this cursor (from a previous page).
+        /// At most this many jobs (1-1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Continue after this cursor (the `more: --cursor …` of a previous page).
         #[arg(long)]
         cursor: Option<String>,
+        /// Print the server's JSON answer as is.
         #[arg(long)]
         json: bool,
     },
     /// Cancel a job: stored durably, then applied by the worker running it.
     Cancel {
+        /// Job id.
         id: String,
-        /// Why (recorded in the job_cancelled event).
+        /// Why (recorded in the job_cancelled event; at most 1024 bytes).
         #[arg(long)]
         reason: Option<String>,
-        /// Who cancels (recorded; replaced by the token's identity once auth exists).
+        /// Who cancels: only honoured by a server without authentication
+        /// (`--insecure-no-auth`); otherwise the token's identity (`sub`) is recorded.
         #[arg(long)]
         by: Option<String>,
+        /// Print the server's JSON answer as is.
         #[arg(long)]
         json: bool,
     },
     /// Send a signal (e.g. an approval) to a job; `wait` steps for that name resume.
     Signal {
+        /// Job id.
         id: String,
+        /// Signal name (what the plan's `wait` step waits for).
         name: String,
-        /// JSON payload.
+        /// JSON payload (at most 64 KiB).
         #[arg(long, default_value = "null")]
         payload: String,
         /// Idempotency: the same signal id is applied once.
         #[arg(long)]
         signal_id: Option<String>,
-        /// Who sends it (an approval's approver).
+        /// Who sends it: only honoured by a server without authentication
+        /// (`--insecure-no-auth`); otherwise the token's identity (`sub`) is recorded.
         #[arg(long)]
         by: Option<String>,
+        /// Print the server's JSON answer as is.
         #[arg(long)]
         json: bool,
     },
-    /// Resolve an outcome_unknown step: it did happen (`succeeded`) or not (`not_executed`).
+    /// Resolve an outcome_unknown step: it did happen (`succeeded`) or not (`not_executed`,
+    /// it runs again with the same invocation key).
     Confirm {
+        /// Job id.
         id: String,
+        /// Id of the step whose outcome is unknown.
         step: String,
-        /// succeeded or not_executed.
-        #[arg(long)]
+        /// What happened to the call.
+        #[arg(long, value_parser = ["succeeded", "not_executed"])]
         outcome: String,
-        /// JSON output of the step (with `succeeded`).
+        /// JSON output of the step (with `succeeded`; at most 256 KiB).
         #[arg(long)]
         output: Option<String>,
+        /// A note for the record, e.g. where the outcome was checked (at most 1024 bytes).
         #[arg(long)]
         note: Option<String>,
+        /// Who confirms: only honoured by a server without authentication
+        /// (`--insecure-no-auth`); otherwise the token's identity (`sub`) is recorded.
         #[arg(long)]
         by: Option<String>,
+        /// Print the server's JSON answer as is.
         #[arg(long)]
         json: bool,
     },
-    /// Follow a job's events live (Server-Sent Events) until it finishes.
+    /// Follow a job's events live (Server-Sent Events) until it ends; exit 0 only if it
+    /// succeeded.
     Watch {
+        /// Job id.
         id: String,
+        /// Print each event as JSON (one per line).
         #[arg(long)]
         json: bool,
     },
     /// Show a job's events (its hash-chained log).
     Events {
+        /// Job id.
         id: String,
+        /// Print the events as one JSON array.
         #[arg(long)]
         json: bool,
     },
 }
 
+/// A command-line error as one line: clap's message (without its usage block) and the
+/// `--help` of the (sub)command named in `args` (the process's arguments).
+fn usage_error_line(e: &clap::Error, args: &[String]) -> String {
+    let text = e.render().to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut path = vec!["aetheris".to_string()];
+    for arg in args.iter().skip(1) {
+        let Some(sub) = cmd.find_subcommand(arg).cloned() else {
+            continue;
+        };
+        path.push(sub.get_name().to_string());
+        cmd = sub;
+    }
+    format!("{message} (see `{} --help`)", path.join(" "))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let args: Vec<String> = std::env::args().collect();
+            eprintln!("error: {}", usage_error_line(&e, &args));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Bench(args) => bench::run(args),
@@ -242,8 +316,109 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            // One line, whatever the cause's text holds.
+            eprintln!(
+                "error: {}",
+                e.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command but `bench` (whose flags live in `bench.rs`).
+    fn every_arg(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, Option<String>)>) {
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            out.push((
+                path.to_string(),
+                id.to_string(),
+                a.get_help().map(|h| h.to_string()),
+            ));
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "bench" {
+                continue;
+            }
+            every_arg(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_flag_and_argument_has_help_that_stays_in_the_repository() {
+        Cli::command().debug_assert();
+        let mut args = Vec::new();
+        every_arg(&Cli::command(), "aetheris", &mut args);
+        assert!(args.len() > 60, "{}", args.len());
+        for (cmd, id, help) in &args {
+            let help = help.as_deref().unwrap_or("");
+            assert!(!help.trim().is_empty(), "`{cmd}` argument {id} has no help");
+            assert!(
+                !help.contains("DESIGN") && !help.contains('§'),
+                "`{cmd} {id}`: {help}"
+            );
+        }
+        let mut all = Cli::command();
+        let text = all.render_long_help().to_string();
+        assert!(!text.contains("DESIGN"), "{text}");
+        let bench = all
+            .find_subcommand_mut("bench")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(!bench.contains("DESIGN"), "{bench}");
+    }
+
+    #[test]
+    fn job_list_offers_every_state_of_the_runtime() {
+        let mut cmd = Cli::command();
+        let list = cmd
+            .find_subcommand_mut("job")
+            .unwrap()
+            .find_subcommand_mut("list")
+            .unwrap();
+        let help = list.render_long_help().to_string();
+        for s in JobStatus::ALL {
+            assert!(
+                help.contains(s.as_str()),
+                "{} missing in {help}",
+                s.as_str()
+            );
+        }
+        assert!(Cli::try_parse_from(["aetheris", "job", "list", "--state", "cancelled"]).is_ok());
+        assert!(Cli::try_parse_from(["aetheris", "job", "list", "--state", "done"]).is_err());
+        assert!(Cli::try_parse_from(["aetheris", "job", "list", "--limit", "1001"]).is_err());
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_naming_the_command() {
+        let line_for = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let e = Cli::try_parse_from(&args).err().unwrap();
+            let line = usage_error_line(&e, &args);
+            assert_eq!(line.lines().count(), 1, "{line}");
+            line
+        };
+        let line = line_for(&["aetheris", "server"]);
+        assert!(line.contains("--database-url"), "{line}");
+        assert!(line.ends_with("(see `aetheris server --help`)"), "{line}");
+        let line = line_for(&[
+            "aetheris", "job", "--server", "x", "list", "--state", "done",
+        ]);
+        assert!(
+            line.starts_with("invalid value 'done' for '--state <STATE>'"),
+            "{line}"
+        );
+        assert!(line.ends_with("(see `aetheris job list --help`)"), "{line}");
+        let line = line_for(&["aetheris", "nope"]);
+        assert!(line.ends_with("(see `aetheris --help`)"), "{line}");
     }
 }

@@ -7,7 +7,7 @@
 //! so a bad command changes nothing on the server (G8); the server still checks the
 //! limits themselves (known fields, positive numbers) and answers problem+json.
 
-use crate::client::{block_on, client_with_token, request, resolve_token};
+use crate::client::{block_on, path_segment, Api};
 use clap::Subcommand;
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -36,6 +36,7 @@ pub enum TenantCommand {
     },
     /// Replace a tenant's rate limits (applied without a restart).
     SetLimits {
+        /// Tenant id.
         id: String,
         /// Rate limits as inline JSON, or `@FILE` to read them from a file; `{}` clears them.
         #[arg(long)]
@@ -76,22 +77,15 @@ pub fn run(server: &str, token: Option<&str>, cmd: TenantCommand) -> Result<Exit
         | TenantCommand::SetLimits { limits: l, .. } => Some(parse_limits(l)?),
         _ => None,
     };
-    let token = resolve_token(token);
-    block_on(run_async(
-        server.trim_end_matches('/'),
-        token.as_deref(),
-        cmd,
-        limits,
-    ))?
+    let api = Api::from_args(server, token)?;
+    block_on(run_async(&api, cmd, limits))?
 }
 
 async fn run_async(
-    server: &str,
-    token: Option<&str>,
+    api: &Api,
     cmd: TenantCommand,
     limits: Option<Value>,
 ) -> Result<ExitCode, String> {
-    let client = client_with_token(token)?;
     match cmd {
         TenantCommand::Create { id, name, json, .. } => {
             let mut body = json!({ "id": id });
@@ -101,11 +95,7 @@ async fn run_async(
             if let Some(l) = limits {
                 body["limits"] = l;
             }
-            let (_, t) = request(
-                &client,
-                client.post(format!("{server}/v1/tenants")).json(&body),
-            )
-            .await?;
+            let (_, t) = api.send(api.post("/v1/tenants").json(&body)).await?;
             if json {
                 println!("{t}");
             } else {
@@ -118,7 +108,7 @@ async fn run_async(
             }
         }
         TenantCommand::List { json } => {
-            let (_, page) = request(&client, client.get(format!("{server}/v1/tenants"))).await?;
+            let (_, page) = api.send(api.get("/v1/tenants")).await?;
             if json {
                 println!("{page}");
             } else {
@@ -139,13 +129,8 @@ async fn run_async(
         }
         TenantCommand::SetLimits { id, json, .. } => {
             let body = limits.unwrap_or_else(|| json!({}));
-            let (_, t) = request(
-                &client,
-                client
-                    .put(format!("{server}/v1/tenants/{id}/limits"))
-                    .json(&body),
-            )
-            .await?;
+            let path = format!("/v1/tenants/{}/limits", path_segment(&id));
+            let (_, t) = api.send(api.put(&path).json(&body)).await?;
             if json {
                 println!("{t}");
             } else {
@@ -182,7 +167,7 @@ fn limits_text(l: &Value) -> String {
 
 /// The RFC 3339 UTC time of ms since the epoch (the formatter the gateway's token errors
 /// use).
-fn utc(ms: i64) -> String {
+pub fn utc(ms: i64) -> String {
     aetheris_api::auth::rfc3339(u64::try_from(ms.div_euclid(1000)).unwrap_or(0))
 }
 

@@ -1,6 +1,11 @@
 //! `aetheris token issue`: signs a JWT for a tenant and roles with a configured key (an
 //! HS256 secret or an Ed25519 signing key), for clients of a server started with the
-//! matching verification key; `aetheris token keygen`: makes an Ed25519 key pair.
+//! matching verification key; `aetheris token keygen`: makes an Ed25519 key pair, or with
+//! `--hs256` an HS256 secret file.
+//!
+//! Invariants: a key file is created readable by its owner only and never overwritten; a
+//! token's lifetime is within `TTL_BOUNDS` (an expired-on-arrival or practically eternal
+//! token is refused before anything is signed).
 
 use aetheris_api::auth::{self, Claims, Role};
 use clap::Args;
@@ -21,24 +26,51 @@ pub struct IssueArgs {
     /// token, verified by a server given the matching `.pub` file.
     #[arg(long)]
     pub ed25519_signing_key_file: Option<PathBuf>,
+    /// Tenant the token acts for (it must exist on the server; `default` is the system
+    /// tenant, whose admins manage tenants).
     #[arg(long)]
     pub tenant: String,
-    /// Role(s): admin, operator, submitter, viewer, auditor.
+    /// Role(s): admin, operator, submitter, viewer, auditor; repeat for several.
     #[arg(long = "role", required = true)]
     pub roles: Vec<String>,
-    /// Lifetime, e.g. 15m, 1h, 7d.
+    /// Lifetime: a number and a unit (s, m, h, d), from 1s to 365d; e.g. 15m, 1h, 7d.
     #[arg(long, default_value = "1h")]
     pub ttl: String,
-    /// Subject (who the token is for).
+    /// Subject: who the token is for (recorded as the author of cancels, signals and
+    /// confirmations).
     #[arg(long, default_value = "cli")]
     pub sub: String,
 }
 
 #[derive(Args)]
 pub struct KeygenArgs {
-    /// Path prefix of the pair: writes `<out>.key` and `<out>.pub`; refuses to overwrite.
+    /// Path prefix: writes `<out>.key` (and `<out>.pub` for an Ed25519 pair); never
+    /// overwrites a file.
     #[arg(long)]
     pub out: PathBuf,
+    /// Make an HS256 secret (`<out>.key` only, 32 random bytes) instead of an Ed25519
+    /// pair: the server verifies with it (`--auth-hs256-secret-file`) and `token issue
+    /// --secret-file` signs with it.
+    #[arg(long)]
+    pub hs256: bool,
+}
+
+/// The lifetimes `token issue` accepts, in seconds: at least one second (a shorter
+/// token is expired before it is used), at most 365 days.
+pub const TTL_BOUNDS: std::ops::RangeInclusive<u64> = 1..=365 * 86_400;
+
+/// Parses `--ttl` into whole seconds within `TTL_BOUNDS`.
+fn parse_ttl(text: &str) -> Result<u64, String> {
+    let ttl = aetheris_runtime::duration::HumanDuration::parse(text).map_err(|_| {
+        format!("--ttl {text:?}: expected a number and a unit (s, m, h, d), e.g. 1h")
+    })?;
+    let ms = ttl.as_millis();
+    if ms % 1000 != 0 || !TTL_BOUNDS.contains(&(ms / 1000)) {
+        return Err(format!(
+            "--ttl {text:?}: a token lives from 1s to 365d, in whole seconds"
+        ));
+    }
+    Ok(ms / 1000)
 }
 
 fn read_key(p: &std::path::Path) -> Result<String, String> {
@@ -73,8 +105,7 @@ pub fn issue(a: IssueArgs) -> Result<ExitCode, String> {
             })
         })
         .collect::<Result<_, _>>()?;
-    let ttl =
-        aetheris_runtime::duration::HumanDuration::parse(&a.ttl).map_err(|e| e.to_string())?;
+    let ttl_s = parse_ttl(&a.ttl)?;
     if a.tenant.is_empty() {
         return Err("--tenant must not be empty".into());
     }
@@ -82,7 +113,7 @@ pub fn issue(a: IssueArgs) -> Result<ExitCode, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let claims = Claims::new(&a.sub, &a.tenant, &roles, now, ttl.duration.as_secs());
+    let claims = Claims::new(&a.sub, &a.tenant, &roles, now, ttl_s);
     let token = match key {
         SigningKey::Hs256(secret) => auth::issue_hs256(&secret, &claims),
         SigningKey::Ed25519(seed) => auth::issue_ed25519(seed, &claims),
@@ -97,12 +128,24 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode, String> {
         p.push(ext);
         PathBuf::from(p)
     };
-    let (key_path, pub_path) = (with_ext(".key"), with_ext(".pub"));
-    for p in [&key_path, &pub_path] {
+    let key_path = with_ext(".key");
+    let pub_path = (!a.hs256).then(|| with_ext(".pub"));
+    for p in std::iter::once(&key_path).chain(pub_path.as_ref()) {
         if p.exists() {
             return Err(format!("{} exists; not overwriting a key", p.display()));
         }
     }
+    let Some(pub_path) = pub_path else {
+        let secret = auth::generate_hs256_secret();
+        write_private(&key_path, &format!("{}\n", auth::encode_key_hex(&secret)))?;
+        println!(
+            "HS256 secret: {} (keep it secret; for the server: --auth-hs256-secret-file; \
+             for `aetheris token issue`: --secret-file)\nkey id: {}",
+            key_path.display(),
+            auth::key_id_hs256(&secret)
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
     let seed = auth::generate_ed25519_signing_key();
     let public = auth::ed25519_public_key(&seed);
     write_private(&key_path, &format!("{}\n", auth::encode_key_base64(&seed)))?;
@@ -132,4 +175,22 @@ fn write_private(p: &std::path::Path, text: &str) -> Result<(), String> {
         .map_err(|e| format!("creating {}: {e}", p.display()))?;
     f.write_all(text.as_bytes())
         .map_err(|e| format!("writing {}: {e}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_must_be_whole_seconds_from_one_second_to_a_year() {
+        assert_eq!(parse_ttl("1s"), Ok(1));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("365d"), Ok(365 * 86_400));
+        for bad in [
+            "0s", "0d", "500ms", "1500ms", "366d", "9999999d", "1y", "", "h",
+        ] {
+            let e = parse_ttl(bad).unwrap_err();
+            assert!(e.starts_with("--ttl"), "{bad}: {e}");
+        }
+    }
 }

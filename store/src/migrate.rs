@@ -60,6 +60,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_processes.sql",
         sql: include_str!("../../migrations/0008_processes.sql"),
     },
+    Migration {
+        name: "0009_default_tenant.sql",
+        sql: include_str!("../../migrations/0009_default_tenant.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).
