@@ -93,32 +93,10 @@ pub fn start_node(
     );
     let (finished, _) = tokio::sync::broadcast::channel(4096);
     let limits = cfg.worker.rate_limits.clone().with_metrics(metrics.clone());
-    aetheris_actors::ratelimit::spawn_limits_refresh(store.clone(), limits.clone());
-    let (every, ttl) = (
-        Duration::from_millis(cfg.worker.heartbeat_ms),
-        Duration::from_millis(cfg.worker.lease_ttl_ms),
-    );
-    let announce =
-        |kind, id| Announcement::start(store.clone(), limits.clone(), kind, id, every, ttl);
-    let mut announcements = vec![announce(
-        ProcessKind::Gateway,
-        format!("gateway-{}", uuid::Uuid::now_v7()),
-    )];
-    if cfg.run_worker {
-        announcements.push(announce(ProcessKind::Worker, cfg.worker.worker_id.clone()));
-    }
-    let shared = Shared {
-        store: store.clone(),
-        tools,
-        metrics: metrics.clone(),
-        config: Arc::new(cfg.worker),
-        finished: finished.clone(),
-    };
-    let leases = cfg.run_worker.then(|| start_worker(shared).0);
     let state = web::Data::new(AppState {
         auth: cfg.auth.map(Arc::new),
-        limits,
-        store,
+        limits: limits.clone(),
+        store: store.clone(),
         tools: catalog,
         metrics: metrics.clone(),
         body: cfg.body,
@@ -127,6 +105,8 @@ pub fn start_node(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
     });
+    // Bind first: a node that cannot listen must fail before any actor or task exists
+    // (an actor started and then dropped with its system panics outside a runtime).
     crate::conn::raise_fd_limit();
     let counter = ConnectionCounter::default();
     let workers = cfg.http_workers.max(1);
@@ -150,6 +130,28 @@ pub fn start_node(
         .first()
         .copied()
         .ok_or_else(|| std::io::Error::other("no bound address"))?;
+    aetheris_actors::ratelimit::spawn_limits_refresh(store.clone(), limits.clone());
+    let (every, ttl) = (
+        Duration::from_millis(cfg.worker.heartbeat_ms),
+        Duration::from_millis(cfg.worker.lease_ttl_ms),
+    );
+    let announce =
+        |kind, id| Announcement::start(store.clone(), limits.clone(), kind, id, every, ttl);
+    let mut announcements = vec![announce(
+        ProcessKind::Gateway,
+        format!("gateway-{}", uuid::Uuid::now_v7()),
+    )];
+    if cfg.run_worker {
+        announcements.push(announce(ProcessKind::Worker, cfg.worker.worker_id.clone()));
+    }
+    let shared = Shared {
+        store,
+        tools,
+        metrics: metrics.clone(),
+        config: Arc::new(cfg.worker),
+        finished: finished.clone(),
+    };
+    let leases = cfg.run_worker.then(|| start_worker(shared).0);
     let running = server.run();
     Ok((
         NodeHandle {
