@@ -212,23 +212,26 @@ pub fn server(
     bind: String,
     limits: Option<std::path::PathBuf>,
     auth: AuthArgs,
+    gateway: GatewayArgs,
 ) -> Result<ExitCode, String> {
     let auth = auth.load()?;
+    let mut cfg = NodeConfig {
+        bind: bind.clone(),
+        run_worker: false,
+        auth,
+        ..NodeConfig::default()
+    };
+    gateway.validate()?;
+    gateway.apply(&mut cfg);
     crate::dev::init_logging();
     let rate_limits = load_limits(limits.as_deref())?;
     crate::startup::check_bind(&bind)?;
     crate::startup::run_system(async move {
         let store = connect(&db).await?;
         let tools = ToolRegistry::with_builtins();
-        let cfg = NodeConfig {
-            bind: bind.clone(),
-            run_worker: false,
-            auth,
-            worker: WorkerConfig {
-                rate_limits,
-                ..WorkerConfig::default()
-            },
-            ..NodeConfig::default()
+        cfg.worker = WorkerConfig {
+            rate_limits,
+            ..WorkerConfig::default()
         };
         let (node, running) =
             start_node(store, tools, cfg).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
@@ -285,4 +288,37 @@ pub fn worker(db: DbArgs, w: WorkerArgs) -> Result<ExitCode, String> {
         announcement.retire().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// How the gateway protects itself from slow and numerous clients (`dev` and `server`).
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Connections this gateway serves at once; a connection beyond them is answered
+    /// 503 (`Retry-After: 1`) at its first request. Lowered to fit the process's
+    /// file-descriptor limit.
+    #[arg(long, env = "AETHERIS_MAX_CONNECTIONS", default_value_t = aetheris_api::conn::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Milliseconds a client has to send a whole request body; a slower one is answered
+    /// 408 and its connection closed (1-300000).
+    #[arg(long, env = "AETHERIS_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+}
+
+impl GatewayArgs {
+    /// Refuses values that make no sense (checked before anything starts).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if !(1..=300_000).contains(&self.body_timeout_ms) {
+            return Err("--body-timeout-ms must be between 1 and 300000".into());
+        }
+        Ok(())
+    }
+
+    /// Applies the (validated) flags to a node's configuration.
+    pub fn apply(&self, cfg: &mut aetheris_api::NodeConfig) {
+        cfg.connections.max = self.max_connections;
+        cfg.body.deadline = Duration::from_millis(self.body_timeout_ms);
+    }
 }

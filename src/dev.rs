@@ -47,6 +47,8 @@ pub struct DevArgs {
     /// token is written.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub gateway: crate::cluster::GatewayArgs,
 }
 
 /// On first start, creates `<data-dir>/auth.key` (an HS256 secret); on every start issues
@@ -117,6 +119,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
     if args.lease_ttl_ms < 100 {
         return Err("--lease-ttl-ms must be at least 100".into());
     }
+    args.gateway.validate()?;
     let job_file = match &args.run {
         Some(p) => {
             Some(std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?)
@@ -175,12 +178,13 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             heartbeat_ms: (args.lease_ttl_ms / 5).max(50),
             ..WorkerConfig::default()
         };
-        let cfg = NodeConfig {
+        let mut cfg = NodeConfig {
             bind: args.bind.clone(),
             worker,
             auth,
             ..NodeConfig::default()
         };
+        args.gateway.apply(&mut cfg);
         let (node, running) = start_node(store, tools, cfg)
             .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
         let url = format!("http://{}", node.addr);

@@ -45,6 +45,8 @@ enum Command {
         limits: Option<PathBuf>,
         #[command(flatten)]
         auth: cluster::AuthArgs,
+        #[command(flatten)]
+        gateway: cluster::GatewayArgs,
     },
     /// Make keys and issue tokens for clients (docs/auth.md).
     Token {
@@ -293,7 +295,8 @@ fn main() -> ExitCode {
             bind,
             limits,
             auth,
-        } => cluster::server(db, bind, limits, auth),
+            gateway,
+        } => cluster::server(db, bind, limits, auth, gateway),
         Command::Token {
             command: TokenCommand::Issue(a),
         } => token::issue(a),

@@ -161,6 +161,9 @@ pub async fn json_required<T: DeserializeOwned>(
     what: &str,
 ) -> Result<T, ApiError> {
     let body = read(req, payload, rules).await?;
+    if is_blank(&body) {
+        return Err(ApiError::BadRequest(format!("the {what} body is empty")));
+    }
     require_json_media_type(req)?;
     parse_object(&body, what)
 }
@@ -187,8 +190,12 @@ pub async fn json_bytes(
     req: &HttpRequest,
     payload: web::Payload,
     rules: BodyRules,
+    what: &str,
 ) -> Result<web::BytesMut, ApiError> {
     let body = read(req, payload, rules).await?;
+    if is_blank(&body) {
+        return Err(ApiError::BadRequest(format!("the {what} body is empty")));
+    }
     require_json_media_type(req)?;
     Ok(body)
 }

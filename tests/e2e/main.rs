@@ -9,6 +9,7 @@ mod cancel;
 mod crash;
 mod fairness;
 mod fencing;
+mod hostile;
 mod limits;
 mod pg_bootstrap;
 mod pg_cluster;

@@ -276,6 +276,21 @@ fn every_start_up_failure_is_one_error_line_and_no_panic() {
             &["worker", "--database-url", &db, "--limits", &bad_limits],
             "bad-limits.json",
         ),
+        // Gateway protection flags.
+        with(dev(&["--max-connections", "0"]), "--max-connections"),
+        with(dev(&["--body-timeout-ms", "0"]), "--body-timeout-ms"),
+        with(
+            server(
+                &db,
+                &[
+                    "--auth-hs256-secret-file",
+                    &good_key,
+                    "--body-timeout-ms",
+                    "999999",
+                ],
+            ),
+            "--body-timeout-ms",
+        ),
         // Data dirs.
         case(
             &["dev", "--bind", "127.0.0.1:0", "--data-dir", "a-file/sub"],

@@ -37,7 +37,32 @@ impl TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: DynStore =
             Arc::new(RedbStore::open(&dir.path().join("aetheris.redb")).expect("open store"));
-        Self::start_on_auth(Some(store), None, dir, register, worker, auth)
+        Self::start_on_auth(
+            Some(store),
+            None,
+            dir,
+            register,
+            worker,
+            auth,
+            Box::new(|_| {}),
+        )
+    }
+
+    /// A node on the embedded store (no auth) whose gateway configuration `tune` adjusts
+    /// (connection limits, body deadline).
+    pub fn start_tuned(tune: impl FnOnce(&mut NodeConfig) + Send + 'static) -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: DynStore =
+            Arc::new(RedbStore::open(&dir.path().join("aetheris.redb")).expect("open store"));
+        Self::start_on_auth(
+            Some(store),
+            None,
+            dir,
+            |_| {},
+            WorkerConfig::default(),
+            None,
+            Box::new(tune),
+        )
     }
 
     /// A node on a fresh database of the per-binary throwaway PostgreSQL cluster.
@@ -58,7 +83,15 @@ impl TestNode {
     ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = rt().block_on(aetheris_store::pg_test::fresh_database_url());
-        Self::start_on_auth(None, Some(url), dir, register, worker, auth)
+        Self::start_on_auth(
+            None,
+            Some(url),
+            dir,
+            register,
+            worker,
+            auth,
+            Box::new(|_| {}),
+        )
     }
 
     fn start_on(
@@ -68,7 +101,7 @@ impl TestNode {
         register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
         worker: WorkerConfig,
     ) -> TestNode {
-        Self::start_on_auth(store, pg_url, dir, register, worker, None)
+        Self::start_on_auth(store, pg_url, dir, register, worker, None, Box::new(|_| {}))
     }
 
     fn start_on_auth(
@@ -78,6 +111,7 @@ impl TestNode {
         register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
         worker: WorkerConfig,
         auth: Option<aetheris_api::auth::AuthConfig>,
+        tune: Box<dyn FnOnce(&mut NodeConfig) + Send>,
     ) -> TestNode {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
@@ -98,12 +132,13 @@ impl TestNode {
                 };
                 let mut tools = ToolRegistry::with_builtins();
                 register(&mut tools);
-                let cfg = NodeConfig {
+                let mut cfg = NodeConfig {
                     bind: "127.0.0.1:0".into(),
                     worker,
                     auth,
                     ..NodeConfig::default()
                 };
+                tune(&mut cfg);
                 let (node, server) =
                     start_node(node_store.clone(), tools, cfg).expect("start node");
                 addr_tx.send((node.addr, node_store)).expect("send addr");

@@ -187,7 +187,7 @@ async fn submit(
     payload: web::Payload,
     st: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = crate::body::json_bytes(&req, payload, st.body).await?;
+    let body = crate::body::json_bytes(&req, payload, st.body, "submission").await?;
     let sub = parse_off_workers(&st, body).await?;
     // Admission control before anything is stored: over the limit → 429, nothing written.
     if let Err(ms) = st.limits.admit(&p.tenant).await {
