@@ -781,7 +781,7 @@ impl JobActor {
                 attempt: st.attempt,
                 invocation_key: key,
                 fencing_token: self.token,
-                effect: st.effect.unwrap_or(EffectClass::SideEffect),
+                effect: st.effect.unwrap_or(EffectClass::UNKNOWN_DEFAULT),
                 args,
             };
             let max_attempts = state

@@ -3,7 +3,7 @@
 //! The `Store` trait is the only way the rest of the system touches durable state. Every
 //! backend keeps the same invariants, proven by the generic `conformance` suite:
 //! - G1: a write is durable (committed and synced) before its future resolves;
-//! - gap-free per-job `seq`, each event hash-chained (G7, chain code in aetheris-proof);
+//! - gap-free per-job `seq`, each event hash-chained (G7, `aetheris_runtime::chain`);
 //! - G3: every append, ledger change and snapshot write for a job is conditional on the
 //!   job's current fencing token in the same transaction; stale tokens get `Fenced`;
 //! - idempotent submission by (tenant, idempotency_key);
@@ -24,9 +24,7 @@ pub mod pg_test;
 pub mod pg_users;
 pub mod redb_store;
 
-use aetheris_runtime::{
-    EffectClass, EventBody, JobId, JobStatus, LedgerStatus, Plan, RecordedEvent,
-};
+use aetheris_runtime::{EffectClass, JobId, JobStatus, LedgerStatus, Plan, RecordedEvent};
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
@@ -115,13 +113,43 @@ pub struct ListFilter {
     pub limit: usize,
 }
 
-/// A fenced append: `events` get seqs `expected_last_seq + 1 ..`.
-#[derive(Debug, Clone)]
-pub struct Append {
-    pub job_id: JobId,
-    pub token: u64,
-    pub expected_last_seq: u64,
-    pub events: Vec<EventBody>,
+/// A fenced append: `events` get seqs `expected_last_seq + 1 ..` (planned by
+/// `aetheris_runtime::plan_append`, the same in every backend).
+pub use aetheris_runtime::Append;
+
+/// The store error for an append the planner refused, as every backend reports it.
+pub(crate) fn append_refused<E: Into<StoreError>>(
+    job: JobId,
+    e: aetheris_runtime::AppendError<E>,
+) -> StoreError {
+    use aetheris_runtime::AppendError as Refused;
+    match e {
+        Refused::Fenced { presented, current } => StoreError::Fenced {
+            job,
+            presented,
+            current,
+        },
+        Refused::SeqConflict { expected, actual } => StoreError::SeqConflict {
+            job,
+            expected,
+            actual,
+        },
+        Refused::Finished => StoreError::Rejected(format!("job {job} already finished")),
+        Refused::SubmittedAgain => StoreError::Rejected("job_submitted cannot be appended".into()),
+        Refused::IllegalLedgerMove { step, detail } => {
+            StoreError::Rejected(format!("step {step:?}: illegal ledger transition {detail}"))
+        }
+        Refused::Unencodable { kind } => {
+            StoreError::Rejected(format!("{kind} event cannot be serialized"))
+        }
+        Refused::Lookup(e) => e.into(),
+    }
+}
+
+impl From<std::convert::Infallible> for StoreError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
 }
 
 /// What a job actor starts from (`Store::load_job`): the newest snapshot, the events after
@@ -532,56 +560,3 @@ impl Presence {
 }
 
 pub type DynStore = Arc<dyn Store>;
-
-/// The checks every backend makes on each appended event before its ledger move: the job
-/// is not finished, and `job_submitted` only ever starts a log.
-pub(crate) fn check_appendable(job: JobId, status: JobStatus, body: &EventBody) -> Result<()> {
-    if status.is_terminal() {
-        return Err(StoreError::Rejected(format!("job {job} already finished")));
-    }
-    if let EventBody::JobSubmitted { .. } = body {
-        return Err(StoreError::Rejected(
-            "job_submitted cannot be appended".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// A ledger move: (step, new status, attempt, effect class, invocation key).
-pub(crate) type LedgerMove<'a> = (
-    &'a str,
-    LedgerStatus,
-    Option<u32>,
-    Option<EffectClass>,
-    Option<&'a str>,
-);
-
-/// The ledger move an event makes, if any: the one mapping both backends project with.
-pub(crate) fn ledger_change(b: &EventBody) -> Option<LedgerMove<'_>> {
-    match b {
-        EventBody::StepStarted {
-            step,
-            attempt,
-            effect,
-            invocation_key,
-            ..
-        } => Some((
-            step,
-            LedgerStatus::Started,
-            Some(*attempt),
-            Some(*effect),
-            Some(invocation_key),
-        )),
-        EventBody::StepSucceeded { step, .. } => {
-            Some((step, LedgerStatus::Succeeded, None, None, None))
-        }
-        EventBody::StepFailed { step, .. } => Some((step, LedgerStatus::Failed, None, None, None)),
-        EventBody::StepOutcomeUnknown { step, .. } => {
-            Some((step, LedgerStatus::OutcomeUnknown, None, None, None))
-        }
-        EventBody::StepConfirmed { step, .. } => {
-            Some((step, LedgerStatus::Confirmed, None, None, None))
-        }
-        _ => None,
-    }
-}

@@ -13,10 +13,10 @@
 //!   `EventBody::payload()`, so the stored bytes are the hashed bytes and a read-back event
 //!   verifies with `aetheris_proof::verify_chain`.
 //! - Group commit: `append_many` runs one transaction for the whole batch; each append is
-//!   validated (fence, seq, ledger transitions via `LedgerStatus::transition`, status via
-//!   `JobStatus::after`) in memory against the locked rows *before* anything is written, so
-//!   a rejected append writes nothing while the others commit. One append transaction is
-//!   two round trips: BEGIN + row locks + ledger read pipelined, then one multi-row
+//!   planned (fence, seq, ledger, status, chain, timer: `aetheris_runtime::plan_append`,
+//!   the same planner as the embedded store's) in memory against the locked rows *before*
+//!   anything is written, so a rejected append writes nothing while the others commit.
+//!   One append transaction is two round trips: BEGIN + row locks + ledger read pipelined, then one multi-row
 //!   `UNNEST` write statement with COMMIT pipelined behind it (`append_tx`).
 //! - Group commit across jobs: a single `append` goes through a batcher
 //!   (`group_commit_worker`): appends queued while a transaction is in flight share the
@@ -46,16 +46,20 @@
 
 use crate::fair::{FairQueue, JobTenants};
 use crate::{
-    Append, AuditEntry, AuditFilter, AuditRecord, JobSummary, Lease, LedgerEntry, ListFilter,
-    NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
+    append_refused, Append, AuditEntry, AuditFilter, AuditRecord, JobSummary, Lease, LedgerEntry,
+    ListFilter, NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
 };
-use aetheris_proof::{event_hash, parts_around_time, GENESIS};
-use aetheris_runtime::{EffectClass, EventBody, JobId, JobStatus, LedgerStatus, RecordedEvent};
+use aetheris_runtime::chain::{parts_around_time, GENESIS};
+use aetheris_runtime::{
+    plan_append, EffectClass, EventBody, JobHead, JobId, JobStatus, LedgerRow, LedgerStatus,
+    RecordedEvent, TimerChange,
+};
 use async_trait::async_trait;
 use deadpool_postgres::{
     Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts,
 };
 use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -236,7 +240,8 @@ const LEDGER_FOR_JOBS_SQL: &str = "SELECT job_id, step, invocation_key, attempt,
      updated_at FROM ledger WHERE job_id = ANY($1)";
 
 /// All writes of an append transaction in one statement: the events, the ledger rows and
-/// the job rows (fenced again by token). The final SELECT divides by zero — failing the
+/// the job rows (fenced again by token), each job's wake-up time kept or replaced as its
+/// appends' planned `TimerChange` says (`wake_keep`, `wake_at`). The final SELECT divides by zero — failing the
 /// statement, so the COMMIT pipelined behind it rolls back — unless every locked job row
 /// the batch changed was updated (it cannot be otherwise while the rows are locked).
 const APPEND_WRITE_SQL: &str = "\
@@ -255,12 +260,11 @@ WITH ev AS (
     UPDATE jobs AS j
     SET status = u.status, last_seq = u.last_seq, last_hash = u.last_hash,
         updated_at = u.updated_at,
-        wake_at = CASE WHEN u.wake_set THEN u.wake_at
-                       WHEN u.status <> 'waiting' THEN NULL ELSE j.wake_at END,
+        wake_at = CASE WHEN u.wake_keep THEN j.wake_at ELSE u.wake_at END,
         wake_due = false
     FROM unnest($15::uuid[], $16::bigint[], $17::text[], $18::bigint[], $19::bytea[],
                 $20::bigint[], $21::bool[], $22::bigint[])
-        AS u(job_id, token, status, last_seq, last_hash, updated_at, wake_set, wake_at)
+        AS u(job_id, token, status, last_seq, last_hash, updated_at, wake_keep, wake_at)
     WHERE j.job_id = u.job_id AND j.token = u.token
     RETURNING 1
 )
@@ -1001,23 +1005,10 @@ fn payload_text(body: &EventBody) -> Result<String> {
 
 /// A locked job row as the batch sees it, including earlier appends of the same batch.
 struct JobMem {
-    status: JobStatus,
-    last_seq: u64,
-    last_hash: [u8; 32],
-    token: u64,
-    updated_at: i64,
+    head: JobHead,
     dirty: bool,
-    /// A `job_parked` in this batch set the wake-up time (None: no timer).
-    wake: Option<Option<i64>>,
-}
-
-#[derive(Clone)]
-struct LedgerMem {
-    invocation_key: String,
-    attempt: u32,
-    effect: EffectClass,
-    status: LedgerStatus,
-    updated_at: i64,
+    /// What this batch's appends do to the job's timer, in order.
+    timer: TimerChange,
 }
 
 /// Rows to write, column by column (for the `UNNEST` statements).
@@ -1032,113 +1023,49 @@ struct EventCols {
     hash: Vec<Vec<u8>>,
 }
 
-/// The ledger move an event makes: (step, to, attempt, effect, invocation key). Same rule
-/// as the embedded store.
-use crate::ledger_change;
-
-/// Validates one append against the batch's view; on success updates the view and the
-/// write buffers and returns the recorded events. On failure nothing is changed.
-fn plan_append(
+/// Plans one append (`aetheris_runtime::plan_append`) against the batch's view of the
+/// locked rows; on success updates the view and the write buffers and returns the recorded
+/// events. On failure nothing is changed.
+fn plan_one(
     a: Append,
     jobs: &mut HashMap<Uuid, JobMem>,
-    ledger: &mut HashMap<(Uuid, String), LedgerMem>,
-    dirty_ledger: &mut BTreeMap<(Uuid, String), LedgerMem>,
+    ledger: &mut HashMap<(Uuid, String), LedgerRow>,
+    dirty_ledger: &mut BTreeMap<(Uuid, String), LedgerRow>,
     events: &mut EventCols,
     db_now: i64,
 ) -> Result<Vec<RecordedEvent>> {
-    let id = a.job_id.0;
-    let row = jobs.get_mut(&id).ok_or(StoreError::NotFound(a.job_id))?;
-    if row.token != a.token {
-        return Err(StoreError::Fenced {
-            job: a.job_id,
-            presented: a.token,
-            current: row.token,
-        });
+    let id = a.job_id;
+    let job = jobs.get_mut(&id.0).ok_or(StoreError::NotFound(id))?;
+    let lookup = |step: &str| Ok::<_, Infallible>(ledger.get(&(id.0, step.to_string())).cloned());
+    let planned = plan_append(&job.head, a, db_now, lookup).map_err(|e| append_refused(id, e))?;
+    for (step, row) in planned.ledger {
+        let k = (id.0, step);
+        ledger.insert(k.clone(), row.clone());
+        dirty_ledger.insert(k, row);
     }
-    if row.last_seq != a.expected_last_seq {
-        return Err(StoreError::SeqConflict {
-            job: a.job_id,
-            expected: a.expected_last_seq,
-            actual: row.last_seq,
-        });
-    }
-    // Never let a job's clock run backwards (transactions may commit out of start order).
-    let now = db_now.max(row.updated_at);
-    let mut status = row.status;
-    let mut changes: HashMap<&str, LedgerMem> = HashMap::new();
-    let mut payloads = Vec::with_capacity(a.events.len());
-    for body in &a.events {
-        crate::check_appendable(a.job_id, status, body)?;
-        if let Some((step, to, attempt, effect, key)) = ledger_change(body) {
-            let cur = changes
-                .get(step)
-                .or_else(|| ledger.get(&(id, step.to_string())))
-                .cloned();
-            let effect = effect
-                .or(cur.as_ref().map(|c| c.effect))
-                .unwrap_or(EffectClass::SideEffect);
-            let next = LedgerStatus::transition(cur.as_ref().map(|c| c.status), to, effect)
-                .map_err(|d| {
-                    StoreError::Rejected(format!("step {step:?}: illegal ledger transition {d}"))
-                })?;
-            let key = key
-                .map(|k| k.to_string())
-                .or(cur.as_ref().map(|c| c.invocation_key.clone()))
-                .unwrap_or_default();
-            changes.insert(
-                step,
-                LedgerMem {
-                    invocation_key: key,
-                    attempt: attempt.unwrap_or(cur.as_ref().map(|c| c.attempt).unwrap_or(0)),
-                    effect,
-                    status: next,
-                    updated_at: now,
-                },
-            );
-        }
-        status = status.after(body);
-        payloads.push(payload_text(body)?);
-    }
-
-    // Valid: apply to the view and the write buffers.
-    for (step, l) in changes {
-        let k = (id, step.to_string());
-        ledger.insert(k.clone(), l.clone());
-        dirty_ledger.insert(k, l);
-    }
-    let mut out = Vec::with_capacity(a.events.len());
-    for (body, payload) in a.events.into_iter().zip(payloads) {
-        let seq = row.last_seq + 1;
-        let kind = body.kind();
-        let hash = event_hash(&row.last_hash, a.job_id, seq, now, kind, payload.as_bytes());
-        events.job.push(id);
-        events.seq.push(to_i64(seq));
-        events.at.push(now);
-        events.kind.push(kind);
+    for (e, payload) in planned.events.iter().zip(planned.payloads) {
+        events.job.push(id.0);
+        events.seq.push(to_i64(e.seq));
+        events.at.push(e.recorded_at_ms);
+        events.kind.push(e.body.kind());
         events.payload.push(payload);
-        events.prev.push(row.last_hash.to_vec());
-        events.hash.push(hash.to_vec());
-        out.push(RecordedEvent {
-            job_id: a.job_id,
-            seq,
-            recorded_at_ms: now,
-            body,
-            prev_hash: row.last_hash,
-            hash,
-        });
-        row.last_seq = seq;
-        row.last_hash = hash;
+        events.prev.push(e.prev_hash.to_vec());
+        events.hash.push(e.hash.to_vec());
     }
-    if let Some(w) = out.iter().rev().find_map(|e| match &e.body {
-        EventBody::JobParked { wake_at_ms } => Some(*wake_at_ms),
-        _ => None,
-    }) {
-        row.wake = Some(w);
+    job.head = planned.head;
+    job.timer = job.timer.then(planned.timer);
+    job.dirty = true;
+    Ok(planned.events)
+}
+
+/// A timer change as the write statement's columns: keep the stored wake-up time, or
+/// replace it with the given one (NULL: no timer).
+fn timer_columns(change: TimerChange) -> (bool, Option<i64>) {
+    match change {
+        TimerChange::Keep => (true, None),
+        TimerChange::Set(at) => (false, Some(at)),
+        TimerChange::Clear => (false, None),
     }
-    row.status = status;
-    row.updated_at = now;
-    row.dirty = true;
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1190,8 +1117,8 @@ impl Drop for TxConn {
 /// the job rows in id order, read their ledger rows — pipelined; the ledger read is its own
 /// statement so its snapshot is taken after the locks are held; (2) one statement writing
 /// events, ledger and job rows, with COMMIT pipelined behind it (a failed statement turns
-/// that COMMIT into a rollback). Every append is validated in memory against the locked
-/// rows first (`plan_append`), so a rejected append writes nothing while the others commit.
+/// that COMMIT into a rollback). Every append is planned in memory against the locked rows
+/// first (`plan_one`), so a rejected append writes nothing while the others commit.
 async fn append_tx(
     pool: &Pool,
     batch: Vec<Append>,
@@ -1201,7 +1128,7 @@ async fn append_tx(
     ids.dedup();
     let mut ledger_ids: Vec<Uuid> = batch
         .iter()
-        .filter(|a| a.events.iter().any(|e| ledger_change(e).is_some()))
+        .filter(|a| a.events.iter().any(|e| e.ledger_move().is_some()))
         .map(|a| a.job_id.0)
         .collect();
     ledger_ids.sort_unstable();
@@ -1239,13 +1166,15 @@ async fn append_tx(
         jobs.insert(
             col::<Uuid>(r, 0)?,
             JobMem {
-                status: parse_status(col(r, 1)?)?,
-                last_seq: to_u64(col(r, 2)?, "last_seq")?,
-                last_hash: hash32(col(r, 3)?, "last_hash")?,
-                token: to_u64(col(r, 4)?, "token")?,
-                updated_at: col(r, 5)?,
+                head: JobHead {
+                    status: parse_status(col(r, 1)?)?,
+                    last_seq: to_u64(col(r, 2)?, "last_seq")?,
+                    last_hash: hash32(col(r, 3)?, "last_hash")?,
+                    token: to_u64(col(r, 4)?, "token")?,
+                    updated_at_ms: col(r, 5)?,
+                },
                 dirty: false,
-                wake: None,
+                timer: TimerChange::Keep,
             },
         );
         db_now = col(r, 6)?;
@@ -1255,13 +1184,13 @@ async fn append_tx(
         let attempt: i64 = col(r, 3)?;
         ledger.insert(
             (col::<Uuid>(r, 0)?, col::<String>(r, 1)?),
-            LedgerMem {
+            LedgerRow {
                 invocation_key: col(r, 2)?,
                 attempt: u32::try_from(attempt)
                     .map_err(|_| StoreError::Corrupt(format!("ledger attempt {attempt}")))?,
                 effect: parse_effect(col(r, 4)?)?,
                 status: parse_ledger_status(col(r, 5)?)?,
-                updated_at: col(r, 6)?,
+                updated_at_ms: col(r, 6)?,
             },
         );
     }
@@ -1271,7 +1200,7 @@ async fn append_tx(
     let results: Vec<Result<Vec<RecordedEvent>>> = batch
         .into_iter()
         .map(|a| {
-            plan_append(
+            plan_one(
                 a,
                 &mut jobs,
                 &mut ledger,
@@ -1283,16 +1212,17 @@ async fn append_tx(
         .collect();
 
     let mut upd = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut wake_set, mut wake_at): (Vec<bool>, Vec<Option<i64>>) = (vec![], vec![]);
+    let (mut wake_keep, mut wake_at): (Vec<bool>, Vec<Option<i64>>) = (vec![], vec![]);
     for (id, j) in jobs.iter().filter(|(_, j)| j.dirty) {
         upd.0.push(*id);
-        upd.1.push(to_i64(j.token));
-        upd.2.push(j.status.as_str());
-        upd.3.push(to_i64(j.last_seq));
-        upd.4.push(j.last_hash.to_vec());
-        upd.5.push(j.updated_at);
-        wake_set.push(j.wake.is_some());
-        wake_at.push(j.wake.flatten());
+        upd.1.push(to_i64(j.head.token));
+        upd.2.push(j.head.status.as_str());
+        upd.3.push(to_i64(j.head.last_seq));
+        upd.4.push(j.head.last_hash.to_vec());
+        upd.5.push(j.head.updated_at_ms);
+        let (keep, at) = timer_columns(j.timer);
+        wake_keep.push(keep);
+        wake_at.push(at);
     }
     if upd.0.is_empty() {
         // Every append failed validation: nothing to write.
@@ -1310,7 +1240,7 @@ async fn append_tx(
         led.3.push(i64::from(l.attempt));
         led.4.push(l.effect.as_str());
         led.5.push(l.status.as_str());
-        led.6.push(l.updated_at);
+        led.6.push(l.updated_at_ms);
     }
 
     // Round trip 2: all writes, then COMMIT.
@@ -1335,7 +1265,7 @@ async fn append_tx(
         &upd.3,
         &upd.4,
         &upd.5,
-        &wake_set,
+        &wake_keep,
         &wake_at,
     ];
     let written = tokio::try_join!(

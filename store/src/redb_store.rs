@@ -14,19 +14,21 @@
 
 use crate::fair::{FairQueue, JobTenants};
 use crate::{
-    backend, Access, Append, AuditEntry, AuditFilter, AuditRecord, CommandBody, JobSummary, Lease,
-    LedgerEntry, ListFilter, NewJob, Result, RunningCaps, Scope, StatusCount, Store, StoreError,
-    StoredCommand, Tenant, User,
+    append_refused, backend, Access, Append, AuditEntry, AuditFilter, AuditRecord, CommandBody,
+    JobSummary, Lease, LedgerEntry, ListFilter, NewJob, Result, RunningCaps, Scope, StatusCount,
+    Store, StoreError, StoredCommand, Tenant, User,
 };
-use aetheris_proof::event_hash;
+use aetheris_runtime::chain::{event_hash, GENESIS};
 use aetheris_runtime::codec::{decode_versioned, encode_versioned};
-use aetheris_runtime::{EffectClass, EventBody, JobId, JobStatus, LedgerStatus, RecordedEvent};
+use aetheris_runtime::{
+    plan_append, EventBody, JobHead, JobId, JobStatus, LedgerRow, RecordedEvent, TimerChange,
+};
 use async_trait::async_trait;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -85,15 +87,6 @@ struct JobRow {
     token: u64,
     lease_owner: Option<String>,
     lease_expires_ms: i64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LedgerRow {
-    invocation_key: String,
-    attempt: u32,
-    effect: EffectClass,
-    status: LedgerStatus,
-    updated_at_ms: i64,
 }
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -1065,13 +1058,13 @@ fn submit_in(tx: &WriteTransaction, job: NewJob, now: i64) -> Result<(JobSummary
         idempotency_key: job.idempotency_key.clone(),
     };
     let payload = body.payload();
-    let hash = event_hash(&aetheris_proof::GENESIS, id, 1, now, body.kind(), &payload);
+    let hash = event_hash(&GENESIS, id, 1, now, body.kind(), &payload);
     let ev = RecordedEvent {
         job_id: id,
         seq: 1,
         recorded_at_ms: now,
         body,
-        prev_hash: aetheris_proof::GENESIS,
+        prev_hash: GENESIS,
         hash,
     };
     tx.open_table(EVENTS)
@@ -1106,118 +1099,55 @@ fn submit_in(tx: &WriteTransaction, job: NewJob, now: i64) -> Result<(JobSummary
     Ok((summary(id, &row), true))
 }
 
-/// Validates the whole append first (fence, seq, ledger transitions), then writes.
+/// Plans the append against the job's row and ledger rows (`aetheris_runtime::plan_append`,
+/// which writes nothing and reads ledger rows lazily), then writes what it planned.
 fn append_in(tx: &WriteTransaction, a: Append, now: i64) -> Result<Vec<RecordedEvent>> {
-    let mut row = load_row(tx, a.job_id)?.ok_or(StoreError::NotFound(a.job_id))?;
-    if row.token != a.token {
-        return Err(StoreError::Fenced {
-            job: a.job_id,
-            presented: a.token,
-            current: row.token,
-        });
-    }
-    if row.last_seq != a.expected_last_seq {
-        return Err(StoreError::SeqConflict {
-            job: a.job_id,
-            expected: a.expected_last_seq,
-            actual: row.last_seq,
-        });
-    }
-    // Plan the ledger changes against current rows, in order, without writing.
-    let mut ledger: HashMap<String, Option<LedgerRow>> = HashMap::new();
-    let mut status = row.status;
-    {
+    let job = a.job_id;
+    let mut row = load_row(tx, job)?.ok_or(StoreError::NotFound(job))?;
+    let head = JobHead {
+        status: row.status,
+        last_seq: row.last_seq,
+        last_hash: row.last_hash,
+        token: row.token,
+        updated_at_ms: row.updated_at_ms,
+    };
+    let planned = {
         let lt = tx.open_table(LEDGER).map_err(backend)?;
-        for body in &a.events {
-            crate::check_appendable(a.job_id, status, body)?;
-            if let Some((step, to, attempt, effect, key)) = ledger_change(body) {
-                if !ledger.contains_key(step) {
-                    let cur = lt
-                        .get(ledger_key(a.job_id, step).as_slice())
-                        .map_err(backend)?;
-                    ledger.insert(
-                        step.to_string(),
-                        cur.map(|g| dec::<LedgerRow>(g.value())).transpose()?,
-                    );
-                }
-                let cur = ledger
-                    .get_mut(step)
-                    .ok_or_else(|| StoreError::Backend("ledger plan".into()))?;
-                let effect = effect
-                    .or(cur.as_ref().map(|c| c.effect))
-                    .unwrap_or(EffectClass::SideEffect);
-                let next = LedgerStatus::transition(cur.as_ref().map(|c| c.status), to, effect)
-                    .map_err(|d| {
-                        StoreError::Rejected(format!(
-                            "step {step:?}: illegal ledger transition {d}"
-                        ))
-                    })?;
-                let key = key
-                    .map(|k| k.to_string())
-                    .or(cur.as_ref().map(|c| c.invocation_key.clone()))
-                    .unwrap_or_default();
-                *cur = Some(LedgerRow {
-                    invocation_key: key,
-                    attempt: attempt.unwrap_or(cur.as_ref().map(|c| c.attempt).unwrap_or(0)),
-                    effect,
-                    status: next,
-                    updated_at_ms: now,
-                });
-            }
-            status = status.after(body);
-        }
-    }
-    let mut out = Vec::with_capacity(a.events.len());
+        let lookup = |step: &str| -> Result<Option<LedgerRow>> {
+            let cur = lt.get(ledger_key(job, step).as_slice()).map_err(backend)?;
+            cur.map(|g| dec::<LedgerRow>(g.value())).transpose()
+        };
+        plan_append(&head, a, now, lookup).map_err(|e| append_refused(job, e))?
+    };
     {
         let mut et = tx.open_table(EVENTS).map_err(backend)?;
-        for body in a.events {
-            let seq = row.last_seq + 1;
-            let payload = body.payload();
-            let hash = event_hash(&row.last_hash, a.job_id, seq, now, body.kind(), &payload);
-            let ev = RecordedEvent {
-                job_id: a.job_id,
-                seq,
-                recorded_at_ms: now,
-                body,
-                prev_hash: row.last_hash,
-                hash,
-            };
+        for (ev, payload) in planned.events.iter().zip(&planned.payloads) {
             et.insert(
-                seq_key(a.job_id, seq).as_slice(),
-                encode_event(&ev, &payload).as_slice(),
+                seq_key(job, ev.seq).as_slice(),
+                encode_event(ev, payload.as_bytes()).as_slice(),
             )
             .map_err(backend)?;
-            row.last_seq = seq;
-            row.last_hash = hash;
-            out.push(ev);
         }
     }
     {
         let mut lt = tx.open_table(LEDGER).map_err(backend)?;
-        for (step, r) in ledger {
-            if let Some(r) = r {
-                lt.insert(ledger_key(a.job_id, &step).as_slice(), enc(&r)?.as_slice())
-                    .map_err(backend)?;
-            }
+        for (step, r) in &planned.ledger {
+            lt.insert(ledger_key(job, step).as_slice(), enc(r)?.as_slice())
+                .map_err(backend)?;
         }
     }
-    // Timers: the last `job_parked` of the batch sets the wake-up; progress clears it.
-    let parked = out.iter().rev().find_map(|e| match &e.body {
-        EventBody::JobParked { wake_at_ms } => Some(*wake_at_ms),
-        _ => None,
-    });
-    match parked {
-        Some(w) => set_timer(tx, a.job_id, w)?,
-        None if status != JobStatus::Waiting => set_timer(tx, a.job_id, None)?,
-        None => {}
+    match planned.timer {
+        TimerChange::Keep => {}
+        TimerChange::Set(at) => set_timer(tx, job, Some(at))?,
+        TimerChange::Clear => set_timer(tx, job, None)?,
     }
-    row.status = status;
-    row.updated_at_ms = now;
-    save_row(tx, a.job_id, &row)?;
-    Ok(out)
+    row.status = planned.head.status;
+    row.last_seq = planned.head.last_seq;
+    row.last_hash = planned.head.last_hash;
+    row.updated_at_ms = planned.head.updated_at_ms;
+    save_row(tx, job, &row)?;
+    Ok(planned.events)
 }
-
-use crate::ledger_change;
 
 fn snapshot_in(tx: &WriteTransaction, id: JobId, token: u64, seq: u64, blob: &[u8]) -> Result<()> {
     let row = load_row(tx, id)?.ok_or(StoreError::NotFound(id))?;
