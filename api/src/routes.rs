@@ -8,10 +8,11 @@
 use crate::auth::{Permission, Principal};
 use crate::problem::ApiError;
 use actix_web::{web, HttpRequest, HttpResponse};
-use aetheris_actors::job::load_state;
 use aetheris_actors::Metrics;
 use aetheris_runtime::{EffectClass, JobId, JobState, JobStatus, Plan, ToolCatalog};
-use aetheris_store::{AuditEntry, AuditFilter, DynStore, JobSummary, ListFilter, NewJob, Scope};
+use aetheris_store::{
+    load_job_state, AuditEntry, AuditFilter, DynStore, JobSummary, ListFilter, NewJob, Scope,
+};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -328,10 +329,11 @@ pub async fn job_view(store: &DynStore, tenant: &str, id: JobId) -> Result<Value
         .get_job(Scope::Tenant(tenant), id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-    let (state, _, _) = load_state(store, id)
+    let state = load_job_state(store, id)
         .await
-        .map_err(ApiError::Internal)?
-        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?
+        .state;
     Ok(render_job(&summary, &state))
 }
 
@@ -734,10 +736,11 @@ async fn confirm(
         .get_job(Scope::Tenant(&p.tenant), id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-    let (state, _, _) = load_state(&st.store, id)
+    let state = load_job_state(&st.store, id)
         .await
-        .map_err(ApiError::Internal)?
-        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?
+        .state;
     let status = state
         .steps
         .get(&step)
@@ -856,11 +859,7 @@ async fn set_tenant_limits(
             limits_json(&limits),
             Some(&AuditEntry::ok(&p.tenant, &p.sub, "tenant.set_limits", &id)),
         )
-        .await
-        .map_err(|e| match e {
-            aetheris_store::StoreError::Rejected(m) => ApiError::NotFound(m),
-            other => other.into(),
-        })?;
+        .await?;
     st.limits.set_tenant_limits(&id, limits);
     Ok(HttpResponse::Ok().json(t))
 }
