@@ -90,11 +90,7 @@ pub(super) fn start_group_commit(
     pool_size: usize,
     job_tenants: Arc<Mutex<JobTenants>>,
 ) -> (tokio::sync::mpsc::Sender<Queued>, Arc<AppendCounters>) {
-    let (group, queue) = tokio::sync::mpsc::channel(GROUP_QUEUE);
-    let queue = Arc::new(FairChannel::new(
-        queue,
-        FairQueue::new(GROUP_CONTENDED_QUOTA),
-    ));
+    let (group, queue) = batch::channel(GROUP_QUEUE, FairQueue::new(GROUP_CONTENDED_QUOTA));
     let stats = Arc::new(AppendCounters::default());
     for _ in 0..batch::batchers(pool_size) {
         tokio::spawn(group_commit_worker(
@@ -112,14 +108,7 @@ pub(super) async fn append_one(
     group: &tokio::sync::mpsc::Sender<Queued>,
     a: Append,
 ) -> Result<Vec<RecordedEvent>> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    group
-        .send((a, reply))
-        .await
-        .map_err(|_| StoreError::Backend("append batcher has stopped".into()))?;
-    answer.await.map_err(|_| {
-        StoreError::Backend("append batcher stopped before answering; outcome unknown".into())
-    })?
+    batch::ask(group, "append", |reply| (a, reply)).await
 }
 
 /// A locked job row as the batch sees it, including earlier appends of the same batch.

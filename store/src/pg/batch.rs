@@ -3,7 +3,7 @@
 //! tenant's flood does not fill every transaction ahead of another tenant's write (W6).
 
 use crate::fair::FairQueue;
-use crate::StoreError;
+use crate::{Result, StoreError};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -17,6 +17,35 @@ pub(super) fn batchers(pool_size: usize) -> usize {
 }
 
 const IN_FLIGHT: usize = 2;
+
+/// A batcher's channel: where callers send (at most `capacity` waiting before they wait to
+/// enqueue), and the fair queue batchers take from.
+pub(super) fn channel<T>(
+    capacity: usize,
+    queue: FairQueue<T>,
+) -> (tokio::sync::mpsc::Sender<T>, Arc<FairChannel<T>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    (tx, Arc::new(FairChannel::new(rx, queue)))
+}
+
+/// Sends `make(reply)` to the batcher `what` and waits for its answer. A batcher that
+/// stopped before answering leaves the outcome unknown.
+pub(super) async fn ask<T, R>(
+    batcher: &tokio::sync::mpsc::Sender<T>,
+    what: &str,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Result<R>>) -> T,
+) -> Result<R> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    batcher
+        .send(make(reply))
+        .await
+        .map_err(|_| StoreError::Backend(format!("{what} batcher has stopped")))?;
+    answer.await.map_err(|_| {
+        StoreError::Backend(format!(
+            "{what} batcher stopped before answering; outcome unknown"
+        ))
+    })?
+}
 
 /// A batcher's queue: what callers sent, and what waits its turn (`FairQueue`); for a
 /// queue `sharing_batches`, also the tenants of batches that finished since a batcher

@@ -89,11 +89,8 @@ pub(super) fn start_group_submit(
     pool_size: usize,
     hint: Arc<Notify>,
 ) -> (tokio::sync::mpsc::Sender<QueuedSubmit>, Arc<AtomicU64>) {
-    let (submits, queue) = tokio::sync::mpsc::channel(SUBMIT_QUEUE);
-    let queue = Arc::new(FairChannel::new(
-        queue,
-        FairQueue::new(SUBMIT_CONTENDED_QUOTA).sharing_batches(),
-    ));
+    let fair = FairQueue::new(SUBMIT_CONTENDED_QUOTA).sharing_batches();
+    let (submits, queue) = batch::channel(SUBMIT_QUEUE, fair);
     let batches = Arc::new(AtomicU64::new(0));
     let clock = Arc::new(DbClock::default());
     for _ in 0..batch::batchers(pool_size) {
@@ -115,19 +112,13 @@ pub(super) async fn submit_one(
     job: NewJob,
     audit: Option<&AuditEntry>,
 ) -> Result<(JobSummary, bool)> {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let queued = QueuedSubmit {
+    let audit = audit.cloned();
+    batch::ask(submits, "submit", |reply| QueuedSubmit {
         job,
-        audit: audit.cloned(),
+        audit,
         reply,
-    };
-    submits
-        .send(queued)
-        .await
-        .map_err(|_| StoreError::Backend("submit batcher has stopped".into()))?;
-    answer.await.map_err(|_| {
-        StoreError::Backend("submit batcher stopped before answering; outcome unknown".into())
-    })?
+    })
+    .await
 }
 
 /// Group submit: `submit` callers queue here; a worker takes what is queued (tenants in
