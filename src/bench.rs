@@ -32,13 +32,12 @@ mod pg;
 mod w3;
 mod w6;
 
-use aetheris_actors::job::load_state;
 use aetheris_actors::{
     start_worker, Invocation, Metrics, Shared, Tool, ToolError, ToolRegistry, WorkerConfig,
 };
 use aetheris_runtime::codec::{encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::{invocation_key, EffectClass, EventBody, JobId, Plan};
-use aetheris_store::{Append, DynStore, NewJob, PgStore, RedbStore};
+use aetheris_store::{load_job_state, Append, DynStore, NewJob, PgStore, RedbStore};
 use clap::Args;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
@@ -620,12 +619,16 @@ async fn w4_once(opener: Opener, events: u64) -> Result<W4, String> {
     let mut no_snap = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        load_state(&store, job.job_id).await?;
+        load_job_state(&store, job.job_id)
+            .await
+            .map_err(|e| e.to_string())?;
         no_snap.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let (state, _, _) = load_state(&store, job.job_id)
-        .await?
-        .ok_or("job vanished")?;
+    let state = load_job_state(&store, job.job_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("job vanished")?
+        .state;
     let blob = encode_versioned(SNAPSHOT_FORMAT, &state).map_err(|e| e.to_string())?;
     store
         .put_snapshot(job.job_id, token, state.last_seq, blob)
@@ -634,7 +637,9 @@ async fn w4_once(opener: Opener, events: u64) -> Result<W4, String> {
     let mut with_snap = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        load_state(&store, job.job_id).await?;
+        load_job_state(&store, job.job_id)
+            .await
+            .map_err(|e| e.to_string())?;
         with_snap.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let (append_at_end_ms, _) = append_latency(&store, job.job_id, token, seq, 10).await?;

@@ -13,14 +13,14 @@ use crate::registry::{ActorGone, Exit};
 use crate::tools::{Invocation, Invoke, Reconcile, Reconciled, ToolError, ToolErrorKind};
 use crate::Shared;
 use actix::prelude::*;
-use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT};
+use aetheris_runtime::codec::{encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::retry::backoff_ms;
 use aetheris_runtime::template::resolve;
 use aetheris_runtime::{
     decide, invocation_key, recover, EffectClass, EventBody, JobId, JobState, RecordedEvent,
     Recovery, StepStatus,
 };
-use aetheris_store::{Append, Scope, StoreError};
+use aetheris_store::{load_job_state, state_from_load, Append, LoadedJob, StoreError};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -327,7 +327,9 @@ impl JobActor {
                     let retry_for = Duration::from_millis(act.sh.config.lease_ttl_ms);
                     match res {
                         Ok(recorded) => act.on_appended(recorded, sent_at, ctx),
-                        Err(StoreError::Backend(e))
+                        // Only a transient failure is retried: anything else (a refusal,
+                        // a fenced token, a statement the server refuses) will not heal.
+                        Err(e @ StoreError::Unavailable { .. })
                             if !act.stopping && first_try.elapsed() < retry_for =>
                         {
                             tracing::warn!(job = %act.job_id, error = %e, "append failed; retrying");
@@ -781,7 +783,7 @@ impl JobActor {
                 attempt: st.attempt,
                 invocation_key: key,
                 fencing_token: self.token,
-                effect: st.effect.unwrap_or(EffectClass::SideEffect),
+                effect: st.effect.unwrap_or(EffectClass::UNKNOWN_DEFAULT),
                 args,
             };
             let max_attempts = state
@@ -836,89 +838,10 @@ fn store_reason(e: &StoreError) -> &'static str {
         StoreError::SeqConflict { .. } => "seq_conflict",
         StoreError::NotFound(_) => "not_found",
         StoreError::Rejected(_) => "rejected",
-        StoreError::Backend(_) => "store_error",
+        StoreError::Backend(_) | StoreError::Unavailable { .. } => "store_error",
         StoreError::Corrupt(_) => "corrupt",
         StoreError::Conflict(_) => "conflict",
     }
-}
-
-/// Events read per round trip while replaying.
-const REPLAY_PAGE: usize = 10_000;
-
-/// Loads a job's state: the newest snapshot, then the events after it.
-pub async fn load_state(
-    store: &aetheris_store::DynStore,
-    job: JobId,
-) -> Result<Option<(JobState, u64, usize)>, String> {
-    Ok(load_job_state(store, job)
-        .await?
-        .map(|(state, snap_seq, replayed, _)| (state, snap_seq, replayed)))
-}
-
-/// What a job actor starts from: its state (newest snapshot plus the events after it),
-/// the snapshot's seq, the events replayed, and the commands not yet applied. The first
-/// page of events comes with the snapshot and the commands in one `Store::load_job` (one
-/// round trip on PostgreSQL); only a log longer than `REPLAY_PAGE` past the snapshot, or
-/// an unreadable snapshot, costs more reads.
-pub async fn load_job_state(
-    store: &aetheris_store::DynStore,
-    job: JobId,
-) -> Result<Option<(JobState, u64, usize, Vec<aetheris_store::StoredCommand>)>, String> {
-    let load = store
-        .load_job(job, REPLAY_PAGE)
-        .await
-        .map_err(|e| e.to_string())?;
-    state_from_load(store, job, load).await
-}
-
-/// `load_job_state` from a `JobLoad` already read (by `load_job`, or by the claim): the
-/// store is read again only past a full page of events or an unreadable snapshot.
-pub async fn state_from_load(
-    store: &aetheris_store::DynStore,
-    job: JobId,
-    load: aetheris_store::JobLoad,
-) -> Result<Option<(JobState, u64, usize, Vec<aetheris_store::StoredCommand>)>, String> {
-    let snapshot = match &load.snapshot {
-        Some((seq, blob)) => match decode_versioned::<JobState>(SNAPSHOT_FORMAT, blob) {
-            Ok(s) if s.last_seq == *seq => Some((s, *seq)),
-            // An unreadable snapshot is not fatal: the log is the source of truth.
-            _ => None,
-        },
-        None => None,
-    };
-    // A short page is the end of the log: no extra round trip to read nothing.
-    let full = |page: &Vec<RecordedEvent>| page.len() >= REPLAY_PAGE;
-    let (mut state, snap_seq, first_page, mut more) = match snapshot {
-        Some((s, seq)) => {
-            let more = full(&load.events);
-            (Some(s), seq, load.events, more)
-        }
-        // Without a snapshot the events read are the log from seq 1.
-        None if load.snapshot.is_none() => {
-            let more = full(&load.events);
-            (None, 0, load.events, more)
-        }
-        // With an unreadable one they continue it: the log is read again from the start.
-        None => (None, 0, Vec::new(), true),
-    };
-    let mut replayed = first_page.len();
-    let mut after = first_page
-        .last()
-        .map(|e| e.seq)
-        .or(state.as_ref().map(|s| s.last_seq))
-        .unwrap_or(0);
-    state = JobState::replay(state, &first_page).map_err(|e| e.to_string())?;
-    while more {
-        let batch = store
-            .read_events(Scope::System, job, after, REPLAY_PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
-        more = full(&batch);
-        replayed += batch.len();
-        after = batch.last().map(|e| e.seq).unwrap_or(after);
-        state = JobState::replay(state, &batch).map_err(|e| e.to_string())?;
-    }
-    Ok(state.map(|s| (s, snap_seq, replayed, load.commands)))
 }
 
 impl Actor for JobActor {
@@ -942,7 +865,12 @@ impl Actor for JobActor {
                 }
             })
             .map(move |res, act: &mut JobActor, ctx| match res {
-                Ok(Some((state, snap_seq, replayed, cmds))) => {
+                Ok(Some(LoadedJob {
+                    state,
+                    snapshot_seq: snap_seq,
+                    events_replayed: replayed,
+                    pending_commands: cmds,
+                })) => {
                     act.sh.metrics.observe(
                         "aetheris_replay_duration_seconds",
                         &[],

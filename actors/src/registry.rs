@@ -41,7 +41,7 @@ pub struct ActorGone {
 pub struct RunJob {
     pub job_id: JobId,
     pub token: u64,
-    /// The job's load, when the claim brought it (`Store::claim_and_load`): the actor
+    /// The job's load, when the claim brought it (`Leases::claim_and_load`): the actor
     /// starts from it instead of reading the store.
     pub preload: Option<aetheris_store::JobLoad>,
 }

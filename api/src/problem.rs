@@ -66,8 +66,9 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(id) => ApiError::NotFound(format!("job {id} not found")),
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             StoreError::Backend(m) => ApiError::Unavailable(format!("store unavailable: {m}")),
+            e @ StoreError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
             StoreError::Conflict(m) => ApiError::Conflict(m),
             other => ApiError::Internal(other.to_string()),
         }

@@ -7,73 +7,12 @@
 //! seq where the chain breaks. Sync code only.
 
 use aetheris_runtime::{JobId, RecordedEvent};
-use sha2::{Digest, Sha256};
 
-/// The hash before seq 1.
-pub const GENESIS: [u8; 32] = [0u8; 32];
-
-/// The canonical header bytes: job id (16) ‖ seq (u64 BE) ‖ recorded_at_ms (i64 BE) ‖
-/// kind length (u16 BE) ‖ kind (UTF-8).
-pub fn canonical_header(job: JobId, seq: u64, recorded_at_ms: i64, kind: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + 8 + 8 + 2 + kind.len());
-    out.extend_from_slice(job.as_bytes());
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&recorded_at_ms.to_be_bytes());
-    out.extend_from_slice(&(kind.len() as u16).to_be_bytes());
-    out.extend_from_slice(kind.as_bytes());
-    out
-}
-
-pub fn payload_digest(payload: &[u8]) -> [u8; 32] {
-    Sha256::digest(payload).into()
-}
-
-/// The bytes `link` hashes, split around the 8 bytes of `recorded_at_ms` (big-endian):
-/// `event_hash(prev, job, seq, t, kind, payload)` is `SHA-256(head ‖ t ‖ tail)`. A store
-/// whose clock is read where the event is written (PostgreSQL's group submit) hashes
-/// there, with these two parts sent along.
-pub fn parts_around_time(
-    prev: &[u8; 32],
-    job: JobId,
-    seq: u64,
-    kind: &str,
-    payload: &[u8],
-) -> (Vec<u8>, Vec<u8>) {
-    let mut head = Vec::with_capacity(32 + 16 + 8);
-    head.extend_from_slice(prev);
-    head.extend_from_slice(job.as_bytes());
-    head.extend_from_slice(&seq.to_be_bytes());
-    let mut tail = Vec::with_capacity(2 + kind.len() + 32);
-    tail.extend_from_slice(&(kind.len() as u16).to_be_bytes());
-    tail.extend_from_slice(kind.as_bytes());
-    tail.extend_from_slice(&payload_digest(payload));
-    (head, tail)
-}
-
-/// The chain link for one event, given the digest of its payload.
-pub fn link(prev: &[u8; 32], header: &[u8], payload_digest: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(header);
-    h.update(payload_digest);
-    h.finalize().into()
-}
-
-/// The hash of an event with these header fields and payload bytes.
-pub fn event_hash(
-    prev: &[u8; 32],
-    job: JobId,
-    seq: u64,
-    recorded_at_ms: i64,
-    kind: &str,
-    payload: &[u8],
-) -> [u8; 32] {
-    link(
-        prev,
-        &canonical_header(job, seq, recorded_at_ms, kind),
-        &payload_digest(payload),
-    )
-}
+/// The chain's hashing lives in the pure core (`aetheris_runtime::chain`), where the stores
+/// compute it when they record events; it is re-exported here, beside its verifier.
+pub use aetheris_runtime::chain::{
+    canonical_header, event_hash, link, parts_around_time, payload_digest, GENESIS,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -144,6 +83,7 @@ mod tests {
     use super::*;
     use aetheris_runtime::EventBody;
     use serde_json::json;
+    use sha2::{Digest, Sha256};
 
     fn chain(n: u64) -> (JobId, Vec<RecordedEvent>) {
         let job = JobId::new();

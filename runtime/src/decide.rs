@@ -151,7 +151,7 @@ pub fn recover(state: &JobState) -> Vec<Recovery> {
         .iter()
         .filter(|(_, s)| s.status == StepStatus::Running)
         .map(
-            |(id, s)| match s.effect.unwrap_or(EffectClass::SideEffect) {
+            |(id, s)| match s.effect.unwrap_or(EffectClass::UNKNOWN_DEFAULT) {
                 e if e.reinvocable() => Recovery::Reinvoke { step: id.clone() },
                 _ => Recovery::OutcomeUnknown { step: id.clone() },
             },

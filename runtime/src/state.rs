@@ -288,14 +288,21 @@ impl JobState {
         }
         let seq = e.seq;
         let at = e.recorded_at_ms;
-        let ledger_move = |st: &StepState, step: &str, to: LedgerStatus, effect: EffectClass| {
-            LedgerStatus::transition(st.ledger, to, effect).map_err(|detail| {
-                FoldError::IllegalTransition {
-                    seq,
-                    step: step.to_string(),
-                    detail,
-                }
-            })
+        // The ledger move, by the same rule the stores' append planner uses; computed
+        // before anything changes, so an illegal move leaves `self` as it was.
+        let ledger = match e.body.ledger_move() {
+            Some(mv) => {
+                let st = self.step_mut(seq, mv.step)?;
+                let (status, _) = mv.next(st.ledger, st.effect).map_err(|detail| {
+                    FoldError::IllegalTransition {
+                        seq,
+                        step: mv.step.to_string(),
+                        detail,
+                    }
+                })?;
+                Some(status)
+            }
+            None => None,
         };
         match &e.body {
             EventBody::JobSubmitted { .. } => return Err(FoldError::SubmittedTwice { seq }),
@@ -307,8 +314,7 @@ impl JobState {
                 ..
             } => {
                 let st = self.step_mut(seq, step)?;
-                let l = ledger_move(st, step, LedgerStatus::Started, *effect)?;
-                st.ledger = Some(l);
+                st.ledger = ledger;
                 st.status = StepStatus::Running;
                 st.attempt = *attempt;
                 st.invocation_key = Some(invocation_key.clone());
@@ -319,13 +325,7 @@ impl JobState {
             }
             EventBody::StepSucceeded { step, output, .. } => {
                 let st = self.step_mut(seq, step)?;
-                let l = ledger_move(
-                    st,
-                    step,
-                    LedgerStatus::Succeeded,
-                    st.effect.unwrap_or(EffectClass::SideEffect),
-                )?;
-                st.ledger = Some(l);
+                st.ledger = ledger;
                 st.status = StepStatus::Succeeded;
                 st.output = Some(output.clone());
                 st.finished_at_ms = Some(at);
@@ -337,13 +337,7 @@ impl JobState {
                 ..
             } => {
                 let st = self.step_mut(seq, step)?;
-                let l = ledger_move(
-                    st,
-                    step,
-                    LedgerStatus::Failed,
-                    st.effect.unwrap_or(EffectClass::SideEffect),
-                )?;
-                st.ledger = Some(l);
+                st.ledger = ledger;
                 st.error = Some(error.clone());
                 st.finished_at_ms = Some(at);
                 match retry_after_ms {
@@ -356,13 +350,7 @@ impl JobState {
             }
             EventBody::StepOutcomeUnknown { step, reason, .. } => {
                 let st = self.step_mut(seq, step)?;
-                let l = ledger_move(
-                    st,
-                    step,
-                    LedgerStatus::OutcomeUnknown,
-                    st.effect.unwrap_or(EffectClass::SideEffect),
-                )?;
-                st.ledger = Some(l);
+                st.ledger = ledger;
                 st.status = StepStatus::OutcomeUnknown;
                 st.error = Some(reason.clone());
                 st.finished_at_ms = Some(at);
@@ -486,13 +474,7 @@ impl JobState {
                 ..
             } => {
                 let st = self.step_mut(seq, step)?;
-                let l = ledger_move(
-                    st,
-                    step,
-                    LedgerStatus::Confirmed,
-                    st.effect.unwrap_or(EffectClass::SideEffect),
-                )?;
-                st.ledger = Some(l);
+                st.ledger = ledger;
                 st.finished_at_ms = Some(at);
                 match outcome {
                     crate::event::ConfirmOutcome::Succeeded => {

@@ -13,9 +13,15 @@
 //!   naming the file. A database with migrations this build does not know (a newer version
 //!   migrated it) is accepted with a warning, so rolling upgrades work.
 
-use crate::pg_store::{pg_err, pg_msg};
+use crate::pg::{describe, error};
 use crate::{Result, StoreError};
 use sha2::{Digest, Sha256};
+
+/// A driver error of the migration transaction (the caller clears statement caches after
+/// migrating, so none are cleared here).
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    error(e, None)
+}
 
 /// One embedded migration file.
 #[derive(Debug, Clone, Copy)]
@@ -137,7 +143,7 @@ pub async fn run_migrations(
     let mut applied = Vec::with_capacity(pending.len());
     for (m, sum) in pending {
         tx.batch_execute(m.sql).await.map_err(|e| {
-            StoreError::Backend(format!("migration {} failed: {}", m.name, pg_msg(&e)))
+            StoreError::Backend(format!("migration {} failed: {}", m.name, describe(&e)))
         })?;
         tx.execute(
             "INSERT INTO aetheris_migrations (name, checksum) VALUES ($1, $2)",

@@ -6,7 +6,8 @@
 //! appends really queue up behind each other; the test checks outcomes only, never timing.
 
 use aetheris_runtime::{invocation_key, EffectClass, EventBody, JobId, LedgerStatus, Plan};
-use aetheris_store::{pg_test, Append, NewJob, PgStore, Scope, Store, StoreError};
+use aetheris_store::testing::pg_cluster;
+use aetheris_store::{Append, JobLog, Leases, NewJob, PgStore, Scope, StoreError};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +68,7 @@ fn role(i: usize) -> Role {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_single_appends_share_commits_and_keep_every_check() {
-    let url = pg_test::fresh_database_url().await;
+    let url = pg_cluster::fresh_database_url().await;
     let store = PgStore::connect(&url, 8).await.unwrap();
     store.migrate().await.unwrap();
     let jobs_n = 48;
@@ -252,7 +253,7 @@ async fn concurrent_single_appends_share_commits_and_keep_every_check() {
 /// `append_many` and single appends interleave on the same jobs without breaking either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_appends_and_batches_interleave() {
-    let url = pg_test::fresh_database_url().await;
+    let url = pg_cluster::fresh_database_url().await;
     let store = PgStore::connect(&url, 4).await.unwrap();
     store.migrate().await.unwrap();
     let mut ids = Vec::new();

@@ -261,7 +261,7 @@ fn a_small_tenant_is_not_starved_by_a_backlog() {
 fn a_small_tenant_is_not_starved_by_a_backlog_on_postgres() {
     small_tenant_is_not_starved(Box::new(|| {
         Box::pin(async {
-            let url = aetheris_store::pg_test::fresh_database_url().await;
+            let url = aetheris_store::testing::pg_cluster::fresh_database_url().await;
             let pg = aetheris_store::PgStore::connect(&url, 8)
                 .await
                 .expect("connect");

@@ -21,7 +21,7 @@ fn pg_bootstrap_from_an_empty_database_to_a_first_job_as_the_readme_says() {
         !blocks.is_empty(),
         "no command block in the production section"
     );
-    let cluster = aetheris_store::pg_test::private_cluster();
+    let cluster = aetheris_store::testing::pg_cluster::private_cluster();
     let pg_addr = format!("127.0.0.1:{}", cluster.port);
     let script = script_of(
         &blocks,

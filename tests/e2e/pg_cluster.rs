@@ -34,7 +34,7 @@ use aetheris_actors::{
     start_worker, Invocation, Metrics, Shared, Tool, ToolError, ToolRegistry, WorkerConfig,
 };
 use aetheris_runtime::{EffectClass, EventBody, JobId, JobStatus, Plan, RecordedEvent};
-use aetheris_store::{DynStore, NewJob, PgStore, Scope, Store};
+use aetheris_store::{DynStore, JobLog, NewJob, PgStore, Scope};
 use futures::stream::{self, StreamExt};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -1163,7 +1163,7 @@ fn pg_chaos_sigkill_random_workers_never_duplicates_or_loses() {
     // Calls take 5–40 ms, so kills land mid-call and workers hold several jobs each.
     let stub = Stub::start(5, 40);
     let rt = rt();
-    let url = rt.block_on(aetheris_store::pg_test::fresh_database_url());
+    let url = rt.block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
     let mut h = Harness::new("chaos", url, rt);
     let mut v: Vec<String> = Vec::new();
     if let Err(e) = h.start_server() {
@@ -1417,7 +1417,7 @@ fn pg_restart_mid_run_server_and_workers_reconnect_and_finish() {
     let _serial = serial();
     let t_start = Instant::now();
     // A cluster of our own: restarting the shared one would break parallel tests.
-    let pg = aetheris_store::pg_test::private_cluster();
+    let pg = aetheris_store::testing::pg_cluster::private_cluster();
     let rt = rt();
     let url = rt.block_on(pg.create_database());
     let stub = Stub::start(10, 60);
@@ -1508,7 +1508,7 @@ fn pg_restart_mid_run_server_and_workers_reconnect_and_finish() {
             .query_i64(&format!(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}' \
                  AND datname = current_database()",
-                aetheris_store::pg_store::LISTENER_APP_NAME
+                aetheris_store::pg::LISTENER_APP_NAME
             ))
             .unwrap_or(-1);
         if n >= 4 || t_listen.elapsed() > Duration::from_secs(15) {
@@ -1623,7 +1623,7 @@ fn pg_sigterm_drains_a_worker_and_another_resumes_its_jobs_at_once() {
     const STEPS: usize = 4;
     let stub = Stub::start(300, 300);
     let rt = rt();
-    let url = rt.block_on(aetheris_store::pg_test::fresh_database_url());
+    let url = rt.block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
     let mut h = Harness::new("drain", url, rt);
     let mut v: Vec<String> = Vec::new();
     if let Err(e) = h.start_server() {
@@ -1844,7 +1844,7 @@ impl Tool for SlowEffect {
 #[test]
 fn pg_stale_worker_is_fenced_and_calls_nothing_after_losing_its_lease() {
     let _serial = serial();
-    let url = rt().block_on(aetheris_store::pg_test::fresh_database_url());
+    let url = rt().block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
     let calls = Arc::new(Mutex::new(HashMap::new()));
     let (metrics_a, metrics_b) = (Arc::new(Metrics::default()), Arc::new(Metrics::default()));
     let (ma, mb, c2, u2) = (
@@ -1994,7 +1994,7 @@ fn pg_running_cap_holds_across_three_worker_processes() {
     const JOBS: usize = 12;
     let stub = Stub::start(250, 250);
     let rt = rt();
-    let url = rt.block_on(aetheris_store::pg_test::fresh_database_url());
+    let url = rt.block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
     let mut h = Harness::new("cap", url, rt);
     if let Err(e) = h.start_server() {
         h.fail("cap: server start", &[e]);
@@ -2106,7 +2106,7 @@ fn pg_tool_call_rate_holds_across_workers_as_they_come_and_go() {
     let calls = jobs * STEPS;
     let stub = Stub::start(0, 2);
     let rt = rt();
-    let url = rt.block_on(aetheris_store::pg_test::fresh_database_url());
+    let url = rt.block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
     let mut h = Harness::new("rate", url, rt);
     if let Err(e) = h.start_server() {
         h.fail("rate: server start", &[e]);
@@ -2256,7 +2256,7 @@ fn pg_tool_call_rate_holds_across_workers_as_they_come_and_go() {
 fn pg_admission_limit_holds_across_two_gateways() {
     let _serial = serial();
     let rt = rt();
-    let url = rt.block_on(aetheris_store::pg_test::fresh_database_url());
+    let url = rt.block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
     let h = Harness::new("admit", url.clone(), rt);
     let limits = h.dir().join("limits.json");
     std::fs::write(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 #[test]
 fn jobs_run_to_completion_on_postgres() {
-    let url = rt().block_on(aetheris_store::pg_test::fresh_database_url());
+    let url = rt().block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {

@@ -4,7 +4,7 @@
 //! (401); a server with no key configured refuses to start.
 
 use crate::support::rt;
-use aetheris_store::{PgStore, Store};
+use aetheris_store::{PgStore, Tenants};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,7 @@ fn server_verifies_eddsa_tokens_from_a_configured_public_key() {
         .status
         .success());
 
-    let url = rt().block_on(aetheris_store::pg_test::fresh_database_url());
+    let url = rt().block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
     let no_auth = aetheris(&["server", "--database-url", &url, "--bind", "127.0.0.1:0"]);
     assert!(!no_auth.status.success());
     assert!(

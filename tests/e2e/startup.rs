@@ -86,8 +86,8 @@ fn check(cwd: &Path, c: &Case) -> Result<(), String> {
 fn every_start_up_failure_is_one_error_line_and_no_panic() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
-    let db = rt().block_on(aetheris_store::pg_test::fresh_database_url());
-    let cluster = aetheris_store::pg_test::cluster();
+    let db = rt().block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
+    let cluster = aetheris_store::testing::pg_cluster::cluster();
     let unknown_db = cluster.url("no_such_database");
     let closed = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

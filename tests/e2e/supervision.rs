@@ -3,10 +3,9 @@
 //! snapshots has identical state (G5).
 
 use crate::support::{rt, settle, submit, TestNode};
-use aetheris_actors::job::load_state;
 use aetheris_actors::{Invocation, Tool, ToolError, WorkerConfig};
 use aetheris_runtime::{EffectClass, EventBody, JobId, JobState};
-use aetheris_store::Scope;
+use aetheris_store::{load_job_state, LoadedJob, Scope};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -161,7 +160,8 @@ fn reload_with_and_without_snapshots_gives_identical_state() {
         let snap = node.store.latest_snapshot(job, u64::MAX).await.unwrap();
         assert!(snap.is_some_and(|(seq, _)| seq >= 70), "snapshots are written every 7 events");
         let full = JobState::from_events(&events).unwrap().unwrap();
-        let (with_snapshot, snap_seq, replayed) = load_state(&node.store, job).await.unwrap().unwrap();
+        let LoadedJob { state: with_snapshot, snapshot_seq: snap_seq, events_replayed: replayed, .. } =
+            load_job_state(&node.store, job).await.unwrap().unwrap();
         assert!(snap_seq > 0 && replayed < events.len(), "the reload used a snapshot");
         assert_eq!(with_snapshot, full);
         // An unreadable newest snapshot is passed over: the log is replayed from seq 1.
@@ -175,7 +175,8 @@ fn reload_with_and_without_snapshots_gives_identical_state() {
             .unwrap();
         let last = events.last().unwrap().seq;
         node.store.put_snapshot(job, token, last, b"not a snapshot".to_vec()).await.unwrap();
-        let (from_log, snap_seq, replayed) = load_state(&node.store, job).await.unwrap().unwrap();
+        let LoadedJob { state: from_log, snapshot_seq: snap_seq, events_replayed: replayed, .. } =
+            load_job_state(&node.store, job).await.unwrap().unwrap();
         assert_eq!((snap_seq, replayed), (0, events.len()), "the whole log was replayed");
         assert_eq!(from_log, full);
         // And from every snapshot-able point.

@@ -71,7 +71,7 @@ impl TestNode {
         worker: WorkerConfig,
     ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = rt().block_on(aetheris_store::pg_test::fresh_database_url());
+        let url = rt().block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
         Self::start_on(None, Some(url), dir, register, worker)
     }
 
@@ -82,7 +82,7 @@ impl TestNode {
         auth: Option<aetheris_api::auth::AuthConfig>,
     ) -> TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = rt().block_on(aetheris_store::pg_test::fresh_database_url());
+        let url = rt().block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
         Self::start_on_auth(
             None,
             Some(url),

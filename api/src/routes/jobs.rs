@@ -15,9 +15,8 @@ use crate::body::Presence;
 use crate::problem::ApiError;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
-use aetheris_actors::job::load_state;
 use aetheris_runtime::{JobId, JobState, JobStatus, Plan, RecordedEvent, StepStatus};
-use aetheris_store::{AuditEntry, DynStore, JobSummary, ListFilter, NewJob, Scope};
+use aetheris_store::{AuditEntry, DynStore, JobSummary, LedgerEntry, ListFilter, NewJob, Scope};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -322,11 +321,11 @@ impl JobView {
 }
 
 async fn load_job(store: &DynStore, id: JobId) -> Result<JobState, ApiError> {
-    let (state, _, _) = load_state(store, id)
+    let loaded = aetheris_store::load_job_state(store, id)
         .await
-        .map_err(ApiError::Internal)?
+        .map_err(|e| ApiError::Internal(e.to_string()))?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-    Ok(state)
+    Ok(loaded.state)
 }
 
 /// The full view of one job of `tenant` (404 for another tenant's job).
@@ -585,7 +584,7 @@ fn event_stream(store: DynStore, tenant: String, id: JobId, after: u64) -> HttpR
 /// A job's ledger rows.
 #[derive(Serialize, JsonSchema)]
 pub struct LedgerPage {
-    pub ledger: Vec<Value>,
+    pub ledger: Vec<LedgerEntry>,
 }
 
 async fn ledger(
@@ -601,9 +600,5 @@ async fn ledger(
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
     }
-    let ledger = rows
-        .iter()
-        .map(|r| serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string())))
-        .collect::<Result<_, _>>()?;
-    Ok(HttpResponse::Ok().json(LedgerPage { ledger }))
+    Ok(HttpResponse::Ok().json(LedgerPage { ledger: rows }))
 }

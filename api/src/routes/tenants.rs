@@ -8,7 +8,7 @@ use crate::problem::ApiError;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use aetheris_actors::ratelimit::{LimitsConfig, TenantLimits};
-use aetheris_store::{AuditEntry, StoreError, Tenant};
+use aetheris_store::{AuditEntry, Tenant};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -204,11 +204,7 @@ async fn set_tenant_limits(
             limits_json(&limits),
             Some(&AuditEntry::ok(&p.tenant, &p.sub, "tenant.set_limits", &id)),
         )
-        .await
-        .map_err(|e| match e {
-            StoreError::Rejected(m) => ApiError::NotFound(m),
-            other => other.into(),
-        })?;
+        .await?;
     st.limits.set_tenant_limits(&id, limits);
     Ok(HttpResponse::Ok().json(TenantView::from(t)))
 }

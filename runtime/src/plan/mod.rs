@@ -262,7 +262,7 @@ impl Plan {
     pub fn effect_of(&self, step: &StepSpec, tools: &dyn ToolCatalog) -> EffectClass {
         step.effect
             .or_else(|| step.tool.as_deref().and_then(|t| tools.effect_class(t)))
-            .unwrap_or(EffectClass::SideEffect)
+            .unwrap_or(EffectClass::UNKNOWN_DEFAULT)
     }
 
     /// Every problem with this plan, each named by its JSON path (prefixed `plan.steps[i]`).

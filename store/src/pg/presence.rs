@@ -4,9 +4,9 @@
 //! and removes rows long expired (skipping any another announcement is removing, so two
 //! processes never wait on each other).
 
-use crate::pg_store::pg_err;
-use crate::{ProcessKind, Result, StoreError};
-use deadpool_postgres::Pool;
+use super::PgStore;
+use crate::{Presence, ProcessKind, Result, StoreError};
+use async_trait::async_trait;
 
 /// Rows expired for this long are deleted by the next announcement.
 const FORGET_AFTER_MS: i64 = 600_000;
@@ -23,30 +23,25 @@ WHERE p.kind = $1 AND p.id <> $2 AND p.expires_ms > clock.now_ms";
 
 const RETIRE_SQL: &str = "DELETE FROM processes WHERE kind = $1 AND id = $2";
 
-async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Backend(format!("PostgreSQL connection: {e}")))
-}
+#[async_trait]
+impl Presence for PgStore {
+    async fn announce_process(&self, kind: ProcessKind, id: &str, ttl_ms: u64) -> Result<u32> {
+        let c = self.conn().await?;
+        let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX / 2);
+        let row = c
+            .cached_query_one(ANNOUNCE_SQL, &[&kind.as_str(), &id, &ttl, &FORGET_AFTER_MS])
+            .await?;
+        let n: i64 = row
+            .try_get(0)
+            .map_err(|e| StoreError::Corrupt(format!("process count: {e}")))?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX).max(1))
+    }
 
-pub async fn announce(pool: &Pool, kind: ProcessKind, id: &str, ttl_ms: u64) -> Result<u32> {
-    let c = client(pool).await?;
-    let st = c.prepare_cached(ANNOUNCE_SQL).await.map_err(pg_err)?;
-    let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX / 2);
-    let row = c
-        .query_one(&st, &[&kind.as_str(), &id, &ttl, &FORGET_AFTER_MS])
-        .await
-        .map_err(pg_err)?;
-    let n: i64 = row
-        .try_get(0)
-        .map_err(|e| StoreError::Corrupt(format!("process count: {e}")))?;
-    Ok(u32::try_from(n).unwrap_or(u32::MAX).max(1))
-}
-
-pub async fn retire(pool: &Pool, kind: ProcessKind, id: &str) -> Result<()> {
-    let c = client(pool).await?;
-    c.execute(RETIRE_SQL, &[&kind.as_str(), &id])
-        .await
-        .map_err(pg_err)?;
-    Ok(())
+    async fn retire_process(&self, kind: ProcessKind, id: &str) -> Result<()> {
+        let c = self.conn().await?;
+        c.execute(RETIRE_SQL, &[&kind.as_str(), &id])
+            .await
+            .map_err(|e| c.err(e))?;
+        Ok(())
+    }
 }

@@ -5,18 +5,20 @@
 //! rolls back with the change. `record` writes a row on its own, for attempts that changed
 //! nothing (a `denied` permission, an idempotent repeat).
 
-use crate::pg_store::pg_err;
-use crate::{AuditEntry, AuditFilter, AuditRecord, Result, Scope, StoreError};
+use super::conn::Conn;
+use super::PgStore;
+use crate::{Audit, AuditEntry, AuditFilter, AuditRecord, Result, Scope, StoreError};
+use async_trait::async_trait;
 use deadpool_postgres::Pool;
 
 /// The columns an audit row is inserted with, after `at`.
-pub(crate) const COLUMNS: &str = "at, tenant, actor, action, target, result";
+pub(super) const COLUMNS: &str = "at, tenant, actor, action, target, result";
 
 const NOW_MS: &str = "(floor(extract(epoch FROM now()) * 1000)::bigint)";
 
 /// The parameters of an entry in `COLUMNS` order after `at`, all null without one (the
 /// statements skip the audit insert when the first is null).
-pub(crate) fn nullable_params(a: Option<&AuditEntry>) -> [Option<&str>; 5] {
+pub(super) fn nullable_params(a: Option<&AuditEntry>) -> [Option<&str>; 5] {
     match a {
         Some(a) => [
             Some(a.tenant.as_str()),
@@ -27,12 +29,6 @@ pub(crate) fn nullable_params(a: Option<&AuditEntry>) -> [Option<&str>; 5] {
         ],
         None => [None; 5],
     }
-}
-
-async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Backend(format!("PostgreSQL connection: {e}")))
 }
 
 fn record_row(r: &tokio_postgres::Row) -> Result<AuditRecord> {
@@ -51,8 +47,8 @@ fn record_row(r: &tokio_postgres::Row) -> Result<AuditRecord> {
     })
 }
 
-pub async fn record(pool: &Pool, e: &AuditEntry) -> Result<AuditRecord> {
-    let c = client(pool).await?;
+/// Writes `e` on its own, on connection `c`.
+pub(super) async fn record(c: &Conn, e: &AuditEntry) -> Result<AuditRecord> {
     let sql = format!(
         "INSERT INTO access_audit_log ({COLUMNS}) VALUES ({NOW_MS}, $1, $2, $3, $4, $5) \
          RETURNING id, {COLUMNS}"
@@ -63,12 +59,12 @@ pub async fn record(pool: &Pool, e: &AuditEntry) -> Result<AuditRecord> {
             &[&e.tenant, &e.actor, &e.action, &e.target, &e.result],
         )
         .await
-        .map_err(pg_err)?;
+        .map_err(|e| c.err(e))?;
     record_row(&row)
 }
 
-pub async fn list(pool: &Pool, scope: Scope<'_>, f: AuditFilter) -> Result<Vec<AuditRecord>> {
-    let c = client(pool).await?;
+async fn list(pool: &Pool, scope: Scope<'_>, f: AuditFilter) -> Result<Vec<AuditRecord>> {
+    let c = Conn::get(pool).await?;
     let tenant = match scope {
         Scope::Tenant(t) => Some(t),
         Scope::System => None,
@@ -86,6 +82,17 @@ pub async fn list(pool: &Pool, scope: Scope<'_>, f: AuditFilter) -> Result<Vec<A
             &[&tenant, &after, &f.action, &limit],
         )
         .await
-        .map_err(pg_err)?;
+        .map_err(|e| c.err(e))?;
     rows.iter().map(record_row).collect()
+}
+
+#[async_trait]
+impl Audit for PgStore {
+    async fn record_audit(&self, entry: &AuditEntry) -> Result<AuditRecord> {
+        record(&self.conn().await?, entry).await
+    }
+
+    async fn list_audit(&self, scope: Scope<'_>, filter: AuditFilter) -> Result<Vec<AuditRecord>> {
+        list(&self.pool, scope, filter).await
+    }
 }

@@ -2,18 +2,20 @@
 //! upsert that keeps the creation time and writes its audit row in the same statement,
 //! and the one-query lookup of a request's tenant and user (`access`).
 
-use crate::pg_store::pg_err;
-use crate::{Access, AuditEntry, Result, StoreError, User};
+use super::conn::Conn;
+use super::PgStore;
+use crate::{Access, AuditEntry, Result, StoreError, User, Users};
+use async_trait::async_trait;
 use deadpool_postgres::Pool;
 
 const NOW_MS: &str = "(floor(extract(epoch FROM now()) * 1000)::bigint)";
 const COLS: &str = "tenant, id, roles, disabled, created_at, updated_at";
 
-async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Backend(format!("PostgreSQL connection: {e}")))
-}
+/// Whether the tenant exists, and its user `$2` (columns of `COLS` from 1), in one row.
+const ACCESS_SQL: &str = "SELECT t.id IS NOT NULL, u.tenant, u.id, u.roles, u.disabled, \
+     u.created_at, u.updated_at \
+     FROM (SELECT 1) one LEFT JOIN tenants t ON t.id = $1 \
+     LEFT JOIN users u ON u.tenant = t.id AND u.id = $2";
 
 /// A user row from columns starting at `at`, in `COLS` order.
 fn user_at(r: &tokio_postgres::Row, at: usize) -> Result<User> {
@@ -30,7 +32,7 @@ fn user_at(r: &tokio_postgres::Row, at: usize) -> Result<User> {
     })
 }
 
-pub async fn put(
+async fn put(
     pool: &Pool,
     tenant: &str,
     id: &str,
@@ -38,9 +40,9 @@ pub async fn put(
     disabled: bool,
     audit: Option<&AuditEntry>,
 ) -> Result<User> {
-    let c = client(pool).await?;
-    let roles = serde_json::to_string(&roles).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let cols = crate::pg_audit::COLUMNS;
+    let c = Conn::get(pool).await?;
+    let roles = serde_json::to_string(&roles).map_err(|e| StoreError::unencodable("roles", e))?;
+    let cols = super::audit::COLUMNS;
     // Only for an existing tenant (`t`); the audit row comes from the same statement.
     let sql = format!(
         "WITH t AS (SELECT id FROM tenants WHERE id = $1), \
@@ -53,46 +55,37 @@ pub async fn put(
                SELECT u.updated_at, $5, $6, $7, $8, $9 FROM u WHERE $5::text IS NOT NULL) \
          SELECT {COLS} FROM u"
     );
-    let [a1, a2, a3, a4, a5] = crate::pg_audit::nullable_params(audit);
+    let [a1, a2, a3, a4, a5] = super::audit::nullable_params(audit);
     let rows = c
         .query(
             &sql,
             &[&tenant, &id, &roles, &disabled, &a1, &a2, &a3, &a4, &a5],
         )
         .await
-        .map_err(pg_err)?;
+        .map_err(|e| c.err(e))?;
     match rows.first() {
         Some(r) => user_at(r, 0),
-        None => Err(StoreError::Rejected(format!(
-            "tenant {tenant:?} does not exist"
-        ))),
+        None => Err(StoreError::tenant_not_found(tenant)),
     }
 }
 
-pub async fn list(pool: &Pool, tenant: &str) -> Result<Vec<User>> {
-    let c = client(pool).await?;
+async fn list(pool: &Pool, tenant: &str) -> Result<Vec<User>> {
+    let c = Conn::get(pool).await?;
     let rows = c
         .query(
             &format!("SELECT {COLS} FROM users WHERE tenant = $1 ORDER BY id"),
             &[&tenant],
         )
         .await
-        .map_err(pg_err)?;
+        .map_err(|e| c.err(e))?;
     rows.iter().map(|r| user_at(r, 0)).collect()
 }
 
-pub async fn access(pool: &Pool, tenant: &str, user: &str) -> Result<Access> {
-    let c = client(pool).await?;
-    let st = c
-        .prepare_cached(
-            "SELECT t.id IS NOT NULL, u.tenant, u.id, u.roles, u.disabled, u.created_at, \
-             u.updated_at \
-             FROM (SELECT 1) one LEFT JOIN tenants t ON t.id = $1 \
-             LEFT JOIN users u ON u.tenant = t.id AND u.id = $2",
-        )
-        .await
-        .map_err(pg_err)?;
-    let r = c.query_one(&st, &[&tenant, &user]).await.map_err(pg_err)?;
+async fn access(pool: &Pool, tenant: &str, user: &str) -> Result<Access> {
+    let c = Conn::get(pool).await?;
+    // A cached statement, run on every authenticated request: `cached_query_one` re-prepares
+    // it if a migration changed the tables under it (DESIGN §8).
+    let r = c.cached_query_one(ACCESS_SQL, &[&tenant, &user]).await?;
     let tenant_exists: bool = r
         .try_get(0)
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -106,4 +99,26 @@ pub async fn access(pool: &Pool, tenant: &str, user: &str) -> Result<Access> {
             None => None,
         },
     })
+}
+
+#[async_trait]
+impl Users for PgStore {
+    async fn put_user(
+        &self,
+        tenant: &str,
+        id: &str,
+        roles: Vec<String>,
+        disabled: bool,
+        audit: Option<&AuditEntry>,
+    ) -> Result<User> {
+        put(&self.pool, tenant, id, roles, disabled, audit).await
+    }
+
+    async fn list_users(&self, tenant: &str) -> Result<Vec<User>> {
+        list(&self.pool, tenant).await
+    }
+
+    async fn access(&self, tenant: &str, user: &str) -> Result<Access> {
+        access(&self.pool, tenant, user).await
+    }
 }

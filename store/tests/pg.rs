@@ -1,17 +1,20 @@
-//! The PostgreSQL backend against the generic conformance suite, plus what only a shared,
+//! The PostgreSQL backend: every conformance check as its own test (each on a fresh
+//! database), plus what only a shared,
 //! multi-process database can break: several `PgStore`s (separate pools, as separate
 //! worker processes would have) racing on claims, submits, appends and migrations; the
 //! LISTEN/NOTIFY wake-up path and its reconnect; byte-exact payload storage (G7) and bytes
 //! per event (W7); the migration runner's lock and checksum check.
 //!
 //! Every test gets a fresh database on one throwaway cluster per test binary
-//! (`aetheris_store::pg_test`). PostgreSQL server binaries are required: without them the
+//! (`aetheris_store::testing::pg_cluster`). PostgreSQL server binaries are required: without them the
 //! tests fail with a message saying to `apt-get install -y postgresql`.
 
 use aetheris_runtime::{invocation_key, EffectClass, EventBody, JobId, Plan};
 use aetheris_store::migrate::{self, Migration, MIGRATIONS};
+use aetheris_store::testing::{conformance, pg_cluster};
 use aetheris_store::{
-    conformance, pg_test, Append, DynStore, NewJob, PgStore, Scope, Store, StoreError,
+    Append, Audit, Commands, DynStore, JobLog, Leases, NewJob, PgStore, Scope, StoreError, Tenants,
+    Users,
 };
 use serde_json::json;
 use std::collections::HashMap;
@@ -20,7 +23,7 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 async fn fresh() -> (String, PgStore) {
-    let url = pg_test::fresh_database_url().await;
+    let url = pg_cluster::fresh_database_url().await;
     let store = PgStore::connect(&url, 8).await.unwrap();
     store.migrate().await.unwrap();
     (url, store)
@@ -57,14 +60,13 @@ fn started(tenant: &str, job: JobId, step: &str, effect: EffectClass, token: u64
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_passes_the_conformance_suite() {
+/// A fresh, migrated database for one conformance check.
+async fn open() -> ((), DynStore) {
     let (_, store) = fresh().await;
-    let store: DynStore = Arc::new(store);
-    conformance::run_all(store.clone()).await;
-    // Checks share a store: running the suite again on the same data must also pass.
-    conformance::run_all(store).await;
+    ((), Arc::new(store))
 }
+
+aetheris_store::conformance_tests!(open);
 
 /// PostgreSQL's claim reads the log of each job it leases with a short log and no pending
 /// command in the same statement (a job starts one round trip sooner); the others are
@@ -647,7 +649,7 @@ async fn listen_notify_wakes_other_processes_and_reconnects() {
                 .query(
                     "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
                      AND datname = current_database() AND query ILIKE 'LISTEN%'",
-                    &[&aetheris_store::pg_store::LISTENER_APP_NAME],
+                    &[&aetheris_store::pg::LISTENER_APP_NAME],
                 )
                 .await
                 .unwrap();
@@ -771,7 +773,7 @@ async fn event_times_come_from_the_database_clock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_migrations_apply_once() {
-    let url = pg_test::fresh_database_url().await;
+    let url = pg_cluster::fresh_database_url().await;
     let mut stores = Vec::new();
     for _ in 0..4 {
         stores.push(PgStore::connect(&url, 1).await.unwrap());
@@ -911,7 +913,7 @@ async fn a_bad_url_is_a_clear_error() {
     let e = PgStore::connect("postgres://postgres@127.0.0.1:1/x?connect_timeout=2", 1)
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::Backend(_)), "{e}");
+    assert!(matches!(e, StoreError::Unavailable { .. }), "{e}");
 }
 
 /// Audit rows roll back with their change (issue 5): triggers make the change itself fail
@@ -1014,4 +1016,96 @@ async fn audit_rows_roll_back_with_their_change() {
         actions,
         ["job.submit", "job.cancel", "job.submit", "tenant.create"]
     );
+}
+
+/// A live migration that changes the result type of a cached statement (DESIGN §8: SQLSTATE
+/// 0A000, "cached plan must not change result type") must not break `access`, which runs
+/// on every authenticated request through a cached prepared statement: the statement is
+/// prepared again and the request succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_survives_a_live_migration_of_its_table() {
+    let url = pg_cluster::fresh_database_url().await;
+    // One connection: the statement warmed below is the one used after the migration.
+    let store = PgStore::connect(&url, 1).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+        .create_tenant("acme", "Acme", json!({}), None)
+        .await
+        .unwrap();
+    store
+        .put_user("acme", "alice", vec!["viewer".into()], false, None)
+        .await
+        .unwrap();
+    let before = store.access("acme", "alice").await.unwrap();
+    assert!(before.tenant_exists);
+    // Another process migrates: a column of the cached plan changes its type.
+    raw(&url)
+        .await
+        .batch_execute("ALTER TABLE users ALTER COLUMN roles TYPE varchar(4000)")
+        .await
+        .unwrap();
+    let after = store.access("acme", "alice").await;
+    assert_eq!(after.unwrap(), before, "access after the live migration");
+}
+
+/// A statement the server refuses is `Backend`: sending it again will not heal it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_statement_is_a_backend_error() {
+    let (url, store) = fresh().await;
+    raw(&url)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused'; END $$; \
+             CREATE TRIGGER refuse_tenants BEFORE INSERT ON tenants \
+               FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .unwrap();
+    let refused = store
+        .create_tenant("t", "T", json!({}), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Backend(_)), "{refused:?}");
+    assert!(refused.to_string().contains("refused"), "{refused}");
+}
+
+/// While the server is down every call is `Unavailable` (transient, with the driver or
+/// pool error as its source), and the store works again once the server is back.
+#[test]
+fn a_server_that_is_down_makes_the_store_unavailable() {
+    let pg = pg_cluster::private_cluster();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = rt.block_on(pg.create_database());
+    let store = rt.block_on(async {
+        let store = PgStore::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    });
+    pg.stop();
+    rt.block_on(async {
+        for _ in 0..3 {
+            match store.get_job(Scope::System, JobId::new()).await {
+                Err(e @ StoreError::Unavailable { .. }) => {
+                    assert!(std::error::Error::source(&e).is_some(), "{e}");
+                }
+                other => panic!("a call while the server is down gave {other:?}"),
+            }
+        }
+    });
+    pg.start();
+    rt.block_on(async {
+        for _ in 0..100 {
+            if let Ok(found) = store.get_job(Scope::System, JobId::new()).await {
+                assert_eq!(found, None);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the store did not recover once the server was back");
+    });
 }

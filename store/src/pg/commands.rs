@@ -2,10 +2,13 @@
 //! same transaction that bumps the job's `pending_commands` (which makes a waiting job
 //! claimable) and sends `NOTIFY aetheris_cmd, '<job id>'` so the worker holding the lease
 //! hears of it at commit. Marking commands applied is fenced by the job's token (G3).
+//! A refusal rolls its transaction back at once (awaited), so no job row stays locked.
 
-use crate::pg_store::pg_err;
-use crate::{AuditEntry, CommandBody, Result, Scope, StoreError, StoredCommand};
+use super::conn::{error, Conn};
+use super::PgStore;
+use crate::{AuditEntry, CommandBody, Commands, Result, Scope, StoreError, StoredCommand};
 use aetheris_runtime::{JobId, JobStatus};
+use async_trait::async_trait;
 use deadpool_postgres::Pool;
 
 /// The NOTIFY channel carrying the id of a job that received a command.
@@ -13,21 +16,16 @@ pub const COMMAND_CHANNEL: &str = "aetheris_cmd";
 
 const NOW_MS: &str = "(floor(extract(epoch FROM now()) * 1000)::bigint)";
 
-async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Backend(format!("PostgreSQL connection: {e}")))
-}
-
-pub async fn put_command(
+async fn put_command(
     pool: &Pool,
     scope: Scope<'_>,
     id: JobId,
     body: CommandBody,
     audit: Option<&AuditEntry>,
 ) -> Result<StoredCommand> {
-    let json = serde_json::to_string(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let mut c = client(pool).await?;
+    let json = serde_json::to_string(&body).map_err(|e| StoreError::unencodable("command", e))?;
+    let pg_err = |e: tokio_postgres::Error| error(e, Some(pool));
+    let mut c = Conn::get(pool).await?;
     let tx = c.transaction().await.map_err(pg_err)?;
     // A refusal rolls back at once, awaited: a transaction merely dropped would hold the
     // row lock until its ROLLBACK reaches the server, and a claim meanwhile skips the
@@ -40,7 +38,7 @@ pub async fn put_command(
             )
             .await
             .map_err(pg_err)?
-            .ok_or(StoreError::NotFound(id))?;
+            .ok_or(StoreError::job_not_found(id))?;
         let tenant: String = row
             .try_get(0)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -48,7 +46,7 @@ pub async fn put_command(
             .try_get(1)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         if !scope.allows(&tenant) {
-            return Err(StoreError::NotFound(id));
+            return Err(StoreError::job_not_found(id));
         }
         let status = JobStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?;
@@ -66,7 +64,7 @@ pub async fn put_command(
         return Err(e);
     }
     // The audit row (if any) is written by the same statement as the command.
-    let cols = crate::pg_audit::COLUMNS;
+    let cols = super::audit::COLUMNS;
     let sql = format!(
         "WITH c AS (INSERT INTO commands (job_id, body, created_at) VALUES ($1, $2, {NOW_MS}) \
          RETURNING id, created_at), \
@@ -75,7 +73,7 @@ pub async fn put_command(
                SELECT c.created_at, $4, $5, $6, $7, $8 FROM c WHERE $4::text IS NOT NULL) \
          SELECT c.id, c.created_at, pg_notify('{COMMAND_CHANNEL}', $3) FROM c"
     );
-    let [a1, a2, a3, a4, a5] = crate::pg_audit::nullable_params(audit);
+    let [a1, a2, a3, a4, a5] = super::audit::nullable_params(audit);
     let r = tx
         .query_one(
             &sql,
@@ -98,15 +96,15 @@ pub async fn put_command(
     })
 }
 
-pub async fn pending_commands(pool: &Pool, id: JobId) -> Result<Vec<StoredCommand>> {
-    let c = client(pool).await?;
+async fn pending_commands(pool: &Pool, id: JobId) -> Result<Vec<StoredCommand>> {
+    let c = Conn::get(pool).await?;
     let rows = c
         .query(
             "SELECT id, body, created_at FROM commands WHERE job_id = $1 AND applied_at IS NULL ORDER BY id",
             &[&id.0],
         )
         .await
-        .map_err(pg_err)?;
+        .map_err(|e| c.err(e))?;
     rows.iter()
         .map(|r| {
             let cmd_id: i64 = r
@@ -124,7 +122,7 @@ pub async fn pending_commands(pool: &Pool, id: JobId) -> Result<Vec<StoredComman
 }
 
 /// A command row's columns as a `StoredCommand` (shared with `PgStore::load_job`).
-pub(crate) fn stored_command(
+pub(super) fn stored_command(
     id: JobId,
     cmd_id: i64,
     body: &str,
@@ -140,13 +138,14 @@ pub(crate) fn stored_command(
     })
 }
 
-pub async fn mark_applied(pool: &Pool, id: JobId, token: u64, ids: &[u64]) -> Result<()> {
+async fn mark_applied(pool: &Pool, id: JobId, token: u64, ids: &[u64]) -> Result<()> {
     let ids: Vec<i64> = ids
         .iter()
         .map(|x| i64::try_from(*x).unwrap_or(i64::MAX))
         .collect();
     let presented = i64::try_from(token).unwrap_or(i64::MAX);
-    let mut c = client(pool).await?;
+    let pg_err = |e: tokio_postgres::Error| error(e, Some(pool));
+    let mut c = Conn::get(pool).await?;
     let tx = c.transaction().await.map_err(pg_err)?;
     let row = tx
         .query_opt(
@@ -155,7 +154,7 @@ pub async fn mark_applied(pool: &Pool, id: JobId, token: u64, ids: &[u64]) -> Re
         )
         .await
         .map_err(pg_err)?
-        .ok_or(StoreError::NotFound(id))?;
+        .ok_or(StoreError::job_not_found(id))?;
     let current: i64 = row
         .try_get(0)
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -178,4 +177,29 @@ pub async fn mark_applied(pool: &Pool, id: JobId, token: u64, ids: &[u64]) -> Re
     tx.execute(&sql, &[&id.0, &ids]).await.map_err(pg_err)?;
     tx.commit().await.map_err(pg_err)?;
     Ok(())
+}
+
+#[async_trait]
+impl Commands for PgStore {
+    async fn put_command(
+        &self,
+        scope: Scope<'_>,
+        id: JobId,
+        body: CommandBody,
+        audit: Option<&AuditEntry>,
+    ) -> Result<StoredCommand> {
+        put_command(&self.pool, scope, id, body, audit).await
+    }
+
+    async fn pending_commands(&self, id: JobId) -> Result<Vec<StoredCommand>> {
+        pending_commands(&self.pool, id).await
+    }
+
+    async fn mark_commands_applied(&self, id: JobId, token: u64, ids: &[u64]) -> Result<()> {
+        mark_applied(&self.pool, id, token, ids).await
+    }
+
+    fn command_hint(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.commands.subscribe()
+    }
 }

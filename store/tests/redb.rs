@@ -1,20 +1,21 @@
-//! Runs the generic store conformance suite against the embedded redb backend, and checks
-//! that what one `RedbStore` wrote survives closing and reopening the file (G1).
+//! The embedded redb backend: every conformance check as its own test (each on a store in
+//! a temporary directory of its own), and what one `RedbStore` wrote survives closing and
+//! reopening the file (G1).
 
 use aetheris_runtime::{invocation_key, EffectClass, EventBody, JobStatus, Plan};
-use aetheris_store::{conformance, Append, DynStore, NewJob, RedbStore, Scope, StoreError};
+use aetheris_store::{Append, DynStore, NewJob, RedbStore, Scope, StoreError};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redb_passes_the_conformance_suite() {
+/// A fresh store in a temporary directory (removed when the returned guard is dropped).
+async fn open() -> (tempfile::TempDir, DynStore) {
     let dir = tempfile::tempdir().unwrap();
     let store: DynStore = Arc::new(RedbStore::open(&dir.path().join("aetheris.redb")).unwrap());
-    conformance::run_all(store.clone()).await;
-    // Checks share a store: running the suite again on the same data must also pass.
-    conformance::run_all(store).await;
+    (dir, store)
 }
+
+aetheris_store::conformance_tests!(open);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redb_data_survives_reopen() {

@@ -1,15 +1,12 @@
 //! Tenants on PostgreSQL (`migrations/0004_tenants.sql`): id, display name, limits as
-//! JSON text, created time from the database clock.
+//! JSON text, created time from the database clock. A change and its audit row are one
+//! statement.
 
-use crate::pg_store::pg_err;
-use crate::{AuditEntry, Result, StoreError, Tenant};
+use super::conn::Conn;
+use super::PgStore;
+use crate::{AuditEntry, Result, StoreError, Tenant, Tenants};
+use async_trait::async_trait;
 use deadpool_postgres::Pool;
-
-async fn client(pool: &Pool) -> Result<deadpool_postgres::Object> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Backend(format!("PostgreSQL connection: {e}")))
-}
 
 fn row(r: &tokio_postgres::Row) -> Result<Tenant> {
     let c = |e: tokio_postgres::Error| StoreError::Corrupt(e.to_string());
@@ -28,7 +25,7 @@ const COLS: &str = "id, name, limits, created_at";
 /// Wraps a statement `t` that returns a tenant row so that, when `$A` (the first audit
 /// parameter, numbered `first`) is not null, the same statement writes the audit row.
 fn with_audit(tenant_stmt: &str, first: usize) -> String {
-    let cols = crate::pg_audit::COLUMNS;
+    let cols = super::audit::COLUMNS;
     let p: Vec<String> = (first..first + 5).map(|i| format!("${i}")).collect();
     format!(
         "WITH t AS ({tenant_stmt}), \
@@ -41,14 +38,14 @@ fn with_audit(tenant_stmt: &str, first: usize) -> String {
     )
 }
 
-pub async fn create(
+async fn create(
     pool: &Pool,
     id: &str,
     name: &str,
     limits: serde_json::Value,
     audit: Option<&AuditEntry>,
 ) -> Result<Tenant> {
-    let c = client(pool).await?;
+    let c = Conn::get(pool).await?;
     let sql = with_audit(
         &format!(
             "INSERT INTO tenants (id, name, limits, created_at) \
@@ -58,56 +55,84 @@ pub async fn create(
         4,
     );
     let limits = limits.to_string();
-    let [a1, a2, a3, a4, a5] = crate::pg_audit::nullable_params(audit);
+    let [a1, a2, a3, a4, a5] = super::audit::nullable_params(audit);
     let rows = c
         .query(&sql, &[&id, &name, &limits, &a1, &a2, &a3, &a4, &a5])
         .await
-        .map_err(pg_err)?;
+        .map_err(|e| c.err(e))?;
     match rows.first() {
         Some(r) => row(r),
         None => Err(StoreError::Conflict(format!("tenant {id:?} exists"))),
     }
 }
 
-pub async fn get(pool: &Pool, id: &str) -> Result<Option<Tenant>> {
-    let c = client(pool).await?;
+async fn get(pool: &Pool, id: &str) -> Result<Option<Tenant>> {
+    let c = Conn::get(pool).await?;
     let rows = c
         .query(&format!("SELECT {COLS} FROM tenants WHERE id = $1"), &[&id])
         .await
-        .map_err(pg_err)?;
+        .map_err(|e| c.err(e))?;
     rows.first().map(row).transpose()
 }
 
-pub async fn list(pool: &Pool) -> Result<Vec<Tenant>> {
-    let c = client(pool).await?;
+async fn list(pool: &Pool) -> Result<Vec<Tenant>> {
+    let c = Conn::get(pool).await?;
     let rows = c
         .query(&format!("SELECT {COLS} FROM tenants ORDER BY id"), &[])
         .await
-        .map_err(pg_err)?;
+        .map_err(|e| c.err(e))?;
     rows.iter().map(row).collect()
 }
 
-pub async fn set_limits(
+async fn set_limits(
     pool: &Pool,
     id: &str,
     limits: serde_json::Value,
     audit: Option<&AuditEntry>,
 ) -> Result<Tenant> {
-    let c = client(pool).await?;
+    let c = Conn::get(pool).await?;
     let sql = with_audit(
         &format!("UPDATE tenants SET limits = $2 WHERE id = $1 RETURNING {COLS}"),
         3,
     );
     let limits = limits.to_string();
-    let [a1, a2, a3, a4, a5] = crate::pg_audit::nullable_params(audit);
+    let [a1, a2, a3, a4, a5] = super::audit::nullable_params(audit);
     let rows = c
         .query(&sql, &[&id, &limits, &a1, &a2, &a3, &a4, &a5])
         .await
-        .map_err(pg_err)?;
+        .map_err(|e| c.err(e))?;
     match rows.first() {
         Some(r) => row(r),
-        None => Err(StoreError::Rejected(format!(
-            "tenant {id:?} does not exist"
-        ))),
+        None => Err(StoreError::tenant_not_found(id)),
+    }
+}
+
+#[async_trait]
+impl Tenants for PgStore {
+    async fn create_tenant(
+        &self,
+        id: &str,
+        name: &str,
+        limits: serde_json::Value,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Tenant> {
+        create(&self.pool, id, name, limits, audit).await
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Option<Tenant>> {
+        get(&self.pool, id).await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        list(&self.pool).await
+    }
+
+    async fn set_tenant_limits(
+        &self,
+        id: &str,
+        limits: serde_json::Value,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Tenant> {
+        set_limits(&self.pool, id, limits, audit).await
     }
 }

@@ -1,0 +1,61 @@
+//! Leases: claiming runnable jobs (fair across tenants, within running caps), heartbeats,
+//! release, the wake-up hint, and the store clock every lease and timer is measured on.
+
+use crate::{JobLoad, Lease, Result, RunningCaps};
+use aetheris_runtime::JobId;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// Claims up to `max` runnable, unleased (or lease-expired) jobs for `worker`, round
+    /// robin across tenants, bumping each job's fencing token, and never taking a tenant
+    /// past its cap in `caps` (counted across every worker of the store). Parked jobs whose
+    /// timer is due are claimable.
+    async fn claim_within(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        max: usize,
+        caps: &RunningCaps,
+    ) -> Result<Vec<Lease>>;
+
+    /// `claim_within`, and with each lease its job's [`JobLoad`] when the store could read
+    /// it in the same round trip (`None`: the worker calls `load_job`). A load is as of
+    /// the claim: the job's whole log (no snapshot) and no pending commands. The default
+    /// loads nothing; PostgreSQL preloads short logs (W6: a job then starts after two
+    /// round trips, the claim and its first append, instead of three).
+    async fn claim_and_load(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        max: usize,
+        caps: &RunningCaps,
+    ) -> Result<Vec<(Lease, Option<JobLoad>)>> {
+        let leases = self.claim_within(worker, ttl_ms, max, caps).await?;
+        Ok(leases.into_iter().map(|l| (l, None)).collect())
+    }
+
+    /// `claim_within` without caps.
+    async fn claim(&self, worker: &str, ttl_ms: u64, max: usize) -> Result<Vec<Lease>> {
+        self.claim_within(worker, ttl_ms, max, &RunningCaps::default())
+            .await
+    }
+
+    /// Renews the given leases in one round trip; returns the ones still held.
+    async fn heartbeat(
+        &self,
+        worker: &str,
+        ttl_ms: u64,
+        held: &[(JobId, u64)],
+    ) -> Result<Vec<Lease>>;
+
+    /// Gives leases back so another worker can claim at once (drain, passivation).
+    async fn release(&self, worker: &str, held: &[(JobId, u64)]) -> Result<()>;
+
+    /// The store's clock (ms since epoch): the only time source of the system.
+    async fn now_ms(&self) -> Result<i64>;
+
+    /// A wake-up hint fired when new work may be claimable (submit, lease release).
+    fn work_hint(&self) -> Arc<tokio::sync::Notify>;
+}
