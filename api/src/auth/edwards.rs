@@ -8,8 +8,9 @@
 //! forge. (ed25519-dalek's `verify_strict`, used before, refused such keys itself.)
 //!
 //! The arithmetic is plain, variable-time modular arithmetic on four 64-bit limbs: it only
-//! ever sees public keys, and it runs at start-up (`AuthConfig::validate`, key decoding);
-//! the per-token check is [`is_small_order`], a reduction and five comparisons.
+//! ever sees public keys. It runs at start-up (`AuthConfig::validate`, key decoding) and
+//! before a key checks a token, where it costs about what ring's own decoding of the key
+//! costs (one exponentiation), a small part of a signature check.
 
 /// A field element mod p = 2^255 - 19: little-endian 64-bit limbs, always fully reduced.
 type Fe = [u64; 4];

@@ -73,8 +73,8 @@ impl fmt::Debug for AuthConfig {
 
 impl AuthConfig {
     /// Checks the configuration at start-up: at least one key, every HS256 secret long
-    /// enough, every Ed25519 public key a valid curve point of large order. The message
-    /// names the key by its position (`hs256_secrets[1]`).
+    /// enough, every Ed25519 public key a valid curve point not of small order. The
+    /// message names the key by its position (`hs256_secrets[1]`).
     pub fn validate(&self) -> Result<(), String> {
         if self.hs256_secrets.is_empty() && self.ed25519_public_keys.is_empty() {
             return Err("no HS256 secret and no Ed25519 public key is configured".into());
@@ -240,7 +240,7 @@ fn decode_32(s: &str) -> Result<[u8; 32], KeyError> {
     })
 }
 
-/// An Ed25519 public key from a config string (32 bytes, a valid curve point of large
+/// An Ed25519 public key from a config string (32 bytes, a valid curve point not of small
 /// order).
 pub fn decode_ed25519_public_key(s: &str) -> Result<[u8; 32], KeyError> {
     let k = decode_32(s)?;
