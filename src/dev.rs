@@ -64,7 +64,7 @@ pub fn dev_auth(
         Ok(t) => auth::decode_hs256_secret(t.trim())
             .map_err(|e| format!("{}: {e}", key_path.display()))?,
         Err(_) => {
-            let s = auth::generate_hs256_secret();
+            let s = auth::generate_hs256_secret().map_err(|e| e.to_string())?;
             write_private(&key_path, &auth::encode_key_hex(&s))?;
             s
         }

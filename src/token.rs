@@ -136,7 +136,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode, String> {
         }
     }
     let Some(pub_path) = pub_path else {
-        let secret = auth::generate_hs256_secret();
+        let secret = auth::generate_hs256_secret().map_err(|e| e.to_string())?;
         write_private(&key_path, &format!("{}\n", auth::encode_key_hex(&secret)))?;
         println!(
             "HS256 secret: {} (keep it secret; for the server: --auth-hs256-secret-file; \
@@ -146,7 +146,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::SUCCESS);
     };
-    let seed = auth::generate_ed25519_signing_key();
+    let seed = auth::generate_ed25519_signing_key().map_err(|e| e.to_string())?;
     let public = auth::ed25519_public_key(&seed);
     write_private(&key_path, &format!("{}\n", auth::encode_key_base64(&seed)))?;
     std::fs::write(&pub_path, format!("{}\n", auth::encode_key_base64(&public)))

@@ -691,9 +691,9 @@ fn key_rotation_second_key_verifies() {
 
 #[test]
 fn key_strings_round_trip() {
-    let secret = generate_hs256_secret();
+    let secret = generate_hs256_secret().unwrap();
     assert_eq!(secret.len(), 32);
-    assert_ne!(secret, generate_hs256_secret());
+    assert_ne!(secret, generate_hs256_secret().unwrap());
     assert_eq!(
         decode_hs256_secret(&encode_key_hex(&secret)),
         Ok(secret.clone())
@@ -712,7 +712,7 @@ fn key_strings_round_trip() {
         Ok(secret)
     );
 
-    let seed = generate_ed25519_signing_key();
+    let seed = generate_ed25519_signing_key().unwrap();
     let public = ed25519_public_key(&seed);
     assert_eq!(
         decode_ed25519_signing_key(&encode_key_base64(&seed)),

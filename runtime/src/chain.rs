@@ -8,7 +8,7 @@
 //! test below pins them).
 
 use crate::ids::JobId;
-use sha2::{Digest, Sha256};
+use ring::digest::{digest, Context, SHA256};
 
 /// The hash before seq 1.
 pub const GENESIS: [u8; 32] = [0u8; 32];
@@ -25,8 +25,9 @@ pub fn canonical_header(job: JobId, seq: u64, recorded_at_ms: i64, kind: &str) -
     out
 }
 
+/// SHA-256 of an event's payload bytes.
 pub fn payload_digest(payload: &[u8]) -> [u8; 32] {
-    Sha256::digest(payload).into()
+    sha256_bytes(digest(&SHA256, payload))
 }
 
 /// The bytes `link` hashes, split around the 8 bytes of `recorded_at_ms` (big-endian):
@@ -53,11 +54,19 @@ pub fn parts_around_time(
 
 /// The chain link for one event, given the digest of its payload.
 pub fn link(prev: &[u8; 32], header: &[u8], payload_digest: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
+    let mut h = Context::new(&SHA256);
     h.update(prev);
     h.update(header);
     h.update(payload_digest);
-    h.finalize().into()
+    sha256_bytes(h.finish())
+}
+
+/// The 32 bytes of a SHA-256 digest (only ever given `SHA256` digests, which are 32 bytes
+/// long, so the copy cannot fail).
+fn sha256_bytes(d: ring::digest::Digest) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// The hash of an event with these header fields and payload bytes.

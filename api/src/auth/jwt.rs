@@ -1,21 +1,23 @@
 //! Bearer JWTs: the claims Aetheris reads, verification of compact JWS (HS256 and EdDSA
 //! only, each against keys of its own type), and issuing tokens. Every malformed input is
-//! an [`AuthError`], never a panic; messages never echo the token.
+//! an [`AuthError`], never a panic; messages never echo the token. The cryptography is
+//! ring's: HMAC-SHA256 compared in constant time, Ed25519 (RFC 8032, deterministic, so a
+//! key and claims always give the same token) with small-order keys never used.
 
-use super::keys::{key_id_ed25519, key_id_hs256, AuthConfig, MIN_HS256_SECRET_LEN};
+use super::keys::{
+    check_ed25519_public_key, ed25519_key_pair, key_id_ed25519, key_id_hs256, public_key_bytes,
+    AuthConfig, MIN_HS256_SECRET_LEN,
+};
 use super::rbac::{Principal, Role};
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
-use hmac::{Hmac, Mac};
+use ring::hmac;
+use ring::signature::{UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use sha2::Sha256;
 use std::fmt;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Longest token looked at; anything longer is refused before any decoding.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -329,16 +331,10 @@ fn verify_hs256(
         })
         .unwrap_or_default();
     let candidates = if named.is_empty() { usable } else { named };
-    // HMAC accepts keys of any length, so `new_from_slice` cannot fail; `verify_slice`
-    // compares in constant time.
-    let ok = candidates.iter().any(|secret| {
-        HmacSha256::new_from_slice(secret)
-            .map(|mut mac| {
-                mac.update(input);
-                mac.verify_slice(sig).is_ok()
-            })
-            .unwrap_or(false)
-    });
+    // `hmac::verify` compares the tags in constant time.
+    let ok = candidates
+        .iter()
+        .any(|secret| hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, secret), input, sig).is_ok());
     if ok {
         Ok(())
     } else {
@@ -352,40 +348,39 @@ fn verify_ed25519(
     input: &[u8],
     sig: &[u8],
 ) -> Result<(), AuthError> {
-    let usable: Vec<(&[u8; 32], VerifyingKey)> = config
+    // Keys `validate` would refuse are never used: ring alone would accept forged
+    // signatures under a small-order key.
+    let usable: Vec<&[u8; 32]> = config
         .ed25519_public_keys
         .iter()
-        .filter_map(|k| VerifyingKey::from_bytes(k).ok().map(|vk| (k, vk)))
+        .filter(|k| check_ed25519_public_key(k).is_ok())
         .collect();
     if usable.is_empty() {
         return Err(AuthError::AlgNotConfigured(Alg::EdDsa.name()));
     }
-    let sig: &[u8; 64] = sig.try_into().map_err(|_| {
-        AuthError::Malformed(format!(
+    if sig.len() != 64 {
+        return Err(AuthError::Malformed(format!(
             "an EdDSA signature is 64 bytes, this one is {}",
             sig.len()
-        ))
-    })?;
-    let sig = ed25519_dalek::Signature::from_bytes(sig);
-    let named: Vec<&VerifyingKey> = kid
+        )));
+    }
+    let named: Vec<&[u8; 32]> = kid
         .map(|k| {
             usable
                 .iter()
-                .filter(|(raw, _)| key_id_ed25519(raw) == k)
-                .map(|(_, vk)| vk)
+                .copied()
+                .filter(|raw| key_id_ed25519(raw) == k)
                 .collect()
         })
         .unwrap_or_default();
-    let candidates: Vec<&VerifyingKey> = if named.is_empty() {
-        usable.iter().map(|(_, vk)| vk).collect()
-    } else {
-        named
-    };
-    // verify_strict refuses small-order keys and non-canonical signatures.
-    if candidates
-        .iter()
-        .any(|vk| vk.verify_strict(input, &sig).is_ok())
-    {
+    let candidates = if named.is_empty() { usable } else { named };
+    // ring refuses non-canonical S (S ≥ L) and any R that is not the canonical encoding
+    // of the point it recomputes.
+    if candidates.iter().any(|k| {
+        UnparsedPublicKey::new(&ED25519, k.as_slice())
+            .verify(input, sig)
+            .is_ok()
+    }) {
         Ok(())
     } else {
         Err(AuthError::BadSignature(Alg::EdDsa.name()))
@@ -550,30 +545,163 @@ pub fn issue_hs256(secret: &[u8], claims: &Claims) -> String {
 /// Signs `claims` with an Ed25519 signing key (its 32-byte seed); header `alg` = `EdDSA`,
 /// `kid` = [`key_id_ed25519`] of its public key.
 pub fn issue_ed25519(signing_key_bytes: [u8; 32], claims: &Claims) -> String {
-    let sk = SigningKey::from_bytes(&signing_key_bytes);
-    let public = sk.verifying_key().to_bytes();
+    let Some(pair) = ed25519_key_pair(&signing_key_bytes) else {
+        // Unreachable (ring refuses only seeds that are not 32 bytes); a token without a
+        // signature never verifies.
+        let header = json!({"alg": "EdDSA", "typ": "JWT"});
+        return format!("{}.", signing_input(&header, claims));
+    };
+    let public = public_key_bytes(&pair);
     let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": key_id_ed25519(&public)});
     let input = signing_input(&header, claims);
-    let sig = sk.sign(input.as_bytes()).to_bytes();
+    let sig = pair.sign(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    match HmacSha256::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(data);
-            mac.finalize().into_bytes().into()
-        }
-        // HMAC hashes over-long keys and pads short ones: no key length is invalid, so
-        // this arm is unreachable; answering zeros would only yield a token that never
-        // verifies.
-        Err(_) => [0; 32],
-    }
+fn hmac_sha256(key: &[u8], data: &[u8]) -> hmac::Tag {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::keys::{decode_ed25519_public_key, ed25519_public_key, KeyError};
+    use crate::auth::rbac::Role;
+
+    const NOW: u64 = 1_700_000_000;
+    const SECRET: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+    const SEED: [u8; 32] = [7; 32];
+
+    /// Every optional claim set, so every field of the payload is pinned.
+    fn full_claims() -> Claims {
+        let mut c = Claims::new("alice", "acme", &[Role::Operator, Role::Admin], NOW, 3600);
+        c.nbf = Some(NOW - 10);
+        c.aud = Some(Audience::Many(vec!["aetheris".into(), "other".into()]));
+        c
+    }
+
+    fn config(hs256_secrets: Vec<Vec<u8>>, ed25519_public_keys: Vec<[u8; 32]>) -> AuthConfig {
+        AuthConfig {
+            hs256_secrets,
+            ed25519_public_keys,
+            ..AuthConfig::default()
+        }
+    }
+
+    /// Both tokens were produced by the previous implementation (hmac + ed25519-dalek)
+    /// from these keys and claims: tokens already handed out keep verifying, and the same
+    /// key and claims still sign to the same bytes (HMAC and RFC 8032 Ed25519 are
+    /// deterministic).
+    #[test]
+    fn tokens_are_byte_for_byte_those_of_the_previous_implementation() {
+        const HS256: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImQzMTQ5NTQxZWVjZTdhOGIiLCJ0eXAiOiJKV1QifQ.\
+            eyJhdWQiOlsiYWV0aGVyaXMiLCJvdGhlciJdLCJleHAiOjE3MDAwMDM2MDAsImlhdCI6MTcwMDAwMDAwMCwibmJmIjoxNjk5OTk5OTkwLCJyb2xlcyI6WyJvcGVyYXRvciIsImFkbWluIl0sInN1YiI6ImFsaWNlIiwidGVuYW50IjoiYWNtZSJ9.\
+            80B1SqOZcogY1szAJLxSj166SnHN4cnUuatFHzKd_Ys";
+        const EDDSA: &str = "eyJhbGciOiJFZERTQSIsImtpZCI6IjdiN2Q5NDc5M2ZmMGFlM2QiLCJ0eXAiOiJKV1QifQ.\
+            eyJhdWQiOlsiYWV0aGVyaXMiLCJvdGhlciJdLCJleHAiOjE3MDAwMDM2MDAsImlhdCI6MTcwMDAwMDAwMCwibmJmIjoxNjk5OTk5OTkwLCJyb2xlcyI6WyJvcGVyYXRvciIsImFkbWluIl0sInN1YiI6ImFsaWNlIiwidGVuYW50IjoiYWNtZSJ9.\
+            ddaicz3E9O_KfqF7jPj9Euq3bPoEhjXWvS-pBwHHvwtMvwmZYFKpX8DMQbaNzxGyxOMok282ceFmUUk6gGP-Aw";
+        assert_eq!(issue_hs256(SECRET, &full_claims()), HS256);
+        assert_eq!(issue_ed25519(SEED, &full_claims()), EDDSA);
+        assert_eq!(
+            hex::encode(ed25519_public_key(&SEED)),
+            "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c"
+        );
+        assert_eq!(key_id_hs256(SECRET), "d3149541eece7a8b");
+        assert_eq!(
+            key_id_ed25519(&ed25519_public_key(&SEED)),
+            "7b7d94793ff0ae3d"
+        );
+        let cfg = config(vec![SECRET.to_vec()], vec![ed25519_public_key(&SEED)]);
+        assert_eq!(verify(&cfg, HS256, NOW), Ok(full_claims()));
+        assert_eq!(verify(&cfg, EDDSA, NOW), Ok(full_claims()));
+    }
+
+    /// `R = identity, S = 0` (64 bytes: 0x01, then zeros): under the identity key ring's
+    /// cofactorless check accepts it for any message.
+    fn forged_eddsa_token(kid: Option<String>) -> String {
+        let mut header = json!({"alg": "EdDSA"});
+        if let Some(kid) = kid {
+            header["kid"] = json!(kid);
+        }
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        format!(
+            "{}.{}",
+            signing_input(&header, &full_claims()),
+            URL_SAFE_NO_PAD.encode(sig)
+        )
+    }
+
+    #[test]
+    fn small_order_public_keys_are_refused_and_never_used() {
+        // The identity point (y = 1) and its non-canonical twin with the sign bit set,
+        // the point of order 2 (y = -1) and a point of order 4 (y = 0).
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut identity_signed = identity;
+        identity_signed[31] = 0x80;
+        let mut order_2 = [0xffu8; 32];
+        order_2[0] = 0xec;
+        order_2[31] = 0x7f;
+        for key in [identity, identity_signed, order_2, [0u8; 32]] {
+            assert_eq!(
+                decode_ed25519_public_key(&hex::encode(key)),
+                Err(KeyError::SmallOrderPublicKey),
+                "{}",
+                hex::encode(key)
+            );
+            let only = config(vec![], vec![key]);
+            let message = only.validate().unwrap_err();
+            assert!(message.contains("ed25519_public_keys[0]"), "{message}");
+            assert!(message.contains("small order"), "{message}");
+        }
+        // Configured anyway (the struct is public): the key is never used, so the
+        // forgery that ring alone would accept is refused.
+        let only = config(vec![], vec![identity]);
+        assert_eq!(
+            verify(&only, &forged_eddsa_token(None), NOW),
+            Err(AuthError::AlgNotConfigured("EdDSA"))
+        );
+        let beside_a_real_key = config(vec![], vec![identity, ed25519_public_key(&SEED)]);
+        for kid in [None, Some(key_id_ed25519(&identity))] {
+            assert_eq!(
+                verify(&beside_a_real_key, &forged_eddsa_token(kid), NOW),
+                Err(AuthError::BadSignature("EdDSA"))
+            );
+        }
+        // A real key still validates beside nothing else.
+        assert!(config(vec![], vec![ed25519_public_key(&SEED)])
+            .validate()
+            .is_ok());
+    }
+
+    /// S + L is the same scalar mod L, so a verifier that does not insist on S < L would
+    /// accept a second signature for the same message (malleability); ring refuses it.
+    #[test]
+    fn non_canonical_signature_scalars_are_refused() {
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let cfg = config(vec![], vec![ed25519_public_key(&SEED)]);
+        let token = issue_ed25519(SEED, &full_claims());
+        let (input, sig64) = token.rsplit_once('.').unwrap();
+        let mut sig = URL_SAFE_NO_PAD.decode(sig64).unwrap();
+        let mut carry = 0u16;
+        for (s, l) in sig[32..].iter_mut().zip(L) {
+            let t = u16::from(*s) + u16::from(l) + carry;
+            *s = t as u8;
+            carry = t >> 8;
+        }
+        assert_eq!(carry, 0);
+        let malleated = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&sig));
+        assert_ne!(malleated, token);
+        assert!(verify(&cfg, &token, NOW).is_ok());
+        assert_eq!(
+            verify(&cfg, &malleated, NOW),
+            Err(AuthError::BadSignature("EdDSA"))
+        );
+    }
 
     #[test]
     fn rfc3339_formats_known_dates() {

@@ -1,12 +1,16 @@
 //! Keys: the verification configuration ([`AuthConfig`]: HS256 secrets and Ed25519 public
 //! keys, several of each for rotation), generating keys, their ids (`kid`), and reading
-//! them from config strings (`hex:…`, `base64:…`). Secrets are never printed.
+//! them from config strings (`hex:…`, `base64:…`). Secrets are never printed, and no
+//! Ed25519 public key that is not a curve point, or that has small order (which would
+//! accept forged signatures), passes [`AuthConfig::validate`] or
+//! [`decode_ed25519_public_key`].
 
+use super::edwards;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use ed25519_dalek::{SigningKey, VerifyingKey};
-use rand::RngCore as _;
-use sha2::{Digest as _, Sha256};
+use ring::digest::{Context, SHA256};
+use ring::rand::{SecureRandom as _, SystemRandom};
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use std::fmt;
 
 /// Default clock-skew allowance for `exp` and `nbf`, in seconds.
@@ -69,8 +73,8 @@ impl fmt::Debug for AuthConfig {
 
 impl AuthConfig {
     /// Checks the configuration at start-up: at least one key, every HS256 secret long
-    /// enough, every Ed25519 public key a valid curve point. The message names the key by
-    /// its position (`hs256_secrets[1]`).
+    /// enough, every Ed25519 public key a valid curve point not of small order. The
+    /// message names the key by its position (`hs256_secrets[1]`).
     pub fn validate(&self) -> Result<(), String> {
         if self.hs256_secrets.is_empty() && self.ed25519_public_keys.is_empty() {
             return Err("no HS256 secret and no Ed25519 public key is configured".into());
@@ -85,42 +89,69 @@ impl AuthConfig {
             }
         }
         for (i, k) in self.ed25519_public_keys.iter().enumerate() {
-            if VerifyingKey::from_bytes(k).is_err() {
-                return Err(format!(
-                    "ed25519_public_keys[{i}] is not a valid Ed25519 public key"
-                ));
+            if let Err(e) = check_ed25519_public_key(k) {
+                return Err(format!("ed25519_public_keys[{i}]: {e}"));
             }
         }
         Ok(())
     }
 }
 
-/// 32 random bytes from the thread-local CSPRNG (ChaCha, seeded from the OS).
-pub fn generate_hs256_secret() -> Vec<u8> {
-    let mut b = vec![0u8; 32];
-    rand::rng().fill_bytes(&mut b);
-    b
+/// Refuses 32 bytes that are not a curve point, or are a point of small order: ring's
+/// verifier would accept forged signatures under such a key.
+pub(super) fn check_ed25519_public_key(key: &[u8; 32]) -> Result<(), KeyError> {
+    if !edwards::is_curve_point(key) {
+        return Err(KeyError::InvalidPublicKey);
+    }
+    if edwards::is_small_order(key) {
+        return Err(KeyError::SmallOrderPublicKey);
+    }
+    Ok(())
+}
+
+/// 32 random bytes from the operating system's generator.
+fn random_32() -> Result<[u8; 32], KeyError> {
+    let mut b = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| KeyError::Random)?;
+    Ok(b)
+}
+
+/// A new random HS256 secret (32 bytes from the operating system's generator).
+pub fn generate_hs256_secret() -> Result<Vec<u8>, KeyError> {
+    random_32().map(|b| b.to_vec())
 }
 
 /// A new random Ed25519 signing key (its 32-byte seed).
-pub fn generate_ed25519_signing_key() -> [u8; 32] {
-    let mut b = [0u8; 32];
-    rand::rng().fill_bytes(&mut b);
-    b
+pub fn generate_ed25519_signing_key() -> Result<[u8; 32], KeyError> {
+    random_32()
+}
+
+/// The ring key pair of an Ed25519 signing key (RFC 8032 seed). ring only refuses seeds
+/// that are not 32 bytes long, so this is `Some` for every input.
+pub(super) fn ed25519_key_pair(signing_key_bytes: &[u8; 32]) -> Option<Ed25519KeyPair> {
+    Ed25519KeyPair::from_seed_unchecked(signing_key_bytes).ok()
+}
+
+/// The 32 bytes of a ring key pair's public key (always 32 bytes for Ed25519).
+pub(super) fn public_key_bytes(pair: &Ed25519KeyPair) -> [u8; 32] {
+    let mut public = [0u8; 32];
+    public.copy_from_slice(pair.public_key().as_ref());
+    public
 }
 
 /// The public key of an Ed25519 signing key (seed).
 pub fn ed25519_public_key(signing_key_bytes: &[u8; 32]) -> [u8; 32] {
-    SigningKey::from_bytes(signing_key_bytes)
-        .verifying_key()
-        .to_bytes()
+    // `None` is unreachable; all zeros would be a small-order point `validate` refuses.
+    ed25519_key_pair(signing_key_bytes).map_or([0; 32], |pair| public_key_bytes(&pair))
 }
 
 fn short_digest(domain: &[u8], key: &[u8]) -> String {
-    let mut h = Sha256::new();
+    let mut h = Context::new(&SHA256);
     h.update(domain);
     h.update(key);
-    hex::encode(&h.finalize()[..8])
+    hex::encode(&h.finish().as_ref()[..8])
 }
 
 /// The `kid` of an HS256 secret: 16 hex characters of a domain-separated SHA-256 of it
@@ -143,6 +174,10 @@ pub enum KeyError {
     Length { expected: &'static str, got: usize },
     #[error("key is not a valid Ed25519 public key")]
     InvalidPublicKey,
+    #[error("key is an Ed25519 point of small order, under which anyone could forge signatures")]
+    SmallOrderPublicKey,
+    #[error("the operating system's random number generator failed")]
+    Random,
 }
 
 /// Encodes key bytes for a config file as `hex:<lower-case hex>`.
@@ -205,10 +240,11 @@ fn decode_32(s: &str) -> Result<[u8; 32], KeyError> {
     })
 }
 
-/// An Ed25519 public key from a config string (32 bytes, a valid curve point).
+/// An Ed25519 public key from a config string (32 bytes, a valid curve point not of small
+/// order).
 pub fn decode_ed25519_public_key(s: &str) -> Result<[u8; 32], KeyError> {
     let k = decode_32(s)?;
-    VerifyingKey::from_bytes(&k).map_err(|_| KeyError::InvalidPublicKey)?;
+    check_ed25519_public_key(&k)?;
     Ok(k)
 }
 

@@ -1,5 +1,5 @@
 //! Authentication and RBAC for the gateway: verifying and issuing bearer JWTs (compact JWS,
-//! HS256 and EdDSA/Ed25519 only, written by hand: [`jwt`]), the keys that sign and verify
+//! HS256 and EdDSA/Ed25519 only, written by hand on ring: [`jwt`]), the keys that sign and verify
 //! them ([`keys`]), and turning a verified token into a [`Principal`] (subject, tenant,
 //! roles) with the single role → permission table ([`rbac`]). Which permission each route
 //! needs is the route table's (`crate::routes::ROUTES`); docs/auth.md embeds both tables
@@ -17,6 +17,7 @@
 //! Nothing here touches the store or the routes: wiring (extracting the header, checking
 //! the route's permission, scoping queries by [`Principal::tenant`]) is the router's job.
 
+mod edwards;
 pub mod jwt;
 pub mod keys;
 pub mod rbac;
