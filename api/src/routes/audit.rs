@@ -2,34 +2,24 @@
 //! with `?after=<next_after>`. Rows are written by the store in the same transaction as
 //! the change they record; a refused permission writes a `denied` row.
 
-use super::{page_limit, schema, Access, Answer, AppState, Caller, RouteSpec};
+use super::{page_limit, schema, Access, Answer, AppState, Caller, HttpMethod, RouteSpec};
 use crate::auth::Permission;
 use crate::problem::ApiError;
-use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use aetheris_store::{AuditFilter, AuditRecord, Scope};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub const LIST: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/v1/audit",
-    access: Access::Requires(Permission::AuditRead),
-    operation: "listAudit",
-    summary: "The tenant's access audit log, oldest first",
-    body: None,
-    query: Some(schema::<AuditQuery>),
-    answer: Answer {
-        status: 200,
-        description: "one page of audit rows",
-        media: "application/json",
-        schema: schema::<AuditPage>,
-        event_stream: false,
-    },
-    errors: &[],
-    creates: None,
-    mount: |r| r.to(audit),
-};
+pub const LIST: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/v1/audit",
+    Access::Requires(Permission::AuditRead),
+    "listAudit",
+    "The tenant's access audit log, oldest first",
+    Answer::json(200, "one page of audit rows", schema::<AuditPage>),
+    |r| r.to(audit),
+)
+.query(schema::<AuditQuery>);
 
 /// `GET /v1/audit` query.
 #[derive(Deserialize, JsonSchema)]

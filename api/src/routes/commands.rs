@@ -6,12 +6,12 @@
 //! capped here so a command can never carry more than a few hundred KiB into a job's log.
 
 use super::{
-    acting_as, check_name, parse_id, schema, Access, Answer, AppState, BodySpec, Caller, RouteSpec,
+    acting_as, check_name, parse_id, schema, Access, Answer, AppState, Caller, HttpMethod,
+    RouteSpec,
 };
 use crate::auth::Permission;
 use crate::body::Presence;
 use crate::problem::ApiError;
-use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use aetheris_runtime::{ConfirmOutcome, StepStatus};
 use aetheris_store::{AuditEntry, CommandBody, Scope};
@@ -28,77 +28,44 @@ pub const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Largest confirmed output, as JSON text.
 pub const MAX_CONFIRM_OUTPUT_BYTES: usize = 256 * 1024;
 
-pub const CANCEL: RouteSpec = RouteSpec {
-    method: Method::POST,
-    path: "/v1/jobs/{id}/cancel",
-    access: Access::Requires(Permission::JobCancel),
-    operation: "cancelJob",
-    summary: "Cancel a job (stored durably, applied by the worker running it); the body \
+pub const CANCEL: RouteSpec = RouteSpec::new(
+    HttpMethod::Post,
+    "/v1/jobs/{id}/cancel",
+    Access::Requires(Permission::JobCancel),
+    "cancelJob",
+    "Cancel a job (stored durably, applied by the worker running it); the body \
               may be empty",
-    body: Some(BodySpec {
-        presence: Presence::Optional,
-        schema: schema::<CancelRequest>,
-    }),
-    query: None,
-    answer: Answer {
-        status: 202,
-        description: "the cancel is stored",
-        media: "application/json",
-        schema: schema::<CancelAccepted>,
-        event_stream: false,
-    },
-    errors: &[404, 409],
-    creates: None,
-    mount: |r| r.to(cancel),
-};
+    Answer::json(202, "the cancel is stored", schema::<CancelAccepted>),
+    |r| r.to(cancel),
+)
+.body(Presence::Optional, schema::<CancelRequest>)
+.errors(&[404, 409]);
 
-pub const SIGNAL: RouteSpec = RouteSpec {
-    method: Method::POST,
-    path: "/v1/jobs/{id}/signals/{name}",
-    access: Access::Requires(Permission::JobSignal),
-    operation: "signalJob",
-    summary: "Send a signal (e.g. an approval) to a job; `wait` steps for that name resume; \
+pub const SIGNAL: RouteSpec = RouteSpec::new(
+    HttpMethod::Post,
+    "/v1/jobs/{id}/signals/{name}",
+    Access::Requires(Permission::JobSignal),
+    "signalJob",
+    "Send a signal (e.g. an approval) to a job; `wait` steps for that name resume; \
               the body may be empty",
-    body: Some(BodySpec {
-        presence: Presence::Optional,
-        schema: schema::<SignalRequest>,
-    }),
-    query: None,
-    answer: Answer {
-        status: 202,
-        description: "the signal is stored",
-        media: "application/json",
-        schema: schema::<SignalAccepted>,
-        event_stream: false,
-    },
-    errors: &[404, 409],
-    creates: None,
-    mount: |r| r.to(signal),
-};
+    Answer::json(202, "the signal is stored", schema::<SignalAccepted>),
+    |r| r.to(signal),
+)
+.body(Presence::Optional, schema::<SignalRequest>)
+.errors(&[404, 409]);
 
-pub const CONFIRM: RouteSpec = RouteSpec {
-    method: Method::POST,
-    path: "/v1/jobs/{id}/steps/{step}/confirm",
-    access: Access::Requires(Permission::JobConfirm),
-    operation: "confirmStep",
-    summary: "Resolve an outcome_unknown step: it happened (`succeeded`, with its output) \
+pub const CONFIRM: RouteSpec = RouteSpec::new(
+    HttpMethod::Post,
+    "/v1/jobs/{id}/steps/{step}/confirm",
+    Access::Requires(Permission::JobConfirm),
+    "confirmStep",
+    "Resolve an outcome_unknown step: it happened (`succeeded`, with its output) \
               or not (`not_executed`: it runs again with the same invocation key)",
-    body: Some(BodySpec {
-        presence: Presence::Required,
-        schema: schema::<ConfirmRequest>,
-    }),
-    query: None,
-    answer: Answer {
-        status: 202,
-        description: "the confirmation is stored",
-        media: "application/json",
-        schema: schema::<ConfirmAccepted>,
-        event_stream: false,
-    },
-    errors: &[404, 409],
-    creates: None,
-    mount: |r| r.to(confirm),
-};
+    Answer::json(202, "the confirmation is stored", schema::<ConfirmAccepted>),
+    |r| r.to(confirm),
+)
+.body(Presence::Required, schema::<ConfirmRequest>)
+.errors(&[404, 409]);
 
 /// `POST /v1/jobs/{id}/cancel`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -8,12 +8,11 @@
 //! other tenants' requests.
 
 use super::{
-    page_limit, parse_id, schema, Access, Answer, AppState, BodySpec, Caller, Catalog, RouteSpec,
+    page_limit, parse_id, schema, Access, Answer, AppState, Caller, Catalog, HttpMethod, RouteSpec,
 };
 use crate::auth::Permission;
 use crate::body::Presence;
 use crate::problem::ApiError;
-use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use aetheris_runtime::{JobId, JobState, JobStatus, Plan, RecordedEvent, StepStatus};
 use aetheris_store::{AuditEntry, DynStore, JobSummary, LedgerEntry, ListFilter, NewJob, Scope};
@@ -40,109 +39,68 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
 }
 
-pub const SUBMIT: RouteSpec = RouteSpec {
-    method: Method::POST,
-    path: "/v1/jobs",
-    access: Access::Requires(Permission::JobCreate),
-    operation: "submitJob",
-    summary: "Submit a job (201 stored; 200 an identical repeat of an idempotency key)",
-    body: Some(BodySpec {
-        presence: Presence::Required,
-        schema: schema::<Submission>,
-    }),
-    query: None,
-    answer: Answer {
-        status: 201,
-        description: "the job, durably stored (200 for an identical repeat)",
-        media: "application/json",
-        schema: schema::<JobView>,
-        event_stream: false,
-    },
-    errors: &[200, 409, 422, 429],
-    creates: Some(("/v1/jobs/{id}", "/job_id")),
-    mount: |r| r.to(submit),
-};
+pub const SUBMIT: RouteSpec = RouteSpec::new(
+    HttpMethod::Post,
+    "/v1/jobs",
+    Access::Requires(Permission::JobCreate),
+    "submitJob",
+    "Submit a job (201 stored; 200 an identical repeat of an idempotency key)",
+    Answer::json(
+        201,
+        "the job, durably stored (200 for an identical repeat)",
+        schema::<JobView>,
+    ),
+    |r| r.to(submit),
+)
+.body(Presence::Required, schema::<Submission>)
+.errors(&[200, 409, 422, 429])
+.creates("/v1/jobs/{id}", "/job_id");
 
-pub const LIST: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/v1/jobs",
-    access: Access::Requires(Permission::JobRead),
-    operation: "listJobs",
-    summary: "List the tenant's jobs, newest first (cursor pages)",
-    body: None,
-    query: Some(schema::<ListQuery>),
-    answer: Answer {
-        status: 200,
-        description: "one page of jobs",
-        media: "application/json",
-        schema: schema::<JobPage>,
-        event_stream: false,
-    },
-    errors: &[],
-    creates: None,
-    mount: |r| r.to(list),
-};
+pub const LIST: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/v1/jobs",
+    Access::Requires(Permission::JobRead),
+    "listJobs",
+    "List the tenant's jobs, newest first (cursor pages)",
+    Answer::json(200, "one page of jobs", schema::<JobPage>),
+    |r| r.to(list),
+)
+.query(schema::<ListQuery>);
 
-pub const GET: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/v1/jobs/{id}",
-    access: Access::Requires(Permission::JobRead),
-    operation: "getJob",
-    summary: "One job and the state of each of its steps",
-    body: None,
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "the job",
-        media: "application/json",
-        schema: schema::<JobView>,
-        event_stream: false,
-    },
-    errors: &[404],
-    creates: None,
-    mount: |r| r.to(get),
-};
+pub const GET: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/v1/jobs/{id}",
+    Access::Requires(Permission::JobRead),
+    "getJob",
+    "One job and the state of each of its steps",
+    Answer::json(200, "the job", schema::<JobView>),
+    |r| r.to(get),
+)
+.errors(&[404]);
 
-pub const EVENTS: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/v1/jobs/{id}/events",
-    access: Access::Requires(Permission::JobRead),
-    operation: "jobEvents",
-    summary: "A job's hash-chained events (JSON pages, or live as Server-Sent Events with \
+pub const EVENTS: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/v1/jobs/{id}/events",
+    Access::Requires(Permission::JobRead),
+    "jobEvents",
+    "A job's hash-chained events (JSON pages, or live as Server-Sent Events with \
               `Accept: text/event-stream`)",
-    body: None,
-    query: Some(schema::<EventsQuery>),
-    answer: Answer {
-        status: 200,
-        description: "one page of events",
-        media: "application/json",
-        schema: schema::<EventPage>,
-        event_stream: true,
-    },
-    errors: &[404],
-    creates: None,
-    mount: |r| r.to(events),
-};
+    Answer::json(200, "one page of events", schema::<EventPage>).or_event_stream(),
+    |r| r.to(events),
+)
+.query(schema::<EventsQuery>)
+.errors(&[404]);
 
-pub const LEDGER: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/v1/jobs/{id}/ledger",
-    access: Access::Requires(Permission::JobRead),
-    operation: "jobLedger",
-    summary: "A job's invocation ledger (one row per tool step invocation)",
-    body: None,
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "the ledger",
-        media: "application/json",
-        schema: schema::<LedgerPage>,
-        event_stream: false,
-    },
-    errors: &[404],
-    creates: None,
-    mount: |r| r.to(ledger),
-};
+pub const LEDGER: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/v1/jobs/{id}/ledger",
+    Access::Requires(Permission::JobRead),
+    "jobLedger",
+    "A job's invocation ledger (one row per tool step invocation)",
+    Answer::json(200, "the ledger", schema::<LedgerPage>),
+    |r| r.to(ledger),
+)
+.errors(&[404]);
 
 /// Parses and validates a submission (syntax, shape, idempotency key, plan). CPU-bound
 /// for big plans: callers run it off the HTTP workers ([`parse_off_workers`]).

@@ -85,6 +85,39 @@ impl Access {
     }
 }
 
+/// The HTTP methods the API uses (a `Copy` enum, so route rows are built by `const fn`s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+}
+
+impl HttpMethod {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+        }
+    }
+
+    /// The same method as actix sees it.
+    pub fn to_actix(self) -> Method {
+        match self {
+            HttpMethod::Get => Method::GET,
+            HttpMethod::Post => Method::POST,
+            HttpMethod::Put => Method::PUT,
+        }
+    }
+}
+
+impl std::fmt::Display for HttpMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Builds a JSON Schema for the OpenAPI document.
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 
@@ -114,7 +147,7 @@ pub struct Answer {
 
 /// One row of the route table.
 pub struct RouteSpec {
-    pub method: Method,
+    pub method: HttpMethod,
     /// actix pattern, also the OpenAPI path (`{id}` is one path segment).
     pub path: &'static str,
     pub access: Access,
@@ -135,7 +168,96 @@ pub struct RouteSpec {
     pub mount: fn(actix_web::Route) -> actix_web::Route,
 }
 
+impl Answer {
+    /// A JSON answer.
+    pub const fn json(status: u16, description: &'static str, schema: SchemaFn) -> Answer {
+        Answer {
+            status,
+            description,
+            media: "application/json",
+            schema,
+            event_stream: false,
+        }
+    }
+
+    /// A text answer of `media` (`/metrics`).
+    pub const fn text(status: u16, description: &'static str, media: &'static str) -> Answer {
+        Answer {
+            status,
+            description,
+            media,
+            schema: schema::<String>,
+            event_stream: false,
+        }
+    }
+
+    /// Also answers `text/event-stream` when the client asks for it.
+    pub const fn or_event_stream(self) -> Answer {
+        Answer {
+            event_stream: true,
+            ..self
+        }
+    }
+}
+
+/// Builders for the rows of [`ROUTES`]: a row names its method, path, access, operation,
+/// summary, answer and handler; body, query, particular statuses and what it creates are
+/// added when the route has them.
 impl RouteSpec {
+    pub const fn new(
+        method: HttpMethod,
+        path: &'static str,
+        access: Access,
+        operation: &'static str,
+        summary: &'static str,
+        answer: Answer,
+        mount: fn(actix_web::Route) -> actix_web::Route,
+    ) -> RouteSpec {
+        RouteSpec {
+            method,
+            path,
+            access,
+            operation,
+            summary,
+            body: None,
+            query: None,
+            answer,
+            errors: &[],
+            creates: None,
+            mount,
+        }
+    }
+
+    /// The route takes a JSON object body.
+    pub const fn body(self, presence: Presence, schema: SchemaFn) -> RouteSpec {
+        RouteSpec {
+            body: Some(BodySpec { presence, schema }),
+            ..self
+        }
+    }
+
+    /// The route takes the query parameters of this struct's schema.
+    pub const fn query(self, schema: SchemaFn) -> RouteSpec {
+        RouteSpec {
+            query: Some(schema),
+            ..self
+        }
+    }
+
+    /// Statuses particular to this route (below 400: another success with the same body).
+    pub const fn errors(self, errors: &'static [u16]) -> RouteSpec {
+        RouteSpec { errors, ..self }
+    }
+
+    /// A success creates what the routes under `prefix` take as `{id}`, found at
+    /// `pointer` in the answer.
+    pub const fn creates(self, prefix: &'static str, pointer: &'static str) -> RouteSpec {
+        RouteSpec {
+            creates: Some((prefix, pointer)),
+            ..self
+        }
+    }
+
     /// Every problem+json status this route can answer.
     pub fn error_statuses(&self) -> Vec<u16> {
         let mut s: Vec<u16> = self.errors.to_vec();
@@ -196,7 +318,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     for (i, r) in ROUTES.iter().enumerate() {
         cfg.service(
             web::resource(r.path)
-                .guard(guard::Method(r.method.clone()))
+                .guard(guard::Method(r.method.to_actix()))
                 .app_data(RouteIndex(i))
                 .route((r.mount)(web::route())),
         );

@@ -3,10 +3,9 @@
 //! series, G6) and the OpenAPI document (`/v1/openapi.json`, public, generated from
 //! [`super::ROUTES`]).
 
-use super::{schema, Access, Answer, AppState, Caller, RouteSpec, SYSTEM_TENANT};
+use super::{schema, Access, Answer, AppState, Caller, HttpMethod, RouteSpec, SYSTEM_TENANT};
 use crate::auth::Permission;
 use crate::problem::ApiError;
-use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -17,85 +16,45 @@ pub struct Health {
     pub status: String,
 }
 
-pub const HEALTHZ: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/healthz",
-    access: Access::Public,
-    operation: "healthz",
-    summary: "Liveness: the process answers",
-    body: None,
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "alive",
-        media: "application/json",
-        schema: schema::<Health>,
-        event_stream: false,
-    },
-    errors: &[],
-    creates: None,
-    mount: |r| r.to(healthz),
-};
+pub const HEALTHZ: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/healthz",
+    Access::Public,
+    "healthz",
+    "Liveness: the process answers",
+    Answer::json(200, "alive", schema::<Health>),
+    |r| r.to(healthz),
+);
 
-pub const READYZ: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/readyz",
-    access: Access::Public,
-    operation: "readyz",
-    summary: "Readiness: the store answers",
-    body: None,
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "ready",
-        media: "application/json",
-        schema: schema::<Health>,
-        event_stream: false,
-    },
-    errors: &[],
-    creates: None,
-    mount: |r| r.to(readyz),
-};
+pub const READYZ: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/readyz",
+    Access::Public,
+    "readyz",
+    "Readiness: the store answers",
+    Answer::json(200, "ready", schema::<Health>),
+    |r| r.to(readyz),
+);
 
-pub const METRICS: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/metrics",
-    access: Access::Requires(Permission::SystemRead),
-    operation: "metrics",
-    summary: "Prometheus metrics (text format); a tenant's token sees only its own series",
-    body: None,
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "Prometheus text exposition format 0.0.4",
-        media: "text/plain",
-        schema: schema::<String>,
-        event_stream: false,
-    },
-    errors: &[],
-    creates: None,
-    mount: |r| r.to(metrics),
-};
+pub const METRICS: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/metrics",
+    Access::Requires(Permission::SystemRead),
+    "metrics",
+    "Prometheus metrics (text format); a tenant's token sees only its own series",
+    Answer::text(200, "Prometheus text exposition format 0.0.4", "text/plain"),
+    |r| r.to(metrics),
+);
 
-pub const OPENAPI: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/v1/openapi.json",
-    access: Access::Public,
-    operation: "openapi",
-    summary: "This API's OpenAPI 3.1 document",
-    body: None,
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "the OpenAPI document",
-        media: "application/json",
-        schema: schema::<serde_json::Value>,
-        event_stream: false,
-    },
-    errors: &[],
-    creates: None,
-    mount: |r| r.to(openapi),
-};
+pub const OPENAPI: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/v1/openapi.json",
+    Access::Public,
+    "openapi",
+    "This API's OpenAPI 3.1 document",
+    Answer::json(200, "the OpenAPI document", schema::<serde_json::Value>),
+    |r| r.to(openapi),
+);
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health {

@@ -1,11 +1,10 @@
 //! Tenants as data (admins of the system tenant only): create, list, and replace a
 //! tenant's rate limits, which every gateway and worker applies without a restart.
 
-use super::{schema, Access, Answer, AppState, BodySpec, Caller, RouteSpec, MAX_NAME_BYTES};
+use super::{schema, Access, Answer, AppState, Caller, HttpMethod, RouteSpec, MAX_NAME_BYTES};
 use crate::auth::Permission;
 use crate::body::Presence;
 use crate::problem::ApiError;
-use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use aetheris_actors::ratelimit::{LimitsConfig, TenantLimits};
 use aetheris_store::{AuditEntry, Tenant};
@@ -16,71 +15,40 @@ use serde_json::{json, Value};
 /// Longest tenant id.
 pub const MAX_TENANT_ID: usize = 64;
 
-pub const LIST: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/v1/tenants",
-    access: Access::System(Permission::TenantAdmin),
-    operation: "listTenants",
-    summary: "List every tenant (admins of the system tenant)",
-    body: None,
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "the tenants",
-        media: "application/json",
-        schema: schema::<TenantList>,
-        event_stream: false,
-    },
-    errors: &[],
-    creates: None,
-    mount: |r| r.to(list_tenants),
-};
+pub const LIST: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/v1/tenants",
+    Access::System(Permission::TenantAdmin),
+    "listTenants",
+    "List every tenant (admins of the system tenant)",
+    Answer::json(200, "the tenants", schema::<TenantList>),
+    |r| r.to(list_tenants),
+);
 
-pub const CREATE: RouteSpec = RouteSpec {
-    method: Method::POST,
-    path: "/v1/tenants",
-    access: Access::System(Permission::TenantAdmin),
-    operation: "createTenant",
-    summary: "Create a tenant (admins of the system tenant)",
-    body: Some(BodySpec {
-        presence: Presence::Required,
-        schema: schema::<NewTenant>,
-    }),
-    query: None,
-    answer: Answer {
-        status: 201,
-        description: "the tenant",
-        media: "application/json",
-        schema: schema::<TenantView>,
-        event_stream: false,
-    },
-    errors: &[409],
-    creates: Some(("/v1/tenants/{id}", "/id")),
-    mount: |r| r.to(create_tenant),
-};
+pub const CREATE: RouteSpec = RouteSpec::new(
+    HttpMethod::Post,
+    "/v1/tenants",
+    Access::System(Permission::TenantAdmin),
+    "createTenant",
+    "Create a tenant (admins of the system tenant)",
+    Answer::json(201, "the tenant", schema::<TenantView>),
+    |r| r.to(create_tenant),
+)
+.body(Presence::Required, schema::<NewTenant>)
+.errors(&[409])
+.creates("/v1/tenants/{id}", "/id");
 
-pub const SET_LIMITS: RouteSpec = RouteSpec {
-    method: Method::PUT,
-    path: "/v1/tenants/{id}/limits",
-    access: Access::System(Permission::TenantAdmin),
-    operation: "setTenantLimits",
-    summary: "Replace a tenant's rate limits (applied without restart)",
-    body: Some(BodySpec {
-        presence: Presence::Required,
-        schema: schema::<TenantLimits>,
-    }),
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "the tenant",
-        media: "application/json",
-        schema: schema::<TenantView>,
-        event_stream: false,
-    },
-    errors: &[404],
-    creates: None,
-    mount: |r| r.to(set_tenant_limits),
-};
+pub const SET_LIMITS: RouteSpec = RouteSpec::new(
+    HttpMethod::Put,
+    "/v1/tenants/{id}/limits",
+    Access::System(Permission::TenantAdmin),
+    "setTenantLimits",
+    "Replace a tenant's rate limits (applied without restart)",
+    Answer::json(200, "the tenant", schema::<TenantView>),
+    |r| r.to(set_tenant_limits),
+)
+.body(Presence::Required, schema::<TenantLimits>)
+.errors(&[404]);
 
 /// `POST /v1/tenants`.
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -2,58 +2,36 @@
 //! whether it is disabled, taking effect on the next request (no token is reissued). An
 //! admin cannot lock itself out (disable itself or drop its own admin role): 409.
 
-use super::{schema, Access, Answer, AppState, BodySpec, Caller, RouteSpec, MAX_NAME_BYTES};
+use super::{schema, Access, Answer, AppState, Caller, HttpMethod, RouteSpec, MAX_NAME_BYTES};
 use crate::auth::{Permission, Role};
 use crate::body::Presence;
 use crate::problem::ApiError;
-use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use aetheris_store::{AuditEntry, User};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub const LIST: RouteSpec = RouteSpec {
-    method: Method::GET,
-    path: "/v1/users",
-    access: Access::Requires(Permission::TenantAdmin),
-    operation: "listUsers",
-    summary: "The caller's tenant's users",
-    body: None,
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "the users",
-        media: "application/json",
-        schema: schema::<UserList>,
-        event_stream: false,
-    },
-    errors: &[],
-    creates: None,
-    mount: |r| r.to(list_users),
-};
+pub const LIST: RouteSpec = RouteSpec::new(
+    HttpMethod::Get,
+    "/v1/users",
+    Access::Requires(Permission::TenantAdmin),
+    "listUsers",
+    "The caller's tenant's users",
+    Answer::json(200, "the users", schema::<UserList>),
+    |r| r.to(list_users),
+);
 
-pub const PUT: RouteSpec = RouteSpec {
-    method: Method::PUT,
-    path: "/v1/users/{id}",
-    access: Access::Requires(Permission::TenantAdmin),
-    operation: "putUser",
-    summary: "Create or replace a user of the caller's tenant",
-    body: Some(BodySpec {
-        presence: Presence::Required,
-        schema: schema::<UserRequest>,
-    }),
-    query: None,
-    answer: Answer {
-        status: 200,
-        description: "the user",
-        media: "application/json",
-        schema: schema::<UserView>,
-        event_stream: false,
-    },
-    errors: &[409],
-    creates: None,
-    mount: |r| r.to(put_user),
-};
+pub const PUT: RouteSpec = RouteSpec::new(
+    HttpMethod::Put,
+    "/v1/users/{id}",
+    Access::Requires(Permission::TenantAdmin),
+    "putUser",
+    "Create or replace a user of the caller's tenant",
+    Answer::json(200, "the user", schema::<UserView>),
+    |r| r.to(put_user),
+)
+.body(Presence::Required, schema::<UserRequest>)
+.errors(&[409]);
 
 /// `PUT /v1/users/{id}`.
 #[derive(Debug, Deserialize, JsonSchema)]
