@@ -20,3 +20,4 @@ mod supervision;
 mod support;
 mod tenant_cli;
 mod waits;
+mod worker_admin;
