@@ -10,12 +10,12 @@
 //! then the actor stops as crashed so the registry restarts it from storage.
 
 use crate::clock::local_ms;
+use crate::context::WorkerContext;
 use crate::messages::{
     ActorGone, CheckCommands, CrashReason, DrainJob, Exit, Invoke, Reconcile, Revoke,
 };
 use crate::metrics as m;
 use crate::tools::{Invocation, Reconciled, ToolError, ToolErrorKind};
-use crate::worker::WorkerContext;
 use actix::prelude::*;
 use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::retry::backoff_ms;

@@ -7,14 +7,15 @@
 //! tenant may hold more than its share of this worker's slots (`tenant_share`: all but an
 //! eighth), so a tenant's backlog never takes the last free slot from another tenant's new
 //! job (W6). `Drain` stops taking work, lets job actors record their in-flight calls, and
-//! releases everything (G4: graceful handoff in milliseconds).
+//! releases everything (G4: graceful handoff in milliseconds). It sees the registry only
+//! as a `RegistryPort` (messages.rs).
 
 use crate::clock::local_ms;
+use crate::context::WorkerContext;
 use crate::messages::{
     ActiveCount, Drain, DrainAll, LeaseDone, RegistryPort, RevokeJob, RunJob, WakeAt,
 };
 use crate::metrics as m;
-use crate::worker::WorkerContext;
 use actix::prelude::*;
 use aetheris_runtime::JobId;
 use std::collections::HashMap;

@@ -7,8 +7,11 @@
 //! ToolRegistry             ── ToolActor × tools
 //! RateLimiters             ── RateLimiter × tenants
 //! ```
-//! The actors talk only through the messages of `messages` (no actor module imports
-//! another's); metrics are declared once in `metrics`; `clock` is the local wall clock.
+//! Modules depend one way: `clock`, `metrics`, `tools`, `ratelimit`, `messages` and
+//! `context` (what the actors share) import no actor; `job`, `lease` and `registry` talk
+//! only through the messages of `messages` (the registry alone starts job actors); `worker`
+//! builds the tree. Metrics are declared once in `metrics`; `clock` is the local wall
+//! clock.
 //!
 //! Invariants kept here: a job actor calls a tool only after the `step_started` event is
 //! durable and fenced (G2, G3); a dead actor — panic or error — is restarted from storage,
@@ -17,6 +20,7 @@
 //! crate: runtime/ and store/ know nothing of it.
 
 pub mod clock;
+pub mod context;
 pub mod job;
 pub mod lease;
 pub mod messages;

@@ -11,13 +11,13 @@
 //! actors with at most one check per job under way: a flood of commands for one job (a
 //! tenant can send any number) costs that job a few reads, never one message each.
 
+use crate::context::WorkerContext;
 use crate::job::JobActor;
 use crate::messages::{
     ActiveCount, ActorGone, CheckCommands, DrainAll, DrainJob, Exit, LeaseDone, LeasePort, Revoke,
     RevokeJob, RunJob, WakeAt,
 };
 use crate::metrics as m;
-use crate::worker::WorkerContext;
 use actix::prelude::*;
 use aetheris_runtime::JobId;
 use std::collections::HashMap;
@@ -346,9 +346,9 @@ impl Handler<ActiveCount> for JobRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::WorkerConfig;
     use crate::messages::CrashReason;
     use crate::tools::{Invocation, Tool, ToolError, ToolRegistry};
-    use crate::worker::WorkerConfig;
     use aetheris_runtime::{EffectClass, Plan};
     use aetheris_store::{DynStore, NewJob, RedbStore, RunningCaps};
     use serde_json::{json, Value};

@@ -10,10 +10,11 @@
 //! first so the registry can be started with its address, then the lease manager runs in
 //! that context with the registry's. Neither is ever without the other.
 
+pub use crate::context::{FinishedJobs, WorkerConfig, WorkerContext};
 use crate::lease::LeaseManager;
 use crate::messages::{CrashReason, Drain, LeasePort, RegistryPort};
 use crate::metrics::{self as m, Metrics};
-use crate::ratelimit::{Announcement, RateLimiters};
+use crate::ratelimit::Announcement;
 use crate::registry::JobRegistry;
 use crate::tools::ToolRegistry;
 use actix::prelude::*;
@@ -22,58 +23,8 @@ use aetheris_store::{DynStore, ProcessKind, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Tunables of a worker. Defaults are what `aetheris dev` and `aetheris worker` use.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Names this worker in leases; unique per process.
-    pub worker_id: String,
-    pub lease_ttl_ms: u64,
-    pub heartbeat_ms: u64,
-    /// Claim poll interval: the fallback when no wake-up hint arrives.
-    pub poll_ms: u64,
-    /// Jobs this worker runs at once.
-    pub max_jobs: usize,
-    /// Steps of one job running at once.
-    pub max_parallel_steps: usize,
-    /// A snapshot is written every this many events.
-    pub snapshot_every: u64,
-    /// Default per-step timeout when the step gives none.
-    pub default_step_timeout_ms: u64,
-    /// Per-tenant rate limits (tool calls wait their turn here).
-    pub rate_limits: RateLimiters,
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        WorkerConfig {
-            worker_id: format!("worker-{}", uuid::Uuid::now_v7()),
-            lease_ttl_ms: 5_000,
-            heartbeat_ms: 1_000,
-            poll_ms: 500,
-            max_jobs: 256,
-            max_parallel_steps: 8,
-            snapshot_every: 100,
-            default_step_timeout_ms: 300_000,
-            rate_limits: RateLimiters::default(),
-        }
-    }
-}
-
-/// Every job this worker finishes, as it is recorded (for watchers and the bench).
-pub type FinishedJobs = tokio::sync::broadcast::Sender<(JobId, JobStatus)>;
-
 /// Finished jobs a slow subscriber may lag behind before it misses some.
 const FINISHED_BUFFER: usize = 4096;
-
-/// What every actor of one worker shares: its store, tools and configuration, and the
-/// feed of finished jobs.
-#[derive(Clone)]
-pub struct WorkerContext {
-    pub store: DynStore,
-    pub tools: ToolRegistry,
-    pub config: Arc<WorkerConfig>,
-    pub finished: FinishedJobs,
-}
 
 /// Starts a worker (see the module doc).
 pub struct Worker;
