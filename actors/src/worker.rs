@@ -88,14 +88,6 @@ impl WorkerHandle {
         self.finished.subscribe()
     }
 
-    pub fn lease_manager(&self) -> &Addr<LeaseManager> {
-        &self.leases
-    }
-
-    pub fn registry(&self) -> &Addr<JobRegistry> {
-        &self.registry
-    }
-
     /// Graceful stop: take no new work, let job actors record their in-flight calls (for
     /// at most `grace`), release every lease, and withdraw the announcement so the other
     /// workers' shares grow at once.
