@@ -52,7 +52,7 @@ impl Worker {
         let (finished, _) = tokio::sync::broadcast::channel(FINISHED_BUFFER);
         let worker_id = config.worker_id.clone();
         zero_supervision_series();
-        let (leases, registry) = start_actor_tree(WorkerContext {
+        let (leases, _registry) = start_actor_tree(WorkerContext {
             store,
             tools,
             config: Arc::new(config),
@@ -61,7 +61,6 @@ impl Worker {
         Ok(WorkerHandle {
             worker_id,
             leases,
-            registry,
             finished,
             announcement,
         })
@@ -71,8 +70,9 @@ impl Worker {
 /// A running worker.
 pub struct WorkerHandle {
     worker_id: String,
+    /// The lease manager holds the registry's port (and the registry the lease
+    /// manager's), which keeps the tree alive.
     leases: Addr<LeaseManager>,
-    registry: Addr<JobRegistry>,
     finished: FinishedJobs,
     announcement: Announcement,
 }
