@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut tools = ToolRegistry::with_builtins();
         tools.register("wordcount", WordCount);
         let cfg = NodeConfig { bind: "127.0.0.1:0".into(), worker: WorkerConfig::default(), ..NodeConfig::default() };
-        let (node, server) = start_node(store, tools, cfg)?;
+        let (node, server) = start_node(store, tools, cfg).await?;
         let server = actix_rt::spawn(server);
         let url = format!("http://{}", node.addr);
         let client = reqwest::Client::new();

@@ -2,12 +2,13 @@
 //! all sharing one PostgreSQL (`--database-url` / `AETHERIS_DATABASE_URL`). Servers and
 //! workers apply migrations at start unless `--no-migrate`; the runner holds an advisory
 //! lock, so many processes starting together are safe. SIGTERM/Ctrl-C drains a worker:
-//! it stops taking work, records in-flight calls and releases its leases at once.
+//! it stops taking work, records in-flight calls and releases its leases at once. A
+//! worker serves `/healthz`, `/readyz` and `/metrics` on its admin listener
+//! (`--admin-bind`, no authentication: loopback by default).
 
-use aetheris_actors::ratelimit::Announcement;
-use aetheris_actors::{start_worker, Drain, Metrics, Shared, ToolRegistry, WorkerConfig};
-use aetheris_api::{start_node, NodeConfig};
-use aetheris_store::{DynStore, PgStore, ProcessKind};
+use aetheris_actors::{Metrics, ToolRegistry, Worker, WorkerConfig};
+use aetheris_api::{start_admin, start_node, NodeConfig};
+use aetheris_store::{DynStore, PgStore};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,11 @@ pub struct WorkerArgs {
     /// Per-tenant rate limits (JSON file; see docs/limits.md).
     #[arg(long, env = "AETHERIS_LIMITS")]
     pub limits: Option<std::path::PathBuf>,
+    /// Admin listener: GET /healthz, /readyz (the database answers) and /metrics
+    /// (Prometheus text). It has NO authentication: keep it on loopback or a private
+    /// network. Port 0 picks a free port (printed at start).
+    #[arg(long, env = "AETHERIS_ADMIN_BIND", default_value = "127.0.0.1:7421")]
+    pub admin_bind: String,
 }
 
 impl WorkerArgs {
@@ -233,8 +239,9 @@ pub fn server(
             rate_limits,
             ..WorkerConfig::default()
         };
-        let (node, running) =
-            start_node(store, tools, cfg).map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+        let (node, running) = start_node(store, tools, cfg)
+            .await
+            .map_err(|e| e.to_string())?;
         println!("aetheris server: listening on http://{}", node.addr);
         let task = actix_rt::spawn(running);
         crate::dev::wait_for_signal().await;
@@ -247,45 +254,28 @@ pub fn server(
 pub fn worker(db: DbArgs, w: WorkerArgs) -> Result<ExitCode, String> {
     crate::dev::init_logging();
     let config = w.config()?;
+    crate::startup::check_bind(&w.admin_bind)?;
     crate::startup::run_system(async move {
         let store = connect(&db).await?;
-        let (finished, _) = tokio::sync::broadcast::channel(1024);
-        let worker_id = config.worker_id.clone();
-        let shared = Shared {
-            store,
-            tools: ToolRegistry::with_builtins(),
-            metrics: Arc::new(Metrics::default()),
-            config: Arc::new(config),
-            finished,
-        };
-        let limits = shared.config.rate_limits.clone();
-        aetheris_actors::ratelimit::spawn_limits_refresh(shared.store.clone(), limits.clone());
-        // Count the live workers before the first claim, so the first tool calls already
-        // use this worker's share of each tenant's limits.
-        let (every, ttl) = (
-            Duration::from_millis(shared.config.heartbeat_ms),
-            Duration::from_millis(shared.config.lease_ttl_ms),
+        // The admin listener first: a worker that cannot listen fails before it takes work.
+        let (admin, admin_server) = start_admin(&w.admin_bind, store.clone(), Metrics::install())
+            .map_err(|e| e.to_string())?;
+        let admin_task = actix_rt::spawn(admin_server);
+        let worker = Worker::start(store, ToolRegistry::with_builtins(), config)
+            .await
+            .map_err(|e| format!("announcing the worker: {e}"))?;
+        let id = worker.worker_id().to_string();
+        println!(
+            "aetheris worker {id}: admin on http://{} (/healthz, /readyz, /metrics)",
+            admin.addr
         );
-        let announcement = Announcement::begin(
-            shared.store.clone(),
-            limits,
-            ProcessKind::Worker,
-            worker_id.clone(),
-            every,
-            ttl,
-        )
-        .await
-        .map_err(|e| format!("announcing the worker: {e}"))?;
-        let (leases, _) = start_worker(shared);
-        println!("aetheris worker {worker_id}: running");
+        // Printed before the lease manager's first claim (it runs once this task yields).
+        println!("aetheris worker {id}: running");
         crate::dev::wait_for_signal().await;
         eprintln!("aetheris worker: draining");
-        let _ = leases
-            .send(Drain {
-                grace: Duration::from_millis(w.drain_grace_ms),
-            })
-            .await;
-        announcement.retire().await;
+        worker.drain(Duration::from_millis(w.drain_grace_ms)).await;
+        admin.server.stop(true).await;
+        let _ = admin_task.await;
         Ok(ExitCode::SUCCESS)
     })
 }

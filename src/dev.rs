@@ -186,7 +186,8 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         };
         args.gateway.apply(&mut cfg);
         let (node, running) = start_node(store, tools, cfg)
-            .map_err(|e| format!("cannot listen on {}: {e}", args.bind))?;
+            .await
+            .map_err(|e| e.to_string())?;
         let url = format!("http://{}", node.addr);
         println!("aetheris dev: listening on {url} (store: {where_})");
         if token.is_some() {

@@ -54,6 +54,9 @@ enum Command {
         command: TokenCommand,
     },
     /// Run a worker (claims and runs jobs) on PostgreSQL.
+    ///
+    /// It also serves /healthz, /readyz and /metrics on --admin-bind (default
+    /// 127.0.0.1:7421; no authentication, so keep it on loopback or a private network).
     Worker {
         #[command(flatten)]
         db: cluster::DbArgs,

@@ -9,9 +9,13 @@
 //! the lease is gone: the actor stops without calling anything. A tool panic is recorded,
 //! then the actor stops as crashed so the registry restarts it from storage.
 
-use crate::registry::{ActorGone, Exit};
-use crate::tools::{Invocation, Invoke, Reconcile, Reconciled, ToolError, ToolErrorKind};
-use crate::Shared;
+use crate::clock::local_ms;
+use crate::context::WorkerContext;
+use crate::messages::{
+    ActorGone, CheckCommands, CrashReason, DrainJob, Exit, Invoke, Reconcile, Revoke,
+};
+use crate::metrics as m;
+use crate::tools::{Invocation, Reconciled, ToolError, ToolErrorKind};
 use actix::prelude::*;
 use aetheris_runtime::codec::{encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::retry::backoff_ms;
@@ -35,7 +39,10 @@ struct GoneGuard {
 
 impl Drop for GoneGuard {
     fn drop(&mut self) {
-        let exit = self.exit.take().unwrap_or(Exit::Crashed("panic".into()));
+        let exit = self
+            .exit
+            .take()
+            .unwrap_or(Exit::Crashed(CrashReason::Panic));
         self.registry.do_send(ActorGone {
             job_id: self.job_id,
             token: self.token,
@@ -47,7 +54,7 @@ impl Drop for GoneGuard {
 pub struct JobActor {
     job_id: JobId,
     token: u64,
-    sh: Shared,
+    sh: WorkerContext,
     state: Option<JobState>,
     /// Outcome events of finished calls not yet appended.
     pending: Vec<EventBody>,
@@ -56,7 +63,7 @@ pub struct JobActor {
     /// Drain requested: start nothing new, record in-flight calls, then stop.
     draining: bool,
     /// Set when a tool panicked: stop as crashed once its outcome is durable.
-    crash_after_flush: Option<String>,
+    crash_after_flush: Option<CrashReason>,
     /// A cancel command to append after the pending outcomes (always last: terminal).
     cancel: Option<(u64, EventBody)>,
     /// Commands whose events are durable (or that need no event) and which must be
@@ -75,28 +82,17 @@ pub struct JobActor {
     guard: GoneGuard,
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Revoke;
-
-/// Graceful drain: start nothing new, finish in-flight calls, record them, then stop.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DrainJob;
-
 /// A timer due within this long is waited for in the actor (lease kept); later ones park
 /// the job.
 const PARK_AFTER_MS: i64 = 1_000;
 
-fn local_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl JobActor {
-    pub fn new(job_id: JobId, token: u64, sh: Shared, registry: Recipient<ActorGone>) -> Self {
+    pub fn new(
+        job_id: JobId,
+        token: u64,
+        sh: WorkerContext,
+        registry: Recipient<ActorGone>,
+    ) -> Self {
         JobActor {
             job_id,
             token,
@@ -145,15 +141,13 @@ impl JobActor {
     fn fail_store(&mut self, e: StoreError, ctx: &mut Context<Self>) {
         match e {
             StoreError::Fenced { .. } => {
-                self.sh
-                    .metrics
-                    .inc("aetheris_lease_losses_total", &[("reason", "fenced")]);
+                metrics::counter!(m::LEASE_LOSSES, "reason" => "fenced").increment(1);
                 self.exit(Exit::LeaseLost, ctx)
             }
             StoreError::NotFound(_) => self.exit(Exit::Finished, ctx),
             other => {
                 tracing::warn!(job = %self.job_id, error = %other, "store error; restarting job actor from storage");
-                self.exit(Exit::Crashed(store_reason(&other).into()), ctx)
+                self.exit(Exit::Crashed(CrashReason::Store(store_reason(&other))), ctx)
             }
         }
     }
@@ -188,7 +182,7 @@ impl JobActor {
             return;
         }
         let Some(t) = self.tentative() else {
-            self.exit(Exit::Crashed("fold".into()), ctx);
+            self.exit(Exit::Crashed(CrashReason::Fold), ctx);
             return;
         };
         let now = self.now_est();
@@ -209,7 +203,7 @@ impl JobActor {
                     match self.start_event(&t, &step) {
                         Some(e) => events.push(e),
                         None => {
-                            self.exit(Exit::Crashed("unknown_tool".into()), ctx);
+                            self.exit(Exit::Crashed(CrashReason::UnknownTool), ctx);
                             return;
                         }
                     }
@@ -319,11 +313,8 @@ impl JobActor {
             actix::fut::wrap_future(async move { store.append(req).await }).map(
                 move |res, act: &mut JobActor, ctx| {
                     act.appending = false;
-                    act.sh.metrics.observe(
-                        "aetheris_store_append_seconds",
-                        &[],
-                        started.elapsed().as_secs_f64(),
-                    );
+                    metrics::histogram!(m::STORE_APPEND_DURATION)
+                        .record(started.elapsed().as_secs_f64());
                     let retry_for = Duration::from_millis(act.sh.config.lease_ttl_ms);
                     match res {
                         Ok(recorded) => act.on_appended(recorded, sent_at, ctx),
@@ -361,7 +352,7 @@ impl JobActor {
         for e in &recorded {
             if let Err(err) = state.apply(e) {
                 tracing::error!(job = %self.job_id, error = %err, "appended event does not fold");
-                self.exit(Exit::Crashed("fold".into()), ctx);
+                self.exit(Exit::Crashed(CrashReason::Fold), ctx);
                 return;
             }
         }
@@ -419,13 +410,19 @@ impl JobActor {
         }
     }
 
-    /// Reads the job's unapplied commands and turns them into events.
+    /// Reads the job's unapplied commands and turns them into events (the fallback poll).
     fn check_commands(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(self.read_commands());
+    }
+
+    /// The read of `check_commands`, as a future that ends once the commands are applied
+    /// (the registry waits for it before it asks again: see `CheckCommands`).
+    fn read_commands(&mut self) -> ResponseActFuture<Self, ()> {
         if self.stopping || self.state.is_none() {
-            return;
+            return Box::pin(actix::fut::ready(()));
         }
         let (store, job) = (self.sh.store.clone(), self.job_id);
-        ctx.spawn(
+        Box::pin(
             actix::fut::wrap_future(async move { store.pending_commands(job).await }).map(
                 |res, act: &mut JobActor, ctx| match res {
                     Ok(cmds) => act.apply_commands(cmds, ctx),
@@ -434,7 +431,7 @@ impl JobActor {
                     }
                 },
             ),
-        );
+        )
     }
 
     fn apply_commands(
@@ -519,10 +516,8 @@ impl JobActor {
         }
     }
 
-    fn ledger_metric(&self, outcome: &str) {
-        self.sh
-            .metrics
-            .inc("aetheris_ledger_outcomes_total", &[("outcome", outcome)]);
+    fn ledger_metric(&self, outcome: &'static str) {
+        metrics::counter!(m::LEDGER_OUTCOMES, "outcome" => outcome).increment(1);
     }
 
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
@@ -539,15 +534,10 @@ impl JobActor {
         };
         let seq = state.last_seq;
         self.last_snapshot_seq = seq;
-        let (store, job, token, metrics) = (
-            self.sh.store.clone(),
-            self.job_id,
-            self.token,
-            self.sh.metrics.clone(),
-        );
+        let (store, job, token) = (self.sh.store.clone(), self.job_id, self.token);
         ctx.spawn(actix::fut::wrap_future(async move {
             match store.put_snapshot(job, token, seq, blob).await {
-                Ok(()) => metrics.inc("aetheris_snapshots_written_total", &[]),
+                Ok(()) => metrics::counter!(m::SNAPSHOTS_WRITTEN).increment(1),
                 Err(e) => tracing::warn!(job = %job, error = %e, "snapshot write failed"),
             }
         }));
@@ -644,12 +634,8 @@ impl JobActor {
         if self.stopping {
             return; // stopping: the next incarnation recovers this step from the ledger
         }
-        let m = &self.sh.metrics;
-        m.observe(
-            "aetheris_step_duration_seconds",
-            &[("tool", tool)],
-            started.elapsed().as_secs_f64(),
-        );
+        metrics::histogram!(m::STEP_DURATION, "tool" => tool.to_string())
+            .record(started.elapsed().as_secs_f64());
         let policy = self
             .state
             .as_ref()
@@ -669,10 +655,8 @@ impl JobActor {
         };
         let event = match res {
             Ok(output) => {
-                m.inc(
-                    "aetheris_tool_calls_total",
-                    &[("tool", tool), ("outcome", "succeeded")],
-                );
+                metrics::counter!(m::TOOL_CALLS, "tool" => tool.to_string(), "outcome" => "succeeded")
+                    .increment(1);
                 EventBody::StepSucceeded {
                     step: step.clone(),
                     attempt,
@@ -681,21 +665,17 @@ impl JobActor {
             }
             Err(e) => {
                 if e.panicked {
-                    m.inc(
-                        "aetheris_actor_panics_total",
-                        &[("kind", "tool"), ("reason", "panic")],
-                    );
-                    self.crash_after_flush = Some("tool_panic".into());
+                    metrics::counter!(m::ACTOR_PANICS, "kind" => "tool", "reason" => "panic")
+                        .increment(1);
+                    self.crash_after_flush = Some(CrashReason::ToolPanic);
                 }
                 let outcome = match e.kind {
                     ToolErrorKind::Retryable => "retryable_error",
                     ToolErrorKind::Permanent => "permanent_error",
                     ToolErrorKind::OutcomeUnknown => "outcome_unknown",
                 };
-                m.inc(
-                    "aetheris_tool_calls_total",
-                    &[("tool", tool), ("outcome", outcome)],
-                );
+                metrics::counter!(m::TOOL_CALLS, "tool" => tool.to_string(), "outcome" => outcome)
+                    .increment(1);
                 match e.kind {
                     ToolErrorKind::Permanent => EventBody::StepFailed {
                         step: step.clone(),
@@ -848,9 +828,7 @@ impl Actor for JobActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.sh
-            .metrics
-            .gauge_add("aetheris_actors_alive", &[("kind", "job")], 1.0);
+        metrics::gauge!(m::ACTORS_ALIVE, "kind" => "job").increment(1.0);
         let store = self.sh.store.clone();
         let job = self.job_id;
         let preload = self.preload.take();
@@ -871,14 +849,8 @@ impl Actor for JobActor {
                     events_replayed: replayed,
                     pending_commands: cmds,
                 })) => {
-                    act.sh.metrics.observe(
-                        "aetheris_replay_duration_seconds",
-                        &[],
-                        t0.elapsed().as_secs_f64(),
-                    );
-                    act.sh
-                        .metrics
-                        .add("aetheris_replay_events_total", &[], replayed as f64);
+                    metrics::histogram!(m::REPLAY_DURATION).record(t0.elapsed().as_secs_f64());
+                    metrics::counter!(m::REPLAY_EVENTS).increment(replayed as u64);
                     act.last_snapshot_seq = snap_seq;
                     if state.status.is_terminal() {
                         act.exit(Exit::Finished, ctx);
@@ -896,28 +868,21 @@ impl Actor for JobActor {
                 Ok(None) => act.exit(Exit::Finished, ctx),
                 Err(e) => {
                     tracing::warn!(job = %act.job_id, error = %e, "loading job failed");
-                    act.exit(Exit::Crashed("load".into()), ctx)
+                    act.exit(Exit::Crashed(CrashReason::Load), ctx)
                 }
             }),
         );
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.sh
-            .metrics
-            .gauge_add("aetheris_actors_alive", &[("kind", "job")], -1.0);
+        metrics::gauge!(m::ACTORS_ALIVE, "kind" => "job").decrement(1.0);
     }
 }
 
-/// A command was stored for this job: read and apply it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CheckCommands;
-
 impl Handler<CheckCommands> for JobActor {
-    type Result = ();
-    fn handle(&mut self, _: CheckCommands, ctx: &mut Context<Self>) {
-        self.check_commands(ctx);
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _: CheckCommands, _: &mut Context<Self>) -> Self::Result {
+        self.read_commands()
     }
 }
 

@@ -7,35 +7,25 @@
 //! tenant may hold more than its share of this worker's slots (`tenant_share`: all but an
 //! eighth), so a tenant's backlog never takes the last free slot from another tenant's new
 //! job (W6). `Drain` stops taking work, lets job actors record their in-flight calls, and
-//! releases everything (G4: graceful handoff in milliseconds).
+//! releases everything (G4: graceful handoff in milliseconds). It sees the registry only
+//! as a `RegistryPort` (messages.rs).
 
-use crate::registry::{ActiveCount, DrainAll, JobRegistry, RevokeJob, RunJob};
-use crate::Shared;
+use crate::clock::local_ms;
+use crate::context::WorkerContext;
+use crate::messages::{
+    ActiveCount, Drain, DrainAll, LeaseDone, RegistryPort, RevokeJob, RunJob, WakeAt,
+};
+use crate::metrics as m;
 use actix::prelude::*;
 use aetheris_runtime::JobId;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct LeaseDone {
-    pub job_id: JobId,
-    pub token: u64,
-    /// Give the lease back in the store (false when it is already lost).
-    pub release: bool,
-}
-
+/// A work hint arrived: claim now.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct ClaimNow;
-
-/// A job this worker parked is due at this local time (ms): claim then, so durable timers
-/// fire promptly rather than at the next poll (the poll still covers other workers' and
-/// earlier processes' timers).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WakeAt(pub i64);
 
 /// Claims of this worker under way at once. Two, so that under load one is always queued
 /// at the store while the other's answer travels back: a job submitted behind a flood is
@@ -45,20 +35,6 @@ const CLAIMS_IN_FLIGHT: usize = 2;
 
 /// How often due timers are checked.
 const TIMER_TICK: Duration = Duration::from_millis(10);
-
-fn local_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Graceful shutdown: resolves when every lease is released (or `grace` ran out).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Drain {
-    pub grace: Duration,
-}
 
 /// The slots of a worker with `max_jobs` slots that one tenant may hold: all but an eighth
 /// (none reserved below 8 slots), so other tenants' new jobs find a free slot at once.
@@ -109,8 +85,8 @@ struct Held {
 }
 
 pub struct LeaseManager {
-    sh: Shared,
-    registry: Addr<JobRegistry>,
+    sh: WorkerContext,
+    registry: RegistryPort,
     held: HashMap<JobId, Held>,
     /// Leases held per tenant (the counts of `held`).
     per_tenant: HashMap<Arc<str>, usize>,
@@ -132,7 +108,7 @@ pub struct LeaseManager {
 }
 
 impl LeaseManager {
-    pub fn new(sh: Shared, registry: Addr<JobRegistry>) -> Self {
+    pub fn new(sh: WorkerContext, registry: RegistryPort) -> Self {
         LeaseManager {
             sh,
             registry,
@@ -190,9 +166,9 @@ impl LeaseManager {
                     Ok(leases) => {
                         let full = leases.len() == room;
                         for (l, preload) in leases {
-                            act.sh.metrics.inc("aetheris_lease_grants_total", &[]);
+                            metrics::counter!(m::LEASE_GRANTS).increment(1);
                             act.hold(l.job_id, l.token, &l.tenant);
-                            act.registry.do_send(RunJob {
+                            act.registry.run.do_send(RunJob {
                                 job_id: l.job_id,
                                 token: l.token,
                                 preload,
@@ -274,11 +250,7 @@ impl LeaseManager {
                 (sent, r)
             })
             .map(move |(sent, res), act: &mut LeaseManager, _| {
-                act.sh.metrics.observe(
-                    "aetheris_heartbeat_seconds",
-                    &[],
-                    t0.elapsed().as_secs_f64(),
-                );
+                metrics::histogram!(m::HEARTBEAT_DURATION).record(t0.elapsed().as_secs_f64());
                 match res {
                     Ok(kept) => {
                         let kept: HashMap<JobId, u64> =
@@ -286,10 +258,11 @@ impl LeaseManager {
                         for (job, token) in sent {
                             if kept.get(&job) != Some(&token) && act.holds(job, token) {
                                 act.unhold(job);
-                                act.sh
-                                    .metrics
-                                    .inc("aetheris_lease_losses_total", &[("reason", "heartbeat")]);
-                                act.registry.do_send(RevokeJob { job_id: job, token });
+                                metrics::counter!(m::LEASE_LOSSES, "reason" => "heartbeat")
+                                    .increment(1);
+                                act.registry
+                                    .revoke
+                                    .do_send(RevokeJob { job_id: job, token });
                             }
                         }
                     }
@@ -306,9 +279,7 @@ impl Actor for LeaseManager {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.sh
-            .metrics
-            .gauge_add("aetheris_actors_alive", &[("kind", "lease_manager")], 1.0);
+        metrics::gauge!(m::ACTORS_ALIVE, "kind" => "lease_manager").increment(1.0);
         ctx.run_interval(Duration::from_millis(self.sh.config.poll_ms), |act, ctx| {
             act.claim(ctx)
         });
@@ -334,6 +305,10 @@ impl Actor for LeaseManager {
             }
         });
         self.claim(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::gauge!(m::ACTORS_ALIVE, "kind" => "lease_manager").decrement(1.0);
     }
 }
 
@@ -376,11 +351,11 @@ impl Handler<Drain> for LeaseManager {
         let deadline = Instant::now() + m.grace;
         Box::pin(
             actix::fut::wrap_future(async move {
-                let _ = registry.send(DrainAll).await;
+                let _ = registry.drain.send(DrainAll).await;
                 // Job actors record in-flight calls, stop, and report; the registry then
                 // sends LeaseDone (handled while we wait, since this future is not atomic).
                 while Instant::now() < deadline {
-                    match registry.send(ActiveCount).await {
+                    match registry.active.send(ActiveCount).await {
                         Ok(0) | Err(_) => break,
                         Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                     }

@@ -17,7 +17,8 @@
 //! past the limit however many join or leave. A fixed `share` in the limits file
 //! overrides the count. See docs/limits.md.
 
-use crate::metrics::Metrics;
+use crate::clock::local_ms as now_ms;
+use crate::metrics as m;
 use actix::prelude::*;
 use aetheris_runtime::bucket::TokenBucket;
 use aetheris_store::{DynStore, ProcessKind};
@@ -142,13 +143,6 @@ impl LimitsConfig {
         }
         Ok(c)
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// This process's share of a tenant's global limits: gateways enforce admissions,
@@ -336,7 +330,8 @@ struct Inner {
     sources: Mutex<(LimitsConfig, BTreeMap<String, TenantLimits>)>,
     actors: Mutex<HashMap<String, Addr<RateLimiter>>>,
     arbiter: Mutex<Option<actix::Arbiter>>,
-    metrics: RwLock<Option<Arc<Metrics>>>,
+    /// Set once the tenants table is being followed (`keep_refreshed`).
+    refreshing: AtomicBool,
     /// Live processes of each kind as last announced (0: not yet known, taken as 1).
     live_gateways: AtomicU32,
     live_workers: AtomicU32,
@@ -359,11 +354,13 @@ impl RateLimiters {
         r
     }
 
-    pub fn with_metrics(self, m: Arc<Metrics>) -> Self {
-        if let Ok(mut g) = self.0.metrics.write() {
-            *g = Some(m);
+    /// Keeps these limits in step with the tenants table of `store` (see
+    /// `spawn_limits_refresh`); once per handle, however many parts of a process (its
+    /// gateway, its worker) ask. Must be called inside an actix system.
+    pub fn keep_refreshed(&self, store: DynStore) {
+        if !self.0.refreshing.swap(true, Ordering::SeqCst) {
+            spawn_limits_refresh(store, self.clone());
         }
-        self
     }
 
     /// Replaces the limits file at run time; live limiters are dropped and rebuilt on
@@ -446,12 +443,7 @@ impl RateLimiters {
         if old == n {
             return;
         }
-        if let Ok(g) = self.0.metrics.read() {
-            if let Some(m) = g.as_ref() {
-                let delta = f64::from(n) - f64::from(old);
-                m.gauge_add("aetheris_live_processes", &[("kind", kind.as_str())], delta);
-            }
-        }
+        metrics::gauge!(m::LIVE_PROCESSES, "kind" => kind.as_str()).set(f64::from(n));
         let shares = self.shares();
         if let Ok(actors) = self.0.actors.lock() {
             for a in actors.values() {
@@ -469,12 +461,8 @@ impl RateLimiters {
             .unwrap_or_default()
     }
 
-    fn count(&self, name: &'static str, tenant: &str, kind: &str, v: f64) {
-        if let Ok(g) = self.0.metrics.read() {
-            if let Some(m) = g.as_ref() {
-                m.add(name, &[("tenant", tenant), ("kind", kind)], v);
-            }
-        }
+    fn count(name: &'static str, tenant: &str, kind: &'static str) {
+        metrics::counter!(name, "tenant" => tenant.to_string(), "kind" => kind).increment(1);
     }
 
     /// The tenant's limiter, started on demand on the limiters' own arbiter (so it
@@ -507,12 +495,7 @@ impl RateLimiters {
         };
         let r = l.send(Admit).await.unwrap_or(Ok(()));
         if r.is_err() {
-            self.count(
-                "aetheris_rate_limit_rejections_total",
-                tenant,
-                "admission",
-                1.0,
-            );
+            Self::count(m::RATE_LIMIT_REJECTIONS, tenant, "admission");
         }
         r
     }
@@ -529,13 +512,9 @@ impl RateLimiters {
         };
         let wait = l.send(ToolCall(tool.to_string())).await.unwrap_or(0);
         if wait > 0 {
-            self.count("aetheris_rate_limit_waits_total", tenant, "tool_call", 1.0);
-            self.count(
-                "aetheris_rate_limit_wait_seconds_total",
-                tenant,
-                "tool_call",
-                wait as f64 / 1000.0,
-            );
+            Self::count(m::RATE_LIMIT_WAITS, tenant, "tool_call");
+            metrics::gauge!(m::RATE_LIMIT_WAIT_SECONDS, "tenant" => tenant.to_string(), "kind" => "tool_call")
+                .increment(wait as f64 / 1000.0);
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     }
@@ -551,7 +530,7 @@ impl RateLimiters {
         };
         let wait = l.send(ReserveLlm(tokens as f64)).await.unwrap_or(0);
         if wait > 0 {
-            self.count("aetheris_rate_limit_waits_total", tenant, "llm_tokens", 1.0);
+            Self::count(m::RATE_LIMIT_WAITS, tenant, "llm_tokens");
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
     }

@@ -1,20 +1,21 @@
-//! Wiring of one Aetheris process: the store, the worker's actor tree and the HTTP
-//! gateway, started on the current actix system. Used by `aetheris dev` and by tests that
-//! need a whole node in-process (with extra tools registered).
+//! Wiring of one Aetheris process with a gateway: the HTTP gateway and, unless it is a
+//! gateway only (`aetheris server`), a worker started through the one worker start-up
+//! (`aetheris_actors::Worker::start`, which `aetheris worker` uses too). Used by
+//! `aetheris dev`, `aetheris server` and by tests that need a whole node in-process (with
+//! extra tools registered).
 //!
 //! Singletons (the worker's actors, the tool actors) are started outside the
-//! `HttpServer::new` factory, which runs once per HTTP worker thread. The HTTP server is
-//! bounded in connections, head time, body time and keep-alive (`conn.rs`, `body.rs`).
+//! `HttpServer::new` factory, which runs once per HTTP worker thread. The listener is bound
+//! before any actor or task exists, so a node that cannot listen fails cleanly. The HTTP
+//! server is bounded in connections, head time, body time and keep-alive (`conn.rs`,
+//! `body.rs`).
 
 use crate::body::BodyRules;
 use crate::conn::{ConnectionCounter, ConnectionLimits, HEAD_DEADLINE, KEEP_ALIVE};
 use crate::routes::{configure, query_error_handler, AppState};
-use actix::Addr;
 use actix_web::{web, App, HttpServer};
 use aetheris_actors::ratelimit::Announcement;
-use aetheris_actors::{
-    start_worker, Drain, LeaseManager, Metrics, Shared, ToolRegistry, WorkerConfig,
-};
+use aetheris_actors::{Metrics, ToolRegistry, Worker, WorkerConfig, WorkerHandle};
 use aetheris_store::{DynStore, ProcessKind};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,37 +52,33 @@ impl Default for NodeConfig {
 pub struct NodeHandle {
     pub addr: SocketAddr,
     pub server: actix_web::dev::ServerHandle,
-    pub leases: Option<Addr<LeaseManager>>,
-    pub metrics: Arc<Metrics>,
-    /// Jobs finished by this node's worker.
-    pub finished:
-        tokio::sync::broadcast::Sender<(aetheris_runtime::JobId, aetheris_runtime::JobStatus)>,
-    /// This node's announcements as a live gateway (and worker), which size its share of
-    /// every tenant's global limits; withdrawn on shutdown.
-    pub announcements: Vec<Announcement>,
+    /// This node's worker (`None` for a gateway only).
+    pub worker: Option<WorkerHandle>,
+    /// This node's announcement as a live gateway, which sizes its share of every
+    /// tenant's admission limits; withdrawn on shutdown.
+    pub gateway: Announcement,
 }
 
 impl NodeHandle {
     /// Graceful stop: drain the worker (release leases), then stop the HTTP server.
     pub async fn shutdown(self, grace: Duration) {
-        if let Some(l) = &self.leases {
-            let _ = l.send(Drain { grace }).await;
+        if let Some(worker) = self.worker {
+            worker.drain(grace).await;
         }
-        for a in &self.announcements {
-            a.retire().await;
-        }
+        self.gateway.retire().await;
         self.server.stop(true).await;
     }
 }
 
 /// Starts a node on the current actix system. `tools` must have been built inside it. The
-/// returned server future must be spawned (or awaited) by the caller.
-pub fn start_node(
+/// returned server future must be spawned (or awaited) by the caller. An error says what
+/// failed (`cannot listen on ADDR: …`, or that the worker could not announce itself).
+pub async fn start_node(
     store: DynStore,
     tools: ToolRegistry,
     cfg: NodeConfig,
 ) -> std::io::Result<(NodeHandle, actix_web::dev::Server)> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Metrics::install();
     let names = tools.names();
     let tool_names: Vec<&str> = names.iter().map(String::as_str).collect();
     let catalog = Arc::new(
@@ -91,14 +88,13 @@ pub fn start_node(
             .filter_map(|n| tools.get(&n).map(|e| (n, e.effect)))
             .collect(),
     );
-    let (finished, _) = tokio::sync::broadcast::channel(4096);
-    let limits = cfg.worker.rate_limits.clone().with_metrics(metrics.clone());
+    let limits = cfg.worker.rate_limits.clone();
     let state = web::Data::new(AppState {
         auth: cfg.auth.map(Arc::new),
         limits: limits.clone(),
         store: store.clone(),
         tools: catalog,
-        metrics: metrics.clone(),
+        metrics: Arc::new(metrics),
         body: cfg.body,
         openapi: web::Bytes::from(crate::openapi::document(&tool_names).to_string()),
         validation: Arc::new(tokio::sync::Semaphore::new(
@@ -110,6 +106,9 @@ pub fn start_node(
     crate::conn::raise_fd_limit();
     let counter = ConnectionCounter::default();
     let workers = cfg.http_workers.max(1);
+    let bind = cfg.bind.clone();
+    let listen_error =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}"));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -124,43 +123,37 @@ pub fn start_node(
     .keep_alive(KEEP_ALIVE)
     .workers(workers)
     .disable_signals()
-    .bind(&cfg.bind)?;
+    .bind(&cfg.bind)
+    .map_err(listen_error)?;
     let addr = server
         .addrs()
         .first()
         .copied()
-        .ok_or_else(|| std::io::Error::other("no bound address"))?;
-    aetheris_actors::ratelimit::spawn_limits_refresh(store.clone(), limits.clone());
-    let (every, ttl) = (
+        .ok_or_else(|| listen_error(std::io::Error::other("no bound address")))?;
+    limits.keep_refreshed(store.clone());
+    let gateway = Announcement::start(
+        store.clone(),
+        limits,
+        ProcessKind::Gateway,
+        format!("gateway-{}", uuid::Uuid::now_v7()),
         Duration::from_millis(cfg.worker.heartbeat_ms),
         Duration::from_millis(cfg.worker.lease_ttl_ms),
     );
-    let announce =
-        |kind, id| Announcement::start(store.clone(), limits.clone(), kind, id, every, ttl);
-    let mut announcements = vec![announce(
-        ProcessKind::Gateway,
-        format!("gateway-{}", uuid::Uuid::now_v7()),
-    )];
-    if cfg.run_worker {
-        announcements.push(announce(ProcessKind::Worker, cfg.worker.worker_id.clone()));
-    }
-    let shared = Shared {
-        store,
-        tools,
-        metrics: metrics.clone(),
-        config: Arc::new(cfg.worker),
-        finished: finished.clone(),
+    let worker = if cfg.run_worker {
+        let started = Worker::start(store, tools, cfg.worker).await;
+        Some(started.map_err(|e| {
+            std::io::Error::other(format!("announcing the worker in the store: {e}"))
+        })?)
+    } else {
+        None
     };
-    let leases = cfg.run_worker.then(|| start_worker(shared).0);
     let running = server.run();
     Ok((
         NodeHandle {
             addr,
             server: running.handle(),
-            leases,
-            metrics,
-            finished,
-            announcements,
+            worker,
+            gateway,
         },
         running,
     ))

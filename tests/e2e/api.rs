@@ -122,6 +122,8 @@ fn hostile_input_gets_problem_json_and_stores_nothing() {
 
 #[test]
 fn list_paginates_with_a_cursor_and_filters_by_state() {
+    // Counts what its node's metrics show: alone in its process.
+    crate::support::own_process!(list_paginates_with_a_cursor_and_filters_by_state);
     let node = TestNode::start(|_| {}, WorkerConfig::default());
     rt().block_on(async {
         let c = reqwest::Client::new();

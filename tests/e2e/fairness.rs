@@ -6,8 +6,7 @@
 
 use crate::support::rt;
 use aetheris_actors::{
-    lease::tenant_share, start_worker, Invocation, Metrics, Shared, Tool, ToolError, ToolRegistry,
-    WorkerConfig,
+    lease::tenant_share, Invocation, Tool, ToolError, ToolRegistry, Worker, WorkerConfig,
 };
 use aetheris_runtime::{EffectClass, JobId, JobStatus, Plan};
 use aetheris_store::{DynStore, NewJob, RedbStore, Scope};
@@ -90,20 +89,14 @@ fn gated_worker(
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
-            let (finished, _) = tokio::sync::broadcast::channel(64);
             let mut tools = ToolRegistry::with_builtins();
             tools.register("gate", gate);
-            let _w = start_worker(Shared {
-                store: st,
-                tools,
-                metrics: Arc::new(Metrics::default()),
-                config: Arc::new(WorkerConfig {
-                    max_jobs,
-                    poll_ms: 20,
-                    ..WorkerConfig::default()
-                }),
-                finished,
-            });
+            let config = WorkerConfig {
+                max_jobs,
+                poll_ms: 20,
+                ..WorkerConfig::default()
+            };
+            let _w = Worker::start(st, tools, config).await.expect("worker");
             let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
             actix_rt::System::current().stop();
         })
@@ -290,18 +283,13 @@ fn small_tenant_is_not_starved(open: OpenStore) {
             if !matches!(go, Ok(Ok(()))) {
                 return;
             }
-            let (finished, _) = tokio::sync::broadcast::channel(16);
-            let shared = Shared {
-                store: st,
-                tools: ToolRegistry::with_builtins(),
-                metrics: Arc::new(Metrics::default()),
-                config: Arc::new(WorkerConfig {
-                    max_jobs: 16,
-                    ..WorkerConfig::default()
-                }),
-                finished,
+            let config = WorkerConfig {
+                max_jobs: 16,
+                ..WorkerConfig::default()
             };
-            let _w = start_worker(shared);
+            let _w = Worker::start(st, ToolRegistry::with_builtins(), config)
+                .await
+                .expect("worker");
             let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
             actix_rt::System::current().stop();
         })

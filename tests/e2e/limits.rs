@@ -16,6 +16,10 @@ fn limits(v: Value) -> RateLimiters {
 
 #[test]
 fn admission_over_the_limit_is_429_with_retry_after_and_stores_nothing() {
+    // Counts what its node's metrics show: alone in its process.
+    crate::support::own_process!(
+        admission_over_the_limit_is_429_with_retry_after_and_stores_nothing
+    );
     let node = TestNode::start(
         |_| {},
         WorkerConfig {
@@ -94,6 +98,8 @@ impl Tool for Clocked {
 
 #[test]
 fn tool_calls_wait_their_turn_and_hold_the_rate() {
+    // Counts what its node's metrics show: alone in its process.
+    crate::support::own_process!(tool_calls_wait_their_turn_and_hold_the_rate);
     let calls = Arc::new(Mutex::new(Vec::new()));
     let c2 = calls.clone();
     let rate = 25.0;

@@ -21,3 +21,4 @@ mod supervision;
 mod support;
 mod tenant_cli;
 mod waits;
+mod worker_admin;

@@ -6,8 +6,9 @@
 //!
 //! The section's ```sh blocks run as one script through `readme.rs`'s harness, on a
 //! private throwaway cluster (so `CREATE DATABASE aetheris` is the README's own line);
-//! the README's `127.0.0.1:5432` becomes the cluster's address and `127.0.0.1:7420` a free
-//! port. Afterwards the database itself is checked: the tenants `default` and `acme`
+//! the README's `127.0.0.1:5432` becomes the cluster's address, `127.0.0.1:7420` a free
+//! port, and the worker's admin listener (default `127.0.0.1:7421`) takes a free port
+//! through `AETHERIS_ADMIN_BIND`, so a test run never depends on that port. Afterwards the database itself is checked: the tenants `default` and `acme`
 //! exist, and `acme`'s one job succeeded.
 
 use crate::readme::{assert_ran, free_port, readme, run_script, script_of, sh_blocks, workdir};
@@ -34,7 +35,7 @@ fn pg_bootstrap_from_an_empty_database_to_a_first_job_as_the_readme_says() {
     let run = run_script(
         dir.path(),
         &script,
-        &[],
+        &[("AETHERIS_ADMIN_BIND", "127.0.0.1:0".to_string())],
         std::slice::from_ref(&cluster.bin_dir),
         Duration::from_secs(300),
     );

@@ -25,8 +25,9 @@ fn jobs_run_to_completion_on_postgres() {
                 worker: WorkerConfig::default(),
                 ..NodeConfig::default()
             };
-            let (node, server) =
-                start_node(store.clone(), ToolRegistry::with_builtins(), cfg).expect("node");
+            let (node, server) = start_node(store.clone(), ToolRegistry::with_builtins(), cfg)
+                .await
+                .expect("node");
             addr_tx.send((node.addr, store)).expect("send");
             let server = actix_rt::spawn(server);
             let _ = stop_rx.await;

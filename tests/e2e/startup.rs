@@ -2,7 +2,7 @@
 //! binary as a process and requires a non-zero exit, exactly one line on stderr starting
 //! with `error:` that names the problem, and no panic (`RUST_BACKTRACE=1` is set, so a
 //! panic could not hide behind one line). Cases: `dev` and `server` with their port in
-//! use or a malformed address; `server`, `worker` and `migrate` with an unreachable,
+//! use or a malformed address, and `worker` with its admin port so; `server`, `worker` and `migrate` with an unreachable,
 //! malformed or unknown database; bad, missing and too-short key files; a bad or missing
 //! limits file; a `--data-dir` that cannot be created or is held by another `dev`; bad
 //! `token issue` lifetimes; client commands with a malformed or unreachable server; and
@@ -155,12 +155,39 @@ fn every_start_up_failure_is_one_error_line_and_no_panic() {
             "--database-url is not a PostgreSQL URL",
         ),
         case(
-            &["worker", "--database-url", &closed],
+            &[
+                "worker",
+                "--database-url",
+                &closed,
+                "--admin-bind",
+                "127.0.0.1:0",
+            ],
             "cannot connect to PostgreSQL",
         ),
         case(
-            &["worker", "--database-url", "postgres://[bad"],
+            &[
+                "worker",
+                "--database-url",
+                "postgres://[bad",
+                "--admin-bind",
+                "127.0.0.1:0",
+            ],
             "--database-url is not a PostgreSQL URL",
+        ),
+        // The worker's admin listener: port in use, malformed address.
+        case(
+            &["worker", "--database-url", &db, "--admin-bind", &busy],
+            "cannot listen on",
+        ),
+        case(
+            &[
+                "worker",
+                "--database-url",
+                &db,
+                "--admin-bind",
+                "not-an-address",
+            ],
+            "cannot listen on not-an-address",
         ),
         case(
             &["migrate", "--database-url", &closed],
@@ -273,7 +300,15 @@ fn every_start_up_failure_is_one_error_line_and_no_panic() {
             "bad-limits.json",
         ),
         case(
-            &["worker", "--database-url", &db, "--limits", &bad_limits],
+            &[
+                "worker",
+                "--database-url",
+                &db,
+                "--admin-bind",
+                "127.0.0.1:0",
+                "--limits",
+                &bad_limits,
+            ],
             "bad-limits.json",
         ),
         // Gateway protection flags.

@@ -84,6 +84,10 @@ fn restarts(metrics: &str) -> f64 {
 
 #[test]
 fn a_panicking_tool_restarts_the_job_actor_from_storage_and_the_job_ends_cleanly() {
+    // Counts what its node's metrics show: alone in its process.
+    crate::support::own_process!(
+        a_panicking_tool_restarts_the_job_actor_from_storage_and_the_job_ends_cleanly
+    );
     let (node, seen) = node_with_panicky();
     rt().block_on(async {
         let c = reqwest::Client::new();

@@ -1,5 +1,11 @@
 //! In-process test nodes: a whole Aetheris node (redb store, worker actors, HTTP gateway)
-//! on its own actix system thread, with extra tools registered by the test.
+//! on its own actix system thread, with extra tools registered by the test; and
+//! `own_process!`, for tests that count metrics.
+//!
+//! The metrics recorder is process-wide (one per process, as in production), so every node
+//! of this test binary adds to the same series. A test that asserts on what its node
+//! counted starts with `own_process!(its_name)`: it then runs again, alone, in a child
+//! process of this test binary, and passes if that run passed.
 
 use aetheris_actors::{ToolRegistry, WorkerConfig};
 use aetheris_api::{start_node, NodeConfig};
@@ -139,8 +145,9 @@ impl TestNode {
                     ..NodeConfig::default()
                 };
                 tune(&mut cfg);
-                let (node, server) =
-                    start_node(node_store.clone(), tools, cfg).expect("start node");
+                let (node, server) = start_node(node_store.clone(), tools, cfg)
+                    .await
+                    .expect("start node");
                 addr_tx.send((node.addr, node_store)).expect("send addr");
                 let server = actix_rt::spawn(server);
                 match stop_rx.await {
@@ -326,4 +333,56 @@ pub fn keyed_draw(key: &str, modulus: u64) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     h.finish() % modulus.max(1)
+}
+
+/// Runs the calling test (`module::name` in this binary) in a child process of its own and
+/// returns false when that run passed (the caller returns), or true inside the child (the
+/// caller goes on with its body). Panics with the child's output if it failed, or if the
+/// name matched no test.
+pub fn in_own_process(test: &str) -> bool {
+    const CHILD: &str = "AETHERIS_E2E_OWN_PROCESS";
+    if std::env::var(CHILD).as_deref() == Ok(test) {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, test)
+        .output()
+        .expect("run the test in its own process");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} in its own process: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    false
+}
+
+/// `own_process!(name)` at the top of `#[test] fn name`: see `in_own_process`.
+macro_rules! own_process {
+    ($name:ident) => {
+        let module = module_path!()
+            .split_once("::")
+            .map_or("", |(_, m)| m)
+            .to_string();
+        if !$crate::support::in_own_process(&format!("{module}::{}", stringify!($name))) {
+            return;
+        }
+    };
+}
+pub(crate) use own_process;
+
+/// The value of the sample `series` (name and labels exactly as rendered) in a Prometheus
+/// text, if present.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -371,6 +371,8 @@ fn reconcile_hook_on_postgres() {
 
 #[test]
 fn signals_and_approvals_on_the_embedded_store() {
+    // Counts what its node's metrics show: alone in its process.
+    crate::support::own_process!(signals_and_approvals_on_the_embedded_store);
     signals_and_approvals(|r, w| TestNode::start(r, w));
 }
 #[test]
@@ -388,6 +390,8 @@ fn retries_reuse_the_key_on_the_embedded_store() {
 
 #[test]
 fn signals_and_approvals_on_postgres() {
+    // Counts what its node's metrics show: alone in its process.
+    crate::support::own_process!(signals_and_approvals_on_postgres);
     signals_and_approvals(|r, w| TestNode::start_pg(r, w));
 }
 #[test]

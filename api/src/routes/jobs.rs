@@ -170,10 +170,8 @@ async fn submit(
         .await?;
     let state = load_job(&st.store, summary.job_id).await?;
     if created {
-        st.metrics.inc(
-            "aetheris_jobs_submitted_total",
-            &[("tenant", p.tenant.as_str())],
-        );
+        metrics::counter!(aetheris_actors::metrics::JOBS_SUBMITTED, "tenant" => p.tenant.clone())
+            .increment(1);
         return Ok(HttpResponse::Created()
             .insert_header(("Location", format!("/v1/jobs/{}", summary.job_id)))
             .json(JobView::new(&summary, &state)));

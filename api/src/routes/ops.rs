@@ -69,13 +69,16 @@ async fn readyz(st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     }))
 }
 
+/// The process's metrics (worker and gateway series: one recorder per process) plus the
+/// jobs by tenant and state from the store, filtered to the caller's tenant unless it is
+/// the system tenant.
 async fn metrics(p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let counts = st.store.count_by_status().await?;
     let extra: Vec<aetheris_actors::metrics::ScrapeGauge> = counts
         .into_iter()
         .map(|c| {
             (
-                "aetheris_jobs",
+                aetheris_actors::metrics::JOBS,
                 vec![
                     ("tenant", c.tenant),
                     ("state", c.status.as_str().to_string()),
