@@ -102,7 +102,7 @@ pub const T0: i64 = 1_764_000_000_000;
 /// A realistic finished job: an idempotent HTTP fetch; a wait for an `approval` signal
 /// (sent by alice); a side-effecting charge whose worker died mid-call
 /// (`step_outcome_unknown`), confirmed by bob with its output; a notification that failed
-/// once and succeeded on retry; `job_succeeded`. 19 events.
+/// once and succeeded on retry; `job_succeeded`. 16 events.
 pub fn realistic_job(job_id: JobId, tenant: &str) -> Result<JobLog, String> {
     let plan = json!({"steps": [
         {"id": "fetch", "tool": "http", "effect": "idempotent",

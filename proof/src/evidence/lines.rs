@@ -89,6 +89,9 @@ fn hash32(s: &str) -> Option<[u8; 32]> {
 /// Decodes the line at `position` (1-based; errors are located there).
 pub(crate) fn decode(position: u64, line: &[u8]) -> Result<Line<'_>, EvidenceError> {
     let bad = |d: String| EvidenceError::event(position, d);
+    if line.is_empty() {
+        return Err(bad("empty line".into()));
+    }
     let head: Head = serde_json::from_slice(line)
         .map_err(|e| bad(format!("not a valid event line: {e}")))?;
     let (Some(prev_hash), Some(hash)) = (hash32(&head.prev_hash), hash32(&head.hash)) else {
@@ -125,25 +128,18 @@ pub(crate) fn decode(position: u64, line: &[u8]) -> Result<Line<'_>, EvidenceErr
     })
 }
 
-/// Splits `events.jsonl` into lines: every line ends with `\n`, none is empty. A broken
-/// layout is located at the line where it occurs.
-pub(crate) fn split(file: &[u8]) -> Result<Vec<&[u8]>, EvidenceError> {
-    if file.is_empty() {
-        return Err(EvidenceError::event(1, "events.jsonl is empty"));
+/// Splits `events.jsonl` into lines, each with whether it ends in a newline (only the last
+/// may not, and then the file is malformed there). Lines are checked in order by the
+/// caller, so a broken layout is located at the first line it breaks.
+pub(crate) fn split(file: &[u8]) -> Vec<(&[u8], bool)> {
+    let mut lines: Vec<(&[u8], bool)> = file.split(|b| *b == b'\n').map(|l| (l, true)).collect();
+    // What follows the final newline: nothing in a well-formed file.
+    if let Some((tail, _)) = lines.pop() {
+        if !tail.is_empty() || lines.is_empty() {
+            lines.push((tail, false));
+        }
     }
-    let mut lines: Vec<&[u8]> = file.split(|b| *b == b'\n').collect();
-    // The text after the final newline: must be nothing.
-    let tail = lines.pop().unwrap_or_default();
-    if !tail.is_empty() {
-        return Err(EvidenceError::event(
-            lines.len() as u64 + 1,
-            "the last line does not end with a newline",
-        ));
-    }
-    if let Some(i) = lines.iter().position(|l| l.is_empty()) {
-        return Err(EvidenceError::event(i as u64 + 1, "empty line"));
-    }
-    Ok(lines)
+    lines
 }
 
 #[cfg(test)]
@@ -164,8 +160,9 @@ mod tests {
         let payload = e.body.payload();
         let mut out = Vec::new();
         encode(&mut out, &e, &payload);
-        let lines = split(&out).unwrap();
-        let line = decode(3, lines[0]).unwrap();
+        let lines = split(&out);
+        assert_eq!(lines.len(), 1);
+        let line = decode(3, lines[0].0).unwrap();
         assert_eq!(line.seq, 3);
         assert_eq!(line.recorded_at_ms, -7);
         assert_eq!(line.kind, "sleep_finished");
@@ -179,7 +176,9 @@ mod tests {
         assert!(decode(3, upper.trim_end().as_bytes()).is_err());
         let spaced = String::from_utf8(out.clone()).unwrap().replacen("\"seq\":3", "\"seq\": 3", 1);
         assert_eq!(decode(3, spaced.trim_end().as_bytes()).unwrap_err().failing_seq(), Some(3));
-        assert!(split(b"{}\n\n{}\n").is_err());
-        assert!(split(b"{}").is_err());
+        assert_eq!(split(b"{}\n\n{}\n"), vec![(&b"{}"[..], true), (&b""[..], true), (&b"{}"[..], true)]);
+        assert_eq!(split(b"{}"), vec![(&b"{}"[..], false)]);
+        assert_eq!(split(b""), vec![(&b""[..], false)]);
+        assert!(decode(1, b"").is_err());
     }
 }

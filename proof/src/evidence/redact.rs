@@ -2,7 +2,7 @@
 //!
 //! A rule names a path: `input` (the `job_submitted` payload), `output` (`job_succeeded`),
 //! `steps.<id>.output` (every `step_succeeded`, output-carrying `step_confirmed` and
-//! `wait_completed` of that step) or `signals.<name>.payload` (every `signal_received` of
+//! `wait_completed` of that step, and for a wait step the `signal_received` it consumed) or `signals.<name>.payload` (every `signal_received` of
 //! that signal and the `wait_completed` that consumed it); `*` stands for any id or name.
 //! The whole payload of a matched event is redacted, because the chain hashes each payload
 //! as one digest (G7): that is what keeps a redacted package verifiable. Invariant: a rule
@@ -136,10 +136,21 @@ pub(crate) fn plan(
     let mut used = vec![false; rules.len()];
     // (signal_id, path) of every redacted signal, for the wait that consumes it.
     let mut redacted_signals: Vec<(String, String)> = Vec::new();
+    // (signal_id, step) of every wait that consumed a signal: a wait step's output is the
+    // signal's payload, so redacting the one redacts the other.
+    let waits: Vec<(&str, &str)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::WaitCompleted {
+                step, signal_id, ..
+            } => Some((signal_id.as_str(), step.as_str())),
+            _ => None,
+        })
+        .collect();
     let mut out = Vec::with_capacity(events.len());
     for e in events {
         let hit = rules.iter().enumerate().find_map(|(i, r)| {
-            path_if_matches(&r.path, &e.body, &redacted_signals).map(|p| (i, p))
+            path_if_matches(&r.path, &e.body, &redacted_signals, &waits).map(|p| (i, p))
         });
         if let (Some((_, path)), EventBody::SignalReceived { signal_id, .. }) = (&hit, &e.body) {
             redacted_signals.push((signal_id.clone(), path.clone()));
@@ -168,8 +179,13 @@ fn path_if_matches(
     rule: &RedactPath,
     body: &EventBody,
     redacted_signals: &[(String, String)],
+    waits: &[(&str, &str)],
 ) -> Option<String> {
     match (rule, body) {
+        (RedactPath::StepOutput(sel), EventBody::SignalReceived { signal_id, .. }) => waits
+            .iter()
+            .find(|(id, step)| id == signal_id && sel.matches(step))
+            .map(|(_, step)| format!("steps.{step}.output")),
         (RedactPath::Input, EventBody::JobSubmitted { .. }) => Some("input".into()),
         (RedactPath::Output, EventBody::JobSucceeded { .. }) => Some("output".into()),
         (RedactPath::StepOutput(sel), EventBody::StepSucceeded { step, .. })

@@ -330,10 +330,13 @@ fn walk_chain(
         submission: None,
         approvals: Vec::new(),
     };
-    for (i, raw) in lines::split(file)?.into_iter().enumerate() {
+    for (i, (raw, terminated)) in lines::split(file).into_iter().enumerate() {
         let pos = i as u64 + 1;
         let bad = |d: String| EvidenceError::event(pos, d);
         let line = lines::decode(pos, raw)?;
+        if !terminated {
+            return Err(bad("the last line does not end with a newline".into()));
+        }
         if line.seq != pos {
             return Err(bad(format!(
                 "found seq {} where seq {pos} belongs (an event is missing, inserted or out of order)",
