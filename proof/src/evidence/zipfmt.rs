@@ -117,17 +117,17 @@ pub fn read_package(zip: &[u8], limits: &Limits) -> Result<PackageFiles, Evidenc
             limits.max_archive_bytes
         )));
     }
-    check_end_record(zip, limits)?;
+    let entries = check_end_record(zip, limits)?;
     // The zip crate is not written against hostile input first: if it panics on some
     // archive, that archive is refused like any other malformed one.
-    std::panic::catch_unwind(|| read_entries(zip, limits))
+    std::panic::catch_unwind(|| read_entries(zip, entries, limits))
         .unwrap_or_else(|_| Err(archive_err("malformed archive (the zip reader gave up)")))
 }
 
 /// The end-of-central-directory record: last 22 bytes, no comment, one disk, at most
 /// `max_entries` entries, its central directory right before it (so no ZIP64 records and
-/// no bytes before the archive).
-fn check_end_record(zip: &[u8], limits: &Limits) -> Result<(), EvidenceError> {
+/// no bytes before the archive). Returns the number of entries it declares.
+fn check_end_record(zip: &[u8], limits: &Limits) -> Result<u64, EvidenceError> {
     let not_zip = || {
         EvidenceError::Archive(
             "not a zip archive, truncated, or has a trailing comment (no end-of-central-directory \
@@ -161,12 +161,23 @@ fn check_end_record(zip: &[u8], limits: &Limits) -> Result<(), EvidenceError> {
              extra bytes around the archive)",
         ));
     }
-    Ok(())
+    Ok(entries)
 }
 
-fn read_entries(zip: &[u8], limits: &Limits) -> Result<PackageFiles, EvidenceError> {
+fn read_entries(
+    zip: &[u8],
+    declared: u64,
+    limits: &Limits,
+) -> Result<PackageFiles, EvidenceError> {
     let mut archive = ZipArchive::new(Cursor::new(zip)).map_err(archive_err)?;
     let count = archive.len() as u64;
+    // The zip crate keeps one entry per name: fewer entries than the end record declares
+    // means some name appears twice (and one copy would go unread).
+    if count != declared {
+        return Err(EvidenceError::Archive(format!(
+            "{declared} entries declared, {count} distinct names: duplicate entry names"
+        )));
+    }
     if count > limits.max_entries {
         return Err(EvidenceError::Archive(format!("{count} entries")));
     }
