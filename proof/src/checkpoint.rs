@@ -127,16 +127,23 @@ impl Checkpoint {
     }
 
     /// Parses a signed checkpoint and checks its signature against any of `public_keys`.
-    pub fn verify(text: &str, public_keys: &[[u8; 32]]) -> Result<VerifiedCheckpoint, EvidenceError> {
+    pub fn verify(
+        text: &str,
+        public_keys: &[[u8; 32]],
+    ) -> Result<VerifiedCheckpoint, EvidenceError> {
         let bad = |d: &str| EvidenceError::Checkpoint(d.to_string());
         let (body, signatures) = split_note(text)?;
         let checkpoint = parse_body(&body)?;
         if signatures.is_empty() || !signatures.ends_with('\n') {
-            return Err(bad("no signature lines (or the last one lacks its newline)"));
+            return Err(bad(
+                "no signature lines (or the last one lacks its newline)",
+            ));
         }
         for line in signatures.lines() {
             let Some(rest) = line.strip_prefix("\u{2014} ") else {
-                return Err(bad("a signature line does not start with an em dash and a space"));
+                return Err(bad(
+                    "a signature line does not start with an em dash and a space",
+                ));
             };
             let Some((name, b64)) = rest.split_once(' ') else {
                 return Err(bad("a signature line has no signature"));
@@ -151,7 +158,8 @@ impl Checkpoint {
                 return Err(bad("an Ed25519 note signature is 4 + 64 bytes"));
             }
             for pk in public_keys {
-                if sig[..4] == note_key_hash(pk) && verify_signature(pk, body.as_bytes(), &sig[4..]) {
+                if sig[..4] == note_key_hash(pk) && verify_signature(pk, body.as_bytes(), &sig[4..])
+                {
                     return Ok(VerifiedCheckpoint {
                         checkpoint,
                         signer_keyid: keyid(pk),
@@ -190,7 +198,11 @@ pub(crate) fn parse_note_body(text: &str) -> Result<Checkpoint, EvidenceError> {
 /// else; every number in its one canonical spelling.
 fn parse_body(body: &str) -> Result<Checkpoint, EvidenceError> {
     let bad = |d: &str| EvidenceError::Checkpoint(d.to_string());
-    let lines: Vec<&str> = body.strip_suffix('\n').unwrap_or(body).split('\n').collect();
+    let lines: Vec<&str> = body
+        .strip_suffix('\n')
+        .unwrap_or(body)
+        .split('\n')
+        .collect();
     let [origin, size, root, time] = lines.as_slice() else {
         return Err(bad("expected 4 lines: origin, tree size, root hash, time"));
     };
@@ -340,7 +352,10 @@ pub fn verify_consistency(
 /// Decodes lower-case hex hashes (at most 64 of them: a proof in a log of 2^64 leaves).
 pub(crate) fn decode_hashes(hashes: &[String]) -> Result<Vec<Hash>, String> {
     if hashes.len() > 64 {
-        return Err(format!("a proof of {} hashes is longer than any tree needs", hashes.len()));
+        return Err(format!(
+            "a proof of {} hashes is longer than any tree needs",
+            hashes.len()
+        ));
     }
     hashes
         .iter()

@@ -120,8 +120,11 @@ pub fn verify_signature(public_key: &[u8; 32], message: &[u8], signature: &[u8])
 /// anything else base64 in any common alphabet) into exactly 32 bytes.
 fn decode_32(text: &str, what: &str) -> Result<[u8; 32], EvidenceError> {
     let s = text.trim();
-    let encoding =
-        || EvidenceError::Key(format!("{what} is neither hex nor base64 (prefix `hex:` or `base64:`)"));
+    let encoding = || {
+        EvidenceError::Key(format!(
+            "{what} is neither hex nor base64 (prefix `hex:` or `base64:`)"
+        ))
+    };
     let from_hex = |t: &str| hex::decode(t).map_err(|_| encoding());
     let from_b64 = |t: &str| {
         [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
@@ -133,7 +136,8 @@ fn decode_32(text: &str, what: &str) -> Result<[u8; 32], EvidenceError> {
         from_hex(t)?
     } else if let Some(t) = s.strip_prefix("base64:") {
         from_b64(t)?
-    } else if !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    } else if !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         from_hex(s)?
     } else {
         from_b64(s)?

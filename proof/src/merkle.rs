@@ -300,7 +300,13 @@ mod tests {
         for (index, want) in inclusion {
             let want: Vec<Hash> = want.iter().map(|s| h(s)).collect();
             assert_eq!(inclusion_proof(&leaves, index, 8).unwrap(), want);
-            assert!(verify_inclusion(&leaves[index as usize], index, 8, &want, &root8));
+            assert!(verify_inclusion(
+                &leaves[index as usize],
+                index,
+                8,
+                &want,
+                &root8
+            ));
         }
         let consistency = [
             (

@@ -24,7 +24,13 @@ pub struct JobLog {
 
 impl JobLog {
     /// A log holding only the submission, at store time `at_ms`.
-    pub fn submit(job_id: JobId, tenant: &str, plan: Value, input: Value, at_ms: i64) -> Result<Self, String> {
+    pub fn submit(
+        job_id: JobId,
+        tenant: &str,
+        plan: Value,
+        input: Value,
+        at_ms: i64,
+    ) -> Result<Self, String> {
         let plan: Plan = serde_json::from_value(plan).map_err(|e| format!("plan: {e}"))?;
         let body = EventBody::JobSubmitted {
             tenant: tenant.to_string(),
@@ -113,7 +119,8 @@ pub fn realistic_job(job_id: JobId, tenant: &str) -> Result<JobLog, String> {
         {"id": "notify", "needs": ["charge"], "tool": "email", "retry": {"max_attempts": 3},
          "args": {"to": "ops@example.com"}}
     ]});
-    let input = json!({"customer": "c-981", "card": "tok_visa_4242", "note": "quarterly invoice ünïcødé"});
+    let input =
+        json!({"customer": "c-981", "card": "tok_visa_4242", "note": "quarterly invoice ünïcødé"});
     let mut log = JobLog::submit(job_id, tenant, plan, input, T0)?;
     let fetch = log.started("fetch", 1, "http", EffectClass::Idempotent);
     log.append(T0 + 12, vec![fetch])?;
@@ -232,6 +239,11 @@ pub fn long_job(job_id: JobId, tenant: &str, events: usize) -> Result<JobLog, St
         )?;
     }
     let at = T0 + 1 + steps as i64 * 3;
-    log.append(at, vec![EventBody::JobSucceeded { output: json!({"steps": steps}) }])?;
+    log.append(
+        at,
+        vec![EventBody::JobSucceeded {
+            output: json!({"steps": steps}),
+        }],
+    )?;
     Ok(log)
 }

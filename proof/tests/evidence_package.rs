@@ -24,7 +24,10 @@ fn a_package_holds_the_six_files_and_verifies() {
     assert_eq!(report.tenant, TENANT);
     assert_eq!(report.status, JobStatus::Succeeded);
     assert_eq!(report.events, f.log.events.len() as u64);
-    assert_eq!(report.chain_head, hex::encode(f.log.events.last().unwrap().hash));
+    assert_eq!(
+        report.chain_head,
+        hex::encode(f.log.events.last().unwrap().hash)
+    );
     assert_eq!(report.signer_keyid, key().keyid());
     assert_eq!(report.exporter, EXPORTER);
     assert_eq!(report.export_time_ms, FINISHED_AT);
@@ -48,7 +51,10 @@ fn a_package_holds_the_six_files_and_verifies() {
     for i in 0..archive.len() {
         let e = archive.by_index(i).unwrap();
         let t = e.last_modified().unwrap();
-        assert_eq!((t.year(), t.month(), t.day(), t.hour(), t.minute()), (1980, 1, 1, 0, 0));
+        assert_eq!(
+            (t.year(), t.month(), t.day(), t.hour(), t.minute()),
+            (1980, 1, 1, 0, 0)
+        );
         assert_eq!(e.compression(), zip::CompressionMethod::Deflated);
         assert!(e.extra_data().is_none_or(|x| x.is_empty()));
     }
@@ -108,15 +114,30 @@ fn redacting_a_step_output_keeps_the_chain_verifiable_and_lists_it() {
     let report = aetheris_proof::verify(&zip, &[key().public_key()]).unwrap();
     assert_eq!(report.redactions.len(), 1);
     let r = &report.redactions[0];
-    assert_eq!((r.seq, r.kind.as_str(), r.path.as_str()), (3, "step_succeeded", "steps.fetch.output"));
+    assert_eq!(
+        (r.seq, r.kind.as_str(), r.path.as_str()),
+        (3, "step_succeeded", "steps.fetch.output")
+    );
     assert_eq!(r.reason, "customer data");
     let payload = f.log.events[2].body.payload();
-    assert_eq!(r.digest, format!("sha256:{}", hex::encode(aetheris_proof::payload_digest(&payload))));
+    assert_eq!(
+        r.digest,
+        format!(
+            "sha256:{}",
+            hex::encode(aetheris_proof::payload_digest(&payload))
+        )
+    );
     let files = files_of(&zip);
     for name in FILES {
-        assert!(!contains(files.get(name).unwrap(), "\"currency\":\"EUR\""), "{name}");
+        assert!(
+            !contains(files.get(name).unwrap(), "\"currency\":\"EUR\""),
+            "{name}"
+        );
     }
-    assert!(contains(&files.events, &format!("{{\"redacted\":\"{}\"}}", r.digest)));
+    assert!(contains(
+        &files.events,
+        &format!("{{\"redacted\":\"{}\"}}", r.digest)
+    ));
     assert!(report.summary().contains("steps.fetch.output"));
 }
 
@@ -128,7 +149,11 @@ fn every_redaction_path_hides_what_it_names_and_nothing_breaks() {
         (&["signals.approval.payload"], &["ok to charge"], &[6, 7]),
         (&["signals.*.payload"], &["ok to charge"], &[6, 7]),
         (&["steps.approve.output"], &["ok to charge"], &[6, 7]),
-        (&["steps.*.output", "output"], &["ch_3PqL", "EUR", "m-1@example.com"], &[3, 6, 7, 11, 15, 16]),
+        (
+            &["steps.*.output", "output"],
+            &["ch_3PqL", "EUR", "m-1@example.com"],
+            &[3, 6, 7, 11, 15, 16],
+        ),
     ];
     for (paths, secrets, seqs) in cases {
         let rules: Vec<RedactionRule> = paths
@@ -143,7 +168,10 @@ fn every_redaction_path_hides_what_it_names_and_nothing_breaks() {
         let files = files_of(&zip);
         for s in *secrets {
             for name in FILES {
-                assert!(!contains(files.get(name).unwrap(), s), "{paths:?}: {s} in {name}");
+                assert!(
+                    !contains(files.get(name).unwrap(), s),
+                    "{paths:?}: {s} in {name}"
+                );
             }
         }
     }
@@ -166,7 +194,10 @@ fn a_requested_redaction_that_matches_nothing_is_an_error_a_policy_one_is_not() 
     assert!(matches!(e, EvidenceError::Redaction { .. }), "{e}");
     let policy = [RedactionRule::policy("steps.fecth.output", "tenant policy").unwrap()];
     let zip = aetheris_proof::build(&f.input(&policy), &key()).unwrap();
-    assert!(aetheris_proof::verify(&zip, &[key().public_key()]).unwrap().redactions.is_empty());
+    assert!(aetheris_proof::verify(&zip, &[key().public_key()])
+        .unwrap()
+        .redactions
+        .is_empty());
     assert!(RedactionRule::requested("steps.x", "r").is_err());
 }
 
@@ -175,33 +206,70 @@ fn export_refuses_unsound_store_data() {
     let f = fixture();
     let mut ledger = f.ledger.clone();
     ledger[0].attempt += 1;
-    let bad = EvidenceInput { ledger: &ledger, ..f.input(&[]) };
-    assert!(matches!(aetheris_proof::build(&bad, &key()), Err(EvidenceError::Input(_))));
+    let bad = EvidenceInput {
+        ledger: &ledger,
+        ..f.input(&[])
+    };
+    assert!(matches!(
+        aetheris_proof::build(&bad, &key()),
+        Err(EvidenceError::Input(_))
+    ));
 
     let short = &f.ledger[1..];
-    let bad = EvidenceInput { ledger: short, ..f.input(&[]) };
-    assert!(matches!(aetheris_proof::build(&bad, &key()), Err(EvidenceError::Input(_))));
+    let bad = EvidenceInput {
+        ledger: short,
+        ..f.input(&[])
+    };
+    assert!(matches!(
+        aetheris_proof::build(&bad, &key()),
+        Err(EvidenceError::Input(_))
+    ));
 
-    let bad = EvidenceInput { tenant: "globex", ..f.input(&[]) };
-    assert!(matches!(aetheris_proof::build(&bad, &key()), Err(EvidenceError::Input(_))));
+    let bad = EvidenceInput {
+        tenant: "globex",
+        ..f.input(&[])
+    };
+    assert!(matches!(
+        aetheris_proof::build(&bad, &key()),
+        Err(EvidenceError::Input(_))
+    ));
 
     let mut events = f.log.events.clone();
     events[4].recorded_at_ms += 1;
-    let bad = EvidenceInput { events: &events, ..f.input(&[]) };
+    let bad = EvidenceInput {
+        events: &events,
+        ..f.input(&[])
+    };
     let e = aetheris_proof::build(&bad, &key()).unwrap_err();
     assert!(e.to_string().contains("seq 5"), "{e}");
 
-    let bad = EvidenceInput { events: &[], ..f.input(&[]) };
+    let bad = EvidenceInput {
+        events: &[],
+        ..f.input(&[])
+    };
     assert!(aetheris_proof::build(&bad, &key()).is_err());
 
     // Transparency material for another leaf, or another tenant's log.
     let mut t = f.transparency.clone();
     t.leaf_index = 2;
-    let bad = EvidenceInput { transparency: Some(&t), ..f.input(&[]) };
-    assert!(matches!(aetheris_proof::build(&bad, &key()), Err(EvidenceError::Input(_))));
-    let other = aetheris_proof::checkpoint::prove_job("globex", &f.leaves, 3, 4, 0, &key()).unwrap();
-    let bad = EvidenceInput { transparency: Some(&other), ..f.input(&[]) };
-    assert!(matches!(aetheris_proof::build(&bad, &key()), Err(EvidenceError::Input(_))));
+    let bad = EvidenceInput {
+        transparency: Some(&t),
+        ..f.input(&[])
+    };
+    assert!(matches!(
+        aetheris_proof::build(&bad, &key()),
+        Err(EvidenceError::Input(_))
+    ));
+    let other =
+        aetheris_proof::checkpoint::prove_job("globex", &f.leaves, 3, 4, 0, &key()).unwrap();
+    let bad = EvidenceInput {
+        transparency: Some(&other),
+        ..f.input(&[])
+    };
+    assert!(matches!(
+        aetheris_proof::build(&bad, &key()),
+        Err(EvidenceError::Input(_))
+    ));
 }
 
 #[test]
@@ -258,10 +326,16 @@ fn verification_accepts_any_listed_key_and_refuses_others() {
     let f = fixture();
     let zip = f.package(&[]);
     let both = [other_key().public_key(), key().public_key()];
-    assert_eq!(aetheris_proof::verify(&zip, &both).unwrap().signer_keyid, key().keyid());
+    assert_eq!(
+        aetheris_proof::verify(&zip, &both).unwrap().signer_keyid,
+        key().keyid()
+    );
     let e = aetheris_proof::verify(&zip, &[other_key().public_key()]).unwrap_err();
     assert_eq!(e.failing_file(), Some("envelope.json"), "{e}");
-    assert!(matches!(aetheris_proof::verify(&zip, &[]), Err(EvidenceError::Key(_))));
+    assert!(matches!(
+        aetheris_proof::verify(&zip, &[]),
+        Err(EvidenceError::Key(_))
+    ));
 
     // Signed by the new key after a rotation: old and new listed, it verifies.
     let zip = aetheris_proof::build(&f.input(&[]), &other_key());

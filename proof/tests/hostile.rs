@@ -89,7 +89,10 @@ fn verify(zip: &[u8]) -> Result<aetheris_proof::VerifyReport, EvidenceError> {
 fn refused(zip: &[u8]) -> EvidenceError {
     let e = verify(zip).expect_err("a hostile archive was accepted");
     let msg = e.to_string();
-    assert!(!msg.contains('\n') && !msg.is_empty(), "not one line: {msg:?}");
+    assert!(
+        !msg.contains('\n') && !msg.is_empty(),
+        "not one line: {msg:?}"
+    );
     e
 }
 
@@ -126,7 +129,11 @@ fn replacing(name: &str, new_name: &str, data: &[u8]) -> Vec<u8> {
             if *f == name {
                 (new_name, data, CompressionMethod::Deflated)
             } else {
-                (*f, files.get(f).unwrap().as_slice(), CompressionMethod::Deflated)
+                (
+                    *f,
+                    files.get(f).unwrap().as_slice(),
+                    CompressionMethod::Deflated,
+                )
             }
         })
         .collect();
@@ -142,7 +149,10 @@ fn headers(zip: &[u8]) -> (Vec<usize>, Vec<usize>) {
             .map(|(i, _)| i)
             .collect::<Vec<_>>()
     };
-    (find([0x50, 0x4b, 0x01, 0x02]), find([0x50, 0x4b, 0x03, 0x04]))
+    (
+        find([0x50, 0x4b, 0x01, 0x02]),
+        find([0x50, 0x4b, 0x03, 0x04]),
+    )
 }
 
 fn put_u16(zip: &mut [u8], at: usize, v: u16) {
@@ -163,7 +173,10 @@ fn garbage_truncated_and_padded_archives_are_refused() {
     let zip = fixture().package(&[]);
     for len in 0..zip.len() {
         let e = refused(&zip[..len]);
-        assert!(matches!(e, EvidenceError::Archive(_)), "truncated to {len}: {e}");
+        assert!(
+            matches!(e, EvidenceError::Archive(_)),
+            "truncated to {len}: {e}"
+        );
     }
     let mut padded = zip.clone();
     padded.extend_from_slice(b"trailing bytes");
@@ -187,7 +200,10 @@ fn a_zip_bomb_by_ratio_is_refused_before_it_expands() {
     assert!(zip.len() < 1 << 20, "the bomb compresses: {}", zip.len());
     let (e, peak) = peak_heap(|| refused(&zip));
     assert!(e.to_string().contains("200:1"), "{e}");
-    assert!(peak < 4 << 20, "verify held {peak} bytes refusing a 64 MiB bomb");
+    assert!(
+        peak < 4 << 20,
+        "verify held {peak} bytes refusing a 64 MiB bomb"
+    );
 }
 
 #[test]
@@ -201,7 +217,10 @@ fn a_zip_bomb_with_lying_sizes_is_cut_off_at_the_declared_size() {
     put_u32(&mut zip, local[0] + 22, 1000);
     let (e, peak) = peak_heap(|| refused(&zip));
     assert!(matches!(e, EvidenceError::Archive(_)), "{e}");
-    assert!(peak < 4 << 20, "verify held {peak} bytes on a lying 32 MiB entry");
+    assert!(
+        peak < 4 << 20,
+        "verify held {peak} bytes on a lying 32 MiB entry"
+    );
 }
 
 #[test]
@@ -226,7 +245,10 @@ fn zip_bombs_by_entry_count_are_refused_from_the_end_record() {
     let zip = zip_with(&many);
     let (e, peak) = peak_heap(|| refused(&zip));
     assert!(e.to_string().contains("60000 entries"), "{e}");
-    assert!(peak < 1 << 20, "verify held {peak} bytes refusing 60,000 entries");
+    assert!(
+        peak < 1 << 20,
+        "verify held {peak} bytes refusing 60,000 entries"
+    );
 }
 
 #[test]
@@ -243,11 +265,37 @@ fn entries_over_the_caps_are_refused_before_reading() {
     let k = [key().public_key()];
     let tight = |l: Limits| aetheris_proof::evidence::verify_with_limits(&zip, &k, &l).unwrap_err();
     let d = Limits::default();
-    assert!(tight(Limits { max_entry_bytes: 1024, ..d }).to_string().contains("cap per file"));
-    assert!(tight(Limits { max_total_bytes: 4096, ..d }).to_string().contains("in all"));
-    assert!(tight(Limits { max_archive_bytes: 1000, ..d }).to_string().contains("cap on a package"));
-    assert!(tight(Limits { max_entries: 5, ..d }).to_string().contains("entries"));
-    assert!(tight(Limits { max_ratio: 1, ratio_free_bytes: 0, ..d }).to_string().contains("1:1"));
+    assert!(tight(Limits {
+        max_entry_bytes: 1024,
+        ..d
+    })
+    .to_string()
+    .contains("cap per file"));
+    assert!(tight(Limits {
+        max_total_bytes: 4096,
+        ..d
+    })
+    .to_string()
+    .contains("in all"));
+    assert!(tight(Limits {
+        max_archive_bytes: 1000,
+        ..d
+    })
+    .to_string()
+    .contains("cap on a package"));
+    assert!(tight(Limits {
+        max_entries: 5,
+        ..d
+    })
+    .to_string()
+    .contains("entries"));
+    assert!(tight(Limits {
+        max_ratio: 1,
+        ratio_free_bytes: 0,
+        ..d
+    })
+    .to_string()
+    .contains("1:1"));
 }
 
 #[test]
@@ -263,13 +311,22 @@ fn foreign_names_paths_and_duplicates_are_refused() {
         "EVENTS.JSONL",
         "events.jsonl\u{0}",
     ] {
-        refused_as_archive(&replacing("events.jsonl", name, &data), "not one of the package files");
+        refused_as_archive(
+            &replacing("events.jsonl", name, &data),
+            "not one of the package files",
+        );
     }
     // Seven entries, the last renamed (in both headers) to a name already present.
     let files = good();
     let mut entries: Vec<(&str, &[u8], CompressionMethod)> = FILES
         .iter()
-        .map(|f| (*f, files.get(f).unwrap().as_slice(), CompressionMethod::Stored))
+        .map(|f| {
+            (
+                *f,
+                files.get(f).unwrap().as_slice(),
+                CompressionMethod::Stored,
+            )
+        })
         .collect();
     entries.push(("events.jsonX", &files.events, CompressionMethod::Stored));
     let mut zip = zip_with(&entries);
@@ -349,11 +406,15 @@ fn envelopes_with_zero_or_two_signatures_or_another_type_are_refused() {
 
     let mut none = env.clone();
     none.signatures.clear();
-    assert!(refused(&with_envelope(&none)).to_string().contains("0 signatures"));
+    assert!(refused(&with_envelope(&none))
+        .to_string()
+        .contains("0 signatures"));
 
     let mut two = env.clone();
     two.signatures.push(two.signatures[0].clone());
-    assert!(refused(&with_envelope(&two)).to_string().contains("2 signatures"));
+    assert!(refused(&with_envelope(&two))
+        .to_string()
+        .contains("2 signatures"));
 
     // A second, valid signature by another key: still not exactly one.
     let mut cosigned = env.clone();
@@ -366,7 +427,9 @@ fn envelopes_with_zero_or_two_signatures_or_another_type_are_refused() {
             base64::engine::general_purpose::STANDARD.encode(sig)
         },
     });
-    assert!(refused(&with_envelope(&cosigned)).to_string().contains("2 signatures"));
+    assert!(refused(&with_envelope(&cosigned))
+        .to_string()
+        .contains("2 signatures"));
 
     // Another payload type, even correctly signed for it.
     let mut typed = env.clone();
@@ -376,9 +439,17 @@ fn envelopes_with_zero_or_two_signatures_or_another_type_are_refused() {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(sig)
     };
-    assert!(refused(&with_envelope(&typed)).to_string().contains("payloadType"));
+    assert!(refused(&with_envelope(&typed))
+        .to_string()
+        .contains("payloadType"));
 
-    for junk in [&b""[..], b"null", b"[]", b"{\"payload\":1}", &[b'['; 100_000][..]] {
+    for junk in [
+        &b""[..],
+        b"null",
+        b"[]",
+        b"{\"payload\":1}",
+        &[b'['; 100_000][..],
+    ] {
         let mut f = files.clone();
         f.envelope = junk.to_vec();
         assert_eq!(refused(&zip_of(&f)).failing_file(), Some("envelope.json"));
@@ -402,7 +473,13 @@ fn stored_entries_in_another_order_are_accepted() {
     let files = good();
     let mut entries: Vec<(&str, &[u8], CompressionMethod)> = FILES
         .iter()
-        .map(|f| (*f, files.get(f).unwrap().as_slice(), CompressionMethod::Stored))
+        .map(|f| {
+            (
+                *f,
+                files.get(f).unwrap().as_slice(),
+                CompressionMethod::Stored,
+            )
+        })
         .collect();
     entries.reverse();
     let report = verify(&zip_with(&entries)).unwrap();

@@ -17,14 +17,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// PEM of an Ed25519 public key, assembled here from RFC 8410 (not with our helper).
 fn pem(public_key: &[u8; 32]) -> String {
-    let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    let mut der = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
     der.extend_from_slice(public_key);
-    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", STANDARD.encode(der))
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        STANDARD.encode(der)
+    )
 }
 
 fn openssl_verify(dir: &Path, public_key: &[u8; 32], pae: &[u8], sig: &[u8]) -> bool {
@@ -33,7 +39,9 @@ fn openssl_verify(dir: &Path, public_key: &[u8; 32], pae: &[u8], sig: &[u8]) -> 
     std::fs::write(dir.join("sig.bin"), sig).unwrap();
     let out = run(Command::new("openssl")
         .current_dir(dir)
-        .args(["pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin"])
+        .args([
+            "pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin",
+        ])
         .args(["-in", "pae.bin", "-sigfile", "sig.bin"]));
     let ok = out.status.success();
     assert_eq!(
@@ -63,11 +71,26 @@ fn openssl_verifies_the_signature_over_pae_rebuilt_from_envelope_json() {
     let mut flipped = pae.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x01;
-    assert!(!openssl_verify(dir.path(), &key().public_key(), &flipped, &sig));
-    assert!(!openssl_verify(dir.path(), &other_key().public_key(), &pae, &sig));
+    assert!(!openssl_verify(
+        dir.path(),
+        &key().public_key(),
+        &flipped,
+        &sig
+    ));
+    assert!(!openssl_verify(
+        dir.path(),
+        &other_key().public_key(),
+        &pae,
+        &sig
+    ));
     let mut bad_sig = sig.clone();
     bad_sig[0] ^= 0x80;
-    assert!(!openssl_verify(dir.path(), &key().public_key(), &pae, &bad_sig));
+    assert!(!openssl_verify(
+        dir.path(),
+        &key().public_key(),
+        &pae,
+        &bad_sig
+    ));
 }
 
 /// The shell block after the `openssl-recipe` marker in docs/evidence.md.
@@ -87,9 +110,12 @@ fn recipe_verdict(zip: &[u8], public_key: &[u8; 32]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("job.evidence.zip"), zip).unwrap();
     std::fs::write(dir.path().join("evidence.pub"), public_key_file(public_key)).unwrap();
-    let out = run(Command::new("bash")
-        .current_dir(dir.path())
-        .args(["-euo", "pipefail", "-c", &documented_recipe()]));
+    let out = run(Command::new("bash").current_dir(dir.path()).args([
+        "-euo",
+        "pipefail",
+        "-c",
+        &documented_recipe(),
+    ]));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -105,7 +131,10 @@ fn python_verdict(zip: &[u8], public_key: &[u8; 32]) -> (bool, String) {
     let pub_path = dir.path().join("evidence.pub");
     std::fs::write(&pub_path, public_key_file(public_key)).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/verify_package.py");
-    let out = run(Command::new("python3").arg(script).arg(&zip_path).arg(&pub_path));
+    let out = run(Command::new("python3")
+        .arg(script)
+        .arg(&zip_path)
+        .arg(&pub_path));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -114,7 +143,10 @@ fn python_verdict(zip: &[u8], public_key: &[u8; 32]) -> (bool, String) {
 
 fn securesystemslib_installed() -> bool {
     Command::new("python3")
-        .args(["-c", "import securesystemslib.dsse, securesystemslib.signer"])
+        .args([
+            "-c",
+            "import securesystemslib.dsse, securesystemslib.signer",
+        ])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -125,7 +157,13 @@ fn the_documented_openssl_recipe_verifies_a_package() {
     let (ok, out) = recipe_verdict(&zip, &key().public_key());
     assert!(ok, "{out}");
     assert!(out.contains("Signature Verified Successfully"), "{out}");
-    for f in ["events.jsonl", "ledger.json", "approvals.json", "job.json", "manifest.json"] {
+    for f in [
+        "events.jsonl",
+        "ledger.json",
+        "approvals.json",
+        "job.json",
+        "manifest.json",
+    ] {
         assert!(out.contains(&format!("{f}: OK")), "{f}: {out}");
     }
 }
@@ -177,7 +215,13 @@ fn variants() -> Vec<(&'static str, Vec<u8>, bool)> {
         ),
         (
             "the manifest's tenant changed",
-            edit(&|p| replace(&mut p.manifest, "\"tenant\": \"acme\"", "\"tenant\": \"acne\"")),
+            edit(&|p| {
+                replace(
+                    &mut p.manifest,
+                    "\"tenant\": \"acme\"",
+                    "\"tenant\": \"acne\"",
+                )
+            }),
             false,
         ),
         (

@@ -105,7 +105,10 @@ fn every_single_byte_change_of_every_file_is_detected_and_located() {
         }
     }
     println!("single-byte changes tried and detected: {tried}");
-    assert!(tried > 20_000, "the package is smaller than expected: {tried}");
+    assert!(
+        tried > 20_000,
+        "the package is smaller than expected: {tried}"
+    );
 }
 
 #[test]
@@ -163,7 +166,11 @@ fn deleted_inserted_duplicated_and_reordered_event_lines_are_located() {
             ls.push(moved);
             check(ls, seq, &format!("move line {seq} to the end"));
 
-            check(lines[..=k].to_vec(), seq + 1, &format!("truncate after line {seq}"));
+            check(
+                lines[..=k].to_vec(),
+                seq + 1,
+                &format!("truncate after line {seq}"),
+            );
         }
     }
     let mut ls = lines.clone();
@@ -230,7 +237,11 @@ fn changes_of_the_raw_archive_never_panic_and_pass_only_if_harmless() {
             Ok(_) => {
                 // Only metadata the package does not rely on (times, attributes, version
                 // fields): the files read back are the signed ones.
-                assert_eq!(read_package(&z, &Limits::default()).unwrap(), files, "byte {pos}");
+                assert_eq!(
+                    read_package(&z, &Limits::default()).unwrap(),
+                    files,
+                    "byte {pos}"
+                );
                 harmless += 1;
             }
         }

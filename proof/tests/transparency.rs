@@ -129,20 +129,36 @@ json.dump(out, sys.stdout)
         .args(["-c", PY])
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tree: Vec<Hash> = (0..40u8).map(|i| merkle::leaf_hash(&[7, i])).collect();
     let hexes = |v: Vec<Hash>| v.iter().map(hex::encode).collect::<Vec<_>>();
     let mut compared = 0;
     for n in 0..=40usize {
-        assert_eq!(want["roots"][n], hex::encode(merkle::root(&tree[..n])), "root {n}");
+        assert_eq!(
+            want["roots"][n],
+            hex::encode(merkle::root(&tree[..n])),
+            "root {n}"
+        );
         for m in 0..n {
             let ours = hexes(merkle::inclusion_proof(&tree, m as u64, n as u64).unwrap());
-            assert_eq!(want["paths"][format!("{m},{n}")], serde_json::json!(ours), "path {m},{n}");
+            assert_eq!(
+                want["paths"][format!("{m},{n}")],
+                serde_json::json!(ours),
+                "path {m},{n}"
+            );
             compared += 1;
             if m > 0 {
                 let ours = hexes(merkle::consistency_proof(&tree, m as u64, n as u64).unwrap());
-                assert_eq!(want["proofs"][format!("{m},{n}")], serde_json::json!(ours), "proof {m},{n}");
+                assert_eq!(
+                    want["proofs"][format!("{m},{n}")],
+                    serde_json::json!(ours),
+                    "proof {m},{n}"
+                );
                 compared += 1;
             }
         }
@@ -159,7 +175,10 @@ fn the_job_leaf_layout_is_fixed() {
     want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
     want.extend_from_slice(&[0xee; 32]);
     assert_eq!(data.to_vec(), want);
-    assert_eq!(job_leaf_hash(job, 0x0102, &[0xee; 32]), merkle::leaf_hash(&want));
+    assert_eq!(
+        job_leaf_hash(job, 0x0102, &[0xee; 32]),
+        merkle::leaf_hash(&want)
+    );
 }
 
 #[test]
@@ -179,7 +198,9 @@ fn checkpoints_round_trip_and_any_changed_byte_fails() {
         for x in [0x01u8, 0x20, 0x80] {
             let mut b = bytes.to_vec();
             b[pos] ^= x;
-            let Ok(t) = String::from_utf8(b) else { continue };
+            let Ok(t) = String::from_utf8(b) else {
+                continue;
+            };
             assert!(
                 Checkpoint::verify(&t, &[key().public_key()]).is_err(),
                 "byte {pos} ^ {x:#x} unnoticed: {t}"
@@ -196,9 +217,14 @@ fn checkpoints_round_trip_and_any_changed_byte_fails() {
 }
 
 fn signed(tenant: &str, tree: &[Hash], size: usize, k: &SigningKey) -> String {
-    Checkpoint::for_tenant(tenant, size as u64, merkle::root(&tree[..size]), size as i64)
-        .sign(k)
-        .unwrap()
+    Checkpoint::for_tenant(
+        tenant,
+        size as u64,
+        merkle::root(&tree[..size]),
+        size as i64,
+    )
+    .sign(k)
+    .unwrap()
 }
 
 #[test]
@@ -223,10 +249,17 @@ fn a_log_that_only_grew_is_consistent_with_every_older_checkpoint() {
     let old = signed("acme", &tree, 10, &key());
     assert!(verify_consistency(&old, &signed("globex", &tree, 20, &key()), &proof, &pk).is_err());
     assert!(verify_consistency(&old, &signed("acme", &tree, 21, &key()), &proof, &pk).is_err());
-    let back = ConsistencyProof { old_size: 20, new_size: 10, proof: vec![] };
+    let back = ConsistencyProof {
+        old_size: 20,
+        new_size: 10,
+        proof: vec![],
+    };
     assert!(verify_consistency(&signed("acme", &tree, 20, &key()), &old, &back, &pk).is_err());
     let json = serde_json::to_string(&proof).unwrap();
-    assert_eq!(serde_json::from_str::<ConsistencyProof>(&json).unwrap(), proof);
+    assert_eq!(
+        serde_json::from_str::<ConsistencyProof>(&json).unwrap(),
+        proof
+    );
 }
 
 #[test]
@@ -246,8 +279,9 @@ fn a_job_deleted_or_rewritten_after_a_checkpoint_is_detected() {
         for forged in [rewritten, deleted] {
             for new in kept..=forged.len() {
                 let proof = ConsistencyProof::prove(&forged, kept as u64, new as u64).unwrap();
-                let e = verify_consistency(&old, &signed("acme", &forged, new, &key()), &proof, &pk)
-                    .expect_err("a rewritten log passed");
+                let e =
+                    verify_consistency(&old, &signed("acme", &forged, new, &key()), &proof, &pk)
+                        .expect_err("a rewritten log passed");
                 assert!(e.to_string().contains("not a prefix"), "{e}");
                 detected += 1;
             }

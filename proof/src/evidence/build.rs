@@ -143,7 +143,10 @@ fn events_file(
     for (e, r) in events.iter().zip(redactions) {
         let payload = e.body.payload();
         if payload.is_empty() {
-            return Err(refuse(format!("seq {}: the payload cannot be encoded", e.seq)));
+            return Err(refuse(format!(
+                "seq {}: the payload cannot be encoded",
+                e.seq
+            )));
         }
         match r {
             None => lines::encode(&mut out, e, &payload),
@@ -177,7 +180,11 @@ fn checked_ledger(
         .map(|(a, _)| a.step.clone())
         .or_else(|| {
             (implied.len() != stored.len()).then(|| {
-                let longer = if implied.len() > stored.len() { &implied } else { &stored };
+                let longer = if implied.len() > stored.len() {
+                    &implied
+                } else {
+                    &stored
+                };
                 longer[implied.len().min(stored.len())].step.clone()
             })
         })

@@ -66,7 +66,12 @@ pub(crate) fn placeholder(kind: &str, step: Option<&str>) -> Option<EventBody> {
 }
 
 /// The `approvals.json` entry of an event, if it is a decision or a signal.
-pub(crate) fn approval_of(seq: u64, at_ms: i64, body: &EventBody, redacted: bool) -> Option<Approval> {
+pub(crate) fn approval_of(
+    seq: u64,
+    at_ms: i64,
+    body: &EventBody,
+    redacted: bool,
+) -> Option<Approval> {
     let mut a = Approval {
         seq,
         at_ms,

@@ -70,10 +70,14 @@ impl RedactPath {
             "input" => Some(RedactPath::Input),
             "output" => Some(RedactPath::Output),
             p => {
-                if let Some(step) = p.strip_prefix("steps.").and_then(|r| r.strip_suffix(".output")) {
+                if let Some(step) = p
+                    .strip_prefix("steps.")
+                    .and_then(|r| r.strip_suffix(".output"))
+                {
                     Selector::parse(step).map(RedactPath::StepOutput)
-                } else if let Some(sig) =
-                    p.strip_prefix("signals.").and_then(|r| r.strip_suffix(".payload"))
+                } else if let Some(sig) = p
+                    .strip_prefix("signals.")
+                    .and_then(|r| r.strip_suffix(".payload"))
                 {
                     Selector::parse(sig).map(RedactPath::SignalPayload)
                 } else {
@@ -221,7 +225,8 @@ fn sel_matches_path(sel: &Selector, path: &str) -> bool {
 
 /// The step a concrete `steps.<id>.output` path names.
 pub(crate) fn step_of_path(path: &str) -> Option<&str> {
-    path.strip_prefix("steps.").and_then(|r| r.strip_suffix(".output"))
+    path.strip_prefix("steps.")
+        .and_then(|r| r.strip_suffix(".output"))
 }
 
 #[cfg(test)]
@@ -241,7 +246,14 @@ mod tests {
         ] {
             assert_eq!(RedactPath::parse(p).unwrap().to_string(), p);
         }
-        for bad in ["", "inputs", "steps..output", "steps.x", "signals.x.output", "x.y.z"] {
+        for bad in [
+            "",
+            "inputs",
+            "steps..output",
+            "steps.x",
+            "signals.x.output",
+            "x.y.z",
+        ] {
             assert!(RedactPath::parse(bad).is_err(), "{bad}");
         }
     }

@@ -72,13 +72,30 @@ impl VerifyReport {
     /// A short human summary, one fact per line.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "verdict:     VALID (signature, file digests and hash chain hold)");
-        let _ = writeln!(s, "job:         {} (tenant {}, {})", self.job_id, self.tenant, status_str(self.status));
+        let _ = writeln!(
+            s,
+            "verdict:     VALID (signature, file digests and hash chain hold)"
+        );
+        let _ = writeln!(
+            s,
+            "job:         {} (tenant {}, {})",
+            self.job_id,
+            self.tenant,
+            status_str(self.status)
+        );
         let _ = writeln!(s, "events:      {} (seq 1..{})", self.events, self.events);
         let _ = writeln!(s, "chain head:  {}", self.chain_head);
         let _ = writeln!(s, "signed by:   key {}", self.signer_keyid);
-        let _ = writeln!(s, "exported by: {} (as of store time {} ms)", self.exporter, self.export_time_ms);
-        let _ = writeln!(s, "approvals:   {}; ledger rows: {}", self.approvals, self.ledger_rows);
+        let _ = writeln!(
+            s,
+            "exported by: {} (as of store time {} ms)",
+            self.exporter, self.export_time_ms
+        );
+        let _ = writeln!(
+            s,
+            "approvals:   {}; ledger rows: {}",
+            self.approvals, self.ledger_rows
+        );
         if self.redactions.is_empty() {
             let _ = writeln!(s, "redactions:  none");
         } else {
@@ -89,7 +106,10 @@ impl VerifyReport {
         }
         match &self.checkpoint {
             None => {
-                let _ = writeln!(s, "checkpoint:  none (the package carries no transparency proof)");
+                let _ = writeln!(
+                    s,
+                    "checkpoint:  none (the package carries no transparency proof)"
+                );
             }
             Some(c) => {
                 let _ = writeln!(
@@ -144,7 +164,9 @@ fn open_statement(
     let mut canonical = serde_json::to_vec_pretty(&env).map_err(|e| bad(e.to_string()))?;
     canonical.push(b'\n');
     if canonical != files.envelope {
-        return Err(bad("not in its canonical form (spacing or spelling changed)".into()));
+        return Err(bad(
+            "not in its canonical form (spacing or spelling changed)".into(),
+        ));
     }
     let statement: Statement<Manifest> = serde_json::from_slice(&opened.payload)
         .map_err(|e| bad(format!("the signed statement is malformed: {e}")))?;
@@ -156,7 +178,9 @@ fn open_statement(
     }
     let names: Vec<&str> = statement.subject.iter().map(|s| s.name.as_str()).collect();
     if names != SUBJECTS {
-        return Err(bad(format!("the statement's subjects are {names:?}, expected {SUBJECTS:?}")));
+        return Err(bad(format!(
+            "the statement's subjects are {names:?}, expected {SUBJECTS:?}"
+        )));
     }
     Ok((statement, opened.signer_keyid))
 }
@@ -212,7 +236,9 @@ pub fn verify_files(
     let manifest: Manifest = parse(MANIFEST, &files.manifest)?;
     let bad_manifest = |d: String| EvidenceError::file(MANIFEST, d);
     if manifest != statement.predicate {
-        return Err(bad_manifest("differs from the signed statement's predicate".into()));
+        return Err(bad_manifest(
+            "differs from the signed statement's predicate".into(),
+        ));
     }
     if manifest.format != FORMAT || manifest.first_seq != 1 || manifest.last_seq == 0 {
         return Err(bad_manifest(format!(
@@ -306,7 +332,10 @@ fn redaction_index(manifest: &Manifest) -> Result<BTreeMap<u64, &RedactionRecord
         if r.seq <= last || r.seq > manifest.last_seq {
             return Err(EvidenceError::file(
                 MANIFEST,
-                format!("redaction of seq {} is out of order or outside the log", r.seq),
+                format!(
+                    "redaction of seq {} is out of order or outside the log",
+                    r.seq
+                ),
             ));
         }
         last = r.seq;
@@ -344,7 +373,9 @@ fn walk_chain(
             )));
         }
         if line.prev_hash != walk.head {
-            return Err(bad("prev_hash is not the hash of the event before it".into()));
+            return Err(bad(
+                "prev_hash is not the hash of the event before it".into()
+            ));
         }
         let digest = match line.payload {
             Payload::Full(bytes) => payload_digest(bytes),
@@ -353,7 +384,9 @@ fn walk_chain(
         let header = canonical_header(job_id, pos, line.recorded_at_ms, &line.kind);
         let hash = link(&walk.head, &header, &digest);
         if hash != line.hash {
-            return Err(bad("the event's contents do not match its hash (altered)".into()));
+            return Err(bad(
+                "the event's contents do not match its hash (altered)".into()
+            ));
         }
         let listed = redactions.get(&pos);
         let body = match (line.payload, listed) {
@@ -371,14 +404,17 @@ fn walk_chain(
             }
             (Payload::Redacted(d), Some(r)) => {
                 if r.kind != line.kind || r.digest != format!("sha256:{}", hex::encode(d)) {
-                    return Err(bad("the redaction differs from the manifest's entry for it".into()));
+                    return Err(bad(
+                        "the redaction differs from the manifest's entry for it".into(),
+                    ));
                 }
-                derive::placeholder(&line.kind, step_of_path(&r.path)).ok_or_else(|| {
-                    bad(format!("a {} event cannot be redacted", line.kind))
-                })?
+                derive::placeholder(&line.kind, step_of_path(&r.path))
+                    .ok_or_else(|| bad(format!("a {} event cannot be redacted", line.kind)))?
             }
             (Payload::Full(_), Some(_)) => {
-                return Err(bad("the manifest lists it as redacted, but it carries its payload".into()))
+                return Err(bad(
+                    "the manifest lists it as redacted, but it carries its payload".into(),
+                ))
             }
             (Payload::Redacted(_), None) => {
                 return Err(bad("redacted, but the manifest does not list it".into()))
@@ -440,16 +476,19 @@ fn check_approvals(found: &[Approval], expected: &[ApprovalSlot]) -> Result<(), 
     if found.len() != expected.len() {
         return Err(EvidenceError::file(
             APPROVALS,
-            format!("{} entries; the events have {}", found.len(), expected.len()),
+            format!(
+                "{} entries; the events have {}",
+                found.len(),
+                expected.len()
+            ),
         ));
     }
     Ok(())
 }
 
 fn check_job(job: &JobRecord, manifest: &Manifest, walk: &Walk) -> Result<(), EvidenceError> {
-    let bad = |what: &str| {
-        EvidenceError::file(JOB, format!("{what} differs from what the events say"))
-    };
+    let bad =
+        |what: &str| EvidenceError::file(JOB, format!("{what} differs from what the events say"));
     if job.job_id != manifest.job_id || job.tenant != manifest.tenant {
         return Err(bad("job id or tenant"));
     }
@@ -462,7 +501,10 @@ fn check_job(job: &JobRecord, manifest: &Manifest, walk: &Walk) -> Result<(), Ev
     match &walk.submission {
         Some(EventBody::JobSubmitted { plan, input, .. }) => {
             let plan = serde_json::to_value(plan).map_err(|_| bad("plan"))?;
-            if job.plan != plan || job.input_digest != derive::input_digest(input) || job.submission_redacted {
+            if job.plan != plan
+                || job.input_digest != derive::input_digest(input)
+                || job.submission_redacted
+            {
                 return Err(bad("plan or input digest"));
             }
         }
@@ -482,10 +524,14 @@ fn check_transparency(
         return Ok(None);
     };
     let bad = |d: String| EvidenceError::file(MANIFEST, format!("transparency: {d}"));
-    let verified = Checkpoint::verify(&t.checkpoint, public_keys).map_err(|e| bad(e.to_string()))?;
+    let verified =
+        Checkpoint::verify(&t.checkpoint, public_keys).map_err(|e| bad(e.to_string()))?;
     let cp = &verified.checkpoint;
     if cp.origin != origin_for(&manifest.tenant) {
-        return Err(bad(format!("the checkpoint is of log {:?}, not this tenant's", cp.origin)));
+        return Err(bad(format!(
+            "the checkpoint is of log {:?}, not this tenant's",
+            cp.origin
+        )));
     }
     let leaf = job_leaf_hash(job_id, manifest.last_seq, head);
     if hex::encode(leaf) != t.leaf_hash {

@@ -141,7 +141,8 @@ fn check_end_record(zip: &[u8], limits: &Limits) -> Result<u64, EvidenceError> {
     }
     let eocd = &zip[n - 22..];
     let u16_at = |i: usize| u16::from_le_bytes([eocd[i], eocd[i + 1]]) as u64;
-    let u32_at = |i: usize| u32::from_le_bytes([eocd[i], eocd[i + 1], eocd[i + 2], eocd[i + 3]]) as u64;
+    let u32_at =
+        |i: usize| u32::from_le_bytes([eocd[i], eocd[i + 1], eocd[i + 2], eocd[i + 3]]) as u64;
     if eocd[..4] != [0x50, 0x4b, 0x05, 0x06] || u16_at(20) != 0 {
         return Err(not_zip());
     }
@@ -164,11 +165,7 @@ fn check_end_record(zip: &[u8], limits: &Limits) -> Result<u64, EvidenceError> {
     Ok(entries)
 }
 
-fn read_entries(
-    zip: &[u8],
-    declared: u64,
-    limits: &Limits,
-) -> Result<PackageFiles, EvidenceError> {
+fn read_entries(zip: &[u8], declared: u64, limits: &Limits) -> Result<PackageFiles, EvidenceError> {
     let mut archive = ZipArchive::new(Cursor::new(zip)).map_err(archive_err)?;
     let count = archive.len() as u64;
     // The zip crate keeps one entry per name: fewer entries than the end record declares
@@ -195,7 +192,9 @@ fn read_entries(
             )));
         };
         if slots.iter().any(|(_, n, _)| *n == known) {
-            return Err(EvidenceError::Archive(format!("entry {name:?} appears twice")));
+            return Err(EvidenceError::Archive(format!(
+                "entry {name:?} appears twice"
+            )));
         }
         if !matches!(
             f.compression(),
@@ -233,12 +232,17 @@ fn read_entries(
         }
         slots.push((i, known, size));
     }
-    if let Some(missing) = FILES.iter().find(|k| !slots.iter().any(|(_, n, _)| n == *k)) {
+    if let Some(missing) = FILES
+        .iter()
+        .find(|k| !slots.iter().any(|(_, n, _)| n == *k))
+    {
         return Err(EvidenceError::Archive(format!("{missing} is missing")));
     }
     let mut files = PackageFiles::default();
     for (i, name, size) in slots {
-        let mut f = archive.by_index(i).map_err(|e| archive_err(format!("{name}: {e}")))?;
+        let mut f = archive
+            .by_index(i)
+            .map_err(|e| archive_err(format!("{name}: {e}")))?;
         let mut data = Vec::with_capacity(size.min(MIB) as usize);
         (&mut f)
             .take(size + 1)
