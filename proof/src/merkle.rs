@@ -48,7 +48,7 @@ fn split(n: usize) -> usize {
     k
 }
 
-/// MTH(D[n]) of the tree whose leaf hashes are `leaves`.
+/// `MTH(D[n])` of the tree whose leaf hashes are `leaves`.
 pub fn root(leaves: &[Hash]) -> Hash {
     match leaves.len() {
         0 => empty_root(),
@@ -77,7 +77,7 @@ pub fn root_at(leaves: &[Hash], size: u64) -> Result<Hash, EvidenceError> {
     Ok(root(size_of(leaves, size)?))
 }
 
-/// PATH(index, D[size]): the audit path of leaf `index` in the tree of the first `size`
+/// `PATH(index, D[size])`: the audit path of leaf `index` in the tree of the first `size`
 /// leaves (RFC 9162 §2.1.3.1).
 pub fn inclusion_proof(leaves: &[Hash], index: u64, size: u64) -> Result<Vec<Hash>, EvidenceError> {
     let tree = size_of(leaves, size)?;
@@ -135,7 +135,7 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
     snode == 0 && r == *root
 }
 
-/// PROOF(old_size, D[new_size]): that the tree of the first `old_size` leaves is a prefix
+/// `PROOF(old_size, D[new_size])`: that the tree of the first `old_size` leaves is a prefix
 /// of the tree of the first `new_size` (RFC 9162 §2.1.4.1). Empty when the sizes are
 /// equal or the old tree is empty (every tree extends the empty one).
 pub fn consistency_proof(
