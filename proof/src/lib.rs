@@ -8,6 +8,20 @@
 
 use aetheris_runtime::{JobId, RecordedEvent};
 
+pub mod checkpoint;
+pub mod dsse;
+mod error;
+pub mod evidence;
+pub mod keys;
+pub mod merkle;
+#[doc(hidden)]
+pub mod testkit;
+
+pub use checkpoint::{Checkpoint, ConsistencyProof, Transparency};
+pub use error::EvidenceError;
+pub use evidence::{build, verify, EvidenceInput, LedgerRecord, RedactionRule, VerifyReport};
+pub use keys::SigningKey;
+
 /// The chain's hashing lives in the pure core (`aetheris_runtime::chain`), where the stores
 /// compute it when they record events; it is re-exported here, beside its verifier.
 pub use aetheris_runtime::chain::{
