@@ -62,7 +62,7 @@ enum Command {
         #[command(flatten)]
         db: cluster::MigrateArgs,
     },
-    /// Run the benchmark workloads (W1-W7, hostile; docs/benchmarks.md) on the embedded
+    /// Run the benchmark workloads (W1, W3-W7, hostile; docs/benchmarks.md) on the embedded
     /// store or `--database-url`.
     Bench(aetheris_bench::BenchArgs),
     /// Submit and inspect jobs on a running server.

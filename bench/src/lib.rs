@@ -56,9 +56,9 @@ pub struct BenchArgs {
     pub parked: usize,
     /// Only these workloads: w1 (step throughput and latency), w3 (crash and drain
     /// handoff), w4 (reload of a long job), w5 (parked jobs), w6 (tenant flood), w7 (bytes
-    /// per event), hostile (~1 MiB hostile plans against a dev node); w5, w6 and hostile
-    /// run only when named. See docs/benchmarks.md.
-    #[arg(long, value_delimiter = ',', default_value = "w1,w3,w4,w7")]
+    /// per event), hostile (~1 MiB hostile plans against a dev node); w5 and w6 run only
+    /// when named. See docs/benchmarks.md.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w3,w4,w7,hostile")]
     pub workloads: Vec<String>,
     /// Print the report as one JSON object instead of the table.
     #[arg(long)]
@@ -331,7 +331,13 @@ mod tests {
         let s = Selection::parse(&defaults.workloads).unwrap();
         assert_eq!(
             s.0,
-            [Workload::W1, Workload::W3, Workload::W4, Workload::W7]
+            [
+                Workload::W1,
+                Workload::W3,
+                Workload::W4,
+                Workload::W7,
+                Workload::Hostile
+            ]
         );
     }
 

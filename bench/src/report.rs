@@ -231,7 +231,8 @@ pub struct HostileReport {
     pub healthz_under_hostile: Latency,
     /// Hostile submissions in flight at once during `healthz_under_hostile`.
     pub hostile_in_flight: usize,
-    /// Hostile submissions answered during that phase, by HTTP status.
+    /// Hostile submissions answered while the load ran (its ramp-up included), by HTTP
+    /// status.
     pub hostile_answers: BTreeMap<u16, usize>,
     /// How long each `/healthz` phase lasted (ms).
     pub phase_ms: u64,

@@ -161,13 +161,52 @@ fn batching(pg: &PgStore) -> (u64, u64) {
     (s.appends, s.transactions)
 }
 
-/// What is read just before the measured window, to subtract just after it.
-struct Before {
+/// The measured window: what is read just before it, to subtract just after it.
+struct Window {
     size: u64,
     server_cpu: Option<f64>,
     batching: Option<(u64, u64)>,
     cpu: f64,
     at: Instant,
+}
+
+/// What the window took: time, CPU (ours and the server's), group commit.
+struct Spent {
+    wall_s: f64,
+    cpu_ms: f64,
+    server_cpu_ms: Option<f64>,
+    appends_per_commit: Option<f64>,
+}
+
+impl Window {
+    async fn open(store: &DynStore, pg: Option<&PgStore>, postmaster: Option<u32>) -> Window {
+        Window {
+            size: store.size_bytes().await.unwrap_or(0),
+            server_cpu: postmaster.and_then(pg::server_cpu_ms),
+            batching: pg.map(batching),
+            cpu: cpu_ms(),
+            at: Instant::now(),
+        }
+    }
+
+    fn close(&self, pg: Option<&PgStore>, postmaster: Option<u32>) -> Spent {
+        let wall_s = self.at.elapsed().as_secs_f64();
+        let cpu_ms = cpu_ms() - self.cpu;
+        let server_cpu_ms = match (self.server_cpu, postmaster.and_then(pg::server_cpu_ms)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let appends_per_commit = self
+            .batching
+            .zip(pg.map(batching))
+            .map(|((a0, t0), (a1, t1))| (a1 - a0) as f64 / (t1 - t0).max(1) as f64);
+        Spent {
+            wall_s,
+            cpu_ms,
+            server_cpu_ms,
+            appends_per_commit,
+        }
+    }
 }
 
 async fn once(
@@ -185,53 +224,48 @@ async fn once(
     let (worker, feed) =
         runner::start_worker(store.clone(), runner::tools_with_noop(), config, 65_536);
     let plan = ten_step_plan()?;
-    let before = Before {
-        size: store.size_bytes().await.unwrap_or(0),
-        server_cpu: postmaster.and_then(pg::server_cpu_ms),
-        batching: pg_store.as_ref().map(batching),
-        cpu: cpu_ms(),
-        at: Instant::now(),
-    };
+    let window = Window::open(&store, pg_store.as_ref(), postmaster).await;
     let (latencies, sample_job) = drive(&store, &plan, concurrency, jobs, feed).await?;
-    let wall = before.at.elapsed().as_secs_f64();
-    let cpu = cpu_ms() - before.cpu;
-    let server_cpu = match (before.server_cpu, postmaster.and_then(pg::server_cpu_ms)) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    let spent = window.close(pg_store.as_ref(), postmaster);
     let times = (worker.append_mean_ms(), worker.tool_call_mean_ms());
-    let batching = before.batching.zip(pg_store.as_ref().map(batching));
     worker.drain().await;
-    let steps = (jobs * STEPS) as f64;
-    let events = (jobs * EVENTS_PER_JOB) as f64;
-    let size = store
+    let grown = store
         .size_bytes()
         .await
         .unwrap_or(0)
-        .saturating_sub(before.size) as f64;
-    let pg_w7 = match &pg_url {
-        Some(url) => Some(pg::w7(url).await?),
-        None => None,
-    };
+        .saturating_sub(window.size);
+    let mut run = figures(jobs, latencies, &spent, grown);
+    (run.append_mean_ms, run.tool_mean_ms) = times;
+    run.payload_per_event = payload_per_event(&store, sample_job).await;
+    if let Some(url) = &pg_url {
+        run.pg_w7 = Some(pg::w7(url).await?);
+    }
+    Ok(run)
+}
+
+/// A run's figures from its job latencies (ms), what the window took and how many bytes
+/// the store grew; the figures read from elsewhere are left at zero or `None`.
+fn figures(jobs: usize, latencies: Vec<f64>, spent: &Spent, grown: u64) -> W1Run {
+    let steps = (jobs * STEPS) as f64;
+    let events = (jobs * EVENTS_PER_JOB) as f64;
     let latencies = sorted(latencies);
     let step: Vec<f64> = latencies.iter().map(|l| l / STEPS as f64).collect();
-    Ok(W1Run {
-        steps_per_s: steps / wall,
+    W1Run {
+        steps_per_s: steps / spent.wall_s,
         job_p50_ms: pct(&latencies, 0.5),
         job_p99_ms: pct(&latencies, 0.99),
         step_p50_ms: pct(&step, 0.5),
         step_p99_ms: pct(&step, 0.99),
-        cpu_ms_per_step: (cpu + server_cpu.unwrap_or(0.0)) / steps,
-        cpu_ms_per_step_ours: cpu / steps,
-        cpu_ms_per_step_server: server_cpu.map(|c| c / steps),
-        bytes_per_event: size / events,
-        payload_per_event: payload_per_event(&store, sample_job).await,
-        append_mean_ms: times.0,
-        tool_mean_ms: times.1,
-        pg_w7,
-        appends_per_commit: batching
-            .map(|((a0, t0), (a1, t1))| (a1 - a0) as f64 / (t1 - t0).max(1) as f64),
-    })
+        cpu_ms_per_step: (spent.cpu_ms + spent.server_cpu_ms.unwrap_or(0.0)) / steps,
+        cpu_ms_per_step_ours: spent.cpu_ms / steps,
+        cpu_ms_per_step_server: spent.server_cpu_ms.map(|c| c / steps),
+        bytes_per_event: grown as f64 / events,
+        payload_per_event: 0.0,
+        append_mean_ms: 0.0,
+        tool_mean_ms: 0.0,
+        pg_w7: None,
+        appends_per_commit: spent.appends_per_commit,
+    }
 }
 
 /// Average payload bytes of one job's events.
@@ -360,6 +394,25 @@ mod tests {
         assert_eq!(steps.len(), STEPS);
         assert_eq!(steps[3]["needs"], json!(["s2"]));
         assert!(steps.iter().all(|s| s["tool"] == "noop"));
+    }
+
+    #[test]
+    fn figures_divide_by_steps_and_events() {
+        let spent = Spent {
+            wall_s: 2.0,
+            cpu_ms: 100.0,
+            server_cpu_ms: Some(300.0),
+            appends_per_commit: Some(4.0),
+        };
+        let run = figures(10, vec![30.0, 10.0, 20.0], &spent, 2200);
+        assert_eq!(run.steps_per_s, 50.0);
+        assert_eq!((run.job_p50_ms, run.job_p99_ms), (20.0, 30.0));
+        assert_eq!((run.step_p50_ms, run.step_p99_ms), (2.0, 3.0));
+        assert_eq!(run.cpu_ms_per_step, 4.0);
+        assert_eq!(run.cpu_ms_per_step_ours, 1.0);
+        assert_eq!(run.cpu_ms_per_step_server, Some(3.0));
+        assert_eq!(run.bytes_per_event, 10.0);
+        assert_eq!(run.appends_per_commit, Some(4.0));
     }
 
     #[test]
