@@ -4,8 +4,6 @@
 //! and exits non-zero (G8); every flag and argument has a help line (a test checks).
 
 mod admin;
-mod bench;
-mod bench_w5;
 mod client;
 mod cluster;
 mod dev;
@@ -69,9 +67,9 @@ enum Command {
         #[command(flatten)]
         db: cluster::MigrateArgs,
     },
-    /// Run the benchmark workloads W1-W7 (README "Benchmarks") on the embedded store or
-    /// `--database-url`.
-    Bench(bench::BenchArgs),
+    /// Run the benchmark workloads (W1, W3-W7, hostile; docs/benchmarks.md) on the embedded
+    /// store or `--database-url`.
+    Bench(aetheris_bench::BenchArgs),
     /// Submit and inspect jobs on a running server.
     Job {
         #[command(flatten)]
@@ -292,7 +290,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Dev(args) => dev::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => aetheris_bench::run(args),
         Command::Server {
             db,
             bind,
@@ -337,7 +335,7 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    /// Every argument of every command but `bench` (whose flags live in `bench.rs`).
+    /// Every argument of every command, `bench`'s (from aetheris-bench) included.
     fn every_arg(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, Option<String>)>) {
         for a in cmd.get_arguments() {
             let id = a.get_id().as_str();
@@ -351,9 +349,6 @@ mod tests {
             ));
         }
         for sub in cmd.get_subcommands() {
-            if sub.get_name() == "bench" {
-                continue;
-            }
             every_arg(sub, &format!("{path} {}", sub.get_name()), out);
         }
     }

@@ -27,6 +27,9 @@ pub struct WorkerConfig {
     pub default_step_timeout_ms: u64,
     /// Per-tenant rate limits (tool calls wait their turn here).
     pub rate_limits: RateLimiters,
+    /// Finished jobs a slow subscriber of the worker's feed may lag behind before it
+    /// misses some (the bench sizes it above its job count).
+    pub finished_buffer: usize,
 }
 
 impl Default for WorkerConfig {
@@ -41,6 +44,7 @@ impl Default for WorkerConfig {
             snapshot_every: 100,
             default_step_timeout_ms: 300_000,
             rate_limits: RateLimiters::default(),
+            finished_buffer: 4096,
         }
     }
 }

@@ -38,4 +38,4 @@ pub use registry::JobRegistry;
 pub use tools::{
     EchoTool, HttpTool, Invocation, Reconciled, Tool, ToolError, ToolErrorKind, ToolRegistry,
 };
-pub use worker::{start_worker, Shared, Worker, WorkerConfig, WorkerContext, WorkerHandle};
+pub use worker::{Worker, WorkerConfig, WorkerContext, WorkerHandle};

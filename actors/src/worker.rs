@@ -23,9 +23,6 @@ use aetheris_store::{DynStore, ProcessKind, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Finished jobs a slow subscriber may lag behind before it misses some.
-const FINISHED_BUFFER: usize = 4096;
-
 /// Starts a worker (see the module doc).
 pub struct Worker;
 
@@ -49,7 +46,7 @@ impl Worker {
             Duration::from_millis(config.lease_ttl_ms),
         )
         .await?;
-        let (finished, _) = tokio::sync::broadcast::channel(FINISHED_BUFFER);
+        let (finished, _) = tokio::sync::broadcast::channel(config.finished_buffer.max(1));
         let worker_id = config.worker_id.clone();
         zero_supervision_series();
         let (leases, _registry) = start_actor_tree(WorkerContext {
@@ -125,26 +122,4 @@ fn zero_supervision_series() {
     for outcome in ["succeeded", "failed", "outcome_unknown"] {
         metrics::counter!(m::LEDGER_OUTCOMES, "outcome" => outcome).increment(0);
     }
-}
-
-/// Transitional: the parts the benchmarks still build a worker from. They switch to
-/// `Worker::start` when the bench moves to its own crate; then this goes.
-#[derive(Clone)]
-pub struct Shared {
-    pub store: DynStore,
-    pub tools: ToolRegistry,
-    pub metrics: Arc<Metrics>,
-    pub config: Arc<WorkerConfig>,
-    pub finished: FinishedJobs,
-}
-
-/// Transitional (see `Shared`): starts the actor tree alone, without the limits refresh
-/// or the announcement of `Worker::start`.
-pub fn start_worker(shared: Shared) -> (Addr<LeaseManager>, Addr<JobRegistry>) {
-    start_actor_tree(WorkerContext {
-        store: shared.store,
-        tools: shared.tools,
-        config: shared.config,
-        finished: shared.finished,
-    })
 }

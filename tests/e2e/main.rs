@@ -5,6 +5,7 @@
 mod api;
 mod audit;
 mod auth;
+mod bench;
 mod cancel;
 mod crash;
 mod fairness;

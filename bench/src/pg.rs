@@ -1,5 +1,6 @@
 //! PostgreSQL helpers of `aetheris bench`: one database per run, the server's CPU time,
-//! the `pgbench` baseline and the W7 breakdown of the `events` table.
+//! the `pgbench` baseline and the W7 breakdown of the `events` table. Invariant: the bench
+//! only ever writes to databases it created itself (`bench_<uuid>`).
 //!
 //! - Fresh state: `CREATE DATABASE bench_<uuid>` on the server of the given URL (the URL's
 //!   own database is only used to issue it), `DROP DATABASE … WITH (FORCE)` after the run.
@@ -13,8 +14,14 @@
 //!   (:x);`, run with `-n -T <s>` at 1 client and at 32 clients (`-j 2`): single-row insert
 //!   commits/s, the ceiling one durable commit per step could reach on this server.
 
-use std::path::PathBuf;
+use crate::report::PgbenchReport;
+use crate::runner::{in_own_system, median, proc_cpu_ms, progress};
+use std::path::{Path, PathBuf};
 use tokio_postgres::NoTls;
+
+/// The pgbench script, as the report describes it.
+const PGBENCH_SCRIPT: &str = "\\set x random(1, 1000000000); INSERT INTO pgb(x) VALUES (:x) \
+                              (logged table, bigserial primary key), -n";
 
 /// The server under test.
 #[derive(Clone)]
@@ -36,10 +43,47 @@ pub struct W7 {
     pub payload_per_event: f64,
 }
 
+/// One pgbench measurement: single-row insert commits/s at 1 and at 32 clients.
 pub struct Pgbench {
     pub binary: String,
     pub clients_1: f64,
     pub clients_32: f64,
+}
+
+/// pgbench `runs` times on `server` (medians), or `None` when there is no pgbench binary.
+pub fn baseline(
+    server: &Server,
+    runs: usize,
+    seconds: u64,
+) -> Result<Option<PgbenchReport>, String> {
+    let mut one = Vec::new();
+    let mut many = Vec::new();
+    let mut binary = String::new();
+    for r in 0..runs {
+        progress(&format!(
+            "pgbench run {}/{runs} (1 and 32 clients, {seconds} s each)…",
+            r + 1
+        ));
+        let s = server.clone();
+        match in_own_system(move || async move { s.pgbench(seconds).await })? {
+            Some(p) => {
+                one.push(p.clients_1);
+                many.push(p.clients_32);
+                binary = p.binary;
+            }
+            None => break,
+        }
+    }
+    if one.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(PgbenchReport {
+        binary,
+        seconds,
+        script: PGBENCH_SCRIPT.to_string(),
+        commits_per_s_1_client: median(one),
+        commits_per_s_32_clients: median(many),
+    }))
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
@@ -178,12 +222,7 @@ impl Server {
         }))
     }
 
-    async fn pgbench_in(
-        &self,
-        bin: &std::path::Path,
-        db: &str,
-        seconds: u64,
-    ) -> Result<(f64, f64), String> {
+    async fn pgbench_in(&self, bin: &Path, db: &str, seconds: u64) -> Result<(f64, f64), String> {
         let url = self.url_for(db);
         let c = connect(&url).await?;
         c.batch_execute("CREATE TABLE pgb (id bigserial PRIMARY KEY, x bigint NOT NULL)")
@@ -196,36 +235,48 @@ impl Server {
             "\\set x random(1, 1000000000)\nINSERT INTO pgb(x) VALUES (:x);\n",
         )
         .map_err(|e| format!("writing the pgbench script: {e}"))?;
-        let mut tps = Vec::new();
-        for (clients, threads) in [(1, 1), (32, 2)] {
-            let out = tokio::process::Command::new(bin)
-                .args(["-n", "-T", &seconds.to_string()])
-                .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
-                .arg("-f")
-                .arg(&script)
-                .arg(&url)
-                .output()
-                .await
-                .map_err(|e| format!("running {}: {e}", bin.display()))?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            if !out.status.success() {
-                return Err(format!(
-                    "pgbench failed ({}): {}{}",
-                    out.status,
-                    text,
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let v = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("tps = "))
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|n| n.parse::<f64>().ok())
-                .ok_or_else(|| format!("no `tps = ` line in pgbench output: {text}"))?;
-            tps.push(v);
-        }
-        Ok((tps[0], tps[1]))
+        let one = run_pgbench(bin, &script, &url, 1, 1, seconds).await?;
+        let many = run_pgbench(bin, &script, &url, 32, 2, seconds).await?;
+        Ok((one, many))
     }
+}
+
+/// One pgbench measurement: its `tps = ` figure.
+async fn run_pgbench(
+    bin: &Path,
+    script: &Path,
+    url: &str,
+    clients: u32,
+    threads: u32,
+    seconds: u64,
+) -> Result<f64, String> {
+    let out = tokio::process::Command::new(bin)
+        .args(["-n", "-T", &seconds.to_string()])
+        .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
+        .arg("-f")
+        .arg(script)
+        .arg(url)
+        .output()
+        .await
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "pgbench failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    parse_tps(&text).ok_or_else(|| format!("no `tps = ` line in pgbench output: {text}"))
+}
+
+/// The `tps = N …` figure of pgbench's output.
+fn parse_tps(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
 }
 
 /// `pgbench` on `$PATH`, else the newest `/usr/lib/postgresql/<version>/bin/pgbench`.
@@ -255,7 +306,7 @@ fn find_pgbench() -> Option<PathBuf> {
 /// CPU time (ms) of the whole server: the postmaster (with its reaped children) plus every
 /// live child process.
 pub fn server_cpu_ms(postmaster: u32) -> Option<f64> {
-    let mut total = crate::bench::proc_cpu_ms(&postmaster.to_string(), true)?;
+    let mut total = proc_cpu_ms(&postmaster.to_string(), true)?;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -273,7 +324,7 @@ pub fn server_cpu_ms(postmaster: u32) -> Option<f64> {
             .and_then(|s| s.split_whitespace().nth(1))
             .and_then(|p| p.parse::<u32>().ok());
         if ppid == Some(postmaster) {
-            total += crate::bench::proc_cpu_ms(pid, false).unwrap_or(0.0);
+            total += proc_cpu_ms(pid, false).unwrap_or(0.0);
         }
     }
     Some(total)
@@ -302,4 +353,27 @@ pub async fn w7(url: &str) -> Result<W7, String> {
         rest_per_event: (total - heap - index) / n,
         payload_per_event: payload,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_replaced_in_both_url_forms() {
+        assert_eq!(
+            with_dbname("postgres://u:p@h:5/db?sslmode=disable", "bench_1"),
+            "postgres://u:p@h:5/bench_1?sslmode=disable"
+        );
+        assert_eq!(with_dbname("postgresql://u@h", "x"), "postgresql://u@h/x");
+        assert_eq!(with_dbname("host=h user=u", "x"), "host=h user=u dbname=x");
+    }
+
+    #[test]
+    fn pgbench_tps_line_is_parsed() {
+        let out = "number of transactions actually processed: 10\n\
+                   tps = 1234.5 (without initial connection time)\n";
+        assert_eq!(parse_tps(out), Some(1234.5));
+        assert_eq!(parse_tps("no figure"), None);
+    }
 }
