@@ -8,7 +8,7 @@
 //! can record it and be restarted from storage.
 
 use actix::prelude::*;
-use aetheris_runtime::{EffectClass, JobId, ToolCatalog};
+use aetheris_runtime::{EffectClass, JobId, ToolCatalog, ToolOutcome};
 use async_trait::async_trait;
 use futures::FutureExt;
 use serde_json::{json, Value};
@@ -78,6 +78,29 @@ impl ToolError {
             message: message.into(),
             kind: ToolErrorKind::OutcomeUnknown,
             panicked: true,
+        }
+    }
+}
+
+impl ToolErrorKind {
+    /// The `outcome` label of the tool-call counter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolErrorKind::Retryable => "retryable_error",
+            ToolErrorKind::Permanent => "permanent_error",
+            ToolErrorKind::OutcomeUnknown => "outcome_unknown",
+        }
+    }
+}
+
+/// A failed call as the pure core's outcome rule (`runtime::outcome`) sees it; whether it
+/// panicked matters only to the job actor, which stops as crashed after recording it.
+impl From<ToolError> for ToolOutcome {
+    fn from(error: ToolError) -> ToolOutcome {
+        match error.kind {
+            ToolErrorKind::Retryable => ToolOutcome::Retryable(error.message),
+            ToolErrorKind::Permanent => ToolOutcome::Permanent(error.message),
+            ToolErrorKind::OutcomeUnknown => ToolOutcome::Unknown(error.message),
         }
     }
 }

@@ -367,7 +367,10 @@ mod tests {
             note: None,
         };
         let effect = command_effect(&state, false, 1, not_executed);
-        assert_eq!(after(&state, &effect).steps["pay"].status, StepStatus::Pending);
+        assert_eq!(
+            after(&state, &effect).steps["pay"].status,
+            StepStatus::Pending
+        );
     }
 
     #[test]

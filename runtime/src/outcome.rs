@@ -114,15 +114,14 @@ pub fn outcome_event(
         .map(|spec| spec.retry_policy())
         .unwrap_or_default();
     let attempts_left = call.attempt < policy.max_attempts;
-    let failed = |error: String, retryable: bool, retry_after_ms: Option<u64>| {
-        EventBody::StepFailed {
+    let failed =
+        |error: String, retryable: bool, retry_after_ms: Option<u64>| EventBody::StepFailed {
             step: call.step.clone(),
             attempt: call.attempt,
             error,
             retryable,
             retry_after_ms,
-        }
-    };
+        };
     match outcome {
         ToolOutcome::Succeeded(output) => EventBody::StepSucceeded {
             step: call.step.clone(),
@@ -141,9 +140,11 @@ pub fn outcome_event(
             let delay = attempts_left.then(|| backoff_ms(&policy, call.attempt, jitter01));
             failed(error, true, delay)
         }
-        ToolOutcome::NotExecuted => {
-            failed(NOT_EXECUTED_ERROR.to_string(), true, attempts_left.then_some(0))
-        }
+        ToolOutcome::NotExecuted => failed(
+            NOT_EXECUTED_ERROR.to_string(),
+            true,
+            attempts_left.then_some(0),
+        ),
     }
 }
 
@@ -200,7 +201,9 @@ mod tests {
             if n < attempt {
                 bodies.push(failed("earlier", Some(0), n));
             }
-            state = state.projected(&bodies, 1_000).expect("earlier attempts fold");
+            state = state
+                .projected(&bodies, 1_000)
+                .expect("earlier attempts fold");
         }
         (state, call)
     }
@@ -216,11 +219,7 @@ mod tests {
     }
 
     /// The event for `outcome`, checked to fold; and the step's status after it.
-    fn decide(
-        effect: EffectClass,
-        attempt: u32,
-        outcome: ToolOutcome,
-    ) -> (EventBody, StepStatus) {
+    fn decide(effect: EffectClass, attempt: u32, outcome: ToolOutcome) -> (EventBody, StepStatus) {
         let (state, call) = running(effect, attempt);
         let event = outcome_event(&state, &call, outcome, 0.5);
         let after = state
@@ -251,8 +250,11 @@ mod tests {
     fn a_permanent_error_fails_the_step_even_with_attempts_left() {
         for effect in EFFECTS {
             for attempt in [1, MAX_ATTEMPTS] {
-                let (event, status) =
-                    decide(effect, attempt, ToolOutcome::Permanent("no such user".into()));
+                let (event, status) = decide(
+                    effect,
+                    attempt,
+                    ToolOutcome::Permanent("no such user".into()),
+                );
                 assert_eq!(
                     event,
                     EventBody::StepFailed {
@@ -285,8 +287,11 @@ mod tests {
     #[test]
     fn a_retryable_error_on_the_last_attempt_fails_the_step_for_every_effect() {
         for effect in EFFECTS {
-            let (event, status) =
-                decide(effect, MAX_ATTEMPTS, ToolOutcome::Retryable("refused".into()));
+            let (event, status) = decide(
+                effect,
+                MAX_ATTEMPTS,
+                ToolOutcome::Retryable("refused".into()),
+            );
             assert_eq!(event, failed("refused", None, MAX_ATTEMPTS), "{effect:?}");
             assert_eq!(status, StepStatus::Failed);
         }
@@ -328,8 +333,11 @@ mod tests {
     #[test]
     fn an_unknown_outcome_of_a_reinvocable_call_on_the_last_attempt_fails_the_step() {
         for effect in [EffectClass::Pure, EffectClass::Idempotent] {
-            let (event, status) =
-                decide(effect, MAX_ATTEMPTS, ToolOutcome::Unknown("timed out".into()));
+            let (event, status) = decide(
+                effect,
+                MAX_ATTEMPTS,
+                ToolOutcome::Unknown("timed out".into()),
+            );
             assert_eq!(event, failed("timed out", None, MAX_ATTEMPTS), "{effect:?}");
             assert_eq!(status, StepStatus::Failed);
         }
@@ -361,15 +369,12 @@ mod tests {
     #[test]
     fn the_jitter_passed_in_sets_the_delay() {
         let (state, call) = running(EffectClass::Pure, 1);
-        let delay = |jitter| match outcome_event(
-            &state,
-            &call,
-            ToolOutcome::Retryable("x".into()),
-            jitter,
-        ) {
-            EventBody::StepFailed { retry_after_ms, .. } => retry_after_ms,
-            other => panic!("{other:?}"),
-        };
+        let delay =
+            |jitter| match outcome_event(&state, &call, ToolOutcome::Retryable("x".into()), jitter)
+            {
+                EventBody::StepFailed { retry_after_ms, .. } => retry_after_ms,
+                other => panic!("{other:?}"),
+            };
         assert_eq!(delay(0.0), Some(50));
         assert_eq!(delay(1.0), Some(100));
     }
