@@ -349,3 +349,40 @@ impl Tool for HttpTool {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_error_maps_to_the_outcome_of_its_kind_with_its_message() {
+        assert_eq!(
+            ToolOutcome::from(ToolError::retryable("refused")),
+            ToolOutcome::Retryable("refused".into())
+        );
+        assert_eq!(
+            ToolOutcome::from(ToolError::permanent("404")),
+            ToolOutcome::Permanent("404".into())
+        );
+        assert_eq!(
+            ToolOutcome::from(ToolError::outcome_unknown("timed out")),
+            ToolOutcome::Unknown("timed out".into())
+        );
+        // A panic may have happened after the effect: its outcome is unknown.
+        assert_eq!(
+            ToolOutcome::from(ToolError::panicked("boom")),
+            ToolOutcome::Unknown("boom".into())
+        );
+    }
+
+    #[test]
+    fn each_error_kind_has_its_own_label() {
+        let kinds = [
+            ToolErrorKind::Retryable,
+            ToolErrorKind::Permanent,
+            ToolErrorKind::OutcomeUnknown,
+        ];
+        let labels: std::collections::BTreeSet<_> = kinds.iter().map(|k| k.as_str()).collect();
+        assert_eq!(labels.len(), kinds.len());
+    }
+}

@@ -8,7 +8,8 @@
 //! recorded under this actor's token; an append's fate unknown (the store unreachable) is
 //! settled by sending the very same append again, never a different one.
 
-use super::{JobActor, Mode};
+use super::phase::Mode;
+use super::JobActor;
 use crate::clock::local_ms;
 use crate::messages::{CrashReason, Exit};
 use crate::metrics as metric;
@@ -237,7 +238,7 @@ impl JobActor {
         if let Some(last) = recorded.last() {
             self.clock_offset_ms = last.recorded_at_ms - sent_at_ms;
         }
-        let super::Phase::Active(active) = &mut self.phase else {
+        let Some(active) = self.phase.active_mut() else {
             return;
         };
         if let Err(error) = recorded.iter().try_for_each(|e| active.state.apply(e)) {

@@ -8,22 +8,16 @@
 //! (one durable round trip per step), and only after that append succeeds invoke the
 //! started tools (step.rs). Which event an outcome or a command adds is decided by the pure
 //! core (`runtime::outcome`, `runtime::commands`); this actor carries it out. Writes never
-//! interleave (`ctx.wait`, and [`Active::writing`]). A fenced append means the lease is
+//! interleave (`ctx.wait`, and the phase's `writing`). A fenced append means the lease is
 //! gone: the actor stops without calling anything. A tool panic is recorded, then the actor
 //! stops as crashed so the registry restarts it from storage.
 //!
-//! The actor's [`Phase`], and its only transitions:
-//!
-//! ```text
-//! Loading ──loaded, not finished─────────────────────────────▶ Active(Normal)
-//! Loading ──finished, unknown job, load failed, drained───────▶ Stopping
-//! Active(Normal) ──DrainJob───────────────────────────────────▶ Active(Draining)
-//! Active(Normal | Draining) ──a tool panicked─────────────────▶ Active(Crashing)
-//! Active(_) ──finished, parked, passivated, lease lost, crash─▶ Stopping
-//! ```
+//! Where the actor is in its life is its `Phase` (phase.rs: Loading → Active → Stopping,
+//! with the transitions documented there).
 
 mod drive;
 mod outbox;
+mod phase;
 mod recovery;
 mod step;
 
@@ -37,6 +31,7 @@ use aetheris_store::{
     load_job_state, state_from_load, CommandBody, JobLoad, LoadedJob, StoreError, StoredCommand,
 };
 use outbox::Outbox;
+use phase::{Active, Phase};
 use std::time::{Duration, Instant};
 
 /// Sends `ActorGone` when the actor is dropped — including when a panic unwinds it, which
@@ -59,58 +54,6 @@ impl Drop for GoneGuard {
             token: self.token,
             exit,
         });
-    }
-}
-
-/// Where the actor is in its life (the transitions are in the module doc).
-enum Phase {
-    /// Reading the snapshot and later events: nothing is decided or written yet.
-    Loading,
-    /// The job's state is loaded: deciding, writing and calling tools.
-    Active(Box<Active>),
-    /// `exit` was called: nothing more is written or called. A call still in flight is
-    /// dropped; the next incarnation recovers it from the ledger.
-    Stopping,
-}
-
-/// A loaded job's actor.
-struct Active {
-    /// The job folded from every durable event.
-    state: JobState,
-    mode: Mode,
-    /// An append, a mark-applied or the recovery's reconcile round is awaited: nothing
-    /// else is written until it answers, so writes never interleave.
-    writing: bool,
-}
-
-/// How an active actor ends once nothing is in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Start ready steps; finish, wait for a near timer or park when there is nothing to do.
-    Normal,
-    /// A drain was asked: start nothing new, record the calls in flight, then stop
-    /// passivated.
-    Draining,
-    /// A tool panicked: start nothing new, record the calls in flight, then stop as crashed
-    /// so the registry restarts the job from storage. Wins over a drain.
-    Crashing(CrashReason),
-}
-
-impl Phase {
-    /// `DrainJob`: Normal → Draining. A crash already under way stays one.
-    fn drain(&mut self) {
-        if let Phase::Active(active) = self {
-            if active.mode == Mode::Normal {
-                active.mode = Mode::Draining;
-            }
-        }
-    }
-
-    /// A tool panicked: Normal or Draining → Crashing.
-    fn crash_after_flush(&mut self, reason: CrashReason) {
-        if let Phase::Active(active) = self {
-            active.mode = Mode::Crashing(reason);
-        }
     }
 }
 
@@ -169,10 +112,7 @@ impl JobActor {
     }
 
     fn active(&self) -> Option<&Active> {
-        match &self.phase {
-            Phase::Active(active) => Some(active),
-            Phase::Loading | Phase::Stopping => None,
-        }
+        self.phase.active()
     }
 
     fn state(&self) -> Option<&JobState> {
@@ -180,7 +120,7 @@ impl JobActor {
     }
 
     fn set_writing(&mut self, writing: bool) {
-        if let Phase::Active(active) = &mut self.phase {
+        if let Some(active) = self.phase.active_mut() {
             active.writing = writing;
         }
     }
@@ -190,7 +130,7 @@ impl JobActor {
         if self.guard.exit.is_none() {
             self.guard.exit = Some(exit);
         }
-        self.phase = Phase::Stopping;
+        self.phase.stop();
         ctx.stop();
     }
 
@@ -230,11 +170,7 @@ impl JobActor {
         if loaded.state.status.is_terminal() {
             return self.exit(Exit::Finished, ctx);
         }
-        self.phase = Phase::Active(Box::new(Active {
-            state: loaded.state,
-            mode: Mode::Normal,
-            writing: false,
-        }));
+        self.phase.activate(loaded.state);
         self.recover_on_load(ctx);
         // Commands stored while no actor ran (e.g. a cancel that woke a waiting job) are
         // applied before anything else is decided.

@@ -18,10 +18,12 @@ use std::time::Duration;
 /// How long a reconcile hook may take to answer before the call counts as unanswered.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The tool to ask, and the call to ask it about.
+type ReconcileRequest = (ToolEntry, Invocation);
+
 impl JobActor {
     /// Queues the re-starts of reinvocable calls and the outcomes of side_effect calls no
-    /// tool on this worker can reconcile; then asks the tools that can, holding every write
-    /// (`writing`) until all have answered (bounded), and drives on.
+    /// tool on this worker can reconcile, in that order; then asks the tools that can.
     pub(super) fn recover_on_load(&mut self, ctx: &mut Context<Self>) {
         let Some(state) = self.state() else { return };
         let mut restarts = Vec::new();
@@ -42,9 +44,14 @@ impl JobActor {
         for call in &unanswerable {
             self.record(call, ToolOutcome::unrecorded());
         }
-        if asks.is_empty() {
-            return;
+        if !asks.is_empty() {
+            self.ask_reconcile(asks, ctx);
         }
+    }
+
+    /// Asks each tool's reconcile hook about its call, holding every write (`writing`)
+    /// until all have answered or timed out; records the answers, then drives on.
+    fn ask_reconcile(&mut self, asks: Vec<(Attempt, ReconcileRequest)>, ctx: &mut Context<Self>) {
         let answers = futures::future::join_all(asks.into_iter().map(
             |(call, (tool, invocation))| async move {
                 let answer = tokio::time::timeout(
@@ -69,11 +76,7 @@ impl JobActor {
 
     /// The tool to ask about `call` and what to ask it; `None` if this worker does not
     /// have the tool.
-    fn reconcile_request(
-        &self,
-        state: &JobState,
-        call: &Attempt,
-    ) -> Option<(ToolEntry, Invocation)> {
+    fn reconcile_request(&self, state: &JobState, call: &Attempt) -> Option<ReconcileRequest> {
         let tool = self.worker.tools.get(&call.tool).cloned()?;
         let args = state
             .plan
