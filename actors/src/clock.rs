@@ -1,6 +1,6 @@
 //! The worker's local wall clock: milliseconds since the Unix epoch, the one definition
 //! every actor and rate limiter reads. Local on purpose: events are stamped by the store's
-//! clock, and a job actor learns the offset to it from each append (see job.rs); this
+//! clock, and a job actor learns the offset to it from each append (see job/drive.rs); this
 //! clock only schedules this process's own timers and token buckets. (runtime/ stays
 //! clock-free: its functions take the time as an argument.)
 

@@ -5,7 +5,7 @@
 //! again from storage — never from the dead actor's memory — after a growing delay, until
 //! it has crashed too often or the worker drains, when the lease is given back instead.
 //! (actix's `Supervisor` ignores panics, so death is detected by a drop guard in the
-//! actor; see job.rs.)
+//! actor; see job/mod.rs.)
 //!
 //! It sees the lease manager only as a `LeasePort` and routes stored commands to job
 //! actors with at most one check per job under way: a flood of commands for one job (a

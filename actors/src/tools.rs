@@ -8,7 +8,7 @@
 //! can record it and be restarted from storage.
 
 use actix::prelude::*;
-use aetheris_runtime::{EffectClass, JobId, ToolCatalog};
+use aetheris_runtime::{EffectClass, JobId, ToolCatalog, ToolOutcome};
 use async_trait::async_trait;
 use futures::FutureExt;
 use serde_json::{json, Value};
@@ -78,6 +78,29 @@ impl ToolError {
             message: message.into(),
             kind: ToolErrorKind::OutcomeUnknown,
             panicked: true,
+        }
+    }
+}
+
+impl ToolErrorKind {
+    /// The `outcome` label of the tool-call counter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolErrorKind::Retryable => "retryable_error",
+            ToolErrorKind::Permanent => "permanent_error",
+            ToolErrorKind::OutcomeUnknown => "outcome_unknown",
+        }
+    }
+}
+
+/// A failed call as the pure core's outcome rule (`runtime::outcome`) sees it; whether it
+/// panicked matters only to the job actor, which stops as crashed after recording it.
+impl From<ToolError> for ToolOutcome {
+    fn from(error: ToolError) -> ToolOutcome {
+        match error.kind {
+            ToolErrorKind::Retryable => ToolOutcome::Retryable(error.message),
+            ToolErrorKind::Permanent => ToolOutcome::Permanent(error.message),
+            ToolErrorKind::OutcomeUnknown => ToolOutcome::Unknown(error.message),
         }
     }
 }
@@ -324,5 +347,42 @@ impl Tool for HttpTool {
             )));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_error_maps_to_the_outcome_of_its_kind_with_its_message() {
+        assert_eq!(
+            ToolOutcome::from(ToolError::retryable("refused")),
+            ToolOutcome::Retryable("refused".into())
+        );
+        assert_eq!(
+            ToolOutcome::from(ToolError::permanent("404")),
+            ToolOutcome::Permanent("404".into())
+        );
+        assert_eq!(
+            ToolOutcome::from(ToolError::outcome_unknown("timed out")),
+            ToolOutcome::Unknown("timed out".into())
+        );
+        // A panic may have happened after the effect: its outcome is unknown.
+        assert_eq!(
+            ToolOutcome::from(ToolError::panicked("boom")),
+            ToolOutcome::Unknown("boom".into())
+        );
+    }
+
+    #[test]
+    fn each_error_kind_has_its_own_label() {
+        let kinds = [
+            ToolErrorKind::Retryable,
+            ToolErrorKind::Permanent,
+            ToolErrorKind::OutcomeUnknown,
+        ];
+        let labels: std::collections::BTreeSet<_> = kinds.iter().map(|k| k.as_str()).collect();
+        assert_eq!(labels.len(), kinds.len());
     }
 }

@@ -497,6 +497,28 @@ impl JobState {
         Ok(())
     }
 
+    /// The state once `bodies` are appended at `at_ms` (store clock), by the same fold: what
+    /// a writer decides its next events from before its append is durable. The hashes are
+    /// not known yet and are left zero. Errors like [`JobState::apply`].
+    pub fn projected<'a>(
+        &self,
+        bodies: impl IntoIterator<Item = &'a EventBody>,
+        at_ms: i64,
+    ) -> Result<JobState, FoldError> {
+        let mut next = self.clone();
+        for body in bodies {
+            next.apply(&RecordedEvent {
+                job_id: self.job_id,
+                seq: next.last_seq + 1,
+                recorded_at_ms: at_ms,
+                body: body.clone(),
+                prev_hash: [0; 32],
+                hash: [0; 32],
+            })?;
+        }
+        Ok(next)
+    }
+
     /// Recorded outputs of succeeded steps, for resolving `${steps.ID.output…}`.
     pub fn outputs(&self) -> BTreeMap<String, Value> {
         self.steps

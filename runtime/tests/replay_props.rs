@@ -3,8 +3,8 @@
 
 use aetheris_runtime::codec::{decode_versioned, encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::{
-    decide, invocation_key, recover, EffectClass, EventBody, JobId, JobState, Plan, RecordedEvent,
-    Recovery,
+    decide, invocation_key, outcome_event, recover, EffectClass, EventBody, JobId, JobState, Plan,
+    RecordedEvent, Recovery, ToolOutcome,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -64,24 +64,10 @@ fn simulate(n: usize, deps: &[usize], choices: &[u8]) -> Vec<RecordedEvent> {
             // crash: recovery by a new incarnation
             for r in recover(&state) {
                 let body = match r {
-                    Recovery::Reinvoke { step } => {
-                        let s = &state.steps[&step];
-                        EventBody::StepStarted {
-                            invocation_key: s.invocation_key.clone().unwrap(),
-                            attempt: s.attempt,
-                            tool: "echo".into(),
-                            effect: s.effect.unwrap(),
-                            fencing_token: i as u64,
-                            step,
-                        }
-                    }
-                    Recovery::OutcomeUnknown { step } => {
-                        let attempt = state.steps[&step].attempt;
-                        EventBody::StepOutcomeUnknown {
-                            step,
-                            attempt,
-                            reason: "crash".into(),
-                        }
+                    Recovery::Reinvoke(call) => call.started_event(i as u64),
+                    // No reconcile hook answers here: the rule a worker applies then.
+                    Recovery::Reconcile(call) => {
+                        outcome_event(&state, &call, ToolOutcome::unrecorded(), 0.5)
                     }
                 };
                 push(&mut events, body);

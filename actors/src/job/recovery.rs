@@ -1,0 +1,108 @@
+//! Recovery on load (G2): what a new incarnation does with the calls an earlier one
+//! started but never recorded a result for. The decision is `runtime::recover`'s; here it
+//! is carried out. A pure or idempotent call is started again with the same key and
+//! attempt. A side_effect call is never re-run silently: its tool's `reconcile` hook is
+//! asked, by invocation key, what happened, and the answer (or its absence: the step
+//! becomes `outcome_unknown` for a human) goes through `runtime::outcome_event` like any
+//! other outcome.
+
+use super::JobActor;
+use crate::messages::Reconcile;
+use crate::tools::{Invocation, Reconciled, ToolEntry};
+use actix::prelude::*;
+use aetheris_runtime::template::resolve;
+use aetheris_runtime::{recover, Attempt, JobState, Recovery, ToolOutcome};
+use serde_json::Value;
+use std::time::Duration;
+
+/// How long a reconcile hook may take to answer before the call counts as unanswered.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tool to ask, and the call to ask it about.
+type ReconcileRequest = (ToolEntry, Invocation);
+
+impl JobActor {
+    /// Queues the re-starts of reinvocable calls and the outcomes of side_effect calls no
+    /// tool on this worker can reconcile, in that order; then asks the tools that can.
+    pub(super) fn recover_on_load(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = self.state() else { return };
+        let mut restarts = Vec::new();
+        let mut unanswerable = Vec::new();
+        let mut asks = Vec::new();
+        for recovery in recover(state) {
+            match recovery {
+                Recovery::Reinvoke(call) => restarts.push(call.started_event(self.token)),
+                Recovery::Reconcile(call) => match self.reconcile_request(state, &call) {
+                    Some(ask) => asks.push((call, ask)),
+                    None => unanswerable.push(call),
+                },
+            }
+        }
+        for restart in restarts {
+            self.outbox.push(restart);
+        }
+        for call in &unanswerable {
+            self.record(call, ToolOutcome::unrecorded());
+        }
+        if !asks.is_empty() {
+            self.ask_reconcile(asks, ctx);
+        }
+    }
+
+    /// Asks each tool's reconcile hook about its call, holding every write (`writing`)
+    /// until all have answered or timed out; records the answers, then drives on.
+    fn ask_reconcile(&mut self, asks: Vec<(Attempt, ReconcileRequest)>, ctx: &mut Context<Self>) {
+        let answers = futures::future::join_all(asks.into_iter().map(
+            |(call, (tool, invocation))| async move {
+                let answer = tokio::time::timeout(
+                    RECONCILE_TIMEOUT,
+                    tool.reconcile.send(Reconcile(invocation)),
+                )
+                .await;
+                (call, answer.ok().and_then(Result::ok).flatten())
+            },
+        ));
+        self.set_writing(true); // nothing else may append until the answers are in
+        ctx.wait(
+            actix::fut::wrap_future(answers).map(|answers, act: &mut JobActor, ctx| {
+                act.set_writing(false);
+                for (call, answer) in answers {
+                    act.record(&call, reconciled_outcome(answer));
+                }
+                act.drive(ctx);
+            }),
+        );
+    }
+
+    /// The tool to ask about `call` and what to ask it; `None` if this worker does not
+    /// have the tool.
+    fn reconcile_request(&self, state: &JobState, call: &Attempt) -> Option<ReconcileRequest> {
+        let tool = self.worker.tools.get(&call.tool).cloned()?;
+        let args = state
+            .plan
+            .step(&call.step)
+            .and_then(|spec| resolve(&spec.args, &state.input, &state.outputs()).ok())
+            .unwrap_or(Value::Null);
+        let invocation = Invocation {
+            job_id: self.job_id,
+            tenant: state.tenant.clone(),
+            step: call.step.clone(),
+            attempt: call.attempt,
+            invocation_key: call.invocation_key.clone(),
+            fencing_token: self.token,
+            effect: call.effect,
+            args,
+        };
+        Some((tool, invocation))
+    }
+}
+
+/// A reconcile hook's answer as an outcome; no answer (none in time, no tool actor, or
+/// the tool cannot tell) leaves the outcome unknown.
+fn reconciled_outcome(answer: Option<Reconciled>) -> ToolOutcome {
+    match answer {
+        Some(Reconciled::Succeeded(output)) => ToolOutcome::Succeeded(output),
+        Some(Reconciled::NotExecuted) => ToolOutcome::NotExecuted,
+        None => ToolOutcome::unrecorded(),
+    }
+}
