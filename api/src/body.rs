@@ -160,11 +160,7 @@ pub async fn json_required<T: DeserializeOwned>(
     rules: BodyRules,
     what: &str,
 ) -> Result<T, ApiError> {
-    let body = read(req, payload, rules).await?;
-    if is_blank(&body) {
-        return Err(ApiError::BadRequest(format!("the {what} body is empty")));
-    }
-    require_json_media_type(req)?;
+    let body = json_bytes(req, payload, rules, what).await?;
     parse_object(&body, what)
 }
 

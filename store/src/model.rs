@@ -35,7 +35,7 @@ pub struct NewJob {
 }
 
 /// The projection row of a job, kept in the same transaction as its events.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct JobSummary {
     pub job_id: JobId,
     pub tenant: String,
@@ -132,7 +132,7 @@ pub struct StoredCommand {
 
 /// A tenant as data: its id (the `tenant` claim of tokens), a display name, and its rate
 /// limits (a JSON object in the shape of `TenantLimits`, applied without restart).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
@@ -144,7 +144,7 @@ pub struct Tenant {
 /// whether it is disabled. A token for a user with a row acts with the roles it carries
 /// that the row also grants, and not at all while the row is disabled; a token for a
 /// user without a row acts with its own roles (the issuer vouches for them).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct User {
     pub tenant: String,
     pub id: String,
@@ -166,7 +166,7 @@ pub struct Access {
 /// `sub`) did what (`action`, e.g. `job.cancel`) to which `target` in which `tenant`, and
 /// the `result` (`ok`, `existing` for an idempotent repeat, `denied` for a refused
 /// permission). The store adds the id and the time (its own clock).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub tenant: String,
     pub actor: String,
@@ -189,7 +189,7 @@ impl AuditEntry {
 }
 
 /// A stored audit row: ids increase in commit order within a store.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct AuditRecord {
     pub id: u64,
     pub at_ms: i64,

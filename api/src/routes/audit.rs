@@ -37,36 +37,9 @@ pub struct AuditQuery {
     pub action: Option<String>,
 }
 
-/// One audit row.
-#[derive(Serialize, JsonSchema)]
-pub struct AuditView {
-    pub id: u64,
-    pub at_ms: i64,
-    pub tenant: String,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    /// ok, existing (an idempotent repeat) or denied.
-    pub result: String,
-}
-
-impl From<AuditRecord> for AuditView {
-    fn from(r: AuditRecord) -> Self {
-        AuditView {
-            id: r.id,
-            at_ms: r.at_ms,
-            tenant: r.entry.tenant,
-            actor: r.entry.actor,
-            action: r.entry.action,
-            target: r.entry.target,
-            result: r.entry.result,
-        }
-    }
-}
-
 #[derive(Serialize, JsonSchema)]
 pub struct AuditPage {
-    pub entries: Vec<AuditView>,
+    pub entries: Vec<AuditRecord>,
     pub next_after: Option<u64>,
 }
 
@@ -104,7 +77,7 @@ async fn audit(
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     Ok(HttpResponse::Ok().json(AuditPage {
-        entries: rows.into_iter().map(AuditView::from).collect(),
+        entries: rows,
         next_after,
     }))
 }

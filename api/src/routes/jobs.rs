@@ -337,34 +337,8 @@ fn job_states(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 /// A page of jobs; `next_cursor` is set when more may follow.
 #[derive(Serialize, JsonSchema)]
 pub struct JobPage {
-    pub jobs: Vec<JobListItem>,
+    pub jobs: Vec<JobSummary>,
     pub next_cursor: Option<String>,
-}
-
-/// One job of a list.
-#[derive(Serialize, JsonSchema)]
-pub struct JobListItem {
-    pub job_id: String,
-    pub tenant: String,
-    pub status: String,
-    pub idempotency_key: Option<String>,
-    pub last_seq: u64,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-}
-
-impl From<&JobSummary> for JobListItem {
-    fn from(s: &JobSummary) -> Self {
-        JobListItem {
-            job_id: s.job_id.to_string(),
-            tenant: s.tenant.clone(),
-            status: s.status.as_str().into(),
-            idempotency_key: s.idempotency_key.clone(),
-            last_seq: s.last_seq,
-            created_at_ms: s.created_at_ms,
-            updated_at_ms: s.updated_at_ms,
-        }
-    }
 }
 
 async fn list(
@@ -403,10 +377,7 @@ async fn list(
     let next_cursor = (jobs.len() == limit)
         .then(|| jobs.last().map(|j| j.job_id.to_string()))
         .flatten();
-    Ok(HttpResponse::Ok().json(JobPage {
-        jobs: jobs.iter().map(JobListItem::from).collect(),
-        next_cursor,
-    }))
+    Ok(HttpResponse::Ok().json(JobPage { jobs, next_cursor }))
 }
 
 /// `GET /v1/jobs/{id}/events` query.

@@ -31,7 +31,7 @@ pub const CREATE: RouteSpec = RouteSpec::new(
     Access::System(Permission::TenantAdmin),
     "createTenant",
     "Create a tenant (admins of the system tenant)",
-    Answer::json(201, "the tenant", schema::<TenantView>),
+    Answer::json(201, "the tenant", schema::<Tenant>),
     |r| r.to(create_tenant),
 )
 .body(Presence::Required, schema::<NewTenant>)
@@ -44,7 +44,7 @@ pub const SET_LIMITS: RouteSpec = RouteSpec::new(
     Access::System(Permission::TenantAdmin),
     "setTenantLimits",
     "Replace a tenant's rate limits (applied without restart)",
-    Answer::json(200, "the tenant", schema::<TenantView>),
+    Answer::json(200, "the tenant", schema::<Tenant>),
     |r| r.to(set_tenant_limits),
 )
 .body(Presence::Required, schema::<TenantLimits>)
@@ -65,29 +65,9 @@ pub struct NewTenant {
     pub limits: Option<TenantLimits>,
 }
 
-/// A tenant.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct TenantView {
-    pub id: String,
-    pub name: String,
-    pub limits: Value,
-    pub created_at_ms: i64,
-}
-
-impl From<Tenant> for TenantView {
-    fn from(t: Tenant) -> Self {
-        TenantView {
-            id: t.id,
-            name: t.name,
-            limits: t.limits,
-            created_at_ms: t.created_at_ms,
-        }
-    }
-}
-
 #[derive(Serialize, JsonSchema)]
 pub struct TenantList {
-    pub tenants: Vec<TenantView>,
+    pub tenants: Vec<Tenant>,
 }
 
 /// A tenant id: what tokens carry and metrics are labelled with, so short and plain.
@@ -145,14 +125,12 @@ async fn create_tenant(
         )
         .await?;
     st.limits.set_tenant_limits(&t.id, limits);
-    Ok(HttpResponse::Created().json(TenantView::from(created)))
+    Ok(HttpResponse::Created().json(created))
 }
 
 async fn list_tenants(_p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let tenants = st.store.list_tenants().await?;
-    Ok(HttpResponse::Ok().json(TenantList {
-        tenants: tenants.into_iter().map(TenantView::from).collect(),
-    }))
+    Ok(HttpResponse::Ok().json(TenantList { tenants }))
 }
 
 async fn set_tenant_limits(
@@ -174,5 +152,5 @@ async fn set_tenant_limits(
         )
         .await?;
     st.limits.set_tenant_limits(&id, limits);
-    Ok(HttpResponse::Ok().json(TenantView::from(t)))
+    Ok(HttpResponse::Ok().json(t))
 }

@@ -27,7 +27,7 @@ pub const PUT: RouteSpec = RouteSpec::new(
     Access::Requires(Permission::TenantAdmin),
     "putUser",
     "Create or replace a user of the caller's tenant",
-    Answer::json(200, "the user", schema::<UserView>),
+    Answer::json(200, "the user", schema::<User>),
     |r| r.to(put_user),
 )
 .body(Presence::Required, schema::<UserRequest>)
@@ -54,40 +54,14 @@ fn role_names(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// A user of a tenant.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct UserView {
-    pub tenant: String,
-    pub id: String,
-    pub roles: Vec<String>,
-    pub disabled: bool,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-}
-
-impl From<User> for UserView {
-    fn from(u: User) -> Self {
-        UserView {
-            tenant: u.tenant,
-            id: u.id,
-            roles: u.roles,
-            disabled: u.disabled,
-            created_at_ms: u.created_at_ms,
-            updated_at_ms: u.updated_at_ms,
-        }
-    }
-}
-
 #[derive(Serialize, JsonSchema)]
 pub struct UserList {
-    pub users: Vec<UserView>,
+    pub users: Vec<User>,
 }
 
 async fn list_users(p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let users = st.store.list_users(&p.tenant).await?;
-    Ok(HttpResponse::Ok().json(UserList {
-        users: users.into_iter().map(UserView::from).collect(),
-    }))
+    Ok(HttpResponse::Ok().json(UserList { users }))
 }
 
 async fn put_user(
@@ -141,5 +115,5 @@ async fn put_user(
             Some(&AuditEntry::ok(&p.tenant, &p.sub, "user.put", &id)),
         )
         .await?;
-    Ok(HttpResponse::Ok().json(UserView::from(user)))
+    Ok(HttpResponse::Ok().json(user))
 }
