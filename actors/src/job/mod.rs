@@ -107,6 +107,26 @@ impl JobActor {
     }
 
     /// The store's clock, estimated from the local one.
+    /// What a tool receives for one attempt: the call's key and this actor's fencing
+    /// token, so a downstream service can deduplicate and refuse zombies (G2, G3).
+    fn invocation(
+        &self,
+        state: &JobState,
+        call: &aetheris_runtime::outcome::Attempt,
+        args: serde_json::Value,
+    ) -> crate::tools::Invocation {
+        crate::tools::Invocation {
+            job_id: self.job_id,
+            tenant: state.tenant.clone(),
+            step: call.step.clone(),
+            attempt: call.attempt,
+            invocation_key: call.invocation_key.clone(),
+            fencing_token: self.token,
+            effect: call.effect,
+            args,
+        }
+    }
+
     fn now_est(&self) -> i64 {
         local_ms() + self.clock_offset_ms
     }

@@ -83,16 +83,7 @@ impl JobActor {
             .step(&call.step)
             .and_then(|spec| resolve(&spec.args, &state.input, &state.outputs()).ok())
             .unwrap_or(Value::Null);
-        let invocation = Invocation {
-            job_id: self.job_id,
-            tenant: state.tenant.clone(),
-            step: call.step.clone(),
-            attempt: call.attempt,
-            invocation_key: call.invocation_key.clone(),
-            fencing_token: self.token,
-            effect: call.effect,
-            args,
-        };
+        let invocation = self.invocation(state, call, args);
         Some((tool, invocation))
     }
 }

@@ -63,16 +63,7 @@ impl JobActor {
                 call.tool
             ))));
         };
-        let invocation = Invocation {
-            job_id: self.job_id,
-            tenant: state.tenant.clone(),
-            step: call.step.clone(),
-            attempt: call.attempt,
-            invocation_key: call.invocation_key.clone(),
-            fencing_token: self.token,
-            effect: call.effect,
-            args,
-        };
+        let invocation = self.invocation(state, call, args);
         Some(Ok(Call {
             tool_name: call.tool.clone(),
             tool,
