@@ -288,72 +288,19 @@ pub async fn submit(api: &Api, body: String) -> Result<(u16, Value), String> {
 
 async fn run_async(api: &Api, cmd: JobCommand) -> Result<ExitCode, String> {
     match cmd {
-        JobCommand::Submit { file, wait, json } => {
-            let (status, job) = submit(api, read_job_file(&file)?).await?;
-            let id = job["job_id"].as_str().unwrap_or_default().to_string();
-            if !wait {
-                if json {
-                    println!("{job}");
-                } else {
-                    let verb = if status == 201 {
-                        "submitted"
-                    } else {
-                        "already submitted (same idempotency key)"
-                    };
-                    println!(
-                        "{verb} job {id} ({})",
-                        job["status"].as_str().unwrap_or("?")
-                    );
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            let job = wait_for(api, &id, Duration::from_secs(600)).await?;
-            let events = fetch_events(api, &id).await?;
-            if json {
-                println!("{}", serde_json::json!({"job": job, "events": events}));
-            } else {
-                print_trace(&job, &events);
-            }
-            Ok(succeeded(&job))
-        }
+        JobCommand::Submit { file, wait, json } => submit_job(api, &file, wait, json).await,
         JobCommand::Get { id, json } => {
             let (_, job) = api
                 .send(api.get(&format!("/v1/jobs/{}", path_segment(&id))))
                 .await?;
-            if json {
-                println!("{job}");
-            } else {
-                print_job(&job);
-            }
-            Ok(ExitCode::SUCCESS)
+            Ok(show(json, &job, print_job))
         }
         JobCommand::List {
             state,
             limit,
             cursor,
             json,
-        } => {
-            let mut q = vec![("limit", limit.to_string())];
-            if let Some(s) = state {
-                q.push(("state", s));
-            }
-            if let Some(c) = cursor {
-                q.push(("cursor", c));
-            }
-            let (_, page) = api.send(api.get("/v1/jobs").query(&q)).await?;
-            if json {
-                println!("{page}");
-            } else {
-                let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
-                for line in job_table(&jobs) {
-                    println!("{line}");
-                }
-                if let Some(c) = page["next_cursor"].as_str() {
-                    println!("more: --cursor {c}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => list_jobs(api, state, limit, cursor, json).await,
         JobCommand::Cancel {
             id,
             reason,
@@ -364,24 +311,14 @@ async fn run_async(api: &Api, cmd: JobCommand) -> Result<ExitCode, String> {
             if let Some(r) = reason {
                 body.insert("reason".into(), Value::String(r));
             }
-            if let Some(b) = by {
-                body.insert("by".into(), Value::String(b));
-            }
-            let (_, r) = api
-                .send(
-                    api.post(&format!("/v1/jobs/{}/cancel", path_segment(&id)))
-                        .json(&Value::Object(body)),
-                )
-                .await?;
-            if json {
-                println!("{r}");
-            } else {
+            let path = format!("/v1/jobs/{}/cancel", path_segment(&id));
+            let r = command(api, &path, Value::Object(body), by).await?;
+            Ok(show(json, &r, |r| {
                 println!(
                     "cancel requested for job {id} (command {})",
                     r["command_id"]
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+                )
+            }))
         }
         JobCommand::Signal {
             id,
@@ -397,24 +334,18 @@ async fn run_async(api: &Api, cmd: JobCommand) -> Result<ExitCode, String> {
             if let Some(s) = signal_id {
                 body["signal_id"] = Value::String(s);
             }
-            if let Some(b) = by {
-                body["by"] = Value::String(b);
-            }
             let path = format!(
                 "/v1/jobs/{}/signals/{}",
                 path_segment(&id),
                 path_segment(&name)
             );
-            let (_, r) = api.send(api.post(&path).json(&body)).await?;
-            if json {
-                println!("{r}");
-            } else {
+            let r = command(api, &path, body, by).await?;
+            Ok(show(json, &r, |r| {
                 println!(
                     "signal {name} ({}) stored for job {id}",
                     r["signal_id"].as_str().unwrap_or("")
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+                )
+            }))
         }
         JobCommand::Confirm {
             id,
@@ -433,36 +364,111 @@ async fn run_async(api: &Api, cmd: JobCommand) -> Result<ExitCode, String> {
             if let Some(n) = note {
                 body["note"] = Value::String(n);
             }
-            if let Some(b) = by {
-                body["by"] = Value::String(b);
-            }
             let path = format!(
                 "/v1/jobs/{}/steps/{}/confirm",
                 path_segment(&id),
                 path_segment(&step)
             );
-            let (_, r) = api.send(api.post(&path).json(&body)).await?;
-            if json {
-                println!("{r}");
-            } else {
+            let r = command(api, &path, body, by).await?;
+            Ok(show(json, &r, |r| {
                 println!(
                     "confirmation for step {step} of job {id} stored (command {})",
                     r["command_id"]
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+                )
+            }))
         }
         JobCommand::Watch { id, json } => watch(api, &id, json).await,
         JobCommand::Events { id, json } => {
-            let events = fetch_events(api, &id).await?;
-            if json {
-                println!("{}", Value::Array(events));
-            } else {
-                print_events(&events);
-            }
-            Ok(ExitCode::SUCCESS)
+            let events = Value::Array(fetch_events(api, &id).await?);
+            Ok(show(json, &events, |e| {
+                print_events(e.as_array().map(Vec::as_slice).unwrap_or_default())
+            }))
         }
     }
+}
+
+/// Prints `value` as JSON (`--json`) or for a human; exit 0.
+fn show(json: bool, value: &Value, human: impl FnOnce(&Value)) -> ExitCode {
+    if json {
+        println!("{value}");
+    } else {
+        human(value);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Stores a command for a job (cancel, signal, confirm): `by` is added to the body when
+/// given (the server honours it only without authentication).
+async fn command(
+    api: &Api,
+    path: &str,
+    mut body: Value,
+    by: Option<String>,
+) -> Result<Value, String> {
+    if let Some(b) = by {
+        body["by"] = Value::String(b);
+    }
+    let (_, r) = api.send(api.post(path).json(&body)).await?;
+    Ok(r)
+}
+
+/// `job submit FILE [--wait] [--json]`.
+async fn submit_job(
+    api: &Api,
+    file: &std::path::Path,
+    wait: bool,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let (status, job) = submit(api, read_job_file(file)?).await?;
+    let id = job["job_id"].as_str().unwrap_or_default().to_string();
+    if !wait {
+        return Ok(show(json, &job, |job| {
+            let verb = if status == 201 {
+                "submitted"
+            } else {
+                "already submitted (same idempotency key)"
+            };
+            println!(
+                "{verb} job {id} ({})",
+                job["status"].as_str().unwrap_or("?")
+            );
+        }));
+    }
+    let job = wait_for(api, &id, Duration::from_secs(600)).await?;
+    let events = fetch_events(api, &id).await?;
+    if json {
+        println!("{}", serde_json::json!({"job": job, "events": events}));
+    } else {
+        print_trace(&job, &events);
+    }
+    Ok(succeeded(&job))
+}
+
+/// `job list [--state S] [--limit N] [--cursor C] [--json]`.
+async fn list_jobs(
+    api: &Api,
+    state: Option<String>,
+    limit: u16,
+    cursor: Option<String>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let mut q = vec![("limit", limit.to_string())];
+    if let Some(s) = state {
+        q.push(("state", s));
+    }
+    if let Some(c) = cursor {
+        q.push(("cursor", c));
+    }
+    let (_, page) = api.send(api.get("/v1/jobs").query(&q)).await?;
+    Ok(show(json, &page, |page| {
+        let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
+        for line in job_table(&jobs) {
+            println!("{line}");
+        }
+        if let Some(c) = page["next_cursor"].as_str() {
+            println!("more: --cursor {c}");
+        }
+    }))
 }
 
 /// Exit 0 for a job that succeeded, 1 otherwise.
