@@ -11,21 +11,27 @@
 //!
 //! Also here: the data the contract speaks in (`model`), its one error enum (`error`), the
 //! fold of a stored job into its state (`load`), the fair queue both backends serve
-//! tenants with (`fair`) and the PostgreSQL migration runner (`migrate`).
+//! tenants with (`fair`), the PostgreSQL migration runner (`migrate`), the rule for the
+//! transparency leaf a finishing append adds (`transparency`) and the evidence export
+//! every caller uses (`evidence`).
 
 mod contract;
 mod error;
+pub mod evidence;
 mod fair;
 pub mod load;
 pub mod migrate;
 mod model;
 pub mod pg;
 pub mod redb;
+pub mod transparency;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 pub use self::redb::RedbStore;
-pub use contract::{Audit, Commands, DynStore, JobLog, Leases, Presence, Store, Tenants, Users};
+pub use contract::{
+    Audit, Commands, DynStore, JobLog, Leases, Presence, Store, Tenants, TransparencyLog, Users,
+};
 pub(crate) use error::append_refused;
 pub use error::{Entity, Result, StoreError};
 pub use load::{load_job_state, state_from_load, LoadedJob};
