@@ -67,7 +67,12 @@ impl JobEvidence {
         // A finished job's log, ledger and leaf never change again: reading them one after
         // another is as good as one snapshot.
         let events = store
-            .read_events(scope, id, 0, usize::try_from(job.last_seq).unwrap_or(usize::MAX))
+            .read_events(
+                scope,
+                id,
+                0,
+                usize::try_from(job.last_seq).unwrap_or(usize::MAX),
+            )
             .await?;
         let ledger = store
             .ledger(scope, id)

@@ -24,9 +24,9 @@ pub mod migrate;
 mod model;
 pub mod pg;
 pub mod redb;
-pub mod transparency;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod transparency;
 
 pub use self::redb::RedbStore;
 pub use contract::{

@@ -420,13 +420,8 @@ async fn append_tx(
         )
     };
     let back = leaves.back();
-    let leaf_params: [&(dyn ToSql + Sync); 5] = [
-        &leaves.tenant,
-        &leaves.job,
-        &leaves.hash,
-        &leaves.at,
-        &back,
-    ];
+    let leaf_params: [&(dyn ToSql + Sync); 5] =
+        [&leaves.tenant, &leaves.job, &leaves.hash, &leaves.at, &back];
 
     // Round trip 2: all writes (and a finished job's leaf), then COMMIT.
     let write_params: [&(dyn ToSql + Sync); 22] = [

@@ -110,12 +110,21 @@ pub(super) fn backfill_once(tx: &WriteTransaction) -> Result<()> {
                     .try_into()
                     .map_err(|_| StoreError::Corrupt("job key".into()))?,
             );
-            if !row.status.is_terminal() || by_job.get(id.as_bytes().as_slice()).map_err(db_err)?.is_some() {
+            if !row.status.is_terminal()
+                || by_job
+                    .get(id.as_bytes().as_slice())
+                    .map_err(db_err)?
+                    .is_some()
+            {
                 continue;
             }
             let leaf = NewLeaf {
                 job_id: id,
-                leaf_hash: aetheris_proof::checkpoint::job_leaf_hash(id, row.last_seq, &row.last_hash),
+                leaf_hash: aetheris_proof::checkpoint::job_leaf_hash(
+                    id,
+                    row.last_seq,
+                    &row.last_hash,
+                ),
                 appended_at_ms: row.updated_at_ms,
             };
             finished.push((row.tenant, row.updated_at_ms, id, leaf));
@@ -210,5 +219,89 @@ impl TransparencyLog for RedbStore {
         let tenant = super::scope_tenant(scope);
         self.read(move |db| read_job_leaf(db, tenant.as_deref(), id))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Append, JobLog, Leases, NewJob};
+    use ::redb::TableHandle;
+    use aetheris_runtime::EventBody;
+    use serde_json::json;
+
+    /// A store file written before transparency logs existed gets, on open, the leaves
+    /// its finished jobs would have got (the same ones a live append writes), and later
+    /// finishing jobs continue the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_without_logs_is_backfilled_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let plan: aetheris_runtime::Plan =
+            serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo"}]})).unwrap();
+        let job = |t: &str| NewJob {
+            tenant: t.into(),
+            idempotency_key: None,
+            plan: plan.clone(),
+            input: json!({}),
+        };
+        let finish = |l: &crate::Lease| Append {
+            job_id: l.job_id,
+            token: l.token,
+            expected_last_seq: 1,
+            events: vec![EventBody::JobSucceeded { output: json!(1) }],
+        };
+        let (acme, globex) = {
+            let store = RedbStore::open(&path).unwrap();
+            for t in ["acme", "acme", "globex", "acme"] {
+                store.submit(job(t), None).await.unwrap();
+            }
+            let leases = store.claim("w", 60_000, 10).await.unwrap();
+            for l in leases.iter().take(3) {
+                store.append(finish(l)).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+            store
+                .release("w", &[(leases[3].job_id, leases[3].token)])
+                .await
+                .unwrap();
+            (
+                store.log_leaves("acme", None).await.unwrap(),
+                store.log_leaves("globex", None).await.unwrap(),
+            )
+        };
+        assert_eq!(acme.len() + globex.len(), 3);
+        // The file as an earlier version left it: no log tables, no marker.
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.delete_table(TLOG).unwrap();
+            tx.delete_table(TLOG_JOBS).unwrap();
+            tx.open_table(META).unwrap().remove(BACKFILLED).unwrap();
+            tx.commit().unwrap();
+            let tx = db.begin_read().unwrap();
+            let names: Vec<String> = tx
+                .list_tables()
+                .unwrap()
+                .map(|t| t.name().to_string())
+                .collect();
+            assert!(!names.contains(&"transparency_leaves".to_string()));
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.log_leaves("acme", None).await.unwrap(), acme);
+        assert_eq!(store.log_leaves("globex", None).await.unwrap(), globex);
+        // Reopening does not append them again; the next finished job continues the log.
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        let l = store.claim("w2", 60_000, 10).await.unwrap();
+        store.append(finish(&l[0])).await.unwrap();
+        let after = store.log_leaves(&l[0].tenant, None).await.unwrap();
+        let before = if l[0].tenant == "acme" {
+            &acme
+        } else {
+            &globex
+        };
+        assert_eq!(after.len(), before.len() + 1);
+        assert_eq!(after[before.len()].job_id, l[0].job_id);
     }
 }
