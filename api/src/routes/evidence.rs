@@ -116,6 +116,8 @@ pub struct ConsistencyQuery {
 /// An RFC 9162 consistency proof between two sizes of the tenant's log.
 #[derive(Serialize, JsonSchema)]
 pub struct ConsistencyView {
+    /// The log the proof is of: `aetheris/tenant/<tenant>`, a checkpoint's first line.
+    pub origin: String,
     pub old_size: u64,
     pub new_size: u64,
     /// Lower-case hex SHA-256 hashes, in the RFC's order.
@@ -264,6 +266,7 @@ async fn consistency(
         .map_err(|e| ApiError::Internal(format!("proving consistency: {e}")))?
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(HttpResponse::Ok().json(ConsistencyView {
+        origin: aetheris_proof::checkpoint::origin_for(&p.tenant),
         old_size: proof.old_size,
         new_size: proof.new_size,
         proof: proof.proof,
