@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod cancel;
 mod crash;
+mod evidence;
 mod fairness;
 mod fencing;
 mod hostile;

@@ -257,7 +257,8 @@ async fn consistency(
     let log = TenantLog::read(st.store.as_ref(), &p.tenant).await?;
     if new > log.size() {
         return Err(ApiError::BadRequest(format!(
-            "the log has {} leaves; new ({new}) must not be larger",
+            "the log {} has {} leaves; new ({new}) must not be larger",
+            aetheris_proof::checkpoint::origin_for(&p.tenant),
             log.size()
         )));
     }
