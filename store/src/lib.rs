@@ -1,12 +1,13 @@
 //! aetheris-store: the storage contract of Aetheris and its backends.
 //!
 //! The contract is one small trait per concern (`contract`: [`JobLog`], [`Leases`],
-//! [`Commands`], [`Tenants`], [`Users`], [`Audit`], [`Presence`]) and [`Store`], all of
-//! them; it is the only way the rest of the system touches durable state. Two backends
-//! implement it with one file per concern: PostgreSQL ([`pg`], production, many processes)
-//! and redb ([`redb`], embedded, one process). Both plan every append with the one planner
-//! of the pure core (`aetheris_runtime::plan_append`), and both pass one conformance suite
-//! (`testing::conformance`, behind the `test-util` feature), so they cannot drift apart.
+//! [`Commands`], [`Tenants`], [`Users`], [`Audit`], [`Presence`], [`TransparencyLog`])
+//! and [`Store`], all of them; it is the only way the rest of the system touches durable
+//! state. Two backends implement it with one file per concern: PostgreSQL ([`pg`],
+//! production, many processes) and redb ([`redb`], embedded, one process). Both plan every
+//! append with the one planner of the pure core (`aetheris_runtime::plan_append`), and
+//! both pass one conformance suite (`testing::conformance`, behind the `test-util`
+//! feature), so they cannot drift apart.
 //! The invariants every backend keeps are listed in `contract`.
 //!
 //! Also here: the data the contract speaks in (`model`), its one error enum (`error`), the
