@@ -97,7 +97,9 @@ pub struct ExportQuery {
     /// Redact these payloads (repeat the parameter): `input`, `output`,
     /// `steps.<id>.output` or `signals.<name>.payload`, `*` for any id or name. A path
     /// that matches nothing in the job is a 400.
-    #[schemars(inner(regex(pattern = r"^(input|output|steps\.[^.]+\.output|signals\.[^.]+\.payload)$")))]
+    #[schemars(inner(regex(
+        pattern = r"^(input|output|steps\.[^.]+\.output|signals\.[^.]+\.payload)$"
+    )))]
     pub redact: Option<Vec<String>>,
 }
 
