@@ -188,6 +188,26 @@ impl Api {
         Ok((status, body))
     }
 
+    /// Sends `req` and returns the answer's bytes as they are (a zip, a signed note); a
+    /// `4xx`/`5xx` answer becomes one line from its problem+json.
+    pub async fn send_bytes(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, String> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach server {}: {}", self.base, cause(&e)))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("reading the answer of {}: {}", self.base, cause(&e)))?;
+        if status >= 400 {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            return Err(self.problem(status, &body));
+        }
+        Ok(bytes.to_vec())
+    }
+
     /// One line for an error answer: status, title, detail, and on `401` where the token
     /// came from.
     fn problem(&self, status: u16, body: &Value) -> String {

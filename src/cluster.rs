@@ -219,12 +219,18 @@ pub fn server(
     limits: Option<std::path::PathBuf>,
     auth: AuthArgs,
     gateway: GatewayArgs,
+    evidence: crate::evidence::KeyArgs,
 ) -> Result<ExitCode, String> {
     let auth = auth.load()?;
+    let evidence_key = match &evidence.evidence_signing_key_file {
+        Some(p) => Some(crate::evidence::load_signing_key(p)?),
+        None => None,
+    };
     let mut cfg = NodeConfig {
         bind: bind.clone(),
         run_worker: false,
         auth,
+        evidence_key,
         ..NodeConfig::default()
     };
     gateway.validate()?;
@@ -243,6 +249,12 @@ pub fn server(
             .await
             .map_err(|e| e.to_string())?;
         println!("aetheris server: listening on http://{}", node.addr);
+        if evidence.evidence_signing_key_file.is_none() {
+            eprintln!(
+                "aetheris server: no --evidence-signing-key-file: evidence export and \
+                 checkpoints answer 503 (see docs/evidence.md)"
+            );
+        }
         let task = actix_rt::spawn(running);
         crate::dev::wait_for_signal().await;
         node.shutdown(Duration::from_secs(1)).await;

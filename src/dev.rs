@@ -1,4 +1,5 @@
-//! `aetheris dev`: gateway + worker in one process on the embedded redb store. With
+//! `aetheris dev`: gateway + worker in one process on the embedded redb store, signing
+//! evidence packages with `<data-dir>/evidence.key` (made on first start). With
 //! `--run FILE` it also submits that job, prints its trace when it finishes, and exits
 //! (0 if it succeeded): the README's first command. Start-up checks everything it can —
 //! job file, limits file, listen address, data dir — before opening the store or
@@ -49,6 +50,8 @@ pub struct DevArgs {
     pub insecure_no_auth: bool,
     #[command(flatten)]
     pub gateway: crate::cluster::GatewayArgs,
+    #[command(flatten)]
+    pub evidence: crate::evidence::KeyArgs,
 }
 
 /// On first start, creates `<data-dir>/auth.key` (an HS256 secret); on every start issues
@@ -143,6 +146,8 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         let (a, t) = dev_auth(&args.data_dir)?;
         (Some(a), Some(t))
     };
+    let (evidence_key, evidence_pub) =
+        crate::evidence::dev_signing_key(&args.evidence, &args.data_dir)?;
     crate::startup::run_system(async move {
         // The PostgreSQL pool must live on this long-lived system (a pool dies with the
         // runtime that created it).
@@ -182,6 +187,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             bind: args.bind.clone(),
             worker,
             auth,
+            evidence_key: Some(evidence_key),
             ..NodeConfig::default()
         };
         args.gateway.apply(&mut cfg);
@@ -195,6 +201,14 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
                 "aetheris dev: admin token for tenant \"default\" in {} (the CLI uses it; for curl: -H \"Authorization: Bearer $(cat {})\")",
                 args.data_dir.join("token").display(),
                 args.data_dir.join("token").display()
+            );
+        }
+        if let Some(p) = &evidence_pub {
+            println!(
+                "aetheris dev: evidence packages are signed by {}; verify them with \
+                 --public-key {}",
+                args.data_dir.join("evidence.key").display(),
+                p.display()
             );
         }
         let server_task = actix_rt::spawn(running);

@@ -1,12 +1,13 @@
 //! The `aetheris` command: CLI parsing and wiring only. `dev` runs gateway and worker in
 //! one process on the embedded store; `job …` and `tenant …` are HTTP clients of a running
-//! server. Every failure — bad arguments included — prints one `error: …` line on stderr
+//! server; `evidence verify` checks a package offline. Every failure — bad arguments included — prints one `error: …` line on stderr
 //! and exits non-zero (G8); every flag and argument has a help line (a test checks).
 
 mod admin;
 mod client;
 mod cluster;
 mod dev;
+mod evidence;
 mod startup;
 mod tenant;
 mod token;
@@ -45,6 +46,8 @@ enum Command {
         auth: cluster::AuthArgs,
         #[command(flatten)]
         gateway: cluster::GatewayArgs,
+        #[command(flatten)]
+        evidence: evidence::KeyArgs,
     },
     /// Make keys and issue tokens for clients (docs/auth.md).
     Token {
@@ -97,6 +100,12 @@ enum Command {
         conn: ServerConn,
         #[command(subcommand)]
         command: admin::AuditCommand,
+    },
+    /// Evidence packages and transparency checkpoints (docs/evidence.md): make a signing
+    /// key, export a job's signed package, verify one offline, keep and check checkpoints.
+    Evidence {
+        #[command(subcommand)]
+        command: evidence::EvidenceCommand,
     },
 }
 
@@ -297,7 +306,8 @@ fn main() -> ExitCode {
             limits,
             auth,
             gateway,
-        } => cluster::server(db, bind, limits, auth, gateway),
+            evidence,
+        } => cluster::server(db, bind, limits, auth, gateway, evidence),
         Command::Token {
             command: TokenCommand::Issue(a),
         } => token::issue(a),
@@ -316,6 +326,7 @@ fn main() -> ExitCode {
         Command::Audit { conn, command } => {
             admin::audit(&conn.server, conn.token.as_deref(), command)
         }
+        Command::Evidence { command } => evidence::run(command),
     };
     match result {
         Ok(code) => code,

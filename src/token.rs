@@ -161,7 +161,7 @@ pub fn keygen(a: KeygenArgs) -> Result<ExitCode, String> {
 }
 
 /// Creates `p` readable by its owner only (a signing key), failing if it exists.
-fn write_private(p: &std::path::Path, text: &str) -> Result<(), String> {
+pub(crate) fn write_private(p: &std::path::Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     pub run_worker: bool,
     /// Bearer-token authentication; `None` = none (dev and tests only).
     pub auth: Option<crate::auth::AuthConfig>,
+    /// The key evidence packages and checkpoints are signed with; `None`: the evidence
+    /// export and checkpoint routes answer 503, everything else works.
+    pub evidence_key: Option<Arc<aetheris_proof::SigningKey>>,
 }
 
 impl Default for NodeConfig {
@@ -45,6 +48,7 @@ impl Default for NodeConfig {
             connections: ConnectionLimits::default(),
             run_worker: true,
             auth: None,
+            evidence_key: None,
         }
     }
 }
@@ -100,6 +104,7 @@ pub async fn start_node(
         validation: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
+        evidence_key: cfg.evidence_key,
     });
     // Bind first: a node that cannot listen must fail before any actor or task exists
     // (an actor started and then dropped with its system panics outside a runtime).

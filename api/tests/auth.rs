@@ -893,6 +893,26 @@ fn routes_map_to_the_specified_permissions() {
             RouteAccess::Requires(TenantAdmin),
         ),
         ("GET", "/metrics", RouteAccess::Requires(SystemRead)),
+        (
+            "GET",
+            "/v1/jobs/x/evidence",
+            RouteAccess::Requires(EvidenceExport),
+        ),
+        (
+            "GET",
+            "/v1/evidence/checkpoint",
+            RouteAccess::Requires(EvidenceExport),
+        ),
+        (
+            "GET",
+            "/v1/evidence/consistency",
+            RouteAccess::Requires(EvidenceExport),
+        ),
+        (
+            "PUT",
+            "/v1/tenants/acme/evidence-policy",
+            RouteAccess::Requires(TenantAdmin),
+        ),
         ("GET", "/healthz", RouteAccess::Public),
         ("GET", "/readyz", RouteAccess::Public),
         ("get", "/healthz", RouteAccess::Public),
@@ -902,8 +922,8 @@ fn routes_map_to_the_specified_permissions() {
         ("POST", "/v1/jobs/x/signals/", RouteAccess::Unknown),
         ("GET", "/v1/jobs/x/y/z", RouteAccess::Unknown),
         ("GET", "/v1/nope", RouteAccess::Unknown),
-        // Not built yet: docs and tables list only what exists.
-        ("GET", "/v1/jobs/x/evidence", RouteAccess::Unknown),
+        ("POST", "/v1/jobs/x/evidence", RouteAccess::Unknown),
+        ("GET", "/v1/evidence", RouteAccess::Unknown),
     ];
     for (m, p, want) in cases {
         assert_eq!(route_access(m, p), want, "{m} {p}");

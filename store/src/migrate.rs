@@ -70,6 +70,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_default_tenant.sql",
         sql: include_str!("../../migrations/0009_default_tenant.sql"),
     },
+    Migration {
+        name: "0010_transparency.sql",
+        sql: include_str!("../../migrations/0010_transparency.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

@@ -259,3 +259,27 @@ impl ProcessKind {
         }
     }
 }
+
+/// One leaf of a tenant's transparency log: the job that finished, the RFC 9162 leaf hash
+/// of its id, last seq and chain head (`aetheris_proof::checkpoint::job_leaf_hash`), and
+/// the store time of its terminal event. Leaves are numbered 0, 1, 2, … per tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLeaf {
+    pub index: u64,
+    pub job_id: JobId,
+    pub leaf_hash: [u8; 32],
+    pub appended_at_ms: i64,
+}
+
+/// One rule of a tenant's evidence redaction policy: a redaction path
+/// (`input`, `output`, `steps.<id>.output`, `signals.<name>.payload`, `*` for any id or
+/// name) and why, applied to every export of the tenant's jobs. Stored as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// What to redact: `input`, `output`, `steps.<id>.output` or `signals.<name>.payload`
+    /// (`*` for any step id or signal name).
+    pub path: String,
+    /// Why, listed in the manifest with each redaction (1-256 bytes).
+    pub reason: String,
+}

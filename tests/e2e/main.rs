@@ -8,6 +8,7 @@ mod auth;
 mod bench;
 mod cancel;
 mod crash;
+mod evidence;
 mod fairness;
 mod fencing;
 mod hostile;

@@ -100,6 +100,27 @@ impl TestNode {
         )
     }
 
+    /// A node on the embedded store or (`pg`) a fresh PostgreSQL database, with `auth`,
+    /// whose configuration `tune` adjusts (e.g. an evidence signing key).
+    pub fn start_configured(
+        pg: bool,
+        register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
+        worker: WorkerConfig,
+        auth: Option<aetheris_api::auth::AuthConfig>,
+        tune: impl FnOnce(&mut NodeConfig) + Send + 'static,
+    ) -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, url) = if pg {
+            let url = rt().block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
+            (None, Some(url))
+        } else {
+            let store: DynStore =
+                Arc::new(RedbStore::open(&dir.path().join("aetheris.redb")).expect("open store"));
+            (Some(store), None)
+        };
+        Self::start_on_auth(store, url, dir, register, worker, auth, Box::new(tune))
+    }
+
     fn start_on(
         store: Option<DynStore>,
         pg_url: Option<String>,

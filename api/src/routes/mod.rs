@@ -4,7 +4,8 @@
 //! the route table of docs/auth.md ([`render_route_table`]) and the OpenAPI document
 //! (`openapi.rs`). A permission is therefore written once and is the one enforced.
 //!
-//! Handlers live one file per resource (jobs, commands, tenants, users, audit, ops). They
+//! Handlers live one file per resource (jobs, commands, evidence, tenants, users, audit,
+//! ops). They
 //! parse and validate fully before touching the store, scope every store call by the
 //! caller's tenant (G6), and answer errors as problem+json. Every mutating call hands the
 //! store an `AuditEntry` written in the same transaction as the change; a refused
@@ -14,6 +15,7 @@
 
 pub mod audit;
 pub mod commands;
+pub mod evidence;
 pub mod jobs;
 pub mod ops;
 pub mod tenants;
@@ -54,6 +56,9 @@ pub struct AppState {
     pub validation: Arc<tokio::sync::Semaphore>,
     /// This node's OpenAPI document (its tools are part of it), built once at start.
     pub openapi: web::Bytes,
+    /// The key evidence packages and checkpoints are signed with (`None`: those routes
+    /// answer 503).
+    pub evidence_key: Option<Arc<aetheris_proof::SigningKey>>,
 }
 
 /// The tool catalog of a node, as plan validation sees it.
@@ -302,12 +307,17 @@ pub static ROUTES: &[RouteSpec] = &[
     jobs::GET,
     jobs::EVENTS,
     jobs::LEDGER,
+    evidence::EXPORT,
     commands::CANCEL,
     commands::SIGNAL,
     commands::CONFIRM,
     tenants::LIST,
     tenants::CREATE,
     tenants::SET_LIMITS,
+    evidence::GET_POLICY,
+    evidence::SET_POLICY,
+    evidence::CHECKPOINT,
+    evidence::CONSISTENCY,
     users::LIST,
     users::PUT,
     audit::LIST,

@@ -1,7 +1,8 @@
 //! The storage contract, one small trait per concern (restate's storage-api idea):
 //! [`JobLog`] (jobs, events, snapshots, the ledger), [`Leases`] (claims, heartbeats, timers,
 //! the store clock), [`Commands`], [`Tenants`], [`Users`] (with the per-request access
-//! lookup), [`Audit`] and [`Presence`] (live processes). [`Store`] is all of them, with a
+//! lookup), [`Audit`], [`Presence`] (live processes) and [`TransparencyLog`] (each
+//! tenant's log of finished jobs). [`Store`] is all of them, with a
 //! blanket impl, so `DynStore = Arc<dyn Store>` serves callers that need several.
 //!
 //! Every backend keeps the same invariants, proven by the conformance suite
@@ -11,7 +12,10 @@
 //! - G3: every append, ledger change and snapshot write for a job is conditional on the
 //!   job's current fencing token in the same transaction; stale tokens get `Fenced`;
 //! - idempotent submission by (tenant, idempotency_key);
-//! - leases: a claim bumps the fencing token; time is the store's clock, never a worker's.
+//! - leases: a claim bumps the fencing token; time is the store's clock, never a worker's;
+//! - a job's terminal event and its transparency leaf commit together, the leaf derived
+//!   from the planned append by `crate::transparency::leaf_of` (one rule for every
+//!   backend); a tenant's leaf indexes are 0..n without gaps or repeats.
 //!
 //! Reads that serve a tenant take a `Scope`, so tenant isolation is enforced here and not
 //! only in handlers.
@@ -22,6 +26,7 @@ mod jobs;
 mod leases;
 mod presence;
 mod tenants;
+mod transparency;
 mod users;
 
 pub use audit::Audit;
@@ -30,18 +35,39 @@ pub use jobs::JobLog;
 pub use leases::Leases;
 pub use presence::Presence;
 pub use tenants::Tenants;
+pub use transparency::TransparencyLog;
 pub use users::Users;
 
 use std::sync::Arc;
 
 /// Every concern of the store: what a backend implements and what `DynStore` holds.
 pub trait Store:
-    JobLog + Leases + Commands + Tenants + Users + Audit + Presence + Send + Sync + 'static
+    JobLog
+    + Leases
+    + Commands
+    + Tenants
+    + Users
+    + Audit
+    + Presence
+    + TransparencyLog
+    + Send
+    + Sync
+    + 'static
 {
 }
 
 impl<T> Store for T where
-    T: JobLog + Leases + Commands + Tenants + Users + Audit + Presence + Send + Sync + 'static
+    T: JobLog
+        + Leases
+        + Commands
+        + Tenants
+        + Users
+        + Audit
+        + Presence
+        + TransparencyLog
+        + Send
+        + Sync
+        + 'static
 {
 }
 

@@ -1,6 +1,7 @@
-//! Tenants as data: id, display name and rate limits (applied without restart).
+//! Tenants as data: id, display name, rate limits (applied without restart) and the
+//! redaction policy of their evidence exports.
 
-use crate::{AuditEntry, Result, Tenant};
+use crate::{AuditEntry, PolicyRule, Result, Tenant};
 use async_trait::async_trait;
 
 #[async_trait]
@@ -26,4 +27,17 @@ pub trait Tenants: Send + Sync {
         limits: serde_json::Value,
         audit: Option<&AuditEntry>,
     ) -> Result<Tenant>;
+
+    /// The tenant's evidence redaction policy (empty for a tenant without one, or without
+    /// a row).
+    async fn evidence_policy(&self, id: &str) -> Result<Vec<PolicyRule>>;
+
+    /// Replaces the tenant's evidence redaction policy (the caller has checked its paths),
+    /// with `audit` in the same transaction; `NotFound` if the tenant does not exist.
+    async fn set_evidence_policy(
+        &self,
+        id: &str,
+        rules: Vec<PolicyRule>,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Vec<PolicyRule>>;
 }

@@ -9,6 +9,10 @@
 //!   never deadlock) + ledger read pipelined, then one multi-row `UNNEST` statement writing
 //!   events, ledger rows and job rows (fenced again by token) with COMMIT pipelined behind
 //!   it. A connection never returns to the pool with a transaction open (`TxConn`).
+//! - An append that finishes a job adds its tenant's transparency leaf in the same
+//!   transaction (`crate::transparency::leaf_of`; `APPEND_LEAVES_SQL`, pipelined between
+//!   the write and the COMMIT, only when the batch finishes a job): each tenant's indexes
+//!   are gap-free and unique across concurrent transactions and processes.
 //! - Group commit: single `append`s from concurrent jobs share one transaction and one WAL
 //!   flush, tenants in turn; a batch that certainly wrote nothing when it failed is retried
 //!   one append at a time, so one append the server refuses cannot fail the others.
@@ -17,6 +21,7 @@ use super::batch::{self, next_fair_batch, FairChannel, TxFailed};
 use super::conn::{error, Conn};
 use super::rows::{col, hash32, parse_effect, parse_ledger_status, parse_status, to_i64, to_u64};
 use crate::fair::{FairQueue, JobTenants};
+use crate::transparency::{leaf_of, NewLeaf};
 use crate::{append_refused, Append, Result, StoreError};
 use aetheris_runtime::{plan_append, JobHead, LedgerRow, RecordedEvent, TimerChange};
 use deadpool_postgres::Pool;
@@ -31,7 +36,7 @@ use uuid::Uuid;
 const LOCK_JOBS_SQL: &str = concat!(
     "SELECT job_id, status, last_seq, last_hash, token, updated_at, ",
     now_ms!(),
-    " FROM jobs WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE"
+    ", tenant FROM jobs WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE"
 );
 
 const LEDGER_FOR_JOBS_SQL: &str = "SELECT job_id, step, invocation_key, attempt, effect, status, \
@@ -67,6 +72,27 @@ WITH ev AS (
     RETURNING 1
 )
 SELECT 1 / (CASE WHEN (SELECT count(*) FROM upd) = cardinality($15::uuid[]) THEN 1 ELSE 0 END)";
+
+/// The transparency leaves of the jobs a batch finishes (`crate::transparency::leaf_of`):
+/// each tenant's head row takes the batch's count of its leaves (`INSERT … ON CONFLICT DO
+/// UPDATE`, in tenant order, so two transactions never wait for each other's heads in a
+/// cycle), and the leaves take the indexes just below the new size (`back` = how many of
+/// the tenant's leaves in this batch come from this one on). The head row stays locked
+/// until commit, so a tenant's indexes are gap-free and unique across transactions and
+/// processes, and commit in index order. Run only by batches that finish a job.
+const APPEND_LEAVES_SQL: &str = "\
+WITH n AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::bigint[], $5::bigint[])
+        AS n(tenant, job_id, leaf_hash, appended_at, back)
+), heads AS (
+    INSERT INTO transparency_heads AS h (tenant, size)
+    SELECT tenant, count(*) FROM n GROUP BY tenant ORDER BY tenant COLLATE \"C\"
+    ON CONFLICT (tenant) DO UPDATE SET size = h.size + EXCLUDED.size
+    RETURNING h.tenant, h.size
+)
+INSERT INTO transparency_leaves (tenant, idx, job_id, leaf_hash, appended_at)
+SELECT n.tenant, heads.size - n.back, n.job_id, n.leaf_hash, n.appended_at
+FROM n JOIN heads ON heads.tenant = n.tenant";
 
 /// Transaction control as prepared statements, so they pipeline with the statements of
 /// the transaction (one round trip for BEGIN + lock + ledger read, one for write + COMMIT).
@@ -113,6 +139,7 @@ pub(super) async fn append_one(
 
 /// A locked job row as the batch sees it, including earlier appends of the same batch.
 struct JobMem {
+    tenant: String,
     head: JobHead,
     dirty: bool,
     /// What this batch's appends do to the job's timer, in order.
@@ -131,21 +158,60 @@ struct EventCols {
     hash: Vec<Vec<u8>>,
 }
 
+/// The leaves of the jobs a batch finishes, column by column, each with its tenant.
+#[derive(Default)]
+struct LeafCols {
+    tenant: Vec<String>,
+    job: Vec<Uuid>,
+    hash: Vec<Vec<u8>>,
+    at: Vec<i64>,
+}
+
+impl LeafCols {
+    fn push(&mut self, tenant: &str, leaf: NewLeaf) {
+        self.tenant.push(tenant.to_string());
+        self.job.push(leaf.job_id.0);
+        self.hash.push(leaf.leaf_hash.to_vec());
+        self.at.push(leaf.appended_at_ms);
+    }
+
+    /// For each leaf, how many leaves of its tenant in this batch come from it on (the
+    /// statement's `back`: its index is the tenant's new size minus that).
+    fn back(&self) -> Vec<i64> {
+        let mut left: HashMap<&str, i64> = HashMap::new();
+        for t in &self.tenant {
+            *left.entry(t.as_str()).or_default() += 1;
+        }
+        self.tenant
+            .iter()
+            .map(|t| {
+                let n = left.entry(t.as_str()).or_default();
+                let back = *n;
+                *n -= 1;
+                back
+            })
+            .collect()
+    }
+}
+
 /// Plans one append (`aetheris_runtime::plan_append`) against the batch's view of the
-/// locked rows; on success updates the view and the write buffers and returns the recorded
-/// events. On failure nothing is changed.
+/// locked rows; on success updates the view and the write buffers (with the job's
+/// transparency leaf if the append finishes it) and returns the recorded events. On
+/// failure nothing is changed.
 fn plan_one(
     a: Append,
     jobs: &mut HashMap<Uuid, JobMem>,
     ledger: &mut HashMap<(Uuid, String), LedgerRow>,
     dirty_ledger: &mut BTreeMap<(Uuid, String), LedgerRow>,
     events: &mut EventCols,
+    leaves: &mut LeafCols,
     db_now: i64,
 ) -> Result<Vec<RecordedEvent>> {
     let id = a.job_id;
     let job = jobs.get_mut(&id.0).ok_or(StoreError::job_not_found(id))?;
     let lookup = |step: &str| Ok::<_, Infallible>(ledger.get(&(id.0, step.to_string())).cloned());
     let planned = plan_append(&job.head, a, db_now, lookup).map_err(|e| append_refused(id, e))?;
+    let leaf = leaf_of(id, &job.head, &planned);
     for (step, row) in planned.ledger {
         let k = (id.0, step);
         ledger.insert(k.clone(), row.clone());
@@ -159,6 +225,9 @@ fn plan_one(
         events.payload.push(payload);
         events.prev.push(e.prev_hash.to_vec());
         events.hash.push(e.hash.to_vec());
+    }
+    if let Some(leaf) = leaf {
+        leaves.push(&job.tenant, leaf);
     }
     job.head = planned.head;
     job.timer = job.timer.then(planned.timer);
@@ -255,6 +324,7 @@ async fn append_tx(
         jobs.insert(
             col::<Uuid>(r, 0)?,
             JobMem {
+                tenant: col(r, 7)?,
                 head: JobHead {
                     status: parse_status(col(r, 1)?)?,
                     last_seq: to_u64(col(r, 2)?, "last_seq")?,
@@ -286,6 +356,7 @@ async fn append_tx(
 
     let mut dirty_ledger = BTreeMap::new();
     let mut events = EventCols::default();
+    let mut leaves = LeafCols::default();
     let results: Vec<Result<Vec<RecordedEvent>>> = batch
         .into_iter()
         .map(|a| {
@@ -295,6 +366,7 @@ async fn append_tx(
                 &mut ledger,
                 &mut dirty_ledger,
                 &mut events,
+                &mut leaves,
                 db_now,
             )
         })
@@ -332,7 +404,26 @@ async fn append_tx(
         led.6.push(l.updated_at_ms);
     }
 
-    // Round trip 2: all writes, then COMMIT.
+    // Prepared before round trip 2 (cached after a connection's first use), so that the
+    // leaves statement is certainly sent between the write and the COMMIT.
+    let leaves_st = if leaves.job.is_empty() {
+        None
+    } else {
+        Some(
+            c.prepare_cached(APPEND_LEAVES_SQL)
+                .await
+                // Nothing was written yet: the batch can be retried.
+                .map_err(|e| TxFailed {
+                    unwritten: true,
+                    error: error(e, Some(pool)),
+                })?,
+        )
+    };
+    let back = leaves.back();
+    let leaf_params: [&(dyn ToSql + Sync); 5] =
+        [&leaves.tenant, &leaves.job, &leaves.hash, &leaves.at, &back];
+
+    // Round trip 2: all writes (and a finished job's leaf), then COMMIT.
     let write_params: [&(dyn ToSql + Sync); 22] = [
         &events.job,
         &events.seq,
@@ -359,6 +450,12 @@ async fn append_tx(
     ];
     let written = tokio::try_join!(
         c.query_one(&write_st, &write_params),
+        async {
+            match &leaves_st {
+                Some(st) => c.execute(st, &leaf_params).await,
+                None => Ok(0),
+            }
+        },
         c.execute(&commit, &[])
     );
     match written {

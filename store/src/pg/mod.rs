@@ -51,8 +51,9 @@
 //! Layout: one file per concern — `conn` (the only pool checkout and error mapper), `rows`
 //! (row decoding), `listen` (LISTEN/NOTIFY), `clock` (the database clock and job ids),
 //! `jobs`, `append` (the append transaction and group commit), `submit` (group submit),
-//! `batch` (the batchers' fair queue), `leases`, `commands`, `tenants`, `users`, `audit`,
-//! `presence`.
+//! `batch` (the batchers' fair queue), `leases`, `commands`, `tenants` (with evidence
+//! policies), `users`, `audit`, `presence`, `transparency` (each tenant's log of finished
+//! jobs).
 
 use crate::fair::JobTenants;
 use crate::{Result, StoreError};
@@ -113,6 +114,7 @@ mod presence;
 mod rows;
 mod submit;
 mod tenants;
+mod transparency;
 mod users;
 
 pub use append::AppendStats;

@@ -1,10 +1,11 @@
 //! Tenants on PostgreSQL (`migrations/0004_tenants.sql`): id, display name, limits as
-//! JSON text, created time from the database clock. A change and its audit row are one
+//! JSON text, created time from the database clock, and the evidence redaction policy as
+//! JSON text (`migrations/0010_transparency.sql`). A change and its audit row are one
 //! statement.
 
 use super::conn::Conn;
 use super::PgStore;
-use crate::{AuditEntry, Result, StoreError, Tenant, Tenants};
+use crate::{AuditEntry, PolicyRule, Result, StoreError, Tenant, Tenants};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 
@@ -107,6 +108,56 @@ async fn set_limits(
     }
 }
 
+fn policy(text: &str) -> Result<Vec<PolicyRule>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("evidence policy: {e}")))
+}
+
+async fn get_policy(pool: &Pool, id: &str) -> Result<Vec<PolicyRule>> {
+    let c = Conn::get(pool).await?;
+    let row = c
+        .cached_query_opt("SELECT evidence_policy FROM tenants WHERE id = $1", &[&id])
+        .await?;
+    match row {
+        Some(r) => policy(
+            r.try_get(0)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        ),
+        None => Ok(Vec::new()),
+    }
+}
+
+async fn set_policy(
+    pool: &Pool,
+    id: &str,
+    rules: Vec<PolicyRule>,
+    audit: Option<&AuditEntry>,
+) -> Result<Vec<PolicyRule>> {
+    let c = Conn::get(pool).await?;
+    let cols = super::audit::COLUMNS;
+    let sql = format!(
+        "WITH t AS (UPDATE tenants SET evidence_policy = $2 WHERE id = $1 \
+                    RETURNING evidence_policy), \
+         a AS (INSERT INTO access_audit_log ({cols}) \
+               SELECT floor(extract(epoch FROM now()) * 1000)::bigint, $3, $4, $5, $6, $7 \
+               FROM t WHERE $3::text IS NOT NULL) \
+         SELECT evidence_policy FROM t"
+    );
+    let text =
+        serde_json::to_string(&rules).map_err(|e| StoreError::unencodable("evidence policy", e))?;
+    let [a1, a2, a3, a4, a5] = super::audit::nullable_params(audit);
+    let rows = c
+        .query(&sql, &[&id, &text, &a1, &a2, &a3, &a4, &a5])
+        .await
+        .map_err(|e| c.err(e))?;
+    match rows.first() {
+        Some(r) => policy(
+            r.try_get(0)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        ),
+        None => Err(StoreError::tenant_not_found(id)),
+    }
+}
+
 #[async_trait]
 impl Tenants for PgStore {
     async fn create_tenant(
@@ -134,5 +185,18 @@ impl Tenants for PgStore {
         audit: Option<&AuditEntry>,
     ) -> Result<Tenant> {
         set_limits(&self.pool, id, limits, audit).await
+    }
+
+    async fn evidence_policy(&self, id: &str) -> Result<Vec<PolicyRule>> {
+        get_policy(&self.pool, id).await
+    }
+
+    async fn set_evidence_policy(
+        &self,
+        id: &str,
+        rules: Vec<PolicyRule>,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Vec<PolicyRule>> {
+        set_policy(&self.pool, id, rules, audit).await
     }
 }

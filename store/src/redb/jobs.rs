@@ -1,6 +1,6 @@
 //! The job log on the embedded store: submissions, appends (planned by
-//! `aetheris_runtime::plan_append`, then written), snapshots and the reads of jobs, events
-//! and the ledger. Writes run on the writer thread (`writer`), reads on the blocking pool,
+//! `aetheris_runtime::plan_append`, then written, with the transparency leaf of a job they
+//! finish), snapshots and the reads of jobs, events and the ledger. Writes run on the writer thread (`writer`), reads on the blocking pool,
 //! each in one redb transaction; scoped reads answer `NotFound` for another tenant's job.
 
 use super::commands::read_commands;
@@ -9,6 +9,7 @@ use super::tables::{
     dec, decode_event, enc, encode_event, fenced_row, idem_key, ledger_key, load_row, read_row,
     save_row, seq_key, summary, JobRow, EVENTS, IDEMPOTENCY, JOBS, LEDGER, SNAPSHOTS,
 };
+use super::transparency::{next_index, put_leaf};
 use super::writer::WriteOp;
 use super::{db_err, scope_tenant, RedbStore};
 use crate::{
@@ -177,6 +178,12 @@ pub(super) fn append_in(tx: &WriteTransaction, a: Append, now: i64) -> Result<Ve
         };
         plan_append(&head, a, now, lookup).map_err(|e| append_refused(job, e))?
     };
+    // The finishing append's leaf, with its index read before anything is written (a
+    // refused operation must leave nothing in the shared transaction).
+    let leaf = match crate::transparency::leaf_of(job, &head, &planned) {
+        Some(leaf) => Some((next_index(tx, &row.tenant)?, leaf)),
+        None => None,
+    };
     {
         let mut et = tx.open_table(EVENTS).map_err(db_err)?;
         for (ev, payload) in planned.events.iter().zip(&planned.payloads) {
@@ -204,6 +211,9 @@ pub(super) fn append_in(tx: &WriteTransaction, a: Append, now: i64) -> Result<Ve
     row.last_hash = planned.head.last_hash;
     row.updated_at_ms = planned.head.updated_at_ms;
     save_row(tx, job, &row)?;
+    if let Some((index, leaf)) = leaf {
+        put_leaf(tx, &row.tenant, index, &leaf)?;
+    }
     Ok(planned.events)
 }
 

@@ -14,7 +14,8 @@
 //!
 //! Layout: one file per concern — `tables` (table definitions, row and key codecs), `writer`
 //! (the writer thread and its operations), `jobs`, `leases` (claims and timers),
-//! `commands`, `tenants`, `users`, `audit`, `presence` (live processes, in memory). Every
+//! `commands`, `tenants` (with evidence policies), `users`, `audit`, `presence` (live
+//! processes, in memory), `transparency` (each tenant's log of finished jobs). Every
 //! append is planned by `aetheris_runtime::plan_append`, the planner PostgreSQL uses too.
 
 mod audit;
@@ -24,6 +25,7 @@ mod leases;
 mod presence;
 mod tables;
 mod tenants;
+mod transparency;
 mod users;
 mod writer;
 

@@ -39,7 +39,16 @@ pub(super) const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("t
 pub(super) const AUDIT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("access_audit_log");
 /// Users: tenant ‖ 0x00 ‖ id → JSON of `User` (a tenant's users are one range).
 pub(super) const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
-/// Counters: "command_seq", "audit_seq" → u64 (BE).
+/// Each tenant's transparency log: tenant ‖ 0x00 ‖ index (8, BE) → job (16) ‖ leaf hash
+/// (32) ‖ appended_at (8, BE). A tenant's leaves are one range in index order.
+pub(super) const TLOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("transparency_leaves");
+/// A finished job's leaf: job (16) → tenant ‖ 0x00 ‖ index (8, BE), its key in `TLOG`.
+pub(super) const TLOG_JOBS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("transparency_jobs");
+/// Evidence redaction policies: tenant id → JSON array of `PolicyRule`.
+pub(super) const EVIDENCE_POLICY: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("evidence_policy");
+/// Counters: "command_seq", "audit_seq" → u64 (BE); markers of one-time upgrades.
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const ROW_FORMAT_V1: u8 = 1;
@@ -150,12 +159,16 @@ pub(super) fn create(db: &Database) -> Result<()> {
         DUE,
         AUDIT,
         USERS,
+        TLOG,
+        TLOG_JOBS,
     ] {
         tx.open_table(t).map_err(db_err)?;
     }
     tx.open_table(META).map_err(db_err)?;
     tx.open_table(TENANTS).map_err(db_err)?;
+    tx.open_table(EVIDENCE_POLICY).map_err(db_err)?;
     migrate_runnable_v1(&tx)?;
+    super::transparency::backfill_once(&tx)?;
     tx.commit().map_err(db_err)
 }
 

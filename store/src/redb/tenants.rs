@@ -1,10 +1,11 @@
-//! Tenants on the embedded store: id → JSON of `Tenant`; created on the writer thread,
-//! with their audit row in the same commit.
+//! Tenants on the embedded store: id → JSON of `Tenant`, and id → JSON of the tenant's
+//! evidence redaction policy; written on the writer thread, with their audit row in the
+//! same commit.
 
-use super::tables::TENANTS;
+use super::tables::{EVIDENCE_POLICY, TENANTS};
 use super::writer::WriteOp;
 use super::{db_err, RedbStore};
-use crate::{AuditEntry, Result, StoreError, Tenant, Tenants};
+use crate::{AuditEntry, PolicyRule, Result, StoreError, Tenant, Tenants};
 use ::redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 use async_trait::async_trait;
 
@@ -35,6 +36,40 @@ pub(super) fn put_tenant_in(
         .insert(t.id.as_str(), json.as_slice())
         .map_err(db_err)?;
     Ok(t)
+}
+
+/// Replaces the policy of an existing tenant.
+pub(super) fn put_policy_in(
+    tx: &WriteTransaction,
+    id: &str,
+    rules: Vec<PolicyRule>,
+) -> Result<Vec<PolicyRule>> {
+    if tx
+        .open_table(TENANTS)
+        .map_err(db_err)?
+        .get(id)
+        .map_err(db_err)?
+        .is_none()
+    {
+        return Err(StoreError::tenant_not_found(id));
+    }
+    let json =
+        serde_json::to_vec(&rules).map_err(|e| StoreError::unencodable("evidence policy", e))?;
+    tx.open_table(EVIDENCE_POLICY)
+        .map_err(db_err)?
+        .insert(id, json.as_slice())
+        .map_err(db_err)?;
+    Ok(rules)
+}
+
+fn read_policy(db: &Database, id: &str) -> Result<Vec<PolicyRule>> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let t = tx.open_table(EVIDENCE_POLICY).map_err(db_err)?;
+    let Some(g) = t.get(id).map_err(db_err)? else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_slice(g.value())
+        .map_err(|e| StoreError::Corrupt(format!("evidence policy of {id:?}: {e}")))
 }
 
 fn read_tenants(db: &Database, id: Option<&str>) -> Result<Vec<Tenant>> {
@@ -111,6 +146,28 @@ impl Tenants for RedbStore {
         self.send(|reply| WriteOp::PutTenant {
             tenant,
             create: false,
+            audit,
+            reply,
+        })
+        .await
+    }
+
+    async fn evidence_policy(&self, id: &str) -> Result<Vec<PolicyRule>> {
+        let id = id.to_string();
+        self.read(move |db| read_policy(db, &id)).await
+    }
+
+    async fn set_evidence_policy(
+        &self,
+        id: &str,
+        rules: Vec<PolicyRule>,
+        audit: Option<&AuditEntry>,
+    ) -> Result<Vec<PolicyRule>> {
+        let tenant = id.to_string();
+        let audit = audit.cloned();
+        self.send(|reply| WriteOp::PutPolicy {
+            tenant,
+            rules,
             audit,
             reply,
         })

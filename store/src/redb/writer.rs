@@ -15,13 +15,13 @@ use super::audit::audit_in;
 use super::commands::{mark_applied_in, put_command_in};
 use super::jobs::{append_in, snapshot_in, submit_in};
 use super::leases::{claim_in, heartbeat_in, release_in};
-use super::tenants::put_tenant_in;
+use super::tenants::{put_policy_in, put_tenant_in};
 use super::users::put_user_in;
 use super::{db_err, now_ms};
 use crate::fair::{FairQueue, JobTenants};
 use crate::{
-    Append, AuditEntry, AuditRecord, CommandBody, JobSummary, Lease, NewJob, Result, RunningCaps,
-    StoreError, StoredCommand, Tenant, User,
+    Append, AuditEntry, AuditRecord, CommandBody, JobSummary, Lease, NewJob, PolicyRule, Result,
+    RunningCaps, StoreError, StoredCommand, Tenant, User,
 };
 use ::redb::{Database, Durability, WriteTransaction};
 use aetheris_runtime::{JobId, RecordedEvent};
@@ -94,6 +94,13 @@ pub(super) enum WriteOp {
         audit: Option<AuditEntry>,
         reply: oneshot::Sender<Result<Tenant>>,
     },
+    /// Replace a tenant's evidence redaction policy.
+    PutPolicy {
+        tenant: String,
+        rules: Vec<PolicyRule>,
+        audit: Option<AuditEntry>,
+        reply: oneshot::Sender<Result<Vec<PolicyRule>>>,
+    },
     RecordAudit {
         entry: AuditEntry,
         reply: oneshot::Sender<Result<AuditRecord>>,
@@ -134,7 +141,8 @@ fn tenant_of(op: &WriteOp, st: &WriterState) -> Option<Arc<str>> {
         WriteOp::Claim { .. }
         | WriteOp::Heartbeat { .. }
         | WriteOp::Release { .. }
-        | WriteOp::PutTenant { .. } => None,
+        | WriteOp::PutTenant { .. }
+        | WriteOp::PutPolicy { .. } => None,
     }
 }
 
@@ -365,6 +373,21 @@ fn execute(
                 audit,
                 now,
                 || put_tenant_in(tx, tenant, create, now),
+                |_, _| {},
+            )?;
+            defer(reply, r)
+        }
+        WriteOp::PutPolicy {
+            tenant,
+            rules,
+            audit,
+            reply,
+        } => {
+            let r = audited(
+                tx,
+                audit,
+                now,
+                || put_policy_in(tx, &tenant, rules),
                 |_, _| {},
             )?;
             defer(reply, r)

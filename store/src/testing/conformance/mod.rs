@@ -6,7 +6,7 @@
 //!
 //! Each check is a `pub async fn` taking a [`DynStore`] and panicking with a message that
 //! names the broken guarantee; the checks are grouped by concern (`jobs`, `append`,
-//! `ledger`, `leases`, `commands`, `audit`, `tenants`, `presence`). This is test support
+//! `ledger`, `leases`, `commands`, `audit`, `tenants`, `presence`, `evidence`). This is test support
 //! (feature `test-util`): panicking asserts are its failure mode, which is why the crate's
 //! "no `unwrap()` outside tests" rule does not apply here.
 //!
@@ -19,6 +19,7 @@
 mod append;
 mod audit;
 mod commands;
+mod evidence;
 mod jobs;
 mod leases;
 mod ledger;
@@ -28,6 +29,7 @@ mod tenants;
 pub use append::*;
 pub use audit::*;
 pub use commands::*;
+pub use evidence::*;
 pub use jobs::*;
 pub use leases::*;
 pub use ledger::*;
@@ -77,6 +79,9 @@ pub async fn run_all(store: DynStore) {
     users_are_per_tenant_data(store.clone()).await;
     missing_tenants_are_not_found(store.clone()).await;
     live_processes_are_counted_per_kind(store.clone()).await;
+    finished_jobs_join_their_tenant_log(store.clone()).await;
+    concurrent_finishes_get_gap_free_indexes(store.clone()).await;
+    evidence_packages_are_the_recorded_history(store.clone()).await;
     clock_and_size_are_sane(store).await;
 }
 
@@ -110,6 +115,9 @@ macro_rules! conformance_tests {
             users_are_per_tenant_data,
             missing_tenants_are_not_found,
             live_processes_are_counted_per_kind,
+            finished_jobs_join_their_tenant_log,
+            concurrent_finishes_get_gap_free_indexes,
+            evidence_packages_are_the_recorded_history,
             clock_and_size_are_sane,
         );
 
