@@ -180,7 +180,8 @@ impl JobLog for PgStore {
         if batch.is_empty() {
             return Ok(vec![]);
         }
-        super::append::append_batch(&self.pool, &self.stats, batch)
+        self.appender
+            .append_batch(batch)
             .await
             .map_err(|f| f.error)
     }

@@ -7,6 +7,7 @@
 //! several job rows locks them in `job_id` order; all times are the database clock.
 
 use super::clock;
+use super::known::KnownJob;
 use super::rows::{col, event_row, lease_row, to_i64, to_u64};
 use super::PgStore;
 use crate::{JobLoad, Lease, Leases, Result, RunningCaps};
@@ -325,6 +326,11 @@ impl Leases for PgStore {
         }
         let leases: Vec<Lease> = out.iter().map(|(l, _, _)| l.clone()).collect();
         self.claimed(&leases);
+        // A new job's first append needs no lock round trip: its head is its one event.
+        self.appender.known.put(out.iter().filter_map(|(l, last_seq, events)| {
+            let fresh = events.first().filter(|_| *last_seq == 1 && events.len() == 1)?;
+            Some((l.job_id.0, KnownJob::fresh(&l.tenant, l.token, fresh)?))
+        }));
         Ok(out
             .into_iter()
             .map(|(lease, last_seq, events)| (lease, whole_log(last_seq, events)))
@@ -350,6 +356,7 @@ impl Leases for PgStore {
     }
 
     async fn release(&self, worker: &str, held: &[(JobId, u64)]) -> Result<()> {
+        self.appender.known.forget(held.iter().map(|(j, _)| *j));
         if let Ok(mut t) = self.job_tenants.lock() {
             t.released(held.iter().map(|(j, _)| *j));
         }

@@ -102,12 +102,15 @@ macro_rules! job_cols {
 }
 
 mod append;
+mod append_plan;
+mod append_write;
 mod audit;
 mod batch;
 mod clock;
 mod commands;
 mod conn;
 mod jobs;
+mod known;
 mod leases;
 mod listen;
 mod presence;
@@ -155,8 +158,9 @@ pub struct PgStore {
     commands: tokio::sync::broadcast::Sender<JobId>,
     /// The group-commit queue of single appends (see `append::group_commit_worker`).
     group: tokio::sync::mpsc::Sender<append::Queued>,
-    /// How appends were batched (see `append_stats`).
-    stats: Arc<append::AppendCounters>,
+    /// The pool, what is known of the jobs written, and how appends were batched (see
+    /// `append_stats`), as the append batchers share them.
+    appender: append::Appender,
     _listener: Arc<ListenerGuard>,
     /// The tenant this store's last claim served last: the next claim's round robin
     /// starts after it (`CURSOR` in the claim statements), so claims with little room
@@ -215,14 +219,19 @@ impl PgStore {
         ));
         // The batchers run on this runtime too; they stop when the last clone drops.
         let job_tenants: Arc<Mutex<JobTenants>> = Arc::default();
-        let (group, stats) = append::start_group_commit(&pool, size, job_tenants.clone());
+        let appender = append::Appender {
+            pool: pool.clone(),
+            known: Arc::default(),
+            stats: Arc::default(),
+        };
+        let group = append::start_group_commit(&appender, size, job_tenants.clone());
         let (submits, submit_batches) = submit::start_group_submit(&pool, size, hint.clone());
         Ok(PgStore {
             pool,
             hint,
             commands,
             group,
-            stats,
+            appender,
             _listener: Arc::new(ListenerGuard(task.abort_handle())),
             claim_cursor: Arc::default(),
             job_tenants,
@@ -243,9 +252,11 @@ impl PgStore {
 
     /// How this store's appends were batched so far (group commit).
     pub fn append_stats(&self) -> AppendStats {
+        let stats = &self.appender.stats;
         AppendStats {
-            appends: self.stats.appends.load(Relaxed),
-            transactions: self.stats.transactions.load(Relaxed),
+            appends: stats.appends.load(Relaxed),
+            transactions: stats.transactions.load(Relaxed),
+            one_statement: stats.one_statement.load(Relaxed),
         }
     }
 
