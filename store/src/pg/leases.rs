@@ -164,6 +164,11 @@ SELECT r.job_id, r.tenant, r.token, r.lease_expires_at
 FROM renewed r JOIN l ON l.job_id = r.job_id ORDER BY l.ord"
 );
 
+/// Release: give back the leases still held under their tokens. A wake-up goes out
+/// (NOTIFY, and the local hint) only if a released job is claimable: a finished or parked
+/// job's release makes nothing claimable, and counts for no tenant's running cap (which
+/// counts claimable jobs only), so waking claimers for it would only cost empty claims.
+/// Returns whether a released job is claimable.
 const RELEASE_SQL: &str = "\
 WITH h AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS h(job_id, token)),
 l AS (
@@ -172,9 +177,10 @@ l AS (
 ),
 released AS (
     UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL FROM l
-    WHERE jobs.job_id = l.job_id RETURNING jobs.job_id
-)
-SELECT (SELECT count(*) FROM released), pg_notify('aetheris_work', '')";
+    WHERE jobs.job_id = l.job_id RETURNING jobs.claimable
+),
+woken AS (SELECT coalesce(bool_or(claimable), false) AS any FROM released)
+SELECT woken.any, CASE WHEN woken.any THEN pg_notify('aetheris_work', '') END FROM woken";
 
 /// Most jobs one claim considers per tenant, beyond `max` (room to skip rows that a
 /// concurrent claimer holds locked).
@@ -360,14 +366,19 @@ impl Leases for PgStore {
         if let Ok(mut t) = self.job_tenants.lock() {
             t.released(held.iter().map(|(j, _)| *j));
         }
+        let mut claimable = true;
         if !held.is_empty() {
             let ids: Vec<Uuid> = held.iter().map(|(j, _)| j.0).collect();
             let tokens: Vec<i64> = held.iter().map(|(_, t)| to_i64(*t)).collect();
             let c = self.conn().await?;
-            c.cached_execute(RELEASE_SQL, &[&ids, &tokens, &worker])
+            let row = c
+                .cached_query_one(RELEASE_SQL, &[&ids, &tokens, &worker])
                 .await?;
+            claimable = col(&row, 0)?;
         }
-        super::fire(&self.hint);
+        if claimable {
+            super::fire(&self.hint);
+        }
         Ok(())
     }
 

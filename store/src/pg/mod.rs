@@ -46,7 +46,8 @@
 //! transaction (delivered at commit) and fire the local `Notify`; a dedicated, non-pooled
 //! connection LISTENs on that channel, reconnects with backoff when it drops and fires the
 //! hint after every (re)connect, since notifications sent while it was away are lost. The
-//! hint is only a hint: workers also poll.
+//! hint is only a hint: workers also poll. A work notification sent by one of this
+//! store's own connections is not fired again (`OwnBackends`): its local hint already was.
 //!
 //! Layout: one file per concern — `conn` (the only pool checkout and error mapper), `rows`
 //! (row decoding), `listen` (LISTEN/NOTIFY), `clock` (the database clock and job ids),
@@ -200,7 +201,8 @@ impl PgStore {
     pub async fn connect(url: &str, pool_size: usize) -> Result<PgStore> {
         let config = session_config(url)?;
         let size = pool_size.max(1);
-        let pool = pool(&config, size)?;
+        let own_backends = OwnBackends::default();
+        let pool = pool(&config, size, own_backends.clone())?;
         // Pre-warm: open every connection now, on this (long-lived) runtime.
         let mut warm = Vec::with_capacity(size);
         for _ in 0..size {
@@ -214,6 +216,7 @@ impl PgStore {
         let (commands, _) = tokio::sync::broadcast::channel(1024);
         let task = tokio::spawn(listen::listen_loop(
             listen_config,
+            own_backends,
             hint.clone(),
             commands.clone(),
         ));
@@ -302,8 +305,29 @@ fn session_config(url: &str) -> Result<tokio_postgres::Config> {
     Ok(config)
 }
 
-/// The pool: `size` connections, each set up with `SESSION_SETUP` when it is opened.
-fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
+/// The server process ids of this store's pooled connections. Work notifications they
+/// send (a submit, a release) were already turned into the local hint when they
+/// committed, so the listener does not fire it a second time for them (each firing is a
+/// claim statement).
+#[derive(Clone, Default)]
+pub(super) struct OwnBackends(Arc<Mutex<std::collections::HashSet<i32>>>);
+
+impl OwnBackends {
+    fn add(&self, pid: i32) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+    }
+
+    pub(super) fn contains(&self, pid: i32) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&pid)
+    }
+}
+
+/// The pool: `size` connections, each set up with `SESSION_SETUP` when it is opened, its
+/// server process id noted in `own`.
+fn pool(config: &tokio_postgres::Config, size: usize, own: OwnBackends) -> Result<Pool> {
     let manager = Manager::from_config(
         config.clone(),
         NoTls,
@@ -319,12 +343,21 @@ fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
             create: Some(Duration::from_secs(15)),
             recycle: Some(Duration::from_secs(5)),
         })
-        .post_create(Hook::async_fn(|client, _| {
+        .post_create(Hook::async_fn(move |client, _| {
+            let own = own.clone();
             Box::pin(async move {
                 client
                     .batch_execute(SESSION_SETUP)
                     .await
-                    .map_err(HookError::Backend)
+                    .map_err(HookError::Backend)?;
+                let pid: i32 = client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await
+                    .map_err(HookError::Backend)?
+                    .try_get(0)
+                    .map_err(HookError::Backend)?;
+                own.add(pid);
+                Ok(())
             })
         }))
         .build()
