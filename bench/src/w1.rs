@@ -133,10 +133,7 @@ fn row(c: usize, jobs: usize, runs: &[W1Run], pgbench: Option<&PgbenchReport>) -
             runs.iter()
                 .map(|w| w.server_per_step.map(|p| p.write_transactions)),
         ),
-        wal_bytes_per_step: opt_median(
-            runs.iter()
-                .map(|w| w.server_per_step.map(|p| p.wal_bytes)),
-        ),
+        wal_bytes_per_step: opt_median(runs.iter().map(|w| w.server_per_step.map(|p| p.wal_bytes))),
         tool_call_mean_ms: m(|w| w.tool_mean_ms),
         bytes_per_event: m(|w| w.bytes_per_event),
         payload_bytes_per_event: m(|w| w.payload_per_event),

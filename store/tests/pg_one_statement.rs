@@ -8,7 +8,9 @@
 //! other appends of its batch written.
 
 use aetheris_proof::checkpoint::job_leaf_hash;
-use aetheris_runtime::{invocation_key, EffectClass, EventBody, JobId, Plan, RecordedEvent};
+use aetheris_runtime::{
+    invocation_key, EffectClass, EventBody, JobId, LedgerStatus, Plan, RecordedEvent,
+};
 use aetheris_store::testing::pg_cluster;
 use aetheris_store::{
     Append, JobLog, Lease, Leases, NewJob, PgStore, Scope, StoreError, TransparencyLog,
@@ -82,7 +84,10 @@ async fn claim(store: &PgStore, worker: &str, ttl_ms: u64, max: usize) -> Vec<Le
 
 /// The job's events, checked to form one unbroken chain from seq 1.
 async fn chain(store: &PgStore, job: JobId) -> Vec<RecordedEvent> {
-    let events = store.read_events(Scope::System, job, 0, 1_000).await.unwrap();
+    let events = store
+        .read_events(Scope::System, job, 0, 1_000)
+        .await
+        .unwrap();
     aetheris_proof::verify_chain(job, &events).expect("the stored chain verifies");
     events
 }
@@ -126,7 +131,24 @@ async fn a_claimed_job_is_written_in_one_statement_to_its_end() {
     );
     let events = chain(&a, job).await;
     assert_eq!(events.len(), 6);
-    assert_eq!(events.last(), last.as_ref(), "the store returns what it stored");
+    // Each step's row was inserted when it started and updated when it succeeded.
+    let ledger = a.ledger(Scope::System, job).await.unwrap();
+    let rows: Vec<(&str, LedgerStatus, i64)> = ledger
+        .iter()
+        .map(|l| (l.step.as_str(), l.status, l.updated_at_ms))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("s0", LedgerStatus::Succeeded, events[2].recorded_at_ms),
+            ("s1", LedgerStatus::Succeeded, events[4].recorded_at_ms),
+        ]
+    );
+    assert_eq!(
+        events.last(),
+        last.as_ref(),
+        "the store returns what it stored"
+    );
     // The finishing append's transparency leaf, computed in the statement.
     let leaves = a.log_leaves(TENANT, None).await.unwrap();
     let end = events.last().unwrap();
@@ -178,14 +200,15 @@ async fn a_stale_token_in_a_batch_is_fenced_while_the_others_are_written() {
         other => panic!("a stale token must be fenced, got {other:?}"),
     }
     assert_eq!(results[1].as_ref().map(Vec::len).ok(), Some(2));
-    assert_eq!(kinds(&chain(&a, j1).await), ["job_submitted", "step_started"]);
+    assert_eq!(
+        kinds(&chain(&a, j1).await),
+        ["job_submitted", "step_started"]
+    );
     assert_eq!(chain(&a, j2).await.len(), 4);
 
     // Still fenced the next time (what `a` knew of j1 is gone), and the new holder's
     // append lands on the head the stale one never moved.
-    let again = a
-        .append(append(j1, t1, 2, vec![succeeded("s0")]))
-        .await;
+    let again = a.append(append(j1, t1, 2, vec![succeeded("s0")])).await;
     assert!(matches!(again, Err(StoreError::Fenced { .. })), "{again:?}");
     b.append(append(j1, tb, 2, vec![succeeded("s0")]))
         .await
@@ -209,7 +232,12 @@ async fn a_head_moved_under_the_same_token_is_decided_under_lock() {
 
     // Planned against seq 2 as `a` knows it: refused as the locked row says.
     let conflict = a
-        .append(append(job, t, 2, vec![succeeded("s0"), started(job, "s1", t)]))
+        .append(append(
+            job,
+            t,
+            2,
+            vec![succeeded("s0"), started(job, "s1", t)],
+        ))
         .await;
     match conflict {
         Err(StoreError::SeqConflict {
@@ -225,15 +253,18 @@ async fn a_head_moved_under_the_same_token_is_decided_under_lock() {
         .unwrap();
     assert_eq!(landed[0].seq, 4);
     // A step whose ledger row `a` never saw move is refused as illegal, not written.
-    let illegal = a
-        .append(append(job, t, 4, vec![succeeded("s0")]))
-        .await;
+    let illegal = a.append(append(job, t, 4, vec![succeeded("s0")])).await;
     assert!(
         matches!(illegal, Err(StoreError::Rejected(_))),
         "s0 already succeeded: {illegal:?}"
     );
     assert_eq!(
         kinds(&chain(&a, job).await),
-        ["job_submitted", "step_started", "step_succeeded", "step_started"]
+        [
+            "job_submitted",
+            "step_started",
+            "step_succeeded",
+            "step_started"
+        ]
     );
 }

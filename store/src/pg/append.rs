@@ -186,7 +186,9 @@ impl Appender {
             .into_iter()
             .map(|r| {
                 r.or_else(|| decided.next()).unwrap_or_else(|| {
-                    Err(StoreError::Backend("append: no result for an append".into()))
+                    Err(StoreError::Backend(
+                        "append: no result for an append".into(),
+                    ))
                 })
             })
             .collect())
@@ -257,7 +259,12 @@ impl Appender {
                 .await
                 .map_err(|e| error(e, Some(pool)))?;
             conn.release();
-            return Ok(plan.finish(&HashMap::new()).0.into_iter().map(locked_result).collect());
+            return Ok(plan
+                .finish(&HashMap::new())
+                .0
+                .into_iter()
+                .map(locked_result)
+                .collect());
         }
         let cols = plan.columns();
         // Prepared before round trip 2 (cached after a connection's first use), so the
@@ -272,11 +279,8 @@ impl Appender {
             })?;
         // Round trip 2: the write, then COMMIT.
         let params = append_write::params(&cols);
-        let (rows, _) = tokio::try_join!(
-            c.query(&write_st, &params),
-            c.execute(&commit, &[])
-        )
-        .map_err(|e| write_failed(e, pool))?;
+        let (rows, _) = tokio::try_join!(c.query(&write_st, &params), c.execute(&commit, &[]))
+            .map_err(|e| write_failed(e, pool))?;
         conn.release();
         let written = append_write::written(&rows).map_err(|error| TxFailed {
             error,

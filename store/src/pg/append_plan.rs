@@ -19,7 +19,7 @@ use super::rows::to_i64;
 use crate::{append_refused, Append, Result, StoreError};
 use aetheris_runtime::chain::{event_hash, payload_digest};
 use aetheris_runtime::{plan_append, JobHead, LedgerRow, RecordedEvent, TimerChange};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use uuid::Uuid;
 
@@ -33,8 +33,9 @@ pub(super) struct JobMem {
     head: JobHead,
     /// Every ledger row of the job, as moved by the batch's appends so far.
     ledger: HashMap<String, LedgerRow>,
-    /// The steps whose rows the batch moved (the rows to write).
-    moved: BTreeSet<String>,
+    /// The steps whose rows the batch moved (the rows to write), each with whether its
+    /// row existed before the batch (updated) or not (inserted).
+    moved: BTreeMap<String, bool>,
     /// The batch's events of this job, in order (times and hashes are placeholders until
     /// `restamp`), and their payload texts.
     events: Vec<RecordedEvent>,
@@ -53,7 +54,7 @@ impl JobMem {
             before: head,
             head,
             ledger,
-            moved: BTreeSet::new(),
+            moved: BTreeMap::new(),
             events: Vec::new(),
             payloads: Vec::new(),
             timer: TimerChange::Keep,
@@ -95,6 +96,8 @@ pub(super) struct WriteCols {
     pub l_attempt: Vec<i64>,
     pub l_effect: Vec<&'static str>,
     pub l_status: Vec<&'static str>,
+    /// The row is new (inserted), else it existed before the batch (updated).
+    pub l_new: Vec<bool>,
 }
 
 impl WriteCols {
@@ -164,7 +167,8 @@ impl BatchPlan {
             job.finishes = Some(self.planned.len());
         }
         for (step, row) in planned.ledger {
-            job.moved.insert(step.clone());
+            let existed = job.ledger.contains_key(&step);
+            job.moved.entry(step.clone()).or_insert(existed);
             job.ledger.insert(step, row);
         }
         job.events.extend(planned.events);
@@ -199,7 +203,8 @@ impl BatchPlan {
                 c.e_kind.push(e.body.kind());
                 c.e_payload.push(payload.clone());
                 c.e_tail.push(tail(e.body.kind(), payload));
-                c.e_prev.push((i == 0).then(|| job.before.last_hash.to_vec()));
+                c.e_prev
+                    .push((i == 0).then(|| job.before.last_hash.to_vec()));
                 c.e_floor.push(job.before.updated_at_ms);
             }
             c.j_job.push(*id);
@@ -210,19 +215,19 @@ impl BatchPlan {
             c.j_status_before.push(job.before.status.as_str());
             c.j_status.push(job.head.status.as_str());
             c.j_last_seq.push(to_i64(job.head.last_seq));
-            c.j_last_ix.push(i32::try_from(c.e_job.len()).unwrap_or(i32::MAX));
+            c.j_last_ix
+                .push(i32::try_from(c.e_job.len()).unwrap_or(i32::MAX));
             let (keep, at) = timer_columns(job.timer);
             c.j_wake_keep.push(keep);
             c.j_wake_at.push(at);
-            c.j_leaf_prefix.push(
-                job.finishes
-                    .map(|_| leaf_prefix(*id, job.head.last_seq)),
-            );
+            c.j_leaf_prefix
+                .push(job.finishes.map(|_| leaf_prefix(*id, job.head.last_seq)));
             c.j_leaf_back.push(back.get(id).copied());
-            for step in &job.moved {
+            for (step, existed) in &job.moved {
                 let Some(row) = job.ledger.get(step) else {
                     continue;
                 };
+                c.l_new.push(!existed);
                 c.l_job.push(*id);
                 c.l_step.push(step.clone());
                 c.l_key.push(row.invocation_key.clone());
@@ -310,7 +315,14 @@ fn restamp(id: Uuid, job: &mut JobMem, w: Written) -> Result<()> {
     for (e, payload) in job.events.iter_mut().zip(&job.payloads) {
         e.recorded_at_ms = w.at_ms;
         e.prev_hash = prev;
-        e.hash = event_hash(&prev, e.job_id, e.seq, w.at_ms, e.body.kind(), payload.as_bytes());
+        e.hash = event_hash(
+            &prev,
+            e.job_id,
+            e.seq,
+            w.at_ms,
+            e.body.kind(),
+            payload.as_bytes(),
+        );
         prev = e.hash;
     }
     if prev != w.last_hash {
@@ -320,7 +332,7 @@ fn restamp(id: Uuid, job: &mut JobMem, w: Written) -> Result<()> {
     }
     job.head.last_hash = prev;
     job.head.updated_at_ms = w.at_ms;
-    for step in &job.moved {
+    for step in job.moved.keys() {
         if let Some(row) = job.ledger.get_mut(step) {
             row.updated_at_ms = w.at_ms;
         }
@@ -421,7 +433,10 @@ mod tests {
         let c = plan.columns();
         assert_eq!(c.e_seq, vec![5, 6]);
         assert_eq!(c.e_prev, vec![Some(vec![3; 32]), None]);
-        assert_eq!((c.j_seq_before[0], c.j_last_seq[0], c.j_last_ix[0]), (4, 6, 2));
+        assert_eq!(
+            (c.j_seq_before[0], c.j_last_seq[0], c.j_last_ix[0]),
+            (4, 6, 2)
+        );
         // What the database would store at time 2,000.
         let payload = c.e_payload[0].as_bytes();
         let h5 = event_hash(&[3; 32], JobId(id), 5, 2_000, "job_parked", payload);
@@ -460,7 +475,10 @@ mod tests {
             },
         )]);
         let (outcomes, known) = plan.finish(&written);
-        assert!(matches!(&outcomes[0], Outcome::Refused(StoreError::Corrupt(_))));
+        assert!(matches!(
+            &outcomes[0],
+            Outcome::Refused(StoreError::Corrupt(_))
+        ));
         assert!(known.is_empty());
     }
 
@@ -472,7 +490,11 @@ mod tests {
         let batch = vec![append(a, 3, vec![park()]), append(b, 4, vec![park()])];
         let plan = BatchPlan::plan(jobs, batch);
         assert!(!plan.all_planned_with_events());
-        assert_eq!(plan.columns().j_job, vec![b], "only planned jobs are written");
+        assert_eq!(
+            plan.columns().j_job,
+            vec![b],
+            "only planned jobs are written"
+        );
         let (outcomes, _) = plan.finish(&HashMap::new());
         assert!(matches!(
             &outcomes[0],

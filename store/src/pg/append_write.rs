@@ -9,9 +9,10 @@
 //!   The UPDATE takes the row lock and, under READ COMMITTED, re-checks the fence on the
 //!   newest row version, so a job whose head moved (another writer, a new lease) gets
 //!   nothing written while the others of the batch are. A job's events are all or none.
-//! - The time is the database clock, read once by the statement (`greatest(now, the
-//!   job's last time)`, so times never run backwards within a job), and the hashes are
-//!   computed around it (`aetheris_chain_hashes`, migrations/0011_append_chain.sql).
+//! - The time is the database clock as the statement reads it (`now()`: the transaction's
+//!   start, one value wherever it is read), stamped as `greatest(now, the job's last
+//!   time)` so times never run backwards within a job, and the hashes are computed around
+//!   it (`aetheris_chain_hashes`, migrations/0011_append_chain.sql).
 //! - Leaves: a finished job's leaf takes the next index of its tenant's log
 //!   (`transparency_heads` row locked by `INSERT … ON CONFLICT DO UPDATE`, tenants in
 //!   order, so transactions never wait for each other's heads in a cycle), gap-free and
@@ -38,24 +39,27 @@ use uuid::Uuid;
 ///   tenant's leaves in this batch come from it on, in batch order: its index is the
 ///   tenant's new size minus that);
 /// - ledger rows: $20 job, $21 step, $22 invocation key, $23 attempt, $24 effect, $25
-///   status.
+///   status, $27 new (inserted; else the row existed before the batch and is updated —
+///   whoever planned the batch read every ledger row of the job, under its lock or as
+///   known, and a known job's rows are exactly those while its `last_seq` is: see
+///   `known`).
 ///
 /// Returns one row per job written: its id, the time stamped and the chain head stored.
 macro_rules! write_sql {
     ($leaves:expr) => {
         concat!(
-            "WITH clock AS (SELECT ",
+            "WITH hs AS MATERIALIZED (
+    SELECT ",
             now_ms!(),
-            " AS now_ms),
-hs AS MATERIALIZED (
-    SELECT aetheris_chain_hashes(clock.now_ms, $1::uuid[], $2::bigint[], $7::bigint[],
-                                 $5::bytea[], $6::bytea[]) AS h
-    FROM clock
+            " AS now_ms,
+           aetheris_chain_hashes(",
+            now_ms!(),
+            ", $1::uuid[], $2::bigint[], $7::bigint[], $5::bytea[], $6::bytea[]) AS h
 ),
 upd AS (
     UPDATE jobs AS j
     SET status = u.status, last_seq = u.last_seq, last_hash = hs.h[u.last_ix],
-        updated_at = greatest(clock.now_ms, u.at_before),
+        updated_at = greatest(hs.now_ms, u.at_before),
         wake_at = CASE WHEN u.wake_keep THEN j.wake_at ELSE u.wake_at END,
         wake_due = false
     FROM unnest($8::uuid[], $9::bigint[], $10::bigint[], $11::bytea[], $12::bigint[],
@@ -63,7 +67,7 @@ upd AS (
                 $18::bigint[], $19::bytea[], $26::bigint[])
         AS u(job_id, token, seq_before, hash_before, at_before, status_before, status,
              last_seq, last_ix, wake_keep, wake_at, leaf_prefix, leaf_back),
-        clock, hs
+        hs
     WHERE j.job_id = u.job_id AND j.token = u.token AND j.last_seq = u.seq_before
       AND j.last_hash = u.hash_before AND j.updated_at = u.at_before
       AND j.status = u.status_before
@@ -78,15 +82,22 @@ ev AS (
              WITH ORDINALITY AS e(job_id, seq, kind, payload, prev, ord)
         JOIN upd ON upd.job_id = e.job_id, hs
 ),
-led AS (
+led_new AS (
     INSERT INTO ledger (job_id, step, invocation_key, attempt, effect, status, updated_at)
     SELECT l.job_id, l.step, l.key, l.attempt, l.effect, l.status, upd.updated_at
     FROM unnest($20::uuid[], $21::text[], $22::text[], $23::bigint[], $24::text[],
-                $25::text[]) AS l(job_id, step, key, attempt, effect, status)
+                $25::text[], $27::bool[]) AS l(job_id, step, key, attempt, effect, status, is_new)
         JOIN upd ON upd.job_id = l.job_id
-    ON CONFLICT (job_id, step) DO UPDATE SET
-        invocation_key = EXCLUDED.invocation_key, attempt = EXCLUDED.attempt,
-        effect = EXCLUDED.effect, status = EXCLUDED.status, updated_at = EXCLUDED.updated_at
+    WHERE l.is_new
+),
+led_old AS (
+    UPDATE ledger AS d
+    SET invocation_key = l.key, attempt = l.attempt, effect = l.effect, status = l.status,
+        updated_at = upd.updated_at
+    FROM unnest($20::uuid[], $21::text[], $22::text[], $23::bigint[], $24::text[],
+                $25::text[], $27::bool[]) AS l(job_id, step, key, attempt, effect, status, is_new)
+        JOIN upd ON upd.job_id = l.job_id
+    WHERE NOT l.is_new AND d.job_id = l.job_id AND d.step = l.step
 )",
             $leaves,
             "
@@ -129,7 +140,7 @@ pub(super) fn sql_for(cols: &WriteCols) -> &'static str {
 }
 
 /// The statement's parameters, in order.
-pub(super) fn params(c: &WriteCols) -> [&(dyn ToSql + Sync); 26] {
+pub(super) fn params(c: &WriteCols) -> [&(dyn ToSql + Sync); 27] {
     [
         &c.e_job,
         &c.e_seq,
@@ -157,6 +168,7 @@ pub(super) fn params(c: &WriteCols) -> [&(dyn ToSql + Sync); 26] {
         &c.l_effect,
         &c.l_status,
         &c.j_leaf_back,
+        &c.l_new,
     ]
 }
 

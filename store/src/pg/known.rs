@@ -127,7 +127,10 @@ mod tests {
         assert_eq!(k.len(), 1, "a miss takes nothing out");
         let taken = k.take_all(&[a]).expect("known");
         assert_eq!(taken[&a].head.last_seq, 3);
-        assert!(k.take_all(&[a]).is_none(), "taken knowledge is gone until put back");
+        assert!(
+            k.take_all(&[a]).is_none(),
+            "taken knowledge is gone until put back"
+        );
     }
 
     #[test]

@@ -333,10 +333,14 @@ impl Leases for PgStore {
         let leases: Vec<Lease> = out.iter().map(|(l, _, _)| l.clone()).collect();
         self.claimed(&leases);
         // A new job's first append needs no lock round trip: its head is its one event.
-        self.appender.known.put(out.iter().filter_map(|(l, last_seq, events)| {
-            let fresh = events.first().filter(|_| *last_seq == 1 && events.len() == 1)?;
-            Some((l.job_id.0, KnownJob::fresh(&l.tenant, l.token, fresh)?))
-        }));
+        self.appender
+            .known
+            .put(out.iter().filter_map(|(l, last_seq, events)| {
+                let fresh = events
+                    .first()
+                    .filter(|_| *last_seq == 1 && events.len() == 1)?;
+                Some((l.job_id.0, KnownJob::fresh(&l.tenant, l.token, fresh)?))
+            }));
         Ok(out
             .into_iter()
             .map(|(lease, last_seq, events)| (lease, whole_log(last_seq, events)))

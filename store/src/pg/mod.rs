@@ -5,24 +5,28 @@
 //! Invariants kept here, with the same semantics as `RedbStore`:
 //! - G1: every write is one committed PostgreSQL transaction before its future resolves
 //!   (each pooled session forces `synchronous_commit` back on if the server turned it off).
-//! - G3: every append, ledger change and snapshot write re-reads the job's fencing token
-//!   under a row lock in the same transaction and refuses a stale one; a claim bumps the
-//!   token. Time comes only from the database clock (`now()`), never from a worker.
-//! - Gap-free `seq` and the hash chain (G7): an append checks `expected_last_seq` against
-//!   `jobs.last_seq` under the row lock, and stores `payload` as the exact JSON text of
-//!   `EventBody::payload()`, so the stored bytes are the hashed bytes and a read-back event
-//!   verifies with `aetheris_proof::verify_chain`.
-//! - Group commit: `append_many` runs one transaction for the whole batch; each append is
+//! - G3: every append, ledger change and snapshot write checks the job's fencing token
+//!   under the job's row lock in the same transaction and refuses a stale one; a claim
+//!   bumps the token. Time comes only from the database clock (`now()`), never from a
+//!   worker.
+//! - Gap-free `seq` and the hash chain (G7): an append is written only if the job row
+//!   still holds the seq (and token, chain head, time, status) it was planned against, and
+//!   stores `payload` as the exact JSON text of `EventBody::payload()`, so the stored bytes
+//!   are the hashed bytes and a read-back event verifies with `aetheris_proof::verify_chain`.
+//!   The hashes are computed where the time is read, in the write statement
+//!   (migrations/0011_append_chain.sql), and checked again by the writer.
+//! - Group commit: `append_many` writes the whole batch with one statement; each append is
 //!   planned (fence, seq, ledger, status, chain, timer: `aetheris_runtime::plan_append`,
-//!   the same planner as the embedded store's) in memory against the locked rows *before*
-//!   anything is written, so a rejected append writes nothing while the others commit.
-//!   One append transaction is two round trips: BEGIN + row locks + ledger read
-//!   pipelined, then one multi-row `UNNEST` write statement with COMMIT pipelined behind it
-//!   (`append::append_tx`).
+//!   the same planner as the embedded store's) in memory *before* anything is written, so
+//!   a rejected append writes nothing while the others commit. When this process knows
+//!   every job of the batch (`known`: it wrote or claimed it last) the statement alone is
+//!   the transaction, one round trip; otherwise BEGIN + row locks + ledger read come first
+//!   (pipelined), then the statement with COMMIT pipelined behind it (`append`).
 //! - Group commit across jobs: a single `append` goes through a batcher
 //!   (`append::group_commit_worker`): appends queued while a transaction is in flight share the
 //!   next one, so N concurrent jobs share one commit and one WAL flush, each still with
-//!   its own checks. `append_stats` reports appends per transaction.
+//!   its own checks. `append_stats` reports appends per transaction, and how many
+//!   transactions were the one statement alone.
 //! - Stale statements (DESIGN §8): every driver error goes through one mapper
 //!   (`conn::error`), which clears the statement caches on SQLSTATE 0A000/26000, and
 //!   cached statements outside a transaction are prepared again and retried once.
@@ -51,7 +55,9 @@
 //!
 //! Layout: one file per concern — `conn` (the only pool checkout and error mapper), `rows`
 //! (row decoding), `listen` (LISTEN/NOTIFY), `clock` (the database clock and job ids),
-//! `jobs`, `append` (the append transaction and group commit), `submit` (group submit),
+//! `jobs`, `append` (group commit and the two ways a batch is written), `append_plan` (a
+//! batch planned in memory, as the write's columns), `append_write` (the write statement),
+//! `known` (what this process knows of the jobs it writes), `submit` (group submit),
 //! `batch` (the batchers' fair queue), `leases`, `commands`, `tenants` (with evidence
 //! policies), `users`, `audit`, `presence`, `transparency` (each tenant's log of finished
 //! jobs).
