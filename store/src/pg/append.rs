@@ -179,9 +179,16 @@ impl Appender {
         if again.is_empty() {
             return Ok(results.into_iter().flatten().collect());
         }
-        // A job's head moved since it was known: decide under the row locks.
+        // A job's head moved since it was known: decide under the row locks. The others
+        // are written, so a failure here is theirs alone (never the batch's, which
+        // `append_batch` would retry, written appends included).
         let again_ids = job_ids(&again);
-        let mut decided = self.locking_tx(again, &again_ids).await?.into_iter();
+        let n = again.len();
+        let mut decided = match self.locking_tx(again, &again_ids).await {
+            Ok(decided) => decided,
+            Err(f) => vec![Err(f.error); n],
+        }
+        .into_iter();
         Ok(results
             .into_iter()
             .map(|r| {
