@@ -1,4 +1,5 @@
-//! Wiring of one Aetheris process with a gateway: the HTTP gateway and, unless it is a
+//! Wiring of one Aetheris process with a gateway: the HTTP gateway (the API and the trace
+//! UI at `/ui`) and, unless it is a
 //! gateway only (`aetheris server`), a worker started through the one worker start-up
 //! (`aetheris_actors::Worker::start`, which `aetheris worker` uses too). Used by
 //! `aetheris dev`, `aetheris server` and by tests that need a whole node in-process (with
@@ -33,6 +34,8 @@ pub struct NodeConfig {
     pub run_worker: bool,
     /// Bearer-token authentication; `None` = none (dev and tests only).
     pub auth: Option<crate::auth::AuthConfig>,
+    /// The trace UI's settings (where evidence packages come from).
+    pub ui: crate::ui::UiConfig,
 }
 
 impl Default for NodeConfig {
@@ -45,6 +48,7 @@ impl Default for NodeConfig {
             connections: ConnectionLimits::default(),
             run_worker: true,
             auth: None,
+            ui: crate::ui::UiConfig::default(),
         }
     }
 }
@@ -101,6 +105,7 @@ pub async fn start_node(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
     });
+    let ui = web::Data::new(crate::ui::UiState { config: cfg.ui });
     // Bind first: a node that cannot listen must fail before any actor or task exists
     // (an actor started and then dropped with its system panics outside a runtime).
     crate::conn::raise_fd_limit();
@@ -112,9 +117,11 @@ pub async fn start_node(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(ui.clone())
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default())
             .wrap_fn(crate::conn::admit)
+            .configure(crate::ui::configure)
             .configure(configure)
     })
     .on_connect(counter.on_connect(cfg.connections.effective_max()))
