@@ -40,6 +40,7 @@ fn head(title: &str) -> Markup {
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="htmx-config" content=(HTMX_CONFIG);
             meta name="referrer" content="same-origin";
+            link rel="icon" href="data:,";
             title { (title) " · Aetheris" }
             link rel="stylesheet" href=(href("ui.css"));
             script src=(href("htmx.js")) defer {}
