@@ -29,7 +29,12 @@ pub fn panel_markup(viewer: &Viewer, state: &JobState) -> Markup {
         .plan
         .steps
         .iter()
-        .filter(|s| state.steps.get(&s.id).is_some_and(|st| st.status == StepStatus::OutcomeUnknown))
+        .filter(|s| {
+            state
+                .steps
+                .get(&s.id)
+                .is_some_and(|st| st.status == StepStatus::OutcomeUnknown)
+        })
         .map(|s| s.id.as_str())
         .collect();
     let mut signals: Vec<&str> = state
@@ -291,25 +296,29 @@ pub async fn confirm(
 ) -> Result<HttpResponse, UiError> {
     let (raw_id, step) = path.into_inner();
     let form: ConfirmForm = read_form(&req, payload, &st).await?;
-    let (viewer, state) =
-        begin(&req, &st, commands::CONFIRM.access, &raw_id, &form.common.csrf).await?;
+    let (viewer, state) = begin(
+        &req,
+        &st,
+        commands::CONFIRM.access,
+        &raw_id,
+        &form.common.csrf,
+    )
+    .await?;
     let outcome = match form.outcome.as_str() {
         "succeeded" => ConfirmOutcome::Succeeded,
         "not_executed" => ConfirmOutcome::NotExecuted,
         _ => {
-            return Err(ApiError::BadRequest(
-                "choose an outcome: succeeded or not_executed".into(),
+            return Err(
+                ApiError::BadRequest("choose an outcome: succeeded or not_executed".into()).into(),
             )
-            .into())
         }
     };
     let output = match outcome {
         ConfirmOutcome::Succeeded => Some(json_field("the output", &form.output)?),
         ConfirmOutcome::NotExecuted if !form.output.trim().is_empty() => {
-            return Err(ApiError::BadRequest(
-                "an output is only for outcome \"succeeded\"".into(),
+            return Err(
+                ApiError::BadRequest("an output is only for outcome \"succeeded\"".into()).into(),
             )
-            .into())
         }
         ConfirmOutcome::NotExecuted => None,
     };
@@ -317,8 +326,12 @@ pub async fn confirm(
     if form.common.confirmed.as_deref() != Some("yes") {
         let action = format!("/ui/jobs/{}/steps/{step}/confirm", state.job_id);
         let said = match outcome {
-            ConfirmOutcome::Succeeded => "it happened (succeeded); the job goes on with this output",
-            ConfirmOutcome::NotExecuted => "it did not happen (not executed); the step runs again with the same invocation key",
+            ConfirmOutcome::Succeeded => {
+                "it happened (succeeded); the job goes on with this output"
+            }
+            ConfirmOutcome::NotExecuted => {
+                "it did not happen (not executed); the step runs again with the same invocation key"
+            }
         };
         return Ok(confirm_page(
             &viewer,
@@ -330,7 +343,11 @@ pub async fn confirm(
                 @if let Some(o) = &output { (json::block("output", o)) }
                 @if !note.is_empty() { p { "Note: " q { (note) } } }
             },
-            &[("outcome", &form.outcome), ("output", &form.output), ("note", &note)],
+            &[
+                ("outcome", &form.outcome),
+                ("output", &form.output),
+                ("note", &note),
+            ],
             "Yes, record it",
         ));
     }

@@ -56,7 +56,10 @@ fn served_names() -> &'static [String] {
 
 /// The URL of an asset (`"htmx.js"`, `"sse.js"`, `"ui.css"`).
 pub fn href(logical: &str) -> String {
-    let i = ASSETS.iter().position(|a| a.logical == logical).unwrap_or(0);
+    let i = ASSETS
+        .iter()
+        .position(|a| a.logical == logical)
+        .unwrap_or(0);
     format!("/ui/assets/{}", served_names()[i])
 }
 

@@ -90,7 +90,12 @@ pub fn svg(state: &JobState) -> Markup {
     let edges: Vec<(usize, usize)> = steps
         .iter()
         .enumerate()
-        .flat_map(|(i, s)| s.needs.iter().filter_map(|n| index.get(n.as_str())).map(move |&j| (j, i)))
+        .flat_map(|(i, s)| {
+            s.needs
+                .iter()
+                .filter_map(|n| index.get(n.as_str()))
+                .map(move |&j| (j, i))
+        })
         .collect();
     let draw_edges = edges.len() <= MAX_EDGES_DRAWN;
     html! {

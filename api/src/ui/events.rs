@@ -49,7 +49,8 @@ const KINDS: [&str; 16] = [
 /// Paging and search of the log (`after` is a seq: show events after it).
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct EventQuery {
-    #[serde(default)]
+    /// An empty field (the search form's "after seq" left blank) is none.
+    #[serde(default, deserialize_with = "empty_is_none")]
     pub after: Option<u64>,
     #[serde(default)]
     pub kind: Option<String>,
@@ -62,12 +63,24 @@ pub struct EventQuery {
     pub rows: Option<u8>,
 }
 
+/// A number from a form field, where an empty field means none.
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 impl EventQuery {
     fn kind(&self) -> Option<&str> {
         self.kind.as_deref().filter(|k| KINDS.contains(k))
     }
     fn step(&self) -> Option<&str> {
-        self.step.as_deref().map(str::trim).filter(|s| !s.is_empty())
+        self.step
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
     }
     fn text(&self) -> Option<String> {
         self.q
@@ -166,7 +179,9 @@ pub async fn load_page(
             prev = Some(evs.remove(0).hash);
         }
         evs.truncate(PAGE);
-        let next_after = (evs.len() == PAGE).then(|| evs.last().map(|e| e.seq)).flatten();
+        let next_after = (evs.len() == PAGE)
+            .then(|| evs.last().map(|e| e.seq))
+            .flatten();
         return Ok(EventPage {
             events: with_status(evs, prev),
             next_after,
@@ -261,24 +276,44 @@ pub fn step_of(b: &EventBody) -> Option<&str> {
 fn describe(b: &EventBody) -> String {
     match b {
         EventBody::JobSubmitted { plan, .. } => format!("{} steps", plan.steps.len()),
-        EventBody::StepStarted { attempt, tool, effect, fencing_token, .. } => format!(
+        EventBody::StepStarted {
+            attempt,
+            tool,
+            effect,
+            fencing_token,
+            ..
+        } => format!(
             "attempt {attempt} of {tool} ({}), fencing token {fencing_token}",
             effect.as_str()
         ),
-        EventBody::StepSucceeded { attempt, output, .. } => {
+        EventBody::StepSucceeded {
+            attempt, output, ..
+        } => {
             format!("attempt {attempt}: {}", json::one_line(output, 120))
         }
-        EventBody::StepFailed { attempt, error, retry_after_ms, .. } => match retry_after_ms {
+        EventBody::StepFailed {
+            attempt,
+            error,
+            retry_after_ms,
+            ..
+        } => match retry_after_ms {
             Some(ms) => format!("attempt {attempt}: {error} (retry in {ms} ms)"),
             None => format!("attempt {attempt}: {error} (final)"),
         },
-        EventBody::StepOutcomeUnknown { attempt, reason, .. } => {
+        EventBody::StepOutcomeUnknown {
+            attempt, reason, ..
+        } => {
             format!("attempt {attempt}: {reason}")
         }
         EventBody::JobSucceeded { output } => json::one_line(output, 120),
         EventBody::JobFailed { error, .. } => error.clone(),
         EventBody::JobCancelled { by, reason, .. } => format!("by {by}: {reason}"),
-        EventBody::SignalReceived { signal, by, payload, .. } => format!(
+        EventBody::SignalReceived {
+            signal,
+            by,
+            payload,
+            ..
+        } => format!(
             "{signal} from {}: {}",
             by.as_deref().unwrap_or("?"),
             json::one_line(payload, 80)
@@ -290,13 +325,17 @@ fn describe(b: &EventBody) -> String {
         EventBody::WaitCompleted { output, .. } => json::one_line(output, 120),
         EventBody::WaitTimedOut { .. } | EventBody::SleepFinished { .. } => String::new(),
         EventBody::SleepStarted { duration_ms, .. } => format!("{duration_ms} ms"),
-        EventBody::StepConfirmed { outcome, by, note, .. } => format!(
+        EventBody::StepConfirmed {
+            outcome, by, note, ..
+        } => format!(
             "{} by {by}{}",
             serde_json::to_value(outcome)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
-            note.as_deref().map(|n| format!(": {n}")).unwrap_or_default()
+            note.as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
         ),
         EventBody::JobParked { wake_at_ms } => match wake_at_ms {
             Some(t) => format!("until {}", format_ms(*t)),
@@ -307,8 +346,12 @@ fn describe(b: &EventBody) -> String {
 
 fn chain_cell(c: Chain) -> Markup {
     match c {
-        Chain::Linked => html! { span.ok title="hash recomputes and links to the previous event" { "✓ linked" } },
-        Chain::Intact => html! { span.ok title="hash recomputes (previous event not on this page)" { "✓ intact" } },
+        Chain::Linked => {
+            html! { span.ok title="hash recomputes and links to the previous event" { "✓ linked" } }
+        }
+        Chain::Intact => {
+            html! { span.ok title="hash recomputes (previous event not on this page)" { "✓ intact" } }
+        }
         Chain::BrokenLink => html! { span.bad { "✗ link broken" } },
         Chain::Altered => html! { span.bad { "✗ altered" } },
     }

@@ -79,13 +79,21 @@ pub fn checklist(result: &Result<VerifyReport, EvidenceError>) -> Vec<(&'static 
             let details = [
                 "a zip with the six files in order".to_string(),
                 format!("signed by key {}", r.signer_keyid),
-                format!("job {} of tenant {}, status {}", r.job_id, r.tenant, r.status.as_str()),
+                format!(
+                    "job {} of tenant {}, status {}",
+                    r.job_id,
+                    r.tenant,
+                    r.status.as_str()
+                ),
                 format!("{} events, head {}", r.events, r.chain_head),
                 format!("{} ledger rows, {} approvals", r.ledger_rows, r.approvals),
                 match &r.checkpoint {
                     Some(c) => format!(
                         "leaf {} of a tree of {} (root {}), checkpoint of {}",
-                        c.leaf_index, c.tree_size, c.root_hash, format_ms(c.time_ms)
+                        c.leaf_index,
+                        c.tree_size,
+                        c.root_hash,
+                        format_ms(c.time_ms)
                     ),
                     None => "the package carries no inclusion proof".into(),
                 },
@@ -145,7 +153,9 @@ async fn export(
     let viewer = Viewer::of(req, st, ACCESS).await?;
     let id = parse_id(raw_id)?;
     let Some(source) = &ui.config.evidence else {
-        return Err(ApiError::NotFound("this gateway does not export evidence packages".into()).into());
+        return Err(
+            ApiError::NotFound("this gateway does not export evidence packages".into()).into(),
+        );
     };
     let zip = source.export(st, &viewer.principal, id).await?;
     Ok((viewer, id, zip, source.public_keys()))
@@ -177,7 +187,12 @@ pub async fn page(
         }
         p.muted { "Check it anywhere with " code { "aetheris evidence verify FILE --public-key KEY" } " (docs/evidence.md)." }
     };
-    Ok(layout::ok(layout::page("Evidence", &viewer, Nav::Jobs, body)))
+    Ok(layout::ok(layout::page(
+        "Evidence",
+        &viewer,
+        Nav::Jobs,
+        body,
+    )))
 }
 
 /// `GET /ui/jobs/{id}/evidence.zip`: the package itself.
@@ -226,7 +241,10 @@ mod tests {
         let key = SigningKey::generate().unwrap();
         let zip = package(&key);
         let ok = checklist(&aetheris_proof::verify(&zip, &[key.public_key()]));
-        assert!(ok[..5].iter().all(|(_, c)| matches!(c, Check::Passed(_))), "{ok:?}");
+        assert!(
+            ok[..5].iter().all(|(_, c)| matches!(c, Check::Passed(_))),
+            "{ok:?}"
+        );
         assert_eq!(ok[5].1, Check::NotReached, "no transparency material given");
 
         let other = SigningKey::generate().unwrap();

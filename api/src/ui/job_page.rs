@@ -329,7 +329,10 @@ async fn next_message(
                 let mut out = String::new();
                 let actions_changed = evs.iter().any(|e| changes_actions(&e.body));
                 if c.tail {
-                    out.push_str(&sse("rows", &events::rows_with_prev(&evs, c.prev).into_string()));
+                    out.push_str(&sse(
+                        "rows",
+                        &events::rows_with_prev(&evs, c.prev).into_string(),
+                    ));
                 }
                 c.prev = evs.last().map(|e| e.hash);
                 c.after = evs.last().map_or(c.after, |e| e.seq);
@@ -375,7 +378,9 @@ fn sse(event: &str, data: &str) -> String {
 fn is_final(b: &EventBody) -> bool {
     matches!(
         b,
-        EventBody::JobSucceeded { .. } | EventBody::JobFailed { .. } | EventBody::JobCancelled { .. }
+        EventBody::JobSucceeded { .. }
+            | EventBody::JobFailed { .. }
+            | EventBody::JobCancelled { .. }
     )
 }
 

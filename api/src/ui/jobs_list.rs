@@ -71,9 +71,10 @@ impl Filters {
     fn parse(&self) -> Result<Parsed, ApiError> {
         let status = match nonempty(&self.status) {
             None => None,
-            Some(s) => Some(JobStatus::parse(&s).ok_or_else(|| {
-                ApiError::BadRequest(format!("unknown status {s:?}"))
-            })?),
+            Some(s) => Some(
+                JobStatus::parse(&s)
+                    .ok_or_else(|| ApiError::BadRequest(format!("unknown status {s:?}")))?,
+            ),
         };
         let time = |v: &Option<String>, what: &str| -> Result<Option<i64>, ApiError> {
             match nonempty(v) {
@@ -168,7 +169,12 @@ async fn scan(st: &AppState, tenant: &str, f: &Parsed) -> Result<Scan, ApiError>
         let full_batch = batch.len() == BATCH;
         for j in batch {
             if f.from_ms.is_some_and(|from| j.created_at_ms < from) {
-                return Ok(Scan { jobs: out, next: None, scanned, budget_hit: false });
+                return Ok(Scan {
+                    jobs: out,
+                    next: None,
+                    scanned,
+                    budget_hit: false,
+                });
             }
             scanned += 1;
             before = Some(j.job_id);
@@ -176,14 +182,29 @@ async fn scan(st: &AppState, tenant: &str, f: &Parsed) -> Result<Scan, ApiError>
                 out.push(j);
             }
             if out.len() == PAGE {
-                return Ok(Scan { jobs: out, next: before, scanned, budget_hit: false });
+                return Ok(Scan {
+                    jobs: out,
+                    next: before,
+                    scanned,
+                    budget_hit: false,
+                });
             }
             if scanned >= budget {
-                return Ok(Scan { jobs: out, next: before, scanned, budget_hit: true });
+                return Ok(Scan {
+                    jobs: out,
+                    next: before,
+                    scanned,
+                    budget_hit: true,
+                });
             }
         }
         if !full_batch {
-            return Ok(Scan { jobs: out, next: None, scanned, budget_hit: false });
+            return Ok(Scan {
+                jobs: out,
+                next: None,
+                scanned,
+                budget_hit: false,
+            });
         }
     }
 }
@@ -208,7 +229,11 @@ async fn matches(
         return Ok(false);
     };
     if let Some(t) = &f.tool {
-        if !plan.steps.iter().any(|s| s.tool.as_deref() == Some(t.as_str())) {
+        if !plan
+            .steps
+            .iter()
+            .any(|s| s.tool.as_deref() == Some(t.as_str()))
+        {
             return Ok(false);
         }
     }
@@ -377,7 +402,11 @@ mod tests {
         let at = 1_700_000_000_000i64;
         let c = created_until_cursor(at);
         let made_at = |ms: i64| {
-            let ts = uuid::Timestamp::from_unix(uuid::NoContext, (ms / 1000) as u64, ((ms % 1000) * 1_000_000) as u32);
+            let ts = uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                (ms / 1000) as u64,
+                ((ms % 1000) * 1_000_000) as u32,
+            );
             JobId(Uuid::new_v7(ts))
         };
         assert!(made_at(at) < c, "created at the bound: listed");

@@ -70,7 +70,10 @@ mod tests {
         let m = block("output", &big).into_string();
         assert!(!m.contains("open"), "collapsed: {}", &m[..80]);
         let m = block("output", &json!({"x": "<script>alert(1)</script>"})).into_string();
-        assert!(m.contains("&lt;script&gt;") && !m.contains("<script>"), "{m}");
+        assert!(
+            m.contains("&lt;script&gt;") && !m.contains("<script>"),
+            "{m}"
+        );
         assert!(m.contains("open"), "short payloads start open");
     }
 }

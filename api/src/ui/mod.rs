@@ -118,7 +118,10 @@ fn secure<B: MessageBody>(mut res: ServiceResponse<B>, started: Instant) -> Serv
     set("referrer-policy", "same-origin");
     set("x-frame-options", "DENY");
     set("cross-origin-opener-policy", "same-origin");
-    set("permissions-policy", "camera=(), microphone=(), geolocation=()");
+    set(
+        "permissions-policy",
+        "camera=(), microphone=(), geolocation=()",
+    );
     set(
         "server-timing",
         &format!("app;dur={:.2}", started.elapsed().as_secs_f64() * 1000.0),

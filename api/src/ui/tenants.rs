@@ -45,5 +45,10 @@ pub async fn page(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
             } } }
         } }
     };
-    Ok(layout::ok(layout::page("Tenants", &viewer, Nav::Tenants, body)))
+    Ok(layout::ok(layout::page(
+        "Tenants",
+        &viewer,
+        Nav::Tenants,
+        body,
+    )))
 }

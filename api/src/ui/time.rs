@@ -92,7 +92,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
 }
 
 #[cfg(test)]
@@ -112,7 +120,13 @@ mod tests {
             Some(1_709_164_801_000)
         );
         assert_eq!(to_datetime_local(1_700_000_000_123), "2023-11-14T22:13");
-        for bad in ["", "2023-13-01T00:00", "2023-02-29T00:00", "2023-1-01T00:00", "x"] {
+        for bad in [
+            "",
+            "2023-13-01T00:00",
+            "2023-02-29T00:00",
+            "2023-1-01T00:00",
+            "x",
+        ] {
             assert_eq!(parse_datetime_local(bad), None, "{bad}");
         }
         assert_eq!(format_duration(412), "412 ms");

@@ -128,7 +128,11 @@ pub struct Attempt {
 }
 
 /// Per-attempt rows and the attempts, from a job's events (the first `SCAN_EVENTS`).
-pub fn from_events(state: &JobState, events: &[RecordedEvent], now: i64) -> (Vec<Row>, Vec<Attempt>) {
+pub fn from_events(
+    state: &JobState,
+    events: &[RecordedEvent],
+    now: i64,
+) -> (Vec<Row>, Vec<Attempt>) {
     let mut finished: HashMap<&str, i64> = HashMap::new();
     // When a step may start next: after a retryable failure, its backoff's end.
     let mut retry_at: HashMap<String, (i64, i64)> = HashMap::new();
@@ -144,13 +148,21 @@ pub fn from_events(state: &JobState, events: &[RecordedEvent], now: i64) -> (Vec
     let ready = |finished: &HashMap<&str, i64>, step: &str| {
         needs
             .get(step)
-            .map(|ns| ns.iter().filter_map(|n| finished.get(n.as_str())).fold(created, |a, &b| a.max(b)))
+            .map(|ns| {
+                ns.iter()
+                    .filter_map(|n| finished.get(n.as_str()))
+                    .fold(created, |a, &b| a.max(b))
+            })
             .unwrap_or(created)
     };
     let mut backoffs: Vec<(String, i64, i64)> = Vec::new();
     for e in events {
         let at = e.recorded_at_ms;
-        let mut start = |step: &str, attempt: u32, key: Option<String>, token: Option<u64>, outcome: &'static str| {
+        let mut start = |step: &str,
+                         attempt: u32,
+                         key: Option<String>,
+                         token: Option<u64>,
+                         outcome: &'static str| {
             let queued_from = match retry_at.remove(step) {
                 Some((failed_at, due)) => {
                     backoffs.push((step.to_string(), failed_at, due.min(at)));
@@ -171,14 +183,27 @@ pub fn from_events(state: &JobState, events: &[RecordedEvent], now: i64) -> (Vec
             });
         };
         match &e.body {
-            EventBody::StepStarted { step, attempt, invocation_key, fencing_token, .. } => {
-                start(step, *attempt, Some(invocation_key.clone()), Some(*fencing_token), "running")
-            }
+            EventBody::StepStarted {
+                step,
+                attempt,
+                invocation_key,
+                fencing_token,
+                ..
+            } => start(
+                step,
+                *attempt,
+                Some(invocation_key.clone()),
+                Some(*fencing_token),
+                "running",
+            ),
             EventBody::WaitStarted { step, .. } => start(step, 1, None, None, "waiting"),
             EventBody::SleepStarted { step, .. } => start(step, 1, None, None, "sleeping"),
             _ => {}
         }
-        let end = |outcome: &'static str, step: &str, open: &mut HashMap<String, usize>, attempts: &mut Vec<Attempt>| {
+        let end = |outcome: &'static str,
+                   step: &str,
+                   open: &mut HashMap<String, usize>,
+                   attempts: &mut Vec<Attempt>| {
             if let Some(i) = open.remove(step) {
                 attempts[i].ended = Some(at);
                 attempts[i].outcome = outcome;
@@ -191,7 +216,11 @@ pub fn from_events(state: &JobState, events: &[RecordedEvent], now: i64) -> (Vec
                 end("succeeded", step, &mut open, &mut attempts);
                 finished.insert(step_key(state, step), at);
             }
-            EventBody::StepFailed { step, retry_after_ms, .. } => {
+            EventBody::StepFailed {
+                step,
+                retry_after_ms,
+                ..
+            } => {
                 end("failed", step, &mut open, &mut attempts);
                 match retry_after_ms {
                     Some(d) => {
@@ -221,7 +250,11 @@ pub fn from_events(state: &JobState, events: &[RecordedEvent], now: i64) -> (Vec
         .plan
         .steps
         .iter()
-        .map(|s| Row { step: s.id.clone(), segments: Vec::new(), attempts: 0 })
+        .map(|s| Row {
+            step: s.id.clone(),
+            segments: Vec::new(),
+            attempts: 0,
+        })
         .collect();
     let row_of: HashMap<&str, usize> = state
         .plan
@@ -232,11 +265,18 @@ pub fn from_events(state: &JobState, events: &[RecordedEvent], now: i64) -> (Vec
         .collect();
     let terminal = state.status.is_terminal();
     for a in &attempts {
-        let Some(&r) = row_of.get(a.step.as_str()) else { continue };
+        let Some(&r) = row_of.get(a.step.as_str()) else {
+            continue;
+        };
         let row = &mut rows[r];
         row.attempts += 1;
         if a.started > a.queued_from {
-            row.segments.push(Segment { from: a.queued_from, to: a.started, what: "queued", status: "pending" });
+            row.segments.push(Segment {
+                from: a.queued_from,
+                to: a.started,
+                what: "queued",
+                status: "pending",
+            });
         }
         let what = match a.outcome {
             "waiting" => "wait",
@@ -245,13 +285,29 @@ pub fn from_events(state: &JobState, events: &[RecordedEvent], now: i64) -> (Vec
             _ if state.plan.step(&a.step).is_some_and(|s| s.sleep.is_some()) => "sleep",
             _ => "run",
         };
-        let end = a.ended.unwrap_or(if terminal { state.updated_at_ms } else { now });
-        let status = if a.ended.is_none() && terminal { "cancelled" } else { a.outcome };
-        row.segments.push(Segment { from: a.started, to: end.max(a.started), what, status });
+        let end = a
+            .ended
+            .unwrap_or(if terminal { state.updated_at_ms } else { now });
+        let status = if a.ended.is_none() && terminal {
+            "cancelled"
+        } else {
+            a.outcome
+        };
+        row.segments.push(Segment {
+            from: a.started,
+            to: end.max(a.started),
+            what,
+            status,
+        });
     }
     for (step, from, to) in backoffs {
         if let Some(&r) = row_of.get(step.as_str()) {
-            rows[r].segments.push(Segment { from, to, what: "backoff", status: "pending" });
+            rows[r].segments.push(Segment {
+                from,
+                to,
+                what: "backoff",
+                status: "pending",
+            });
         }
     }
     (rows, attempts)
@@ -300,7 +356,11 @@ fn chart(rows: &[Row], t0: i64, t1: i64) -> Markup {
 
 fn bounds(state: &JobState, rows: &[Row], now: i64) -> (i64, i64) {
     let t0 = state.created_at_ms;
-    let end = if state.status.is_terminal() { state.updated_at_ms } else { now };
+    let end = if state.status.is_terminal() {
+        state.updated_at_ms
+    } else {
+        now
+    };
     let t1 = rows
         .iter()
         .flat_map(|r| r.segments.iter().map(|s| s.to))
@@ -384,24 +444,63 @@ mod tests {
     use serde_json::json;
 
     fn ev(seq: u64, at: i64, body: EventBody) -> RecordedEvent {
-        RecordedEvent { job_id: JobId::default(), seq, recorded_at_ms: at, body, prev_hash: [0; 32], hash: [0; 32] }
+        RecordedEvent {
+            job_id: JobId::default(),
+            seq,
+            recorded_at_ms: at,
+            body,
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        }
     }
 
     #[test]
     fn retries_show_backoff_queue_and_runs() {
         let plan: aetheris_runtime::Plan = serde_json::from_value(json!({"steps": [
             {"id": "a", "tool": "echo"}, {"id": "b", "tool": "echo", "needs": ["a"]}
-        ]})).unwrap();
+        ]}))
+        .unwrap();
         let started = |step: &str, attempt| EventBody::StepStarted {
-            step: step.into(), attempt, invocation_key: format!("k-{step}"),
-            tool: "echo".into(), effect: EffectClass::Pure, fencing_token: 7,
+            step: step.into(),
+            attempt,
+            invocation_key: format!("k-{step}"),
+            tool: "echo".into(),
+            effect: EffectClass::Pure,
+            fencing_token: 7,
         };
         let events = vec![
-            ev(1, 1000, EventBody::JobSubmitted { tenant: "t".into(), plan, input: json!(null), idempotency_key: None }),
+            ev(
+                1,
+                1000,
+                EventBody::JobSubmitted {
+                    tenant: "t".into(),
+                    plan,
+                    input: json!(null),
+                    idempotency_key: None,
+                },
+            ),
             ev(2, 1010, started("a", 1)),
-            ev(3, 1020, EventBody::StepFailed { step: "a".into(), attempt: 1, error: "x".into(), retryable: true, retry_after_ms: Some(100) }),
+            ev(
+                3,
+                1020,
+                EventBody::StepFailed {
+                    step: "a".into(),
+                    attempt: 1,
+                    error: "x".into(),
+                    retryable: true,
+                    retry_after_ms: Some(100),
+                },
+            ),
             ev(4, 1130, started("a", 2)),
-            ev(5, 1150, EventBody::StepSucceeded { step: "a".into(), attempt: 2, output: json!(1) }),
+            ev(
+                5,
+                1150,
+                EventBody::StepSucceeded {
+                    step: "a".into(),
+                    attempt: 2,
+                    output: json!(1),
+                },
+            ),
             ev(6, 1160, started("b", 1)),
         ];
         let state = JobState::from_events(&events).unwrap().unwrap();
@@ -410,11 +509,24 @@ mod tests {
         assert_eq!((attempts[1].queued_from, attempts[1].started), (1120, 1130));
         assert_eq!(attempts[2].queued_from, 1150, "b is ready when a finished");
         assert_eq!(attempts[0].fencing_token, Some(7));
-        let a: Vec<(&str, i64, i64)> = rows[0].segments.iter().map(|s| (s.what, s.from, s.to)).collect();
+        let a: Vec<(&str, i64, i64)> = rows[0]
+            .segments
+            .iter()
+            .map(|s| (s.what, s.from, s.to))
+            .collect();
         assert!(a.contains(&("backoff", 1020, 1120)), "{a:?}");
-        assert!(a.contains(&("queued", 1120, 1130)) && a.contains(&("run", 1130, 1150)), "{a:?}");
-        assert_eq!(rows[1].segments.last().map(|s| (s.to, s.status)), Some((2000, "running")));
+        assert!(
+            a.contains(&("queued", 1120, 1130)) && a.contains(&("run", 1130, 1150)),
+            "{a:?}"
+        );
+        assert_eq!(
+            rows[1].segments.last().map(|s| (s.to, s.status)),
+            Some((2000, "running"))
+        );
         let f = folded(&state, 2000);
-        assert_eq!(f[1].segments.iter().map(|s| s.what).collect::<Vec<_>>(), vec!["queued", "run"]);
+        assert_eq!(
+            f[1].segments.iter().map(|s| s.what).collect::<Vec<_>>(),
+            vec!["queued", "run"]
+        );
     }
 }
