@@ -347,7 +347,7 @@ async fn next_message(
             Ok(_) => {
                 c.idle += 1;
                 // A comment now and then keeps proxies from closing an idle stream.
-                if c.idle % 60 == 0 {
+                if c.idle.is_multiple_of(60) {
                     return Some((Ok(web::Bytes::from_static(b": keep-alive\n\n")), c));
                 }
                 tokio::time::sleep(LIVE_POLL).await;

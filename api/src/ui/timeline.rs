@@ -238,10 +238,12 @@ pub fn from_events(
             EventBody::StepOutcomeUnknown { step, .. } => {
                 end("outcome_unknown", step, &mut open, &mut attempts);
             }
-            EventBody::StepConfirmed { step, output, .. } => {
-                if output.is_some() {
-                    finished.insert(step_key(state, step), at);
-                }
+            EventBody::StepConfirmed {
+                step,
+                output: Some(_),
+                ..
+            } => {
+                finished.insert(step_key(state, step), at);
             }
             _ => {}
         }
