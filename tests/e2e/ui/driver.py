@@ -167,6 +167,8 @@ with sync_playwright() as pw:
     check(page.locator("#event-rows tr").count() == 49, "the search finds the 49 failed attempts of s042")
     page.wait_for_selector("details.attempts")
     check("fencing token" in page.inner_text("details.attempts summary").lower(), "the attempts table lists fencing tokens")
+    page.goto(f"{URL}/ui/jobs/{big}")
+    page.wait_for_selector("details.attempts")
     shot(page, "job-10k-events.png", full=False)
 
     # Follow a running job to completion, live: no reload.
