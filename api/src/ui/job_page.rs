@@ -164,7 +164,11 @@ fn summary_markup(state: &JobState, ledger: &[LedgerEntry], now: i64, running: b
     }
 }
 
+/// Plans with more steps than this show their step outputs collapsed.
+const OPEN_OUTPUTS_UP_TO: usize = 12;
+
 fn steps_table(state: &JobState) -> Markup {
+    let open = state.plan.steps.len() <= OPEN_OUTPUTS_UP_TO;
     html! {
         section aria-labelledby="h-steps" {
             h2 id="h-steps" { "Steps" }
@@ -192,7 +196,7 @@ fn steps_table(state: &JobState) -> Markup {
                             @if s.output.is_some() || s.error.is_some() {
                                 tr.detail { td colspan="8" {
                                     @if let Some(e) = &s.error { p.error { strong { (spec.id) ": " } (e) } }
-                                    @if let Some(o) = &s.output { (json::block(&format!("Output of {}", spec.id), o)) }
+                                    @if let Some(o) = &s.output { (json::block_opened(&format!("Output of {}", spec.id), o, open)) }
                                 } }
                             }
                         }

@@ -30,10 +30,16 @@ pub fn cut(mut text: String, max: usize) -> (String, bool) {
 
 /// A labelled JSON block: open when short, collapsed when long, with the size shown.
 pub fn block(label: &str, v: &Value) -> Markup {
+    block_opened(label, v, true)
+}
+
+/// [`block`], kept collapsed unless `may_open` (pages with many blocks open none, so the
+/// browser lays out only what is looked at).
+pub fn block_opened(label: &str, v: &Value, may_open: bool) -> Markup {
     let full = v.to_string().len();
     let (text, was_cut) = pretty(v);
     html! {
-        details.json open[text.len() <= COLLAPSE_BYTES] {
+        details.json open[may_open && text.len() <= COLLAPSE_BYTES] {
             summary { (label) " " span.muted { "(" (size(full)) ")" } }
             pre { code { (text) } }
             @if was_cut {
