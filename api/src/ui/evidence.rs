@@ -137,7 +137,7 @@ fn render_checklist(items: &[(&'static str, Check)]) -> Markup {
                 @match c {
                     Check::Passed(d) => li.pass { span.mark aria-hidden="true" { "✓" } strong { (name) } " — passed" @if !d.is_empty() { br; span.muted { (d) } } },
                     Check::Failed(d) => li.fail { span.mark aria-hidden="true" { "✗" } strong { (name) } " — FAILED" br; span { (d) } },
-                    Check::NotReached => li.skip { span.mark aria-hidden="true" { "–" } strong { (name) } " — not checked" },
+                    Check::NotReached => li.unchecked { span.mark aria-hidden="true" { "–" } strong { (name) } " — not checked" },
                 }
             }
         }
