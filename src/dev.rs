@@ -196,6 +196,14 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
         let url = format!("http://{}", node.addr);
         println!("aetheris dev: listening on {url} (store: {where_})");
+        println!(
+            "aetheris dev: trace UI at {url}/ui/{}",
+            if token.is_some() {
+                " (sign in with the admin token below)"
+            } else {
+                ""
+            }
+        );
         if token.is_some() {
             println!(
                 "aetheris dev: admin token for tenant \"default\" in {} (the CLI uses it; for curl: -H \"Authorization: Bearer $(cat {})\")",

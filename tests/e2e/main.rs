@@ -1,6 +1,6 @@
 //! End-to-end tests of Aetheris: the `aetheris` binary run as a child process (crash
 //! tests) and whole nodes started in-process (API, supervision, replay). One test binary,
-//! one module per concern.
+//! one module per concern (`ui` drives the trace UI in headless Chromium).
 
 mod api;
 mod audit;
@@ -22,5 +22,6 @@ mod startup;
 mod supervision;
 mod support;
 mod tenant_cli;
+mod ui;
 mod waits;
 mod worker_admin;

@@ -202,12 +202,32 @@ async fn export(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     let redact = redactions(req.query_string())?;
-    let key = signing_key(&st)?;
+    let zip = export_package(&st, &p, id, &redact).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/zip")
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"{id}.evidence.zip\""),
+        ))
+        .body(zip))
+}
+
+/// The one export of a job's package for `caller` (the API route and the trace UI): read
+/// in the caller's tenant (404 across tenants, 409 while the job runs), built and signed
+/// off the async threads, and handed out only once its `evidence.export` audit row is
+/// written.
+pub async fn export_package(
+    st: &AppState,
+    p: &crate::auth::Principal,
+    id: aetheris_runtime::JobId,
+    redact: &[String],
+) -> Result<Vec<u8>, ApiError> {
+    let key = signing_key(st)?;
     let evidence = JobEvidence::gather(
         st.store.as_ref(),
         Scope::Tenant(&p.tenant),
         id,
-        &redact,
+        redact,
         &exporter(),
     )
     .await?;
@@ -224,13 +244,27 @@ async fn export(
             id.to_string(),
         ))
         .await?;
-    Ok(HttpResponse::Ok()
-        .content_type("application/zip")
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"{id}.evidence.zip\""),
-        ))
-        .body(zip))
+    Ok(zip)
+}
+
+/// The trace UI's evidence: the gateway's own export, verified with its own public key.
+pub struct GatewayEvidence {
+    pub public_key: [u8; 32],
+}
+
+impl crate::ui::EvidenceExport for GatewayEvidence {
+    fn export<'a>(
+        &'a self,
+        st: &'a AppState,
+        caller: &'a crate::auth::Principal,
+        id: aetheris_runtime::JobId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, ApiError>> + 'a>> {
+        Box::pin(export_package(st, caller, id, &[]))
+    }
+
+    fn public_keys(&self) -> Vec<[u8; 32]> {
+        vec![self.public_key]
+    }
 }
 
 async fn checkpoint(p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
