@@ -154,15 +154,7 @@ impl AuthSettings {
             insecure_no_auth: c.switch(Key::InsecureNoAuth),
         }
     }
-}
 
-fn read_key_file(p: &std::path::Path) -> Result<String, String> {
-    std::fs::read_to_string(p)
-        .map(|t| t.trim().to_string())
-        .map_err(|e| format!("reading {}: {e}", p.display()))
-}
-
-impl AuthSettings {
     /// The checked configuration, `None` with `--insecure-no-auth`; an error names the bad
     /// file, or says how to configure auth when nothing is given.
     pub fn load(&self) -> Result<Option<aetheris_api::auth::AuthConfig>, String> {
@@ -202,6 +194,12 @@ impl AuthSettings {
         cfg.validate()?;
         Ok(Some(cfg))
     }
+}
+
+fn read_key_file(p: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(p)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| format!("reading {}: {e}", p.display()))
 }
 
 pub fn server(config: &Effective) -> Result<ExitCode, String> {

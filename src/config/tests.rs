@@ -116,7 +116,9 @@ fn each_way_a_setting_can_be_wrong_is_one_message_naming_key_and_source() {
     let (_d3, ttl) = config_dir("[worker]\nlease_ttl_ms = 1000\n");
     let t = ttl.display().to_string();
     let db = ("AETHERIS_DATABASE_URL", URL);
-    let cases: Vec<(Cmd, Given, Vec<(&str, &str)>, String, bool)> = vec![
+    /// Command, flags, environment, the start of the message, whether a flag is wrong.
+    type Case<'a> = (Cmd, Given, Vec<(&'a str, &'a str)>, String, bool);
+    let cases: Vec<Case> = vec![
         (
             Cmd::Worker,
             given(Some(&path), &[]),
