@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod bench;
 mod cancel;
+mod config;
 mod crash;
 mod evidence;
 mod fairness;
