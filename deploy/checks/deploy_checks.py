@@ -357,7 +357,8 @@ def check_compose_services(ctx: Ctx, compose: dict | None = None) -> str:
     grace = duration_s(services["worker"].get("stop_grace_period", "10s"))
     drain = cfg["worker"].get("drain_grace_ms", 10000) / 1000
     need(grace >= drain + 5, f"worker stop_grace_period {grace}s must exceed drain_grace_ms ({drain}s) by 5 s")
-    pools = cfg["database"].get("pool_size", 16) * (1 + services["worker"]["deploy"]["replicas"])
+    # Each process: its pool and one LISTEN connection (docs/deployment.md, "Sizing").
+    pools = (cfg["database"].get("pool_size", 16) + 1) * (1 + services["worker"]["deploy"]["replicas"])
     pg_cmd = " ".join(services["postgres"].get("command") or [])
     m = re.search(r"max_connections=(\d+)", pg_cmd)
     need(m and int(m.group(1)) >= pools + 3, f"postgres max_connections must cover the pools ({pools}) plus a few")
@@ -640,6 +641,10 @@ def check_live(ctx: Ctx) -> str:
         procs["worker"] = subprocess.Popen(cmd("worker"), env=env("worker"), stdout=subprocess.DEVNULL,
                                            stderr=open(logs / "worker", "w"), start_new_session=True)
         wait_healthy(ctx, env("worker"), "worker", procs["worker"], logs)
+        # Sizing (docs/deployment.md): each process holds pool_size connections and one LISTEN.
+        pool = load_compose_toml()["database"]["pool_size"]
+        held = int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'aetheris'"))
+        need(held <= 2 * (pool + 1), f"server + worker hold {held} connections, more than 2 × (pool_size {pool} + 1)")
         deadline = time.time() + 30
         while pg.psql(keda_query(ctx), db="aetheris") != "0" and time.time() < deadline:
             time.sleep(0.2)
@@ -647,6 +652,7 @@ def check_live(ctx: Ctx) -> str:
         need(done == "3", f"{done} of 3 jobs succeeded within 30 s (worker log: {(logs / 'worker').read_text()[-500:]})")
         status, body = http(f"http://127.0.0.1:{admin}/metrics")
         need(status == 200 and "# TYPE" in body, f"worker /metrics: {status}")
+        readme_first_job(ctx, base, secrets)
         drain = load_compose_toml()["worker"]["drain_grace_ms"] / 1000
         t0 = time.time()
         rc = stop(procs.pop("worker"), timeout=drain + 5)
@@ -659,9 +665,37 @@ def check_live(ctx: Ctx) -> str:
             stop(p)
     return (
         f"PostgreSQL (SCRAM, init-secrets' password): migrate; server and worker ready (healthcheck /readyz); "
-        f"KEDA query 3 → 0 as the worker ran 3 jobs; /metrics of both (gateway: 200 with Prometheus's token, "
+        f"{held} connections held by server + worker (pool_size {pool} + 1 LISTEN each); "
+        f"KEDA query 3 → 0 as the worker ran 3 jobs; the README's compose commands (but docker's) ran a first job; /metrics of both (gateway: 200 with Prometheus's token, "
         f"401 without); worker drained on SIGTERM in {took:.1f}s, exit 0"
     )
+
+
+def readme_first_job(ctx: Ctx, base: str, secrets: Path) -> None:
+    """The README's "With Docker Compose" block without its two Docker lines, on the live cluster."""
+    readme = (ROOT / "README.md").read_text()
+    m = re.search(r"### With Docker Compose\n.*?```bash\n(.*?)```", readme, re.S)
+    need(m, "README: no ```bash block under \"### With Docker Compose\"")
+    lines = m.group(1).splitlines()
+    docker = [l for l in lines if l.startswith(("deploy/compose/init-secrets", "docker compose"))]
+    need(len(docker) == 2, f"README compose block: expected the init-secrets and docker compose lines, got {docker}")
+    script = "\n".join(l for l in lines if l not in docker)
+    for inside, here in (
+        ("http://127.0.0.1:7420", base),
+        ("http://server:7420", base),
+        ("deploy/compose/secrets/", f"{secrets}/"),
+    ):
+        need(inside in script, f"README compose block no longer holds {inside}")
+        script = script.replace(inside, here)
+    bin_dir = ctx.tmp / "readme-bin"
+    bin_dir.mkdir(exist_ok=True)
+    if not (bin_dir / "aetheris").exists():
+        (bin_dir / "aetheris").symlink_to(ctx.aetheris)
+    env = ctx.env(PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
+    proc = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+    need(proc.returncode == 0 and re.search(r"^job \S+ succeeded$", proc.stdout, re.M),
+         f"the README's compose commands failed (exit {proc.returncode}): {proc.stderr.strip()[-600:]} {proc.stdout[-300:]}")
 
 
 def wait_healthy(ctx: Ctx, env: dict, name: str, proc: subprocess.Popen, logs: Path) -> None:
