@@ -1008,6 +1008,13 @@ def check_controls(ctx: Ctx) -> str:
     chart = prepared_chart(ctx, "control", {"worker": {"terminationGracePeriodSeconds": 10}})
     _, problems = helm_render.render(chart, ctx.tmp / "charts" / "control")
     need(any("terminationGracePeriodSeconds" in p for p in problems), f"a too short worker grace rendered without error: {problems}")
+    # values.schema.json: a misspelt value fails lint.
+    typo = prepared_chart(ctx, "control-typo", {"worker": {"maxjobs": 8}})
+    need(any(sev == "error" for sev, _ in helm_render.lint(typo)), "lint accepted the misspelt value worker.maxjobs")
+    # A key file the settings name but keys.files lacks.
+    missing = prepared_chart(ctx, "control-keys", {"keys": {"files": {"auth.key": "hex:00"}}})
+    _, problems = helm_render.render(missing, ctx.tmp / "charts" / "control-keys")
+    need(any("evidence.key" in p for p in problems), f"keys.files without evidence.key rendered without error: {problems}")
     # A template that does not parse is an error of lint and of the renderer.
     (chart / "templates" / "broken.yaml").write_text("{{ if }}\n")
     need(any(sev == "error" for sev, _ in helm_render.lint(chart)), "lint accepted a template that does not parse")
@@ -1022,7 +1029,10 @@ def check_controls(ctx: Ctx) -> str:
     ignore = (ROOT / ".dockerignore").read_text().replace("!migrations/\n", "")
     with expect_fail("a build context without migrations/"):
         verify_context(ctx, context_files(ignore), ctx.tmp / "docker-context-control")
-    return "strict schema, CRD schema, template fail, unparsable template, unknown command, incomplete image context: each caught"
+    return (
+        "strict schema, CRD schema, values schema, template fails (grace, key files), unparsable template, "
+        "unknown command, incomplete image context: each caught"
+    )
 
 
 @contextlib.contextmanager
