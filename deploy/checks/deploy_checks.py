@@ -18,7 +18,8 @@ says what was and was not exercised). What is checked, each as one line `ok`/`FA
   prometheus.yml and the alert rules pass `promtool check config`; and a live run: the
   services' commands and settings on a real PostgreSQL (password auth with the password
   init-secrets made): migrate, server, worker, jobs, the healthcheck, both /metrics (the
-  gateway's with Prometheus's token), a drain on SIGTERM.
+  gateway's with Prometheus's token), the README's "With Docker Compose" commands after
+  `docker compose up`, a drain on SIGTERM.
 - chart: Helm's own lint (helm-sdkpy) and render (helm_render.py) for the default
   values and each ci/*-values.yaml; every object validated by kubernetes-validate in
   strict mode (custom resources by crd_schemas.py); probes, security contexts, grace
@@ -233,11 +234,11 @@ def check_dockerfile_runtime(ctx: Ctx) -> str:
 
 
 def context_files(ignore_text: str) -> list[str]:
-    files = ctx_git_files()
+    files = repo_files()
     return dockerignore.context(dockerignore.parse(ignore_text), files)
 
 
-def ctx_git_files() -> list[str]:
+def repo_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
@@ -672,7 +673,8 @@ def check_live(ctx: Ctx) -> str:
 
 
 def readme_first_job(ctx: Ctx, base: str, secrets: Path) -> None:
-    """The README's "With Docker Compose" block without its two Docker lines, on the live cluster."""
+    """The README's "With Docker Compose" commands after `docker compose up`, on the live cluster
+    (init-secrets ran already, into the scratch directory)."""
     readme = (ROOT / "README.md").read_text()
     m = re.search(r"### With Docker Compose\n.*?```bash\n(.*?)```", readme, re.S)
     need(m, "README: no ```bash block under \"### With Docker Compose\"")
