@@ -119,6 +119,9 @@ fn zero_supervision_series() {
         metrics::counter!(m::ACTOR_PANICS, "kind" => kind, "reason" => "panic").increment(0);
     }
     metrics::counter!(m::LEASE_GRANTS).increment(0);
+    metrics::counter!(m::SNAPSHOTS_WRITTEN).increment(0);
+    metrics::counter!(m::REPLAY_EVENTS).increment(0);
+    metrics::counter!(m::COMMAND_CHECKS).increment(0);
     for reason in ["heartbeat", "fenced"] {
         metrics::counter!(m::LEASE_LOSSES, "reason" => reason).increment(0);
     }
