@@ -237,16 +237,30 @@ mod tests {
             text.starts_with("1 live gateway(s), 1 live worker(s), 1 not announcing"),
             "{text}"
         );
-        assert!(text.contains("worker w1  live, heartbeat 0.4s ago, TTL 5.0s"), "{text}");
         assert!(
-            text.contains("version 0.1.0, up 2m05s, host h, pid 42, leases held 3, renewed 0.3s ago"),
+            text.contains("worker w1  live, heartbeat 0.4s ago, TTL 5.0s"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "version 0.1.0, up 2m05s, host h, pid 42, leases held 3, renewed 0.3s ago"
+            ),
             "{text}"
         );
         assert!(text.contains("same OS process as g1"), "{text}");
-        let job = text.lines().find(|l| l.trim_start().starts_with("job")).unwrap();
+        let job = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("job"))
+            .unwrap();
         assert!(job.contains("restart tool_panic 5.0s ago"), "{job}");
-        let tool = text.lines().find(|l| l.trim_start().starts_with("tool")).unwrap();
-        assert!(tool.contains("panic panic 5.0s ago: tool panicked: boom"), "{tool}");
+        let tool = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("tool"))
+            .unwrap();
+        assert!(
+            tool.contains("panic panic 5.0s ago: tool panicked: boom"),
+            "{tool}"
+        );
         assert!(text.contains("worker w2  NOT ANNOUNCING"), "{text}");
         assert!(text.contains("(no report"), "{text}");
     }

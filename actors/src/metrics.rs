@@ -111,8 +111,8 @@ const REPLAY_BUCKETS: &[f64] = &[
 ];
 /// Waiting in the queue: from a few milliseconds (an idle worker) to an hour's backlog.
 const QUEUE_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-    600.0, 1800.0, 3600.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
 ];
 
 const fn counter(name: &'static str, help: &'static str) -> Definition {
@@ -366,7 +366,11 @@ pub fn render_gauges(series: &[ScrapeGauge]) -> String {
     let mut out = String::new();
     for name in names {
         let (help, kind) = definition(name).map_or(("", "gauge"), |d| {
-            let kind = if d.kind == Kind::Counter { "counter" } else { "gauge" };
+            let kind = if d.kind == Kind::Counter {
+                "counter"
+            } else {
+                "gauge"
+            };
             (d.help, kind)
         });
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

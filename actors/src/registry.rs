@@ -204,17 +204,19 @@ impl JobRegistry {
         }
         metrics::counter!(m::COMMAND_CHECKS).increment(1);
         let (addr, token) = (inc.addr.clone(), inc.token);
-        ctx.spawn(actix::fut::wrap_future(addr.send(CheckCommands(to_job()))).map(
-            move |_, act: &mut JobRegistry, ctx| {
-                let again = match act.actors.get_mut(&job_id) {
-                    Some(inc) if inc.token == token => inc.commands.finished(),
-                    _ => false,
-                };
-                if again {
-                    act.send_check(job_id, ctx);
-                }
-            },
-        ));
+        ctx.spawn(
+            actix::fut::wrap_future(addr.send(CheckCommands(to_job()))).map(
+                move |_, act: &mut JobRegistry, ctx| {
+                    let again = match act.actors.get_mut(&job_id) {
+                        Some(inc) if inc.token == token => inc.commands.finished(),
+                        _ => false,
+                    };
+                    if again {
+                        act.send_check(job_id, ctx);
+                    }
+                },
+            ),
+        );
     }
 
     /// Starts the follow-up check `CommandCheck::finished` asked for.
@@ -241,10 +243,12 @@ impl Actor for JobRegistry {
             loop {
                 let sent = match hints.recv().await {
                     Ok(job) => me.send(CommandFor::new(job)).await,
-                    Err(RecvError::Lagged(_)) => me.send(CommandsLost {
-                        _queued: registry_ticket(),
-                    })
-                    .await,
+                    Err(RecvError::Lagged(_)) => {
+                        me.send(CommandsLost {
+                            _queued: registry_ticket(),
+                        })
+                        .await
+                    }
                     Err(RecvError::Closed) => break,
                 };
                 if sent.is_err() {

@@ -395,9 +395,10 @@ pub fn scrape_series() -> Vec<m::ScrapeGauge> {
         vec![("version", env!("CARGO_PKG_VERSION").into())],
         1.0,
     ));
-    match s.store_up.load(Ordering::Relaxed) {
-        up @ (0 | 1) => out.push((m::STORE_UP, vec![], up as f64)),
-        _ => {}
+    // Nothing before the first heartbeat: no answer yet is not an outage.
+    let up = s.store_up.load(Ordering::Relaxed);
+    if up >= 0 {
+        out.push((m::STORE_UP, vec![], up as f64));
     }
     out.push((
         m::STORE_UNAVAILABLE,
@@ -446,7 +447,11 @@ mod tests {
         let last = tool.last_panic.clone().unwrap();
         assert_eq!(last.reason, "panic");
         let detail = last.detail.unwrap();
-        assert!(detail.len() <= MAX_DETAIL_BYTES + '…'.len_utf8(), "{}", detail.len());
+        assert!(
+            detail.len() <= MAX_DETAIL_BYTES + '…'.len_utf8(),
+            "{}",
+            detail.len()
+        );
         assert!(last.at_ms > 0);
 
         restarted(ActorKind::Job, "fold");

@@ -130,7 +130,10 @@ fn alert_rules_use_only_declared_metrics_and_there_are_enough() {
         "aetheris_evidence_export_failures_total",
     ] {
         assert!(names.contains(name), "no alert on {name}");
-        assert!(definition(name).is_some_and(|d| d.help.len() > 20), "{name}");
+        assert!(
+            definition(name).is_some_and(|d| d.help.len() > 20),
+            "{name}"
+        );
     }
 }
 
@@ -160,9 +163,15 @@ fn every_alert_has_a_runbook_and_tests_on_which_it_fires_and_does_not() {
             "docs/operations.md has no runbook section `### {name}`"
         );
         let anchor = format!("docs/operations.md#{}", name.to_lowercase());
-        assert!(rules.contains(&anchor), "{name}: its runbook annotation is not {anchor}");
+        assert!(
+            rules.contains(&anchor),
+            "{name}: its runbook annotation is not {anchor}"
+        );
         let (quiet, fires) = seen.get(&name).copied().unwrap_or_default();
-        assert!(quiet, "alerts_test.yml never checks that {name} stays quiet");
+        assert!(
+            quiet,
+            "alerts_test.yml never checks that {name} stays quiet"
+        );
         assert!(fires, "alerts_test.yml never checks that {name} fires");
     }
 }
@@ -171,7 +180,10 @@ fn every_alert_has_a_runbook_and_tests_on_which_it_fires_and_does_not() {
 fn the_dashboard_queries_only_declared_metrics_and_covers_each_topic() {
     let names = dashboard_metrics();
     let unknown: Vec<&String> = names.iter().filter(|n| declared(n).is_none()).collect();
-    assert!(unknown.is_empty(), "the dashboard queries undeclared metrics: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries undeclared metrics: {unknown:?}"
+    );
     let text = read("deploy/grafana/aetheris.json");
     for topic in [
         "Jobs submitted",
@@ -185,7 +197,10 @@ fn the_dashboard_queries_only_declared_metrics_and_covers_each_topic() {
         "Rejections",
         "Append latency",
     ] {
-        assert!(text.contains(&format!("\"title\": \"{topic}\"")), "no panel {topic:?}");
+        assert!(
+            text.contains(&format!("\"title\": \"{topic}\"")),
+            "no panel {topic:?}"
+        );
     }
 }
 
@@ -287,10 +302,7 @@ fn status_json(server: &str) -> Value {
 }
 
 fn process<'a>(view: &'a Value, id: &str) -> Option<&'a Value> {
-    view["processes"]
-        .as_array()?
-        .iter()
-        .find(|p| p["id"] == id)
+    view["processes"].as_array()?.iter().find(|p| p["id"] == id)
 }
 
 fn actor<'a>(p: &'a Value, kind: &str) -> &'a Value {
@@ -308,7 +320,10 @@ fn status_until(server: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Val
         if ready(&view) {
             return view;
         }
-        assert!(Instant::now() < deadline, "{what}: not within 20 s:\n{view:#}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 20 s:\n{view:#}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -363,8 +378,16 @@ fn status_shows_every_process_its_actors_and_a_restarted_job_actor() {
     let server_url = format!("http://127.0.0.1:{port}");
     let server = Proc::spawn(
         &[
-            "server", "--insecure-no-auth", "--database-url", &db, "--bind",
-            &format!("127.0.0.1:{port}"), "--pool-size", "4", "--limits", &limits,
+            "server",
+            "--insecure-no-auth",
+            "--database-url",
+            &db,
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--pool-size",
+            "4",
+            "--limits",
+            &limits,
         ]
         .map(String::from),
         dir.path().join("server.log"),
@@ -392,20 +415,40 @@ fn status_shows_every_process_its_actors_and_a_restarted_job_actor() {
         },
     );
     runtime.block_on(async {
-        let (s, j) = submit(&c, &node.url, &json!({"plan": {"steps": [
-            {"id": "a", "tool": "panics_once", "retry": {"max_attempts": 3, "initial": "10ms"}}
-        ]}}))
+        let (s, j) = submit(
+            &c,
+            &node.url,
+            &json!({"plan": {"steps": [
+                {"id": "a", "tool": "panics_once", "retry": {"max_attempts": 3, "initial": "10ms"}}
+            ]}}),
+        )
         .await;
         assert_eq!(s, 201, "{j}");
-        let j = settle(&c, &node.url, j["job_id"].as_str().unwrap(), Duration::from_secs(30)).await;
+        let j = settle(
+            &c,
+            &node.url,
+            j["job_id"].as_str().unwrap(),
+            Duration::from_secs(30),
+        )
+        .await;
         assert_eq!(j["status"], "succeeded", "{j}");
     });
 
     // The worker binary joins.
     let mut worker = Proc::spawn(
         &[
-            "worker", "--database-url", &db, "--admin-bind", &format!("127.0.0.1:{admin_port}"),
-            "--heartbeat-ms", "100", "--lease-ttl-ms", "2000", "--pool-size", "4", "--limits",
+            "worker",
+            "--database-url",
+            &db,
+            "--admin-bind",
+            &format!("127.0.0.1:{admin_port}"),
+            "--heartbeat-ms",
+            "100",
+            "--lease-ttl-ms",
+            "2000",
+            "--pool-size",
+            "4",
+            "--limits",
             &limits,
         ]
         .map(String::from),
@@ -421,28 +464,47 @@ fn status_shows_every_process_its_actors_and_a_restarted_job_actor() {
         if let Some(id) = found {
             break id;
         }
-        assert!(Instant::now() < deadline, "worker not running: {}", worker.log());
+        assert!(
+            Instant::now() < deadline,
+            "worker not running: {}",
+            worker.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
 
     // `aetheris status --json`: four processes, each with its actors by kind.
-    let view = status_until(&server_url, "four live processes, the restart reported", |v| {
-        let live = |kind: &str| {
-            v["processes"]
-                .as_array()
-                .map_or(0, |a| a.iter().filter(|p| p["kind"] == kind && p["live"] == true).count())
-        };
-        let restarted = process(v, "in-process-worker")
-            .and_then(|p| p["actors"].as_array()?.iter().find(|a| a["kind"] == "job").cloned())
-            .is_some_and(|job| job["restarts"].as_u64() >= Some(1));
-        live("worker") == 2 && live("gateway") == 2 && restarted
-    });
+    let view = status_until(
+        &server_url,
+        "four live processes, the restart reported",
+        |v| {
+            let live = |kind: &str| {
+                v["processes"].as_array().map_or(0, |a| {
+                    a.iter()
+                        .filter(|p| p["kind"] == kind && p["live"] == true)
+                        .count()
+                })
+            };
+            let restarted = process(v, "in-process-worker")
+                .and_then(|p| {
+                    p["actors"]
+                        .as_array()?
+                        .iter()
+                        .find(|a| a["kind"] == "job")
+                        .cloned()
+                })
+                .is_some_and(|job| job["restarts"].as_u64() >= Some(1));
+            live("worker") == 2 && live("gateway") == 2 && restarted
+        },
+    );
     let me = std::process::id();
     let in_process = process(&view, "in-process-worker").unwrap();
     assert_eq!(in_process["pid"], me, "{in_process}");
     assert_eq!(in_process["version"], env!("CARGO_PKG_VERSION"));
     assert!(in_process["uptime_ms"].as_u64() > Some(0), "{in_process}");
-    assert!(in_process["heartbeat_age_ms"].as_u64() < Some(5_000), "{in_process}");
+    assert!(
+        in_process["heartbeat_age_ms"].as_u64() < Some(5_000),
+        "{in_process}"
+    );
     assert_eq!(in_process["ttl_ms"], 5_000, "{in_process}");
     let kinds: Vec<&str> = in_process["actors"]
         .as_array()
@@ -450,14 +512,23 @@ fn status_shows_every_process_its_actors_and_a_restarted_job_actor() {
         .iter()
         .filter_map(|a| a["kind"].as_str())
         .collect();
-    assert_eq!(kinds, ["registry", "lease_manager", "job", "rate_limiter", "tool"]);
+    assert_eq!(
+        kinds,
+        ["registry", "lease_manager", "job", "rate_limiter", "tool"]
+    );
     let job = actor(in_process, "job");
-    assert!(job["restarts_by_reason"]["tool_panic"].as_u64() >= Some(1), "{job}");
+    assert!(
+        job["restarts_by_reason"]["tool_panic"].as_u64() >= Some(1),
+        "{job}"
+    );
     assert_eq!(job["last_restart"]["reason"], "tool_panic", "{job}");
     assert!(job["last_restart"]["at_ms"].as_i64() > Some(0), "{job}");
     let tool = actor(in_process, "tool");
     assert!(tool["panics"].as_u64() >= Some(1), "{tool}");
-    assert!(tool["alive"].as_u64() >= Some(3), "echo, http and panics_once: {tool}");
+    assert!(
+        tool["alive"].as_u64() >= Some(3),
+        "echo, http and panics_once: {tool}"
+    );
     assert!(
         tool["last_panic"]["detail"]
             .as_str()
@@ -473,12 +544,20 @@ fn status_shows_every_process_its_actors_and_a_restarted_job_actor() {
         .iter()
         .filter(|p| p["kind"] == "gateway")
         .collect();
-    assert!(gateways.iter().any(|g| g["instance"] == in_process["instance"]), "{view:#}");
+    assert!(
+        gateways
+            .iter()
+            .any(|g| g["instance"] == in_process["instance"]),
+        "{view:#}"
+    );
     let binary_gateway = gateways
         .iter()
         .find(|g| g["pid"] != me)
         .expect("the server binary's gateway");
-    assert!(binary_gateway["leases_held"].is_null(), "a gateway holds no leases");
+    assert!(
+        binary_gateway["leases_held"].is_null(),
+        "a gateway holds no leases"
+    );
     assert_eq!(binary_gateway["version"], env!("CARGO_PKG_VERSION"));
     let bin_worker = process(&view, &worker_id).expect("the worker binary");
     assert_ne!(bin_worker["pid"], me);
@@ -492,11 +571,20 @@ fn status_shows_every_process_its_actors_and_a_restarted_job_actor() {
     // The human form says the same.
     let (ok, text, err) = status_cli(&server_url, false);
     assert!(ok, "{err}");
-    assert!(text.starts_with("2 live gateway(s), 2 live worker(s)"), "{text}");
+    assert!(
+        text.starts_with("2 live gateway(s), 2 live worker(s)"),
+        "{text}"
+    );
     assert!(text.contains("worker in-process-worker  live"), "{text}");
-    assert!(text.contains(&format!("worker {worker_id}  live")), "{text}");
+    assert!(
+        text.contains(&format!("worker {worker_id}  live")),
+        "{text}"
+    );
     assert!(text.contains("restart tool_panic"), "{text}");
-    assert!(text.contains("deliberate panic in the supervision test"), "{text}");
+    assert!(
+        text.contains("deliberate panic in the supervision test"),
+        "{text}"
+    );
     assert!(text.contains("same OS process as"), "{text}");
 
     // The in-process node drains: its announcements are withdrawn at once.
@@ -584,16 +672,28 @@ fn status_shows_every_process_its_actors_and_a_restarted_job_actor() {
     assert!(process(&view, &worker_id).unwrap()["heartbeat_age_ms"].as_u64() >= Some(2_000));
     let (ok, text, _) = status_cli(&server_url, false);
     assert!(ok);
-    assert!(text.contains(&format!("worker {worker_id}  NOT ANNOUNCING")), "{text}");
-    assert!(text.starts_with("1 live gateway(s), 0 live worker(s), 1 not announcing"), "{text}");
+    assert!(
+        text.contains(&format!("worker {worker_id}  NOT ANNOUNCING")),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("1 live gateway(s), 0 live worker(s), 1 not announcing"),
+        "{text}"
+    );
     runtime.block_on(async {
         let gateway = get_text(&c, &format!("{server_url}/metrics")).await;
         assert_eq!(
-            sample(&gateway, &format!("aetheris_process_up{{kind=\"worker\",id=\"{worker_id}\"}}")),
+            sample(
+                &gateway,
+                &format!("aetheris_process_up{{kind=\"worker\",id=\"{worker_id}\"}}")
+            ),
             Some(0.0),
             "{gateway}"
         );
-        assert_eq!(sample(&gateway, "aetheris_processes{kind=\"worker\"}"), Some(0.0));
+        assert_eq!(
+            sample(&gateway, "aetheris_processes{kind=\"worker\"}"),
+            Some(0.0)
+        );
     });
     drop(server);
 }

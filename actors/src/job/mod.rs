@@ -315,7 +315,6 @@ impl Actor for JobActor {
             .map(move |loaded, act: &mut JobActor, ctx| act.on_loaded(loaded, loading_since, ctx)),
         );
     }
-
 }
 
 impl Handler<CheckCommands> for JobActor {

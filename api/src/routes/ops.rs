@@ -90,10 +90,10 @@ async fn metrics(p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, Api
     };
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(st.metrics.render_for(
-            &extra,
-            (!system).then_some(p.tenant.as_str()),
-        )))
+        .body(
+            st.metrics
+                .render_for(&extra, (!system).then_some(p.tenant.as_str())),
+        ))
 }
 
 /// The series the gateway computes from the store (see [`metrics`]).
@@ -156,8 +156,15 @@ async fn store_series(st: &AppState, system: bool) -> Result<Vec<ScrapeGauge>, A
 fn process_series(processes: &[aetheris_store::ProcessStatus]) -> Vec<ScrapeGauge> {
     let mut out = Vec::new();
     for kind in [ProcessKind::Gateway, ProcessKind::Worker] {
-        let live = processes.iter().filter(|p| p.kind == kind && p.live).count();
-        out.push((m::PROCESSES, vec![("kind", kind.as_str().into())], live as f64));
+        let live = processes
+            .iter()
+            .filter(|p| p.kind == kind && p.live)
+            .count();
+        out.push((
+            m::PROCESSES,
+            vec![("kind", kind.as_str().into())],
+            live as f64,
+        ));
     }
     let labels = |p: &aetheris_store::ProcessStatus| {
         vec![("kind", p.kind.as_str().to_string()), ("id", p.id.clone())]

@@ -49,9 +49,8 @@ impl Operations for RedbStore {
                 if !backlog && unknown.is_empty() {
                     continue;
                 }
-                let (b, oldest_runnable, oldest_unknown) = by_tenant
-                    .entry(row.tenant.clone())
-                    .or_insert_with(|| {
+                let (b, oldest_runnable, oldest_unknown) =
+                    by_tenant.entry(row.tenant.clone()).or_insert_with(|| {
                         let b = TenantBacklog {
                             tenant: row.tenant.clone(),
                             ..TenantBacklog::default()

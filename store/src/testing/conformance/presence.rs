@@ -12,7 +12,12 @@ pub async fn live_processes_are_counted_per_kind(store: DynStore) {
     let g1 = format!("conformance-gateway-{}", JobId::new());
     let announce = |kind, id: &str, ttl| {
         let (store, id) = (store.clone(), id.to_string());
-        async move { ok(store.announce_process(kind, &id, ttl, "{}").await, "announce") }
+        async move {
+            ok(
+                store.announce_process(kind, &id, ttl, "{}").await,
+                "announce",
+            )
+        }
     };
     // Earlier runs against the same database may have left live rows: count from here.
     let base = announce(Worker, &w1, HOUR_MS).await - 1;
@@ -66,14 +71,21 @@ pub async fn process_reports_are_listed(store: DynStore) {
     let g = format!("conformance-report-gateway-{}", JobId::new());
     let find = |all: &[crate::ProcessStatus], id: &str| all.iter().find(|p| p.id == id).cloned();
     ok(
-        store.announce_process(Worker, &w, HOUR_MS, r#"{"n":1}"#).await,
+        store
+            .announce_process(Worker, &w, HOUR_MS, r#"{"n":1}"#)
+            .await,
         "announce",
     );
     ok(
-        store.announce_process(Worker, &w, HOUR_MS, r#"{"n":2}"#).await,
+        store
+            .announce_process(Worker, &w, HOUR_MS, r#"{"n":2}"#)
+            .await,
         "announce again",
     );
-    ok(store.announce_process(Gateway, &g, 1, "{}").await, "announce briefly");
+    ok(
+        store.announce_process(Gateway, &g, 1, "{}").await,
+        "announce briefly",
+    );
     tokio::time::sleep(Duration::from_millis(30)).await;
     let all = ok(store.list_processes().await, "list");
     let worker = find(&all, &w).expect("the worker is listed");
@@ -92,7 +104,10 @@ pub async fn process_reports_are_listed(store: DynStore) {
     ok(store.retire_process(Worker, &w).await, "retire");
     ok(store.retire_process(Gateway, &g).await, "retire");
     let all = ok(store.list_processes().await, "list");
-    assert!(find(&all, &w).is_none() && find(&all, &g).is_none(), "retired: gone");
+    assert!(
+        find(&all, &w).is_none() && find(&all, &g).is_none(),
+        "retired: gone"
+    );
 }
 
 /// The operator's figures: a queued job is backlog until leased; a step whose outcome is
@@ -136,7 +151,9 @@ pub async fn operational_figures_show_backlog_and_unknown_outcomes(store: DynSto
         "outcome unknown",
     );
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let b = figures(store.clone(), tenant.clone()).await.expect("listed");
+    let b = figures(store.clone(), tenant.clone())
+        .await
+        .expect("listed");
     assert_eq!(b.outcome_unknown, 1, "{b:?}");
     assert!(b.outcome_unknown_oldest_ms >= 10, "{b:?}");
     assert_eq!(b.runnable, 1, "the leased job is no backlog: {b:?}");
