@@ -10,6 +10,12 @@
 //! its own runs the exporter's upkeep. Because the recorder is process-wide, every node of
 //! one process shares its series (tests that count run in a process of their own).
 //!
+//! Some series are computed when a scrape asks (`Definition::at_scrape`): the supervision
+//! figures of the process (supervision.rs, added to every render) and what the gateways
+//! read from the store (jobs by state, backlog, unknown outcomes, processes, migrations;
+//! passed in as `ScrapeGauge`s). They are rendered with the help text and type of their
+//! definition and are never recorded through the facade, so no name is rendered twice.
+//!
 //! Invariants: labels never carry job ids (cardinality stays bounded by tenants, tools,
 //! kinds and reasons); a tenant's scrape shows only series labelled with that tenant plus
 //! the process-wide ones without a tenant label (`Metrics::render_for`, G6).
@@ -602,6 +608,79 @@ mod tests {
             vec![("le", "+Inf".into())]
         );
         assert!(labels_of("m{a=1} 2").is_none());
+    }
+
+    #[test]
+    fn scrape_series_are_grouped_per_metric_and_typed_by_their_definition() {
+        let t = render_gauges(&[
+            (RUNNABLE_JOBS, vec![("tenant", "a".into())], 1.0),
+            (STORE_UNAVAILABLE, vec![], 7.0),
+            (RUNNABLE_JOBS, vec![("tenant", "b".into())], 2.0),
+        ]);
+        assert_eq!(
+            t.matches("# TYPE aetheris_runnable_jobs gauge").count(),
+            1,
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "aetheris_runnable_jobs{tenant=\"a\"} 1\naetheris_runnable_jobs{tenant=\"b\"} 2\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE aetheris_store_unavailable_total counter\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn queue_wait_is_from_submission_to_the_first_start() {
+        use aetheris_runtime::{EventBody, JobId, JobState, Plan, RecordedEvent};
+        let job = JobId::new();
+        let plan: Plan = serde_json::from_value(serde_json::json!({"steps": [
+            {"id": "a", "tool": "echo"}, {"id": "b", "tool": "echo"}
+        ]}))
+        .unwrap();
+        let at = |seq, ms, body| RecordedEvent {
+            job_id: job,
+            seq,
+            recorded_at_ms: ms,
+            body,
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        };
+        let submitted = at(
+            1,
+            1_000,
+            EventBody::JobSubmitted {
+                tenant: "t".into(),
+                plan,
+                input: serde_json::Value::Null,
+                idempotency_key: None,
+            },
+        );
+        let mut state = JobState::genesis(&submitted).unwrap();
+        assert!(nothing_started(&state));
+        assert_eq!(queue_wait_ms(&state), None);
+        for (seq, step) in [(2, "a"), (3, "b")] {
+            state
+                .apply(&at(
+                    seq,
+                    1_000 + 250 * (seq as i64 - 1),
+                    EventBody::StepStarted {
+                        step: step.into(),
+                        attempt: 1,
+                        invocation_key: format!("k-{step}"),
+                        tool: "echo".into(),
+                        effect: aetheris_runtime::EffectClass::Pure,
+                        fencing_token: 1,
+                    },
+                ))
+                .unwrap();
+        }
+        assert!(!nothing_started(&state));
+        assert_eq!(queue_wait_ms(&state), Some(250), "the first start counts");
     }
 
     #[test]
