@@ -1,6 +1,6 @@
 //! The `aetheris` command: CLI parsing and wiring only. `dev` runs gateway and worker in
-//! one process on the embedded store; `job …` and `tenant …` are HTTP clients of a running
-//! server; `evidence verify` checks a package offline. Every failure — bad arguments included — prints one `error: …` line on stderr
+//! one process on the embedded store; `job …`, `tenant …` and `status` are HTTP clients of
+//! a running server; `evidence verify` checks a package offline. Every failure — bad arguments included — prints one `error: …` line on stderr
 //! and exits non-zero (G8); every flag and argument has a help line (a test checks).
 //! `dev`, `server`, `worker` and `migrate` first resolve their settings (`config`: flags,
 //! `AETHERIS_*` variables, the config file, defaults) and only then start.
@@ -12,6 +12,7 @@ mod config;
 mod dev;
 mod evidence;
 mod startup;
+mod status;
 mod tenant;
 mod token;
 
@@ -83,6 +84,17 @@ enum Command {
         #[command(subcommand)]
         command: admin::UserCommand,
     },
+    /// Show every gateway and worker process of the deployment with its actors by kind:
+    /// alive, mailbox depth, restarts and panics with the last reason, leases held,
+    /// heartbeat age, uptime and version (needs an admin token of the `default` tenant;
+    /// docs/operations.md).
+    Status {
+        #[command(flatten)]
+        conn: ServerConn,
+        /// Print the server's JSON answer as is.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read your tenant's access audit log (needs `audit:read`: roles admin, auditor).
     Audit {
         #[command(flatten)]
@@ -99,7 +111,7 @@ enum Command {
 }
 
 /// Which server a client command talks to, and as whom (shared by `job`, `tenant`,
-/// `user` and `audit`).
+/// `user`, `audit` and `status`).
 #[derive(clap::Args)]
 struct ServerConn {
     /// Server URL; `HOST:PORT` means `http://HOST:PORT`.
@@ -337,6 +349,7 @@ fn main() -> ExitCode {
         Command::Audit { conn, command } => {
             admin::audit(&conn.server, conn.token.as_deref(), command)
         }
+        Command::Status { conn, json } => status::run(&conn.server, conn.token.as_deref(), json),
         Command::Evidence { command } => evidence::run(command),
     };
     match result {

@@ -5,8 +5,11 @@
 //! Invariant kept here (G2): a tool learns its invocation key and fencing token with every
 //! call, so downstream services can deduplicate and reject zombies; a panic inside a tool
 //! is caught and reported as `ToolError::panicked`, never silently lost, so the job actor
-//! can record it and be restarted from storage.
+//! can record it and be restarted from storage. The catch is counted here, once, with
+//! what the panic said (`aetheris_actor_panics_total{kind="tool"}`, supervision.rs), and
+//! each call in flight is counted as the tool actor's mailbox depth.
 
+use crate::supervision::{self, ActorKind, Queued};
 use actix::prelude::*;
 use aetheris_runtime::{EffectClass, JobId, ToolCatalog, ToolOutcome};
 use async_trait::async_trait;
@@ -148,24 +151,40 @@ pub struct ToolActor {
 
 impl Actor for ToolActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        supervision::started(ActorKind::Tool);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        supervision::stopped(ActorKind::Tool);
+    }
+}
+
+/// What a caught panic said.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
 }
 
 impl Handler<Invoke> for ToolActor {
     type Result = ResponseFuture<Result<Value, ToolError>>;
     fn handle(&mut self, msg: Invoke, _: &mut Context<Self>) -> Self::Result {
         let tool = self.tool.clone();
+        let in_flight = Queued::new(ActorKind::Tool);
         Box::pin(async move {
-            match AssertUnwindSafe(tool.invoke(msg.0)).catch_unwind().await {
+            let answer = match AssertUnwindSafe(tool.invoke(msg.0)).catch_unwind().await {
                 Ok(r) => r,
                 Err(p) => {
-                    let text = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-string panic".into());
-                    Err(ToolError::panicked(format!("tool panicked: {text}")))
+                    let text = format!("tool panicked: {}", panic_text(p.as_ref()));
+                    supervision::panicked(ActorKind::Tool, "panic", Some(&text));
+                    Err(ToolError::panicked(text))
                 }
-            }
+            };
+            drop(in_flight);
+            answer
         })
     }
 }
@@ -174,11 +193,18 @@ impl Handler<Reconcile> for ToolActor {
     type Result = ResponseFuture<Option<Reconciled>>;
     fn handle(&mut self, msg: Reconcile, _: &mut Context<Self>) -> Self::Result {
         let tool = self.tool.clone();
+        let in_flight = Queued::new(ActorKind::Tool);
         Box::pin(async move {
-            AssertUnwindSafe(tool.reconcile(msg.0))
-                .catch_unwind()
-                .await
-                .unwrap_or(None)
+            let answer = match AssertUnwindSafe(tool.reconcile(msg.0)).catch_unwind().await {
+                Ok(r) => r,
+                Err(p) => {
+                    let text = format!("reconcile panicked: {}", panic_text(p.as_ref()));
+                    supervision::panicked(ActorKind::Tool, "panic", Some(&text));
+                    None
+                }
+            };
+            drop(in_flight);
+            answer
         })
     }
 }

@@ -87,6 +87,11 @@ pub async fn start_node(
     cfg: NodeConfig,
 ) -> std::io::Result<(NodeHandle, actix_web::dev::Server)> {
     let metrics = Metrics::install();
+    // At zero from the start, so an alert on their rate finds them.
+    for stage in crate::routes::evidence::EXPORT_STAGES {
+        metrics::counter!(aetheris_actors::metrics::EVIDENCE_EXPORT_FAILURES, "stage" => stage)
+            .increment(0);
+    }
     let names = tools.names();
     let tool_names: Vec<&str> = names.iter().map(String::as_str).collect();
     let catalog = Arc::new(

@@ -74,6 +74,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_transparency.sql",
         sql: include_str!("../../migrations/0010_transparency.sql"),
     },
+    Migration {
+        name: "0011_process_reports.sql",
+        sql: include_str!("../../migrations/0011_process_reports.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

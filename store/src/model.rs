@@ -258,6 +258,51 @@ impl ProcessKind {
             ProcessKind::Worker => "worker",
         }
     }
+
+    /// The kind named `s` (`gateway` or `worker`).
+    pub fn parse(s: &str) -> Option<ProcessKind> {
+        [ProcessKind::Gateway, ProcessKind::Worker]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One announced process as the presence table has it (see `Presence::list_processes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStatus {
+    pub kind: ProcessKind,
+    pub id: String,
+    /// Its announcement has not expired.
+    pub live: bool,
+    /// Since its last announcement (store clock); `None` for a row an older version wrote.
+    pub heartbeat_age_ms: Option<u64>,
+    /// How long one announcement keeps it live; `None` as above.
+    pub ttl_ms: Option<u64>,
+    /// What it said about itself with its last announcement (JSON text; `{}` if nothing).
+    pub report: String,
+}
+
+/// One tenant's backlog and unknown outcomes (see `Operations::operational_figures`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantBacklog {
+    pub tenant: String,
+    /// Jobs runnable now (queued, running, or woken) that no live lease holds.
+    pub runnable: u64,
+    /// Since the oldest of them last changed (0 with none).
+    pub runnable_oldest_ms: u64,
+    /// Steps whose outcome is unknown, waiting for a human confirmation.
+    pub outcome_unknown: u64,
+    /// Since the oldest of them became unknown (0 with none).
+    pub outcome_unknown_oldest_ms: u64,
+}
+
+/// The stored figures an operator watches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperationalFigures {
+    /// Every tenant with at least one job, by id.
+    pub tenants: Vec<TenantBacklog>,
+    /// Migrations recorded as applied (`None`: the store has no migrations, e.g. redb).
+    pub migrations_applied: Option<u64>,
 }
 
 /// One leaf of a tenant's transparency log: the job that finished, the RFC 9162 leaf hash

@@ -1,6 +1,7 @@
 //! End-to-end tests of Aetheris: the `aetheris` binary run as a child process (crash
 //! tests) and whole nodes started in-process (API, supervision, replay). One test binary,
-//! one module per concern (`ui` drives the trace UI in headless Chromium).
+//! one module per concern (`ui` drives the trace UI in headless Chromium; `operations` the
+//! supervision view, the dashboard and the alert rules).
 
 mod api;
 mod audit;
@@ -14,6 +15,7 @@ mod fairness;
 mod fencing;
 mod hostile;
 mod limits;
+mod operations;
 mod pg_bootstrap;
 mod pg_cluster;
 mod postgres;

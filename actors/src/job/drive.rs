@@ -241,9 +241,13 @@ impl JobActor {
         let Some(active) = self.phase.active_mut() else {
             return;
         };
+        let queued = metric::nothing_started(&active.state);
         if let Err(error) = recorded.iter().try_for_each(|e| active.state.apply(e)) {
             tracing::error!(job = %self.job_id, error = %error, "appended event does not fold");
             return self.exit(Exit::Crashed(CrashReason::Fold), ctx);
+        }
+        if queued {
+            metric::record_queue_wait(&active.state);
         }
         for event in &recorded {
             match Attempt::from_started(&event.body) {
@@ -304,6 +308,7 @@ impl JobActor {
         let blob = match encode_versioned(SNAPSHOT_FORMAT, state) {
             Ok(blob) => blob,
             Err(error) => {
+                metrics::counter!(metric::SNAPSHOT_FAILURES).increment(1);
                 tracing::error!(job = %self.job_id, error = %error, "snapshot encode failed");
                 return;
             }
@@ -314,7 +319,10 @@ impl JobActor {
         ctx.spawn(actix::fut::wrap_future(async move {
             match store.put_snapshot(job, token, seq, blob).await {
                 Ok(()) => metrics::counter!(metric::SNAPSHOTS_WRITTEN).increment(1),
-                Err(error) => tracing::warn!(job = %job, error = %error, "snapshot write failed"),
+                Err(error) => {
+                    metrics::counter!(metric::SNAPSHOT_FAILURES).increment(1);
+                    tracing::warn!(job = %job, error = %error, "snapshot write failed")
+                }
             }
         }));
     }

@@ -8,7 +8,8 @@
 //! 404); the package is built by the store-level exporter (`aetheris_store::evidence`),
 //! off the HTTP workers; an export answers only after its `evidence.export` audit row is
 //! written; without a signing key the export and checkpoint routes answer 503 and the
-//! rest of the gateway works.
+//! rest of the gateway works. An export that fails on the server's side is counted by
+//! stage (`aetheris_evidence_export_failures_total{stage}`).
 
 use super::{parse_id, schema, Access, Answer, AppState, Caller, HttpMethod, RouteSpec};
 use crate::auth::Permission;
@@ -222,7 +223,7 @@ pub async fn export_package(
     id: aetheris_runtime::JobId,
     redact: &[String],
 ) -> Result<Vec<u8>, ApiError> {
-    let key = signing_key(st)?;
+    let key = signing_key(st).map_err(failed("key"))?;
     let evidence = JobEvidence::gather(
         st.store.as_ref(),
         Scope::Tenant(&p.tenant),
@@ -230,11 +231,13 @@ pub async fn export_package(
         redact,
         &exporter(),
     )
-    .await?;
+    .await
+    .map_err(|e| failed("store")(e.into()))?;
     let zip = web::block(move || evidence.build(&key))
         .await
-        .map_err(|e| ApiError::Internal(format!("building the package: {e}")))?
-        .map_err(refused)?;
+        .map_err(|e| ApiError::Internal(format!("building the package: {e}")))
+        .and_then(|built| built.map_err(refused))
+        .map_err(failed("build"))?;
     // The package is handed out only once its export is on the record.
     st.store
         .record_audit(&AuditEntry::ok(
@@ -243,8 +246,25 @@ pub async fn export_package(
             "evidence.export",
             id.to_string(),
         ))
-        .await?;
+        .await
+        .map_err(|e| failed("audit")(e.into()))?;
     Ok(zip)
+}
+
+/// The stages of an export that can fail on the server's side (the `stage` label of
+/// `aetheris_evidence_export_failures_total`).
+pub const EXPORT_STAGES: [&str; 4] = ["key", "store", "build", "audit"];
+
+/// Counts an export that failed at `stage` on the server's side (a 5xx); the caller's own
+/// mistakes (an unknown job, a running job, a bad redaction) are not failures.
+fn failed(stage: &'static str) -> impl Fn(ApiError) -> ApiError {
+    move |e| {
+        if actix_web::ResponseError::status_code(&e).is_server_error() {
+            metrics::counter!(aetheris_actors::metrics::EVIDENCE_EXPORT_FAILURES, "stage" => stage)
+                .increment(1);
+        }
+        e
+    }
 }
 
 /// The trace UI's evidence: the gateway's own export, verified with its own public key.

@@ -5,7 +5,7 @@
 //! (`openapi.rs`). A permission is therefore written once and is the one enforced.
 //!
 //! Handlers live one file per resource (jobs, commands, evidence, tenants, users, audit,
-//! ops). They
+//! ops, system). They
 //! parse and validate fully before touching the store, scope every store call by the
 //! caller's tenant (G6), and answer errors as problem+json. Every mutating call hands the
 //! store an `AuditEntry` written in the same transaction as the change; a refused
@@ -18,6 +18,7 @@ pub mod commands;
 pub mod evidence;
 pub mod jobs;
 pub mod ops;
+pub mod system;
 pub mod tenants;
 pub mod users;
 
@@ -321,6 +322,7 @@ pub static ROUTES: &[RouteSpec] = &[
     users::LIST,
     users::PUT,
     audit::LIST,
+    system::ACTORS,
 ];
 
 /// Registers every route of [`ROUTES`] and the problem+json 404 for anything else.

@@ -79,6 +79,8 @@ pub async fn run_all(store: DynStore) {
     users_are_per_tenant_data(store.clone()).await;
     missing_tenants_are_not_found(store.clone()).await;
     live_processes_are_counted_per_kind(store.clone()).await;
+    process_reports_are_listed(store.clone()).await;
+    operational_figures_show_backlog_and_unknown_outcomes(store.clone()).await;
     finished_jobs_join_their_tenant_log(store.clone()).await;
     concurrent_finishes_get_gap_free_indexes(store.clone()).await;
     evidence_packages_are_the_recorded_history(store.clone()).await;
@@ -115,6 +117,8 @@ macro_rules! conformance_tests {
             users_are_per_tenant_data,
             missing_tenants_are_not_found,
             live_processes_are_counted_per_kind,
+            process_reports_are_listed,
+            operational_figures_show_backlog_and_unknown_outcomes,
             finished_jobs_join_their_tenant_log,
             concurrent_finishes_get_gap_free_indexes,
             evidence_packages_are_the_recorded_history,
