@@ -31,7 +31,8 @@ pub mod transparency;
 
 pub use self::redb::RedbStore;
 pub use contract::{
-    Audit, Commands, DynStore, JobLog, Leases, Presence, Store, Tenants, TransparencyLog, Users,
+    Audit, Commands, DynStore, JobLog, Leases, LlmStore, Presence, Store, Tenants, TransparencyLog,
+    Users,
 };
 pub(crate) use error::append_refused;
 pub use error::{Entity, Result, StoreError};

@@ -74,6 +74,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_transparency.sql",
         sql: include_str!("../../migrations/0010_transparency.sql"),
     },
+    Migration {
+        name: "0011_llm.sql",
+        sql: include_str!("../../migrations/0011_llm.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

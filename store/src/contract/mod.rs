@@ -2,7 +2,8 @@
 //! [`JobLog`] (jobs, events, snapshots, the ledger), [`Leases`] (claims, heartbeats, timers,
 //! the store clock), [`Commands`], [`Tenants`], [`Users`] (with the per-request access
 //! lookup), [`Audit`], [`Presence`] (live processes) and [`TransparencyLog`] (each
-//! tenant's log of finished jobs). [`Store`] is all of them, with a
+//! tenant's log of finished jobs), [`LlmStore`] (tenants' LLM providers and daily token
+//! usage). [`Store`] is all of them, with a
 //! blanket impl, so `DynStore = Arc<dyn Store>` serves callers that need several.
 //!
 //! Every backend keeps the same invariants, proven by the conformance suite
@@ -24,6 +25,7 @@ mod audit;
 mod commands;
 mod jobs;
 mod leases;
+mod llm;
 mod presence;
 mod tenants;
 mod transparency;
@@ -33,6 +35,7 @@ pub use audit::Audit;
 pub use commands::Commands;
 pub use jobs::JobLog;
 pub use leases::Leases;
+pub use llm::LlmStore;
 pub use presence::Presence;
 pub use tenants::Tenants;
 pub use transparency::TransparencyLog;
@@ -50,6 +53,7 @@ pub trait Store:
     + Audit
     + Presence
     + TransparencyLog
+    + LlmStore
     + Send
     + Sync
     + 'static
@@ -65,6 +69,7 @@ impl<T> Store for T where
         + Audit
         + Presence
         + TransparencyLog
+        + LlmStore
         + Send
         + Sync
         + 'static
