@@ -22,7 +22,9 @@
 pub mod clock;
 pub mod context;
 pub mod job;
+pub mod failpoint;
 pub mod lease;
+pub mod llm;
 pub mod messages;
 pub mod metrics;
 pub mod ratelimit;

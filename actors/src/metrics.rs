@@ -41,6 +41,10 @@ pub const RATE_LIMIT_REJECTIONS: &str = "aetheris_rate_limit_rejections_total";
 pub const RATE_LIMIT_WAITS: &str = "aetheris_rate_limit_waits_total";
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "aetheris_rate_limit_wait_seconds_total";
 pub const LIVE_PROCESSES: &str = "aetheris_live_processes";
+/// OpenTelemetry GenAI `gen_ai.client.token.usage`, as a Prometheus counter of tokens.
+pub const GEN_AI_TOKEN_USAGE: &str = "aetheris_gen_ai_client_token_usage_total";
+/// OpenTelemetry GenAI `gen_ai.client.operation.duration`.
+pub const GEN_AI_OPERATION_DURATION: &str = "aetheris_gen_ai_client_operation_duration_seconds";
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +73,10 @@ const TOOL_BUCKETS: &[f64] = &[
 /// One store round trip: from a tenth of a millisecond (redb, warm) to a stalled database.
 const STORE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// A model call: from a fake provider answering at once to a long generation.
+const MODEL_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 /// Loading a job: one round trip for a short log, many pages for a long one.
 const REPLAY_BUCKETS: &[f64] = &[
@@ -128,6 +136,8 @@ pub const DEFINITIONS: &[Definition] = &[
     // A gauge only because the facade's counters count whole units; it only ever grows.
     gauge(RATE_LIMIT_WAIT_SECONDS, Unit::Seconds, "Time calls waited for a rate limit, per tenant and kind (only grows: use rate())."),
     gauge(LIVE_PROCESSES, Unit::Count, "Live processes of this kind; this one takes one over it of each global limit."),
+    counter(GEN_AI_TOKEN_USAGE, "LLM tokens used (gen_ai.client.token.usage), per tenant, provider (gen_ai_provider_name), model (gen_ai_request_model) and gen_ai_token_type (input, output)."),
+    histogram(GEN_AI_OPERATION_DURATION, "LLM calls' duration (gen_ai.client.operation.duration), per provider, model and gen_ai_operation_name.", MODEL_BUCKETS),
 ];
 
 /// The declaration of `name`, if it is one of ours.

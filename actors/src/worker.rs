@@ -49,7 +49,14 @@ impl Worker {
         let (finished, _) = tokio::sync::broadcast::channel(config.finished_buffer.max(1));
         let worker_id = config.worker_id.clone();
         zero_supervision_series();
+        let llm = crate::llm::LlmRuntime::new(
+            config.llm.clone(),
+            Some(store.clone()),
+            config.rate_limits.clone(),
+        );
+        tools.attach_llm(llm.clone());
         let (leases, _registry) = start_actor_tree(WorkerContext {
+            llm,
             store,
             tools,
             config: Arc::new(config),

@@ -116,7 +116,7 @@ pub fn command_effect(
             output,
             by,
             note,
-        } => match step_status(state, &step) {
+        } => match state.status_of(&step) {
             None => CommandEffect::Ignore(Ignored::UnknownStep),
             Some(StepStatus::OutcomeUnknown) => CommandEffect::Append(EventBody::StepConfirmed {
                 step,
@@ -128,26 +128,6 @@ pub fn command_effect(
             }),
             Some(_) => CommandEffect::Ignore(Ignored::NotOutcomeUnknown),
         },
-    }
-}
-
-/// The status of a plan step, or of an agent step's tool call (`step.turn.index`) as a
-/// confirmation sees it: `outcome_unknown` is the only status it resolves.
-fn step_status(state: &JobState, name: &str) -> Option<StepStatus> {
-    match crate::agent::owner_of(name) {
-        None => state.steps.get(name).map(|s| s.status),
-        Some(step) => {
-            let call = state.agent(step)?.call(name)?;
-            Some(match call.status {
-                crate::agent::CallStatus::OutcomeUnknown => StepStatus::OutcomeUnknown,
-                crate::agent::CallStatus::Running => StepStatus::Running,
-                crate::agent::CallStatus::Pending => StepStatus::Pending,
-                crate::agent::CallStatus::Succeeded => StepStatus::Succeeded,
-                crate::agent::CallStatus::Failed | crate::agent::CallStatus::Refused => {
-                    StepStatus::Failed
-                }
-            })
-        }
     }
 }
 

@@ -370,6 +370,24 @@ impl JobState {
         self.plan.step(step).and_then(|s| s.agent.as_ref())
     }
 
+    /// The status of a plan step, or of an agent step's tool call (`step.turn.index`) as a
+    /// step's: what a confirmation checks (it resolves `outcome_unknown` only).
+    pub fn status_of(&self, name: &str) -> Option<StepStatus> {
+        match owner_of(name) {
+            None => self.steps.get(name).map(|s| s.status),
+            Some(step) => {
+                let call = self.agent(step)?.call(name)?;
+                Some(match call.status {
+                    CallStatus::OutcomeUnknown => StepStatus::OutcomeUnknown,
+                    CallStatus::Running => StepStatus::Running,
+                    CallStatus::Pending => StepStatus::Pending,
+                    CallStatus::Succeeded => StepStatus::Succeeded,
+                    CallStatus::Failed | CallStatus::Refused => StepStatus::Failed,
+                })
+            }
+        }
+    }
+
     pub fn agent(&self, step: &str) -> Option<&AgentState> {
         self.steps.get(step).and_then(|s| s.agent.as_deref())
     }
