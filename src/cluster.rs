@@ -59,6 +59,8 @@ pub struct WorkerArgs {
     /// Per-tenant rate limits (JSON file; see docs/limits.md).
     #[arg(long, env = "AETHERIS_LIMITS")]
     pub limits: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub llm: crate::agents::LlmArgs,
     /// Admin listener: GET /healthz, /readyz (the database answers) and /metrics
     /// (Prometheus text). It has NO authentication: keep it on loopback or a private
     /// network. Port 0 picks a free port (printed at start).
@@ -80,6 +82,7 @@ impl WorkerArgs {
             max_jobs: self.max_jobs,
             snapshot_every: self.snapshot_every,
             rate_limits: load_limits(self.limits.as_deref())?,
+            llm: self.llm.settings()?,
             ..WorkerConfig::default()
         })
     }
@@ -220,8 +223,10 @@ pub fn server(
     auth: AuthArgs,
     gateway: GatewayArgs,
     evidence: crate::evidence::KeyArgs,
+    llm: crate::agents::LlmArgs,
 ) -> Result<ExitCode, String> {
     let auth = auth.load()?;
+    let llm = llm.settings()?;
     let evidence_key = match &evidence.evidence_signing_key_file {
         Some(p) => Some(crate::evidence::load_signing_key(p)?),
         None => None,
@@ -243,6 +248,7 @@ pub fn server(
         let tools = ToolRegistry::with_builtins();
         cfg.worker = WorkerConfig {
             rate_limits,
+            llm,
             ..WorkerConfig::default()
         };
         let (node, running) = start_node(store, tools, cfg)

@@ -52,6 +52,9 @@ pub struct DevArgs {
     pub gateway: crate::cluster::GatewayArgs,
     #[command(flatten)]
     pub evidence: crate::evidence::KeyArgs,
+    /// LLM providers (a `scripted` one, answering offline, is always there).
+    #[command(flatten)]
+    pub llm: crate::agents::LlmArgs,
 }
 
 /// On first start, creates `<data-dir>/auth.key` (an HS256 secret); on every start issues
@@ -130,6 +133,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         None => None,
     };
     let rate_limits = crate::cluster::load_limits(args.limits.as_deref())?;
+    let llm = args.llm.dev_settings()?;
     crate::startup::check_bind(&args.bind)?;
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("--data-dir {}: {e}", args.data_dir.display()))?;
@@ -181,6 +185,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             max_jobs: args.max_jobs,
             lease_ttl_ms: args.lease_ttl_ms,
             heartbeat_ms: (args.lease_ttl_ms / 5).max(50),
+            llm,
             ..WorkerConfig::default()
         };
         let mut cfg = NodeConfig {

@@ -4,6 +4,7 @@
 //! and exits non-zero (G8); every flag and argument has a help line (a test checks).
 
 mod admin;
+mod agents;
 mod client;
 mod cluster;
 mod dev;
@@ -48,6 +49,8 @@ enum Command {
         gateway: cluster::GatewayArgs,
         #[command(flatten)]
         evidence: evidence::KeyArgs,
+        #[command(flatten)]
+        llm: agents::LlmArgs,
     },
     /// Make keys and issue tokens for clients (docs/auth.md).
     Token {
@@ -257,6 +260,24 @@ pub enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Ask another model every recorded model turn of the job's agent steps (tool results
+    /// from the record: no tool is called) and show where its decisions diverge.
+    Replay {
+        /// Job id.
+        id: String,
+        /// The model to ask.
+        #[arg(long)]
+        model: String,
+        /// The provider to ask it of (default: each turn's recorded provider).
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this agent step's turns.
+        #[arg(long)]
+        step: Option<String>,
+        /// Print the server's JSON report as is.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A command-line error as one line: clap's message (without its usage block) and the
@@ -307,7 +328,8 @@ fn main() -> ExitCode {
             auth,
             gateway,
             evidence,
-        } => cluster::server(db, bind, limits, auth, gateway, evidence),
+            llm,
+        } => cluster::server(db, bind, limits, auth, gateway, evidence, llm),
         Command::Token {
             command: TokenCommand::Issue(a),
         } => token::issue(a),
