@@ -2,6 +2,7 @@
 //! tests) and whole nodes started in-process (API, supervision, replay). One test binary,
 //! one module per concern.
 
+mod agents;
 mod api;
 mod audit;
 mod auth;
@@ -10,6 +11,7 @@ mod cancel;
 mod crash;
 mod evidence;
 mod fairness;
+mod fake_llm;
 mod fencing;
 mod hostile;
 mod limits;
