@@ -188,7 +188,7 @@ pub fn agent_lines(agent: &Value) -> Vec<String> {
         };
         out.push(format!(
             "    turn {:>3}  {}  tokens {}/{}  {what}",
-            t["turn"],
+            t["turn"].as_u64().unwrap_or(0),
             t["model"].as_str().unwrap_or("?"),
             t["input_tokens"],
             t["output_tokens"]

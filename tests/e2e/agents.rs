@@ -194,7 +194,7 @@ fn three_turn_agent(pg: bool, protocol: Protocol) {
         let seen = fake.seen();
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
         assert_eq!(seen.iter().map(|s| s.turn).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert!(seen.iter().all(|s| s.repeat == 0));
+        assert!(seen.iter().all(|s| s.repeat == 0 && s.protocol == protocol));
         assert!(seen.iter().all(|s| s.api_key.as_deref() == Some(API_KEY)));
         let keys: std::collections::BTreeSet<_> = seen.iter().map(|s| s.idempotency_key.clone().unwrap()).collect();
         assert_eq!(keys.len(), 3, "one invocation key per model call");

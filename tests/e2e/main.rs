@@ -2,6 +2,7 @@
 //! tests) and whole nodes started in-process (API, supervision, replay). One test binary,
 //! one module per concern.
 
+mod agent_crash;
 mod agents;
 mod api;
 mod audit;
