@@ -323,8 +323,14 @@ mod tests {
                              "arguments": {"amount": 3}, "awaits_approval": true}]}],
             "awaiting": ["approve:a.1.0"], "input_tokens": 10, "output_tokens": 2});
         let lines = agent_lines(&agent);
-        assert!(lines[0].contains("a.1.0 refund({\"amount\":3}) awaiting approval"), "{lines:?}");
-        assert!(lines[1].contains("waiting for signal approve:a.1.0"), "{lines:?}");
+        assert!(
+            lines[0].contains("a.1.0 refund({\"amount\":3}) awaiting approval"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("waiting for signal approve:a.1.0"),
+            "{lines:?}"
+        );
     }
 
     #[test]
@@ -335,8 +341,14 @@ mod tests {
             {"step": "a", "turn": 2, "recorded": {"tool_calls": [], "answer": "yes"},
              "replayed": {"tool_calls": [], "answer": "no"}, "divergences": ["answer"]}]});
         let lines = replay_lines(&report);
-        assert!(lines[0].starts_with("a.1") && lines[0].contains("same"), "{lines:?}");
-        assert!(lines[1].contains("DIVERGES (answer): answer \"yes\" → answer \"no\""), "{lines:?}");
+        assert!(
+            lines[0].starts_with("a.1") && lines[0].contains("same"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("DIVERGES (answer): answer \"yes\" → answer \"no\""),
+            "{lines:?}"
+        );
         assert_eq!(lines[2], "1 of 2 turns diverge with model m2; first at a.2");
     }
 }

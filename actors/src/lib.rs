@@ -21,8 +21,8 @@
 
 pub mod clock;
 pub mod context;
-pub mod job;
 pub mod failpoint;
+pub mod job;
 pub mod lease;
 pub mod llm;
 pub mod messages;

@@ -547,6 +547,10 @@ impl RateLimiters {
     }
 
     pub async fn settle_llm(&self, tenant: &str, reserved: u64, used: u64) {
+        // Nothing was reserved without a limit (and no limiter needs to exist for it).
+        if self.unlimited(tenant, |l| l.llm_tokens_per_min.is_some()) {
+            return;
+        }
         if let Some(l) = self.limiter(tenant) {
             let _ = l
                 .send(SettleLlm(reserved.saturating_sub(used) as f64))

@@ -11,7 +11,9 @@
 //!   `agent_model_started` to the next), at turn 1 and turn 20 — flat when each event holds
 //!   only the turn's new messages.
 
-use crate::runner::{median, ms, pct, progress, progress_done, sorted, start_worker, Fresh, Opener};
+use crate::runner::{
+    median, ms, pct, progress, progress_done, sorted, start_worker, Fresh, Opener,
+};
 use aetheris_actors::llm::LlmSettings;
 use aetheris_actors::{ToolRegistry, WorkerConfig};
 use aetheris_runtime::{EventBody, JobId, Plan};
@@ -186,7 +188,12 @@ fn turn_times(arrivals: &Arrivals, tags: &[String]) -> Vec<f64> {
     let a = arrivals.lock().map(|a| a.clone()).unwrap_or_default();
     tags.iter()
         .filter_map(|t| a.get(t))
-        .flat_map(|times| times.windows(2).map(|w| ms(w[1] - w[0])).collect::<Vec<_>>())
+        .flat_map(|times| {
+            times
+                .windows(2)
+                .map(|w| ms(w[1] - w[0]))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -271,7 +278,11 @@ async fn once(opener: Opener) -> Result<W9Run, String> {
     for job in &solo_jobs {
         let b = bytes_per_turn(&store, *job).await?;
         if b.len() != TURNS + 1 {
-            return Err(format!("W9: a job took {} model calls, not {}", b.len(), TURNS + 1));
+            return Err(format!(
+                "W9: a job took {} model calls, not {}",
+                b.len(),
+                TURNS + 1
+            ));
         }
         first.push(b[0]);
         last.push(b[TURNS - 1]);

@@ -137,7 +137,10 @@ async fn jobs_finished_before_the_migration_join_their_log() {
     let store = PgStore::connect(&url, 2).await.unwrap();
     // 0010 and every later migration (0011_llm.sql, …), in order.
     let applied = store.migrate().await.unwrap();
-    assert_eq!(applied.first().map(String::as_str), Some("0010_transparency.sql"));
+    assert_eq!(
+        applied.first().map(String::as_str),
+        Some("0010_transparency.sql")
+    );
     assert!(applied.iter().all(|m| m.as_str() >= "0010"), "{applied:?}");
     let leaf = |i: usize| job_leaf_hash(ids[i].0, rows[i].2 as u64, &ids[i].1);
     let acme = store.log_leaves("acme", None).await.unwrap();

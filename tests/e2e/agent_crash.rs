@@ -108,7 +108,11 @@ impl Node {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "node did not start:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "node did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -227,18 +231,29 @@ fn kill_at_every_boundary(pg: bool) {
         let id = j["job_id"].as_str().expect("id").to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !dir.join("failpoint").exists() {
-            assert!(Instant::now() < deadline, "{failpoint} never reached:\n{}", node.log());
+            assert!(
+                Instant::now() < deadline,
+                "{failpoint} never reached:\n{}",
+                node.log()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         node.kill();
         node.start(None);
         // A side_effect call cut off is outcome_unknown: a human says what happened.
         let j = node.until(&id, "settles after the kill", |j| {
-            matches!(j["status"].as_str(), Some("succeeded" | "failed" | "waiting"))
+            matches!(
+                j["status"].as_str(),
+                Some("succeeded" | "failed" | "waiting")
+            )
         });
         let mut confirmed = 0;
         if j["status"] == "waiting" {
-            for t in j["steps"][0]["agent"]["turns"].as_array().into_iter().flatten() {
+            for t in j["steps"][0]["agent"]["turns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 for c in t["tool_calls"].as_array().into_iter().flatten() {
                     if c["status"] == "outcome_unknown" {
                         let happened = stub.calls.lock().unwrap().values().any(|n| *n > 0);
@@ -248,7 +263,8 @@ fn kill_at_every_boundary(pg: bool) {
                             json!({"outcome": "not_executed", "by": "ops"})
                         };
                         let call_id = c["id"].as_str().unwrap();
-                        let (s, r) = node.post(&format!("/v1/jobs/{id}/steps/{call_id}/confirm"), body);
+                        let (s, r) =
+                            node.post(&format!("/v1/jobs/{id}/steps/{call_id}/confirm"), body);
                         assert_eq!(s, 202, "{r}");
                         confirmed += 1;
                     }
@@ -275,7 +291,9 @@ fn kill_at_every_boundary(pg: bool) {
         match (twice.as_slice(), in_flight) {
             ([], false) => {}
             ([pair], true) if pair.len() == 2 => {
-                if pair[0].idempotency_key != pair[1].idempotency_key || pair[0].idempotency_key.is_none() {
+                if pair[0].idempotency_key != pair[1].idempotency_key
+                    || pair[0].idempotency_key.is_none()
+                {
                     failures.push(why("the re-asked call came with another key".into()));
                 }
             }
@@ -286,7 +304,10 @@ fn kill_at_every_boundary(pg: bool) {
             ))),
         }
         if by_digest.len() != 3 {
-            failures.push(why(format!("{} distinct requests, want 3", by_digest.len())));
+            failures.push(why(format!(
+                "{} distinct requests, want 3",
+                by_digest.len()
+            )));
         }
         if !fake.violations().is_empty() {
             failures.push(why(format!("protocol violations {:?}", fake.violations())));
@@ -302,7 +323,11 @@ fn kill_at_every_boundary(pg: bool) {
                 failures.push(why(format!("chain does not verify: {e:?}")));
             }
         }
-        println!("{failpoint}: {} requests, {confirmed} confirmation(s), {} events", seen.len(), events.len());
+        println!(
+            "{failpoint}: {} requests, {confirmed} confirmation(s), {} events",
+            seen.len(),
+            events.len()
+        );
         node.kill();
     }
     assert!(failures.is_empty(), "{failures:#?}");
@@ -351,28 +376,47 @@ fn the_cli_shows_turns_and_replays_with_another_model() {
     node.until(&id, "finishes", |j| j["status"] == "succeeded");
     let (ok, get) = cli(&node, &["get", &id]);
     assert!(ok, "{get}");
-    assert!(get.contains("turn   1  m1  tokens 100/20  triage.1.0 http("), "{get}");
+    assert!(
+        get.contains("turn   1  m1  tokens 100/20  triage.1.0 http("),
+        "{get}"
+    );
     assert!(get.contains("succeeded"), "{get}");
     assert!(get.contains("answer: Refunded 42."), "{get}");
     assert!(get.contains("tokens 300 in / 60 out"), "{get}");
     let (ok, events) = cli(&node, &["events", &id]);
     assert!(ok, "{events}");
-    assert!(events.contains("agent_model_answered   triage.1: calls http; tokens 100/20"), "{events}");
-    assert!(events.contains("agent_tool_started     triage.1.0 http (side_effect)"), "{events}");
+    assert!(
+        events.contains("agent_model_answered   triage.1: calls http; tokens 100/20"),
+        "{events}"
+    );
+    assert!(
+        events.contains("agent_tool_started     triage.1.0 http (side_effect)"),
+        "{events}"
+    );
     let (ok, watch) = cli(&node, &["watch", &id]);
     assert!(ok, "{watch}");
-    assert!(watch.contains("agent_model_started    triage.3 asks fake/m1"), "{watch}");
+    assert!(
+        watch.contains("agent_model_started    triage.3 asks fake/m1"),
+        "{watch}"
+    );
     let before = stub.calls.lock().unwrap().values().sum::<u32>();
     let (ok, replay) = cli(&node, &["replay", &id, "--model", "m2"]);
     assert!(ok, "{replay}");
     assert!(replay.contains("triage.1       same"), "{replay}");
     assert!(replay.contains("triage.3       DIVERGES (answer): answer \"Refunded 42.\" → answer \"Refund refused.\""), "{replay}");
-    assert!(replay.contains("1 of 3 turns diverge with model m2; first at triage.3"), "{replay}");
+    assert!(
+        replay.contains("1 of 3 turns diverge with model m2; first at triage.3"),
+        "{replay}"
+    );
     let (ok, json) = cli(&node, &["replay", &id, "--model", "m2", "--json"]);
     assert!(ok, "{json}");
     let report: Value = serde_json::from_str(json.trim()).expect("json report");
     assert_eq!(report["diverged"], 1);
-    assert_eq!(stub.calls.lock().unwrap().values().sum::<u32>(), before, "a replay calls no tool");
+    assert_eq!(
+        stub.calls.lock().unwrap().values().sum::<u32>(),
+        before,
+        "a replay calls no tool"
+    );
     let (ok, err) = cli(&node, &["replay", &id]);
     assert!(!ok && err.contains("--model"), "{err}");
 }

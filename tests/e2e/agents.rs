@@ -44,7 +44,11 @@ impl Tool for Lookup {
         json!({"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]})
     }
     async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
-        self.0 .0.lock().unwrap().push(("lookup".into(), call.invocation_key, call.args.clone()));
+        self.0
+             .0
+            .lock()
+            .unwrap()
+            .push(("lookup".into(), call.invocation_key, call.args.clone()));
         Ok(json!({"order": call.args["order"], "total": 42}))
     }
 }
@@ -64,7 +68,11 @@ impl Tool for Refund {
         json!({"type": "object", "properties": {"amount": {"type": "number", "maximum": 100}}, "required": ["amount"]})
     }
     async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
-        self.0 .0.lock().unwrap().push(("refund".into(), call.invocation_key, call.args.clone()));
+        self.0
+             .0
+            .lock()
+            .unwrap()
+            .push(("refund".into(), call.invocation_key, call.args.clone()));
         Ok(json!({"refunded": call.args["amount"]}))
     }
 }
@@ -106,11 +114,22 @@ fn agent_job(extra: Value) -> Value {
 }
 
 async fn get(c: &reqwest::Client, url: &str, path: &str) -> Value {
-    c.get(format!("{url}{path}")).send().await.unwrap().json().await.unwrap()
+    c.get(format!("{url}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn post(c: &reqwest::Client, url: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = c.post(format!("{url}{path}")).json(&body).send().await.unwrap();
+    let r = c
+        .post(format!("{url}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
 }
@@ -123,7 +142,13 @@ async fn default_tenant(c: &reqwest::Client, url: &str) {
 }
 
 /// Polls until `ok` holds of the job (30 s at most).
-async fn until(c: &reqwest::Client, url: &str, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+async fn until(
+    c: &reqwest::Client,
+    url: &str,
+    id: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let j = get(c, url, &format!("/v1/jobs/{id}")).await;
@@ -136,7 +161,10 @@ async fn until(c: &reqwest::Client, url: &str, id: &str, what: &str, ok: impl Fn
 }
 
 fn finished(j: &Value) -> bool {
-    matches!(j["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    matches!(
+        j["status"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
 }
 
 async fn events(c: &reqwest::Client, url: &str, id: &str) -> Vec<Value> {
@@ -153,7 +181,10 @@ async fn events(c: &reqwest::Client, url: &str, id: &str) -> Vec<Value> {
 }
 
 fn kinds(events: &[Value]) -> Vec<String> {
-    events.iter().map(|e| e["body"]["type"].as_str().unwrap_or("").to_string()).collect()
+    events
+        .iter()
+        .map(|e| e["body"]["type"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 /// The three-turn script: look up, refund, answer.
@@ -169,7 +200,13 @@ fn three_turn_agent(pg: bool, protocol: Protocol) {
     let fake = FakeLlm::start(three_turns);
     let dir = tempfile::tempdir().unwrap();
     let calls = Calls::default();
-    let node = TestNode::start_configured(pg, register(calls.clone()), worker(&fake, protocol, dir.path()), None, |_| {});
+    let node = TestNode::start_configured(
+        pg,
+        register(calls.clone()),
+        worker(&fake, protocol, dir.path()),
+        None,
+        |_| {},
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let url = node.url.clone();
@@ -179,7 +216,10 @@ fn three_turn_agent(pg: bool, protocol: Protocol) {
         let j = until(&c, &url, &id, "the agent finishes", finished).await;
         assert_eq!(j["status"], "succeeded", "{j}");
         assert_eq!(j["output"]["triage"]["answer"], "Refunded 42 for A-17.");
-        assert_eq!(j["output"]["triage"]["usage"], json!({"input_tokens": 300, "output_tokens": 60}));
+        assert_eq!(
+            j["output"]["triage"]["usage"],
+            json!({"input_tokens": 300, "output_tokens": 60})
+        );
         // The job view shows each turn: model, tokens, tool calls and their status.
         let agent = &j["steps"][0]["agent"];
         let turns = agent["turns"].as_array().unwrap();
@@ -193,14 +233,28 @@ fn three_turn_agent(pg: bool, protocol: Protocol) {
         // The provider saw three requests, each once, each in its protocol's exact shape.
         let seen = fake.seen();
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
-        assert_eq!(seen.iter().map(|s| s.turn).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            seen.iter().map(|s| s.turn).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
         assert!(seen.iter().all(|s| s.repeat == 0 && s.protocol == protocol));
         assert!(seen.iter().all(|s| s.api_key.as_deref() == Some(API_KEY)));
-        let keys: std::collections::BTreeSet<_> = seen.iter().map(|s| s.idempotency_key.clone().unwrap()).collect();
+        let keys: std::collections::BTreeSet<_> = seen
+            .iter()
+            .map(|s| s.idempotency_key.clone().unwrap())
+            .collect();
         assert_eq!(keys.len(), 3, "one invocation key per model call");
         assert_eq!(seen[0].tool_names(), vec!["lookup", "refund"]);
-        assert!(seen[1].tool_results()[0].contains("\"total\":42"), "{:?}", seen[1].body);
-        assert!(seen[2].tool_results()[1].contains("\"refunded\":42"), "{:?}", seen[2].body);
+        assert!(
+            seen[1].tool_results()[0].contains("\"total\":42"),
+            "{:?}",
+            seen[1].body
+        );
+        assert!(
+            seen[2].tool_results()[1].contains("\"refunded\":42"),
+            "{:?}",
+            seen[2].body
+        );
         // The side effect happened once, with the model's arguments.
         let refunds = calls.of("refund");
         assert_eq!(refunds.len(), 1);
@@ -216,12 +270,28 @@ fn three_turn_agent(pg: bool, protocol: Protocol) {
         let all = serde_json::to_string(&evs).unwrap();
         assert!(!all.contains(API_KEY));
         let ledger = get(&c, &url, &format!("/v1/jobs/{id}/ledger")).await;
-        let rows: Vec<(String, String, String)> = ledger["ledger"].as_array().unwrap().iter()
-            .map(|r| (r["step"].as_str().unwrap().to_string(), r["effect"].as_str().unwrap().to_string(), r["status"].as_str().unwrap().to_string()))
+        let rows: Vec<(String, String, String)> = ledger["ledger"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["step"].as_str().unwrap().to_string(),
+                    r["effect"].as_str().unwrap().to_string(),
+                    r["status"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
-        for want in [("triage.1", "idempotent", "succeeded"), ("triage.1.0", "pure", "succeeded"),
-                     ("triage.2.0", "side_effect", "succeeded"), ("triage.3", "idempotent", "succeeded")] {
-            assert!(rows.contains(&(want.0.into(), want.1.into(), want.2.into())), "{want:?} not in {rows:?}");
+        for want in [
+            ("triage.1", "idempotent", "succeeded"),
+            ("triage.1.0", "pure", "succeeded"),
+            ("triage.2.0", "side_effect", "succeeded"),
+            ("triage.3", "idempotent", "succeeded"),
+        ] {
+            assert!(
+                rows.contains(&(want.0.into(), want.1.into(), want.2.into())),
+                "{want:?} not in {rows:?}"
+            );
         }
         assert!(!ledger.to_string().contains(API_KEY));
     });
@@ -249,36 +319,71 @@ fn three_turns_over_anthropic_on_postgres() {
 
 fn approvals(pg: bool) {
     let fake = FakeLlm::start(|s| match s.turn {
-        0 => tools(vec![call("refund", json!({"amount": 40})), call("refund", json!({"amount": 60}))]),
+        0 => tools(vec![
+            call("refund", json!({"amount": 40})),
+            call("refund", json!({"amount": 60})),
+        ]),
         _ => answer("One refund done, one rejected."),
     });
     let dir = tempfile::tempdir().unwrap();
     let calls = Calls::default();
-    let node = TestNode::start_configured(pg, register(calls.clone()), worker(&fake, Protocol::OpenAi, dir.path()), None, |_| {});
+    let node = TestNode::start_configured(
+        pg,
+        register(calls.clone()),
+        worker(&fake, Protocol::OpenAi, dir.path()),
+        None,
+        |_| {},
+    );
     let id = rt().block_on(async {
         let c = reqwest::Client::new();
         let (_, j) = submit(&c, &node.url, &agent_job(json!({"approve": ["refund"]}))).await;
         let id = j["job_id"].as_str().unwrap().to_string();
-        let j = until(&c, &node.url, &id, "waits for approvals", |j| j["status"] == "waiting").await;
+        let j = until(&c, &node.url, &id, "waits for approvals", |j| {
+            j["status"] == "waiting"
+        })
+        .await;
         let agent = &j["steps"][0]["agent"];
         assert_eq!(j["steps"][0]["status"], "waiting", "{j}");
-        assert_eq!(agent["awaiting"], json!(["approve:triage.1.0", "approve:triage.1.1"]));
+        assert_eq!(
+            agent["awaiting"],
+            json!(["approve:triage.1.0", "approve:triage.1.1"])
+        );
         // The proposed arguments are visible.
-        assert_eq!(agent["turns"][0]["tool_calls"][1]["arguments"], json!({"amount": 60}));
+        assert_eq!(
+            agent["turns"][0]["tool_calls"][1]["arguments"],
+            json!({"amount": 60})
+        );
         assert_eq!(agent["turns"][0]["tool_calls"][1]["awaits_approval"], true);
         id
     });
-    assert!(calls.of("refund").is_empty(), "nothing runs before its approval");
+    assert!(
+        calls.of("refund").is_empty(),
+        "nothing runs before its approval"
+    );
     // The approvals outlive the process.
-    let node = node.crash_and_restart(Duration::from_millis(200), register(calls.clone()), worker(&fake, Protocol::OpenAi, dir.path()));
+    let node = node.crash_and_restart(
+        Duration::from_millis(200),
+        register(calls.clone()),
+        worker(&fake, Protocol::OpenAi, dir.path()),
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let url = node.url.clone();
-        let (s, _) = post(&c, &url, &format!("/v1/jobs/{id}/signals/approve:triage.1.0"),
-            json!({"payload": {"args": {"amount": 35}}, "by": "ada"})).await;
+        let (s, _) = post(
+            &c,
+            &url,
+            &format!("/v1/jobs/{id}/signals/approve:triage.1.0"),
+            json!({"payload": {"args": {"amount": 35}}, "by": "ada"}),
+        )
+        .await;
         assert_eq!(s, 202);
-        let (s, _) = post(&c, &url, &format!("/v1/jobs/{id}/signals/approve:triage.1.1"),
-            json!({"payload": {"approve": false, "reason": "too much"}, "by": "bob"})).await;
+        let (s, _) = post(
+            &c,
+            &url,
+            &format!("/v1/jobs/{id}/signals/approve:triage.1.1"),
+            json!({"payload": {"approve": false, "reason": "too much"}, "by": "bob"}),
+        )
+        .await;
         assert_eq!(s, 202);
         let j = until(&c, &url, &id, "finishes after the approvals", finished).await;
         assert_eq!(j["status"], "succeeded", "{j}");
@@ -288,15 +393,31 @@ fn approvals(pg: bool) {
         assert_eq!(turn[1]["status"], "refused");
         let refunds = calls.of("refund");
         assert_eq!(refunds.len(), 1, "the rejected call never ran: {refunds:?}");
-        assert_eq!(refunds[0].1, json!({"amount": 35}), "the edited arguments were used");
+        assert_eq!(
+            refunds[0].1,
+            json!({"amount": 35}),
+            "the edited arguments were used"
+        );
         // The model is told about the rejection, and who decided is in the log.
         let last = fake.seen().into_iter().last().unwrap();
         assert_eq!(last.turn, 1);
-        assert!(last.tool_results().iter().any(|r| r == "rejected by bob: too much"), "{:?}", last.tool_results());
+        assert!(
+            last.tool_results()
+                .iter()
+                .any(|r| r == "rejected by bob: too much"),
+            "{:?}",
+            last.tool_results()
+        );
         let evs = events(&c, &url, &id).await;
-        let approved = evs.iter().find(|e| e["body"]["type"] == "agent_tool_approved").unwrap();
+        let approved = evs
+            .iter()
+            .find(|e| e["body"]["type"] == "agent_tool_approved")
+            .unwrap();
         assert_eq!(approved["body"]["by"], "ada");
-        let refused = evs.iter().find(|e| e["body"]["type"] == "agent_tool_refused").unwrap();
+        let refused = evs
+            .iter()
+            .find(|e| e["body"]["type"] == "agent_tool_refused")
+            .unwrap();
         assert_eq!(refused["body"]["by"], "bob");
     });
 }
@@ -320,36 +441,67 @@ fn step_budget(pg: bool) {
         output_tokens: 20,
     });
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start_configured(pg, register(Calls::default()), worker(&fake, Protocol::OpenAi, dir.path()), None, |_| {});
+    let node = TestNode::start_configured(
+        pg,
+        register(Calls::default()),
+        worker(&fake, Protocol::OpenAi, dir.path()),
+        None,
+        |_| {},
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let url = node.url.clone();
-        let (_, j) = submit(&c, &url, &agent_job(json!({"budget": {"tokens": 500}, "max_tokens": 50, "max_turns": 40}))).await;
+        let (_, j) = submit(
+            &c,
+            &url,
+            &agent_job(json!({"budget": {"tokens": 500}, "max_tokens": 50, "max_turns": 40})),
+        )
+        .await;
         let id = j["job_id"].as_str().unwrap().to_string();
-        let j = until(&c, &url, &id, "parks at its budget", |j| j["status"] == "waiting").await;
+        let j = until(&c, &url, &id, "parks at its budget", |j| {
+            j["status"] == "waiting"
+        })
+        .await;
         let agent = &j["steps"][0]["agent"];
         assert_eq!(agent["budget_wait"]["scope"], "step", "{j}");
         assert_eq!(agent["awaiting"], json!(["budget"]));
-        let used = agent["input_tokens"].as_u64().unwrap() + agent["output_tokens"].as_u64().unwrap();
+        let used =
+            agent["input_tokens"].as_u64().unwrap() + agent["output_tokens"].as_u64().unwrap();
         // Never past the budget by more than one call's overshoot of its reservation.
         assert!(used <= 500 + 150, "{used}");
         let asked = fake.seen().len();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(fake.seen().len(), asked, "a parked step asks nothing");
         // Raise: it goes on, and parks again at the new limit.
-        let (s, _) = post(&c, &url, &format!("/v1/jobs/{id}/signals/budget"), json!({"payload": {"tokens": 400}, "by": "ada"})).await;
+        let (s, _) = post(
+            &c,
+            &url,
+            &format!("/v1/jobs/{id}/signals/budget"),
+            json!({"payload": {"tokens": 400}, "by": "ada"}),
+        )
+        .await;
         assert_eq!(s, 202);
         let j = until(&c, &url, &id, "parks again", |j| {
             j["status"] == "waiting" && j["steps"][0]["agent"]["budget_wait"]["limit"] == 900
         })
         .await;
-        let used2 = j["steps"][0]["agent"]["input_tokens"].as_u64().unwrap() + j["steps"][0]["agent"]["output_tokens"].as_u64().unwrap();
+        let used2 = j["steps"][0]["agent"]["input_tokens"].as_u64().unwrap()
+            + j["steps"][0]["agent"]["output_tokens"].as_u64().unwrap();
         assert!(used2 > used && used2 <= 900 + 150, "{used} then {used2}");
         // Stop: the step fails, naming who stopped it.
-        post(&c, &url, &format!("/v1/jobs/{id}/signals/budget"), json!({"payload": {"stop": true}, "by": "ada"})).await;
+        post(
+            &c,
+            &url,
+            &format!("/v1/jobs/{id}/signals/budget"),
+            json!({"payload": {"stop": true}, "by": "ada"}),
+        )
+        .await;
         let j = until(&c, &url, &id, "stops", finished).await;
         assert_eq!(j["status"], "failed");
-        assert_eq!(j["steps"][0]["error"], "stopped at its step token budget by ada");
+        assert_eq!(
+            j["steps"][0]["error"],
+            "stopped at its step token budget by ada"
+        );
     });
 }
 
@@ -365,11 +517,22 @@ fn a_step_budget_parks_and_a_signal_raises_or_stops_it_on_postgres() {
 
 fn tenant_daily_budget(pg: bool) {
     let fake = FakeLlm::start(|s| match s.turn {
-        0..=3 => Reply::Answer { text: String::new(), calls: vec![call("lookup", json!({"order": "A"}))], input_tokens: 600, output_tokens: 100 },
+        0..=3 => Reply::Answer {
+            text: String::new(),
+            calls: vec![call("lookup", json!({"order": "A"}))],
+            input_tokens: 600,
+            output_tokens: 100,
+        },
         _ => answer("done"),
     });
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start_configured(pg, register(Calls::default()), worker(&fake, Protocol::Anthropic, dir.path()), None, |_| {});
+    let node = TestNode::start_configured(
+        pg,
+        register(Calls::default()),
+        worker(&fake, Protocol::Anthropic, dir.path()),
+        None,
+        |_| {},
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let url = node.url.clone();
@@ -397,13 +560,17 @@ fn tenant_daily_budget(pg: bool) {
 
 #[test]
 fn the_tenants_daily_budget_parks_until_raised_and_tokens_are_metered_on_redb() {
-    crate::support::own_process!(the_tenants_daily_budget_parks_until_raised_and_tokens_are_metered_on_redb);
+    crate::support::own_process!(
+        the_tenants_daily_budget_parks_until_raised_and_tokens_are_metered_on_redb
+    );
     tenant_daily_budget(false);
 }
 
 #[test]
 fn the_tenants_daily_budget_parks_until_raised_and_tokens_are_metered_on_postgres() {
-    crate::support::own_process!(the_tenants_daily_budget_parks_until_raised_and_tokens_are_metered_on_postgres);
+    crate::support::own_process!(
+        the_tenants_daily_budget_parks_until_raised_and_tokens_are_metered_on_postgres
+    );
     tenant_daily_budget(true);
 }
 
@@ -414,7 +581,11 @@ fn faults(pg: bool) {
         ("m1", 0, 0) => Reply::Status(429, Some("0")),
         ("m1", 0, 1) => Reply::Status(500, None),
         ("m1", 0, 2) => Reply::Malformed,
-        ("m1", 0, _) => tools(vec![call("rm_rf", json!({})), call("lookup", json!({"order": 17})), call("lookup", json!({"order": "A-1"}))]),
+        ("m1", 0, _) => tools(vec![
+            call("rm_rf", json!({})),
+            call("lookup", json!({"order": 17})),
+            call("lookup", json!({"order": "A-1"})),
+        ]),
         ("m1", _, 0) => Reply::Empty,
         ("m1", _, _) => answer("handled"),
         ("slow", _, 0) => Reply::Hang(Duration::from_secs(3)),
@@ -424,7 +595,13 @@ fn faults(pg: bool) {
     });
     let dir = tempfile::tempdir().unwrap();
     let calls = Calls::default();
-    let node = TestNode::start_configured(pg, register(calls.clone()), worker(&fake, Protocol::OpenAi, dir.path()), None, |_| {});
+    let node = TestNode::start_configured(
+        pg,
+        register(calls.clone()),
+        worker(&fake, Protocol::OpenAi, dir.path()),
+        None,
+        |_| {},
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let url = node.url.clone();
@@ -434,48 +611,113 @@ fn faults(pg: bool) {
             j["plan"]["steps"][0]["timeout"] = json!(timeout);
             j
         };
-        let (_, j) = submit(&c, &url, &job("m1", json!({"max_attempts": 5, "initial": "10ms"}), "10s")).await;
+        let (_, j) = submit(
+            &c,
+            &url,
+            &job("m1", json!({"max_attempts": 5, "initial": "10ms"}), "10s"),
+        )
+        .await;
         let id = j["job_id"].as_str().unwrap().to_string();
         let j = until(&c, &url, &id, "survives the faults", finished).await;
         assert_eq!(j["status"], "succeeded", "{j}");
         let evs = events(&c, &url, &id).await;
-        let failed: Vec<String> = evs.iter().filter(|e| e["body"]["type"] == "agent_model_failed")
-            .map(|e| e["body"]["error"].as_str().unwrap().to_string()).collect();
+        let failed: Vec<String> = evs
+            .iter()
+            .filter(|e| e["body"]["type"] == "agent_model_failed")
+            .map(|e| e["body"]["error"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(failed.len(), 4, "{failed:?}");
-        assert!(failed[0].contains("429") && failed[1].contains("500"), "{failed:?}");
-        assert!(failed[2].contains("malformed JSON") && failed[3].contains("no choices"), "{failed:?}");
-        let refused: Vec<String> = evs.iter().filter(|e| e["body"]["type"] == "agent_tool_refused")
-            .map(|e| e["body"]["reason"].as_str().unwrap().to_string()).collect();
+        assert!(
+            failed[0].contains("429") && failed[1].contains("500"),
+            "{failed:?}"
+        );
+        assert!(
+            failed[2].contains("malformed JSON") && failed[3].contains("no choices"),
+            "{failed:?}"
+        );
+        let refused: Vec<String> = evs
+            .iter()
+            .filter(|e| e["body"]["type"] == "agent_tool_refused")
+            .map(|e| e["body"]["reason"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(refused.len(), 2, "{refused:?}");
-        let told = fake.seen().into_iter().filter(|s| s.model == "m1" && s.turn == 1).last().unwrap().tool_results();
+        let told = fake
+            .seen()
+            .into_iter()
+            .rev()
+            .find(|s| s.model == "m1" && s.turn == 1)
+            .unwrap()
+            .tool_results();
         assert!(told[0].starts_with("unknown tool \"rm_rf\""), "{told:?}");
         assert!(told[1].contains("$.order: expected string"), "{told:?}");
         assert_eq!(calls.of("lookup").len(), 1, "only the valid call ran");
         assert!(fake.violations().is_empty(), "{:?}", fake.violations());
 
         // A timed-out call is asked again, with the same Idempotency-Key.
-        let (_, j) = submit(&c, &url, &job("slow", json!({"max_attempts": 3, "initial": "10ms"}), "500ms")).await;
+        let (_, j) = submit(
+            &c,
+            &url,
+            &job(
+                "slow",
+                json!({"max_attempts": 3, "initial": "10ms"}),
+                "500ms",
+            ),
+        )
+        .await;
         let id = j["job_id"].as_str().unwrap().to_string();
         let j = until(&c, &url, &id, "retries the timeout", finished).await;
         assert_eq!(j["status"], "succeeded", "{j}");
-        let slow: Vec<Seen> = fake.seen().into_iter().filter(|s| s.model == "slow").collect();
+        let slow: Vec<Seen> = fake
+            .seen()
+            .into_iter()
+            .filter(|s| s.model == "slow")
+            .collect();
         assert_eq!(slow.len(), 2);
         assert_eq!(slow[0].digest, slow[1].digest);
         assert_eq!(slow[0].idempotency_key, slow[1].idempotency_key);
 
         // A 401 fails the step at once, with a clear reason.
-        let (_, j) = submit(&c, &url, &job("denied", json!({"max_attempts": 5, "initial": "10ms"}), "10s")).await;
+        let (_, j) = submit(
+            &c,
+            &url,
+            &job(
+                "denied",
+                json!({"max_attempts": 5, "initial": "10ms"}),
+                "10s",
+            ),
+        )
+        .await;
         let id = j["job_id"].as_str().unwrap().to_string();
         let j = until(&c, &url, &id, "fails", finished).await;
         assert_eq!(j["status"], "failed");
-        assert!(j["steps"][0]["error"].as_str().unwrap().contains("provider answered 401"), "{j}");
-        assert_eq!(fake.seen().iter().filter(|s| s.model == "denied").count(), 1);
+        assert!(
+            j["steps"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("provider answered 401"),
+            "{j}"
+        );
+        assert_eq!(
+            fake.seen().iter().filter(|s| s.model == "denied").count(),
+            1
+        );
         // 5xx until the attempts run out: fails, naming the last error.
-        let (_, j) = submit(&c, &url, &job("down", json!({"max_attempts": 2, "initial": "10ms"}), "10s")).await;
+        let (_, j) = submit(
+            &c,
+            &url,
+            &job("down", json!({"max_attempts": 2, "initial": "10ms"}), "10s"),
+        )
+        .await;
         let id = j["job_id"].as_str().unwrap().to_string();
         let j = until(&c, &url, &id, "gives up", finished).await;
         assert_eq!(j["status"], "failed");
-        assert!(j["steps"][0]["error"].as_str().unwrap().starts_with("model call failed: provider answered 503"), "{j}");
+        assert!(
+            j["steps"][0]["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("model call failed: provider answered 503"),
+            "{j}"
+        );
         assert_eq!(fake.seen().iter().filter(|s| s.model == "down").count(), 2);
     });
 }
@@ -492,19 +734,36 @@ fn provider_faults_get_their_documented_behaviour_on_postgres() {
 
 fn fifty_turns(pg: bool) {
     let fake = FakeLlm::start(|s| match s.turn {
-        0..=49 => tools(vec![call("lookup", json!({"order": format!("A-{}", s.turn % 3)}))]),
+        0..=49 => tools(vec![call(
+            "lookup",
+            json!({"order": format!("A-{}", s.turn % 3)}),
+        )]),
         _ => answer("all fifty looked up"),
     });
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start_configured(pg, register(Calls::default()), worker(&fake, Protocol::OpenAi, dir.path()), None, |_| {});
+    let node = TestNode::start_configured(
+        pg,
+        register(Calls::default()),
+        worker(&fake, Protocol::OpenAi, dir.path()),
+        None,
+        |_| {},
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let url = node.url.clone();
-        let (_, j) = submit(&c, &url, &agent_job(json!({"max_turns": 60, "max_tokens": 64}))).await;
+        let (_, j) = submit(
+            &c,
+            &url,
+            &agent_job(json!({"max_turns": 60, "max_tokens": 64})),
+        )
+        .await;
         let id = j["job_id"].as_str().unwrap().to_string();
         let j = until(&c, &url, &id, "fifty turns", finished).await;
         assert_eq!(j["status"], "succeeded", "{j}");
-        assert_eq!(j["steps"][0]["agent"]["turns"].as_array().unwrap().len(), 51);
+        assert_eq!(
+            j["steps"][0]["agent"]["turns"].as_array().unwrap().len(),
+            51
+        );
         // Bytes of each turn's events: from its model call's start to the next one's.
         let evs = events(&c, &url, &id).await;
         let mut per_turn: Vec<usize> = Vec::new();
@@ -526,7 +785,10 @@ fn fifty_turns(pg: bool) {
         for e in &evs {
             for m in e["body"]["messages"].as_array().into_iter().flatten() {
                 if m["message"].is_object() {
-                    assert!(bodies.insert(m["digest"].as_str().unwrap().to_string()), "{m} stored twice");
+                    assert!(
+                        bodies.insert(m["digest"].as_str().unwrap().to_string()),
+                        "{m} stored twice"
+                    );
                 }
             }
         }
@@ -558,7 +820,13 @@ fn replay(pg: bool) {
     });
     let dir = tempfile::tempdir().unwrap();
     let calls = Calls::default();
-    let node = TestNode::start_configured(pg, register(calls.clone()), worker(&fake, Protocol::Anthropic, dir.path()), None, |_| {});
+    let node = TestNode::start_configured(
+        pg,
+        register(calls.clone()),
+        worker(&fake, Protocol::Anthropic, dir.path()),
+        None,
+        |_| {},
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let url = node.url.clone();
@@ -568,28 +836,80 @@ fn replay(pg: bool) {
         let before = (calls.of("lookup").len(), calls.of("refund").len());
         assert_eq!(before, (1, 1));
         let recorded: Vec<Seen> = fake.seen();
-        let (s, report) = post(&c, &url, &format!("/v1/jobs/{id}/replay"), json!({"model": "m2"})).await;
+        let (s, report) = post(
+            &c,
+            &url,
+            &format!("/v1/jobs/{id}/replay"),
+            json!({"model": "m2"}),
+        )
+        .await;
         assert_eq!(s, 200, "{report}");
-        let div: Vec<Value> = report["turns"].as_array().unwrap().iter().map(|t| t["divergences"].clone()).collect();
-        assert_eq!(div, vec![json!([]), json!(["args"]), json!(["answer"])], "{report}");
+        let div: Vec<Value> = report["turns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["divergences"].clone())
+            .collect();
+        assert_eq!(
+            div,
+            vec![json!([]), json!(["args"]), json!(["answer"])],
+            "{report}"
+        );
         assert_eq!(report["first_divergence"], "triage.2");
         assert_eq!(report["diverged"], 2);
-        assert_eq!(report["turns"][1]["recorded"]["tool_calls"][0]["args"], json!({"amount": 42}));
-        assert_eq!(report["turns"][1]["replayed"]["tool_calls"][0]["args"], json!({"amount": 40}));
+        assert_eq!(
+            report["turns"][1]["recorded"]["tool_calls"][0]["args"],
+            json!({"amount": 42})
+        );
+        assert_eq!(
+            report["turns"][1]["replayed"]["tool_calls"][0]["args"],
+            json!({"amount": 40})
+        );
         // No tool was called: the recorded tool results were served instead.
         assert_eq!((calls.of("lookup").len(), calls.of("refund").len()), before);
-        let replayed: Vec<Seen> = fake.seen().into_iter().filter(|s| s.model == "m2").collect();
+        let replayed: Vec<Seen> = fake
+            .seen()
+            .into_iter()
+            .filter(|s| s.model == "m2")
+            .collect();
         assert_eq!(replayed.len(), 3);
         for (r, o) in replayed.iter().zip(&recorded) {
-            assert_eq!(r.body["messages"], o.body["messages"], "turn {} asked the recorded conversation", o.turn);
+            assert_eq!(
+                r.body["messages"], o.body["messages"],
+                "turn {} asked the recorded conversation",
+                o.turn
+            );
         }
         // Another provider, and a job with no agent turns.
-        let (s, report) = post(&c, &url, &format!("/v1/jobs/{id}/replay"), json!({"model": "m2", "provider": "nope"})).await;
+        let (s, report) = post(
+            &c,
+            &url,
+            &format!("/v1/jobs/{id}/replay"),
+            json!({"model": "m2", "provider": "nope"}),
+        )
+        .await;
         assert_eq!(s, 200);
-        assert!(report["turns"][0]["error"].as_str().unwrap().contains("no LLM provider \"nope\""), "{report}");
-        let (_, plain) = submit(&c, &url, &json!({"plan": {"steps": [{"id": "a", "tool": "echo"}]}})).await;
+        assert!(
+            report["turns"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("no LLM provider \"nope\""),
+            "{report}"
+        );
+        let (_, plain) = submit(
+            &c,
+            &url,
+            &json!({"plan": {"steps": [{"id": "a", "tool": "echo"}]}}),
+        )
+        .await;
         let plain_id = plain["job_id"].as_str().unwrap();
-        let (s, _) = post(&c, &url, &format!("/v1/jobs/{plain_id}/replay"), json!({"model": "m2"})).await;
+        let (s, _) = post(
+            &c,
+            &url,
+            &format!("/v1/jobs/{plain_id}/replay"),
+            json!({"model": "m2"}),
+        )
+        .await;
         assert_eq!(s, 409);
     });
 }
@@ -609,7 +929,13 @@ fn tenant_providers(pg: bool) {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("tenant.key");
     std::fs::write(&key, "sk-tenant").unwrap();
-    let node = TestNode::start_configured(pg, register(Calls::default()), WorkerConfig::default(), None, |_| {});
+    let node = TestNode::start_configured(
+        pg,
+        register(Calls::default()),
+        WorkerConfig::default(),
+        None,
+        |_| {},
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let url = node.url.clone();
@@ -666,7 +992,13 @@ fn tenant_providers_over_the_api_on_postgres() {
 fn the_llm_tool_is_one_model_call() {
     let fake = FakeLlm::start(|s| answer(&format!("echo of {}", s.body["messages"][0]["content"])));
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start_configured(false, |_| {}, worker(&fake, Protocol::OpenAi, dir.path()), None, |_| {});
+    let node = TestNode::start_configured(
+        false,
+        |_| {},
+        worker(&fake, Protocol::OpenAi, dir.path()),
+        None,
+        |_| {},
+    );
     rt().block_on(async {
         let c = reqwest::Client::new();
         let url = node.url.clone();

@@ -122,7 +122,12 @@ fn smallest_bench_reports_hostile_w1_w4_w7_w8_as_json() {
     // W8: a 60-event job exported (signed, proven) and verified offline.
     let w8 = &report["w8"];
     assert_eq!(w8["events"], 60);
-    for key in ["export_ms", "verify_ms", "total_ms", "package_bytes_per_event"] {
+    for key in [
+        "export_ms",
+        "verify_ms",
+        "total_ms",
+        "package_bytes_per_event",
+    ] {
         assert!(number(w8, key) > 0.0, "{key}: {w8}");
     }
     assert!(number(w8, "package_bytes") > 1000.0, "{w8}");

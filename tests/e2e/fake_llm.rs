@@ -275,7 +275,9 @@ fn check_openai(_req: &HttpRequest, b: &Value) -> Result<(), String> {
     if !b["max_tokens"].is_u64() {
         return Err("max_tokens must be an integer".into());
     }
-    let msgs = b["messages"].as_array().ok_or("messages must be an array")?;
+    let msgs = b["messages"]
+        .as_array()
+        .ok_or("messages must be an array")?;
     if msgs.is_empty() {
         return Err("messages must not be empty".into());
     }
@@ -299,7 +301,9 @@ fn check_openai(_req: &HttpRequest, b: &Value) -> Result<(), String> {
                 }
             }
             Some("tool") => {
-                let id = m["tool_call_id"].as_str().ok_or("tool message without tool_call_id")?;
+                let id = m["tool_call_id"]
+                    .as_str()
+                    .ok_or("tool message without tool_call_id")?;
                 if !asked.iter().any(|a| a == id) || !m["content"].is_string() {
                     return Err(format!("tool message answers no tool call: {m}"));
                 }
@@ -308,7 +312,10 @@ fn check_openai(_req: &HttpRequest, b: &Value) -> Result<(), String> {
         }
     }
     for t in b["tools"].as_array().into_iter().flatten() {
-        if t["type"] != "function" || !t["function"]["name"].is_string() || !t["function"]["parameters"].is_object() {
+        if t["type"] != "function"
+            || !t["function"]["name"].is_string()
+            || !t["function"]["parameters"].is_object()
+        {
             return Err(format!("bad tool {t}"));
         }
     }
@@ -325,14 +332,23 @@ fn check_anthropic(req: &HttpRequest, b: &Value) -> Result<(), String> {
     if !(b["system"].is_null() || b["system"].is_string()) {
         return Err("system must be a string".into());
     }
-    let msgs = b["messages"].as_array().ok_or("messages must be an array")?;
+    let msgs = b["messages"]
+        .as_array()
+        .ok_or("messages must be an array")?;
     let mut expect = "user";
     let mut uses: Vec<String> = Vec::new();
     for m in msgs {
         if m["role"] != expect {
-            return Err(format!("roles must alternate starting with user; got {}", m["role"]));
+            return Err(format!(
+                "roles must alternate starting with user; got {}",
+                m["role"]
+            ));
         }
-        expect = if expect == "user" { "assistant" } else { "user" };
+        expect = if expect == "user" {
+            "assistant"
+        } else {
+            "user"
+        };
         let blocks = m["content"].as_array().ok_or("content must be blocks")?;
         if blocks.is_empty() {
             return Err("empty content".into());
@@ -353,7 +369,7 @@ fn check_anthropic(req: &HttpRequest, b: &Value) -> Result<(), String> {
             }
         }
     }
-    if msgs.first().is_none() {
+    if msgs.is_empty() {
         return Err("messages must not be empty".into());
     }
     for t in b["tools"].as_array().into_iter().flatten() {
@@ -364,13 +380,23 @@ fn check_anthropic(req: &HttpRequest, b: &Value) -> Result<(), String> {
     Ok(())
 }
 
-fn error(protocol: Protocol, status: u16, retry_after: Option<&str>, message: &str) -> HttpResponse {
+fn error(
+    protocol: Protocol,
+    status: u16,
+    retry_after: Option<&str>,
+    message: &str,
+) -> HttpResponse {
     let body = match protocol {
-        Protocol::OpenAi => json!({"error": {"message": message, "type": "fake_error", "code": status}}),
-        Protocol::Anthropic => json!({"type": "error", "error": {"type": "fake_error", "message": message}}),
+        Protocol::OpenAi => {
+            json!({"error": {"message": message, "type": "fake_error", "code": status}})
+        }
+        Protocol::Anthropic => {
+            json!({"type": "error", "error": {"type": "fake_error", "message": message}})
+        }
     };
     let mut r = HttpResponse::build(
-        actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
+        actix_web::http::StatusCode::from_u16(status)
+            .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST),
     );
     if let Some(ra) = retry_after {
         r.insert_header(("retry-after", ra));

@@ -359,7 +359,10 @@ fn readme_agents_section_runs() {
     let dir = workdir();
     let addr = format!("127.0.0.1:{}", free_port());
     let data = dir.path().join("aetheris-agents");
-    let script = script_of(&blocks, &[("/tmp/aetheris-agents", data.display().to_string())]);
+    let script = script_of(
+        &blocks,
+        &[("/tmp/aetheris-agents", data.display().to_string())],
+    );
     let run = run_script(
         dir.path(),
         &script,
@@ -368,7 +371,11 @@ fn readme_agents_section_runs() {
         Duration::from_secs(120),
     );
     assert_ran("the README's agent example", &run);
-    for want in ["agent_model_answered", "agent_tool_succeeded", "job_succeeded"] {
+    for want in [
+        "agent_model_answered",
+        "agent_tool_succeeded",
+        "job_succeeded",
+    ] {
         assert!(run.stdout.contains(want), "{want} not in {}", run.stdout);
     }
 }

@@ -110,8 +110,11 @@ impl JobActor {
         let reserve = call.reserved_tokens;
         ctx.spawn(
             actix::fut::wrap_future(
-                async move { llm.chat_budgeted(&tenant, &request, &key, timeout, reserve).await }
-                    .instrument(span),
+                async move {
+                    llm.chat_budgeted(&tenant, &request, &key, timeout, reserve)
+                        .await
+                }
+                .instrument(span),
             )
             .map(move |outcome, act: &mut JobActor, ctx| {
                 if act.active().is_none() {

@@ -10,8 +10,8 @@ use super::JobActor;
 use crate::messages::Reconcile;
 use crate::tools::{Invocation, Reconciled, ToolEntry};
 use actix::prelude::*;
-use aetheris_runtime::template::resolve;
 use aetheris_runtime::agent::{recover_agents, AgentRecovery, ChildAttempt};
+use aetheris_runtime::template::resolve;
 use aetheris_runtime::{recover, Attempt, JobState, Recovery, ToolOutcome};
 use serde_json::Value;
 use std::time::Duration;
@@ -56,10 +56,12 @@ impl JobActor {
             match recovery {
                 AgentRecovery::Ask(call) => restarts.push(call.started_event(self.token)),
                 AgentRecovery::Reinvoke(call) => restarts.push(call.started_event(self.token)),
-                AgentRecovery::Reconcile(call) => match self.agent_reconcile_request(state, &call) {
-                    Some(ask) => asks.push((Unresolved::Agent(call), ask)),
-                    None => agent_unanswerable.push(call),
-                },
+                AgentRecovery::Reconcile(call) => {
+                    match self.agent_reconcile_request(state, &call) {
+                        Some(ask) => asks.push((Unresolved::Agent(call), ask)),
+                        None => agent_unanswerable.push(call),
+                    }
+                }
             }
         }
         for restart in restarts {

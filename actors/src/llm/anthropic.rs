@@ -57,7 +57,11 @@ pub fn body(req: &ModelRequest) -> Value {
         .collect();
     let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in req.messages.iter().filter(|m| m.role != Role::System) {
-        let role = if m.role == Role::Assistant { "assistant" } else { "user" };
+        let role = if m.role == Role::Assistant {
+            "assistant"
+        } else {
+            "user"
+        };
         match messages.last_mut() {
             Some((last, content)) if *last == role => content.extend(blocks(m)),
             _ => messages.push((role, blocks(m))),
@@ -121,11 +125,12 @@ struct Usage {
 
 /// Reads a successful answer.
 pub fn parse(bytes: &[u8], request_bytes: usize) -> Result<ModelAnswer, ModelError> {
-    let a: Answer = serde_json::from_slice(bytes).map_err(|e| {
-        ModelError::Retryable(format!("the provider answered malformed JSON: {e}"))
-    })?;
+    let a: Answer = serde_json::from_slice(bytes)
+        .map_err(|e| ModelError::Retryable(format!("the provider answered malformed JSON: {e}")))?;
     if a.content.is_empty() {
-        return Err(ModelError::Retryable("the model answered no content".into()));
+        return Err(ModelError::Retryable(
+            "the model answered no content".into(),
+        ));
     }
     let mut text = Vec::new();
     let mut tool_calls = Vec::new();
@@ -171,7 +176,10 @@ pub async fn chat(
     call: &Call<'_>,
     req: &ModelRequest,
 ) -> Result<ModelAnswer, ModelError> {
-    let url = format!("{}/v1/messages", call.provider.base_url.trim_end_matches('/'));
+    let url = format!(
+        "{}/v1/messages",
+        call.provider.base_url.trim_end_matches('/')
+    );
     let body = serde_json::to_vec(&body(req))
         .map_err(|e| ModelError::Permanent(format!("the request cannot be encoded: {e}")))?;
     let request_bytes = body.len();
@@ -185,7 +193,10 @@ pub async fn chat(
     if let Some(key) = &call.api_key {
         r = r.header("x-api-key", key);
     }
-    let resp = r.send().await.map_err(|e| transport_error(&e, call.timeout))?;
+    let resp = r
+        .send()
+        .await
+        .map_err(|e| transport_error(&e, call.timeout))?;
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()
@@ -197,7 +208,11 @@ pub async fn chat(
         .await
         .map_err(|e| transport_error(&e, call.timeout))?;
     if !(200..300).contains(&status) {
-        return Err(http_error(status, retry_after.as_deref(), &error_detail(&bytes)));
+        return Err(http_error(
+            status,
+            retry_after.as_deref(),
+            &error_detail(&bytes),
+        ));
     }
     parse(&bytes, request_bytes)
 }
@@ -219,8 +234,16 @@ mod tests {
                     role: Role::Assistant,
                     content: "Looking.".into(),
                     tool_calls: vec![
-                        ToolCallRequest { id: "t1".into(), name: "a".into(), arguments: "{\"x\":1}".into() },
-                        ToolCallRequest { id: "t2".into(), name: "b".into(), arguments: "oops".into() },
+                        ToolCallRequest {
+                            id: "t1".into(),
+                            name: "a".into(),
+                            arguments: "{\"x\":1}".into(),
+                        },
+                        ToolCallRequest {
+                            id: "t2".into(),
+                            name: "b".into(),
+                            arguments: "oops".into(),
+                        },
                     ],
                     tool_call_id: None,
                     is_error: false,
@@ -228,7 +251,11 @@ mod tests {
                 Message::tool_result("t1", "1", false),
                 Message::tool_result("t2", "unknown tool", true),
             ],
-            tools: vec![ToolDecl { name: "a".into(), description: "A".into(), parameters: json!({"type": "object"}) }],
+            tools: vec![ToolDecl {
+                name: "a".into(),
+                description: "A".into(),
+                parameters: json!({"type": "object"}),
+            }],
             max_tokens: 64,
             temperature: None,
         };
@@ -258,10 +285,15 @@ mod tests {
         assert_eq!(a.message.content, "Sure.");
         assert_eq!(a.message.tool_calls[0].arguments, "{\"amount\":3}");
         assert_eq!((a.input_tokens, a.output_tokens), (12, 5));
-        assert!(matches!(parse(br#"{"content": []}"#, 1), Err(ModelError::Retryable(_))));
+        assert!(matches!(
+            parse(br#"{"content": []}"#, 1),
+            Err(ModelError::Retryable(_))
+        ));
         assert!(matches!(parse(b"<html>", 1), Err(ModelError::Retryable(_))));
         assert_eq!(
-            error_detail(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            error_detail(
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            ),
             "Overloaded"
         );
     }

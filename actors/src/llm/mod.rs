@@ -68,8 +68,7 @@ pub fn key_env_var(name: &str) -> String {
 pub fn check_provider(p: &LlmProvider) -> Result<(), String> {
     let name_ok = !p.name.is_empty()
         && p.name.len() <= aetheris_runtime::agent::MAX_PROVIDER_NAME
-        && p
-            .name
+        && p.name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !name_ok {
@@ -89,8 +88,7 @@ pub fn check_provider(p: &LlmProvider) -> Result<(), String> {
         return Err(format!("provider {:?}: base_url is not a URL", p.name));
     }
     if p.models.len() > 256
-        || p
-            .models
+        || p.models
             .iter()
             .any(|m| m.trim().is_empty() || m.len() > aetheris_runtime::agent::MAX_MODEL_NAME)
     {
@@ -116,8 +114,14 @@ pub fn check_provider(p: &LlmProvider) -> Result<(), String> {
             ));
         }
     }
-    if p.api_key_file.as_ref().is_some_and(|f| f.is_empty() || f.len() > 4096) {
-        return Err(format!("provider {:?}: api_key_file is empty or too long", p.name));
+    if p.api_key_file
+        .as_ref()
+        .is_some_and(|f| f.is_empty() || f.len() > 4096)
+    {
+        return Err(format!(
+            "provider {:?}: api_key_file is empty or too long",
+            p.name
+        ));
     }
     Ok(())
 }
@@ -136,7 +140,11 @@ impl LlmSettings {
     /// Adds the providers of `--llm-provider NAME=KIND:BASE_URL` flags (each for every
     /// tenant; its key from `AETHERIS_LLM_API_KEY_<NAME>`, or from the file a
     /// `--llm-api-key-file NAME=FILE` flag names).
-    pub fn with_flags(mut self, providers: &[String], key_files: &[String]) -> Result<Self, String> {
+    pub fn with_flags(
+        mut self,
+        providers: &[String],
+        key_files: &[String],
+    ) -> Result<Self, String> {
         let mut files: BTreeMap<String, String> = BTreeMap::new();
         for f in key_files {
             let (name, file) = f
@@ -146,9 +154,9 @@ impl LlmSettings {
             files.insert(name.to_string(), file.to_string());
         }
         for flag in providers {
-            let (name, rest) = flag.split_once('=').ok_or_else(|| {
-                format!("--llm-provider {flag:?}: expected NAME=KIND:BASE_URL")
-            })?;
+            let (name, rest) = flag
+                .split_once('=')
+                .ok_or_else(|| format!("--llm-provider {flag:?}: expected NAME=KIND:BASE_URL"))?;
             let (kind, base) = rest.split_once(':').unwrap_or((rest, ""));
             let kind = LlmProviderKind::parse(kind).ok_or_else(|| {
                 format!("--llm-provider {flag:?}: kind must be openai, anthropic or scripted")
@@ -327,7 +335,12 @@ impl LlmRuntime {
     /// Provider `name` as `tenant` sees it: its own (store), else the file's for it, else
     /// the one for every tenant.
     pub async fn provider(&self, tenant: &str, name: &str) -> Result<LlmProvider, ModelError> {
-        if let Some(p) = self.tenant_rows(tenant).await?.into_iter().find(|p| p.name == name) {
+        if let Some(p) = self
+            .tenant_rows(tenant)
+            .await?
+            .into_iter()
+            .find(|p| p.name == name)
+        {
             return Ok(p);
         }
         let s = &self.0.settings;
@@ -519,13 +532,30 @@ mod tests {
             )
             .unwrap();
         assert_eq!(s.providers.len(), 3);
-        assert_eq!(s.providers[0].api_key_env.as_deref(), Some("AETHERIS_LLM_API_KEY_OA"));
-        assert_eq!(s.providers[1].api_key_file.as_deref(), Some("/run/secrets/claude"));
+        assert_eq!(
+            s.providers[0].api_key_env.as_deref(),
+            Some("AETHERIS_LLM_API_KEY_OA")
+        );
+        assert_eq!(
+            s.providers[1].api_key_file.as_deref(),
+            Some("/run/secrets/claude")
+        );
         assert_eq!(s.providers[1].api_key_env, None);
         assert_eq!(key_env_var("my-claude"), "AETHERIS_LLM_API_KEY_MY_CLAUDE");
         assert_eq!(s.providers[2].kind, LlmProviderKind::Scripted);
-        for bad in ["x", "x=gpt:http://h", "x=openai:ftp://h", "=openai:http://h", "a b=openai:http://h"] {
-            assert!(LlmSettings::default().with_flags(&[bad.into()], &[]).is_err(), "{bad}");
+        for bad in [
+            "x",
+            "x=gpt:http://h",
+            "x=openai:ftp://h",
+            "=openai:http://h",
+            "a b=openai:http://h",
+        ] {
+            assert!(
+                LlmSettings::default()
+                    .with_flags(&[bad.into()], &[])
+                    .is_err(),
+                "{bad}"
+            );
         }
         assert!(LlmSettings::default()
             .with_flags(&["a=openai:http://h".into()], &["b=/k".into()])
@@ -535,10 +565,12 @@ mod tests {
 
     #[test]
     fn a_providers_file_is_checked() {
-        let ok = LlmSettings::parse(r#"{"providers": [{"name": "p", "kind": "openai",
+        let ok = LlmSettings::parse(
+            r#"{"providers": [{"name": "p", "kind": "openai",
             "base_url": "http://h", "api_key_env": "OPENAI_KEY"}],
             "tenants": {"acme": [{"name": "c", "kind": "anthropic", "base_url": "https://a",
-            "models": ["m"], "api_key_file": "/k"}]}}"#)
+            "models": ["m"], "api_key_file": "/k"}]}}"#,
+        )
         .unwrap();
         assert_eq!(ok.tenants["acme"][0].models, vec!["m".to_string()]);
         for bad in [
@@ -551,16 +583,130 @@ mod tests {
         }
     }
 
+    /// Spans recorded by a test subscriber: (name, fields as text).
+    type Spans = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
+
+    struct Capture(Spans);
+
+    struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0
+                .insert(field.name().to_string(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.insert(field.name().to_string(), value.to_string());
+        }
+    }
+
+    impl<S> tracing_subscriber::Layer<S> for Capture
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut fields = BTreeMap::new();
+            attrs.record(&mut Fields(&mut fields));
+            fields.insert("#id".into(), format!("{}", id.into_u64()));
+            self.0
+                .lock()
+                .unwrap()
+                .push((attrs.metadata().name().to_string(), fields));
+        }
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut spans = self.0.lock().unwrap();
+            let key = format!("{}", id.into_u64());
+            if let Some((_, fields)) = spans.iter_mut().rev().find(|(_, f)| f["#id"] == key) {
+                values.record(&mut Fields(fields));
+            }
+        }
+    }
+
+    #[test]
+    fn a_model_call_is_a_chat_span_with_the_genai_names_and_its_usage() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let spans: Spans = Arc::default();
+        let subscriber = tracing_subscriber::registry().with(Capture(spans.clone()));
+        let settings = LlmSettings::default()
+            .with_flags(&["demo=scripted:".into()], &[])
+            .unwrap();
+        let llm = LlmRuntime::new(settings, None, RateLimiters::default());
+        let req = ModelRequest {
+            provider: "demo".into(),
+            model: "m-small".into(),
+            messages: vec![aetheris_runtime::agent::Message::text(
+                aetheris_runtime::agent::Role::User,
+                "hello",
+            )],
+            tools: vec![],
+            max_tokens: 16,
+            temperature: None,
+        };
+        let outcome = tracing::subscriber::with_default(subscriber, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(llm.chat_budgeted("t", &req, "key", Duration::from_secs(1), 100))
+        });
+        let ModelOutcome::Answered(answer) = outcome else {
+            panic!("{outcome:?}")
+        };
+        let spans = spans.lock().unwrap();
+        let (name, f) = spans
+            .iter()
+            .find(|(n, _)| n == "chat")
+            .expect("a chat span");
+        assert_eq!(name, "chat");
+        assert_eq!(f["otel.name"], "chat m-small");
+        assert_eq!(f["gen_ai.operation.name"], "chat");
+        assert_eq!(f["gen_ai.provider.name"], "demo");
+        assert_eq!(f["gen_ai.request.model"], "m-small");
+        assert_eq!(
+            f["gen_ai.usage.input_tokens"],
+            answer.input_tokens.to_string()
+        );
+        assert_eq!(
+            f["gen_ai.usage.output_tokens"],
+            answer.output_tokens.to_string()
+        );
+    }
+
     #[test]
     fn http_errors_are_classified() {
         assert_eq!(
             http_error(429, Some("2"), "slow down"),
             ModelError::RetryAfter("provider answered 429: slow down".into(), 2_000)
         );
-        assert!(matches!(http_error(429, None, ""), ModelError::RetryAfter(_, 1_000)));
-        assert!(matches!(http_error(503, None, ""), ModelError::Retryable(_)));
-        assert!(matches!(http_error(529, None, ""), ModelError::Retryable(_)));
-        assert!(matches!(http_error(401, None, ""), ModelError::Permanent(_)));
-        assert!(matches!(http_error(400, None, ""), ModelError::Permanent(_)));
+        assert!(matches!(
+            http_error(429, None, ""),
+            ModelError::RetryAfter(_, 1_000)
+        ));
+        assert!(matches!(
+            http_error(503, None, ""),
+            ModelError::Retryable(_)
+        ));
+        assert!(matches!(
+            http_error(529, None, ""),
+            ModelError::Retryable(_)
+        ));
+        assert!(matches!(
+            http_error(401, None, ""),
+            ModelError::Permanent(_)
+        ));
+        assert!(matches!(
+            http_error(400, None, ""),
+            ModelError::Permanent(_)
+        ));
     }
 }

@@ -103,9 +103,8 @@ struct Usage {
 /// Reads a successful answer (`request_bytes`: the body's size, for a usage estimate when
 /// the provider reports none).
 pub fn parse(bytes: &[u8], request_bytes: usize) -> Result<ModelAnswer, ModelError> {
-    let c: Completion = serde_json::from_slice(bytes).map_err(|e| {
-        ModelError::Retryable(format!("the provider answered malformed JSON: {e}"))
-    })?;
+    let c: Completion = serde_json::from_slice(bytes)
+        .map_err(|e| ModelError::Retryable(format!("the provider answered malformed JSON: {e}")))?;
     let choice = c
         .choices
         .into_iter()
@@ -170,7 +169,10 @@ pub async fn chat(
     if let Some(key) = &call.api_key {
         r = r.bearer_auth(key);
     }
-    let resp = r.send().await.map_err(|e| transport_error(&e, call.timeout))?;
+    let resp = r
+        .send()
+        .await
+        .map_err(|e| transport_error(&e, call.timeout))?;
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()
@@ -182,7 +184,11 @@ pub async fn chat(
         .await
         .map_err(|e| transport_error(&e, call.timeout))?;
     if !(200..300).contains(&status) {
-        return Err(http_error(status, retry_after.as_deref(), &error_detail(&bytes)));
+        return Err(http_error(
+            status,
+            retry_after.as_deref(),
+            &error_detail(&bytes),
+        ));
     }
     parse(&bytes, request_bytes)
 }
@@ -245,8 +251,15 @@ mod tests {
         .unwrap();
         assert_eq!(a.message.tool_calls[0].name, "refund");
         assert_eq!((a.input_tokens, a.output_tokens), (11, 7));
-        assert!(matches!(parse(b"{not json", 1), Err(ModelError::Retryable(m)) if m.contains("malformed JSON")));
-        assert!(matches!(parse(br#"{"choices":[]}"#, 1), Err(ModelError::Retryable(m)) if m.contains("no choices")));
-        assert_eq!(error_detail(br#"{"error":{"message":"bad key","type":"x"}}"#), "bad key");
+        assert!(
+            matches!(parse(b"{not json", 1), Err(ModelError::Retryable(m)) if m.contains("malformed JSON"))
+        );
+        assert!(
+            matches!(parse(br#"{"choices":[]}"#, 1), Err(ModelError::Retryable(m)) if m.contains("no choices"))
+        );
+        assert_eq!(
+            error_detail(br#"{"error":{"message":"bad key","type":"x"}}"#),
+            "bad key"
+        );
     }
 }

@@ -12,7 +12,9 @@
 //!   last entry again past the end).
 
 use super::{estimate_tokens, Call, ModelError};
-use aetheris_runtime::agent::{Message, ModelAnswer, ModelRequest, Role, ToolCallRequest, ToolDecl};
+use aetheris_runtime::agent::{
+    Message, ModelAnswer, ModelRequest, Role, ToolCallRequest, ToolDecl,
+};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -198,26 +200,52 @@ mod tests {
             model: "any".into(),
             messages: vec![Message::text(Role::User, "order A-17")],
             tools: vec![
-                ToolDecl { name: "echo".into(), description: String::new(), parameters: json!({"type": "object"}) },
-                ToolDecl { name: "lookup".into(), description: String::new(),
-                    parameters: json!({"type": "object", "properties": {"n": {"type": "integer"}, "order": {"type": "string"}}, "required": ["order", "n"]}) },
+                ToolDecl {
+                    name: "echo".into(),
+                    description: String::new(),
+                    parameters: json!({"type": "object"}),
+                },
+                ToolDecl {
+                    name: "lookup".into(),
+                    description: String::new(),
+                    parameters: json!({"type": "object", "properties": {"n": {"type": "integer"}, "order": {"type": "string"}}, "required": ["order", "n"]}),
+                },
             ],
             max_tokens: 10,
             temperature: None,
         };
         let a = chat(&call(&p), &req).unwrap();
         assert_eq!(a.message.tool_calls[0].name, "echo");
-        assert_eq!(a.message.tool_calls[0].arguments, r#"{"text":"order A-17"}"#);
-        assert_eq!(chat(&call(&p), &req).unwrap(), a, "the same request, the same answer");
+        assert_eq!(
+            a.message.tool_calls[0].arguments,
+            r#"{"text":"order A-17"}"#
+        );
+        assert_eq!(
+            chat(&call(&p), &req).unwrap(),
+            a,
+            "the same request, the same answer"
+        );
         req.messages.push(a.message);
-        req.messages.push(Message::tool_result("call_0_0", "{\"text\":\"order A-17\"}", false));
+        req.messages.push(Message::tool_result(
+            "call_0_0",
+            "{\"text\":\"order A-17\"}",
+            false,
+        ));
         let b = chat(&call(&p), &req).unwrap();
-        assert_eq!(b.message.tool_calls[0].arguments, r#"{"n":1,"order":"order A-17"}"#);
+        assert_eq!(
+            b.message.tool_calls[0].arguments,
+            r#"{"n":1,"order":"order A-17"}"#
+        );
         req.messages.push(b.message);
-        req.messages.push(Message::tool_result("call_1_0", "{\"found\":true}", false));
+        req.messages
+            .push(Message::tool_result("call_1_0", "{\"found\":true}", false));
         let c = chat(&call(&p), &req).unwrap();
         assert!(c.message.tool_calls.is_empty());
-        assert!(c.message.content.contains("{\"found\":true}"), "{}", c.message.content);
+        assert!(
+            c.message.content.contains("{\"found\":true}"),
+            "{}",
+            c.message.content
+        );
         assert!(c.input_tokens > 0 && c.output_tokens > 0);
     }
 
@@ -239,6 +267,9 @@ mod tests {
         assert_eq!(a.message.tool_calls[0].arguments, r#"{"x":1}"#);
         req.messages.push(a.message);
         assert_eq!(chat(&call(&p), &req).unwrap().message.content, "bye");
-        assert!(matches!(chat(&call(&provider("/nonexistent")), &req), Err(ModelError::Permanent(_))));
+        assert!(matches!(
+            chat(&call(&provider("/nonexistent")), &req),
+            Err(ModelError::Permanent(_))
+        ));
     }
 }

@@ -94,7 +94,11 @@ impl Tool for LlmTool {
         if let Some(system) = args.system {
             messages.push(Message::text(Role::System, system));
         }
-        messages.extend(args.messages.into_iter().map(|m| Message::text(m.role, m.content)));
+        messages.extend(
+            args.messages
+                .into_iter()
+                .map(|m| Message::text(m.role, m.content)),
+        );
         let req = ModelRequest {
             provider: args.provider,
             model: args.model,
@@ -106,7 +110,13 @@ impl Tool for LlmTool {
         let input: u64 = req.messages.iter().map(Message::size_bytes).sum();
         let reserve = u64::from(req.max_tokens) + input / 4;
         let outcome = runtime
-            .chat_budgeted(&call.tenant, &req, &call.invocation_key, CALL_LIMIT, reserve)
+            .chat_budgeted(
+                &call.tenant,
+                &req,
+                &call.invocation_key,
+                CALL_LIMIT,
+                reserve,
+            )
             .await;
         match outcome {
             ModelOutcome::Answered(a) => Ok(json!({

@@ -29,7 +29,11 @@ pub const REPLAY: RouteSpec = RouteSpec::new(
     "replayJob",
     "Ask another model every recorded model turn of the job's agent steps (tool results \
      from the record: no tool is called) and report where its decisions diverge",
-    Answer::json(200, "the turns and their divergences", schema::<ReplayReport>),
+    Answer::json(
+        200,
+        "the turns and their divergences",
+        schema::<ReplayReport>,
+    ),
     |r| r.to(replay),
 )
 .body(Presence::Required, schema::<ReplayRequest>)
@@ -227,14 +231,29 @@ async fn replay(
             model: body.model.clone(),
             messages: t.request.clone(),
             tools: spec
-                .map(|s| s.tools.iter().filter_map(|n| st.agent_tools.declaration(n)).collect())
+                .map(|s| {
+                    s.tools
+                        .iter()
+                        .filter_map(|n| st.agent_tools.declaration(n))
+                        .collect()
+                })
                 .unwrap_or_default(),
-            max_tokens: spec.map_or(aetheris_runtime::agent::DEFAULT_MAX_TOKENS, |s| s.max_tokens()),
+            max_tokens: spec.map_or(aetheris_runtime::agent::DEFAULT_MAX_TOKENS, |s| {
+                s.max_tokens()
+            }),
             temperature: spec.and_then(|s| s.temperature),
         };
-        let key = format!("replay-{id}-{}-{}-{}-{}", t.step, t.turn, request.provider, request.model);
+        let key = format!(
+            "replay-{id}-{}-{}-{}-{}",
+            t.step, t.turn, request.provider, request.model
+        );
         let reserve = u64::from(request.max_tokens)
-            + request.messages.iter().map(Message::size_bytes).sum::<u64>() / 4;
+            + request
+                .messages
+                .iter()
+                .map(Message::size_bytes)
+                .sum::<u64>()
+                / 4;
         let outcome = st
             .llm
             .chat_budgeted(&p.tenant, &request, &key, REPLAY_CALL_TIMEOUT, reserve)
@@ -253,7 +272,9 @@ async fn replay(
                 ToolOutcome::Retryable(m) | ToolOutcome::Permanent(m) | ToolOutcome::Unknown(m),
             ) => (None, Some(m), Vec::new()),
             ModelOutcome::Failed(other) => (None, Some(format!("{other:?}")), Vec::new()),
-            ModelOutcome::RetryAfter(m, _) | ModelOutcome::Budget(_, m) => (None, Some(m), Vec::new()),
+            ModelOutcome::RetryAfter(m, _) | ModelOutcome::Budget(_, m) => {
+                (None, Some(m), Vec::new())
+            }
         };
         out.push(ReplayedTurn {
             step: t.step,
@@ -279,4 +300,3 @@ async fn replay(
         first_divergence,
     }))
 }
-

@@ -127,7 +127,12 @@ async fn put(
         .put_llm_provider(
             &id,
             provider,
-            Some(&AuditEntry::ok(&p.tenant, &p.sub, "tenant.provider.put", format!("{id}/{name}"))),
+            Some(&AuditEntry::ok(
+                &p.tenant,
+                &p.sub,
+                "tenant.provider.put",
+                format!("{id}/{name}"),
+            )),
         )
         .await?;
     st.llm.forget_tenant(&id);
@@ -146,7 +151,12 @@ async fn delete(
         .delete_llm_provider(
             &id,
             &name,
-            Some(&AuditEntry::ok(&p.tenant, &p.sub, "tenant.provider.delete", format!("{id}/{name}"))),
+            Some(&AuditEntry::ok(
+                &p.tenant,
+                &p.sub,
+                "tenant.provider.delete",
+                format!("{id}/{name}"),
+            )),
         )
         .await?;
     if !deleted {
