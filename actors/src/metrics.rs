@@ -137,7 +137,7 @@ pub const DEFINITIONS: &[Definition] = &[
     gauge(RATE_LIMIT_WAIT_SECONDS, Unit::Seconds, "Time calls waited for a rate limit, per tenant and kind (only grows: use rate())."),
     gauge(LIVE_PROCESSES, Unit::Count, "Live processes of this kind; this one takes one over it of each global limit."),
     counter(GEN_AI_TOKEN_USAGE, "LLM tokens used (gen_ai.client.token.usage), per tenant, provider (gen_ai_provider_name), model (gen_ai_request_model) and gen_ai_token_type (input, output)."),
-    histogram(GEN_AI_OPERATION_DURATION, "LLM calls' duration (gen_ai.client.operation.duration), per provider, model and gen_ai_operation_name.", MODEL_BUCKETS),
+    histogram(GEN_AI_OPERATION_DURATION, "LLM calls' duration (gen_ai.client.operation.duration), per tenant, provider, model and gen_ai_operation_name.", MODEL_BUCKETS),
 ];
 
 /// The declaration of `name`, if it is one of ours.

@@ -463,7 +463,9 @@ impl LlmRuntime {
                 .instrument(span.clone())
                 .await
         };
+        // Labelled by tenant: a tenant's provider names are its own data (G6).
         metrics::histogram!(metric::GEN_AI_OPERATION_DURATION,
+            "tenant" => tenant.to_string(),
             "gen_ai_provider_name" => req.provider.clone(),
             "gen_ai_request_model" => req.model.clone(),
             "gen_ai_operation_name" => "chat")
