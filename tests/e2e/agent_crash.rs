@@ -419,4 +419,30 @@ fn the_cli_shows_turns_and_replays_with_another_model() {
     );
     let (ok, err) = cli(&node, &["replay", &id]);
     assert!(!ok && err.contains("--model"), "{err}");
+    // The job's evidence package verifies offline, ledger rows of its calls included (it is
+    // built from the events and ledger, which hold no API key: agents.rs checks them).
+    let zip = dir.path().join("agent.evidence.zip");
+    let out = Command::new(env!("CARGO_BIN_EXE_aetheris"))
+        .args(["evidence", "export", &id, "--server", &node.url(), "-o"])
+        .arg(&zip)
+        .output()
+        .expect("export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_aetheris"))
+        .args(["evidence", "verify"])
+        .arg(&zip)
+        .arg("--public-key")
+        .arg(dir.path().join("data").join("evidence.pub"))
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
