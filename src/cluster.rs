@@ -202,8 +202,9 @@ fn read_key_file(p: &std::path::Path) -> Result<String, String> {
         .map_err(|e| format!("reading {}: {e}", p.display()))
 }
 
-pub fn server(config: &Effective) -> Result<ExitCode, String> {
+pub fn server(config: &Effective, llm: &crate::agents::LlmArgs) -> Result<ExitCode, String> {
     let db = DbSettings::required(config)?;
+    let llm = llm.settings(config.path(Key::LlmProvidersFile))?;
     let bind = config.text(Key::Bind).unwrap_or_default().to_string();
     let gateway = GatewaySettings::from_config(config);
     let auth = AuthSettings::from_config(config).load()?;
@@ -227,6 +228,7 @@ pub fn server(config: &Effective) -> Result<ExitCode, String> {
         let tools = ToolRegistry::with_builtins();
         cfg.worker = WorkerConfig {
             rate_limits,
+            llm,
             ..WorkerConfig::default()
         };
         let (node, running) = start_node(store, tools, cfg)
@@ -247,10 +249,13 @@ pub fn server(config: &Effective) -> Result<ExitCode, String> {
     })
 }
 
-pub fn worker(settings: &Effective) -> Result<ExitCode, String> {
+pub fn worker(settings: &Effective, llm: &crate::agents::LlmArgs) -> Result<ExitCode, String> {
     let db = DbSettings::required(settings)?;
     let w = WorkerSettings::from_config(settings);
-    let config = w.config()?;
+    let config = WorkerConfig {
+        llm: llm.settings(settings.path(Key::LlmProvidersFile))?,
+        ..w.config()?
+    };
     crate::startup::check_bind(&w.admin_bind)?;
     crate::startup::run_system(async move {
         let store = connect(&db).await?;

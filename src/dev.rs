@@ -27,6 +27,9 @@ pub struct DevArgs {
     pub run: Option<PathBuf>,
     #[command(flatten)]
     pub settings: crate::config::Flags<crate::config::ForDev>,
+    /// LLM providers (a `scripted` one, answering offline, is always there).
+    #[command(flatten)]
+    pub llm: crate::agents::LlmArgs,
 }
 
 /// A dev node's settings (checked when resolved).
@@ -127,8 +130,13 @@ pub fn init_logging(filter: &str) {
         .try_init();
 }
 
-pub fn run(config: &Effective, run: Option<PathBuf>) -> Result<ExitCode, String> {
+pub fn run(
+    config: &Effective,
+    run: Option<PathBuf>,
+    llm: &crate::agents::LlmArgs,
+) -> Result<ExitCode, String> {
     let args = DevSettings::from_config(config, run);
+    let llm = llm.dev_settings(config.path(Key::LlmProvidersFile))?;
     let job_file = match &args.run {
         Some(p) => {
             Some(std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?)
@@ -177,6 +185,7 @@ pub fn run(config: &Effective, run: Option<PathBuf>) -> Result<ExitCode, String>
             max_jobs: args.max_jobs,
             lease_ttl_ms: args.lease_ttl_ms,
             heartbeat_ms: (args.lease_ttl_ms / 5).max(50),
+            llm,
             ..WorkerConfig::default()
         };
         let mut cfg = NodeConfig {

@@ -6,6 +6,7 @@
 //! `AETHERIS_*` variables, the config file, defaults) and only then start.
 
 mod admin;
+mod agents;
 mod client;
 mod cluster;
 mod config;
@@ -40,6 +41,8 @@ enum Command {
     Server {
         #[command(flatten)]
         settings: config::Flags<config::ForServer>,
+        #[command(flatten)]
+        llm: agents::LlmArgs,
     },
     /// Make keys and issue tokens for clients (docs/auth.md).
     Token {
@@ -53,6 +56,8 @@ enum Command {
     Worker {
         #[command(flatten)]
         settings: config::Flags<config::ForWorker>,
+        #[command(flatten)]
+        llm: agents::LlmArgs,
     },
     /// Apply the database migrations (forward-only, under an advisory lock) and exit;
     /// `server` and `worker` also apply them at start unless `--no-migrate`.
@@ -258,6 +263,24 @@ pub enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Ask another model every recorded model turn of the job's agent steps (tool results
+    /// from the record: no tool is called) and show where its decisions diverge.
+    Replay {
+        /// Job id.
+        id: String,
+        /// The model to ask.
+        #[arg(long)]
+        model: String,
+        /// The provider to ask it of (default: each turn's recorded provider).
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this agent step's turns.
+        #[arg(long)]
+        step: Option<String>,
+        /// Print the server's JSON report as is.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A command-line error as one line: clap's message (without its usage block) and the
@@ -328,16 +351,16 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Dev(args) => configured(&args.settings, |c| dev::run(c, args.run)),
+        Command::Dev(args) => configured(&args.settings, |c| dev::run(c, args.run, &args.llm)),
         Command::Bench(args) => aetheris_bench::run(args),
-        Command::Server { settings } => configured(&settings, cluster::server),
+        Command::Server { settings, llm } => configured(&settings, |c| cluster::server(c, &llm)),
         Command::Token {
             command: TokenCommand::Issue(a),
         } => token::issue(a),
         Command::Token {
             command: TokenCommand::Keygen(a),
         } => token::keygen(a),
-        Command::Worker { settings } => configured(&settings, cluster::worker),
+        Command::Worker { settings, llm } => configured(&settings, |c| cluster::worker(c, &llm)),
         Command::Migrate { settings } => configured(&settings, cluster::migrate),
         Command::Job { conn, command } => client::run(&conn.server, conn.token.as_deref(), command),
         Command::Tenant { conn, command } => {

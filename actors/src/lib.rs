@@ -22,8 +22,10 @@
 
 pub mod clock;
 pub mod context;
+pub mod failpoint;
 pub mod job;
 pub mod lease;
+pub mod llm;
 pub mod messages;
 pub mod metrics;
 pub mod presence;

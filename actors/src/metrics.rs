@@ -79,6 +79,10 @@ pub const EVIDENCE_EXPORT_FAILURES: &str = "aetheris_evidence_export_failures_to
 pub const RETENTION_GC_LAG: &str = "aetheris_retention_gc_lag_seconds";
 pub const RETENTION_DELETED: &str = "aetheris_retention_deleted_jobs_total";
 pub const LLM_BUDGET_USED: &str = "aetheris_llm_budget_used_ratio";
+/// OpenTelemetry GenAI `gen_ai.client.token.usage`, as a Prometheus counter of tokens.
+pub const GEN_AI_TOKEN_USAGE: &str = "aetheris_gen_ai_client_token_usage_total";
+/// OpenTelemetry GenAI `gen_ai.client.operation.duration`.
+pub const GEN_AI_OPERATION_DURATION: &str = "aetheris_gen_ai_client_operation_duration_seconds";
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +114,10 @@ const TOOL_BUCKETS: &[f64] = &[
 /// One store round trip: from a tenth of a millisecond (redb, warm) to a stalled database.
 const STORE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// A model call: from a fake provider answering at once to a long generation.
+const MODEL_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 /// Loading a job: one round trip for a short log, many pages for a long one.
 const REPLAY_BUCKETS: &[f64] = &[
@@ -220,6 +228,8 @@ pub const DEFINITIONS: &[Definition] = &[
     gauge(RETENTION_GC_LAG, Unit::Seconds, "Age of the oldest finished job past its tenant's retention, not yet deleted (0: retention is kept)."),
     counter(RETENTION_DELETED, "Finished jobs deleted by retention."),
     gauge(LLM_BUDGET_USED, Unit::Count, "Share (0 to 1) of a tenant's LLM token budget of the day that is used, per tenant."),
+    counter(GEN_AI_TOKEN_USAGE, "LLM tokens used (gen_ai.client.token.usage), per tenant, provider (gen_ai_provider_name), model (gen_ai_request_model) and gen_ai_token_type (input, output)."),
+    histogram(GEN_AI_OPERATION_DURATION, "LLM calls' duration (gen_ai.client.operation.duration), per tenant, provider, model and gen_ai_operation_name.", MODEL_BUCKETS),
 ];
 
 /// Whether no step of `state` has started yet (the job is still in the queue).

@@ -47,6 +47,11 @@ pub struct TenantLimits {
     /// LLM tokens per minute.
     #[serde(default)]
     pub llm_tokens_per_min: Option<f64>,
+    /// LLM tokens per UTC day (store clock), counted in the store so the budget holds
+    /// across restarts and workers; a call that would pass it waits (agent steps park on
+    /// the `budget` signal; docs/agents.md).
+    #[serde(default)]
+    pub llm_tokens_per_day: Option<u64>,
     /// Jobs running at once across all workers, enforced when workers claim jobs (the
     /// store counts leases; never scaled by `share`).
     #[serde(default)]
@@ -79,6 +84,7 @@ impl TenantLimits {
             tool_calls_per_s: self.tool_calls_per_s.or(base.tool_calls_per_s),
             tool_calls_per_s_by_tool: by_tool,
             llm_tokens_per_min: self.llm_tokens_per_min.or(base.llm_tokens_per_min),
+            llm_tokens_per_day: self.llm_tokens_per_day.or(base.llm_tokens_per_day),
             max_running_jobs: self.max_running_jobs.or(base.max_running_jobs),
         }
     }
@@ -136,6 +142,11 @@ impl LimitsConfig {
             if l.max_running_jobs == Some(0) {
                 return Err(format!(
                     "limits: {who}: max_running_jobs must be at least 1"
+                ));
+            }
+            if l.llm_tokens_per_day == Some(0) {
+                return Err(format!(
+                    "limits: {who}: llm_tokens_per_day must be at least 1"
                 ));
             }
         }
@@ -576,6 +587,10 @@ impl RateLimiters {
     }
 
     pub async fn settle_llm(&self, tenant: &str, reserved: u64, used: u64) {
+        // Nothing was reserved without a limit (and no limiter needs to exist for it).
+        if self.unlimited(tenant, |l| l.llm_tokens_per_min.is_some()) {
+            return;
+        }
         if let Some(l) = self.limiter(tenant) {
             let _ = l
                 .send(SettleLlm {

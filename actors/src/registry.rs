@@ -548,6 +548,11 @@ mod tests {
         let stub = stub.start();
         let (finished, _) = tokio::sync::broadcast::channel(16);
         let ctx = WorkerContext {
+            llm: crate::llm::LlmRuntime::new(
+                Default::default(),
+                Some(store.clone()),
+                Default::default(),
+            ),
             store: store.clone(),
             tools,
             config: Arc::new(WorkerConfig::default()),

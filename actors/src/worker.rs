@@ -50,7 +50,14 @@ impl Worker {
         let worker_id = config.worker_id.clone();
         zero_supervision_series();
         crate::supervision::worker_started(config.lease_ttl_ms);
+        let llm = crate::llm::LlmRuntime::new(
+            config.llm.clone(),
+            Some(store.clone()),
+            config.rate_limits.clone(),
+        );
+        tools.attach_llm(llm.clone());
         let (leases, _registry) = start_actor_tree(WorkerContext {
+            llm,
             store,
             tools,
             config: Arc::new(config),

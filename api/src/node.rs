@@ -102,7 +102,15 @@ pub async fn start_node(
             .collect(),
     );
     let limits = cfg.worker.rate_limits.clone();
+    let llm = aetheris_actors::llm::LlmRuntime::new(
+        cfg.worker.llm.clone(),
+        Some(store.clone()),
+        limits.clone(),
+    );
+    let agent_tools = Arc::new(tools.declarations());
     let state = web::Data::new(AppState {
+        llm,
+        agent_tools,
         auth: cfg.auth.map(Arc::new),
         limits: limits.clone(),
         store: store.clone(),

@@ -11,6 +11,7 @@
 //! - W6 (`w6.rs`, on request): tenant flood, tenant B's queue wait;
 //! - W7 (`w7.rs`): bytes per event, from W1's largest run;
 //! - W8 (`w8.rs`): export and offline verification of a long job's evidence package;
+//! - W9 (`w9.rs`, on request): agent loops against a fake provider answering at once;
 //! - hostile (`hostile.rs`): a dev node's answer time to ~1 MiB plans and its `/healthz`
 //!   latency while hostile submissions are in flight;
 //! - on PostgreSQL, the `pgbench` baseline of the same server (`pg.rs`).
@@ -30,6 +31,7 @@ mod w5;
 mod w6;
 mod w7;
 mod w8;
+mod w9;
 
 pub use report::Report;
 
@@ -61,8 +63,9 @@ pub struct BenchArgs {
     pub parked: usize,
     /// Only these workloads: w1 (step throughput and latency), w3 (crash and drain
     /// handoff), w4 (reload of a long job), w5 (parked jobs), w6 (tenant flood), w7 (bytes
-    /// per event), w8 (evidence export and verify of a long job), hostile (~1 MiB hostile
-    /// plans against a dev node); w5 and w6 run only when named. See docs/benchmarks.md.
+    /// per event), w8 (evidence export and verify of a long job), w9 (agent loops),
+    /// hostile (~1 MiB hostile plans against a dev node); w5, w6 and w9 run only when
+    /// named. See docs/benchmarks.md.
     #[arg(long, value_delimiter = ',', default_value = "w1,w3,w4,w7,w8,hostile")]
     pub workloads: Vec<String>,
     /// Print the report as one JSON object instead of the table.
@@ -138,11 +141,12 @@ enum Workload {
     W6,
     W7,
     W8,
+    W9,
     Hostile,
 }
 
 impl Workload {
-    const NAMES: [(&'static str, Workload); 8] = [
+    const NAMES: [(&'static str, Workload); 9] = [
         ("w1", Workload::W1),
         ("w3", Workload::W3),
         ("w4", Workload::W4),
@@ -150,6 +154,7 @@ impl Workload {
         ("w6", Workload::W6),
         ("w7", Workload::W7),
         ("w8", Workload::W8),
+        ("w9", Workload::W9),
         ("hostile", Workload::Hostile),
     ];
 
@@ -160,7 +165,7 @@ impl Workload {
             .map(|(_, w)| *w)
             .ok_or_else(|| {
                 format!(
-                    "unknown workload {name:?} (expected w1, w3, w4, w5, w6, w7, w8 or hostile)"
+                    "unknown workload {name:?} (expected w1, w3, w4, w5, w6, w7, w8, w9 or hostile)"
                 )
             })
     }
@@ -264,6 +269,9 @@ fn measure(args: &BenchArgs, selection: &Selection) -> Result<Report, String> {
     }
     if selection.has(Workload::W8) {
         report.w8 = Some(w8::run(&fresh, args.runs, args.evidence_events)?);
+    }
+    if selection.has(Workload::W9) {
+        report.w9 = Some(w9::run(&fresh, args.runs)?);
     }
     if selection.has(Workload::Hostile) {
         report.hostile = Some(hostile::run(hostile::HostileCfg {

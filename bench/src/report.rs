@@ -42,6 +42,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub w8: Option<W8Report>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub w9: Option<crate::w9::W9Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hostile: Option<HostileReport>,
 }
 
@@ -304,12 +306,13 @@ impl Display for Report {
         if let Some(rows) = &self.w1 {
             W1Table(rows).fmt(f)?;
         }
-        let sections: [Option<&dyn Display>; 7] = [
+        let sections: [Option<&dyn Display>; 8] = [
             self.w7.as_ref().map(|s| s as &dyn Display),
             self.w3.as_ref().map(|s| s as &dyn Display),
             self.w6.as_ref().map(|s| s as &dyn Display),
             self.w4.as_ref().map(|s| s as &dyn Display),
             self.w8.as_ref().map(|s| s as &dyn Display),
+            self.w9.as_ref().map(|s| s as &dyn Display),
             self.w5.as_ref().map(|s| s as &dyn Display),
             self.hostile.as_ref().map(|s| s as &dyn Display),
         ];

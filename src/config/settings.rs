@@ -51,6 +51,7 @@ pub enum Key {
     DrainGraceMs,
     AdminBind,
     LimitsFile,
+    LlmProvidersFile,
     EvidenceKeyFile,
     DataDir,
     LogFilter,
@@ -157,8 +158,8 @@ impl Fallback {
 
 /// The tables of aetheris.toml, in the order the docs list them. `[limits]` also holds the
 /// inline limits (`defaults`, `tenants`, `share`: the limits file's format).
-pub const TABLES: [&str; 8] = [
-    "database", "gateway", "auth", "worker", "limits", "evidence", "dev", "log",
+pub const TABLES: [&str; 9] = [
+    "database", "gateway", "auth", "worker", "limits", "llm", "evidence", "dev", "log",
 ];
 
 const DSW: &[Cmd] = &[Cmd::Dev, Cmd::Server, Cmd::Worker];
@@ -432,6 +433,22 @@ pub const SETTINGS: &[Setting] = &[
         commands: DSW,
         help: "Per-tenant rate limits, a JSON file (docs/limits.md); the config file may hold \
                them inline in [limits] instead. Unset: no limits.",
+    },
+    Setting {
+        key: Key::LlmProvidersFile,
+        table: "llm",
+        name: "providers_file",
+        flag: "llm-providers",
+        env: "AETHERIS_LLM_PROVIDERS",
+        value_name: "FILE",
+        kind: Kind::Path,
+        default: Fallback::Unset,
+        command_defaults: &[],
+        commands: DSW,
+        help: "LLM providers for agent steps, a JSON file: {\"providers\": [...], \"tenants\": \
+               {\"acme\": [...]}} (docs/agents.md). `--llm-provider NAME=KIND:BASE_URL` and \
+               `--llm-api-key-file NAME=FILE` add or replace providers on the command line. \
+               Unset: none (`dev` always has the offline `scripted` provider).",
     },
     Setting {
         key: Key::EvidenceKeyFile,

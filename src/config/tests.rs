@@ -304,6 +304,9 @@ admissions_per_s = 50
 tool_calls_per_s_by_tool = {{ http = 20 }}
 max_running_jobs = 2
 
+[llm]
+providers_file = "llm.json"
+
 [evidence]
 signing_key_file = "evidence.key"
 

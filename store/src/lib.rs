@@ -32,7 +32,7 @@ pub mod transparency;
 
 pub use self::redb::RedbStore;
 pub use contract::{
-    Audit, Commands, DynStore, JobLog, Leases, Operations, Presence, Store, Tenants,
+    Audit, Commands, DynStore, JobLog, Leases, LlmStore, Operations, Presence, Store, Tenants,
     TransparencyLog, Users, FORGET_AFTER_MS,
 };
 pub(crate) use error::append_refused;

@@ -78,6 +78,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_process_reports.sql",
         sql: include_str!("../../migrations/0011_process_reports.sql"),
     },
+    Migration {
+        name: "0012_llm.sql",
+        sql: include_str!("../../migrations/0012_llm.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

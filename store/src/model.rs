@@ -328,3 +328,67 @@ pub struct PolicyRule {
     /// Why, listed in the manifest with each redaction (1-256 bytes).
     pub reason: String,
 }
+
+/// The protocol an LLM provider speaks (docs/agents.md).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmProviderKind {
+    /// OpenAI Chat Completions: `POST {base_url}/v1/chat/completions`.
+    Openai,
+    /// Anthropic Messages: `POST {base_url}/v1/messages`.
+    Anthropic,
+    /// Built in, offline: answers from a script (`base_url` is a script file, or empty for
+    /// the built-in one). For tries and tests.
+    Scripted,
+}
+
+impl LlmProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmProviderKind::Openai => "openai",
+            LlmProviderKind::Anthropic => "anthropic",
+            LlmProviderKind::Scripted => "scripted",
+        }
+    }
+    pub fn parse(s: &str) -> Option<LlmProviderKind> {
+        [
+            LlmProviderKind::Openai,
+            LlmProviderKind::Anthropic,
+            LlmProviderKind::Scripted,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// An LLM provider of a tenant. Its API key is never stored, written to events or logged:
+/// only where the workers read it (an environment variable or a file on the worker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmProvider {
+    /// 1-64 characters of `[A-Za-z0-9_.-]`: what an agent step's `provider` names.
+    pub name: String,
+    pub kind: LlmProviderKind,
+    /// `http(s)://host[:port][/prefix]`; the protocol's path is appended.
+    pub base_url: String,
+    /// The models agent steps may ask for; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// The environment variable of the workers that holds the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// The file on the workers that holds the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<String>,
+}
+
+/// Tokens reserved against a tenant's daily budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LlmReservation {
+    /// The UTC day (days since the Unix epoch, store clock) the tokens count against.
+    pub day: i64,
+    /// The day's tokens, this reservation included.
+    pub used: u64,
+}

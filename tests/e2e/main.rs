@@ -3,6 +3,8 @@
 //! one module per concern (`ui` drives the trace UI in headless Chromium; `operations` the
 //! supervision view, the dashboard and the alert rules).
 
+mod agent_crash;
+mod agents;
 mod api;
 mod audit;
 mod auth;
@@ -12,6 +14,7 @@ mod config;
 mod crash;
 mod evidence;
 mod fairness;
+mod fake_llm;
 mod fencing;
 mod hostile;
 mod limits;

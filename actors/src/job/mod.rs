@@ -13,8 +13,11 @@
 //! stops as crashed so the registry restarts it from storage.
 //!
 //! Where the actor is in its life is its `Phase` (phase.rs: Loading → Active → Stopping,
-//! with the transitions documented there).
+//! with the transitions documented there). Agent steps (agent.rs) decide in the same round
+//! and append, and their model and tool calls are made the same way: only after their
+//! started event is durable.
 
+mod agent;
 mod drive;
 mod outbox;
 mod phase;

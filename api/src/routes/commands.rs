@@ -23,8 +23,11 @@ use serde_json::Value;
 
 /// Longest cancel reason and confirmation note, in bytes.
 pub const MAX_REASON_BYTES: usize = 1024;
-/// Longest signal name and signal id.
+/// Longest signal id.
 pub const MAX_SIGNAL_NAME: usize = 128;
+/// Longest signal name: an agent's approval (`approve:<step>.<turn>.<call>`) is longer
+/// than a step id.
+pub const MAX_SIGNAL_NAME_WITH_CALL: usize = 200;
 /// Largest signal payload, as JSON text.
 pub const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Largest confirmed output, as JSON text.
@@ -182,7 +185,6 @@ async fn signal(
 ) -> Result<HttpResponse, ApiError> {
     let (raw_id, name) = path.into_inner();
     let id = parse_id(&raw_id)?;
-    check_name("signal name", &name, MAX_SIGNAL_NAME)?;
     let r: SignalRequest = crate::body::json_optional(&req, payload, st.body, "signal").await?;
     Ok(HttpResponse::Accepted().json(signal_job(&st, &p, id, name, r).await?))
 }
@@ -196,7 +198,7 @@ pub async fn signal_job(
     name: String,
     r: SignalRequest,
 ) -> Result<SignalAccepted, ApiError> {
-    check_name("signal name", &name, MAX_SIGNAL_NAME)?;
+    check_signal_name(&name)?;
     check_len(
         "payload (as JSON text)",
         &r.payload.to_string(),
@@ -235,6 +237,22 @@ pub async fn signal_job(
         signal_id,
         command_id: cmd.id,
     })
+}
+
+/// A signal name: `[A-Za-z0-9_.-]`, and `:` (an agent's `approve:<call>`), 1-200 long.
+fn check_signal_name(v: &str) -> Result<(), ApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= MAX_SIGNAL_NAME_WITH_CALL
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "signal name {:?} must be 1-{MAX_SIGNAL_NAME_WITH_CALL} characters of [A-Za-z0-9_.:-]",
+            crate::problem::clip(v, 64)
+        )))
+    }
 }
 
 /// `POST /v1/jobs/{id}/steps/{step}/confirm`.
@@ -305,7 +323,8 @@ pub async fn confirm_step(
         check_len("note", n, MAX_REASON_BYTES)?;
     }
     let state = super::jobs::job_state(&st.store, &p.tenant, id).await?;
-    let status = state.steps.get(&step).map(|s| s.status).ok_or_else(|| {
+    // A plan step, or an agent step's tool call (`step.turn.index`).
+    let status = state.status_of(&step).ok_or_else(|| {
         ApiError::NotFound(format!(
             "job {id} has no step {:?}",
             crate::problem::clip(&step, 64)

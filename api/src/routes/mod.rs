@@ -4,20 +4,22 @@
 //! the route table of docs/auth.md ([`render_route_table`]) and the OpenAPI document
 //! (`openapi.rs`). A permission is therefore written once and is the one enforced.
 //!
-//! Handlers live one file per resource (jobs, commands, evidence, tenants, users, audit,
-//! ops, system). They
-//! parse and validate fully before touching the store, scope every store call by the
+//! Handlers live one file per resource (jobs, commands, evidence, tenants, providers,
+//! agents, users, audit, ops, system). They parse and validate fully before touching the
+//! store, scope every store call by the
 //! caller's tenant (G6), and answer errors as problem+json. Every mutating call hands the
 //! store an `AuditEntry` written in the same transaction as the change; a refused
 //! permission writes a `denied` row. Who acted (`by` of cancels, signals and
 //! confirmations) is the token's `sub`; without auth (dev/tests) every caller is an admin
 //! of `default`.
 
+pub mod agents;
 pub mod audit;
 pub mod commands;
 pub mod evidence;
 pub mod jobs;
 pub mod ops;
+pub mod providers;
 pub mod system;
 pub mod tenants;
 pub mod users;
@@ -60,6 +62,10 @@ pub struct AppState {
     /// The key evidence packages and checkpoints are signed with (`None`: those routes
     /// answer 503).
     pub evidence_key: Option<Arc<aetheris_proof::SigningKey>>,
+    /// Model calls of replay-diff (the providers this process knows, tenants' own too).
+    pub llm: aetheris_actors::llm::LlmRuntime,
+    /// The tools as models are offered them (replay-diff offers the recorded steps' tools).
+    pub agent_tools: Arc<aetheris_actors::tools::ToolDecls>,
 }
 
 /// The tool catalog of a node, as plan validation sees it.
@@ -97,6 +103,7 @@ pub enum HttpMethod {
     Get,
     Post,
     Put,
+    Delete,
 }
 
 impl HttpMethod {
@@ -105,6 +112,7 @@ impl HttpMethod {
             HttpMethod::Get => "GET",
             HttpMethod::Post => "POST",
             HttpMethod::Put => "PUT",
+            HttpMethod::Delete => "DELETE",
         }
     }
 
@@ -114,6 +122,7 @@ impl HttpMethod {
             HttpMethod::Get => Method::GET,
             HttpMethod::Post => Method::POST,
             HttpMethod::Put => Method::PUT,
+            HttpMethod::Delete => Method::DELETE,
         }
     }
 }
@@ -315,6 +324,10 @@ pub static ROUTES: &[RouteSpec] = &[
     tenants::LIST,
     tenants::CREATE,
     tenants::SET_LIMITS,
+    providers::LIST,
+    providers::PUT,
+    providers::DELETE,
+    agents::REPLAY,
     evidence::GET_POLICY,
     evidence::SET_POLICY,
     evidence::CHECKPOINT,

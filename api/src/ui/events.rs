@@ -268,6 +268,18 @@ pub fn step_of(b: &EventBody) -> Option<&str> {
         | EventBody::SleepFinished { step }
         | EventBody::StepConfirmed { step, .. } => Some(step),
         EventBody::JobFailed { step, .. } => step.as_deref(),
+        EventBody::AgentStarted { step, .. }
+        | EventBody::AgentModelStarted { step, .. }
+        | EventBody::AgentModelAnswered { step, .. }
+        | EventBody::AgentModelFailed { step, .. }
+        | EventBody::AgentToolStarted { step, .. }
+        | EventBody::AgentToolSucceeded { step, .. }
+        | EventBody::AgentToolFailed { step, .. }
+        | EventBody::AgentToolOutcomeUnknown { step, .. }
+        | EventBody::AgentToolRefused { step, .. }
+        | EventBody::AgentToolApproved { step, .. }
+        | EventBody::AgentBudgetReached { step, .. }
+        | EventBody::AgentBudgetDecided { step, .. } => Some(step),
         _ => None,
     }
 }
@@ -341,6 +353,93 @@ fn describe(b: &EventBody) -> String {
             Some(t) => format!("until {}", format_ms(*t)),
             None => "until a signal or confirmation".into(),
         },
+        EventBody::AgentStarted {
+            provider,
+            model,
+            messages,
+            error,
+            ..
+        } => match error {
+            Some(e) => format!("{provider}/{model}: {e}"),
+            None => format!("{provider}/{model}, {} messages", messages.len()),
+        },
+        EventBody::AgentModelStarted {
+            call,
+            attempt,
+            model,
+            reserved_tokens,
+            fencing_token,
+            ..
+        } => format!(
+            "{call} attempt {attempt} asks {model} ({reserved_tokens} tokens reserved), \
+             fencing token {fencing_token}"
+        ),
+        EventBody::AgentModelAnswered {
+            call,
+            messages,
+            input_tokens,
+            output_tokens,
+            ..
+        } => format!(
+            "{call}: {} new messages, {input_tokens} tokens in, {output_tokens} out",
+            messages.len()
+        ),
+        EventBody::AgentModelFailed { call, error, .. } => format!("{call}: {error}"),
+        EventBody::AgentToolStarted {
+            call,
+            attempt,
+            tool,
+            effect,
+            fencing_token,
+            ..
+        } => format!(
+            "{call} attempt {attempt} of {tool} ({}), fencing token {fencing_token}",
+            effect.as_str()
+        ),
+        EventBody::AgentToolSucceeded { call, output, .. } => {
+            format!("{call}: {}", json::one_line(output, 120))
+        }
+        EventBody::AgentToolFailed { call, error, .. } => format!("{call}: {error}"),
+        EventBody::AgentToolOutcomeUnknown { call, reason, .. } => format!("{call}: {reason}"),
+        EventBody::AgentToolRefused {
+            call, reason, by, ..
+        } => format!(
+            "{call} refused{}: {reason}",
+            by.as_deref()
+                .map(|b| format!(" by {b}"))
+                .unwrap_or_default()
+        ),
+        EventBody::AgentToolApproved { call, by, args, .. } => format!(
+            "{call} approved by {}{}",
+            by.as_deref().unwrap_or("?"),
+            if args.is_some() {
+                " (arguments edited)"
+            } else {
+                ""
+            }
+        ),
+        EventBody::AgentBudgetReached {
+            limit,
+            used,
+            needed,
+            ..
+        } => format!("budget reached: {used} of {limit} tokens used, {needed} needed"),
+        EventBody::AgentBudgetDecided {
+            raise_tokens,
+            stop,
+            by,
+            ..
+        } => {
+            let who = by
+                .as_deref()
+                .map(|b| format!(" by {b}"))
+                .unwrap_or_default();
+            if *stop {
+                format!("stopped{who}")
+            } else {
+                format!("raised by {raise_tokens} tokens{who}")
+            }
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 //! [`JobLog`] (jobs, events, snapshots, the ledger), [`Leases`] (claims, heartbeats, timers,
 //! the store clock), [`Commands`], [`Tenants`], [`Users`] (with the per-request access
 //! lookup), [`Audit`], [`Presence`] (live processes and what they report),
-//! [`Operations`] (the backlog and unknown outcomes an operator watches) and
-//! [`TransparencyLog`] (each tenant's log of finished jobs). [`Store`] is all of them, with a
+//! [`Operations`] (the backlog and unknown outcomes an operator watches),
+//! [`TransparencyLog`] (each tenant's log of finished jobs) and [`LlmStore`] (tenants' LLM
+//! providers and daily token usage). [`Store`] is all of them, with a
 //! blanket impl, so `DynStore = Arc<dyn Store>` serves callers that need several.
 //!
 //! Every backend keeps the same invariants, proven by the conformance suite
@@ -25,6 +26,7 @@ mod audit;
 mod commands;
 mod jobs;
 mod leases;
+mod llm;
 mod operations;
 mod presence;
 mod tenants;
@@ -35,6 +37,7 @@ pub use audit::Audit;
 pub use commands::Commands;
 pub use jobs::JobLog;
 pub use leases::Leases;
+pub use llm::LlmStore;
 pub use operations::Operations;
 pub use presence::{Presence, FORGET_AFTER_MS};
 pub use tenants::Tenants;
@@ -54,6 +57,7 @@ pub trait Store:
     + Presence
     + Operations
     + TransparencyLog
+    + LlmStore
     + Send
     + Sync
     + 'static
@@ -70,6 +74,7 @@ impl<T> Store for T where
         + Presence
         + Operations
         + TransparencyLog
+        + LlmStore
         + Send
         + Sync
         + 'static

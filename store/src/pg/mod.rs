@@ -110,6 +110,7 @@ mod conn;
 mod jobs;
 mod leases;
 mod listen;
+mod llm;
 mod operations;
 mod presence;
 mod rows;

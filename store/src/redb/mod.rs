@@ -22,6 +22,7 @@ mod audit;
 mod commands;
 mod jobs;
 mod leases;
+mod llm;
 mod operations;
 mod presence;
 mod tables;

@@ -23,6 +23,7 @@ mod evidence;
 mod jobs;
 mod leases;
 mod ledger;
+mod llm;
 mod presence;
 mod tenants;
 
@@ -33,6 +34,7 @@ pub use evidence::*;
 pub use jobs::*;
 pub use leases::*;
 pub use ledger::*;
+pub use llm::*;
 pub use presence::*;
 pub use tenants::*;
 
@@ -84,6 +86,8 @@ pub async fn run_all(store: DynStore) {
     finished_jobs_join_their_tenant_log(store.clone()).await;
     concurrent_finishes_get_gap_free_indexes(store.clone()).await;
     evidence_packages_are_the_recorded_history(store.clone()).await;
+    llm_providers_are_per_tenant_data(store.clone()).await;
+    llm_token_reservations_respect_the_daily_limit(store.clone()).await;
     clock_and_size_are_sane(store).await;
 }
 
@@ -122,6 +126,8 @@ macro_rules! conformance_tests {
             finished_jobs_join_their_tenant_log,
             concurrent_finishes_get_gap_free_indexes,
             evidence_packages_are_the_recorded_history,
+            llm_providers_are_per_tenant_data,
+            llm_token_reservations_respect_the_daily_limit,
             clock_and_size_are_sane,
         );
 
