@@ -229,9 +229,12 @@ def check_chart_config(ctx: Ctx) -> str:
             if fname != "url":
                 (d / "keys" / fname).write_text(content)
         cm = [c for c in objects(docs, "ConfigMap") if "aetheris.toml" in c["data"]][0]
-        if "limits.json" in cm["data"]:
-            (d / "limits.json").write_text(cm["data"]["limits.json"])
-        local = text.replace("/etc/aetheris/keys/", f"{d}/keys/").replace("/etc/aetheris/limits.json", str(d / "limits.json"))
+        for extra in ("limits.json", "llm.json"):
+            if extra in cm["data"]:
+                (d / extra).write_text(cm["data"][extra])
+        local = text.replace("/etc/aetheris/keys/", f"{d}/keys/")
+        for extra in ("limits.json", "llm.json"):
+            local = local.replace(f"/etc/aetheris/{extra}", str(d / extra))
         local = re.sub(r'"0\.0\.0\.0:\d+"', '"127.0.0.1:0"', local)
         (d / "aetheris.toml").write_text(local)
         # A closed port: every check made before the database is touched must pass, so the

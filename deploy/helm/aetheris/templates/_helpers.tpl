@@ -125,6 +125,11 @@ admin_bind = {{ printf "0.0.0.0:%d" (int .Values.worker.metricsPort) | toJson }}
 [limits]
 file = "/etc/aetheris/limits.json"
 {{- end }}
+{{- if .Values.llm.providers }}
+
+[llm]
+providers_file = "/etc/aetheris/llm.json"
+{{- end }}
 
 [log]
 filter = {{ .Values.log.filter | toJson }}
@@ -145,6 +150,7 @@ filter = {{ .Values.log.filter | toJson }}
 {{- define "aetheris.checksums" -}}
 checksum/config: {{ include "aetheris.config" . | sha256sum }}
 checksum/limits: {{ toJson .Values.limits | sha256sum }}
+checksum/llm: {{ toJson .Values.llm | sha256sum }}
 {{- if .Values.keys.files }}
 checksum/keys: {{ toJson .Values.keys.files | sha256sum }}
 {{- end }}
