@@ -404,6 +404,13 @@ async fn run_async(api: &Api, cmd: JobCommand) -> Result<ExitCode, String> {
                 print_events(e.as_array().map(Vec::as_slice).unwrap_or_default())
             }))
         }
+        JobCommand::Replay {
+            id,
+            model,
+            provider,
+            step,
+            json,
+        } => crate::agents::replay(api, &id, model, provider, step, json).await,
     }
 }
 
@@ -636,13 +643,18 @@ fn print_job(job: &Value) {
             s["attempt"],
             extra
         );
+        if s["agent"].is_object() {
+            for line in crate::agents::agent_lines(&s["agent"]) {
+                println!("{line}");
+            }
+        }
     }
     if let Some(e) = job["error"].as_str() {
         println!("error    {e}");
     }
 }
 
-fn truncate(s: &str, n: usize) -> String {
+pub fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {
@@ -712,7 +724,7 @@ fn event_detail(kind: &str, b: &Value) -> String {
             Some(t) => format!("until {t} (ms since epoch) or a command"),
             None => "until a signal or confirmation".into(),
         },
-        _ => String::new(),
+        other => crate::agents::event_detail(other, b).unwrap_or_default(),
     }
 }
 

@@ -2,10 +2,13 @@
 //! evidence packages with `<data-dir>/evidence.key` (made on first start). With
 //! `--run FILE` it also submits that job, prints its trace when it finishes, and exits
 //! (0 if it succeeded): the README's first command. Start-up checks everything it can —
-//! job file, limits file, listen address, data dir — before opening the store or
-//! starting an actor, and any failure is one `error: …` line (see `startup.rs`).
+//! settings (`crate::config`), job file, limits file, listen address, data dir — before
+//! opening the store or starting an actor, and any failure is one `error: …` line (see
+//! `startup.rs`).
 
 use crate::client::{fetch_events, print_trace, submit, wait_for, Api, TokenSource};
+use crate::cluster::{DbSettings, GatewaySettings};
+use crate::config::{Effective, Key, Limits};
 use aetheris_actors::{ToolRegistry, WorkerConfig};
 use aetheris_api::{start_node, NodeConfig};
 use aetheris_store::{DynStore, RedbStore};
@@ -15,43 +18,55 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `aetheris dev`'s command line: `--run` and the settings' flags.
 #[derive(Args)]
 pub struct DevArgs {
-    /// Directory of the embedded store's file, the auth key and the admin token (created
-    /// if missing).
-    #[arg(long, env = "AETHERIS_DATA_DIR", default_value = ".aetheris")]
-    pub data_dir: PathBuf,
-    /// Address the gateway listens on (loopback by default).
-    #[arg(long, env = "AETHERIS_BIND", default_value = "127.0.0.1:7420")]
-    pub bind: String,
     /// Submit this job file, print its trace when it stops, then exit (0 if it succeeded).
     /// `${input.server}` in its plan is this node's URL unless its input sets `server`.
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// Write a job snapshot every N events (at least 1).
-    #[arg(long, default_value_t = 100)]
-    pub snapshot_every: u64,
-    /// Jobs this worker runs at once (at least 1).
-    #[arg(long, default_value_t = 256)]
-    pub max_jobs: usize,
-    /// Lease TTL in milliseconds (at least 100; leases are renewed every fifth of it).
-    #[arg(long, default_value_t = 5_000)]
-    pub lease_ttl_ms: u64,
-    /// Use this PostgreSQL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, migrated at
-    /// start) instead of the embedded store.
-    #[arg(long, env = "AETHERIS_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// Per-tenant rate limits (JSON file; see docs/limits.md).
-    #[arg(long, env = "AETHERIS_LIMITS")]
-    pub limits: Option<PathBuf>,
-    /// Run without authentication (every caller is an admin of tenant `default`); no
-    /// token is written.
-    #[arg(long)]
-    pub insecure_no_auth: bool,
     #[command(flatten)]
-    pub gateway: crate::cluster::GatewayArgs,
+    pub settings: crate::config::Flags<crate::config::ForDev>,
+    /// LLM providers (a `scripted` one, answering offline, is always there).
     #[command(flatten)]
-    pub evidence: crate::evidence::KeyArgs,
+    pub llm: crate::agents::LlmArgs,
+}
+
+/// A dev node's settings (checked when resolved).
+struct DevSettings {
+    data_dir: PathBuf,
+    bind: String,
+    run: Option<PathBuf>,
+    snapshot_every: u64,
+    max_jobs: usize,
+    lease_ttl_ms: u64,
+    database: Option<DbSettings>,
+    limits: Limits,
+    insecure_no_auth: bool,
+    gateway: GatewaySettings,
+    /// `--evidence-signing-key-file`; unset: `<data-dir>/evidence.key`, made on first start.
+    evidence_key_file: Option<PathBuf>,
+}
+
+impl DevSettings {
+    fn from_config(c: &Effective, run: Option<PathBuf>) -> DevSettings {
+        DevSettings {
+            data_dir: c
+                .path(Key::DataDir)
+                .unwrap_or(".aetheris".as_ref())
+                .to_path_buf(),
+            bind: c.text(Key::Bind).unwrap_or_default().to_string(),
+            run,
+            snapshot_every: c.number(Key::SnapshotEvery),
+            max_jobs: c.count(Key::MaxJobs),
+            lease_ttl_ms: c.number(Key::LeaseTtlMs),
+            database: DbSettings::from_config(c),
+            limits: c.limits().clone(),
+            insecure_no_auth: c.switch(Key::InsecureNoAuth),
+            gateway: GatewaySettings::from_config(c),
+            evidence_key_file: c.path(Key::EvidenceKeyFile).map(PathBuf::from),
+        }
+    }
 }
 
 /// On first start, creates `<data-dir>/auth.key` (an HS256 secret); on every start issues
@@ -103,38 +118,37 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Logs to stderr at `AETHERIS_LOG` (default `warn`), for every long-running command.
-pub fn init_logging() {
+/// Logs to stderr through `filter` (`[log] filter`, `--log`, `AETHERIS_LOG`; checked when
+/// resolved), for every long-running command.
+pub fn init_logging(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AETHERIS_LOG")
+            tracing_subscriber::EnvFilter::try_new(filter)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-pub fn run(args: DevArgs) -> Result<ExitCode, String> {
-    init_logging();
-    if args.snapshot_every == 0 || args.max_jobs == 0 {
-        return Err("--snapshot-every and --max-jobs must be at least 1".into());
-    }
-    if args.lease_ttl_ms < 100 {
-        return Err("--lease-ttl-ms must be at least 100".into());
-    }
-    args.gateway.validate()?;
+pub fn run(
+    config: &Effective,
+    run: Option<PathBuf>,
+    llm: &crate::agents::LlmArgs,
+) -> Result<ExitCode, String> {
+    let args = DevSettings::from_config(config, run);
+    let llm = llm.dev_settings(config.path(Key::LlmProvidersFile))?;
     let job_file = match &args.run {
         Some(p) => {
             Some(std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?)
         }
         None => None,
     };
-    let rate_limits = crate::cluster::load_limits(args.limits.as_deref())?;
+    let rate_limits = crate::cluster::load_limits(&args.limits)?;
     crate::startup::check_bind(&args.bind)?;
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("--data-dir {}: {e}", args.data_dir.display()))?;
     let path = args.data_dir.join("aetheris.redb");
-    let redb: Option<DynStore> = match &args.database_url {
+    let redb: Option<DynStore> = match &args.database {
         Some(_) => None,
         None => Some(Arc::new(RedbStore::open(&path).map_err(|e| {
             format!("--data-dir {}: {e}", args.data_dir.display())
@@ -147,23 +161,13 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
         (Some(a), Some(t))
     };
     let (evidence_key, evidence_pub) =
-        crate::evidence::dev_signing_key(&args.evidence, &args.data_dir)?;
+        crate::evidence::dev_signing_key(args.evidence_key_file.as_deref(), &args.data_dir)?;
     crate::startup::run_system(async move {
         // The PostgreSQL pool must live on this long-lived system (a pool dies with the
         // runtime that created it).
-        let (store, where_) = match (redb, &args.database_url) {
+        let (store, where_) = match (redb, &args.database) {
             (Some(s), _) => (s, path.display().to_string()),
-            (None, Some(url)) => {
-                let db = crate::cluster::DbArgs {
-                    database_url: url.clone(),
-                    pool_size: 16,
-                    no_migrate: false,
-                };
-                (
-                    crate::cluster::connect(&db).await?,
-                    "postgresql".to_string(),
-                )
-            }
+            (None, Some(db)) => (crate::cluster::connect(db).await?, "postgresql".to_string()),
             (None, None) => return Err("no store".to_string()),
         };
         // The default tenant the dev admin token is for (created once).
@@ -181,6 +185,7 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             max_jobs: args.max_jobs,
             lease_ttl_ms: args.lease_ttl_ms,
             heartbeat_ms: (args.lease_ttl_ms / 5).max(50),
+            llm,
             ..WorkerConfig::default()
         };
         let mut cfg = NodeConfig {
@@ -196,6 +201,14 @@ pub fn run(args: DevArgs) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
         let url = format!("http://{}", node.addr);
         println!("aetheris dev: listening on {url} (store: {where_})");
+        println!(
+            "aetheris dev: trace UI at {url}/ui/{}",
+            if token.is_some() {
+                " (sign in with the admin token below)"
+            } else {
+                ""
+            }
+        );
         if token.is_some() {
             println!(
                 "aetheris dev: admin token for tenant \"default\" in {} (the CLI uses it; for curl: -H \"Authorization: Bearer $(cat {})\")",

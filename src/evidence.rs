@@ -17,7 +17,7 @@ use crate::ServerConn;
 use aetheris_proof::checkpoint::{verify_consistency, Checkpoint, ConsistencyProof};
 use aetheris_proof::evidence::{read_package, Limits, Manifest, RedactPath};
 use aetheris_proof::{keys, SigningKey};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use serde::Deserialize;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -84,16 +84,6 @@ pub enum EvidenceCommand {
         #[command(flatten)]
         conn: ServerConn,
     },
-}
-
-/// The evidence signing key of `server` and `dev`.
-#[derive(Args, Debug, Clone)]
-pub struct KeyArgs {
-    /// Sign evidence packages and checkpoints with the Ed25519 key in this file (from
-    /// `aetheris evidence keygen`). Without it, a server answers its evidence export and
-    /// checkpoint routes with 503; `dev` makes `<data-dir>/evidence.key` instead.
-    #[arg(long, env = "AETHERIS_EVIDENCE_SIGNING_KEY_FILE")]
-    pub evidence_signing_key_file: Option<PathBuf>,
 }
 
 pub fn run(cmd: EvidenceCommand) -> Result<ExitCode, String> {
@@ -166,10 +156,10 @@ pub fn load_signing_key(path: &Path) -> Result<Arc<SigningKey>, String> {
 /// `dev`'s key: the file given, else `<data-dir>/evidence.key` (made with its `.pub` on
 /// first start). Returns the key and where its public key is, if known.
 pub fn dev_signing_key(
-    args: &KeyArgs,
+    key_file: Option<&Path>,
     data_dir: &Path,
 ) -> Result<(Arc<SigningKey>, Option<PathBuf>), String> {
-    if let Some(p) = &args.evidence_signing_key_file {
+    if let Some(p) = key_file {
         return Ok((load_signing_key(p)?, None));
     }
     let key_path = data_dir.join("evidence.key");

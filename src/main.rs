@@ -1,14 +1,19 @@
 //! The `aetheris` command: CLI parsing and wiring only. `dev` runs gateway and worker in
-//! one process on the embedded store; `job …` and `tenant …` are HTTP clients of a running
-//! server; `evidence verify` checks a package offline. Every failure — bad arguments included — prints one `error: …` line on stderr
+//! one process on the embedded store; `job …`, `tenant …` and `status` are HTTP clients of
+//! a running server; `evidence verify` checks a package offline. Every failure — bad arguments included — prints one `error: …` line on stderr
 //! and exits non-zero (G8); every flag and argument has a help line (a test checks).
+//! `dev`, `server`, `worker` and `migrate` first resolve their settings (`config`: flags,
+//! `AETHERIS_*` variables, the config file, defaults) and only then start.
 
 mod admin;
+mod agents;
 mod client;
 mod cluster;
+mod config;
 mod dev;
 mod evidence;
 mod startup;
+mod status;
 mod tenant;
 mod token;
 
@@ -35,19 +40,9 @@ enum Command {
     /// Run the HTTP gateway on PostgreSQL.
     Server {
         #[command(flatten)]
-        db: cluster::DbArgs,
-        /// Address to listen on (HOST:PORT).
-        #[arg(long, env = "AETHERIS_BIND", default_value = "127.0.0.1:7420")]
-        bind: String,
-        /// Per-tenant rate limits (JSON file; see docs/limits.md).
-        #[arg(long, env = "AETHERIS_LIMITS")]
-        limits: Option<PathBuf>,
+        settings: config::Flags<config::ForServer>,
         #[command(flatten)]
-        auth: cluster::AuthArgs,
-        #[command(flatten)]
-        gateway: cluster::GatewayArgs,
-        #[command(flatten)]
-        evidence: evidence::KeyArgs,
+        llm: agents::LlmArgs,
     },
     /// Make keys and issue tokens for clients (docs/auth.md).
     Token {
@@ -60,15 +55,15 @@ enum Command {
     /// 127.0.0.1:7421; no authentication, so keep it on loopback or a private network).
     Worker {
         #[command(flatten)]
-        db: cluster::DbArgs,
+        settings: config::Flags<config::ForWorker>,
         #[command(flatten)]
-        worker: cluster::WorkerArgs,
+        llm: agents::LlmArgs,
     },
     /// Apply the database migrations (forward-only, under an advisory lock) and exit;
     /// `server` and `worker` also apply them at start unless `--no-migrate`.
     Migrate {
         #[command(flatten)]
-        db: cluster::MigrateArgs,
+        settings: config::Flags<config::ForMigrate>,
     },
     /// Run the benchmark workloads (W1, W3-W7, hostile; docs/benchmarks.md) on the embedded
     /// store or `--database-url`.
@@ -94,6 +89,17 @@ enum Command {
         #[command(subcommand)]
         command: admin::UserCommand,
     },
+    /// Show every gateway and worker process of the deployment with its actors by kind:
+    /// alive, mailbox depth, restarts and panics with the last reason, leases held,
+    /// heartbeat age, uptime and version (needs an admin token of the `default` tenant;
+    /// docs/operations.md).
+    Status {
+        #[command(flatten)]
+        conn: ServerConn,
+        /// Print the server's JSON answer as is.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read your tenant's access audit log (needs `audit:read`: roles admin, auditor).
     Audit {
         #[command(flatten)]
@@ -110,7 +116,7 @@ enum Command {
 }
 
 /// Which server a client command talks to, and as whom (shared by `job`, `tenant`,
-/// `user` and `audit`).
+/// `user`, `audit` and `status`).
 #[derive(clap::Args)]
 struct ServerConn {
     /// Server URL; `HOST:PORT` means `http://HOST:PORT`.
@@ -257,6 +263,24 @@ pub enum JobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Ask another model every recorded model turn of the job's agent steps (tool results
+    /// from the record: no tool is called) and show where its decisions diverge.
+    Replay {
+        /// Job id.
+        id: String,
+        /// The model to ask.
+        #[arg(long)]
+        model: String,
+        /// The provider to ask it of (default: each turn's recorded provider).
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only this agent step's turns.
+        #[arg(long)]
+        step: Option<String>,
+        /// Print the server's JSON report as is.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A command-line error as one line: clap's message (without its usage block) and the
@@ -282,6 +306,35 @@ fn usage_error_line(e: &clap::Error, args: &[String]) -> String {
     format!("{message} (see `{} --help`)", path.join(" "))
 }
 
+/// Runs a command that has settings: resolves them, then prints them (`--print-config`)
+/// or starts logging and runs `command`. A bad flag is a usage error (exit 2, like clap's);
+/// any other bad setting is an error of the command (exit 1).
+fn configured<C: config::ForCommand>(
+    flags: &config::Flags<C>,
+    command: impl FnOnce(&config::Effective) -> Result<ExitCode, String>,
+) -> Result<ExitCode, String> {
+    let effective = match flags.resolve() {
+        Ok(effective) => effective,
+        Err(e) if e.from_flag => {
+            eprintln!(
+                "error: {} (see `aetheris {} --help`)",
+                e.message,
+                C::CMD.name()
+            );
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.message),
+    };
+    if flags.print_config() {
+        print!("{}", config::render::effective_toml(&effective));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(filter) = effective.text(config::Key::LogFilter) {
+        dev::init_logging(filter);
+    }
+    command(&effective)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -298,24 +351,17 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Dev(args) => dev::run(args),
+        Command::Dev(args) => configured(&args.settings, |c| dev::run(c, args.run, &args.llm)),
         Command::Bench(args) => aetheris_bench::run(args),
-        Command::Server {
-            db,
-            bind,
-            limits,
-            auth,
-            gateway,
-            evidence,
-        } => cluster::server(db, bind, limits, auth, gateway, evidence),
+        Command::Server { settings, llm } => configured(&settings, |c| cluster::server(c, &llm)),
         Command::Token {
             command: TokenCommand::Issue(a),
         } => token::issue(a),
         Command::Token {
             command: TokenCommand::Keygen(a),
         } => token::keygen(a),
-        Command::Worker { db, worker } => cluster::worker(db, worker),
-        Command::Migrate { db } => cluster::migrate(db),
+        Command::Worker { settings, llm } => configured(&settings, |c| cluster::worker(c, &llm)),
+        Command::Migrate { settings } => configured(&settings, cluster::migrate),
         Command::Job { conn, command } => client::run(&conn.server, conn.token.as_deref(), command),
         Command::Tenant { conn, command } => {
             tenant::run(&conn.server, conn.token.as_deref(), command)
@@ -326,6 +372,7 @@ fn main() -> ExitCode {
         Command::Audit { conn, command } => {
             admin::audit(&conn.server, conn.token.as_deref(), command)
         }
+        Command::Status { conn, json } => status::run(&conn.server, conn.token.as_deref(), json),
         Command::Evidence { command } => evidence::run(command),
     };
     match result {
@@ -419,8 +466,11 @@ mod tests {
             assert_eq!(line.lines().count(), 1, "{line}");
             line
         };
-        let line = line_for(&["aetheris", "server"]);
-        assert!(line.contains("--database-url"), "{line}");
+        let line = line_for(&["aetheris", "server", "--database-ur", "x"]);
+        assert!(
+            line.starts_with("unexpected argument '--database-ur'"),
+            "{line}"
+        );
         assert!(line.ends_with("(see `aetheris server --help`)"), "{line}");
         let line = line_for(&[
             "aetheris", "job", "--server", "x", "list", "--state", "done",

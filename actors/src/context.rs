@@ -1,6 +1,7 @@
 //! What the actors of one worker share, in a module that depends on none of them: the
 //! worker's configuration (`WorkerConfig`) and its context (`WorkerContext`: store, tools,
-//! configuration, the feed of finished jobs). worker.rs builds one and starts the tree.
+//! configuration, the LLM runtime, the feed of finished jobs). worker.rs builds one and
+//! starts the tree.
 
 use crate::ratelimit::RateLimiters;
 use crate::tools::ToolRegistry;
@@ -30,6 +31,9 @@ pub struct WorkerConfig {
     /// Finished jobs a slow subscriber of the worker's feed may lag behind before it
     /// misses some (the bench sizes it above its job count).
     pub finished_buffer: usize,
+    /// LLM providers for every tenant and per tenant (flags, providers file); tenants'
+    /// own providers in the store lie over them.
+    pub llm: crate::llm::LlmSettings,
 }
 
 impl Default for WorkerConfig {
@@ -45,6 +49,7 @@ impl Default for WorkerConfig {
             default_step_timeout_ms: 300_000,
             rate_limits: RateLimiters::default(),
             finished_buffer: 4096,
+            llm: crate::llm::LlmSettings::default(),
         }
     }
 }
@@ -57,6 +62,8 @@ pub type FinishedJobs = tokio::sync::broadcast::Sender<(JobId, JobStatus)>;
 #[derive(Clone)]
 pub struct WorkerContext {
     pub store: DynStore,
+    /// Model calls of agent steps and of the `llm` tool.
+    pub llm: crate::llm::LlmRuntime,
     pub tools: ToolRegistry,
     pub config: Arc<WorkerConfig>,
     pub finished: FinishedJobs,

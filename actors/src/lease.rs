@@ -8,7 +8,8 @@
 //! eighth), so a tenant's backlog never takes the last free slot from another tenant's new
 //! job (W6). `Drain` stops taking work, lets job actors record their in-flight calls, and
 //! releases everything (G4: graceful handoff in milliseconds). It sees the registry only
-//! as a `RegistryPort` (messages.rs).
+//! as a `RegistryPort` (messages.rs). It keeps the process's supervision figures of its
+//! leases (supervision.rs): how many it holds, and when they were last known renewed.
 
 use crate::clock::local_ms;
 use crate::context::WorkerContext;
@@ -16,6 +17,7 @@ use crate::messages::{
     ActiveCount, Drain, DrainAll, LeaseDone, RegistryPort, RevokeJob, RunJob, WakeAt,
 };
 use crate::metrics as m;
+use crate::supervision::{self, ActorKind, Queued};
 use actix::prelude::*;
 use aetheris_runtime::JobId;
 use std::collections::HashMap;
@@ -25,7 +27,9 @@ use std::time::{Duration, Instant};
 /// A work hint arrived: claim now.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct ClaimNow;
+struct ClaimNow {
+    _queued: Queued,
+}
 
 /// Claims of this worker under way at once. Two, so that under load one is always queued
 /// at the store while the other's answer travels back: a job submitted behind a flood is
@@ -153,6 +157,7 @@ impl LeaseManager {
         let mut caps = cfg.rate_limits.running_caps();
         caps.this_claim = next.tenant_limits;
         caps.this_claim_default = next.default_limit;
+        let t0 = Instant::now();
         ctx.spawn(
             actix::fut::wrap_future(async move {
                 store
@@ -160,6 +165,7 @@ impl LeaseManager {
                     .await
             })
             .map(move |res, act: &mut LeaseManager, ctx| {
+                metrics::histogram!(m::CLAIM_DURATION).record(t0.elapsed().as_secs_f64());
                 act.claims_in_flight -= 1;
                 act.claimed_room -= room;
                 match res {
@@ -168,11 +174,9 @@ impl LeaseManager {
                         for (l, preload) in leases {
                             metrics::counter!(m::LEASE_GRANTS).increment(1);
                             act.hold(l.job_id, l.token, &l.tenant);
-                            act.registry.run.do_send(RunJob {
-                                job_id: l.job_id,
-                                token: l.token,
-                                preload,
-                            });
+                            act.registry
+                                .run
+                                .do_send(RunJob::new(l.job_id, l.token, preload));
                         }
                         if full || std::mem::take(&mut act.claim_again) {
                             act.claim(ctx);
@@ -214,6 +218,7 @@ impl LeaseManager {
     fn hold(&mut self, job: JobId, token: u64, tenant: &str) {
         let tenant: Arc<str> = Arc::from(tenant);
         *self.per_tenant.entry(tenant.clone()).or_insert(0) += 1;
+        supervision::leases_changed(1);
         if let Some(old) = self.held.insert(job, Held { token, tenant }) {
             self.count_out(&old.tenant);
         }
@@ -226,6 +231,7 @@ impl LeaseManager {
     }
 
     fn count_out(&mut self, tenant: &Arc<str>) {
+        supervision::leases_changed(-1);
         if let Some(n) = self.per_tenant.get_mut(tenant) {
             *n -= 1;
             if *n == 0 {
@@ -236,6 +242,8 @@ impl LeaseManager {
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         if self.held.is_empty() {
+            // Nothing to renew, so nothing can be lost: the figures say so.
+            supervision::leases_fresh();
             return;
         }
         let sent: Vec<(JobId, u64)> = self.held.iter().map(|(j, h)| (*j, h.token)).collect();
@@ -253,6 +261,7 @@ impl LeaseManager {
                 metrics::histogram!(m::HEARTBEAT_DURATION).record(t0.elapsed().as_secs_f64());
                 match res {
                     Ok(kept) => {
+                        supervision::leases_fresh();
                         let kept: HashMap<JobId, u64> =
                             kept.into_iter().map(|l| (l.job_id, l.token)).collect();
                         for (job, token) in sent {
@@ -260,9 +269,7 @@ impl LeaseManager {
                                 act.unhold(job);
                                 metrics::counter!(m::LEASE_LOSSES, "reason" => "heartbeat")
                                     .increment(1);
-                                act.registry
-                                    .revoke
-                                    .do_send(RevokeJob { job_id: job, token });
+                                act.registry.revoke.do_send(RevokeJob::new(job, token));
                             }
                         }
                     }
@@ -279,7 +286,7 @@ impl Actor for LeaseManager {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        metrics::gauge!(m::ACTORS_ALIVE, "kind" => "lease_manager").increment(1.0);
+        supervision::started(ActorKind::LeaseManager);
         ctx.run_interval(Duration::from_millis(self.sh.config.poll_ms), |act, ctx| {
             act.claim(ctx)
         });
@@ -299,7 +306,13 @@ impl Actor for LeaseManager {
         actix::spawn(async move {
             loop {
                 hint.notified().await;
-                if me.send(ClaimNow).await.is_err() {
+                if me
+                    .send(ClaimNow {
+                        _queued: Queued::new(ActorKind::LeaseManager),
+                    })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -308,14 +321,15 @@ impl Actor for LeaseManager {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        metrics::gauge!(m::ACTORS_ALIVE, "kind" => "lease_manager").decrement(1.0);
+        supervision::stopped(ActorKind::LeaseManager);
+        supervision::leases_changed(-(self.held.len() as i64));
     }
 }
 
 impl Handler<WakeAt> for LeaseManager {
     type Result = ();
     fn handle(&mut self, m: WakeAt, _: &mut Context<Self>) {
-        self.timers.insert(m.0);
+        self.timers.insert(m.at_ms);
     }
 }
 
@@ -351,11 +365,11 @@ impl Handler<Drain> for LeaseManager {
         let deadline = Instant::now() + m.grace;
         Box::pin(
             actix::fut::wrap_future(async move {
-                let _ = registry.drain.send(DrainAll).await;
+                let _ = registry.drain.send(DrainAll::new()).await;
                 // Job actors record in-flight calls, stop, and report; the registry then
                 // sends LeaseDone (handled while we wait, since this future is not atomic).
                 while Instant::now() < deadline {
-                    match registry.active.send(ActiveCount).await {
+                    match registry.active.send(ActiveCount::new()).await {
                         Ok(0) | Err(_) => break,
                         Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
@@ -363,6 +377,7 @@ impl Handler<Drain> for LeaseManager {
             })
             .then(|_, act: &mut LeaseManager, _| {
                 act.per_tenant.clear();
+                supervision::leases_changed(-(act.held.len() as i64));
                 let mut rest: Vec<(JobId, u64)> =
                     act.held.drain().map(|(j, h)| (j, h.token)).collect();
                 rest.append(&mut act.to_release);

@@ -7,11 +7,12 @@
 //! ToolRegistry             ── ToolActor × tools
 //! RateLimiters             ── RateLimiter × tenants
 //! ```
-//! Modules depend one way: `clock`, `metrics`, `tools`, `ratelimit`, `messages` and
-//! `context` (what the actors share) import no actor; `job`, `lease` and `registry` talk
-//! only through the messages of `messages` (the registry alone starts job actors); `worker`
-//! builds the tree. Metrics are declared once in `metrics`; `clock` is the local wall
-//! clock.
+//! Modules depend one way: `clock`, `metrics`, `supervision`, `tools`, `ratelimit`,
+//! `presence`, `messages` and `context` (what the actors share) import no actor; `job`,
+//! `lease` and `registry` talk only through the messages of `messages` (the registry
+//! alone starts job actors); `worker` builds the tree. Metrics are declared once in `metrics`; `supervision` keeps the
+//! process's figures of its actors (alive, restarts, panics, mailbox depth) that
+//! `presence` announces with every heartbeat; `clock` is the local wall clock.
 //!
 //! Invariants kept here: a job actor calls a tool only after the `step_started` event is
 //! durable and fenced (G2, G3); a dead actor — panic or error — is restarted from storage,
@@ -21,12 +22,16 @@
 
 pub mod clock;
 pub mod context;
+pub mod failpoint;
 pub mod job;
 pub mod lease;
+pub mod llm;
 pub mod messages;
 pub mod metrics;
+pub mod presence;
 pub mod ratelimit;
 pub mod registry;
+pub mod supervision;
 pub mod tools;
 pub mod worker;
 

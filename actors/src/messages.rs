@@ -13,9 +13,13 @@
 //! process      ──Drain { grace }───────────────────────────▶ LeaseManager
 //! ```
 //!
-//! Invariant: a crash reason is a closed set (`CrashReason`), because it becomes the
-//! `reason` label of `aetheris_actor_restarts_total`; labels stay bounded.
+//! Invariants: a crash reason is a closed set (`CrashReason`), because it becomes the
+//! `reason` label of `aetheris_actor_restarts_total`; labels stay bounded. Every message
+//! to an actor of the tree carries a `Queued` ticket for its receiver's kind, made by its
+//! constructor, so the kind's mailbox depth counts it until it is handled or dropped
+//! (supervision.rs).
 
+use crate::supervision::{ActorKind, Queued};
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use aetheris_runtime::JobId;
@@ -36,6 +40,18 @@ pub struct RunJob {
     /// The job's load, when the claim brought it (`Store::claim_and_load`): the actor
     /// starts from it instead of reading the store.
     pub preload: Option<aetheris_store::JobLoad>,
+    pub queued: Queued,
+}
+
+impl RunJob {
+    pub fn new(job_id: JobId, token: u64, preload: Option<aetheris_store::JobLoad>) -> RunJob {
+        RunJob {
+            job_id,
+            token,
+            preload,
+            queued: Queued::new(ActorKind::Registry),
+        }
+    }
 }
 
 /// The lease of `job_id` under `token` is gone: stop its actor now.
@@ -44,17 +60,52 @@ pub struct RunJob {
 pub struct RevokeJob {
     pub job_id: JobId,
     pub token: u64,
+    pub queued: Queued,
+}
+
+impl RevokeJob {
+    pub fn new(job_id: JobId, token: u64) -> RevokeJob {
+        RevokeJob {
+            job_id,
+            token,
+            queued: Queued::new(ActorKind::Registry),
+        }
+    }
 }
 
 /// Ask every job actor to drain; answers how many were asked.
 #[derive(Message)]
 #[rtype(result = "usize")]
-pub struct DrainAll;
+pub struct DrainAll(pub Queued);
+
+impl DrainAll {
+    pub fn new() -> DrainAll {
+        DrainAll(Queued::new(ActorKind::Registry))
+    }
+}
+
+impl Default for DrainAll {
+    fn default() -> Self {
+        DrainAll::new()
+    }
+}
 
 /// How many job actors are alive.
 #[derive(Message)]
 #[rtype(result = "usize")]
-pub struct ActiveCount;
+pub struct ActiveCount(pub Queued);
+
+impl ActiveCount {
+    pub fn new() -> ActiveCount {
+        ActiveCount(Queued::new(ActorKind::Registry))
+    }
+}
+
+impl Default for ActiveCount {
+    fn default() -> Self {
+        ActiveCount::new()
+    }
+}
 
 // --- registry → lease manager -----------------------------------------------------------
 
@@ -66,14 +117,38 @@ pub struct LeaseDone {
     pub token: u64,
     /// Give the lease back in the store (false when it is already lost).
     pub release: bool,
+    pub queued: Queued,
+}
+
+impl LeaseDone {
+    pub fn new(job_id: JobId, token: u64, release: bool) -> LeaseDone {
+        LeaseDone {
+            job_id,
+            token,
+            release,
+            queued: Queued::new(ActorKind::LeaseManager),
+        }
+    }
 }
 
 /// A job this worker parked is due at this local time (ms): claim then, so durable timers
 /// fire promptly rather than at the next poll (the poll still covers other workers' and
 /// earlier processes' timers).
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
 #[rtype(result = "()")]
-pub struct WakeAt(pub i64);
+pub struct WakeAt {
+    pub at_ms: i64,
+    pub queued: Queued,
+}
+
+impl WakeAt {
+    pub fn new(at_ms: i64) -> WakeAt {
+        WakeAt {
+            at_ms,
+            queued: Queued::new(ActorKind::LeaseManager),
+        }
+    }
+}
 
 // --- job actor → registry ---------------------------------------------------------------
 
@@ -144,6 +219,18 @@ pub struct ActorGone {
     pub job_id: JobId,
     pub token: u64,
     pub exit: Exit,
+    pub queued: Queued,
+}
+
+impl ActorGone {
+    pub fn new(job_id: JobId, token: u64, exit: Exit) -> ActorGone {
+        ActorGone {
+            job_id,
+            token,
+            exit,
+            queued: Queued::new(ActorKind::Registry),
+        }
+    }
 }
 
 // --- registry → job actor ---------------------------------------------------------------
@@ -151,19 +238,24 @@ pub struct ActorGone {
 /// The lease is gone: stop at once, calling nothing more.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Revoke;
+pub struct Revoke(pub Queued);
 
 /// Graceful drain: start nothing new, finish in-flight calls, record them, then stop.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct DrainJob;
+pub struct DrainJob(pub Queued);
 
 /// Commands were stored for this job: read and apply them. Answered once the read is
 /// done, so the registry can keep at most one check per job under way (coalescing a
 /// flood of commands, see registry.rs).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CheckCommands;
+pub struct CheckCommands(pub Queued);
+
+/// A ticket for a message to a job actor.
+pub fn to_job() -> Queued {
+    Queued::new(ActorKind::Job)
+}
 
 // --- process → lease manager ------------------------------------------------------------
 
@@ -172,6 +264,16 @@ pub struct CheckCommands;
 #[rtype(result = "()")]
 pub struct Drain {
     pub grace: Duration,
+    pub queued: Queued,
+}
+
+impl Drain {
+    pub fn new(grace: Duration) -> Drain {
+        Drain {
+            grace,
+            queued: Queued::new(ActorKind::LeaseManager),
+        }
+    }
 }
 
 // --- ports ------------------------------------------------------------------------------

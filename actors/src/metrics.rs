@@ -10,6 +10,12 @@
 //! its own runs the exporter's upkeep. Because the recorder is process-wide, every node of
 //! one process shares its series (tests that count run in a process of their own).
 //!
+//! Some series are computed when a scrape asks (`Definition::at_scrape`): the supervision
+//! figures of the process (supervision.rs, added to every render) and what the gateways
+//! read from the store (jobs by state, backlog, unknown outcomes, processes, migrations;
+//! passed in as `ScrapeGauge`s). They are rendered with the help text and type of their
+//! definition and are never recorded through the facade, so no name is rendered twice.
+//!
 //! Invariants: labels never carry job ids (cardinality stays bounded by tenants, tools,
 //! kinds and reasons); a tenant's scrape shows only series labelled with that tenant plus
 //! the process-wide ones without a tenant label (`Metrics::render_for`, G6).
@@ -26,21 +32,57 @@ pub const JOBS_SUBMITTED: &str = "aetheris_jobs_submitted_total";
 pub const STEP_DURATION: &str = "aetheris_step_duration_seconds";
 pub const TOOL_CALLS: &str = "aetheris_tool_calls_total";
 pub const LEDGER_OUTCOMES: &str = "aetheris_ledger_outcomes_total";
-pub const ACTORS_ALIVE: &str = "aetheris_actors_alive";
+pub const QUEUE_WAIT: &str = "aetheris_queue_wait_seconds";
+pub const COMMAND_CHECKS: &str = "aetheris_command_checks_total";
+// The supervision tree (supervision.rs).
+pub const ACTORS: &str = "aetheris_actors";
 pub const ACTOR_RESTARTS: &str = "aetheris_actor_restarts_total";
 pub const ACTOR_PANICS: &str = "aetheris_actor_panics_total";
-pub const COMMAND_CHECKS: &str = "aetheris_command_checks_total";
+pub const MAILBOX_DEPTH: &str = "aetheris_mailbox_depth";
+pub const UPTIME: &str = "aetheris_uptime_seconds";
+pub const BUILD_INFO: &str = "aetheris_build_info";
+// Leases.
 pub const LEASE_GRANTS: &str = "aetheris_lease_grants_total";
 pub const LEASE_LOSSES: &str = "aetheris_lease_losses_total";
+pub const LEASES_HELD: &str = "aetheris_leases_held";
+pub const LEASE_TTL: &str = "aetheris_lease_ttl_seconds";
+pub const LEASE_HEARTBEAT_AGE: &str = "aetheris_lease_heartbeat_age_seconds";
 pub const HEARTBEAT_DURATION: &str = "aetheris_heartbeat_seconds";
+pub const CLAIM_DURATION: &str = "aetheris_claim_duration_seconds";
+// Snapshots and replay.
 pub const SNAPSHOTS_WRITTEN: &str = "aetheris_snapshots_written_total";
+pub const SNAPSHOT_FAILURES: &str = "aetheris_snapshot_failures_total";
 pub const REPLAY_EVENTS: &str = "aetheris_replay_events_total";
 pub const REPLAY_DURATION: &str = "aetheris_replay_duration_seconds";
+// The store.
 pub const STORE_APPEND_DURATION: &str = "aetheris_store_append_seconds";
+pub const STORE_UP: &str = "aetheris_store_up";
+pub const STORE_UNAVAILABLE: &str = "aetheris_store_unavailable_total";
+pub const MIGRATIONS_APPLIED: &str = "aetheris_migrations_applied";
+pub const MIGRATIONS_EXPECTED: &str = "aetheris_migrations_expected";
+pub const RUNNABLE_JOBS: &str = "aetheris_runnable_jobs";
+pub const RUNNABLE_OLDEST: &str = "aetheris_runnable_oldest_seconds";
+pub const OUTCOME_UNKNOWN_STEPS: &str = "aetheris_outcome_unknown_steps";
+pub const OUTCOME_UNKNOWN_OLDEST: &str = "aetheris_outcome_unknown_oldest_seconds";
+// Rate limits.
 pub const RATE_LIMIT_REJECTIONS: &str = "aetheris_rate_limit_rejections_total";
 pub const RATE_LIMIT_WAITS: &str = "aetheris_rate_limit_waits_total";
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "aetheris_rate_limit_wait_seconds_total";
+// Processes (presence).
 pub const LIVE_PROCESSES: &str = "aetheris_live_processes";
+pub const PROCESSES: &str = "aetheris_processes";
+pub const PROCESS_UP: &str = "aetheris_process_up";
+pub const PROCESS_HEARTBEAT_AGE: &str = "aetheris_process_heartbeat_age_seconds";
+pub const PROCESS_TTL: &str = "aetheris_process_ttl_seconds";
+// Evidence, retention and budgets.
+pub const EVIDENCE_EXPORT_FAILURES: &str = "aetheris_evidence_export_failures_total";
+pub const RETENTION_GC_LAG: &str = "aetheris_retention_gc_lag_seconds";
+pub const RETENTION_DELETED: &str = "aetheris_retention_deleted_jobs_total";
+pub const LLM_BUDGET_USED: &str = "aetheris_llm_budget_used_ratio";
+/// OpenTelemetry GenAI `gen_ai.client.token.usage`, as a Prometheus counter of tokens.
+pub const GEN_AI_TOKEN_USAGE: &str = "aetheris_gen_ai_client_token_usage_total";
+/// OpenTelemetry GenAI `gen_ai.client.operation.duration`.
+pub const GEN_AI_OPERATION_DURATION: &str = "aetheris_gen_ai_client_operation_duration_seconds";
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +101,9 @@ pub struct Definition {
     pub help: &'static str,
     /// Upper bounds of a histogram's buckets (seconds); empty for other kinds.
     pub buckets: &'static [f64],
+    /// Computed when a scrape asks (from the store, the presence table or the supervision
+    /// figures), never recorded through the facade: see `ScrapeGauge`.
+    pub at_scrape: bool,
 }
 
 /// A tool call: from a millisecond (echo) to the longest default step timeout (5 min).
@@ -70,9 +115,18 @@ const TOOL_BUCKETS: &[f64] = &[
 const STORE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+/// A model call: from a fake provider answering at once to a long generation.
+const MODEL_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 /// Loading a job: one round trip for a short log, many pages for a long one.
 const REPLAY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Waiting in the queue: from a few milliseconds (an idle worker) to an hour's backlog.
+const QUEUE_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
 ];
 
 const fn counter(name: &'static str, help: &'static str) -> Definition {
@@ -82,6 +136,7 @@ const fn counter(name: &'static str, help: &'static str) -> Definition {
         unit: Unit::Count,
         help,
         buckets: &[],
+        at_scrape: false,
     }
 }
 
@@ -92,6 +147,7 @@ const fn gauge(name: &'static str, unit: Unit, help: &'static str) -> Definition
         unit,
         help,
         buckets: &[],
+        at_scrape: false,
     }
 }
 
@@ -102,33 +158,99 @@ const fn histogram(name: &'static str, help: &'static str, buckets: &'static [f6
         unit: Unit::Seconds,
         help,
         buckets,
+        at_scrape: false,
+    }
+}
+
+impl Definition {
+    /// Computed at scrape time (see `at_scrape`).
+    const fn at_scrape(self) -> Definition {
+        Definition {
+            at_scrape: true,
+            ..self
+        }
     }
 }
 
 /// Every metric: the one place its kind, unit, help text and buckets are written.
 pub const DEFINITIONS: &[Definition] = &[
-    gauge(JOBS, Unit::Count, "Jobs by tenant and state, as stored (computed at scrape time by the gateway)."),
+    // Jobs and steps.
+    gauge(JOBS, Unit::Count, "Jobs by tenant and state, as stored (computed at scrape time by the gateway).").at_scrape(),
     counter(JOBS_SUBMITTED, "Jobs accepted by the gateway (created, not repeats), per tenant."),
     histogram(STEP_DURATION, "Tool step latency, from the call to its result, per tool.", TOOL_BUCKETS),
     counter(TOOL_CALLS, "Tool invocations by tool and outcome (succeeded, retryable_error, permanent_error, outcome_unknown)."),
     counter(LEDGER_OUTCOMES, "Step outcomes recorded in the ledger (succeeded, failed, outcome_unknown)."),
-    gauge(ACTORS_ALIVE, Unit::Count, "Live actors per kind (registry, lease_manager, job)."),
+    histogram(QUEUE_WAIT, "Queue wait per tenant: from a job's submission to the start of its first step (store clock).", QUEUE_BUCKETS),
+    counter(COMMAND_CHECKS, "Reads of a running job's stored commands prompted by new commands (a flood of commands for one job is coalesced into a few reads)."),
+    // The supervision tree.
+    gauge(ACTORS, Unit::Count, "Live actors of this process per kind (registry, lease_manager, job, rate_limiter, tool).").at_scrape(),
     counter(ACTOR_RESTARTS, "Crashed actors restarted from storage (or given up on), per kind and reason."),
     counter(ACTOR_PANICS, "Panics caught, per kind and reason."),
-    counter(COMMAND_CHECKS, "Reads of a running job's stored commands prompted by new commands (a flood of commands for one job is coalesced into a few reads)."),
+    gauge(MAILBOX_DEPTH, Unit::Count, "Messages sent to this process's actors of a kind and not yet handled (tool actors: calls in flight).").at_scrape(),
+    gauge(UPTIME, Unit::Seconds, "Seconds since this process started.").at_scrape(),
+    gauge(BUILD_INFO, Unit::Count, "Always 1, labelled with the version this process runs.").at_scrape(),
+    // Leases.
     counter(LEASE_GRANTS, "Leases granted to this worker."),
     counter(LEASE_LOSSES, "Leases this worker lost, by reason (heartbeat: not renewed in time; fenced: an append was refused)."),
+    gauge(LEASES_HELD, Unit::Count, "Leases this process's workers hold now.").at_scrape(),
+    gauge(LEASE_TTL, Unit::Seconds, "The lease TTL of this process's workers: a lease not renewed for this long is lost.").at_scrape(),
+    gauge(LEASE_HEARTBEAT_AGE, Unit::Seconds, "Seconds since this process's leases were last renewed (0 while it holds none); near the lease TTL, leases are about to be lost.").at_scrape(),
     histogram(HEARTBEAT_DURATION, "Round trip of one lease heartbeat (every held lease renewed in one store call).", STORE_BUCKETS),
+    histogram(CLAIM_DURATION, "Round trip of one claim of runnable jobs (leases granted and their logs read in one store call).", STORE_BUCKETS),
+    // Snapshots and replay.
     counter(SNAPSHOTS_WRITTEN, "Job snapshots written."),
+    counter(SNAPSHOT_FAILURES, "Job snapshots that could not be written (the job goes on; its next reload replays more events)."),
     counter(REPLAY_EVENTS, "Events replayed after the snapshot when job actors load."),
     histogram(REPLAY_DURATION, "Time to load a job actor's state from storage.", REPLAY_BUCKETS),
+    // The store.
     histogram(STORE_APPEND_DURATION, "Latency of fenced appends to the store.", STORE_BUCKETS),
+    gauge(STORE_UP, Unit::Count, "1 if the store answered this process's last heartbeat, else 0.").at_scrape(),
+    counter(STORE_UNAVAILABLE, "Store calls of this process that failed because the store could not be reached (connection lost, pool timeout, server restarting, I/O).").at_scrape(),
+    gauge(MIGRATIONS_APPLIED, Unit::Count, "Migrations recorded as applied in the database (computed at scrape time by the gateway).").at_scrape(),
+    gauge(MIGRATIONS_EXPECTED, Unit::Count, "Migrations this build of the gateway knows; differs from the applied count while versions are mixed.").at_scrape(),
+    gauge(RUNNABLE_JOBS, Unit::Count, "Jobs runnable now and held by no live lease, per tenant: the backlog (computed at scrape time by the gateway).").at_scrape(),
+    gauge(RUNNABLE_OLDEST, Unit::Seconds, "Age of the oldest runnable unleased job's last change, per tenant (0 with no backlog).").at_scrape(),
+    gauge(OUTCOME_UNKNOWN_STEPS, Unit::Count, "Steps whose outcome is unknown, waiting for a human confirmation, per tenant (computed at scrape time by the gateway).").at_scrape(),
+    gauge(OUTCOME_UNKNOWN_OLDEST, Unit::Seconds, "How long the oldest outcome_unknown step of a tenant has waited for a confirmation (0 with none).").at_scrape(),
+    // Rate limits.
     counter(RATE_LIMIT_REJECTIONS, "Requests refused by a rate limit, per tenant and kind."),
     counter(RATE_LIMIT_WAITS, "Calls that waited for a rate limit, per tenant and kind."),
     // A gauge only because the facade's counters count whole units; it only ever grows.
     gauge(RATE_LIMIT_WAIT_SECONDS, Unit::Seconds, "Time calls waited for a rate limit, per tenant and kind (only grows: use rate())."),
+    // Processes.
     gauge(LIVE_PROCESSES, Unit::Count, "Live processes of this kind; this one takes one over it of each global limit."),
+    gauge(PROCESSES, Unit::Count, "Live processes per kind (gateway, worker) in the presence table (computed at scrape time by the gateway).").at_scrape(),
+    gauge(PROCESS_UP, Unit::Count, "Per announced process: 1 while its announcement is live, 0 once it expired without being withdrawn (killed, hung or cut off); gone 10 minutes later.").at_scrape(),
+    gauge(PROCESS_HEARTBEAT_AGE, Unit::Seconds, "Per announced process: seconds since its last announcement (store clock).").at_scrape(),
+    gauge(PROCESS_TTL, Unit::Seconds, "Per announced process: how long one announcement keeps it live.").at_scrape(),
+    // Evidence, retention and budgets.
+    counter(EVIDENCE_EXPORT_FAILURES, "Evidence exports that failed on the server's side, by stage (key: no signing key, store, build, audit)."),
+    gauge(RETENTION_GC_LAG, Unit::Seconds, "Age of the oldest finished job past its tenant's retention, not yet deleted (0: retention is kept)."),
+    counter(RETENTION_DELETED, "Finished jobs deleted by retention."),
+    gauge(LLM_BUDGET_USED, Unit::Count, "Share (0 to 1) of a tenant's LLM token budget of the day that is used, per tenant."),
+    counter(GEN_AI_TOKEN_USAGE, "LLM tokens used (gen_ai.client.token.usage), per tenant, provider (gen_ai_provider_name), model (gen_ai_request_model) and gen_ai_token_type (input, output)."),
+    histogram(GEN_AI_OPERATION_DURATION, "LLM calls' duration (gen_ai.client.operation.duration), per tenant, provider, model and gen_ai_operation_name.", MODEL_BUCKETS),
 ];
+
+/// Whether no step of `state` has started yet (the job is still in the queue).
+pub fn nothing_started(state: &aetheris_runtime::JobState) -> bool {
+    state.steps.values().all(|s| s.started_at_ms.is_none())
+}
+
+/// Records the queue wait of a job whose first step just started: from its submission to
+/// that start, both on the store clock (`aetheris_queue_wait_seconds{tenant}`).
+pub fn record_queue_wait(state: &aetheris_runtime::JobState) {
+    if let Some(wait_ms) = queue_wait_ms(state) {
+        metrics::histogram!(QUEUE_WAIT, "tenant" => state.tenant.clone())
+            .record(wait_ms as f64 / 1000.0);
+    }
+}
+
+/// From a job's submission to the start of its first step, if one started.
+fn queue_wait_ms(state: &aetheris_runtime::JobState) -> Option<i64> {
+    let first = state.steps.values().filter_map(|s| s.started_at_ms).min()?;
+    Some((first - state.created_at_ms).max(0))
+}
 
 /// The declaration of `name`, if it is one of ours.
 pub fn definition(name: &str) -> Option<&'static Definition> {
@@ -169,8 +291,17 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// A gauge computed at scrape time: (name, labels, value).
+/// A series computed at scrape time: (name, labels, value); its type (gauge, or counter
+/// for a count kept elsewhere) comes from its definition.
 pub type ScrapeGauge = (&'static str, Vec<(&'static str, String)>, f64);
+
+/// The unlabelled counters and gauges every process reports from its start, at zero
+/// until something happens, so a scrape (and an alert on their rate) finds them at once.
+fn zero_process_series() {
+    metrics::counter!(SNAPSHOT_FAILURES).increment(0);
+    metrics::counter!(RETENTION_DELETED).increment(0);
+    metrics::gauge!(RETENTION_GC_LAG).set(0.0);
+}
 
 /// The process's metrics: a handle on its one recorder. Cheap to copy.
 #[derive(Clone, Copy)]
@@ -201,6 +332,8 @@ impl Metrics {
                 tracing::error!(error = %e, "another metrics recorder is installed; /metrics will be empty");
             }
             describe_metrics();
+            zero_process_series();
+            crate::supervision::init();
             let upkeep = handle.clone();
             let spawned = std::thread::Builder::new()
                 .name("aetheris-metrics-upkeep".into())
@@ -217,7 +350,8 @@ impl Metrics {
         Metrics { handle }
     }
 
-    /// Everything, plus `extra` gauges computed at scrape time (e.g. jobs by state).
+    /// Everything, plus `extra` series computed at scrape time (e.g. jobs by state) and
+    /// this process's supervision figures (`supervision::scrape_series`).
     pub fn render(&self, extra: &[ScrapeGauge]) -> String {
         self.render_for(extra, None)
     }
@@ -226,7 +360,9 @@ impl Metrics {
     /// everything (the deployment's operators).
     pub fn render_for(&self, extra: &[ScrapeGauge], tenant: Option<&str>) -> String {
         let mut text = self.handle.render();
-        text.push_str(&render_gauges(extra));
+        let mut computed = crate::supervision::scrape_series();
+        computed.extend_from_slice(extra);
+        text.push_str(&render_gauges(&computed));
         match tenant {
             None => text,
             Some(t) => visible_to(&text, t),
@@ -234,24 +370,36 @@ impl Metrics {
     }
 }
 
-/// `gauges` in the text format, with the help texts of their definitions.
-pub fn render_gauges(gauges: &[ScrapeGauge]) -> String {
-    let mut out = String::new();
-    let mut last = "";
-    for (name, labels, value) in gauges {
-        if *name != last {
-            let help = definition(name).map_or("", |d| d.help);
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            last = name;
+/// `series` computed at scrape time, in the text format: each metric once, with the help
+/// text and type of its definition, then all its samples (in the order given).
+pub fn render_gauges(series: &[ScrapeGauge]) -> String {
+    let mut names: Vec<&'static str> = Vec::new();
+    for (name, _, _) in series {
+        if !names.contains(name) {
+            names.push(name);
         }
-        let parts: Vec<String> = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect();
-        if parts.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{}}} {value}", parts.join(","));
+    }
+    let mut out = String::new();
+    for name in names {
+        let (help, kind) = definition(name).map_or(("", "gauge"), |d| {
+            let kind = if d.kind == Kind::Counter {
+                "counter"
+            } else {
+                "gauge"
+            };
+            (d.help, kind)
+        });
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (_, labels, value) in series.iter().filter(|(n, _, _)| *n == name) {
+            let parts: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            if parts.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{}}} {value}", parts.join(","));
+            }
         }
     }
     out
@@ -470,6 +618,79 @@ mod tests {
             vec![("le", "+Inf".into())]
         );
         assert!(labels_of("m{a=1} 2").is_none());
+    }
+
+    #[test]
+    fn scrape_series_are_grouped_per_metric_and_typed_by_their_definition() {
+        let t = render_gauges(&[
+            (RUNNABLE_JOBS, vec![("tenant", "a".into())], 1.0),
+            (STORE_UNAVAILABLE, vec![], 7.0),
+            (RUNNABLE_JOBS, vec![("tenant", "b".into())], 2.0),
+        ]);
+        assert_eq!(
+            t.matches("# TYPE aetheris_runnable_jobs gauge").count(),
+            1,
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "aetheris_runnable_jobs{tenant=\"a\"} 1\naetheris_runnable_jobs{tenant=\"b\"} 2\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE aetheris_store_unavailable_total counter\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn queue_wait_is_from_submission_to_the_first_start() {
+        use aetheris_runtime::{EventBody, JobId, JobState, Plan, RecordedEvent};
+        let job = JobId::new();
+        let plan: Plan = serde_json::from_value(serde_json::json!({"steps": [
+            {"id": "a", "tool": "echo"}, {"id": "b", "tool": "echo"}
+        ]}))
+        .unwrap();
+        let at = |seq, ms, body| RecordedEvent {
+            job_id: job,
+            seq,
+            recorded_at_ms: ms,
+            body,
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        };
+        let submitted = at(
+            1,
+            1_000,
+            EventBody::JobSubmitted {
+                tenant: "t".into(),
+                plan,
+                input: serde_json::Value::Null,
+                idempotency_key: None,
+            },
+        );
+        let mut state = JobState::genesis(&submitted).unwrap();
+        assert!(nothing_started(&state));
+        assert_eq!(queue_wait_ms(&state), None);
+        for (seq, step) in [(2, "a"), (3, "b")] {
+            state
+                .apply(&at(
+                    seq,
+                    1_000 + 250 * (seq as i64 - 1),
+                    EventBody::StepStarted {
+                        step: step.into(),
+                        attempt: 1,
+                        invocation_key: format!("k-{step}"),
+                        tool: "echo".into(),
+                        effect: aetheris_runtime::EffectClass::Pure,
+                        fencing_token: 1,
+                    },
+                ))
+                .unwrap();
+        }
+        assert!(!nothing_started(&state));
+        assert_eq!(queue_wait_ms(&state), Some(250), "the first start counts");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 use crate::clock::local_ms as now_ms;
 use crate::metrics as m;
+use crate::supervision::{self, ActorKind, Queued};
 use actix::prelude::*;
 use aetheris_runtime::bucket::TokenBucket;
 use aetheris_store::{DynStore, ProcessKind};
@@ -46,6 +47,11 @@ pub struct TenantLimits {
     /// LLM tokens per minute.
     #[serde(default)]
     pub llm_tokens_per_min: Option<f64>,
+    /// LLM tokens per UTC day (store clock), counted in the store so the budget holds
+    /// across restarts and workers; a call that would pass it waits (agent steps park on
+    /// the `budget` signal; docs/agents.md).
+    #[serde(default)]
+    pub llm_tokens_per_day: Option<u64>,
     /// Jobs running at once across all workers, enforced when workers claim jobs (the
     /// store counts leases; never scaled by `share`).
     #[serde(default)]
@@ -78,6 +84,7 @@ impl TenantLimits {
             tool_calls_per_s: self.tool_calls_per_s.or(base.tool_calls_per_s),
             tool_calls_per_s_by_tool: by_tool,
             llm_tokens_per_min: self.llm_tokens_per_min.or(base.llm_tokens_per_min),
+            llm_tokens_per_day: self.llm_tokens_per_day.or(base.llm_tokens_per_day),
             max_running_jobs: self.max_running_jobs.or(base.max_running_jobs),
         }
     }
@@ -135,6 +142,11 @@ impl LimitsConfig {
             if l.max_running_jobs == Some(0) {
                 return Err(format!(
                     "limits: {who}: max_running_jobs must be at least 1"
+                ));
+            }
+            if l.llm_tokens_per_day == Some(0) {
+                return Err(format!(
+                    "limits: {who}: llm_tokens_per_day must be at least 1"
                 ));
             }
         }
@@ -226,6 +238,7 @@ impl RateLimiter {
 impl Actor for RateLimiter {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
+        supervision::started(ActorKind::RateLimiter);
         // Evicted when idle: buckets refill to full anyway after an idle minute.
         ctx.run_interval(Duration::from_secs(30), |act, ctx| {
             if act.last_used.elapsed() > Duration::from_secs(300) {
@@ -233,27 +246,47 @@ impl Actor for RateLimiter {
             }
         });
     }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        supervision::stopped(ActorKind::RateLimiter);
+    }
+}
+
+/// A ticket for a message to a rate limiter (supervision.rs).
+fn ticket() -> Queued {
+    Queued::new(ActorKind::RateLimiter)
 }
 
 /// Admit one job now, or say after how many ms to retry.
 #[derive(Message)]
 #[rtype(result = "Result<(), u64>")]
-struct Admit;
+struct Admit {
+    _queued: Queued,
+}
 
 /// Reserve a tool call: how many ms to wait before making it.
 #[derive(Message)]
 #[rtype(result = "u64")]
-struct ToolCall(String);
+struct ToolCall {
+    tool: String,
+    _queued: Queued,
+}
 
 /// Reserve LLM tokens: how many ms to wait before the call.
 #[derive(Message)]
 #[rtype(result = "u64")]
-struct ReserveLlm(f64);
+struct ReserveLlm {
+    tokens: f64,
+    _queued: Queued,
+}
 
 /// Return unused reserved LLM tokens.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct SettleLlm(f64);
+struct SettleLlm {
+    unused: f64,
+    _queued: Queued,
+}
 
 impl Handler<Admit> for RateLimiter {
     type Result = Result<(), u64>;
@@ -276,11 +309,11 @@ impl Handler<ToolCall> for RateLimiter {
             .as_mut()
             .map(|b| b.reserve(1.0, now))
             .unwrap_or(0);
-        let one = match self.limits.tool_calls_per_s_by_tool.get(&m.0) {
+        let one = match self.limits.tool_calls_per_s_by_tool.get(&m.tool) {
             Some(r) => {
                 let (r, burst) = tool_rate(*r, &self.shares);
                 self.by_tool
-                    .entry(m.0)
+                    .entry(m.tool)
                     .or_insert_with(|| TokenBucket::new(r, burst, now))
                     .reserve(1.0, now)
             }
@@ -296,7 +329,7 @@ impl Handler<ReserveLlm> for RateLimiter {
         self.last_used = Instant::now();
         self.llm
             .as_mut()
-            .map(|b| b.reserve(m.0, now_ms()))
+            .map(|b| b.reserve(m.tokens, now_ms()))
             .unwrap_or(0)
     }
 }
@@ -304,12 +337,15 @@ impl Handler<ReserveLlm> for RateLimiter {
 /// This process's shares changed (processes of its kind joined or left).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Rescale(Shares);
+struct Rescale {
+    shares: Shares,
+    _queued: Queued,
+}
 
 impl Handler<Rescale> for RateLimiter {
     type Result = ();
     fn handle(&mut self, m: Rescale, _: &mut Context<Self>) {
-        self.rescale(m.0);
+        self.rescale(m.shares);
     }
 }
 
@@ -317,7 +353,7 @@ impl Handler<SettleLlm> for RateLimiter {
     type Result = ();
     fn handle(&mut self, m: SettleLlm, _: &mut Context<Self>) {
         if let Some(b) = &mut self.llm {
-            b.give_back(m.0);
+            b.give_back(m.unused);
         }
     }
 }
@@ -447,7 +483,10 @@ impl RateLimiters {
         let shares = self.shares();
         if let Ok(actors) = self.0.actors.lock() {
             for a in actors.values() {
-                a.do_send(Rescale(shares));
+                a.do_send(Rescale {
+                    shares,
+                    _queued: ticket(),
+                });
             }
         }
     }
@@ -493,7 +532,7 @@ impl RateLimiters {
         let Some(l) = self.limiter(tenant) else {
             return Ok(());
         };
-        let r = l.send(Admit).await.unwrap_or(Ok(()));
+        let r = l.send(Admit { _queued: ticket() }).await.unwrap_or(Ok(()));
         if r.is_err() {
             Self::count(m::RATE_LIMIT_REJECTIONS, tenant, "admission");
         }
@@ -510,7 +549,13 @@ impl RateLimiters {
         let Some(l) = self.limiter(tenant) else {
             return;
         };
-        let wait = l.send(ToolCall(tool.to_string())).await.unwrap_or(0);
+        let wait = l
+            .send(ToolCall {
+                tool: tool.to_string(),
+                _queued: ticket(),
+            })
+            .await
+            .unwrap_or(0);
         if wait > 0 {
             Self::count(m::RATE_LIMIT_WAITS, tenant, "tool_call");
             metrics::gauge!(m::RATE_LIMIT_WAIT_SECONDS, "tenant" => tenant.to_string(), "kind" => "tool_call")
@@ -528,7 +573,13 @@ impl RateLimiters {
         let Some(l) = self.limiter(tenant) else {
             return;
         };
-        let wait = l.send(ReserveLlm(tokens as f64)).await.unwrap_or(0);
+        let wait = l
+            .send(ReserveLlm {
+                tokens: tokens as f64,
+                _queued: ticket(),
+            })
+            .await
+            .unwrap_or(0);
         if wait > 0 {
             Self::count(m::RATE_LIMIT_WAITS, tenant, "llm_tokens");
             tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -536,9 +587,16 @@ impl RateLimiters {
     }
 
     pub async fn settle_llm(&self, tenant: &str, reserved: u64, used: u64) {
+        // Nothing was reserved without a limit (and no limiter needs to exist for it).
+        if self.unlimited(tenant, |l| l.llm_tokens_per_min.is_some()) {
+            return;
+        }
         if let Some(l) = self.limiter(tenant) {
             let _ = l
-                .send(SettleLlm(reserved.saturating_sub(used) as f64))
+                .send(SettleLlm {
+                    unused: reserved.saturating_sub(used) as f64,
+                    _queued: ticket(),
+                })
                 .await;
         }
     }
@@ -568,115 +626,8 @@ pub fn spawn_limits_refresh(store: aetheris_store::DynStore, limits: RateLimiter
     });
 }
 
-/// This process's announcement as a live `kind` (gateway or worker) in the store, renewed
-/// every `every` and valid for `ttl`, which keeps `RateLimiters`' share of every tenant's
-/// limits at one over the live count. A killed process drops out when its announcement
-/// expires (until then the others run a little under the limit, never over it); a
-/// joining one counts itself at once and the others within `every` (the only window in
-/// which the total can pass the limit, by at most their shares' difference for `every`).
-pub struct Announcement {
-    store: DynStore,
-    kind: ProcessKind,
-    id: String,
-    stopped: Arc<AtomicBool>,
-    /// Held across each announcement, so `retire` never races one still in flight (which
-    /// would put the row back after it was deleted).
-    turn: Arc<tokio::sync::Mutex<()>>,
-}
-
-/// Announces `id` once and sets `limits`' live count of `kind` from the answer.
-async fn announce_once(
-    store: &DynStore,
-    limits: &RateLimiters,
-    kind: ProcessKind,
-    id: &str,
-    ttl: Duration,
-) -> Result<u32, aetheris_store::StoreError> {
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    let n = store.announce_process(kind, id, ttl_ms).await?;
-    limits.set_live(kind, n);
-    Ok(n)
-}
-
-impl Announcement {
-    /// Starts announcing (the first announcement at once, in the background). Must be
-    /// called inside an actix system.
-    pub fn start(
-        store: DynStore,
-        limits: RateLimiters,
-        kind: ProcessKind,
-        id: String,
-        every: Duration,
-        ttl: Duration,
-    ) -> Announcement {
-        Announcement::spawn(store, limits, kind, id, every, ttl, Duration::ZERO)
-    }
-
-    /// Announces once before returning (so this process's shares are right before its
-    /// first claim or admission), then keeps announcing every `every`; an error if the
-    /// store cannot be reached. Must be called inside an actix system.
-    pub async fn begin(
-        store: DynStore,
-        limits: RateLimiters,
-        kind: ProcessKind,
-        id: String,
-        every: Duration,
-        ttl: Duration,
-    ) -> Result<Announcement, aetheris_store::StoreError> {
-        announce_once(&store, &limits, kind, &id, ttl).await?;
-        Ok(Announcement::spawn(
-            store, limits, kind, id, every, ttl, every,
-        ))
-    }
-
-    fn spawn(
-        store: DynStore,
-        limits: RateLimiters,
-        kind: ProcessKind,
-        id: String,
-        every: Duration,
-        ttl: Duration,
-        first_after: Duration,
-    ) -> Announcement {
-        let stopped = Arc::new(AtomicBool::new(false));
-        let turn = Arc::new(tokio::sync::Mutex::new(()));
-        let (st, who, stop, lock) = (store.clone(), id.clone(), stopped.clone(), turn.clone());
-        actix::spawn(async move {
-            tokio::time::sleep(first_after).await;
-            loop {
-                {
-                    let _turn = lock.lock().await;
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Err(e) = announce_once(&st, &limits, kind, &who, ttl).await {
-                        // Keep the last share: the store being unreachable says nothing
-                        // about how many processes are live.
-                        tracing::warn!(error = %e, kind = kind.as_str(), "announcing this process failed");
-                    }
-                }
-                tokio::time::sleep(every).await;
-            }
-        });
-        Announcement {
-            store,
-            kind,
-            id,
-            stopped,
-            turn,
-        }
-    }
-
-    /// Stops announcing and withdraws the announcement, so the other processes' shares
-    /// grow on their next announcement (a drain), not after the TTL.
-    pub async fn retire(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        let _turn = self.turn.lock().await;
-        if let Err(e) = self.store.retire_process(self.kind, &self.id).await {
-            tracing::warn!(error = %e, "withdrawing this process's announcement failed");
-        }
-    }
-}
+/// The announcement lives with presence; re-exported here, where it used to be.
+pub use crate::presence::Announcement;
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,14 @@
 //! `JobRegistry`: the supervisor of job actors. Owns their addresses, starts one per leased
 //! job, and when one dies applies `restart_policy`: a finished or passivated job gives its
 //! lease back; a lost lease is forgotten; a crash (panic, store error, tool panic) is
-//! counted in `aetheris_actor_restarts_total{kind="job",reason}` and the actor is started
+//! counted in `aetheris_actor_restarts_total{kind="job",reason}` (a handler's panic also
+//! in `aetheris_actor_panics_total{kind="job"}`) and the actor is started
 //! again from storage — never from the dead actor's memory — after a growing delay, until
 //! it has crashed too often or the worker drains, when the lease is given back instead.
 //! (actix's `Supervisor` ignores panics, so death is detected by a drop guard in the
-//! actor; see job/mod.rs.)
+//! actor; see job/mod.rs.) It also counts its job actors alive (supervision.rs): one up
+//! when it starts one, one down when any incarnation reports it is gone — also after a
+//! panic, when the actor's own `stopped` never runs.
 //!
 //! It sees the lease manager only as a `LeasePort` and routes stored commands to job
 //! actors with at most one check per job under way: a flood of commands for one job (a
@@ -14,10 +17,11 @@
 use crate::context::WorkerContext;
 use crate::job::JobActor;
 use crate::messages::{
-    ActiveCount, ActorGone, CheckCommands, DrainAll, DrainJob, Exit, LeaseDone, LeasePort, Revoke,
-    RevokeJob, RunJob, WakeAt,
+    to_job, ActiveCount, ActorGone, CheckCommands, CrashReason, DrainAll, DrainJob, Exit,
+    LeaseDone, LeasePort, Revoke, RevokeJob, RunJob, WakeAt,
 };
 use crate::metrics as m;
+use crate::supervision::{self, ActorKind, Queued};
 use actix::prelude::*;
 use aetheris_runtime::JobId;
 use std::collections::HashMap;
@@ -105,6 +109,19 @@ impl CommandCheck {
     }
 }
 
+fn registry_ticket() -> Queued {
+    Queued::new(ActorKind::Registry)
+}
+
+impl CommandFor {
+    fn new(job: JobId) -> CommandFor {
+        CommandFor {
+            job,
+            _queued: registry_ticket(),
+        }
+    }
+}
+
 /// The actor running a job under one lease.
 struct Incarnation {
     addr: Addr<JobActor>,
@@ -115,12 +132,17 @@ struct Incarnation {
 /// Commands were stored for this job (the store's hint).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct CommandFor(JobId);
+struct CommandFor {
+    job: JobId,
+    _queued: Queued,
+}
 
 /// Command hints were lost (the hint feed lagged): every job actor checks once.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct CommandsLost;
+struct CommandsLost {
+    _queued: Queued,
+}
 
 pub struct JobRegistry {
     ctx: WorkerContext,
@@ -150,6 +172,7 @@ impl JobRegistry {
     ) {
         let actor = JobActor::new(job_id, token, self.ctx.clone(), ctx.address().recipient())
             .with_preload(preload);
+        supervision::alive_changed(ActorKind::Job, 1);
         self.actors.insert(
             job_id,
             Incarnation {
@@ -161,11 +184,9 @@ impl JobRegistry {
     }
 
     fn done(&self, job_id: JobId, token: u64, release: bool) {
-        self.leases.done.do_send(LeaseDone {
-            job_id,
-            token,
-            release,
-        });
+        self.leases
+            .done
+            .do_send(LeaseDone::new(job_id, token, release));
     }
 
     fn is_current(&self, job_id: JobId, token: u64) -> bool {
@@ -183,17 +204,19 @@ impl JobRegistry {
         }
         metrics::counter!(m::COMMAND_CHECKS).increment(1);
         let (addr, token) = (inc.addr.clone(), inc.token);
-        ctx.spawn(actix::fut::wrap_future(addr.send(CheckCommands)).map(
-            move |_, act: &mut JobRegistry, ctx| {
-                let again = match act.actors.get_mut(&job_id) {
-                    Some(inc) if inc.token == token => inc.commands.finished(),
-                    _ => false,
-                };
-                if again {
-                    act.send_check(job_id, ctx);
-                }
-            },
-        ));
+        ctx.spawn(
+            actix::fut::wrap_future(addr.send(CheckCommands(to_job()))).map(
+                move |_, act: &mut JobRegistry, ctx| {
+                    let again = match act.actors.get_mut(&job_id) {
+                        Some(inc) if inc.token == token => inc.commands.finished(),
+                        _ => false,
+                    };
+                    if again {
+                        act.send_check(job_id, ctx);
+                    }
+                },
+            ),
+        );
     }
 
     /// Starts the follow-up check `CommandCheck::finished` asked for.
@@ -209,7 +232,7 @@ impl JobRegistry {
 impl Actor for JobRegistry {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
-        metrics::gauge!(m::ACTORS_ALIVE, "kind" => "registry").increment(1.0);
+        supervision::started(ActorKind::Registry);
         // Route stored commands to the actor of their job, if this worker runs it. (A job
         // no one runs is made claimable by the store instead.) Each hint waits for the
         // registry to take it, so hints cannot pile up in its mailbox.
@@ -219,8 +242,13 @@ impl Actor for JobRegistry {
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 let sent = match hints.recv().await {
-                    Ok(job) => me.send(CommandFor(job)).await,
-                    Err(RecvError::Lagged(_)) => me.send(CommandsLost).await,
+                    Ok(job) => me.send(CommandFor::new(job)).await,
+                    Err(RecvError::Lagged(_)) => {
+                        me.send(CommandsLost {
+                            _queued: registry_ticket(),
+                        })
+                        .await
+                    }
                     Err(RecvError::Closed) => break,
                 };
                 if sent.is_err() {
@@ -231,14 +259,14 @@ impl Actor for JobRegistry {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        metrics::gauge!(m::ACTORS_ALIVE, "kind" => "registry").decrement(1.0);
+        supervision::stopped(ActorKind::Registry);
     }
 }
 
 impl Handler<CommandFor> for JobRegistry {
     type Result = ();
     fn handle(&mut self, m: CommandFor, ctx: &mut Context<Self>) {
-        self.check_commands(m.0, ctx);
+        self.check_commands(m.job, ctx);
     }
 }
 
@@ -264,7 +292,7 @@ impl Handler<RunJob> for JobRegistry {
                 return;
             }
             // A newer lease on the same job: the old incarnation must not write again.
-            inc.addr.do_send(Revoke);
+            inc.addr.do_send(Revoke(to_job()));
         }
         self.spawn(m.job_id, m.token, m.preload, ctx);
     }
@@ -274,7 +302,7 @@ impl Handler<RevokeJob> for JobRegistry {
     type Result = ();
     fn handle(&mut self, m: RevokeJob, _: &mut Context<Self>) {
         if let Some(inc) = self.actors.get(&m.job_id).filter(|i| i.token == m.token) {
-            inc.addr.do_send(Revoke);
+            inc.addr.do_send(Revoke(to_job()));
         }
     }
 }
@@ -282,14 +310,18 @@ impl Handler<RevokeJob> for JobRegistry {
 impl Handler<ActorGone> for JobRegistry {
     type Result = ();
     fn handle(&mut self, m: ActorGone, ctx: &mut Context<Self>) {
+        // Every incarnation reports once, when it is dropped.
+        supervision::alive_changed(ActorKind::Job, -1);
         // An older incarnation, replaced by a newer lease: nothing to do.
         if !self.is_current(m.job_id, m.token) {
             return;
         }
         self.actors.remove(&m.job_id);
         if let Exit::Crashed(reason) = &m.exit {
-            metrics::counter!(m::ACTOR_RESTARTS, "kind" => "job", "reason" => reason.as_str())
-                .increment(1);
+            if *reason == CrashReason::Panic {
+                supervision::panicked(ActorKind::Job, reason.as_str(), None);
+            }
+            supervision::restarted(ActorKind::Job, reason.as_str());
         }
         let crashes = self.crashes.get(&m.job_id).copied().unwrap_or(0);
         let (job, token) = (m.job_id, m.token);
@@ -301,7 +333,7 @@ impl Handler<ActorGone> for JobRegistry {
             Action::ReleaseAndWakeAt(at) => {
                 self.crashes.remove(&job);
                 self.done(job, token, true);
-                self.leases.wake.do_send(WakeAt(at));
+                self.leases.wake.do_send(WakeAt::new(at));
             }
             Action::Forget => {
                 self.crashes.remove(&job);
@@ -330,7 +362,7 @@ impl Handler<DrainAll> for JobRegistry {
     fn handle(&mut self, _: DrainAll, _: &mut Context<Self>) -> usize {
         self.draining = true;
         for inc in self.actors.values() {
-            inc.addr.do_send(DrainJob);
+            inc.addr.do_send(DrainJob(to_job()));
         }
         self.actors.len()
     }
@@ -481,7 +513,7 @@ mod tests {
     impl Handler<WakeAt> for StubLeases {
         type Result = ();
         fn handle(&mut self, m: WakeAt, _: &mut Context<Self>) {
-            self.seen.lock().unwrap().push(format!("wake {}", m.0));
+            self.seen.lock().unwrap().push(format!("wake {}", m.at_ms));
         }
     }
 
@@ -516,6 +548,11 @@ mod tests {
         let stub = stub.start();
         let (finished, _) = tokio::sync::broadcast::channel(16);
         let ctx = WorkerContext {
+            llm: crate::llm::LlmRuntime::new(
+                Default::default(),
+                Some(store.clone()),
+                Default::default(),
+            ),
             store: store.clone(),
             tools,
             config: Arc::new(WorkerConfig::default()),
@@ -568,29 +605,17 @@ mod tests {
     async fn a_finished_job_gives_its_lease_back_through_the_port() {
         let s = setup();
         let (job, token) = claimed(&s.store, json!([{"id": "a", "tool": "echo"}])).await;
-        s.registry.do_send(RunJob {
-            job_id: job,
-            token,
-            preload: None,
-        });
+        s.registry.do_send(RunJob::new(job, token, None));
         assert_eq!(until_seen(&s.seen, 1).await, ["done release=true"]);
-        assert_eq!(s.registry.send(ActiveCount).await.unwrap(), 0);
+        assert_eq!(s.registry.send(ActiveCount::new()).await.unwrap(), 0);
     }
 
     #[actix_rt::test]
     async fn a_parked_job_asks_to_be_woken_and_a_lost_lease_is_not_released() {
         let s = setup();
         let (job, token) = claimed(&s.store, json!([{"id": "h", "tool": "hang"}])).await;
-        let run = || RunJob {
-            job_id: job,
-            token,
-            preload: None,
-        };
-        let gone = |exit| ActorGone {
-            job_id: job,
-            token,
-            exit,
-        };
+        let run = || RunJob::new(job, token, None);
+        let gone = |exit| ActorGone::new(job, token, exit);
         // Queued before the actor can run: the registry sees these exits first.
         s.registry.do_send(run());
         s.registry.do_send(gone(Exit::Parked(1234)));
@@ -603,28 +628,21 @@ mod tests {
         assert_eq!(until_seen(&s.seen, 3).await[2], "done release=false");
         // A stale incarnation's exit (an older token) changes nothing.
         s.registry.do_send(run());
-        s.registry.do_send(ActorGone {
-            job_id: job,
-            token: token - 1,
-            exit: Exit::Finished,
-        });
+        s.registry
+            .do_send(ActorGone::new(job, token - 1, Exit::Finished));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(s.seen.lock().unwrap().len(), 3);
-        assert_eq!(s.registry.send(ActiveCount).await.unwrap(), 1);
+        assert_eq!(s.registry.send(ActiveCount::new()).await.unwrap(), 1);
     }
 
     #[actix_rt::test]
     async fn a_draining_registry_releases_new_work_at_once() {
         let s = setup();
-        assert_eq!(s.registry.send(DrainAll).await.unwrap(), 0);
+        assert_eq!(s.registry.send(DrainAll::new()).await.unwrap(), 0);
         let (job, token) = claimed(&s.store, json!([{"id": "a", "tool": "echo"}])).await;
-        s.registry.do_send(RunJob {
-            job_id: job,
-            token,
-            preload: None,
-        });
+        s.registry.do_send(RunJob::new(job, token, None));
         assert_eq!(until_seen(&s.seen, 1).await, ["done release=true"]);
-        assert_eq!(s.registry.send(ActiveCount).await.unwrap(), 0);
+        assert_eq!(s.registry.send(ActiveCount::new()).await.unwrap(), 0);
     }
 
     #[test]
@@ -637,19 +655,15 @@ mod tests {
         actix_rt::System::new().block_on(async {
             let s = setup();
             let (job, token) = claimed(&s.store, json!([{"id": "h", "tool": "hang"}])).await;
-            s.registry.do_send(RunJob {
-                job_id: job,
-                token,
-                preload: None,
-            });
+            s.registry.do_send(RunJob::new(job, token, None));
             // The actor runs (its step hangs), then 1000 commands arrive at once.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            assert_eq!(s.registry.send(ActiveCount).await.unwrap(), 1);
+            assert_eq!(s.registry.send(ActiveCount::new()).await.unwrap(), 1);
             for _ in 0..1000 {
-                s.registry.do_send(CommandFor(job));
+                s.registry.do_send(CommandFor::new(job));
             }
             // Every hint handled, every check answered.
-            s.registry.send(ActiveCount).await.unwrap();
+            s.registry.send(ActiveCount::new()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
         });
         let text = handle.render();

@@ -1,13 +1,18 @@
 //! Tools: the `Tool` trait (the extension point for user-written tools), the actor that
-//! hosts a tool, the registry mapping names to tool actors, and the built-in `echo` and
-//! `http` tools.
+//! hosts a tool, the registry mapping names to tool actors, and the built-in `echo`,
+//! `http` and `llm` (`crate::llm::tool`) tools. A tool declares a description and the
+//! JSON Schema of its arguments, which is what an agent step offers a model.
 //!
 //! Invariant kept here (G2): a tool learns its invocation key and fencing token with every
 //! call, so downstream services can deduplicate and reject zombies; a panic inside a tool
 //! is caught and reported as `ToolError::panicked`, never silently lost, so the job actor
-//! can record it and be restarted from storage.
+//! can record it and be restarted from storage. The catch is counted here, once, with
+//! what the panic said (`aetheris_actor_panics_total{kind="tool"}`, supervision.rs), and
+//! each call in flight is counted as the tool actor's mailbox depth.
 
+use crate::supervision::{self, ActorKind, Queued};
 use actix::prelude::*;
+use aetheris_runtime::agent::{AgentTools, ToolDecl};
 use aetheris_runtime::{EffectClass, JobId, ToolCatalog, ToolOutcome};
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -113,6 +118,17 @@ pub trait Tool: Send + Sync + 'static {
     fn effect(&self) -> EffectClass;
     async fn invoke(&self, call: Invocation) -> Result<Value, ToolError>;
 
+    /// What the tool does, for a model choosing among tools (agent steps).
+    fn description(&self) -> String {
+        String::new()
+    }
+
+    /// The JSON Schema of the tool's arguments: sent to models, and what an agent's tool
+    /// call is checked against before it runs. The default accepts any object.
+    fn parameters(&self) -> Value {
+        json!({"type": "object"})
+    }
+
     /// Asked after a crash left a call without a recorded result (G2), before the step
     /// is marked `outcome_unknown` for a human: what happened to the call with this
     /// invocation key? `None` (the default) means the tool cannot tell.
@@ -148,24 +164,40 @@ pub struct ToolActor {
 
 impl Actor for ToolActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        supervision::started(ActorKind::Tool);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        supervision::stopped(ActorKind::Tool);
+    }
+}
+
+/// What a caught panic said.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
 }
 
 impl Handler<Invoke> for ToolActor {
     type Result = ResponseFuture<Result<Value, ToolError>>;
     fn handle(&mut self, msg: Invoke, _: &mut Context<Self>) -> Self::Result {
         let tool = self.tool.clone();
+        let in_flight = Queued::new(ActorKind::Tool);
         Box::pin(async move {
-            match AssertUnwindSafe(tool.invoke(msg.0)).catch_unwind().await {
+            let answer = match AssertUnwindSafe(tool.invoke(msg.0)).catch_unwind().await {
                 Ok(r) => r,
                 Err(p) => {
-                    let text = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-string panic".into());
-                    Err(ToolError::panicked(format!("tool panicked: {text}")))
+                    let text = format!("tool panicked: {}", panic_text(p.as_ref()));
+                    supervision::panicked(ActorKind::Tool, "panic", Some(&text));
+                    Err(ToolError::panicked(text))
                 }
-            }
+            };
+            drop(in_flight);
+            answer
         })
     }
 }
@@ -174,11 +206,18 @@ impl Handler<Reconcile> for ToolActor {
     type Result = ResponseFuture<Option<Reconciled>>;
     fn handle(&mut self, msg: Reconcile, _: &mut Context<Self>) -> Self::Result {
         let tool = self.tool.clone();
+        let in_flight = Queued::new(ActorKind::Tool);
         Box::pin(async move {
-            AssertUnwindSafe(tool.reconcile(msg.0))
-                .catch_unwind()
-                .await
-                .unwrap_or(None)
+            let answer = match AssertUnwindSafe(tool.reconcile(msg.0)).catch_unwind().await {
+                Ok(r) => r,
+                Err(p) => {
+                    let text = format!("reconcile panicked: {}", panic_text(p.as_ref()));
+                    supervision::panicked(ActorKind::Tool, "panic", Some(&text));
+                    None
+                }
+            };
+            drop(in_flight);
+            answer
         })
     }
 }
@@ -188,26 +227,39 @@ pub struct ToolEntry {
     pub recipient: Recipient<Invoke>,
     pub reconcile: Recipient<Reconcile>,
     pub effect: EffectClass,
+    pub description: String,
+    /// The JSON Schema of its arguments.
+    pub parameters: Value,
 }
 
 /// name → tool actor. Built once at start; shared read-only afterwards.
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
     tools: BTreeMap<String, ToolEntry>,
+    /// The `llm` tool's runtime, set when the worker starts (`attach_llm`).
+    llm: crate::llm::tool::LlmSlot,
 }
 
 impl ToolRegistry {
-    /// A registry with the built-in tools (`echo`, `http`). Must be called inside a running
-    /// actix system: it starts one actor per tool.
+    /// A registry with the built-in tools (`echo`, `http`, `llm`). Must be called inside a
+    /// running actix system: it starts one actor per tool.
     pub fn with_builtins() -> Self {
         let mut r = ToolRegistry::default();
         r.register("echo", EchoTool);
         r.register("http", HttpTool::new());
+        let llm = crate::llm::tool::LlmTool::new(r.llm.clone());
+        r.register("llm", llm);
         r
+    }
+
+    /// Gives the `llm` tool its runtime (once; later calls change nothing).
+    pub fn attach_llm(&self, runtime: crate::llm::LlmRuntime) {
+        let _ = self.llm.set(runtime);
     }
 
     pub fn register(&mut self, name: &str, tool: impl Tool) {
         let effect = tool.effect();
+        let (description, parameters) = (tool.description(), tool.parameters());
         let addr = ToolActor {
             tool: Arc::new(tool),
         }
@@ -218,6 +270,8 @@ impl ToolRegistry {
                 recipient: addr.clone().recipient(),
                 reconcile: addr.recipient(),
                 effect,
+                description,
+                parameters,
             },
         );
     }
@@ -237,6 +291,48 @@ impl ToolCatalog for ToolRegistry {
     }
 }
 
+/// The tools of a registry as models see them, without their actors: plain data a
+/// gateway can share across threads (replay-diff offers a model the same tools).
+#[derive(Debug, Clone, Default)]
+pub struct ToolDecls(pub BTreeMap<String, (EffectClass, ToolDecl)>);
+
+impl AgentTools for ToolDecls {
+    fn effect_class(&self, tool: &str) -> Option<EffectClass> {
+        self.0.get(tool).map(|(e, _)| *e)
+    }
+    fn declaration(&self, tool: &str) -> Option<ToolDecl> {
+        self.0.get(tool).map(|(_, d)| d.clone())
+    }
+}
+
+impl ToolRegistry {
+    /// Every tool's effect class and declaration.
+    pub fn declarations(&self) -> ToolDecls {
+        ToolDecls(
+            self.tools
+                .keys()
+                .filter_map(|name| {
+                    let decl = AgentTools::declaration(self, name)?;
+                    Some((name.clone(), (self.tools.get(name)?.effect, decl)))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl AgentTools for ToolRegistry {
+    fn effect_class(&self, tool: &str) -> Option<EffectClass> {
+        self.tools.get(tool).map(|t| t.effect)
+    }
+    fn declaration(&self, tool: &str) -> Option<ToolDecl> {
+        self.tools.get(tool).map(|t| ToolDecl {
+            name: tool.to_string(),
+            description: t.description.clone(),
+            parameters: t.parameters.clone(),
+        })
+    }
+}
+
 /// `echo`: returns its arguments. Pure.
 pub struct EchoTool;
 
@@ -247,6 +343,9 @@ impl Tool for EchoTool {
     }
     async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
         Ok(call.args)
+    }
+    fn description(&self) -> String {
+        "Returns its arguments unchanged.".into()
     }
 }
 
@@ -282,6 +381,20 @@ impl Default for HttpTool {
 impl Tool for HttpTool {
     fn effect(&self) -> EffectClass {
         EffectClass::SideEffect
+    }
+
+    fn description(&self) -> String {
+        "Makes one HTTP request and returns its status, headers and body.".into()
+    }
+
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {
+            "url": {"type": "string", "description": "http:// or https:// URL"},
+            "method": {"enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD",
+                                "get", "post", "put", "patch", "delete", "head"]},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "body": {"description": "JSON body"}},
+            "required": ["url"]})
     }
 
     async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {

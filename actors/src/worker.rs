@@ -49,7 +49,15 @@ impl Worker {
         let (finished, _) = tokio::sync::broadcast::channel(config.finished_buffer.max(1));
         let worker_id = config.worker_id.clone();
         zero_supervision_series();
+        crate::supervision::worker_started(config.lease_ttl_ms);
+        let llm = crate::llm::LlmRuntime::new(
+            config.llm.clone(),
+            Some(store.clone()),
+            config.rate_limits.clone(),
+        );
+        tools.attach_llm(llm.clone());
         let (leases, _registry) = start_actor_tree(WorkerContext {
+            llm,
             store,
             tools,
             config: Arc::new(config),
@@ -89,7 +97,7 @@ impl WorkerHandle {
     /// at most `grace`), release every lease, and withdraw the announcement so the other
     /// workers' shares grow at once.
     pub async fn drain(self, grace: Duration) {
-        if let Err(e) = self.leases.send(Drain { grace }).await {
+        if let Err(e) = self.leases.send(Drain::new(grace)).await {
             tracing::warn!(error = %e, "draining the lease manager failed");
         }
         self.announcement.retire().await;
@@ -114,8 +122,13 @@ fn zero_supervision_series() {
         metrics::counter!(m::ACTOR_RESTARTS, "kind" => "job", "reason" => reason.as_str())
             .increment(0);
     }
-    metrics::counter!(m::ACTOR_PANICS, "kind" => "tool", "reason" => "panic").increment(0);
+    for kind in ["job", "tool"] {
+        metrics::counter!(m::ACTOR_PANICS, "kind" => kind, "reason" => "panic").increment(0);
+    }
     metrics::counter!(m::LEASE_GRANTS).increment(0);
+    metrics::counter!(m::SNAPSHOTS_WRITTEN).increment(0);
+    metrics::counter!(m::REPLAY_EVENTS).increment(0);
+    metrics::counter!(m::COMMAND_CHECKS).increment(0);
     for reason in ["heartbeat", "fenced"] {
         metrics::counter!(m::LEASE_LOSSES, "reason" => reason).increment(0);
     }

@@ -1,4 +1,5 @@
-//! Wiring of one Aetheris process with a gateway: the HTTP gateway and, unless it is a
+//! Wiring of one Aetheris process with a gateway: the HTTP gateway (the API and the trace
+//! UI at `/ui`) and, unless it is a
 //! gateway only (`aetheris server`), a worker started through the one worker start-up
 //! (`aetheris_actors::Worker::start`, which `aetheris worker` uses too). Used by
 //! `aetheris dev`, `aetheris server` and by tests that need a whole node in-process (with
@@ -36,6 +37,8 @@ pub struct NodeConfig {
     /// The key evidence packages and checkpoints are signed with; `None`: the evidence
     /// export and checkpoint routes answer 503, everything else works.
     pub evidence_key: Option<Arc<aetheris_proof::SigningKey>>,
+    /// The trace UI's settings (where evidence packages come from).
+    pub ui: crate::ui::UiConfig,
 }
 
 impl Default for NodeConfig {
@@ -49,6 +52,7 @@ impl Default for NodeConfig {
             run_worker: true,
             auth: None,
             evidence_key: None,
+            ui: crate::ui::UiConfig::default(),
         }
     }
 }
@@ -83,6 +87,11 @@ pub async fn start_node(
     cfg: NodeConfig,
 ) -> std::io::Result<(NodeHandle, actix_web::dev::Server)> {
     let metrics = Metrics::install();
+    // At zero from the start, so an alert on their rate finds them.
+    for stage in crate::routes::evidence::EXPORT_STAGES {
+        metrics::counter!(aetheris_actors::metrics::EVIDENCE_EXPORT_FAILURES, "stage" => stage)
+            .increment(0);
+    }
     let names = tools.names();
     let tool_names: Vec<&str> = names.iter().map(String::as_str).collect();
     let catalog = Arc::new(
@@ -93,7 +102,15 @@ pub async fn start_node(
             .collect(),
     );
     let limits = cfg.worker.rate_limits.clone();
+    let llm = aetheris_actors::llm::LlmRuntime::new(
+        cfg.worker.llm.clone(),
+        Some(store.clone()),
+        limits.clone(),
+    );
+    let agent_tools = Arc::new(tools.declarations());
     let state = web::Data::new(AppState {
+        llm,
+        agent_tools,
         auth: cfg.auth.map(Arc::new),
         limits: limits.clone(),
         store: store.clone(),
@@ -106,6 +123,16 @@ pub async fn start_node(
         )),
         evidence_key: cfg.evidence_key,
     });
+    let mut ui_config = cfg.ui;
+    if ui_config.evidence.is_none() {
+        // With a signing key the UI offers the gateway's own export.
+        ui_config.evidence = state.evidence_key.as_ref().map(|k| {
+            Arc::new(crate::routes::evidence::GatewayEvidence {
+                public_key: k.public_key(),
+            }) as Arc<dyn crate::ui::EvidenceExport>
+        });
+    }
+    let ui = web::Data::new(crate::ui::UiState { config: ui_config });
     // Bind first: a node that cannot listen must fail before any actor or task exists
     // (an actor started and then dropped with its system panics outside a runtime).
     crate::conn::raise_fd_limit();
@@ -117,9 +144,11 @@ pub async fn start_node(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(ui.clone())
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default())
             .wrap_fn(crate::conn::admit)
+            .configure(crate::ui::configure)
             .configure(configure)
     })
     .on_connect(counter.on_connect(cfg.connections.effective_max()))

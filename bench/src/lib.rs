@@ -10,6 +10,8 @@
 //! - W5 (`w5.rs`, on request): jobs parked on a signal;
 //! - W6 (`w6.rs`, on request): tenant flood, tenant B's queue wait;
 //! - W7 (`w7.rs`): bytes per event, from W1's largest run;
+//! - W8 (`w8.rs`): export and offline verification of a long job's evidence package;
+//! - W9 (`w9.rs`, on request): agent loops against a fake provider answering at once;
 //! - hostile (`hostile.rs`): a dev node's answer time to ~1 MiB plans and its `/healthz`
 //!   latency while hostile submissions are in flight;
 //! - on PostgreSQL, the `pgbench` baseline of the same server (`pg.rs`).
@@ -28,6 +30,8 @@ mod w4;
 mod w5;
 mod w6;
 mod w7;
+mod w8;
+mod w9;
 
 pub use report::Report;
 
@@ -51,14 +55,18 @@ pub struct BenchArgs {
     /// Events in the W4 job.
     #[arg(long, default_value_t = 10_000)]
     pub reload_events: u64,
+    /// Events in the W8 job (whose evidence package is exported and verified).
+    #[arg(long, default_value_t = 10_000)]
+    pub evidence_events: u64,
     /// Jobs parked on a signal in W5 (run with `--workloads w5`).
     #[arg(long, default_value_t = 10_000)]
     pub parked: usize,
     /// Only these workloads: w1 (step throughput and latency), w3 (crash and drain
     /// handoff), w4 (reload of a long job), w5 (parked jobs), w6 (tenant flood), w7 (bytes
-    /// per event), hostile (~1 MiB hostile plans against a dev node); w5 and w6 run only
-    /// when named. See docs/benchmarks.md.
-    #[arg(long, value_delimiter = ',', default_value = "w1,w3,w4,w7,hostile")]
+    /// per event), w8 (evidence export and verify of a long job), w9 (agent loops),
+    /// hostile (~1 MiB hostile plans against a dev node); w5, w6 and w9 run only when
+    /// named. See docs/benchmarks.md.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w3,w4,w7,w8,hostile")]
     pub workloads: Vec<String>,
     /// Print the report as one JSON object instead of the table.
     #[arg(long)]
@@ -132,17 +140,21 @@ enum Workload {
     W5,
     W6,
     W7,
+    W8,
+    W9,
     Hostile,
 }
 
 impl Workload {
-    const NAMES: [(&'static str, Workload); 7] = [
+    const NAMES: [(&'static str, Workload); 9] = [
         ("w1", Workload::W1),
         ("w3", Workload::W3),
         ("w4", Workload::W4),
         ("w5", Workload::W5),
         ("w6", Workload::W6),
         ("w7", Workload::W7),
+        ("w8", Workload::W8),
+        ("w9", Workload::W9),
         ("hostile", Workload::Hostile),
     ];
 
@@ -152,7 +164,9 @@ impl Workload {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, w)| *w)
             .ok_or_else(|| {
-                format!("unknown workload {name:?} (expected w1, w3, w4, w5, w6, w7 or hostile)")
+                format!(
+                    "unknown workload {name:?} (expected w1, w3, w4, w5, w6, w7, w8, w9 or hostile)"
+                )
             })
     }
 }
@@ -221,7 +235,7 @@ fn validate_w6(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the workloads in a fixed order (pgbench, W1 and W7, W3, W5, W6, W4, hostile).
+/// Runs the workloads in a fixed order (pgbench, W1 and W7, W3, W5, W6, W4, W8, hostile).
 fn measure(args: &BenchArgs, selection: &Selection) -> Result<Report, String> {
     let fresh = Fresh {
         target: Target::connect(args.database_url.as_deref())?,
@@ -252,6 +266,12 @@ fn measure(args: &BenchArgs, selection: &Selection) -> Result<Report, String> {
     }
     if selection.has(Workload::W4) {
         report.w4 = Some(w4::run(&fresh, args.runs, args.reload_events)?);
+    }
+    if selection.has(Workload::W8) {
+        report.w8 = Some(w8::run(&fresh, args.runs, args.evidence_events)?);
+    }
+    if selection.has(Workload::W9) {
+        report.w9 = Some(w9::run(&fresh, args.runs)?);
     }
     if selection.has(Workload::Hostile) {
         report.hostile = Some(hostile::run(hostile::HostileCfg {
@@ -336,6 +356,7 @@ mod tests {
                 Workload::W3,
                 Workload::W4,
                 Workload::W7,
+                Workload::W8,
                 Workload::Hostile
             ]
         );

@@ -40,6 +40,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub w4: Option<W4Report>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub w8: Option<W8Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub w9: Option<crate::w9::W9Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hostile: Option<HostileReport>,
 }
 
@@ -165,6 +169,17 @@ pub struct W4Report {
     pub reload_with_snapshot_ms: f64,
     pub append_at_event_10_ms: f64,
     pub append_at_last_event_ms: f64,
+}
+
+/// W8: export and offline verification of one long job's evidence package.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct W8Report {
+    pub events: u64,
+    pub export_ms: f64,
+    pub verify_ms: f64,
+    pub total_ms: f64,
+    pub package_bytes: u64,
+    pub package_bytes_per_event: f64,
 }
 
 /// W5: jobs parked on a signal.
@@ -305,11 +320,13 @@ impl Display for Report {
         if let Some(rows) = &self.w1 {
             W1Table(rows).fmt(f)?;
         }
-        let sections: [Option<&dyn Display>; 6] = [
+        let sections: [Option<&dyn Display>; 8] = [
             self.w7.as_ref().map(|s| s as &dyn Display),
             self.w3.as_ref().map(|s| s as &dyn Display),
             self.w6.as_ref().map(|s| s as &dyn Display),
             self.w4.as_ref().map(|s| s as &dyn Display),
+            self.w8.as_ref().map(|s| s as &dyn Display),
+            self.w9.as_ref().map(|s| s as &dyn Display),
             self.w5.as_ref().map(|s| s as &dyn Display),
             self.hostile.as_ref().map(|s| s as &dyn Display),
         ];
@@ -507,6 +524,22 @@ impl Display for W4Report {
             f,
             "  one append at event 10: {:.3} ms; at event {}: {:.3} ms",
             self.append_at_event_10_ms, self.events, self.append_at_last_event_ms
+        )
+    }
+}
+
+impl Display for W8Report {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "\nW8: evidence of a {}-event job: export {:.1} ms + verify {:.1} ms = {:.1} ms \
+             (goal ≤ 1000 ms); package {} bytes ({:.0} bytes/event)",
+            self.events,
+            self.export_ms,
+            self.verify_ms,
+            self.total_ms,
+            self.package_bytes,
+            self.package_bytes_per_event
         )
     }
 }

@@ -45,12 +45,12 @@ pub fn run(fresh: &Fresh, runs: usize, events: u64) -> Result<W4Report, String> 
     })
 }
 
-/// The job W4 grows, claimed so the bench may append to it.
-struct Grown {
-    job: JobId,
-    token: u64,
+/// The job W4 (and W8) grows, claimed so the bench may append to it.
+pub(crate) struct Grown {
+    pub(crate) job: JobId,
+    pub(crate) token: u64,
     /// The job's last sequence number.
-    seq: u64,
+    pub(crate) seq: u64,
 }
 
 async fn once(opener: Opener, events: u64) -> Result<W4Run, String> {
@@ -71,7 +71,7 @@ async fn once(opener: Opener, events: u64) -> Result<W4Run, String> {
     })
 }
 
-async fn submit_and_claim(store: &DynStore) -> Result<Grown, String> {
+pub(crate) async fn submit_and_claim(store: &DynStore) -> Result<Grown, String> {
     let plan = runner::plan(json!({"steps": [{"id": "s", "tool": "echo"}]}))?;
     let job = runner::submit(store, "bench", &plan, Value::Null).await?;
     let lease = store
@@ -97,7 +97,7 @@ fn restart(g: &Grown) -> EventBody {
     }
 }
 
-async fn append(
+pub(crate) async fn append(
     store: &DynStore,
     g: &Grown,
     seq: u64,
@@ -130,7 +130,7 @@ async fn append_latency(store: &DynStore, g: &Grown, n: usize) -> Result<(f64, u
 }
 
 /// Appends until the job has `events` events.
-async fn grow(store: &DynStore, g: &mut Grown, events: u64) -> Result<(), String> {
+pub(crate) async fn grow(store: &DynStore, g: &mut Grown, events: u64) -> Result<(), String> {
     while g.seq < events {
         let n = (events - g.seq).min(GROW_BATCH);
         append(store, g, g.seq, vec![restart(g); n as usize]).await?;

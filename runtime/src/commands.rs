@@ -116,7 +116,7 @@ pub fn command_effect(
             output,
             by,
             note,
-        } => match state.steps.get(&step).map(|s| s.status) {
+        } => match state.status_of(&step) {
             None => CommandEffect::Ignore(Ignored::UnknownStep),
             Some(StepStatus::OutcomeUnknown) => CommandEffect::Append(EventBody::StepConfirmed {
                 step,

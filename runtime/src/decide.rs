@@ -33,11 +33,7 @@ pub fn decide(state: &JobState, now_ms: i64, max_parallel: usize) -> Decision {
     if state.status.is_terminal() {
         return d;
     }
-    let running = state
-        .steps
-        .values()
-        .filter(|s| s.status == StepStatus::Running)
-        .count();
+    let running = state.steps.values().filter(|s| s.in_flight()).count();
     if let Some((id, st)) = state
         .steps
         .iter()
@@ -76,6 +72,10 @@ pub fn decide(state: &JobState, now_ms: i64, max_parallel: usize) -> Decision {
         let Some(st) = state.steps.get(&spec.id) else {
             continue;
         };
+        // A started agent step decides for itself (`agent::decide_agents`).
+        if spec.agent.is_some() && st.status != StepStatus::Pending {
+            continue;
+        }
         match st.status {
             StepStatus::Waiting => {
                 let name = spec.wait.as_ref().map(|w| w.signal.as_str()).unwrap_or("");
@@ -125,7 +125,8 @@ pub fn decide(state: &JobState, now_ms: i64, max_parallel: usize) -> Decision {
         }
         match st.retry_at_ms {
             Some(t) if t > now_ms => d.wake(t),
-            // Waits and sleeps cost nothing while pending: they need no parallel slot.
+            // Waits, sleeps and agents cost nothing while pending: they need no parallel
+            // slot (an agent's calls are bounded by its turns).
             _ if spec.tool.is_none() => d.start.push(spec.id.clone()),
             _ if room > 0 => {
                 d.start.push(spec.id.clone());

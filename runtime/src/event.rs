@@ -3,6 +3,7 @@
 //! is assigned by the store at append. Never reorder or rename variants or fields: stored
 //! logs must keep folding.
 
+use crate::agent::{BudgetScope, JournaledMessage};
 use crate::ids::JobId;
 use crate::plan::{EffectClass, Plan};
 use serde::{Deserialize, Serialize};
@@ -117,6 +118,139 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         wake_at_ms: Option<i64>,
     },
+    // Agent steps (docs/agents.md). Appended after the variants above: variant order is
+    // persisted. A call of an agent step is named `step.turn` (the model call of a turn)
+    // or `step.turn.index` (a tool call); that name is its ledger row.
+    /// An agent step began: the conversation's first messages (the system prompt and the
+    /// prompt, references resolved).
+    AgentStarted {
+        step: String,
+        provider: String,
+        model: String,
+        messages: Vec<JournaledMessage>,
+        /// The prompt could not be built (a reference resolves to nothing): the step fails.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The ledger's `started` record of model call `call` (idempotent): durable before the
+    /// request is sent. `request_digest` is the prefix digest of the conversation it asks
+    /// about (not the conversation itself: the events hold each message once).
+    AgentModelStarted {
+        step: String,
+        call: String,
+        turn: u32,
+        attempt: u32,
+        invocation_key: String,
+        provider: String,
+        model: String,
+        /// Tokens reserved against the budgets: `max_tokens` plus an input estimate.
+        reserved_tokens: u64,
+        request_digest: String,
+        fencing_token: u64,
+    },
+    /// The model's answer: the turn's new messages (each with its digest, its body only if
+    /// the journal lacks it) and its token usage. Durable before any of its tool calls
+    /// starts. An answer without tool calls is the step's final answer.
+    AgentModelAnswered {
+        step: String,
+        call: String,
+        turn: u32,
+        attempt: u32,
+        messages: Vec<JournaledMessage>,
+        input_tokens: u64,
+        output_tokens: u64,
+    },
+    /// A model call failed. `retry_after_ms` set: asked again that long after this event;
+    /// `budget` set: refused by that budget, the step waits for a `budget` signal; neither:
+    /// the step fails.
+    AgentModelFailed {
+        step: String,
+        call: String,
+        turn: u32,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        budget: Option<BudgetScope>,
+    },
+    /// The ledger's `started` record of tool call `call`: durable and fenced before the
+    /// tool is called (G2), exactly as `step_started` is for a plan step.
+    AgentToolStarted {
+        step: String,
+        call: String,
+        attempt: u32,
+        invocation_key: String,
+        tool: String,
+        effect: EffectClass,
+        fencing_token: u64,
+    },
+    AgentToolSucceeded {
+        step: String,
+        call: String,
+        attempt: u32,
+        output: Value,
+    },
+    /// As `step_failed`: `retry_after_ms` set means the call runs again (same key).
+    AgentToolFailed {
+        step: String,
+        call: String,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// As `step_outcome_unknown`: a side_effect call is never re-run silently; a human
+    /// confirms it (the confirmation names the call).
+    AgentToolOutcomeUnknown {
+        step: String,
+        call: String,
+        attempt: u32,
+        reason: String,
+    },
+    /// A tool call that never runs: an unknown tool, arguments failing its schema, or a
+    /// human's rejection (`by`, through signal `signal_id`). The model is told `reason`.
+    AgentToolRefused {
+        step: String,
+        call: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal_id: Option<String>,
+    },
+    /// A human approved a call (signal `approve:<call>`), maybe with edited arguments.
+    AgentToolApproved {
+        step: String,
+        call: String,
+        signal_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        args: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// The next model call would breach `scope`'s budget: the step waits for a `budget`
+    /// signal instead of overspending.
+    AgentBudgetReached {
+        step: String,
+        scope: BudgetScope,
+        limit: u64,
+        used: u64,
+        needed: u64,
+    },
+    /// A budget wait ended: by a `budget` signal (raise by `raise_tokens`, or `stop`), or by
+    /// a new day for the tenant's daily budget (no signal).
+    AgentBudgetDecided {
+        step: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal_id: Option<String>,
+        raise_tokens: u64,
+        stop: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -146,6 +280,18 @@ impl EventBody {
             EventBody::SleepFinished { .. } => "sleep_finished",
             EventBody::StepConfirmed { .. } => "step_confirmed",
             EventBody::JobParked { .. } => "job_parked",
+            EventBody::AgentStarted { .. } => "agent_started",
+            EventBody::AgentModelStarted { .. } => "agent_model_started",
+            EventBody::AgentModelAnswered { .. } => "agent_model_answered",
+            EventBody::AgentModelFailed { .. } => "agent_model_failed",
+            EventBody::AgentToolStarted { .. } => "agent_tool_started",
+            EventBody::AgentToolSucceeded { .. } => "agent_tool_succeeded",
+            EventBody::AgentToolFailed { .. } => "agent_tool_failed",
+            EventBody::AgentToolOutcomeUnknown { .. } => "agent_tool_outcome_unknown",
+            EventBody::AgentToolRefused { .. } => "agent_tool_refused",
+            EventBody::AgentToolApproved { .. } => "agent_tool_approved",
+            EventBody::AgentBudgetReached { .. } => "agent_budget_reached",
+            EventBody::AgentBudgetDecided { .. } => "agent_budget_decided",
         }
     }
 
@@ -153,6 +299,25 @@ impl EventBody {
     /// struct fields have a fixed order and JSON objects are sorted maps.
     pub fn payload(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The agent step this event is about, for an agent event.
+    pub fn agent_step(&self) -> Option<&str> {
+        match self {
+            EventBody::AgentStarted { step, .. }
+            | EventBody::AgentModelStarted { step, .. }
+            | EventBody::AgentModelAnswered { step, .. }
+            | EventBody::AgentModelFailed { step, .. }
+            | EventBody::AgentToolStarted { step, .. }
+            | EventBody::AgentToolSucceeded { step, .. }
+            | EventBody::AgentToolFailed { step, .. }
+            | EventBody::AgentToolOutcomeUnknown { step, .. }
+            | EventBody::AgentToolRefused { step, .. }
+            | EventBody::AgentToolApproved { step, .. }
+            | EventBody::AgentBudgetReached { step, .. }
+            | EventBody::AgentBudgetDecided { step, .. } => Some(step),
+            _ => None,
+        }
     }
 
     pub fn is_terminal(&self) -> bool {

@@ -50,6 +50,43 @@ impl EventBody {
                 Some(moved(step, LedgerStatus::OutcomeUnknown))
             }
             EventBody::StepConfirmed { step, .. } => Some(moved(step, LedgerStatus::Confirmed)),
+            EventBody::AgentModelStarted {
+                call,
+                attempt,
+                invocation_key,
+                ..
+            } => Some(LedgerMove {
+                step: call,
+                to: LedgerStatus::Started,
+                attempt: Some(*attempt),
+                // A model call changes nothing outside: asking again costs only tokens.
+                effect: Some(EffectClass::Idempotent),
+                invocation_key: Some(invocation_key),
+            }),
+            EventBody::AgentModelAnswered { call, .. } => {
+                Some(moved(call, LedgerStatus::Succeeded))
+            }
+            EventBody::AgentModelFailed { call, .. } => Some(moved(call, LedgerStatus::Failed)),
+            EventBody::AgentToolStarted {
+                call,
+                attempt,
+                effect,
+                invocation_key,
+                ..
+            } => Some(LedgerMove {
+                step: call,
+                to: LedgerStatus::Started,
+                attempt: Some(*attempt),
+                effect: Some(*effect),
+                invocation_key: Some(invocation_key),
+            }),
+            EventBody::AgentToolSucceeded { call, .. } => {
+                Some(moved(call, LedgerStatus::Succeeded))
+            }
+            EventBody::AgentToolFailed { call, .. } => Some(moved(call, LedgerStatus::Failed)),
+            EventBody::AgentToolOutcomeUnknown { call, .. } => {
+                Some(moved(call, LedgerStatus::OutcomeUnknown))
+            }
             _ => None,
         }
     }

@@ -7,6 +7,7 @@
 //! blobs. Invariant kept here (G5): the state of a job is a pure function of its events, so
 //! replaying them — from the start or from any snapshot — yields exactly the same state.
 
+pub mod agent;
 pub mod append;
 pub mod bucket;
 pub mod chain;
@@ -26,6 +27,7 @@ pub mod template;
 #[doc(hidden)]
 pub mod testkit;
 
+pub use agent::AgentSpec;
 pub use append::{plan_append, Append, AppendError, JobHead, PlannedAppend, TimerChange};
 pub use commands::{command_effect, Command, CommandEffect, Ignored};
 pub use decide::{decide, recover, Decision, Recovery};

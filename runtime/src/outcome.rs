@@ -9,7 +9,7 @@
 //! it yields is recorded in the event, so replay never recomputes it (G5).
 
 use crate::event::EventBody;
-use crate::plan::EffectClass;
+use crate::plan::{EffectClass, RetryPolicy};
 use crate::retry::backoff_ms;
 use crate::state::JobState;
 use serde_json::Value;
@@ -113,31 +113,67 @@ pub fn outcome_event(
         .step(&call.step)
         .map(|spec| spec.retry_policy())
         .unwrap_or_default();
-    let attempts_left = call.attempt < policy.max_attempts;
-    let failed =
-        |error: String, retryable: bool, retry_after_ms: Option<u64>| EventBody::StepFailed {
+    match classify(&policy, call.effect, call.attempt, outcome, jitter01) {
+        Recorded::Succeeded(output) => EventBody::StepSucceeded {
+            step: call.step.clone(),
+            attempt: call.attempt,
+            output,
+        },
+        Recorded::Failed {
+            error,
+            retryable,
+            retry_after_ms,
+        } => EventBody::StepFailed {
             step: call.step.clone(),
             attempt: call.attempt,
             error,
             retryable,
             retry_after_ms,
-        };
-    match outcome {
-        ToolOutcome::Succeeded(output) => EventBody::StepSucceeded {
+        },
+        Recorded::Unknown(reason) => EventBody::StepOutcomeUnknown {
             step: call.step.clone(),
             attempt: call.attempt,
-            output,
+            reason,
         },
+    }
+}
+
+/// What the outcome of a call records, whatever records it (a plan step's events or an
+/// agent's tool-call events): the one rule of [`outcome_event`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    Succeeded(Value),
+    /// `retry_after_ms` set: the call runs again that long after the event.
+    Failed {
+        error: String,
+        retryable: bool,
+        retry_after_ms: Option<u64>,
+    },
+    /// A side_effect call whose outcome is unknown: a human confirms it.
+    Unknown(String),
+}
+
+/// The rule of [`outcome_event`] for attempt `attempt` of a call with `effect` under
+/// `policy` (see there).
+pub fn classify(
+    policy: &RetryPolicy,
+    effect: EffectClass,
+    attempt: u32,
+    outcome: ToolOutcome,
+    jitter01: f64,
+) -> Recorded {
+    let attempts_left = attempt < policy.max_attempts;
+    let failed = |error: String, retryable: bool, retry_after_ms: Option<u64>| Recorded::Failed {
+        error,
+        retryable,
+        retry_after_ms,
+    };
+    match outcome {
+        ToolOutcome::Succeeded(output) => Recorded::Succeeded(output),
         ToolOutcome::Permanent(error) => failed(error, false, None),
-        ToolOutcome::Unknown(reason) if !call.effect.reinvocable() => {
-            EventBody::StepOutcomeUnknown {
-                step: call.step.clone(),
-                attempt: call.attempt,
-                reason,
-            }
-        }
+        ToolOutcome::Unknown(reason) if !effect.reinvocable() => Recorded::Unknown(reason),
         ToolOutcome::Retryable(error) | ToolOutcome::Unknown(error) => {
-            let delay = attempts_left.then(|| backoff_ms(&policy, call.attempt, jitter01));
+            let delay = attempts_left.then(|| backoff_ms(policy, attempt, jitter01));
             failed(error, true, delay)
         }
         ToolOutcome::NotExecuted => failed(

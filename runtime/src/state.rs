@@ -2,6 +2,7 @@
 //! checks the ledger state machine and the gap-free seq, and it reads nothing but the event
 //! (times come from the event header), so replay from any snapshot is exact.
 
+use crate::agent::{AgentState, Message};
 use crate::codec::json_text;
 use crate::error::FoldError;
 use crate::event::{EventBody, RecordedEvent};
@@ -121,6 +122,8 @@ pub struct StepState {
     pub finished_at_ms: Option<i64>,
     /// A waiting step's timeout or a sleeping step's wake-up time (store clock, ms).
     pub deadline_ms: Option<i64>,
+    /// An agent step's loop (snapshot format 3).
+    pub agent: Option<Box<AgentState>>,
 }
 
 impl StepState {
@@ -137,6 +140,16 @@ impl StepState {
             started_at_ms: None,
             finished_at_ms: None,
             deadline_ms: None,
+            agent: None,
+        }
+    }
+
+    /// A call of this step is in flight: a tool step running, or an agent step's model or
+    /// tool call. (An agent step in status `running` may have nothing in flight.)
+    pub fn in_flight(&self) -> bool {
+        match &self.agent {
+            Some(agent) => agent.in_flight(),
+            None => self.status == StepStatus::Running,
         }
     }
 }
@@ -163,6 +176,12 @@ pub struct JobState {
     pub signals: BTreeMap<String, Vec<BufferedSignal>>,
     /// Every signal id ever applied: a repeated signal id is applied once.
     pub signal_ids: BTreeSet<String>,
+    /// The journal of agent steps' messages: each message once, by its digest (snapshot
+    /// format 3).
+    #[serde(with = "json_text::messages")]
+    pub messages: BTreeMap<String, Message>,
+    /// Tokens added to the plan's job budget by `budget` signals.
+    pub extra_job_tokens: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,6 +264,8 @@ impl JobState {
             updated_at_ms: e.recorded_at_ms,
             signals: BTreeMap::new(),
             signal_ids: BTreeSet::new(),
+            messages: BTreeMap::new(),
+            extra_job_tokens: 0,
         })
     }
 
@@ -292,19 +313,25 @@ impl JobState {
         // before anything changes, so an illegal move leaves `self` as it was.
         let ledger = match e.body.ledger_move() {
             Some(mv) => {
-                let st = self.step_mut(seq, mv.step)?;
-                let (status, _) = mv.next(st.ledger, st.effect).map_err(|detail| {
-                    FoldError::IllegalTransition {
-                        seq,
-                        step: mv.step.to_string(),
-                        detail,
-                    }
-                })?;
+                let (current, effect) = self.ledger_slot(seq, mv.step)?;
+                let (status, _) =
+                    mv.next(current, effect)
+                        .map_err(|detail| FoldError::IllegalTransition {
+                            seq,
+                            step: mv.step.to_string(),
+                            detail,
+                        })?;
                 Some(status)
             }
             None => None,
         };
+        let agent_event = e.body.agent_step().is_some()
+            || matches!(&e.body, EventBody::StepConfirmed { step, .. } if crate::agent::owner_of(step).is_some());
+        if agent_event {
+            self.apply_agent(seq, at, &e.body, ledger)?;
+        }
         match &e.body {
+            _ if agent_event => {}
             EventBody::JobSubmitted { .. } => return Err(FoldError::SubmittedTwice { seq }),
             EventBody::StepStarted {
                 step,
@@ -489,6 +516,8 @@ impl JobState {
                 }
             }
             EventBody::JobParked { .. } => {}
+            // The agent events, applied above.
+            _ => {}
         }
         self.status = self.status.after(&e.body);
         self.last_seq = seq;

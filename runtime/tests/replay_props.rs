@@ -217,3 +217,300 @@ proptest! {
         prop_assert!(JobState::from_events(&events).is_err() || i == events.len());
     }
 }
+
+mod agents {
+    //! The same property for agent steps (G5): a job of two agent steps (one with approvals
+    //! and a step budget) driven by the real agent decisions with random model answers
+    //! (tool calls of known, unknown and approval-gated tools, bad arguments, final
+    //! answers), random tool and model outcomes, crashes recovered by `recover_agents`,
+    //! approvals, rejections and budget signals. Reloading from any snapshot (through the
+    //! persisted codec) yields the same conversation, journal and pending calls.
+
+    use super::*;
+    use aetheris_runtime::agent::decide::start_event;
+    use aetheris_runtime::agent::{
+        decide_agents, model_outcome_event, recover_agents, tool_outcome_event, AgentContext,
+        AgentRecovery, AgentTools, BudgetScope, ChildAttempt, Message, ModelAnswer, ModelAttempt,
+        ModelOutcome, Role, ToolCallRequest, ToolDecl,
+    };
+
+    struct Tools;
+    impl AgentTools for Tools {
+        fn effect_class(&self, tool: &str) -> Option<EffectClass> {
+            match tool {
+                "echo" => Some(EffectClass::Pure),
+                "pay" => Some(EffectClass::SideEffect),
+                _ => None,
+            }
+        }
+        fn declaration(&self, tool: &str) -> Option<ToolDecl> {
+            self.effect_class(tool).map(|_| ToolDecl {
+                name: tool.into(),
+                description: String::new(),
+                parameters: json!({"type": "object", "properties": {"n": {"type": "integer"}}}),
+            })
+        }
+    }
+
+    fn answer(c: u8, i: usize) -> Message {
+        let tools = ["echo", "pay", "nope"];
+        let n = c as usize % 4;
+        if c.is_multiple_of(9) {
+            return Message::text(Role::Assistant, format!("done {}", c % 3));
+        }
+        Message {
+            role: Role::Assistant,
+            content: String::new(),
+            tool_calls: (0..n.max(1))
+                .map(|k| ToolCallRequest {
+                    id: format!("id{i}-{k}"),
+                    name: tools[(c as usize + k) % 3].into(),
+                    arguments: if (c as usize + k).is_multiple_of(5) {
+                        "{\"n\": \"x\"}".into()
+                    } else {
+                        format!("{{\"n\": {}}}", k % 2)
+                    },
+                })
+                .collect(),
+            tool_call_id: None,
+            is_error: false,
+        }
+    }
+
+    fn simulate(choices: &[u8]) -> Vec<RecordedEvent> {
+        let job = JobId(uuid::Uuid::from_u128(77));
+        let plan = json!({"budget": {"tokens": 5000}, "steps": [
+            {"id": "a", "agent": {"provider": "p", "model": "m", "prompt": "go ${input.a}",
+             "tools": ["echo", "pay"], "approve": ["pay"], "max_turns": 6,
+             "budget": {"tokens": 900}, "max_tokens": 100},
+             "retry": {"max_attempts": 2, "initial": "1ms"}},
+            {"id": "b", "agent": {"provider": "p", "model": "m", "system": "s",
+             "prompt": "again", "tools": ["echo"], "max_turns": 4}}
+        ]});
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut state: Option<JobState> = None;
+        let mut now = 1_000i64;
+        let push = |events: &mut Vec<RecordedEvent>,
+                    state: &mut Option<JobState>,
+                    body: EventBody,
+                    now: i64| {
+            let seq = events.len() as u64 + 1;
+            let mut hash = [0u8; 32];
+            hash[..8].copy_from_slice(&seq.to_be_bytes());
+            let e = RecordedEvent {
+                job_id: job,
+                seq,
+                recorded_at_ms: now,
+                body,
+                prev_hash: [0; 32],
+                hash,
+            };
+            match state.as_mut() {
+                None => *state = Some(JobState::genesis(&e).unwrap()),
+                Some(s) => s
+                    .apply(&e)
+                    .unwrap_or_else(|err| panic!("{:?} does not fold: {err}", e.body)),
+            }
+            events.push(e);
+        };
+        push(
+            &mut events,
+            &mut state,
+            EventBody::JobSubmitted {
+                tenant: "t".into(),
+                plan: serde_json::from_value(plan).unwrap(),
+                input: json!({"a": 1}),
+                idempotency_key: None,
+            },
+            now,
+        );
+        let ctx = AgentContext {
+            fencing_token: 1,
+            tools: &Tools,
+        };
+        let mut running_models: Vec<ModelAttempt> = Vec::new();
+        let mut running_tools: Vec<ChildAttempt> = Vec::new();
+        for (i, c) in choices.iter().enumerate() {
+            now += 1 + (*c as i64 % 3);
+            let st = state.clone().unwrap();
+            if st.status.is_terminal() {
+                break;
+            }
+            let mut bodies: Vec<EventBody> = Vec::new();
+            match c % 13 {
+                0 => {
+                    // A crash: the new incarnation recovers.
+                    running_models.clear();
+                    running_tools.clear();
+                    for r in recover_agents(&st) {
+                        match r {
+                            AgentRecovery::Ask(m) => {
+                                bodies.push(m.started_event(i as u64));
+                                running_models.push(m);
+                            }
+                            AgentRecovery::Reinvoke(t) => {
+                                bodies.push(t.started_event(i as u64));
+                                running_tools.push(t);
+                            }
+                            AgentRecovery::Reconcile(t) => bodies.push(tool_outcome_event(
+                                &st,
+                                &t,
+                                ToolOutcome::unrecorded(),
+                                0.5,
+                            )),
+                        }
+                    }
+                }
+                1 | 2 if !running_models.is_empty() => {
+                    let m = running_models.remove(*c as usize % running_models.len());
+                    let outcome = match c % 5 {
+                        0 => ModelOutcome::Failed(ToolOutcome::Retryable("503".into())),
+                        1 => ModelOutcome::RetryAfter("429".into(), 3),
+                        2 if c % 2 == 0 => ModelOutcome::Budget(BudgetScope::Tenant, "day".into()),
+                        _ => ModelOutcome::Answered(ModelAnswer {
+                            message: answer(*c, i),
+                            input_tokens: 40 + *c as u64,
+                            output_tokens: 20,
+                        }),
+                    };
+                    bodies.push(model_outcome_event(&st, &m, outcome, 0.5));
+                }
+                3 | 4 if !running_tools.is_empty() => {
+                    let t = running_tools.remove(*c as usize % running_tools.len());
+                    let outcome = match c % 4 {
+                        0 => ToolOutcome::Retryable("busy".into()),
+                        1 => ToolOutcome::Unknown("timed out".into()),
+                        _ => ToolOutcome::Succeeded(json!({"c": c})),
+                    };
+                    bodies.push(tool_outcome_event(&st, &t, outcome, 0.5));
+                }
+                5 => {
+                    // A human: approve (maybe edited) or reject a waiting call, raise or stop
+                    // a budget, or confirm an unknown outcome.
+                    for (id, s) in &st.steps {
+                        let Some(agent) = s.agent.as_deref() else {
+                            continue;
+                        };
+                        for call in agent.current_calls() {
+                            if call.awaits_approval() {
+                                let payload = match c % 3 {
+                                    0 => json!(null),
+                                    1 => json!({"args": {"n": 1}}),
+                                    _ => json!({"approve": false, "reason": "no"}),
+                                };
+                                bodies.push(EventBody::SignalReceived {
+                                    signal: format!("approve:{}", call.id),
+                                    signal_id: format!("s{i}-{}", call.id),
+                                    payload,
+                                    by: Some("ada".into()),
+                                    command_id: i as u64,
+                                });
+                            } else if call.status
+                                == aetheris_runtime::agent::CallStatus::OutcomeUnknown
+                            {
+                                bodies.push(EventBody::StepConfirmed {
+                                    step: call.id.clone(),
+                                    outcome: if c % 2 == 0 {
+                                        aetheris_runtime::ConfirmOutcome::Succeeded
+                                    } else {
+                                        aetheris_runtime::ConfirmOutcome::NotExecuted
+                                    },
+                                    output: Some(json!("confirmed")),
+                                    by: "ops".into(),
+                                    note: None,
+                                    command_id: i as u64,
+                                });
+                            }
+                        }
+                        if agent.park.is_some() && !bodies.iter().any(|b| matches!(b, EventBody::SignalReceived { signal, .. } if signal == "budget")) {
+                            bodies.push(EventBody::SignalReceived {
+                                signal: "budget".into(), signal_id: format!("b{i}-{id}"),
+                                payload: if c % 4 == 1 { json!({"stop": true}) } else { json!({"tokens": 400}) },
+                                by: Some("ada".into()), command_id: i as u64,
+                            });
+                        }
+                    }
+                }
+                6 => {
+                    // Time passes (retries come due; a tenant's new day).
+                    now += 86_400_000;
+                }
+                _ => {
+                    let d = decide(&st, now, 4);
+                    if let Some(f) = d.finish {
+                        bodies.push(f);
+                    } else {
+                        for step in d.start {
+                            bodies.push(start_event(&st, &step).unwrap());
+                        }
+                        if bodies.is_empty() {
+                            let d = decide_agents(&st, now, &ctx);
+                            for e in d.events {
+                                if let Some(m) = ModelAttempt::from_started(&e) {
+                                    running_models.push(m);
+                                }
+                                if let Some(t) = ChildAttempt::from_started(&e) {
+                                    running_tools.push(t);
+                                }
+                                bodies.push(e);
+                            }
+                        }
+                    }
+                }
+            }
+            for b in bodies {
+                push(&mut events, &mut state, b, now);
+            }
+        }
+        events
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn agent_snapshot_plus_tail_equals_full_fold(choices in prop::collection::vec(any::<u8>(), 0..120)) {
+            let events = simulate(&choices);
+            let full = JobState::from_events(&events).unwrap().unwrap();
+            for k in 1..=events.len() {
+                let snap = JobState::from_events(&events[..k]).unwrap().unwrap();
+                let blob = encode_versioned(SNAPSHOT_FORMAT, &snap).unwrap();
+                let snap: JobState = decode_versioned(SNAPSHOT_FORMAT, &blob).unwrap();
+                let replayed = JobState::replay(Some(snap), &events).unwrap().unwrap();
+                prop_assert_eq!(&replayed, &full);
+            }
+        }
+    }
+
+    /// The simulation reaches the interesting states (not a vacuous property).
+    #[test]
+    fn the_simulation_covers_turns_approvals_budgets_and_finishes() {
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut rng = 0x2545F4914F6CDD1Du64;
+        for _ in 0..300 {
+            let choices: Vec<u8> = (0..120)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % 256) as u8
+                })
+                .collect();
+            for e in simulate(&choices) {
+                kinds.insert(e.body.kind());
+            }
+        }
+        for k in [
+            "agent_model_answered",
+            "agent_tool_succeeded",
+            "agent_tool_refused",
+            "agent_tool_approved",
+            "agent_budget_reached",
+            "agent_budget_decided",
+            "agent_tool_outcome_unknown",
+            "step_confirmed",
+            "agent_model_failed",
+        ] {
+            assert!(kinds.contains(k), "{k} never happened: {kinds:?}");
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! view of the log (`SeqConflict`), something that does not exist (`NotFound`, naming the
 //! entity), a request the store refuses (`Rejected`, `Conflict`), a store that cannot be
 //! reached right now (`Unavailable`: the only transient case, the one worth retrying), a
-//! failing backend (`Backend`) and stored data that cannot be read (`Corrupt`).
+//! failing backend (`Backend`) and stored data that cannot be read (`Corrupt`). Every
+//! `Unavailable` is made by one constructor, which counts it (`unavailable_errors`: the
+//! process's `aetheris_store_unavailable_total`).
 
 use aetheris_runtime::JobId;
 use std::sync::Arc;
@@ -71,6 +73,16 @@ impl std::fmt::Display for Entity {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// `Unavailable` errors made in this process (every one is made by
+/// [`StoreError::unavailable`]), for the process's metrics.
+static UNAVAILABLE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many store calls of this process have failed because the store could not be
+/// reached (`StoreError::Unavailable`) since it started.
+pub fn unavailable_errors() -> u64 {
+    UNAVAILABLE_ERRORS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl StoreError {
     /// `NotFound` for a job.
     pub fn job_not_found(id: JobId) -> StoreError {
@@ -88,6 +100,7 @@ impl StoreError {
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> StoreError {
+        UNAVAILABLE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         StoreError::Unavailable {
             message: message.into(),
             source: Arc::new(source),

@@ -1,7 +1,8 @@
 //! aetheris-store: the storage contract of Aetheris and its backends.
 //!
 //! The contract is one small trait per concern (`contract`: [`JobLog`], [`Leases`],
-//! [`Commands`], [`Tenants`], [`Users`], [`Audit`], [`Presence`], [`TransparencyLog`])
+//! [`Commands`], [`Tenants`], [`Users`], [`Audit`], [`Presence`], [`Operations`],
+//! [`TransparencyLog`])
 //! and [`Store`], all of them; it is the only way the rest of the system touches durable
 //! state. Two backends implement it with one file per concern: PostgreSQL ([`pg`],
 //! production, many processes) and redb ([`redb`], embedded, one process). Both plan every
@@ -31,10 +32,11 @@ pub mod transparency;
 
 pub use self::redb::RedbStore;
 pub use contract::{
-    Audit, Commands, DynStore, JobLog, Leases, Presence, Store, Tenants, TransparencyLog, Users,
+    Audit, Commands, DynStore, JobLog, Leases, LlmStore, Operations, Presence, Store, Tenants,
+    TransparencyLog, Users, FORGET_AFTER_MS,
 };
 pub(crate) use error::append_refused;
-pub use error::{Entity, Result, StoreError};
+pub use error::{unavailable_errors, Entity, Result, StoreError};
 pub use load::{load_job_state, state_from_load, LoadedJob};
 pub use model::*;
 pub use pg::PgStore;

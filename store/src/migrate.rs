@@ -75,8 +75,16 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0010_transparency.sql"),
     },
     Migration {
-        name: "0011_append_chain.sql",
-        sql: include_str!("../../migrations/0011_append_chain.sql"),
+        name: "0011_process_reports.sql",
+        sql: include_str!("../../migrations/0011_process_reports.sql"),
+    },
+    Migration {
+        name: "0012_llm.sql",
+        sql: include_str!("../../migrations/0012_llm.sql"),
+    },
+    Migration {
+        name: "0013_append_chain.sql",
+        sql: include_str!("../../migrations/0013_append_chain.sql"),
     },
 ];
 

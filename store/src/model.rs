@@ -258,6 +258,51 @@ impl ProcessKind {
             ProcessKind::Worker => "worker",
         }
     }
+
+    /// The kind named `s` (`gateway` or `worker`).
+    pub fn parse(s: &str) -> Option<ProcessKind> {
+        [ProcessKind::Gateway, ProcessKind::Worker]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One announced process as the presence table has it (see `Presence::list_processes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStatus {
+    pub kind: ProcessKind,
+    pub id: String,
+    /// Its announcement has not expired.
+    pub live: bool,
+    /// Since its last announcement (store clock); `None` for a row an older version wrote.
+    pub heartbeat_age_ms: Option<u64>,
+    /// How long one announcement keeps it live; `None` as above.
+    pub ttl_ms: Option<u64>,
+    /// What it said about itself with its last announcement (JSON text; `{}` if nothing).
+    pub report: String,
+}
+
+/// One tenant's backlog and unknown outcomes (see `Operations::operational_figures`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantBacklog {
+    pub tenant: String,
+    /// Jobs runnable now (queued, running, or woken) that no live lease holds.
+    pub runnable: u64,
+    /// Since the oldest of them last changed (0 with none).
+    pub runnable_oldest_ms: u64,
+    /// Steps whose outcome is unknown, waiting for a human confirmation.
+    pub outcome_unknown: u64,
+    /// Since the oldest of them became unknown (0 with none).
+    pub outcome_unknown_oldest_ms: u64,
+}
+
+/// The stored figures an operator watches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperationalFigures {
+    /// Every tenant with at least one job, by id.
+    pub tenants: Vec<TenantBacklog>,
+    /// Migrations recorded as applied (`None`: the store has no migrations, e.g. redb).
+    pub migrations_applied: Option<u64>,
 }
 
 /// One leaf of a tenant's transparency log: the job that finished, the RFC 9162 leaf hash
@@ -282,4 +327,68 @@ pub struct PolicyRule {
     pub path: String,
     /// Why, listed in the manifest with each redaction (1-256 bytes).
     pub reason: String,
+}
+
+/// The protocol an LLM provider speaks (docs/agents.md).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LlmProviderKind {
+    /// OpenAI Chat Completions: `POST {base_url}/v1/chat/completions`.
+    Openai,
+    /// Anthropic Messages: `POST {base_url}/v1/messages`.
+    Anthropic,
+    /// Built in, offline: answers from a script (`base_url` is a script file, or empty for
+    /// the built-in one). For tries and tests.
+    Scripted,
+}
+
+impl LlmProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmProviderKind::Openai => "openai",
+            LlmProviderKind::Anthropic => "anthropic",
+            LlmProviderKind::Scripted => "scripted",
+        }
+    }
+    pub fn parse(s: &str) -> Option<LlmProviderKind> {
+        [
+            LlmProviderKind::Openai,
+            LlmProviderKind::Anthropic,
+            LlmProviderKind::Scripted,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// An LLM provider of a tenant. Its API key is never stored, written to events or logged:
+/// only where the workers read it (an environment variable or a file on the worker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmProvider {
+    /// 1-64 characters of `[A-Za-z0-9_.-]`: what an agent step's `provider` names.
+    pub name: String,
+    pub kind: LlmProviderKind,
+    /// `http(s)://host[:port][/prefix]`; the protocol's path is appended.
+    pub base_url: String,
+    /// The models agent steps may ask for; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// The environment variable of the workers that holds the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// The file on the workers that holds the API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<String>,
+}
+
+/// Tokens reserved against a tenant's daily budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LlmReservation {
+    /// The UTC day (days since the Unix epoch, store clock) the tokens count against.
+    pub day: i64,
+    /// The day's tokens, this reservation included.
+    pub used: u64,
 }

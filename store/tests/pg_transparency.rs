@@ -135,13 +135,14 @@ async fn jobs_finished_before_the_migration_join_their_log() {
         ids.push((id, head));
     }
     let store = PgStore::connect(&url, 2).await.unwrap();
-    let from_0010: Vec<String> = MIGRATIONS
+    // 0010 and every later migration.
+    let later: Vec<String> = MIGRATIONS
         .iter()
         .filter(|m| m.name >= "0010")
         .map(|m| m.name.to_string())
         .collect();
-    assert_eq!(store.migrate().await.unwrap(), from_0010);
-    assert_eq!(from_0010[0], "0010_transparency.sql");
+    assert_eq!(store.migrate().await.unwrap(), later);
+    assert_eq!(later[0], "0010_transparency.sql");
     let leaf = |i: usize| job_leaf_hash(ids[i].0, rows[i].2 as u64, &ids[i].1);
     let acme = store.log_leaves("acme", None).await.unwrap();
     assert_eq!(

@@ -168,7 +168,7 @@ fn list_paginates_with_a_cursor_and_filters_by_state() {
             "{metrics}"
         );
         assert!(
-            metrics.contains("aetheris_actors_alive{kind=\"lease_manager\"} 1"),
+            metrics.contains("aetheris_actors{kind=\"lease_manager\"} 1"),
             "{metrics}"
         );
     });

@@ -267,6 +267,12 @@ fn every_role_gets_the_documented_answer_on_every_route() {
                 Permission::TenantAdmin,
             ),
             (
+                "GET",
+                format!("{u}/v1/system/actors"),
+                None,
+                Permission::TenantAdmin,
+            ),
+            (
                 "POST",
                 format!("{u}/v1/jobs/{id}/cancel"),
                 Some(json!({})),
@@ -317,6 +323,29 @@ fn tenant_admin_creates_tenants_and_limits_apply_without_restart() {
         )
         .await;
         assert_eq!(s, 403);
+        // Nor see the deployment's processes.
+        let (s, p, _) = call(
+            &c,
+            "GET",
+            &format!("{u}/v1/system/actors"),
+            Some(&rbac_admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, 403, "{p}");
+        let (s, p, _) = call(
+            &c,
+            "GET",
+            &format!("{u}/v1/system/actors"),
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{p}");
+        assert!(
+            p["processes"].as_array().is_some_and(|a| a.len() == 2),
+            "{p}"
+        );
         let (s, t, _) = call(
             &c,
             "POST",

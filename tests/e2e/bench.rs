@@ -28,10 +28,10 @@ fn ordered(v: &Value, p50: &str, p99: &str, max: &str) {
 }
 
 #[test]
-fn smallest_bench_reports_hostile_w1_w4_w7_as_json() {
+fn smallest_bench_reports_hostile_w1_w4_w7_w8_as_json() {
     let out = bench(&[
         "--workloads",
-        "hostile,w1,w4,w7",
+        "hostile,w1,w4,w7,w8",
         "--json",
         "--runs",
         "1",
@@ -41,6 +41,8 @@ fn smallest_bench_reports_hostile_w1_w4_w7_as_json() {
         "4",
         "--reload-events",
         "40",
+        "--evidence-events",
+        "60",
         "--hostile-runs",
         "2",
         "--hostile-in-flight",
@@ -116,6 +118,19 @@ fn smallest_bench_reports_hostile_w1_w4_w7_as_json() {
     ] {
         assert!(number(w4, key) > 0.0, "{key}: {w4}");
     }
+
+    // W8: a 60-event job exported (signed, proven) and verified offline.
+    let w8 = &report["w8"];
+    assert_eq!(w8["events"], 60);
+    for key in [
+        "export_ms",
+        "verify_ms",
+        "total_ms",
+        "package_bytes_per_event",
+    ] {
+        assert!(number(w8, key) > 0.0, "{key}: {w8}");
+    }
+    assert!(number(w8, "package_bytes") > 1000.0, "{w8}");
 }
 
 #[test]

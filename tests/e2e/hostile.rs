@@ -427,9 +427,11 @@ fn names_and_payloads_over_their_caps_are_refused() {
                 "user id",
             ),
             (
-                "signal name 129",
+                // 200 characters at most: an agent's approval signal
+                // (`approve:<step>.<turn>.<call>`) is longer than a step id.
+                "signal name 201",
                 Method::POST,
-                format!("{u}/v1/jobs/{id}/signals/{}", long(129)),
+                format!("{u}/v1/jobs/{id}/signals/{}", long(201)),
                 json!({}),
                 "signal name",
             ),

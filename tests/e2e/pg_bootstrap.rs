@@ -10,6 +10,12 @@
 //! port, and the worker's admin listener (default `127.0.0.1:7421`) takes a free port
 //! through `AETHERIS_ADMIN_BIND`, so a test run never depends on that port. Afterwards the database itself is checked: the tenants `default` and `acme`
 //! exist, and `acme`'s one job succeeded.
+//!
+//! The section's "With Docker Compose" commands need a container engine, which the test
+//! machines lack: they are fenced ```bash, not ```sh, so this test does not run them, and
+//! it checks that they are there and that no ```sh block of the section calls `docker`
+//! or `helm`. `deploy/checks/deploy_checks.py` (in CI) runs their `aetheris` lines
+//! against the compose services' commands and settings, started without containers.
 
 use crate::readme::{assert_ran, free_port, readme, run_script, script_of, sh_blocks, workdir};
 use crate::support::rt;
@@ -17,10 +23,28 @@ use std::time::Duration;
 
 #[test]
 fn pg_bootstrap_from_an_empty_database_to_a_first_job_as_the_readme_says() {
-    let blocks = sh_blocks(&readme(), Some("Production (PostgreSQL)"));
+    let text = readme();
+    let blocks = sh_blocks(&text, Some("Production (PostgreSQL)"));
     assert!(
         !blocks.is_empty(),
         "no command block in the production section"
+    );
+    for block in &blocks {
+        assert!(
+            !block.contains("docker ") && !block.contains("helm "),
+            "a ```sh block of the production section needs a container engine or a cluster, \
+             which this test does not have: fence it ```bash\n{block}"
+        );
+    }
+    let section = text
+        .split("\n## Production (PostgreSQL)\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap_or_default();
+    assert!(
+        section.contains("\n```bash\n")
+            && section.contains("docker compose -f deploy/compose.yaml up"),
+        "the production section's \"With Docker Compose\" block is gone"
     );
     let cluster = aetheris_store::testing::pg_cluster::private_cluster();
     let pg_addr = format!("127.0.0.1:{}", cluster.port);

@@ -350,3 +350,32 @@ fn blocks_are_taken_from_their_section_only() {
     });
     assert!(hidden.is_err(), "export NAME=$(…) must be refused");
 }
+
+#[test]
+fn readme_agents_section_runs() {
+    let blocks = sh_blocks(&readme(), Some("Agents"));
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert!(blocks[0].contains("examples/agent.json"), "{}", blocks[0]);
+    let dir = workdir();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let data = dir.path().join("aetheris-agents");
+    let script = script_of(
+        &blocks,
+        &[("/tmp/aetheris-agents", data.display().to_string())],
+    );
+    let run = run_script(
+        dir.path(),
+        &script,
+        &[("AETHERIS_BIND", addr)],
+        &[],
+        Duration::from_secs(120),
+    );
+    assert_ran("the README's agent example", &run);
+    for want in [
+        "agent_model_answered",
+        "agent_tool_succeeded",
+        "job_succeeded",
+    ] {
+        assert!(run.stdout.contains(want), "{want} not in {}", run.stdout);
+    }
+}

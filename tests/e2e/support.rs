@@ -81,6 +81,17 @@ impl TestNode {
         Self::start_on(None, Some(url), dir, register, worker)
     }
 
+    /// A node (gateway and worker) on the existing PostgreSQL database `url`, next to
+    /// other processes using it.
+    pub fn start_pg_at(
+        url: &str,
+        register: impl FnOnce(&mut ToolRegistry) + Send + 'static,
+        worker: WorkerConfig,
+    ) -> TestNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_on(None, Some(url.to_string()), dir, register, worker)
+    }
+
     /// A node on a fresh PostgreSQL database with bearer-token authentication.
     pub fn start_pg_with_auth(
         register: impl FnOnce(&mut ToolRegistry) + Send + 'static,

@@ -117,7 +117,7 @@ async fn post(c: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
 fn alive_jobs(metrics: &str) -> f64 {
     metrics
         .lines()
-        .find(|l| l.starts_with("aetheris_actors_alive{kind=\"job\"}"))
+        .find(|l| l.starts_with("aetheris_actors{kind=\"job\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
 }

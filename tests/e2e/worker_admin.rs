@@ -257,8 +257,8 @@ fn a_worker_process_serves_health_readiness_and_its_own_metrics() {
             "{m}"
         );
         assert!(has("aetheris_lease_grants_total") >= 4.0, "{m}");
-        assert_eq!(has("aetheris_actors_alive{kind=\"lease_manager\"}"), 1.0, "{m}");
-        assert_eq!(has("aetheris_actors_alive{kind=\"registry\"}"), 1.0, "{m}");
+        assert_eq!(has("aetheris_actors{kind=\"lease_manager\"}"), 1.0, "{m}");
+        assert_eq!(has("aetheris_actors{kind=\"registry\"}"), 1.0, "{m}");
         assert_eq!(
             has("aetheris_actor_restarts_total{kind=\"job\",reason=\"panic\"}"),
             0.0,

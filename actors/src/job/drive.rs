@@ -17,7 +17,6 @@ use actix::prelude::*;
 use aetheris_runtime::codec::{encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::{
     decide, invocation_key, Attempt, Decision, EventBody, JobState, JobStatus, RecordedEvent,
-    StepStatus,
 };
 use aetheris_store::{Append, StoreError};
 use std::time::{Duration, Instant};
@@ -52,12 +51,22 @@ impl JobActor {
         let now = self.now_est();
         let mut events = self.outbox.take_events();
         let decision = decide(&next, now, self.worker.config.max_parallel_steps);
-        let wake_at_ms = decision.wake_at_ms;
+        let mut wake_at_ms = decision.wake_at_ms;
         // Draining, crashing or finished: record what is pending, start nothing new.
         if mode == Mode::Normal && !next.status.is_terminal() {
+            let finishing = decision.finish.is_some();
             match self.decided_events(&next, decision) {
                 Ok(decided) => events.extend(decided),
                 Err(reason) => return self.exit(Exit::Crashed(reason), ctx),
+            }
+            if !finishing {
+                // Agent steps decide for themselves, in the same append (agent.rs).
+                let agents = self.agent_decision(&next, now);
+                events.extend(agents.events);
+                wake_at_ms = match (wake_at_ms, agents.wake_at_ms) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
         }
         if events.is_empty() {
@@ -102,7 +111,7 @@ impl JobActor {
             // is how a running tool is told to stop.
             return self.exit(Exit::Finished, ctx);
         }
-        if next.steps.values().any(|s| s.status == StepStatus::Running) {
+        if next.steps.values().any(|s| s.in_flight()) {
             return; // its outcome drives again
         }
         match mode {
@@ -160,6 +169,9 @@ impl JobActor {
                 step: step.to_string(),
                 duration_ms: duration.as_millis(),
             });
+        }
+        if spec.agent.is_some() {
+            return aetheris_runtime::agent::start_event(next, step);
         }
         let call = Attempt {
             step: step.to_string(),
@@ -241,13 +253,18 @@ impl JobActor {
         let Some(active) = self.phase.active_mut() else {
             return;
         };
+        let queued = metric::nothing_started(&active.state);
         if let Err(error) = recorded.iter().try_for_each(|e| active.state.apply(e)) {
             tracing::error!(job = %self.job_id, error = %error, "appended event does not fold");
             return self.exit(Exit::Crashed(CrashReason::Fold), ctx);
         }
+        if queued {
+            metric::record_queue_wait(&active.state);
+        }
         for event in &recorded {
             match Attempt::from_started(&event.body) {
                 Some(call) => self.invoke(call, ctx),
+                None if self.on_agent_event(&event.body, ctx) => {}
                 None => self.report(&event.body),
             }
         }
@@ -304,6 +321,7 @@ impl JobActor {
         let blob = match encode_versioned(SNAPSHOT_FORMAT, state) {
             Ok(blob) => blob,
             Err(error) => {
+                metrics::counter!(metric::SNAPSHOT_FAILURES).increment(1);
                 tracing::error!(job = %self.job_id, error = %error, "snapshot encode failed");
                 return;
             }
@@ -314,7 +332,10 @@ impl JobActor {
         ctx.spawn(actix::fut::wrap_future(async move {
             match store.put_snapshot(job, token, seq, blob).await {
                 Ok(()) => metrics::counter!(metric::SNAPSHOTS_WRITTEN).increment(1),
-                Err(error) => tracing::warn!(job = %job, error = %error, "snapshot write failed"),
+                Err(error) => {
+                    metrics::counter!(metric::SNAPSHOT_FAILURES).increment(1);
+                    tracing::warn!(job = %job, error = %error, "snapshot write failed")
+                }
             }
         }));
     }

@@ -13,8 +13,11 @@
 //! stops as crashed so the registry restarts it from storage.
 //!
 //! Where the actor is in its life is its `Phase` (phase.rs: Loading → Active → Stopping,
-//! with the transitions documented there).
+//! with the transitions documented there). Agent steps (agent.rs) decide in the same round
+//! and append, and their model and tool calls are made the same way: only after their
+//! started event is durable.
 
+mod agent;
 mod drive;
 mod outbox;
 mod phase;
@@ -49,11 +52,8 @@ impl Drop for GoneGuard {
             .exit
             .take()
             .unwrap_or(Exit::Crashed(CrashReason::Panic));
-        self.registry.do_send(ActorGone {
-            job_id: self.job_id,
-            token: self.token,
-            exit,
-        });
+        self.registry
+            .do_send(ActorGone::new(self.job_id, self.token, exit));
     }
 }
 
@@ -299,8 +299,9 @@ fn store_reason(error: &StoreError) -> &'static str {
 impl Actor for JobActor {
     type Context = Context<Self>;
 
+    // Alive job actors are counted by the registry, which also sees those a panic ended
+    // (their `stopped` never runs).
     fn started(&mut self, ctx: &mut Context<Self>) {
-        metrics::gauge!(metric::ACTORS_ALIVE, "kind" => "job").increment(1.0);
         let store = self.worker.store.clone();
         let job = self.job_id;
         let preload = self.preload.take();
@@ -316,10 +317,6 @@ impl Actor for JobActor {
             })
             .map(move |loaded, act: &mut JobActor, ctx| act.on_loaded(loaded, loading_since, ctx)),
         );
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        metrics::gauge!(metric::ACTORS_ALIVE, "kind" => "job").decrement(1.0);
     }
 }
 

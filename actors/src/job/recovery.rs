@@ -10,6 +10,7 @@ use super::JobActor;
 use crate::messages::Reconcile;
 use crate::tools::{Invocation, Reconciled, ToolEntry};
 use actix::prelude::*;
+use aetheris_runtime::agent::{recover_agents, AgentRecovery, ChildAttempt};
 use aetheris_runtime::template::resolve;
 use aetheris_runtime::{recover, Attempt, JobState, Recovery, ToolOutcome};
 use serde_json::Value;
@@ -20,6 +21,12 @@ const RECONCILE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The tool to ask, and the call to ask it about.
 type ReconcileRequest = (ToolEntry, Invocation);
+
+/// A call left without a result: a plan step's, or an agent step's tool call.
+enum Unresolved {
+    Step(Attempt),
+    Agent(ChildAttempt),
+}
 
 impl JobActor {
     /// Queues the re-starts of reinvocable calls and the outcomes of side_effect calls no
@@ -38,11 +45,33 @@ impl JobActor {
                 },
             }
         }
+        let mut asks: Vec<(Unresolved, ReconcileRequest)> = asks
+            .into_iter()
+            .map(|(call, ask)| (Unresolved::Step(call), ask))
+            .collect();
+        let mut agent_unanswerable = Vec::new();
+        // An agent's model call is asked again with the same key (it is idempotent); its
+        // tool calls follow the rule of plan steps.
+        for recovery in recover_agents(state) {
+            match recovery {
+                AgentRecovery::Ask(call) => restarts.push(call.started_event(self.token)),
+                AgentRecovery::Reinvoke(call) => restarts.push(call.started_event(self.token)),
+                AgentRecovery::Reconcile(call) => {
+                    match self.agent_reconcile_request(state, &call) {
+                        Some(ask) => asks.push((Unresolved::Agent(call), ask)),
+                        None => agent_unanswerable.push(call),
+                    }
+                }
+            }
+        }
         for restart in restarts {
             self.outbox.push(restart);
         }
         for call in &unanswerable {
             self.record(call, ToolOutcome::unrecorded());
+        }
+        for call in &agent_unanswerable {
+            self.record_tool(call, ToolOutcome::unrecorded());
         }
         if !asks.is_empty() {
             self.ask_reconcile(asks, ctx);
@@ -51,7 +80,11 @@ impl JobActor {
 
     /// Asks each tool's reconcile hook about its call, holding every write (`writing`)
     /// until all have answered or timed out; records the answers, then drives on.
-    fn ask_reconcile(&mut self, asks: Vec<(Attempt, ReconcileRequest)>, ctx: &mut Context<Self>) {
+    fn ask_reconcile(
+        &mut self,
+        asks: Vec<(Unresolved, ReconcileRequest)>,
+        ctx: &mut Context<Self>,
+    ) {
         let answers = futures::future::join_all(asks.into_iter().map(
             |(call, (tool, invocation))| async move {
                 let answer = tokio::time::timeout(
@@ -67,7 +100,12 @@ impl JobActor {
             actix::fut::wrap_future(answers).map(|answers, act: &mut JobActor, ctx| {
                 act.set_writing(false);
                 for (call, answer) in answers {
-                    act.record(&call, reconciled_outcome(answer));
+                    match call {
+                        Unresolved::Step(call) => act.record(&call, reconciled_outcome(answer)),
+                        Unresolved::Agent(call) => {
+                            act.record_tool(&call, reconciled_outcome(answer))
+                        }
+                    }
                 }
                 act.drive(ctx);
             }),

@@ -95,9 +95,8 @@ impl JobActor {
         let outcome = match answer {
             Ok(output) => ToolOutcome::Succeeded(output),
             Err(error) => {
+                // Counted where it was caught (tools.rs).
                 if error.panicked {
-                    metrics::counter!(metric::ACTOR_PANICS, "kind" => "tool", "reason" => "panic")
-                        .increment(1);
                     self.phase.crash_after_flush(CrashReason::ToolPanic);
                 }
                 ToolOutcome::from(error)

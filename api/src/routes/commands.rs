@@ -1,6 +1,8 @@
 //! Commands for a job: cancel, signal, confirm. Each is stored durably before the 202
 //! (G1) and then applied by the worker holding the job's lease under its fencing token
 //! (G3); a job nobody runs is claimed to apply it. Who acted is the token's `sub`.
+//! The checks and the store call of each live in one function ([`cancel_job`],
+//! [`signal_job`], [`confirm_step`]) that the API handlers and the trace UI both call.
 //!
 //! Cancel and signal accept an empty body (all defaults); confirm requires one. Sizes are
 //! capped here so a command can never carry more than a few hundred KiB into a job's log.
@@ -9,11 +11,11 @@ use super::{
     acting_as, check_name, parse_id, schema, Access, Answer, AppState, Caller, HttpMethod,
     RouteSpec,
 };
-use crate::auth::Permission;
+use crate::auth::{Permission, Principal};
 use crate::body::Presence;
 use crate::problem::ApiError;
 use actix_web::{web, HttpRequest, HttpResponse};
-use aetheris_runtime::{ConfirmOutcome, StepStatus};
+use aetheris_runtime::{ConfirmOutcome, JobId, StepStatus};
 use aetheris_store::{AuditEntry, CommandBody, Scope};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,8 +23,11 @@ use serde_json::Value;
 
 /// Longest cancel reason and confirmation note, in bytes.
 pub const MAX_REASON_BYTES: usize = 1024;
-/// Longest signal name and signal id.
+/// Longest signal id.
 pub const MAX_SIGNAL_NAME: usize = 128;
+/// Longest signal name: an agent's approval (`approve:<step>.<turn>.<call>`) is longer
+/// than a step id.
+pub const MAX_SIGNAL_NAME_WITH_CALL: usize = 200;
 /// Largest signal payload, as JSON text.
 pub const MAX_SIGNAL_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Largest confirmed output, as JSON text.
@@ -107,9 +112,20 @@ async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     let r: CancelRequest = crate::body::json_optional(&req, payload, st.body, "cancel").await?;
+    Ok(HttpResponse::Accepted().json(cancel_job(&st, &p, id, r).await?))
+}
+
+/// Checks and stores a cancel for job `id` of `p`'s tenant (404 for another tenant's job,
+/// 409 for a finished one) with its audit row; the one code path of the API and the UI.
+pub async fn cancel_job(
+    st: &AppState,
+    p: &Principal,
+    id: JobId,
+    r: CancelRequest,
+) -> Result<CancelAccepted, ApiError> {
     let reason = r.reason.unwrap_or_else(|| "no reason given".into());
     check_len("reason", &reason, MAX_REASON_BYTES)?;
-    let by = acting_as(&st, &p, r.by)?;
+    let by = acting_as(st, p, r.by)?;
     let cmd = st
         .store
         .put_command(
@@ -124,12 +140,12 @@ async fn cancel(
             )),
         )
         .await?;
-    Ok(HttpResponse::Accepted().json(CancelAccepted {
+    Ok(CancelAccepted {
         job_id: id.to_string(),
         command_id: cmd.id,
         status: "cancel_requested".into(),
         created_at_ms: cmd.created_at_ms,
-    }))
+    })
 }
 
 /// `POST /v1/jobs/{id}/signals/{name}`.
@@ -169,8 +185,20 @@ async fn signal(
 ) -> Result<HttpResponse, ApiError> {
     let (raw_id, name) = path.into_inner();
     let id = parse_id(&raw_id)?;
-    check_name("signal name", &name, MAX_SIGNAL_NAME)?;
     let r: SignalRequest = crate::body::json_optional(&req, payload, st.body, "signal").await?;
+    Ok(HttpResponse::Accepted().json(signal_job(&st, &p, id, name, r).await?))
+}
+
+/// Checks and stores signal `name` for job `id` of `p`'s tenant with its audit row; the
+/// one code path of the API and the UI.
+pub async fn signal_job(
+    st: &AppState,
+    p: &Principal,
+    id: JobId,
+    name: String,
+    r: SignalRequest,
+) -> Result<SignalAccepted, ApiError> {
+    check_signal_name(&name)?;
     check_len(
         "payload (as JSON text)",
         &r.payload.to_string(),
@@ -183,7 +211,7 @@ async fn signal(
         }
         None => uuid::Uuid::now_v7().to_string(),
     };
-    let by = acting_as(&st, &p, r.by)?;
+    let by = acting_as(st, p, r.by)?;
     let cmd = st
         .store
         .put_command(
@@ -203,12 +231,28 @@ async fn signal(
             )),
         )
         .await?;
-    Ok(HttpResponse::Accepted().json(SignalAccepted {
+    Ok(SignalAccepted {
         job_id: id.to_string(),
         signal: name,
         signal_id,
         command_id: cmd.id,
-    }))
+    })
+}
+
+/// A signal name: `[A-Za-z0-9_.-]`, and `:` (an agent's `approve:<call>`), 1-200 long.
+fn check_signal_name(v: &str) -> Result<(), ApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= MAX_SIGNAL_NAME_WITH_CALL
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "signal name {:?} must be 1-{MAX_SIGNAL_NAME_WITH_CALL} characters of [A-Za-z0-9_.:-]",
+            crate::problem::clip(v, 64)
+        )))
+    }
 }
 
 /// `POST /v1/jobs/{id}/steps/{step}/confirm`.
@@ -249,6 +293,19 @@ async fn confirm(
     let id = parse_id(&raw_id)?;
     let r: ConfirmRequest =
         crate::body::json_required(&req, payload, st.body, "confirmation").await?;
+    Ok(HttpResponse::Accepted().json(confirm_step(&st, &p, id, step, r).await?))
+}
+
+/// Checks and stores the confirmation of `step` of job `id` of `p`'s tenant with its audit
+/// row (409 unless the step is `outcome_unknown` with no confirmation pending); the one
+/// code path of the API and the UI.
+pub async fn confirm_step(
+    st: &AppState,
+    p: &Principal,
+    id: JobId,
+    step: String,
+    r: ConfirmRequest,
+) -> Result<ConfirmAccepted, ApiError> {
     let outcome = r.outcome;
     if outcome == ConfirmOutcome::NotExecuted && r.output.is_some() {
         return Err(ApiError::BadRequest(
@@ -266,7 +323,8 @@ async fn confirm(
         check_len("note", n, MAX_REASON_BYTES)?;
     }
     let state = super::jobs::job_state(&st.store, &p.tenant, id).await?;
-    let status = state.steps.get(&step).map(|s| s.status).ok_or_else(|| {
+    // A plan step, or an agent step's tool call (`step.turn.index`).
+    let status = state.status_of(&step).ok_or_else(|| {
         ApiError::NotFound(format!(
             "job {id} has no step {:?}",
             crate::problem::clip(&step, 64)
@@ -287,7 +345,7 @@ async fn confirm(
             "step {step:?} already has a confirmation pending"
         )));
     }
-    let by = acting_as(&st, &p, r.by)?;
+    let by = acting_as(st, p, r.by)?;
     let cmd = st
         .store
         .put_command(
@@ -308,9 +366,9 @@ async fn confirm(
             )),
         )
         .await?;
-    Ok(HttpResponse::Accepted().json(ConfirmAccepted {
+    Ok(ConfirmAccepted {
         job_id: id.to_string(),
         step,
         command_id: cmd.id,
-    }))
+    })
 }

@@ -8,7 +8,8 @@
 //! 404); the package is built by the store-level exporter (`aetheris_store::evidence`),
 //! off the HTTP workers; an export answers only after its `evidence.export` audit row is
 //! written; without a signing key the export and checkpoint routes answer 503 and the
-//! rest of the gateway works.
+//! rest of the gateway works. An export that fails on the server's side is counted by
+//! stage (`aetheris_evidence_export_failures_total{stage}`).
 
 use super::{parse_id, schema, Access, Answer, AppState, Caller, HttpMethod, RouteSpec};
 use crate::auth::Permission;
@@ -202,19 +203,41 @@ async fn export(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     let redact = redactions(req.query_string())?;
-    let key = signing_key(&st)?;
+    let zip = export_package(&st, &p, id, &redact).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/zip")
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"{id}.evidence.zip\""),
+        ))
+        .body(zip))
+}
+
+/// The one export of a job's package for `caller` (the API route and the trace UI): read
+/// in the caller's tenant (404 across tenants, 409 while the job runs), built and signed
+/// off the async threads, and handed out only once its `evidence.export` audit row is
+/// written.
+pub async fn export_package(
+    st: &AppState,
+    p: &crate::auth::Principal,
+    id: aetheris_runtime::JobId,
+    redact: &[String],
+) -> Result<Vec<u8>, ApiError> {
+    let key = signing_key(st).map_err(failed("key"))?;
     let evidence = JobEvidence::gather(
         st.store.as_ref(),
         Scope::Tenant(&p.tenant),
         id,
-        &redact,
+        redact,
         &exporter(),
     )
-    .await?;
+    .await
+    .map_err(|e| failed("store")(e.into()))?;
     let zip = web::block(move || evidence.build(&key))
         .await
-        .map_err(|e| ApiError::Internal(format!("building the package: {e}")))?
-        .map_err(refused)?;
+        .map_err(|e| ApiError::Internal(format!("building the package: {e}")))
+        .and_then(|built| built.map_err(refused))
+        .map_err(failed("build"))?;
     // The package is handed out only once its export is on the record.
     st.store
         .record_audit(&AuditEntry::ok(
@@ -223,14 +246,45 @@ async fn export(
             "evidence.export",
             id.to_string(),
         ))
-        .await?;
-    Ok(HttpResponse::Ok()
-        .content_type("application/zip")
-        .insert_header((
-            "Content-Disposition",
-            format!("attachment; filename=\"{id}.evidence.zip\""),
-        ))
-        .body(zip))
+        .await
+        .map_err(|e| failed("audit")(e.into()))?;
+    Ok(zip)
+}
+
+/// The stages of an export that can fail on the server's side (the `stage` label of
+/// `aetheris_evidence_export_failures_total`).
+pub const EXPORT_STAGES: [&str; 4] = ["key", "store", "build", "audit"];
+
+/// Counts an export that failed at `stage` on the server's side (a 5xx); the caller's own
+/// mistakes (an unknown job, a running job, a bad redaction) are not failures.
+fn failed(stage: &'static str) -> impl Fn(ApiError) -> ApiError {
+    move |e| {
+        if actix_web::ResponseError::status_code(&e).is_server_error() {
+            metrics::counter!(aetheris_actors::metrics::EVIDENCE_EXPORT_FAILURES, "stage" => stage)
+                .increment(1);
+        }
+        e
+    }
+}
+
+/// The trace UI's evidence: the gateway's own export, verified with its own public key.
+pub struct GatewayEvidence {
+    pub public_key: [u8; 32],
+}
+
+impl crate::ui::EvidenceExport for GatewayEvidence {
+    fn export<'a>(
+        &'a self,
+        st: &'a AppState,
+        caller: &'a crate::auth::Principal,
+        id: aetheris_runtime::JobId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, ApiError>> + 'a>> {
+        Box::pin(export_package(st, caller, id, &[]))
+    }
+
+    fn public_keys(&self) -> Vec<[u8; 32]> {
+        vec![self.public_key]
+    }
 }
 
 async fn checkpoint(p: Caller, st: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -193,7 +193,7 @@ async fn submit(
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct StepView {
     pub id: String,
-    /// The tool of a tool step; absent for waits and sleeps.
+    /// The tool of a tool step (`agent` for an agent step); absent for waits and sleeps.
     pub tool: Option<String>,
     /// pending, running, waiting, sleeping, succeeded, failed, outcome_unknown, or
     /// cancelled (a step that had not finished when its job was cancelled).
@@ -206,6 +206,9 @@ pub struct StepView {
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
     pub deadline_ms: Option<i64>,
+    /// An agent step's loop: its turns, tool calls, tokens and what it waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<super::agents::AgentView>,
 }
 
 /// A job: its summary plus the folded state of every step.
@@ -243,7 +246,10 @@ impl JobView {
                 );
                 Some(StepView {
                     id: spec.id.clone(),
-                    tool: spec.tool.clone(),
+                    tool: spec
+                        .tool
+                        .clone()
+                        .or_else(|| spec.agent.as_ref().map(|_| "agent".to_string())),
                     status: if cancelled && unfinished {
                         "cancelled".into()
                     } else {
@@ -257,6 +263,10 @@ impl JobView {
                     started_at_ms: st.started_at_ms,
                     finished_at_ms: st.finished_at_ms,
                     deadline_ms: st.deadline_ms,
+                    agent: st
+                        .agent
+                        .as_deref()
+                        .map(|a| super::agents::agent_view(state, a)),
                 })
             })
             .collect();

@@ -4,20 +4,23 @@
 //! the route table of docs/auth.md ([`render_route_table`]) and the OpenAPI document
 //! (`openapi.rs`). A permission is therefore written once and is the one enforced.
 //!
-//! Handlers live one file per resource (jobs, commands, evidence, tenants, users, audit,
-//! ops). They
-//! parse and validate fully before touching the store, scope every store call by the
+//! Handlers live one file per resource (jobs, commands, evidence, tenants, providers,
+//! agents, users, audit, ops, system). They parse and validate fully before touching the
+//! store, scope every store call by the
 //! caller's tenant (G6), and answer errors as problem+json. Every mutating call hands the
 //! store an `AuditEntry` written in the same transaction as the change; a refused
 //! permission writes a `denied` row. Who acted (`by` of cancels, signals and
 //! confirmations) is the token's `sub`; without auth (dev/tests) every caller is an admin
 //! of `default`.
 
+pub mod agents;
 pub mod audit;
 pub mod commands;
 pub mod evidence;
 pub mod jobs;
 pub mod ops;
+pub mod providers;
+pub mod system;
 pub mod tenants;
 pub mod users;
 
@@ -59,6 +62,10 @@ pub struct AppState {
     /// The key evidence packages and checkpoints are signed with (`None`: those routes
     /// answer 503).
     pub evidence_key: Option<Arc<aetheris_proof::SigningKey>>,
+    /// Model calls of replay-diff (the providers this process knows, tenants' own too).
+    pub llm: aetheris_actors::llm::LlmRuntime,
+    /// The tools as models are offered them (replay-diff offers the recorded steps' tools).
+    pub agent_tools: Arc<aetheris_actors::tools::ToolDecls>,
 }
 
 /// The tool catalog of a node, as plan validation sees it.
@@ -96,6 +103,7 @@ pub enum HttpMethod {
     Get,
     Post,
     Put,
+    Delete,
 }
 
 impl HttpMethod {
@@ -104,6 +112,7 @@ impl HttpMethod {
             HttpMethod::Get => "GET",
             HttpMethod::Post => "POST",
             HttpMethod::Put => "PUT",
+            HttpMethod::Delete => "DELETE",
         }
     }
 
@@ -113,6 +122,7 @@ impl HttpMethod {
             HttpMethod::Get => Method::GET,
             HttpMethod::Post => Method::POST,
             HttpMethod::Put => Method::PUT,
+            HttpMethod::Delete => Method::DELETE,
         }
     }
 }
@@ -314,6 +324,10 @@ pub static ROUTES: &[RouteSpec] = &[
     tenants::LIST,
     tenants::CREATE,
     tenants::SET_LIMITS,
+    providers::LIST,
+    providers::PUT,
+    providers::DELETE,
+    agents::REPLAY,
     evidence::GET_POLICY,
     evidence::SET_POLICY,
     evidence::CHECKPOINT,
@@ -321,6 +335,7 @@ pub static ROUTES: &[RouteSpec] = &[
     users::LIST,
     users::PUT,
     audit::LIST,
+    system::ACTORS,
 ];
 
 /// Registers every route of [`ROUTES`] and the problem+json 404 for anything else.
@@ -452,16 +467,59 @@ fn anonymous_admin() -> Principal {
     }
 }
 
-/// Verifies the bearer token, checks the route's permission (and system tenant), and
-/// returns the caller. A refusal of a verified caller writes a `denied` audit row.
+/// Verifies the request's bearer token (`Authorization` header), checks the route's
+/// permission (and system tenant), and returns the caller. A refusal of a verified caller
+/// writes a `denied` audit row.
 async fn authorize(
     req: &HttpRequest,
     st: &AppState,
     access: Access,
 ) -> Result<Principal, ApiError> {
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    authorize_bearer(st, header, access, req.path()).await
+}
+
+/// The one authorization of the gateway, for any front end that holds a bearer token: the
+/// API (the `Authorization` header) and the trace UI (its session cookie's token, passed as
+/// `Bearer …`). Verifies the token and the caller's tenant and user row
+/// ([`authenticate_bearer`]), then the permission of `access` ([`refusal`]); a refused
+/// verified caller gets a `denied` audit row naming `target` (the path asked for).
+pub async fn authorize_bearer(
+    st: &AppState,
+    authorization: Option<&str>,
+    access: Access,
+    target: &str,
+) -> Result<Principal, ApiError> {
     let Some(perm) = access.permission() else {
         return Ok(anonymous_admin());
     };
+    let p = authenticate_bearer(st, authorization).await?;
+    if let Some(why) = refusal(&p, access) {
+        // The attempt is audited; failing to write the row must not turn a 403 into a
+        // 500, so it is logged instead.
+        let denied = AuditEntry {
+            result: "denied".into(),
+            ..AuditEntry::ok(&p.tenant, &p.sub, perm.as_str(), target)
+        };
+        if let Err(err) = st.store.record_audit(&denied).await {
+            tracing::error!(error = %err, "could not write the audit row of a denied request");
+        }
+        return Err(ApiError::Forbidden(why));
+    }
+    Ok(p)
+}
+
+/// Who a bearer token is, as every request sees it: the token verifies (401 otherwise),
+/// its tenant exists, and its user row (if any) is not disabled and narrows its
+/// permissions to those the row's roles grant (revocation without rotating keys). No
+/// permission is checked. Without auth (dev and tests) everyone is an admin of `default`.
+pub async fn authenticate_bearer(
+    st: &AppState,
+    authorization: Option<&str>,
+) -> Result<Principal, ApiError> {
     let Some(cfg) = &st.auth else {
         return Ok(anonymous_admin());
     };
@@ -469,15 +527,10 @@ async fn authorize(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    let mut p = crate::auth::authenticate(cfg, header, now)
+    let mut p = crate::auth::authenticate(cfg, authorization, now)
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     // One read: the token's tenant must exist, and a user row (if any) narrows the
-    // token's permissions to those its roles grant, or refuses a disabled user
-    // (revocation without rotating keys).
+    // token's permissions to those its roles grant, or refuses a disabled user.
     let access_row = st.store.access(&p.tenant, &p.sub).await?;
     if !access_row.tenant_exists {
         return Err(ApiError::Unauthorized(format!(
@@ -499,26 +552,21 @@ async fn authorize(
                 .collect(),
         );
     }
-    let refusal = match p.require(perm) {
+    Ok(p)
+}
+
+/// Why `p` may not use a route of this `access` (its permission, and for
+/// [`Access::System`] the system tenant), or `None` if it may. The one rule: the router
+/// enforces it, and the trace UI asks it to decide which actions to offer.
+pub fn refusal(p: &Principal, access: Access) -> Option<String> {
+    let perm = access.permission()?;
+    match p.require(perm) {
         Err(e) => Some(e.to_string()),
         Ok(()) if matches!(access, Access::System(_)) && p.tenant != SYSTEM_TENANT => Some(
             format!("this route is for admins of the {SYSTEM_TENANT:?} tenant"),
         ),
         Ok(()) => None,
-    };
-    if let Some(why) = refusal {
-        // The attempt is audited; failing to write the row must not turn a 403 into a
-        // 500, so it is logged instead.
-        let denied = AuditEntry {
-            result: "denied".into(),
-            ..AuditEntry::ok(&p.tenant, &p.sub, perm.as_str(), req.path())
-        };
-        if let Err(err) = st.store.record_audit(&denied).await {
-            tracing::error!(error = %err, "could not write the audit row of a denied request");
-        }
-        return Err(ApiError::Forbidden(why));
     }
-    Ok(p)
 }
 
 /// The identity recorded as `by` of a command: the token's `sub`. A body's own `by` is

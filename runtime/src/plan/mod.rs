@@ -8,6 +8,7 @@
 
 mod validate;
 
+use crate::agent::{AgentSpec, TokenBudget};
 use crate::duration::{HumanDuration, DAY_MS, HOUR_MS};
 use crate::error::PlanError;
 use schemars::JsonSchema;
@@ -102,6 +103,10 @@ pub struct StepSpec {
     pub retry: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
+    /// An agent step: an LLM tool-calling loop (docs/agents.md). `retry` and `timeout`
+    /// apply to each of its model and tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
 }
 
 /// A `wait` step: park until a signal with this name arrives (an approval is a signal).
@@ -122,6 +127,7 @@ pub enum StepKind<'a> {
     Tool { tool: &'a str, args: &'a Value },
     Wait(&'a WaitSpec),
     Sleep(&'a HumanDuration),
+    Agent(&'a AgentSpec),
 }
 
 impl StepSpec {
@@ -135,6 +141,9 @@ impl StepSpec {
         if let Some(w) = &self.wait {
             return Some(StepKind::Wait(w));
         }
+        if let Some(a) = &self.agent {
+            return Some(StepKind::Agent(a));
+        }
         self.sleep.as_ref().map(StepKind::Sleep)
     }
     pub fn retry_policy(&self) -> RetryPolicy {
@@ -147,22 +156,28 @@ impl StepSpec {
 pub struct Plan {
     #[schemars(length(min = 1, max = MAX_STEPS))]
     pub steps: Vec<StepSpec>,
+    /// The job's token budget: all its agent steps' model calls together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<TokenBudget>,
     /// Step id → position, built on the first [`Plan::step`] lookup so run-time lookups are
     /// O(1). Never serialized; shared by clones.
     #[serde(skip)]
     by_id: StepIndex,
 }
 
-/// Equal plans have equal steps; the lookup cache plays no part.
+/// Equal plans have equal steps and budgets; the lookup cache plays no part.
 impl PartialEq for Plan {
     fn eq(&self, other: &Self) -> bool {
-        self.steps == other.steps
+        self.steps == other.steps && self.budget == other.budget
     }
 }
 
 impl fmt::Debug for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Plan").field("steps", &self.steps).finish()
+        f.debug_struct("Plan")
+            .field("steps", &self.steps)
+            .field("budget", &self.budget)
+            .finish()
     }
 }
 
@@ -237,6 +252,7 @@ impl Plan {
     pub fn new(steps: Vec<StepSpec>) -> Plan {
         Plan {
             steps,
+            budget: None,
             by_id: StepIndex::default(),
         }
     }
@@ -469,6 +485,44 @@ mod tests {
             vec!["a", "b", "c"]
         );
         assert!(p.ancestors("a").is_empty() && p.ancestors("nope").is_empty());
+    }
+
+    #[test]
+    fn agent_steps_are_validated_by_path() {
+        let p = plan(json!({"budget": {"tokens": 0}, "steps": [
+            {"id": "a", "tool": "echo"},
+            {"id": "b", "needs": ["a"], "retry": {"max_attempts": 2}, "timeout": "30s",
+             "agent": {"provider": "p", "model": "m", "system": "from ${steps.a.output.x}",
+                       "prompt": "${input.t}", "tools": ["echo", "http"], "approve": ["http"]}},
+            {"id": "c", "effect": "pure", "agent": {"provider": "bad name", "model": "",
+             "prompt": " ", "tools": ["nope", "echo", "echo"], "approve": ["http"],
+             "max_turns": 0, "max_tokens": 0, "budget": {"tokens": 0}, "temperature": 3.5,
+             "system": "${steps.a.output}"}}
+        ]}));
+        let e = paths(&p);
+        let want = [
+            "plan.steps[2]: effect and args apply to tool steps only",
+            "plan.steps[2].agent.provider: provider name \"bad name\"",
+            "plan.steps[2].agent.model: model name must be",
+            "plan.steps[2].agent.prompt: the prompt must not be empty",
+            "plan.steps[2].agent.tools[0]: unknown tool \"nope\"",
+            "plan.steps[2].agent.tools[2]: tool \"echo\" is listed twice",
+            "plan.steps[2].agent.approve[0]: \"http\" is not one of the agent's tools",
+            "plan.steps[2].agent.max_turns: must be between 1 and 1000, got 0",
+            "plan.steps[2].agent.max_tokens: must be between 1 and 1000000, got 0",
+            "plan.steps[2].agent.budget.tokens: must be at least 1",
+            "plan.steps[2].agent.temperature: must be between 0 and 2, got 3.5",
+            "plan.steps[2].agent.system: reference to step \"a\", which this step does not",
+            "plan.budget.tokens: must be at least 1",
+        ];
+        for w in want {
+            assert!(e.iter().any(|m| m.starts_with(w)), "{w} not in {e:#?}");
+        }
+        assert!(!e.iter().any(|m| m.starts_with("plan.steps[1]")), "{e:#?}");
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        let two = plan(json!({"steps": [{"id": "x", "tool": "echo",
+            "agent": {"provider": "p", "model": "m", "prompt": "q"}}]}));
+        assert!(paths(&two)[0].contains("exactly one of"));
     }
 
     #[test]

@@ -34,7 +34,9 @@ pub(super) fn validate(plan: &Plan, tools: &dyn ToolCatalog) -> Vec<PlanError> {
         signal(step, &at, &mut report);
         retry(step, &at, &mut report);
         durations(step, &at, &mut report);
+        agent(step, tools, &at, &mut report);
     }
+    budget(plan, &mut report);
     let graph = needs(plan, &index, &mut report);
     let order = match topological_order(&graph) {
         Ok(order) => order,
@@ -151,7 +153,8 @@ fn within_caps(plan: &Plan, report: &mut Report) -> bool {
     }
     let mut refs = 0;
     for step in &plan.steps {
-        template::visit_strings(&step.args, &mut |_, text| {
+        let (_, templated) = templated(step);
+        template::visit_strings(&templated, &mut |_, text| {
             refs += template::count_references(text)
         });
     }
@@ -205,17 +208,44 @@ fn step_ids<'p>(plan: &'p Plan, report: &mut Report) -> HashMap<&'p str, usize> 
     index
 }
 
-/// Exactly one of tool, wait, sleep; the tool-only fields only on tool steps.
+/// The strings of a step that may hold references, as one JSON value, and the path it
+/// sits at: a tool step's `args`; an agent step's `prompt` and `system`.
+fn templated(step: &StepSpec) -> (&'static str, std::borrow::Cow<'_, serde_json::Value>) {
+    match &step.agent {
+        Some(a) => {
+            let mut o = serde_json::Map::new();
+            o.insert("prompt".into(), a.prompt.clone().into());
+            if let Some(system) = &a.system {
+                o.insert("system".into(), system.clone().into());
+            }
+            (
+                ".agent",
+                std::borrow::Cow::Owned(serde_json::Value::Object(o)),
+            )
+        }
+        None => (".args", std::borrow::Cow::Borrowed(&step.args)),
+    }
+}
+
+/// Exactly one of tool, wait, sleep, agent; the tool-only fields only on tool steps
+/// (`retry` and `timeout` also on agent steps, for their calls).
 fn step_kind(step: &StepSpec, at: &str, report: &mut Report) {
     let kinds = [
         step.tool.is_some(),
         step.wait.is_some(),
         step.sleep.is_some(),
+        step.agent.is_some(),
     ];
     if kinds.iter().filter(|set| **set).count() != 1 {
         report.push(
             &[at],
-            "a step must have exactly one of \"tool\", \"wait\", \"sleep\"",
+            "a step must have exactly one of \"tool\", \"wait\", \"sleep\", \"agent\"",
+        );
+    }
+    if step.agent.is_some() && (step.effect.is_some() || !step.args.is_null()) {
+        report.push(
+            &[at],
+            "effect and args apply to tool steps only (an agent's tools keep their own effect)",
         );
     }
     let tool_only = step.retry.is_some()
@@ -235,6 +265,94 @@ fn tool(step: &StepSpec, tools: &dyn ToolCatalog, at: &str, report: &mut Report)
         if tools.effect_class(name).is_none() {
             report.push(&[at, ".tool"], format!("unknown tool {}", quoted(name)));
         }
+    }
+}
+
+/// An agent step's spec: provider and model named, tools known (and each once), approvals
+/// among its tools, turns, tokens and temperature within bounds.
+fn agent(step: &StepSpec, tools: &dyn ToolCatalog, at: &str, report: &mut Report) {
+    use crate::agent::{
+        MAX_AGENT_TOOLS, MAX_AGENT_TURNS, MAX_MAX_TOKENS, MAX_MODEL_NAME, MAX_PROVIDER_NAME,
+    };
+    let Some(a) = &step.agent else {
+        return;
+    };
+    if !is_id(&a.provider, &['.']) || a.provider.len() > MAX_PROVIDER_NAME {
+        report.push(
+            &[at, ".agent.provider"],
+            format!(
+                "provider name {} must be 1-{MAX_PROVIDER_NAME} characters of [A-Za-z0-9_.-]",
+                quoted(&a.provider)
+            ),
+        );
+    }
+    if a.model.trim().is_empty() || a.model.len() > MAX_MODEL_NAME {
+        report.push(
+            &[at, ".agent.model"],
+            format!("model name must be 1-{MAX_MODEL_NAME} bytes"),
+        );
+    }
+    if a.prompt.trim().is_empty() {
+        report.push(&[at, ".agent.prompt"], "the prompt must not be empty");
+    }
+    if a.tools.len() > MAX_AGENT_TOOLS {
+        report.push(
+            &[at, ".agent.tools"],
+            format!("at most {MAX_AGENT_TOOLS} tools, got {}", a.tools.len()),
+        );
+    }
+    for (i, name) in a.tools.iter().enumerate() {
+        let path = format!(".agent.tools[{i}]");
+        if tools.effect_class(name).is_none() {
+            report.push(&[at, &path], format!("unknown tool {}", quoted(name)));
+        } else if a.tools[..i].contains(name) {
+            report.push(
+                &[at, &path],
+                format!("tool {} is listed twice", quoted(name)),
+            );
+        }
+    }
+    for (i, name) in a.approve.iter().enumerate() {
+        if !a.tools.contains(name) {
+            report.push(
+                &[at, &format!(".agent.approve[{i}]")],
+                format!("{} is not one of the agent's tools", quoted(name)),
+            );
+        }
+    }
+    if let Some(n) = a.max_turns {
+        if !(1..=MAX_AGENT_TURNS).contains(&n) {
+            report.push(
+                &[at, ".agent.max_turns"],
+                format!("must be between 1 and {MAX_AGENT_TURNS}, got {n}"),
+            );
+        }
+    }
+    if let Some(n) = a.max_tokens {
+        if !(1..=MAX_MAX_TOKENS).contains(&n) {
+            report.push(
+                &[at, ".agent.max_tokens"],
+                format!("must be between 1 and {MAX_MAX_TOKENS}, got {n}"),
+            );
+        }
+    }
+    if a.budget.is_some_and(|b| b.tokens == 0) {
+        report.push(&[at, ".agent.budget.tokens"], "must be at least 1");
+    }
+    if let Some(t) = a.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            report.push(
+                &[at, ".agent.temperature"],
+                format!("must be between 0 and 2, got {t}"),
+            );
+        }
+    }
+}
+
+/// The plan's job budget, if any, is at least one token.
+fn budget(plan: &Plan, report: &mut Report) {
+    if plan.budget.is_some_and(|b| b.tokens == 0) {
+        report.push(&["plan.budget.tokens"], "must be at least 1");
     }
 }
 
@@ -460,8 +578,9 @@ fn references(
     report: &mut Report,
 ) {
     for (i, step) in plan.steps.iter().enumerate() {
-        let at = format!("plan.steps[{i}].args");
-        template::visit_strings(&step.args, &mut |json_path, text| {
+        let (field, templated) = templated(step);
+        let at = format!("plan.steps[{i}]{field}");
+        template::visit_strings(&templated, &mut |json_path, text| {
             for reference in template::references(text) {
                 let problem = match reference {
                     Ok(Reference::Input(_)) => None,

@@ -1,8 +1,10 @@
 //! The storage contract, one small trait per concern (restate's storage-api idea):
 //! [`JobLog`] (jobs, events, snapshots, the ledger), [`Leases`] (claims, heartbeats, timers,
 //! the store clock), [`Commands`], [`Tenants`], [`Users`] (with the per-request access
-//! lookup), [`Audit`], [`Presence`] (live processes) and [`TransparencyLog`] (each
-//! tenant's log of finished jobs). [`Store`] is all of them, with a
+//! lookup), [`Audit`], [`Presence`] (live processes and what they report),
+//! [`Operations`] (the backlog and unknown outcomes an operator watches),
+//! [`TransparencyLog`] (each tenant's log of finished jobs) and [`LlmStore`] (tenants' LLM
+//! providers and daily token usage). [`Store`] is all of them, with a
 //! blanket impl, so `DynStore = Arc<dyn Store>` serves callers that need several.
 //!
 //! Every backend keeps the same invariants, proven by the conformance suite
@@ -24,6 +26,8 @@ mod audit;
 mod commands;
 mod jobs;
 mod leases;
+mod llm;
+mod operations;
 mod presence;
 mod tenants;
 mod transparency;
@@ -33,7 +37,9 @@ pub use audit::Audit;
 pub use commands::Commands;
 pub use jobs::JobLog;
 pub use leases::Leases;
-pub use presence::Presence;
+pub use llm::LlmStore;
+pub use operations::Operations;
+pub use presence::{Presence, FORGET_AFTER_MS};
 pub use tenants::Tenants;
 pub use transparency::TransparencyLog;
 pub use users::Users;
@@ -49,7 +55,9 @@ pub trait Store:
     + Users
     + Audit
     + Presence
+    + Operations
     + TransparencyLog
+    + LlmStore
     + Send
     + Sync
     + 'static
@@ -64,7 +72,9 @@ impl<T> Store for T where
         + Users
         + Audit
         + Presence
+        + Operations
         + TransparencyLog
+        + LlmStore
         + Send
         + Sync
         + 'static

@@ -12,7 +12,7 @@
 //! - The time is the database clock as the statement reads it (`now()`: the transaction's
 //!   start, one value wherever it is read), stamped as `greatest(now, the job's last
 //!   time)` so times never run backwards within a job, and the hashes are computed around
-//!   it (`aetheris_chain_hashes`, migrations/0011_append_chain.sql).
+//!   it (`aetheris_chain_hashes`, migrations/0013_append_chain.sql).
 //! - Leaves: a finished job's leaf takes the next index of its tenant's log
 //!   (`transparency_heads` row locked by `INSERT … ON CONFLICT DO UPDATE`, tenants in
 //!   order, so transactions never wait for each other's heads in a cycle), gap-free and

@@ -14,7 +14,7 @@
 //!   stores `payload` as the exact JSON text of `EventBody::payload()`, so the stored bytes
 //!   are the hashed bytes and a read-back event verifies with `aetheris_proof::verify_chain`.
 //!   The hashes are computed where the time is read, in the write statement
-//!   (migrations/0011_append_chain.sql), and checked again by the writer.
+//!   (migrations/0013_append_chain.sql), and checked again by the writer.
 //! - Group commit: `append_many` writes the whole batch with one statement; each append is
 //!   planned (fence, seq, ledger, status, chain, timer: `aetheris_runtime::plan_append`,
 //!   the same planner as the embedded store's) in memory *before* anything is written, so
@@ -120,6 +120,8 @@ mod jobs;
 mod known;
 mod leases;
 mod listen;
+mod llm;
+mod operations;
 mod presence;
 mod rows;
 mod submit;

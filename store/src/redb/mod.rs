@@ -15,13 +15,15 @@
 //! Layout: one file per concern — `tables` (table definitions, row and key codecs), `writer`
 //! (the writer thread and its operations), `jobs`, `leases` (claims and timers),
 //! `commands`, `tenants` (with evidence policies), `users`, `audit`, `presence` (live
-//! processes, in memory), `transparency` (each tenant's log of finished jobs). Every
+//! processes and their reports, in memory), `operations` (backlog and unknown outcomes), `transparency` (each tenant's log of finished jobs). Every
 //! append is planned by `aetheris_runtime::plan_append`, the planner PostgreSQL uses too.
 
 mod audit;
 mod commands;
 mod jobs;
 mod leases;
+mod llm;
+mod operations;
 mod presence;
 mod tables;
 mod tenants;

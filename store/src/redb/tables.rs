@@ -48,6 +48,11 @@ pub(super) const TLOG_JOBS: TableDefinition<&[u8], &[u8]> =
 /// Evidence redaction policies: tenant id → JSON array of `PolicyRule`.
 pub(super) const EVIDENCE_POLICY: TableDefinition<&str, &[u8]> =
     TableDefinition::new("evidence_policy");
+/// LLM providers: tenant ‖ 0x00 ‖ name → JSON of `LlmProvider` (no API key).
+pub(super) const LLM_PROVIDERS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("llm_providers");
+/// Daily LLM token usage: tenant ‖ 0x00 ‖ UTC day (8, BE) → tokens (8, BE).
+pub(super) const LLM_USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("llm_token_usage");
 /// Counters: "command_seq", "audit_seq" → u64 (BE); markers of one-time upgrades.
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -161,6 +166,8 @@ pub(super) fn create(db: &Database) -> Result<()> {
         USERS,
         TLOG,
         TLOG_JOBS,
+        LLM_PROVIDERS,
+        LLM_USAGE,
     ] {
         tx.open_table(t).map_err(db_err)?;
     }

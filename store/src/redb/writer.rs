@@ -110,10 +110,12 @@ pub(super) enum WriteOp {
         audit: Option<AuditEntry>,
         reply: oneshot::Sender<Result<User>>,
     },
+    /// LLM providers and daily token usage (`llm.rs`).
+    Llm(super::llm::LlmOp),
 }
 
 /// A reply that is sent only after the batch's commit succeeded (or failed).
-type Deferred = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+pub(super) type Deferred = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
 /// What the writer thread keeps between batches.
 #[derive(Default)]
@@ -138,6 +140,7 @@ fn tenant_of(op: &WriteOp, st: &WriterState) -> Option<Arc<str>> {
         },
         WriteOp::RecordAudit { entry, .. } => Some(Arc::from(entry.tenant.as_str())),
         WriteOp::PutUser { user, .. } => Some(Arc::from(user.tenant.as_str())),
+        WriteOp::Llm(op) => Some(Arc::from(op.tenant())),
         WriteOp::Claim { .. }
         | WriteOp::Heartbeat { .. }
         | WriteOp::Release { .. }
@@ -230,7 +233,7 @@ fn commit_failed(e: &StoreError) -> StoreError {
 /// A store failure (`Backend`, `Unavailable`) inside an operation may leave partial writes in the shared
 /// transaction, so it fails the whole batch (nobody is told "ok" for a commit that did not
 /// happen as computed); other errors are the operation's own answer, given before it wrote.
-fn lift<T>(r: Result<T>) -> Result<Result<T>> {
+pub(super) fn lift<T>(r: Result<T>) -> Result<Result<T>> {
     match r {
         Err(e) if e.is_store_failure() => Err(e),
         other => Ok(other),
@@ -239,7 +242,7 @@ fn lift<T>(r: Result<T>) -> Result<Result<T>> {
 
 /// Runs `op` and, if it succeeded, writes its audit row in the same transaction, so the
 /// row exists exactly when the change commits.
-fn audited<T>(
+pub(super) fn audited<T>(
     tx: &WriteTransaction,
     audit: Option<AuditEntry>,
     now: i64,
@@ -397,5 +400,6 @@ fn execute(
             let r = audited(tx, audit, now, || put_user_in(tx, user, now), |_, _| {})?;
             defer(reply, r)
         }
+        WriteOp::Llm(op) => super::llm::execute(tx, op, now)?,
     })
 }

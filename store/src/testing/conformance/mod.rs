@@ -23,6 +23,7 @@ mod evidence;
 mod jobs;
 mod leases;
 mod ledger;
+mod llm;
 mod presence;
 mod tenants;
 
@@ -33,6 +34,7 @@ pub use evidence::*;
 pub use jobs::*;
 pub use leases::*;
 pub use ledger::*;
+pub use llm::*;
 pub use presence::*;
 pub use tenants::*;
 
@@ -79,9 +81,13 @@ pub async fn run_all(store: DynStore) {
     users_are_per_tenant_data(store.clone()).await;
     missing_tenants_are_not_found(store.clone()).await;
     live_processes_are_counted_per_kind(store.clone()).await;
+    process_reports_are_listed(store.clone()).await;
+    operational_figures_show_backlog_and_unknown_outcomes(store.clone()).await;
     finished_jobs_join_their_tenant_log(store.clone()).await;
     concurrent_finishes_get_gap_free_indexes(store.clone()).await;
     evidence_packages_are_the_recorded_history(store.clone()).await;
+    llm_providers_are_per_tenant_data(store.clone()).await;
+    llm_token_reservations_respect_the_daily_limit(store.clone()).await;
     clock_and_size_are_sane(store).await;
 }
 
@@ -115,9 +121,13 @@ macro_rules! conformance_tests {
             users_are_per_tenant_data,
             missing_tenants_are_not_found,
             live_processes_are_counted_per_kind,
+            process_reports_are_listed,
+            operational_figures_show_backlog_and_unknown_outcomes,
             finished_jobs_join_their_tenant_log,
             concurrent_finishes_get_gap_free_indexes,
             evidence_packages_are_the_recorded_history,
+            llm_providers_are_per_tenant_data,
+            llm_token_reservations_respect_the_daily_limit,
             clock_and_size_are_sane,
         );
 

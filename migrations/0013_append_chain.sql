@@ -1,4 +1,4 @@
--- 0011_append_chain: the event hashes of an append, computed where its time is read.
+-- 0013_append_chain: the event hashes of an append, computed where its time is read.
 --
 -- An append is one statement (store/src/pg/append.rs): the job row's fence (token, seq,
 -- chain head, time and status as the writer last saw them), the events, the ledger rows
