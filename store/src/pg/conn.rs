@@ -5,7 +5,7 @@
 //! - Stale statements (DESIGN §8): a statement cached on a connection before a migration
 //!   changed its tables fails with SQLSTATE 0A000 ("cached plan must not change result
 //!   type") or 26000. Every such error clears the statement caches of all pooled
-//!   connections, and [`Conn::cached_query`] (cached statements outside a
+//!   connections, and [`Conn::cached_query`] and [`Conn::cached_execute`] (cached statements outside a
 //!   transaction) re-prepare and run the statement once more: a failed autocommit statement
 //!   changed nothing, so the retry is safe, and a request does not fail because another
 //!   process migrated the schema under it.
@@ -89,6 +89,21 @@ impl Conn {
             .ok_or_else(|| StoreError::Backend("expected one row, got none".into()))
     }
 
+    /// [`Conn::cached_query`] for a statement whose rows are not needed; the rows it changed.
+    pub(crate) async fn cached_execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64> {
+        match self.try_execute(sql, params).await {
+            Err(e) if is_stale_statement(&e) => {
+                self.pool.manager().statement_caches.clear();
+                self.try_execute(sql, params).await.map_err(|e| self.err(e))
+            }
+            other => other.map_err(|e| self.err(e)),
+        }
+    }
+
     async fn try_query(
         &self,
         sql: &str,
@@ -96,6 +111,15 @@ impl Conn {
     ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
         let st = self.client.prepare_cached(sql).await?;
         self.client.query(&st, params).await
+    }
+
+    async fn try_execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        let st = self.client.prepare_cached(sql).await?;
+        self.client.execute(&st, params).await
     }
 
     /// The pooled object, for a caller that manages it itself (the append transaction).
