@@ -13,6 +13,12 @@
 //!   x bigint)` and the script `\set x random(1, 1000000000)` / `INSERT INTO pgb(x) VALUES
 //!   (:x);`, run with `-n -T <s>` at 1 client and at 32 clients (`-j 2`): single-row insert
 //!   commits/s, the ceiling one durable commit per step could reach on this server.
+//! - What the database did per W1 step (`Counters`, read just before and after the
+//!   measured window on a connection of its own): WAL bytes (the insert position, exact
+//!   and cluster-wide), write transactions (transaction ids assigned: every transaction
+//!   that wrote or locked a row) and, when `pg_stat_statements` is loaded, statements
+//!   executed in the run's database (its `calls`; it does not count transaction control
+//!   sent as prepared statements, i.e. the `BEGIN`/`COMMIT` of a locking append).
 
 use crate::report::PgbenchReport;
 use crate::runner::{in_own_system, median, proc_cpu_ms, progress};
@@ -330,6 +336,94 @@ pub fn server_cpu_ms(postmaster: u32) -> Option<f64> {
     Some(total)
 }
 
+/// What the server had done at one moment, as W1 reads it around its window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counters {
+    /// The WAL insert position, in bytes.
+    pub wal_bytes: f64,
+    /// The last transaction id assigned (this read assigns one).
+    pub xid: f64,
+    /// Statements executed in this database so far (`pg_stat_statements`), if loaded.
+    pub statements: Option<f64>,
+}
+
+/// Per W1 step, what the server did between two `Counters` reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PerStep {
+    pub wal_bytes: f64,
+    pub write_transactions: f64,
+    pub statements: Option<f64>,
+}
+
+impl Counters {
+    /// What happened from `self` to `later`, per step: the reads' own transaction and
+    /// statement (one each) are not counted.
+    pub fn per_step(&self, later: &Counters, steps: f64) -> PerStep {
+        let steps = steps.max(1.0);
+        PerStep {
+            wal_bytes: (later.wal_bytes - self.wal_bytes).max(0.0) / steps,
+            write_transactions: (later.xid - self.xid - 1.0).max(0.0) / steps,
+            statements: self
+                .statements
+                .zip(later.statements)
+                .map(|(a, b)| (b - a - 1.0).max(0.0) / steps),
+        }
+    }
+}
+
+/// A connection that reads `Counters` (the run's database): `pg_stat_statements` is
+/// created in it when the server has the library loaded, else statements are not counted.
+pub struct CounterReader {
+    client: tokio_postgres::Client,
+    statements: bool,
+}
+
+impl CounterReader {
+    pub async fn connect(url: &str) -> Result<CounterReader, String> {
+        let client = connect(url).await?;
+        let statements = client
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await
+            .is_ok()
+            && client
+                .query_one("SELECT count(*) FROM pg_stat_statements", &[])
+                .await
+                .is_ok();
+        Ok(CounterReader { client, statements })
+    }
+
+    pub async fn read(&self) -> Result<Counters, String> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::float8, \
+                 pg_current_xact_id()::text::float8",
+                &[],
+            )
+            .await
+            .map_err(|e| format!("server counters: {}", msg(&e)))?;
+        let statements = if self.statements {
+            let r = self
+                .client
+                .query_one(
+                    "SELECT coalesce(sum(calls), 0)::float8 FROM pg_stat_statements \
+                     WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    &[],
+                )
+                .await
+                .map_err(|e| format!("pg_stat_statements: {}", msg(&e)))?;
+            Some(r.get(0))
+        } else {
+            None
+        };
+        Ok(Counters {
+            wal_bytes: row.get(0),
+            xid: row.get(1),
+            statements,
+        })
+    }
+}
+
 /// The `events` table of the run's database, per event.
 pub async fn w7(url: &str) -> Result<W7, String> {
     let c = connect(url).await?;
@@ -367,6 +461,29 @@ mod tests {
         );
         assert_eq!(with_dbname("postgresql://u@h", "x"), "postgresql://u@h/x");
         assert_eq!(with_dbname("host=h user=u", "x"), "host=h user=u dbname=x");
+    }
+
+    #[test]
+    fn counters_per_step_leave_out_their_own_reads() {
+        let a = Counters {
+            wal_bytes: 1_000.0,
+            xid: 10.0,
+            statements: Some(100.0),
+        };
+        let b = Counters {
+            wal_bytes: 3_000.0,
+            xid: 31.0,
+            statements: Some(141.0),
+        };
+        let per = a.per_step(&b, 20.0);
+        assert_eq!(per.wal_bytes, 100.0);
+        assert_eq!(per.write_transactions, 1.0);
+        assert_eq!(per.statements, Some(2.0));
+        let none = Counters {
+            statements: None,
+            ..b
+        };
+        assert_eq!(a.per_step(&none, 20.0).statements, None);
     }
 
     #[test]

@@ -77,6 +77,20 @@ pub struct W1Row {
     pub append_mean_ms: f64,
     /// PostgreSQL: appends per append transaction (group commit across jobs).
     pub appends_per_commit: Option<f64>,
+    /// PostgreSQL: the share of append transactions that were one statement alone (every
+    /// job known to the writer: no lock round trip, no BEGIN/COMMIT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_statement_share: Option<f64>,
+    /// PostgreSQL: statements per step (`pg_stat_statements`, when loaded; without the
+    /// BEGIN/COMMIT of locking appends, which it does not count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statements_per_step: Option<f64>,
+    /// PostgreSQL: transactions that wrote (or locked) rows, per step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_transactions_per_step: Option<f64>,
+    /// PostgreSQL: WAL bytes per step (the whole server's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_bytes_per_step: Option<f64>,
     /// Mean tool call as the job actors saw it (actor messaging included).
     pub tool_call_mean_ms: f64,
     /// Whole store growth per event.
@@ -405,11 +419,33 @@ impl W1Row {
             Some(b) => format!(", {b:.1} appends per commit"),
             None => String::new(),
         };
+        let one = match self.one_statement_share {
+            Some(s) => format!(" ({:.0}% one statement)", s * 100.0),
+            None => String::new(),
+        };
         writeln!(
             f,
-            "  c={:<3} fenced append (queue + commit) {:.3} ms{batching}, tool call {:.3} ms",
+            "  c={:<3} fenced append (queue + commit) {:.3} ms{batching}{one}, tool call {:.3} ms",
             self.concurrency, self.append_mean_ms, self.tool_call_mean_ms,
-        )
+        )?;
+        if let Some(line) = self.server_line() {
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    }
+
+    /// What the database did per step (PostgreSQL only).
+    fn server_line(&self) -> Option<String> {
+        let wal = self.wal_bytes_per_step?;
+        let xacts = self.write_transactions_per_step?;
+        let statements = match self.statements_per_step {
+            Some(s) => format!("{s:.2} statements"),
+            None => "statements not counted (pg_stat_statements not loaded)".to_string(),
+        };
+        Some(format!(
+            "        per step the database ran {statements}, {xacts:.2} write transactions, \
+             {wal:.0} WAL bytes"
+        ))
     }
 }
 
@@ -679,6 +715,10 @@ mod tests {
             cpu_ms_per_step_server: server,
             append_mean_ms: 0.375,
             appends_per_commit: server.map(|_| 2.5),
+            one_statement_share: server.map(|_| 0.875),
+            statements_per_step: server.map(|_| 1.5),
+            write_transactions_per_step: server.map(|_| 1.25),
+            wal_bytes_per_step: server.map(|_| 1400.0),
             tool_call_mean_ms: 0.125,
             bytes_per_event: 321.0,
             payload_bytes_per_event: 45.0,
@@ -816,7 +856,13 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(", 2.5 appends per commit, tool call"),
+            text.contains(", 2.5 appends per commit (88% one statement), tool call"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "per step the database ran 1.50 statements, 1.25 write transactions, 1400 WAL bytes\n"
+            ),
             "{text}"
         );
     }

@@ -3,7 +3,8 @@
 //! p50/p99, CPU-ms per step (this process, plus every process of the PostgreSQL server
 //! when it runs on this machine), where a step's time goes (fenced append, tool call) and
 //! the store's growth per event (which W7 reports). On PostgreSQL each row also carries its
-//! ratio to the same-run pgbench baseline.
+//! ratio to the same-run pgbench baseline, and what the database did per step: statements,
+//! write transactions and WAL bytes (`pg::Counters`).
 //!
 //! The worker runs in this process (no HTTP in the measured path) on a fresh store per
 //! run. C slots each submit a job and wait for it to finish, again and again, so C jobs
@@ -54,6 +55,10 @@ pub struct W1Run {
     pub pg_w7: Option<pg::W7>,
     /// PostgreSQL only: appends per append transaction (group commit across jobs).
     pub appends_per_commit: Option<f64>,
+    /// PostgreSQL only: appends written by one statement alone, per append transaction.
+    pub one_statement_share: Option<f64>,
+    /// PostgreSQL only: what the database did per step.
+    pub server_per_step: Option<pg::PerStep>,
 }
 
 /// W1 at every concurrency: the report's rows, and the runs with the most jobs (W7 reports
@@ -119,6 +124,16 @@ fn row(c: usize, jobs: usize, runs: &[W1Run], pgbench: Option<&PgbenchReport>) -
         cpu_ms_per_step_server: opt_median(runs.iter().map(|w| w.cpu_ms_per_step_server)),
         append_mean_ms: m(|w| w.append_mean_ms),
         appends_per_commit: opt_median(runs.iter().map(|w| w.appends_per_commit)),
+        one_statement_share: opt_median(runs.iter().map(|w| w.one_statement_share)),
+        statements_per_step: opt_median(
+            runs.iter()
+                .map(|w| w.server_per_step.and_then(|p| p.statements)),
+        ),
+        write_transactions_per_step: opt_median(
+            runs.iter()
+                .map(|w| w.server_per_step.map(|p| p.write_transactions)),
+        ),
+        wal_bytes_per_step: opt_median(runs.iter().map(|w| w.server_per_step.map(|p| p.wal_bytes))),
         tool_call_mean_ms: m(|w| w.tool_mean_ms),
         bytes_per_event: m(|w| w.bytes_per_event),
         payload_bytes_per_event: m(|w| w.payload_per_event),
@@ -155,17 +170,20 @@ fn ten_step_plan() -> Result<Plan, String> {
     runner::plan(json!({ "steps": steps }))
 }
 
-/// Appends and append transactions of a PostgreSQL store so far.
-fn batching(pg: &PgStore) -> (u64, u64) {
+/// Appends, append transactions and one-statement transactions of a PostgreSQL store so
+/// far.
+fn batching(pg: &PgStore) -> (u64, u64, u64) {
     let s = pg.append_stats();
-    (s.appends, s.transactions)
+    (s.appends, s.transactions, s.one_statement)
 }
 
 /// The measured window: what is read just before it, to subtract just after it.
 struct Window {
     size: u64,
     server_cpu: Option<f64>,
-    batching: Option<(u64, u64)>,
+    batching: Option<(u64, u64, u64)>,
+    /// PostgreSQL: the connection reading the server's counters, and their values.
+    server: Option<(pg::CounterReader, pg::Counters)>,
     cpu: f64,
     at: Instant,
 }
@@ -176,36 +194,59 @@ struct Spent {
     cpu_ms: f64,
     server_cpu_ms: Option<f64>,
     appends_per_commit: Option<f64>,
+    one_statement_share: Option<f64>,
+    /// The server's counters at the end of the window.
+    server_after: Option<(pg::Counters, pg::Counters)>,
 }
 
 impl Window {
-    async fn open(store: &DynStore, pg: Option<&PgStore>, postmaster: Option<u32>) -> Window {
-        Window {
+    async fn open(
+        store: &DynStore,
+        pg: Option<&PgStore>,
+        pg_url: Option<&str>,
+        postmaster: Option<u32>,
+    ) -> Result<Window, String> {
+        let server = match pg_url {
+            Some(url) => {
+                let reader = pg::CounterReader::connect(url).await?;
+                let before = reader.read().await?;
+                Some((reader, before))
+            }
+            None => None,
+        };
+        Ok(Window {
             size: store.size_bytes().await.unwrap_or(0),
             server_cpu: postmaster.and_then(pg::server_cpu_ms),
             batching: pg.map(batching),
+            server,
             cpu: cpu_ms(),
             at: Instant::now(),
-        }
+        })
     }
 
-    fn close(&self, pg: Option<&PgStore>, postmaster: Option<u32>) -> Spent {
+    async fn close(&self, pg: Option<&PgStore>, postmaster: Option<u32>) -> Result<Spent, String> {
         let wall_s = self.at.elapsed().as_secs_f64();
         let cpu_ms = cpu_ms() - self.cpu;
         let server_cpu_ms = match (self.server_cpu, postmaster.and_then(pg::server_cpu_ms)) {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
-        let appends_per_commit = self
+        let delta = self
             .batching
             .zip(pg.map(batching))
-            .map(|((a0, t0), (a1, t1))| (a1 - a0) as f64 / (t1 - t0).max(1) as f64);
-        Spent {
+            .map(|((a0, t0, o0), (a1, t1, o1))| (a1 - a0, (t1 - t0).max(1), o1 - o0));
+        let server_after = match &self.server {
+            Some((reader, before)) => Some((*before, reader.read().await?)),
+            None => None,
+        };
+        Ok(Spent {
             wall_s,
             cpu_ms,
             server_cpu_ms,
-            appends_per_commit,
-        }
+            appends_per_commit: delta.map(|(a, t, _)| a as f64 / t as f64),
+            one_statement_share: delta.map(|(_, t, o)| o as f64 / t as f64),
+            server_after,
+        })
     }
 }
 
@@ -224,9 +265,9 @@ async fn once(
     let (worker, feed) =
         runner::start_worker(store.clone(), runner::tools_with_noop(), config, 65_536).await?;
     let plan = ten_step_plan()?;
-    let window = Window::open(&store, pg_store.as_ref(), postmaster).await;
+    let window = Window::open(&store, pg_store.as_ref(), pg_url.as_deref(), postmaster).await?;
     let (latencies, sample_job) = drive(&store, &plan, concurrency, jobs, feed).await?;
-    let spent = window.close(pg_store.as_ref(), postmaster);
+    let spent = window.close(pg_store.as_ref(), postmaster).await?;
     let times = (worker.append_mean_ms(), worker.tool_call_mean_ms());
     worker.drain().await;
     let grown = store
@@ -265,6 +306,10 @@ fn figures(jobs: usize, latencies: Vec<f64>, spent: &Spent, grown: u64) -> W1Run
         tool_mean_ms: 0.0,
         pg_w7: None,
         appends_per_commit: spent.appends_per_commit,
+        one_statement_share: spent.one_statement_share,
+        server_per_step: spent
+            .server_after
+            .map(|(before, after)| before.per_step(&after, steps)),
     }
 }
 
@@ -403,6 +448,8 @@ mod tests {
             cpu_ms: 100.0,
             server_cpu_ms: Some(300.0),
             appends_per_commit: Some(4.0),
+            one_statement_share: Some(0.5),
+            server_after: None,
         };
         let run = figures(10, vec![30.0, 10.0, 20.0], &spent, 2200);
         assert_eq!(run.steps_per_s, 50.0);

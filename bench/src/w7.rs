@@ -78,6 +78,8 @@ mod tests {
             tool_mean_ms: 0.0,
             pg_w7: pg,
             appends_per_commit: None,
+            one_statement_share: None,
+            server_per_step: None,
         }
     }
 

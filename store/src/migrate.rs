@@ -82,6 +82,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0012_llm.sql",
         sql: include_str!("../../migrations/0012_llm.sql"),
     },
+    Migration {
+        name: "0013_append_chain.sql",
+        sql: include_str!("../../migrations/0013_append_chain.sql"),
+    },
 ];
 
 /// The advisory lock key held while migrating ("aetheris" in ASCII).

@@ -180,9 +180,7 @@ impl JobLog for PgStore {
         if batch.is_empty() {
             return Ok(vec![]);
         }
-        super::append::append_batch(&self.pool, &self.stats, batch)
-            .await
-            .map_err(|f| f.error)
+        self.appender.append_batch(batch).await.map_err(|f| f.error)
     }
 
     /// One append, through the group-commit batcher: appends of concurrent jobs share a

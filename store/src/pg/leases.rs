@@ -7,6 +7,7 @@
 //! several job rows locks them in `job_id` order; all times are the database clock.
 
 use super::clock;
+use super::known::KnownJob;
 use super::rows::{col, event_row, lease_row, to_i64, to_u64};
 use super::PgStore;
 use crate::{JobLoad, Lease, Leases, Result, RunningCaps};
@@ -163,6 +164,11 @@ SELECT r.job_id, r.tenant, r.token, r.lease_expires_at
 FROM renewed r JOIN l ON l.job_id = r.job_id ORDER BY l.ord"
 );
 
+/// Release: give back the leases still held under their tokens. A wake-up goes out
+/// (NOTIFY, and the local hint) only if a released job is claimable: a finished or parked
+/// job's release makes nothing claimable, and counts for no tenant's running cap (which
+/// counts claimable jobs only), so waking claimers for it would only cost empty claims.
+/// Returns whether a released job is claimable.
 const RELEASE_SQL: &str = "\
 WITH h AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS h(job_id, token)),
 l AS (
@@ -171,9 +177,10 @@ l AS (
 ),
 released AS (
     UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL FROM l
-    WHERE jobs.job_id = l.job_id RETURNING jobs.job_id
-)
-SELECT (SELECT count(*) FROM released), pg_notify('aetheris_work', '')";
+    WHERE jobs.job_id = l.job_id RETURNING jobs.claimable
+),
+woken AS (SELECT coalesce(bool_or(claimable), false) AS any FROM released)
+SELECT woken.any, CASE WHEN woken.any THEN pg_notify('aetheris_work', '') END FROM woken";
 
 /// Most jobs one claim considers per tenant, beyond `max` (room to skip rows that a
 /// concurrent claimer holds locked).
@@ -325,6 +332,15 @@ impl Leases for PgStore {
         }
         let leases: Vec<Lease> = out.iter().map(|(l, _, _)| l.clone()).collect();
         self.claimed(&leases);
+        // A new job's first append needs no lock round trip: its head is its one event.
+        self.appender
+            .known
+            .put(out.iter().filter_map(|(l, last_seq, events)| {
+                let fresh = events
+                    .first()
+                    .filter(|_| *last_seq == 1 && events.len() == 1)?;
+                Some((l.job_id.0, KnownJob::fresh(&l.tenant, l.token, fresh)?))
+            }));
         Ok(out
             .into_iter()
             .map(|(lease, last_seq, events)| (lease, whole_log(last_seq, events)))
@@ -350,17 +366,23 @@ impl Leases for PgStore {
     }
 
     async fn release(&self, worker: &str, held: &[(JobId, u64)]) -> Result<()> {
+        self.appender.known.forget(held.iter().map(|(j, _)| *j));
         if let Ok(mut t) = self.job_tenants.lock() {
             t.released(held.iter().map(|(j, _)| *j));
         }
+        let mut claimable = true;
         if !held.is_empty() {
             let ids: Vec<Uuid> = held.iter().map(|(j, _)| j.0).collect();
             let tokens: Vec<i64> = held.iter().map(|(_, t)| to_i64(*t)).collect();
             let c = self.conn().await?;
-            c.cached_execute(RELEASE_SQL, &[&ids, &tokens, &worker])
+            let row = c
+                .cached_query_one(RELEASE_SQL, &[&ids, &tokens, &worker])
                 .await?;
+            claimable = col(&row, 0)?;
         }
-        super::fire(&self.hint);
+        if claimable {
+            super::fire(&self.hint);
+        }
         Ok(())
     }
 

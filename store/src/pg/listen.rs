@@ -2,8 +2,11 @@
 //! `aetheris_work` and `aetheris_cmd` and turns notifications into the local hints. It
 //! reconnects with backoff when it drops and fires the work hint after every (re)connect,
 //! since notifications sent while it was away are lost; the hints are only hints (workers
-//! also poll).
+//! also poll). A work notification from one of the store's own pooled connections is
+//! skipped: the submit or release that sent it fired the hint when it committed, and every
+//! firing costs a claim.
 
+use super::OwnBackends;
 use aetheris_runtime::JobId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +19,13 @@ const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Keeps one LISTEN connection alive for the life of the store.
 pub(super) async fn listen_loop(
     config: tokio_postgres::Config,
+    own: OwnBackends,
     hint: Arc<Notify>,
     commands: tokio::sync::broadcast::Sender<JobId>,
 ) {
     let mut delay = LISTEN_BACKOFF_MIN;
     loop {
-        match listen_once(&config, &hint, &commands).await {
+        match listen_once(&config, &own, &hint, &commands).await {
             Ok(()) => {
                 tracing::warn!("aetheris: LISTEN connection closed; reconnecting");
                 delay = LISTEN_BACKOFF_MIN;
@@ -43,6 +47,7 @@ pub(super) async fn listen_loop(
 /// side says whether LISTEN had succeeded, so the backoff resets after a good session.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    own: &OwnBackends,
     hint: &Notify,
     commands: &tokio::sync::broadcast::Sender<JobId>,
 ) -> std::result::Result<(), (tokio_postgres::Error, bool)> {
@@ -65,6 +70,7 @@ async fn listen_once(
                     // A command may make a parked job claimable: wake the claimers too.
                     super::fire(hint);
                 }
+                Some(Ok(AsyncMessage::Notification(n))) if own.contains(n.process_id()) => {}
                 Some(Ok(AsyncMessage::Notification(_))) => super::fire(hint),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err((e, listening)),

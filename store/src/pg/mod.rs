@@ -5,24 +5,28 @@
 //! Invariants kept here, with the same semantics as `RedbStore`:
 //! - G1: every write is one committed PostgreSQL transaction before its future resolves
 //!   (each pooled session forces `synchronous_commit` back on if the server turned it off).
-//! - G3: every append, ledger change and snapshot write re-reads the job's fencing token
-//!   under a row lock in the same transaction and refuses a stale one; a claim bumps the
-//!   token. Time comes only from the database clock (`now()`), never from a worker.
-//! - Gap-free `seq` and the hash chain (G7): an append checks `expected_last_seq` against
-//!   `jobs.last_seq` under the row lock, and stores `payload` as the exact JSON text of
-//!   `EventBody::payload()`, so the stored bytes are the hashed bytes and a read-back event
-//!   verifies with `aetheris_proof::verify_chain`.
-//! - Group commit: `append_many` runs one transaction for the whole batch; each append is
+//! - G3: every append, ledger change and snapshot write checks the job's fencing token
+//!   under the job's row lock in the same transaction and refuses a stale one; a claim
+//!   bumps the token. Time comes only from the database clock (`now()`), never from a
+//!   worker.
+//! - Gap-free `seq` and the hash chain (G7): an append is written only if the job row
+//!   still holds the seq (and token, chain head, time, status) it was planned against, and
+//!   stores `payload` as the exact JSON text of `EventBody::payload()`, so the stored bytes
+//!   are the hashed bytes and a read-back event verifies with `aetheris_proof::verify_chain`.
+//!   The hashes are computed where the time is read, in the write statement
+//!   (migrations/0013_append_chain.sql), and checked again by the writer.
+//! - Group commit: `append_many` writes the whole batch with one statement; each append is
 //!   planned (fence, seq, ledger, status, chain, timer: `aetheris_runtime::plan_append`,
-//!   the same planner as the embedded store's) in memory against the locked rows *before*
-//!   anything is written, so a rejected append writes nothing while the others commit.
-//!   One append transaction is two round trips: BEGIN + row locks + ledger read
-//!   pipelined, then one multi-row `UNNEST` write statement with COMMIT pipelined behind it
-//!   (`append::append_tx`).
+//!   the same planner as the embedded store's) in memory *before* anything is written, so
+//!   a rejected append writes nothing while the others commit. When this process knows
+//!   every job of the batch (`known`: it wrote or claimed it last) the statement alone is
+//!   the transaction, one round trip; otherwise BEGIN + row locks + ledger read come first
+//!   (pipelined), then the statement with COMMIT pipelined behind it (`append`).
 //! - Group commit across jobs: a single `append` goes through a batcher
 //!   (`append::group_commit_worker`): appends queued while a transaction is in flight share the
 //!   next one, so N concurrent jobs share one commit and one WAL flush, each still with
-//!   its own checks. `append_stats` reports appends per transaction.
+//!   its own checks. `append_stats` reports appends per transaction, and how many
+//!   transactions were the one statement alone.
 //! - Stale statements (DESIGN §8): every driver error goes through one mapper
 //!   (`conn::error`), which clears the statement caches on SQLSTATE 0A000/26000, and
 //!   cached statements outside a transaction are prepared again and retried once.
@@ -46,11 +50,14 @@
 //! transaction (delivered at commit) and fire the local `Notify`; a dedicated, non-pooled
 //! connection LISTENs on that channel, reconnects with backoff when it drops and fires the
 //! hint after every (re)connect, since notifications sent while it was away are lost. The
-//! hint is only a hint: workers also poll.
+//! hint is only a hint: workers also poll. A work notification sent by one of this
+//! store's own connections is not fired again (`OwnBackends`): its local hint already was.
 //!
 //! Layout: one file per concern — `conn` (the only pool checkout and error mapper), `rows`
 //! (row decoding), `listen` (LISTEN/NOTIFY), `clock` (the database clock and job ids),
-//! `jobs`, `append` (the append transaction and group commit), `submit` (group submit),
+//! `jobs`, `append` (group commit and the two ways a batch is written), `append_plan` (a
+//! batch planned in memory, as the write's columns), `append_write` (the write statement),
+//! `known` (what this process knows of the jobs it writes), `submit` (group submit),
 //! `batch` (the batchers' fair queue), `leases`, `commands`, `tenants` (with evidence
 //! policies), `users`, `audit`, `presence`, `transparency` (each tenant's log of finished
 //! jobs).
@@ -102,12 +109,15 @@ macro_rules! job_cols {
 }
 
 mod append;
+mod append_plan;
+mod append_write;
 mod audit;
 mod batch;
 mod clock;
 mod commands;
 mod conn;
 mod jobs;
+mod known;
 mod leases;
 mod listen;
 mod llm;
@@ -157,8 +167,9 @@ pub struct PgStore {
     commands: tokio::sync::broadcast::Sender<JobId>,
     /// The group-commit queue of single appends (see `append::group_commit_worker`).
     group: tokio::sync::mpsc::Sender<append::Queued>,
-    /// How appends were batched (see `append_stats`).
-    stats: Arc<append::AppendCounters>,
+    /// The pool, what is known of the jobs written, and how appends were batched (see
+    /// `append_stats`), as the append batchers share them.
+    appender: append::Appender,
     _listener: Arc<ListenerGuard>,
     /// The tenant this store's last claim served last: the next claim's round robin
     /// starts after it (`CURSOR` in the claim statements), so claims with little room
@@ -198,7 +209,8 @@ impl PgStore {
     pub async fn connect(url: &str, pool_size: usize) -> Result<PgStore> {
         let config = session_config(url)?;
         let size = pool_size.max(1);
-        let pool = pool(&config, size)?;
+        let own_backends = OwnBackends::default();
+        let pool = pool(&config, size, own_backends.clone())?;
         // Pre-warm: open every connection now, on this (long-lived) runtime.
         let mut warm = Vec::with_capacity(size);
         for _ in 0..size {
@@ -212,19 +224,25 @@ impl PgStore {
         let (commands, _) = tokio::sync::broadcast::channel(1024);
         let task = tokio::spawn(listen::listen_loop(
             listen_config,
+            own_backends,
             hint.clone(),
             commands.clone(),
         ));
         // The batchers run on this runtime too; they stop when the last clone drops.
         let job_tenants: Arc<Mutex<JobTenants>> = Arc::default();
-        let (group, stats) = append::start_group_commit(&pool, size, job_tenants.clone());
+        let appender = append::Appender {
+            pool: pool.clone(),
+            known: Arc::default(),
+            stats: Arc::default(),
+        };
+        let group = append::start_group_commit(&appender, size, job_tenants.clone());
         let (submits, submit_batches) = submit::start_group_submit(&pool, size, hint.clone());
         Ok(PgStore {
             pool,
             hint,
             commands,
             group,
-            stats,
+            appender,
             _listener: Arc::new(ListenerGuard(task.abort_handle())),
             claim_cursor: Arc::default(),
             job_tenants,
@@ -245,9 +263,11 @@ impl PgStore {
 
     /// How this store's appends were batched so far (group commit).
     pub fn append_stats(&self) -> AppendStats {
+        let stats = &self.appender.stats;
         AppendStats {
-            appends: self.stats.appends.load(Relaxed),
-            transactions: self.stats.transactions.load(Relaxed),
+            appends: stats.appends.load(Relaxed),
+            transactions: stats.transactions.load(Relaxed),
+            one_statement: stats.one_statement.load(Relaxed),
         }
     }
 
@@ -293,8 +313,29 @@ fn session_config(url: &str) -> Result<tokio_postgres::Config> {
     Ok(config)
 }
 
-/// The pool: `size` connections, each set up with `SESSION_SETUP` when it is opened.
-fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
+/// The server process ids of this store's pooled connections. Work notifications they
+/// send (a submit, a release) were already turned into the local hint when they
+/// committed, so the listener does not fire it a second time for them (each firing is a
+/// claim statement).
+#[derive(Clone, Default)]
+pub(super) struct OwnBackends(Arc<Mutex<std::collections::HashSet<i32>>>);
+
+impl OwnBackends {
+    fn add(&self, pid: i32) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid);
+    }
+
+    pub(super) fn contains(&self, pid: i32) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&pid)
+    }
+}
+
+/// The pool: `size` connections, each set up with `SESSION_SETUP` when it is opened, its
+/// server process id noted in `own`.
+fn pool(config: &tokio_postgres::Config, size: usize, own: OwnBackends) -> Result<Pool> {
     let manager = Manager::from_config(
         config.clone(),
         NoTls,
@@ -310,12 +351,21 @@ fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool> {
             create: Some(Duration::from_secs(15)),
             recycle: Some(Duration::from_secs(5)),
         })
-        .post_create(Hook::async_fn(|client, _| {
+        .post_create(Hook::async_fn(move |client, _| {
+            let own = own.clone();
             Box::pin(async move {
                 client
                     .batch_execute(SESSION_SETUP)
                     .await
-                    .map_err(HookError::Backend)
+                    .map_err(HookError::Backend)?;
+                let pid: i32 = client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await
+                    .map_err(HookError::Backend)?
+                    .try_get(0)
+                    .map_err(HookError::Backend)?;
+                own.add(pid);
+                Ok(())
             })
         }))
         .build()
