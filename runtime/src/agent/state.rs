@@ -523,7 +523,8 @@ impl JobState {
     }
 
     /// Applies one agent event (or a confirmation of an agent's tool call). `ledger` is the
-    /// status the event's ledger move leads to, already checked.
+    /// status the event's ledger move leads to, already checked. One method per event
+    /// below; each checks everything before it changes anything.
     pub(crate) fn apply_agent(
         &mut self,
         seq: u64,
@@ -538,32 +539,7 @@ impl JobState {
                 model,
                 messages,
                 error,
-            } => {
-                let spec_ok = self.agent_spec(step).is_some();
-                let st = self.steps.get(step).ok_or_else(|| FoldError::UnknownStep {
-                    seq,
-                    step: step.clone(),
-                })?;
-                if !spec_ok || st.status != StepStatus::Pending || st.agent.is_some() {
-                    return Err(illegal(
-                        seq,
-                        step,
-                        "agent_started for a step that is not a pending agent step",
-                    ));
-                }
-                let new = check_journaled(seq, step, messages, &self.messages)?;
-                let mut agent = AgentState::new(provider, model);
-                let mut journal_view = self.messages.clone_subset();
-                journal_view.extend(new.iter().cloned());
-                let digests: Vec<String> = messages.iter().map(|m| m.digest.clone()).collect();
-                agent.extend(&digests, &journal_view);
-                if let Some(st) = self.steps.get_mut(step) {
-                    st.attempt = 1;
-                    st.started_at_ms = Some(at);
-                }
-                let end = error.as_ref().map(|e| Err(e.clone()));
-                self.agent_commit(step, at, agent, new, end);
-            }
+            } => self.agent_started(seq, at, step, provider, model, messages, error.as_deref()),
             EventBody::AgentModelStarted {
                 step,
                 call,
@@ -576,50 +552,17 @@ impl JobState {
                 request_digest,
                 ..
             } => {
-                let (_, mut agent) = self.agent_copy(seq, step)?;
-                if *turn != agent.answered + 1 || *call != super::model_call_name(step, *turn) {
-                    return Err(illegal(
-                        seq,
-                        step,
-                        format!(
-                            "model call {call} is not the next turn ({})",
-                            agent.answered + 1
-                        ),
-                    ));
-                }
-                if *request_digest != agent.conversation_digest {
-                    return Err(illegal(
-                        seq,
-                        step,
-                        "model call request is not the recorded conversation",
-                    ));
-                }
-                if agent.park.is_some() || !agent.turn_settled() {
-                    return Err(illegal(
-                        seq,
-                        step,
-                        "model call while tool calls or a budget wait are unresolved",
-                    ));
-                }
-                if agent.model_status == ModelStatus::Running
-                    && (agent.model_attempt != *attempt
-                        || agent.model_key.as_deref() != Some(invocation_key))
-                {
-                    return Err(illegal(
-                        seq,
-                        step,
-                        "a running model call restarted as another attempt",
-                    ));
-                }
-                agent.provider = provider.clone();
-                agent.model = model.clone();
-                agent.model_status = ModelStatus::Running;
-                agent.model_attempt = *attempt;
-                agent.model_key = Some(invocation_key.clone());
-                agent.model_ledger = ledger;
-                agent.model_retry_at_ms = None;
-                agent.reserved_tokens = *reserved_tokens;
-                self.agent_commit(step, at, agent, Vec::new(), None);
+                let start = ModelStart {
+                    call,
+                    turn: *turn,
+                    attempt: *attempt,
+                    invocation_key,
+                    provider,
+                    model,
+                    reserved_tokens: *reserved_tokens,
+                    request_digest,
+                };
+                self.model_started(seq, at, step, start, ledger)
             }
             EventBody::AgentModelAnswered {
                 step,
@@ -630,92 +573,15 @@ impl JobState {
                 input_tokens,
                 output_tokens,
             } => {
-                let (spec, mut agent) = self.agent_copy(seq, step)?;
-                if agent.model_status != ModelStatus::Running
-                    || *turn != agent.answered + 1
-                    || *call != super::model_call_name(step, *turn)
-                {
-                    return Err(illegal(
-                        seq,
-                        step,
-                        format!("answer of {call}, which is not running"),
-                    ));
-                }
-                let new = check_journaled(seq, step, messages, &self.messages)?;
-                let mut journal_view = self.messages.clone_subset();
-                journal_view.extend(new.iter().cloned());
-                let answer = messages
-                    .last()
-                    .and_then(|m| journal_view.get(&m.digest))
-                    .filter(|m| m.role == Role::Assistant)
-                    .cloned()
-                    .ok_or_else(|| {
-                        illegal(
-                            seq,
-                            step,
-                            "a model answer must end with an assistant message",
-                        )
-                    })?;
-                let digests: Vec<String> = messages.iter().map(|m| m.digest.clone()).collect();
-                agent.turns.push(TurnRecord {
+                let answer = ModelAnswer {
+                    call,
                     turn: *turn,
-                    provider: agent.provider.clone(),
-                    model: agent.model.clone(),
-                    request_len: agent.conversation.len() as u32,
-                    request_digest: agent.conversation_digest.clone(),
-                    answer: digests.clone(),
+                    attempt: *attempt,
+                    messages,
                     input_tokens: *input_tokens,
                     output_tokens: *output_tokens,
-                    attempts: *attempt,
-                });
-                agent.extend(&digests, &journal_view);
-                agent.answered = *turn;
-                agent.results_of_turn = *turn;
-                agent.model_status = ModelStatus::Idle;
-                // The turn's row is done; the next turn's starts afresh.
-                agent.model_ledger = None;
-                agent.model_attempt = 0;
-                agent.model_error = None;
-                agent.reserved_tokens = 0;
-                agent.input_tokens = agent.input_tokens.saturating_add(*input_tokens);
-                agent.output_tokens = agent.output_tokens.saturating_add(*output_tokens);
-                for (i, tc) in answer.tool_calls.iter().enumerate() {
-                    agent.calls.push(AgentCall {
-                        id: super::tool_call_name(step, *turn, i as u32),
-                        turn: *turn,
-                        index: i as u32,
-                        provider_id: tc.id.clone(),
-                        tool: tc.name.clone(),
-                        arguments: tc.arguments.clone(),
-                        needs_approval: spec.needs_approval(&tc.name),
-                        approved_by: None,
-                        status: CallStatus::Pending,
-                        attempt: 0,
-                        invocation_key: None,
-                        effect: None,
-                        ledger: None,
-                        output: None,
-                        error: None,
-                        retry_at_ms: None,
-                    });
-                }
-                let end = if answer.tool_calls.is_empty() {
-                    Some(Ok(json!({
-                        "answer": answer.content,
-                        "turns": turn,
-                        "usage": {"input_tokens": agent.input_tokens, "output_tokens": agent.output_tokens},
-                    })))
-                } else {
-                    // Results of this turn's calls join the conversation once they settle.
-                    agent.results_of_turn = turn - 1;
-                    (*turn >= spec.max_turns()).then(|| {
-                        Err(format!(
-                            "max_turns ({}) reached and the model still asks for tools",
-                            spec.max_turns()
-                        ))
-                    })
                 };
-                self.agent_commit(step, at, agent, new, end);
+                self.model_answered(seq, at, step, answer)
             }
             EventBody::AgentModelFailed {
                 step,
@@ -726,38 +592,14 @@ impl JobState {
                 budget,
                 ..
             } => {
-                let (_, mut agent) = self.agent_copy(seq, step)?;
-                if agent.model_status != ModelStatus::Running
-                    || *turn != agent.answered + 1
-                    || *call != super::model_call_name(step, *turn)
-                {
-                    return Err(illegal(
-                        seq,
-                        step,
-                        format!("failure of {call}, which is not running"),
-                    ));
-                }
-                agent.model_status = ModelStatus::Idle;
-                agent.model_ledger = ledger;
-                agent.reserved_tokens = 0;
-                agent.model_error = Some(error.clone());
-                let mut end = None;
-                match (budget, retry_after_ms) {
-                    (Some(scope), _) => {
-                        // Refused for budget: not an attempt that counts.
-                        agent.model_attempt = agent.model_attempt.saturating_sub(1);
-                        agent.park = Some(Park {
-                            scope: *scope,
-                            limit: 0,
-                            used: 0,
-                            needed: 0,
-                            until_ms: (*scope == BudgetScope::Tenant).then(|| next_day_ms(at)),
-                        });
-                    }
-                    (None, Some(d)) => agent.model_retry_at_ms = Some(at.saturating_add(*d as i64)),
-                    (None, None) => end = Some(Err(format!("model call failed: {error}"))),
-                }
-                self.agent_commit(step, at, agent, Vec::new(), end);
+                let failure = ModelFailure {
+                    call,
+                    turn: *turn,
+                    error,
+                    retry_after_ms: *retry_after_ms,
+                    budget: *budget,
+                };
+                self.model_failed(seq, at, step, failure, ledger)
             }
             EventBody::AgentToolStarted {
                 step,
@@ -768,36 +610,21 @@ impl JobState {
                 effect,
                 ..
             } => {
-                let (_, mut agent) = self.agent_copy(seq, step)?;
-                let turn = agent.answered;
-                let c = agent
-                    .call_mut(call)
-                    .filter(|c| c.turn == turn && c.tool == *tool)
-                    .ok_or_else(|| illegal(seq, step, format!("start of unknown call {call}")))?;
-                if !matches!(c.status, CallStatus::Pending | CallStatus::Running)
-                    || c.awaits_approval()
-                {
-                    return Err(illegal(
-                        seq,
-                        step,
-                        format!("call {call} cannot start while {}", c.status.as_str()),
-                    ));
-                }
-                c.status = CallStatus::Running;
-                c.attempt = *attempt;
-                c.invocation_key = Some(invocation_key.clone());
-                c.effect = Some(*effect);
-                c.ledger = ledger;
-                c.retry_at_ms = None;
-                c.error = None;
-                self.agent_commit(step, at, agent, Vec::new(), None);
+                let start = ToolStart {
+                    call,
+                    attempt: *attempt,
+                    invocation_key,
+                    tool,
+                    effect: *effect,
+                };
+                self.tool_started(seq, at, step, start, ledger)
             }
             EventBody::AgentToolSucceeded {
                 step, call, output, ..
             } => self.call_result(seq, at, step, call, ledger, CallStatus::Running, |c| {
                 c.status = CallStatus::Succeeded;
                 c.output = Some(output.to_string());
-            })?,
+            }),
             EventBody::AgentToolFailed {
                 step,
                 call,
@@ -813,13 +640,13 @@ impl JobState {
                     }
                     None => c.status = CallStatus::Failed,
                 }
-            })?,
+            }),
             EventBody::AgentToolOutcomeUnknown {
                 step, call, reason, ..
             } => self.call_result(seq, at, step, call, ledger, CallStatus::Running, |c| {
                 c.status = CallStatus::OutcomeUnknown;
                 c.error = Some(reason.clone());
-            })?,
+            }),
             EventBody::AgentToolRefused {
                 step,
                 call,
@@ -837,6 +664,7 @@ impl JobState {
                 if let Some(id) = signal_id {
                     drop_signal(self, &approval_signal(call), id);
                 }
+                Ok(())
             }
             EventBody::AgentToolApproved {
                 step,
@@ -853,6 +681,7 @@ impl JobState {
                     }
                 })?;
                 drop_signal(self, &approval_signal(call), signal_id);
+                Ok(())
             }
             EventBody::AgentBudgetReached {
                 step,
@@ -861,22 +690,14 @@ impl JobState {
                 used,
                 needed,
             } => {
-                let (_, mut agent) = self.agent_copy(seq, step)?;
-                if agent.park.is_some() || agent.model_status == ModelStatus::Running {
-                    return Err(illegal(
-                        seq,
-                        step,
-                        "budget wait while one is open or a model call runs",
-                    ));
-                }
-                agent.park = Some(Park {
+                let park = Park {
                     scope: *scope,
                     limit: *limit,
                     used: *used,
                     needed: *needed,
                     until_ms: None,
-                });
-                self.agent_commit(step, at, agent, Vec::new(), None);
+                };
+                self.budget_reached(seq, at, step, park)
             }
             EventBody::AgentBudgetDecided {
                 step,
@@ -885,63 +706,387 @@ impl JobState {
                 stop,
                 by,
             } => {
-                let (_, mut agent) = self.agent_copy(seq, step)?;
-                let park = agent
-                    .park
-                    .take()
-                    .ok_or_else(|| illegal(seq, step, "budget decision without a budget wait"))?;
-                if let Some(id) = signal_id {
-                    consume_signal(self, seq, step, BUDGET_SIGNAL, id)?;
-                }
-                match park.scope {
-                    BudgetScope::Step => {
-                        agent.extra_tokens = agent.extra_tokens.saturating_add(*raise_tokens)
-                    }
-                    BudgetScope::Job => {
-                        self.extra_job_tokens = self.extra_job_tokens.saturating_add(*raise_tokens)
-                    }
-                    BudgetScope::Tenant => {}
-                }
-                agent.model_error = None;
-                let end = stop.then(|| {
-                    Err(format!(
-                        "stopped at its {} token budget by {}",
-                        park.scope.as_str(),
-                        by.as_deref().unwrap_or("unknown")
-                    ))
-                });
-                if let Some(id) = signal_id {
-                    drop_signal(self, BUDGET_SIGNAL, id);
-                }
-                self.agent_commit(step, at, agent, Vec::new(), end);
+                let decision = BudgetDecision {
+                    signal_id: signal_id.as_deref(),
+                    raise_tokens: *raise_tokens,
+                    stop: *stop,
+                    by: by.as_deref(),
+                };
+                self.budget_decided(seq, at, step, decision)
             }
             EventBody::StepConfirmed {
                 step: call,
                 outcome,
                 output,
                 ..
-            } => {
-                let step = owner_of(call).unwrap_or(call).to_string();
-                self.call_result(
-                    seq,
-                    at,
-                    &step,
-                    call,
-                    ledger,
-                    CallStatus::OutcomeUnknown,
-                    |c| match outcome {
-                        ConfirmOutcome::Succeeded => {
-                            c.status = CallStatus::Succeeded;
-                            c.output = Some(output.clone().unwrap_or(Value::Null).to_string());
-                            c.error = None;
-                        }
-                        ConfirmOutcome::NotExecuted => c.status = CallStatus::Pending,
-                    },
-                )?
-            }
-            _ => {}
+            } => self.call_confirmed(seq, at, call, *outcome, output.as_ref(), ledger),
+            _ => Ok(()),
         }
+    }
+
+    /// `agent_started`: a pending agent step gets its state and first messages.
+    #[allow(clippy::too_many_arguments)]
+    fn agent_started(
+        &mut self,
+        seq: u64,
+        at: i64,
+        step: &str,
+        provider: &str,
+        model: &str,
+        messages: &[JournaledMessage],
+        error: Option<&str>,
+    ) -> Result<(), FoldError> {
+        let spec_ok = self.agent_spec(step).is_some();
+        let st = self.steps.get(step).ok_or_else(|| FoldError::UnknownStep {
+            seq,
+            step: step.to_string(),
+        })?;
+        if !spec_ok || st.status != StepStatus::Pending || st.agent.is_some() {
+            return Err(illegal(
+                seq,
+                step,
+                "agent_started for a step that is not a pending agent step",
+            ));
+        }
+        let new = check_journaled(seq, step, messages, &self.messages)?;
+        let mut agent = AgentState::new(provider, model);
+        let mut journal_view = self.messages.clone_subset();
+        journal_view.extend(new.iter().cloned());
+        let digests: Vec<String> = messages.iter().map(|m| m.digest.clone()).collect();
+        agent.extend(&digests, &journal_view);
+        if let Some(st) = self.steps.get_mut(step) {
+            st.attempt = 1;
+            st.started_at_ms = Some(at);
+        }
+        let end = error.map(|e| Err(e.to_string()));
+        self.agent_commit(step, at, agent, new, end);
         Ok(())
+    }
+
+    /// `agent_model_started`: the next turn's model call starts (or a running one is
+    /// started again under the same attempt and key).
+    fn model_started(
+        &mut self,
+        seq: u64,
+        at: i64,
+        step: &str,
+        s: ModelStart<'_>,
+        ledger: Option<LedgerStatus>,
+    ) -> Result<(), FoldError> {
+        let (_, mut agent) = self.agent_copy(seq, step)?;
+        if s.turn != agent.answered + 1 || s.call != super::model_call_name(step, s.turn) {
+            return Err(illegal(
+                seq,
+                step,
+                format!(
+                    "model call {} is not the next turn ({})",
+                    s.call,
+                    agent.answered + 1
+                ),
+            ));
+        }
+        if s.request_digest != agent.conversation_digest {
+            return Err(illegal(
+                seq,
+                step,
+                "model call request is not the recorded conversation",
+            ));
+        }
+        if agent.park.is_some() || !agent.turn_settled() {
+            return Err(illegal(
+                seq,
+                step,
+                "model call while tool calls or a budget wait are unresolved",
+            ));
+        }
+        if agent.model_status == ModelStatus::Running
+            && (agent.model_attempt != s.attempt
+                || agent.model_key.as_deref() != Some(s.invocation_key))
+        {
+            return Err(illegal(
+                seq,
+                step,
+                "a running model call restarted as another attempt",
+            ));
+        }
+        agent.provider = s.provider.to_string();
+        agent.model = s.model.to_string();
+        agent.model_status = ModelStatus::Running;
+        agent.model_attempt = s.attempt;
+        agent.model_key = Some(s.invocation_key.to_string());
+        agent.model_ledger = ledger;
+        agent.model_retry_at_ms = None;
+        agent.reserved_tokens = s.reserved_tokens;
+        self.agent_commit(step, at, agent, Vec::new(), None);
+        Ok(())
+    }
+
+    /// `agent_model_answered`: the running call's answer joins the conversation; its tool
+    /// calls become the turn's calls, or, without any, the answer ends the step.
+    fn model_answered(
+        &mut self,
+        seq: u64,
+        at: i64,
+        step: &str,
+        a: ModelAnswer<'_>,
+    ) -> Result<(), FoldError> {
+        let (spec, mut agent) = self.agent_copy(seq, step)?;
+        if agent.model_status != ModelStatus::Running
+            || a.turn != agent.answered + 1
+            || a.call != super::model_call_name(step, a.turn)
+        {
+            return Err(illegal(
+                seq,
+                step,
+                format!("answer of {}, which is not running", a.call),
+            ));
+        }
+        let new = check_journaled(seq, step, a.messages, &self.messages)?;
+        let mut journal_view = self.messages.clone_subset();
+        journal_view.extend(new.iter().cloned());
+        let answer = a
+            .messages
+            .last()
+            .and_then(|m| journal_view.get(&m.digest))
+            .filter(|m| m.role == Role::Assistant)
+            .cloned()
+            .ok_or_else(|| {
+                illegal(
+                    seq,
+                    step,
+                    "a model answer must end with an assistant message",
+                )
+            })?;
+        let digests: Vec<String> = a.messages.iter().map(|m| m.digest.clone()).collect();
+        agent.turns.push(TurnRecord {
+            turn: a.turn,
+            provider: agent.provider.clone(),
+            model: agent.model.clone(),
+            request_len: agent.conversation.len() as u32,
+            request_digest: agent.conversation_digest.clone(),
+            answer: digests.clone(),
+            input_tokens: a.input_tokens,
+            output_tokens: a.output_tokens,
+            attempts: a.attempt,
+        });
+        agent.extend(&digests, &journal_view);
+        agent.answered = a.turn;
+        agent.results_of_turn = a.turn;
+        agent.model_status = ModelStatus::Idle;
+        // The turn's row is done; the next turn's starts afresh.
+        agent.model_ledger = None;
+        agent.model_attempt = 0;
+        agent.model_error = None;
+        agent.reserved_tokens = 0;
+        agent.input_tokens = agent.input_tokens.saturating_add(a.input_tokens);
+        agent.output_tokens = agent.output_tokens.saturating_add(a.output_tokens);
+        for (i, tc) in answer.tool_calls.iter().enumerate() {
+            agent.calls.push(AgentCall {
+                id: super::tool_call_name(step, a.turn, i as u32),
+                turn: a.turn,
+                index: i as u32,
+                provider_id: tc.id.clone(),
+                tool: tc.name.clone(),
+                arguments: tc.arguments.clone(),
+                needs_approval: spec.needs_approval(&tc.name),
+                approved_by: None,
+                status: CallStatus::Pending,
+                attempt: 0,
+                invocation_key: None,
+                effect: None,
+                ledger: None,
+                output: None,
+                error: None,
+                retry_at_ms: None,
+            });
+        }
+        let end = if answer.tool_calls.is_empty() {
+            Some(Ok(json!({
+                "answer": answer.content,
+                "turns": a.turn,
+                "usage": {"input_tokens": agent.input_tokens, "output_tokens": agent.output_tokens},
+            })))
+        } else {
+            // Results of this turn's calls join the conversation once they settle.
+            agent.results_of_turn = a.turn - 1;
+            (a.turn >= spec.max_turns()).then(|| {
+                Err(format!(
+                    "max_turns ({}) reached and the model still asks for tools",
+                    spec.max_turns()
+                ))
+            })
+        };
+        self.agent_commit(step, at, agent, new, end);
+        Ok(())
+    }
+
+    /// `agent_model_failed`: the running call failed; it parks on a budget, waits for its
+    /// retry, or fails the step.
+    fn model_failed(
+        &mut self,
+        seq: u64,
+        at: i64,
+        step: &str,
+        f: ModelFailure<'_>,
+        ledger: Option<LedgerStatus>,
+    ) -> Result<(), FoldError> {
+        let (_, mut agent) = self.agent_copy(seq, step)?;
+        if agent.model_status != ModelStatus::Running
+            || f.turn != agent.answered + 1
+            || f.call != super::model_call_name(step, f.turn)
+        {
+            return Err(illegal(
+                seq,
+                step,
+                format!("failure of {}, which is not running", f.call),
+            ));
+        }
+        agent.model_status = ModelStatus::Idle;
+        agent.model_ledger = ledger;
+        agent.reserved_tokens = 0;
+        agent.model_error = Some(f.error.to_string());
+        let mut end = None;
+        match (f.budget, f.retry_after_ms) {
+            (Some(scope), _) => {
+                // Refused for budget: not an attempt that counts.
+                agent.model_attempt = agent.model_attempt.saturating_sub(1);
+                agent.park = Some(Park {
+                    scope,
+                    limit: 0,
+                    used: 0,
+                    needed: 0,
+                    until_ms: (scope == BudgetScope::Tenant).then(|| next_day_ms(at)),
+                });
+            }
+            (None, Some(d)) => agent.model_retry_at_ms = Some(at.saturating_add(d as i64)),
+            (None, None) => end = Some(Err(format!("model call failed: {}", f.error))),
+        }
+        self.agent_commit(step, at, agent, Vec::new(), end);
+        Ok(())
+    }
+
+    /// `agent_tool_started`: a call of the current turn starts (or starts again).
+    fn tool_started(
+        &mut self,
+        seq: u64,
+        at: i64,
+        step: &str,
+        s: ToolStart<'_>,
+        ledger: Option<LedgerStatus>,
+    ) -> Result<(), FoldError> {
+        let (_, mut agent) = self.agent_copy(seq, step)?;
+        let turn = agent.answered;
+        let call = s.call;
+        let c = agent
+            .call_mut(call)
+            .filter(|c| c.turn == turn && c.tool == s.tool)
+            .ok_or_else(|| illegal(seq, step, format!("start of unknown call {call}")))?;
+        if !matches!(c.status, CallStatus::Pending | CallStatus::Running) || c.awaits_approval() {
+            return Err(illegal(
+                seq,
+                step,
+                format!("call {call} cannot start while {}", c.status.as_str()),
+            ));
+        }
+        c.status = CallStatus::Running;
+        c.attempt = s.attempt;
+        c.invocation_key = Some(s.invocation_key.to_string());
+        c.effect = Some(s.effect);
+        c.ledger = ledger;
+        c.retry_at_ms = None;
+        c.error = None;
+        self.agent_commit(step, at, agent, Vec::new(), None);
+        Ok(())
+    }
+
+    /// `agent_budget_reached`: the step parks until a budget decision.
+    fn budget_reached(
+        &mut self,
+        seq: u64,
+        at: i64,
+        step: &str,
+        park: Park,
+    ) -> Result<(), FoldError> {
+        let (_, mut agent) = self.agent_copy(seq, step)?;
+        if agent.park.is_some() || agent.model_status == ModelStatus::Running {
+            return Err(illegal(
+                seq,
+                step,
+                "budget wait while one is open or a model call runs",
+            ));
+        }
+        agent.park = Some(park);
+        self.agent_commit(step, at, agent, Vec::new(), None);
+        Ok(())
+    }
+
+    /// `agent_budget_decided`: the open budget wait ends, raised or stopped.
+    fn budget_decided(
+        &mut self,
+        seq: u64,
+        at: i64,
+        step: &str,
+        d: BudgetDecision<'_>,
+    ) -> Result<(), FoldError> {
+        let (_, mut agent) = self.agent_copy(seq, step)?;
+        let park = agent
+            .park
+            .take()
+            .ok_or_else(|| illegal(seq, step, "budget decision without a budget wait"))?;
+        if let Some(id) = d.signal_id {
+            consume_signal(self, seq, step, BUDGET_SIGNAL, id)?;
+        }
+        match park.scope {
+            BudgetScope::Step => {
+                agent.extra_tokens = agent.extra_tokens.saturating_add(d.raise_tokens)
+            }
+            BudgetScope::Job => {
+                self.extra_job_tokens = self.extra_job_tokens.saturating_add(d.raise_tokens)
+            }
+            BudgetScope::Tenant => {}
+        }
+        agent.model_error = None;
+        let end = d.stop.then(|| {
+            Err(format!(
+                "stopped at its {} token budget by {}",
+                park.scope.as_str(),
+                d.by.unwrap_or("unknown")
+            ))
+        });
+        if let Some(id) = d.signal_id {
+            drop_signal(self, BUDGET_SIGNAL, id);
+        }
+        self.agent_commit(step, at, agent, Vec::new(), end);
+        Ok(())
+    }
+
+    /// `step_confirmed` of an agent's tool call (`step.turn.index`) left `outcome_unknown`.
+    fn call_confirmed(
+        &mut self,
+        seq: u64,
+        at: i64,
+        call: &str,
+        outcome: ConfirmOutcome,
+        output: Option<&Value>,
+        ledger: Option<LedgerStatus>,
+    ) -> Result<(), FoldError> {
+        let step = owner_of(call).unwrap_or(call).to_string();
+        self.call_result(
+            seq,
+            at,
+            &step,
+            call,
+            ledger,
+            CallStatus::OutcomeUnknown,
+            |c| match outcome {
+                ConfirmOutcome::Succeeded => {
+                    c.status = CallStatus::Succeeded;
+                    c.output = Some(output.cloned().unwrap_or(Value::Null).to_string());
+                    c.error = None;
+                }
+                ConfirmOutcome::NotExecuted => c.status = CallStatus::Pending,
+            },
+        )
     }
 
     /// Changes call `call` of agent step `step` (a call of the current turn in status
@@ -982,6 +1127,54 @@ impl JobState {
         self.agent_commit(step, at, agent, new, None);
         Ok(())
     }
+}
+
+/// The fields of `agent_model_started` the fold reads.
+struct ModelStart<'a> {
+    call: &'a str,
+    turn: u32,
+    attempt: u32,
+    invocation_key: &'a str,
+    provider: &'a str,
+    model: &'a str,
+    reserved_tokens: u64,
+    request_digest: &'a str,
+}
+
+/// The fields of `agent_model_answered` the fold reads.
+struct ModelAnswer<'a> {
+    call: &'a str,
+    turn: u32,
+    attempt: u32,
+    messages: &'a [JournaledMessage],
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+/// The fields of `agent_model_failed` the fold reads.
+struct ModelFailure<'a> {
+    call: &'a str,
+    turn: u32,
+    error: &'a str,
+    retry_after_ms: Option<u64>,
+    budget: Option<BudgetScope>,
+}
+
+/// The fields of `agent_tool_started` the fold reads.
+struct ToolStart<'a> {
+    call: &'a str,
+    attempt: u32,
+    invocation_key: &'a str,
+    tool: &'a str,
+    effect: EffectClass,
+}
+
+/// The fields of `agent_budget_decided` the fold reads.
+struct BudgetDecision<'a> {
+    signal_id: Option<&'a str>,
+    raise_tokens: u64,
+    stop: bool,
+    by: Option<&'a str>,
 }
 
 /// A small view of the journal for one event: the entries an event adds, looked up
