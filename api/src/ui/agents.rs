@@ -104,8 +104,9 @@ fn agent_steps(state: &JobState) -> Vec<(&StepSpec, &AgentSpec)> {
 
 /// The Agents section (nothing for a plan without agent steps). Without `timings` (the
 /// first paint) it loads itself again with them; while the job runs it refreshes on every
-/// change the live stream reports.
-pub fn section(state: &JobState, timings: Option<&Timings>) -> Markup {
+/// change the live stream reports. `can_decide`: the viewer may decide approvals (the
+/// calls waiting for one link to its form in the actions panel).
+pub fn section(state: &JobState, timings: Option<&Timings>, can_decide: bool) -> Markup {
     let agents = agent_steps(state);
     if agents.is_empty() {
         return html! {};
@@ -130,7 +131,7 @@ pub fn section(state: &JobState, timings: Option<&Timings>) -> Markup {
                 p { "Job budget: " (budget_use(used, Some(limit))) }
             }
             @for (spec, agent) in &agents {
-                (step_markup(state, spec, agent, timings))
+                (step_markup(state, spec, agent, timings, can_decide))
             }
             @match timings {
                 None => p.muted { "Loading the latencies…" },
@@ -159,6 +160,7 @@ fn step_markup(
     spec: &StepSpec,
     agent_spec: &AgentSpec,
     timings: Option<&Timings>,
+    can_decide: bool,
 ) -> Markup {
     let step = spec.id.as_str();
     let st = state.steps.get(step);
@@ -208,7 +210,7 @@ fn step_markup(
                                     @if !t.content.is_empty() { p.said { (json::cut(t.content.clone(), MAX_TEXT_SHOWN).0) } }
                                     @if !t.tool_calls.is_empty() {
                                         ul.calls { @for c in &t.tool_calls {
-                                            (call_markup(c, agent, timings))
+                                            (call_markup(c, agent, timings, can_decide))
                                         } }
                                     }
                                 }
@@ -270,7 +272,12 @@ pub fn call_status(c: &ToolCallView) -> &str {
     }
 }
 
-fn call_markup(c: &ToolCallView, agent: Option<&AgentState>, timings: Option<&Timings>) -> Markup {
+fn call_markup(
+    c: &ToolCallView,
+    agent: Option<&AgentState>,
+    timings: Option<&Timings>,
+    can_decide: bool,
+) -> Markup {
     let output = agent
         .and_then(|a| a.call(&c.id))
         .and_then(|a| a.output.as_deref())
@@ -282,7 +289,7 @@ fn call_markup(c: &ToolCallView, agent: Option<&AgentState>, timings: Option<&Ti
             @if let Some(who) = &c.approved_by { " approved by " strong { (who) } }
             @if c.attempt > 1 { " · attempt " (c.attempt) }
             @if let Some(ms) = ran { " · ran " (format_duration(ms)) }
-            @if c.awaits_approval { " · " a href={ "#approve-" (c.id) } { "decide" } }
+            @if c.awaits_approval && can_decide { " · " a href={ "#approve-" (c.id) } { "decide" } }
             (json::block_opened("Arguments", &c.arguments, true))
             @if let Some(o) = &output { (json::block_opened("Result", o, true)) }
             @if let Some(e) = &c.error { p.error { (e) } }
@@ -302,7 +309,8 @@ pub async fn partial(
     let scope = Scope::Tenant(&viewer.principal.tenant);
     let events = timeline::scan(&st, scope, id).await?;
     let timings = Timings::of(&events);
-    Ok(layout::ok(section(&state, Some(&timings))))
+    let can_decide = viewer.may(crate::routes::commands::SIGNAL.access);
+    Ok(layout::ok(section(&state, Some(&timings), can_decide)))
 }
 
 #[cfg(test)]
@@ -400,6 +408,116 @@ mod tests {
         assert_eq!(t.read_to, 7);
         assert_eq!(latency(None), "…");
         assert_eq!(latency(Some(None)), "—");
+    }
+
+    /// The tools of [`waiting_for_an_approval`].
+    struct Tools;
+
+    impl aetheris_runtime::agent::AgentTools for Tools {
+        fn effect_class(&self, tool: &str) -> Option<aetheris_runtime::EffectClass> {
+            match tool {
+                "lookup" => Some(aetheris_runtime::EffectClass::Pure),
+                "refund" => Some(aetheris_runtime::EffectClass::SideEffect),
+                _ => None,
+            }
+        }
+        fn declaration(&self, tool: &str) -> Option<aetheris_runtime::agent::ToolDecl> {
+            Some(aetheris_runtime::agent::ToolDecl {
+                name: tool.into(),
+                description: String::new(),
+                parameters: json!({"type": "object"}),
+            })
+        }
+    }
+
+    /// A job whose agent step's first answer (hostile text, a lookup and a refund that
+    /// needs an approval) is folded, as the worker records it.
+    fn waiting_for_an_approval() -> JobState {
+        use aetheris_runtime::agent::decide::start_event;
+        use aetheris_runtime::agent::{
+            decide_agents, model_outcome_event, AgentContext, Message, ModelAnswer,
+            ModelAttempt, ModelOutcome, Role, ToolCallRequest,
+        };
+        let plan = json!({"steps": [{"id": "triage", "agent": {"provider": "p", "model": "m<i>1</i>",
+            "prompt": "Ticket", "tools": ["lookup", "refund"], "approve": ["refund"],
+            "budget": {"tokens": 10000}}}]});
+        let first = ev(
+            1,
+            1000,
+            EventBody::JobSubmitted {
+                tenant: "t".into(),
+                plan: serde_json::from_value(plan).unwrap(),
+                input: json!({}),
+                idempotency_key: None,
+            },
+        );
+        let mut state = JobState::genesis(&first).unwrap();
+        let push = |state: &mut JobState, body: EventBody| {
+            let e = ev(state.last_seq + 1, 1000 + state.last_seq as i64, body);
+            state.apply(&e).unwrap();
+            e
+        };
+        let start = start_event(&state, "triage").unwrap();
+        push(&mut state, start);
+        let ctx = AgentContext {
+            fencing_token: 1,
+            tools: &Tools,
+        };
+        let mut model = None;
+        for body in decide_agents(&state, 2000, &ctx).events {
+            model = ModelAttempt::from_started(&push(&mut state, body).body);
+        }
+        let calls = [("lookup", json!({"order": "A-17"})), ("refund", json!({"amount": 30, "note": "<script>alert('args')</script>"}))];
+        let message = Message {
+            role: Role::Assistant,
+            content: "<script>alert('model')</script>Looking it up.".into(),
+            tool_calls: calls
+                .iter()
+                .enumerate()
+                .map(|(i, (name, args))| ToolCallRequest {
+                    id: format!("c{i}"),
+                    name: name.to_string(),
+                    arguments: args.to_string(),
+                })
+                .collect(),
+            tool_call_id: None,
+            is_error: false,
+        };
+        let answered = model_outcome_event(
+            &state,
+            &model.unwrap(),
+            ModelOutcome::Answered(ModelAnswer {
+                message,
+                input_tokens: 1200,
+                output_tokens: 45,
+            }),
+            0.5,
+        );
+        push(&mut state, answered);
+        for body in decide_agents(&state, 3000, &ctx).events {
+            push(&mut state, body);
+        }
+        state
+    }
+
+    #[test]
+    fn an_agent_step_shows_its_turn_calls_and_budget_and_hostile_text_is_inert() {
+        let state = waiting_for_an_approval();
+        let html = section(&state, None, true).into_string();
+        assert!(html.contains("1,200 / 45"), "{html}");
+        assert!(html.contains("p · m&lt;i&gt;1&lt;/i&gt;"), "{html}");
+        assert!(html.contains("of 10,000 tokens"), "{html}");
+        assert!(html.contains("id=\"call-triage.1.1\""), "{html}");
+        assert!(html.contains("awaiting approval"), "{html}");
+        assert!(html.contains("href=\"#approve-triage.1.1\""), "{html}");
+        assert!(html.contains("&lt;script&gt;alert('model')&lt;/script&gt;Looking it up."));
+        assert!(html.contains("&lt;script&gt;alert('args')"), "{html}");
+        assert!(!html.contains("<script") && !html.contains("<i>"), "{html}");
+        assert!(html.contains("Loading the latencies"), "the first paint loads them after");
+        // A viewer who may not decide is not sent to a form that is not there.
+        let html = section(&state, Some(&Timings::default()), false).into_string();
+        assert!(!html.contains("#approve-"), "{html}");
+        assert!(html.contains("awaiting approval"));
     }
 
     #[test]

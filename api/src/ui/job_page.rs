@@ -88,7 +88,7 @@ pub async fn page(
             sse-connect=[running.then_some(live_url.as_str())]
             sse-close=[running.then_some("done")] {
             (summary_markup(&state, &ledger, now, running))
-            (agents::section(&state, None))
+            (agents::section(&state, None, viewer.may(crate::routes::commands::SIGNAL.access)))
             (actions::panel_markup(&viewer, &state))
             (events::section(id, &ev, &q.events, tail))
         }
