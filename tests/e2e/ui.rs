@@ -521,6 +521,11 @@ fn trace_ui_in_headless_chromium() {
             by_of(&rejected, "agent_tool_refused"),
             Some(json!("ops-alice"))
         );
+        let raised = events(&jobs["agent_budget"]).await;
+        assert_eq!(
+            by_of(&raised, "agent_budget_decided"),
+            Some(json!("ops-alice"))
+        );
         let undecided = events(&jobs["agent_pending"]).await;
         assert!(
             !undecided

@@ -144,6 +144,10 @@ with sync_playwright() as pw:
     doomed = submit(OPS, [{"id": "hold", "wait": {"signal": "never"}}])
     parked = submit(OPS, [{"id": "hold", "wait": {"signal": "never"}}])
     agent_ok, agent_no, agent_pending = agent_job(), agent_job(), agent_job()
+    # A step budget smaller than one model call's reservation: the step parks at once.
+    agent_budget = submit(OPS, [{"id": "triage", "agent": dict(AGENT, tools=["lookup"], approve=[],
+                                                               budget={"tokens": 500})}],
+                          {"ticket": "order C-3 broke"})
     until(OPS, hostile, lambda j: j["status"] == "succeeded", "hostile job succeeds")
 
     # Sign in: a bad token is refused with the reason, a good one starts the session.
@@ -295,6 +299,23 @@ with sync_playwright() as pw:
                          form={"csrf": csrf, "decision": "approve", "confirmed": "yes"})
     check(r.status == 409, f"a decided call cannot be decided again ({r.status})")
 
+    # A step parked at its budget: raise it from the UI, and the job goes on.
+    until(OPS, agent_budget, lambda j: ((j["steps"][0].get("agent") or {}).get("budget_wait") or None) is not None,
+          "the agent step parks at its budget")
+    page.goto(f"{URL}/ui/jobs/{agent_budget}")
+    check("Waiting for a budget decision" in page.inner_text("#agents")
+          and page.locator("form#budget").count() == 1, "a parked step shows its wait and the budget card")
+    labelled(page, "#actions")
+    page.fill("#b-tokens", "20000")
+    page.click("form#budget button[value=raise]")
+    check("Decide the budget?" in page.inner_text("h1") and "raise the budget by 20,000 tokens" in page.inner_text("main"),
+          "a raise asks for confirmation")
+    page.click("text=Yes, send it")
+    page.wait_for_url(f"**/ui/jobs/{agent_budget}?notice=budget")
+    page.wait_for_function("() => document.querySelector('#job-summary dl.facts .badge').innerText === 'succeeded'", timeout=20000)
+    page.goto(f"{URL}/ui/jobs/{agent_budget}")
+    check("of 20,500 tokens" in page.inner_text("#agents"), "the raised budget is shown")
+
     # The supervision tree is the system tenant's admins' only: the API's own refusal.
     check(page.locator("header a[href='/ui/system']").count() == 0, "a tenant's operator is not offered the System page")
     r = page.goto(f"{URL}/ui/system")
@@ -409,5 +430,6 @@ with sync_playwright() as pw:
     browser.close()
 
 results["jobs"] = {"hostile": hostile, "waiting": waiting, "unknown": unknown, "cancelled": doomed, "live": live,
-                   "agent_approved": agent_ok, "agent_rejected": agent_no, "agent_pending": agent_pending}
+                   "agent_approved": agent_ok, "agent_rejected": agent_no, "agent_pending": agent_pending,
+                   "agent_budget": agent_budget}
 print(json.dumps(results))
