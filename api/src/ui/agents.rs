@@ -402,7 +402,11 @@ mod tests {
             ),
         ];
         let t = Timings::of(&events);
-        assert_eq!(t.turn("triage", 1), Some(250), "the answered attempt, not the first");
+        assert_eq!(
+            t.turn("triage", 1),
+            Some(250),
+            "the answered attempt, not the first"
+        );
         assert_eq!(t.calls.get("triage.1.0"), Some(&40));
         assert_eq!(t.turn("triage", 2), None);
         assert_eq!(t.read_to, 7);
@@ -435,8 +439,8 @@ mod tests {
     fn waiting_for_an_approval() -> JobState {
         use aetheris_runtime::agent::decide::start_event;
         use aetheris_runtime::agent::{
-            decide_agents, model_outcome_event, AgentContext, Message, ModelAnswer,
-            ModelAttempt, ModelOutcome, Role, ToolCallRequest,
+            decide_agents, model_outcome_event, AgentContext, Message, ModelAnswer, ModelAttempt,
+            ModelOutcome, Role, ToolCallRequest,
         };
         let plan = json!({"steps": [{"id": "triage", "agent": {"provider": "p", "model": "m<i>1</i>",
             "prompt": "Ticket", "tools": ["lookup", "refund"], "approve": ["refund"],
@@ -467,7 +471,13 @@ mod tests {
         for body in decide_agents(&state, 2000, &ctx).events {
             model = ModelAttempt::from_started(&push(&mut state, body).body);
         }
-        let calls = [("lookup", json!({"order": "A-17"})), ("refund", json!({"amount": 30, "note": "<script>alert('args')</script>"}))];
+        let calls = [
+            ("lookup", json!({"order": "A-17"})),
+            (
+                "refund",
+                json!({"amount": 30, "note": "<script>alert('args')</script>"}),
+            ),
+        ];
         let message = Message {
             role: Role::Assistant,
             content: "<script>alert('model')</script>Looking it up.".into(),
@@ -513,7 +523,10 @@ mod tests {
         assert!(html.contains("&lt;script&gt;alert('model')&lt;/script&gt;Looking it up."));
         assert!(html.contains("&lt;script&gt;alert('args')"), "{html}");
         assert!(!html.contains("<script") && !html.contains("<i>"), "{html}");
-        assert!(html.contains("Loading the latencies"), "the first paint loads them after");
+        assert!(
+            html.contains("Loading the latencies"),
+            "the first paint loads them after"
+        );
         // A viewer who may not decide is not sent to a form that is not there.
         let html = section(&state, Some(&Timings::default()), false).into_string();
         assert!(!html.contains("#approve-"), "{html}");

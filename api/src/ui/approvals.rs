@@ -108,7 +108,11 @@ fn approval_card(viewer: &Viewer, id: JobId, step: &str, call: &AgentCall) -> Ma
 
 /// Tokens to suggest for a raise: what the waiting call lacks, rounded up to a thousand.
 fn suggested_raise(p: &Park) -> u64 {
-    let lacking = p.used.saturating_add(p.needed).saturating_sub(p.limit).max(1);
+    let lacking = p
+        .used
+        .saturating_add(p.needed)
+        .saturating_sub(p.limit)
+        .max(1);
     lacking.div_ceil(1000).saturating_mul(1000)
 }
 
@@ -183,7 +187,10 @@ fn awaiting<'a>(state: &'a JobState, call: &str) -> Result<(&'a str, &'a AgentCa
         .and_then(|s| Some((s.id.as_str(), state.agent(&s.id)?)))
         .ok_or_else(missing)?;
     let c = agent.call(call).ok_or_else(missing)?;
-    if !agent.current_calls().any(|x| x.id == c.id && x.awaits_approval()) {
+    if !agent
+        .current_calls()
+        .any(|x| x.id == c.id && x.awaits_approval())
+    {
         return Err(ApiError::Conflict(format!(
             "tool call {call:?} does not wait for an approval (it is {})",
             c.status.as_str()
@@ -372,7 +379,9 @@ fn budget_payload(form: &BudgetForm) -> Result<(Value, String), ApiError> {
                 .ok()
                 .filter(|n| *n > 0)
                 .ok_or_else(|| {
-                    ApiError::BadRequest("the raise must be a whole number of tokens, at least 1".into())
+                    ApiError::BadRequest(
+                        "the raise must be a whole number of tokens, at least 1".into(),
+                    )
                 })?;
             Ok((
                 json!({ "tokens": n }),
@@ -463,9 +472,18 @@ mod tests {
 
     #[test]
     fn a_raise_covers_what_the_waiting_call_lacks() {
-        assert_eq!(suggested_raise(&park(BudgetScope::Step, 100, 0, 1100)), 1000);
-        assert_eq!(suggested_raise(&park(BudgetScope::Step, 100, 90, 1100)), 2000);
-        assert_eq!(suggested_raise(&park(BudgetScope::Job, 5000, 5000, 0)), 1000);
+        assert_eq!(
+            suggested_raise(&park(BudgetScope::Step, 100, 0, 1100)),
+            1000
+        );
+        assert_eq!(
+            suggested_raise(&park(BudgetScope::Step, 100, 90, 1100)),
+            2000
+        );
+        assert_eq!(
+            suggested_raise(&park(BudgetScope::Job, 5000, 5000, 0)),
+            1000
+        );
     }
 
     fn form(decision: &str, tokens: &str) -> BudgetForm {
@@ -490,7 +508,12 @@ mod tests {
             json!({"stop": true})
         );
         assert_eq!(budget_payload(&form("retry", "")).unwrap().0, Value::Null);
-        for (d, t) in [("raise", "0"), ("raise", "-5"), ("raise", "x"), ("more", "1")] {
+        for (d, t) in [
+            ("raise", "0"),
+            ("raise", "-5"),
+            ("raise", "x"),
+            ("more", "1"),
+        ] {
             assert!(budget_payload(&form(d, t)).is_err(), "{d} {t}");
         }
     }

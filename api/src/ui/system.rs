@@ -84,7 +84,8 @@ fn process(p: &ProcessView) -> Markup {
     let r = &p.report;
     let state = if p.live { "live" } else { "not_announcing" };
     // Heartbeats come well within the TTL: one older than half of it is late.
-    let late = matches!((p.heartbeat_age_ms, p.ttl_ms), (Some(a), Some(t)) if a.saturating_mul(2) > t);
+    let late =
+        matches!((p.heartbeat_age_ms, p.ttl_ms), (Some(a), Some(t)) if a.saturating_mul(2) > t);
     html! {
         article.process id={ "process-" (p.id) } aria-labelledby={ "h-" (p.id) } {
             h2 id={ "h-" (p.id) } { (p.kind) " " span.mono { (p.id) } " " (badge(state)) }
@@ -183,7 +184,10 @@ mod tests {
             report: report.clone(),
         };
         let html = table(&[view(true), view(false)]).into_string();
-        assert!(html.contains("0 live gateway(s), 1 live worker(s)"), "{html}");
+        assert!(
+            html.contains("0 live gateway(s), 1 live worker(s)"),
+            "{html}"
+        );
         assert!(html.contains("1 not announcing"));
         assert!(html.contains("tool_panic 2") && html.contains("9.9.9"));
         assert!(html.contains("4.0 s of 5.0 s") && html.contains("class=\"bad\""));

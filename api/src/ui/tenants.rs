@@ -34,11 +34,8 @@ pub async fn page(req: HttpRequest, st: web::Data<AppState>) -> Result<HttpRespo
     let viewer = Viewer::of(&req, &st, tenants::LIST.access).await?;
     let list = st.store.list_tenants().await?;
     let counts = st.store.count_by_status().await?;
-    let used = futures::future::try_join_all(
-        list.iter()
-            .map(|t| st.store.llm_tokens_today(&t.id)),
-    )
-    .await?;
+    let used = futures::future::try_join_all(list.iter().map(|t| st.store.llm_tokens_today(&t.id)))
+        .await?;
     let limits = st.limits.limits();
     let body = html! {
         h1 { "Tenants" }
