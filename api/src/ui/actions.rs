@@ -1,10 +1,11 @@
 //! Actions on a job from the UI: send a signal, cancel with a reason, confirm an
 //! `outcome_unknown` step or agent tool call; the panel also holds the agent decisions of
-//! [`super::approvals`] (approve, edit or reject a tool call; a budget). Each form is offered only to a caller whose roles allow it
-//! (the API route's access), carries the session's CSRF token, and first shows a
-//! confirmation page that repeats what will be stored; only the confirmed request stores
-//! it, through the API's own command function (`routes::commands`), so the checks, the
-//! audit row and `by` (the token's `sub`) are the API's.
+//! [`super::approvals`] (approve, edit or reject a tool call; a budget). Each form is
+//! offered only to a caller whose roles allow it (the API route's access), carries the
+//! session's CSRF token, and first shows a confirmation page that repeats what will be
+//! stored; only the confirmed request stores it, through the API's own command function
+//! (`routes::commands`), so the checks, the audit row and `by` (the token's `sub`) are the
+//! API's.
 
 use super::error::UiError;
 use super::layout::{self, badge, Nav};
@@ -360,10 +361,17 @@ pub async fn confirm(
         return Ok(confirm_page(
             &viewer,
             &state,
-            &format!("Confirm step {step}?"),
+            &format!(
+                "Confirm {} {step}?",
+                if step.contains('.') {
+                    "tool call"
+                } else {
+                    "step"
+                }
+            ),
             &action,
             html! {
-                p { "Step " code { (step) } ": " (said) "." }
+                p { (if step.contains('.') { "Tool call " } else { "Step " }) code { (step) } ": " (said) "." }
                 @if let Some(o) = &output { (json::block("output", o)) }
                 @if !note.is_empty() { p { "Note: " q { (note) } } }
             },

@@ -285,7 +285,12 @@ with sync_playwright() as pw:
     page.goto(f"{URL}/ui/jobs/{agent_no}")
     form = page.locator(f"[id='{REFUND}']")
     form.locator("input[name=reason]").fill("no refunds today <script>window.__pwned='reason'</script>")
-    form.locator("button[value=reject]").click()
+    # By keyboard: from the reason, Tab goes through Approve, Approve edited, Reject.
+    for _ in range(3):
+        page.keyboard.press("Tab")
+    focused = page.evaluate("() => document.activeElement.value + ':' + document.activeElement.tagName")
+    check(focused == "reject:BUTTON", f"the decisions are reached with Tab ({focused})")
+    page.keyboard.press("Enter")
     check("Reject this tool call?" in page.inner_text("h1"), "rejecting asks for confirmation")
     page.click("text=Yes, reject it")
     page.wait_for_url(f"**/ui/jobs/{agent_no}?notice=approval")
