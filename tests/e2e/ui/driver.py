@@ -291,6 +291,7 @@ with sync_playwright() as pw:
     focused = page.evaluate("() => document.activeElement.value + ':' + document.activeElement.tagName")
     check(focused == "reject:BUTTON", f"the decisions are reached with Tab ({focused})")
     page.keyboard.press("Enter")
+    page.wait_for_url(f"**/ui/jobs/{agent_no}/approvals/triage.1.1")
     check("Reject this tool call?" in page.inner_text("h1"), "rejecting asks for confirmation")
     page.click("text=Yes, reject it")
     page.wait_for_url(f"**/ui/jobs/{agent_no}?notice=approval")
