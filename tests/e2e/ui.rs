@@ -1,9 +1,13 @@
 //! The trace UI end to end in a real headless Chromium (Debian's `chromium`), driven by
 //! Playwright (`ui/driver.py`): sign in, the jobs list and its filters, a 10,000-event job
 //! (first paint measured in the browser), a running job followed live to completion, a
-//! signal to a waiting job, the confirmation of an outcome_unknown step, a cancel, the
+//! signal to a waiting job, the confirmation of an outcome_unknown step, a cancel, agent
+//! steps against the fake LLM server (`fake_llm`): their turns and tool calls, a proposed
+//! call approved with edited arguments and one rejected from the UI, the supervision tree
+//! (`/ui/system`) for the system tenant's admin and refused to a tenant's operator, the
 //! evidence checklist and download, refusals across tenants and roles, CSRF, and hostile
-//! HTML in inputs, outputs, signal payloads and tenant names that never runs.
+//! HTML in inputs, outputs, model answers, signal payloads and tenant names that never
+//! runs.
 //!
 //! The test FAILS, never skips, when python3, Playwright or Chromium is missing (.ci/run
 //! installs them). `AETHERIS_UI_SCREENSHOTS=DIR` keeps the screenshots (docs/ui/ holds
@@ -15,6 +19,8 @@
 //! `aetheris_proof::build` and a fresh key, so what the browser checks and downloads is a
 //! real, signed package verified by `aetheris_proof::verify`.
 
+use crate::fake_llm::{call, FakeLlm, Reply};
+use aetheris_actors::llm::LlmSettings;
 use aetheris_actors::{Invocation, Tool, ToolError, ToolRegistry, WorkerConfig};
 use aetheris_api::auth::{self, AuthConfig, Principal, Role};
 use aetheris_api::routes::AppState;
@@ -52,6 +58,72 @@ impl Tool for PanicOnce {
         }
         Ok(json!({"charged": true}))
     }
+}
+
+/// `lookup` (pure): an order's total, for the agent steps.
+struct Lookup;
+
+#[async_trait::async_trait]
+impl Tool for Lookup {
+    fn effect(&self) -> EffectClass {
+        EffectClass::Pure
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]})
+    }
+    async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
+        Ok(json!({"order": call.args["order"], "total": 42}))
+    }
+}
+
+/// `refund` (side_effect): records the amount of every call it ran, so the test can see
+/// that a rejected call never ran and an edited one ran with the edit.
+struct Refund(Arc<Mutex<Vec<Value>>>);
+
+#[async_trait::async_trait]
+impl Tool for Refund {
+    fn effect(&self) -> EffectClass {
+        EffectClass::SideEffect
+    }
+    fn parameters(&self) -> Value {
+        json!({"type": "object", "properties": {"amount": {"type": "number", "maximum": 100}}, "required": ["amount"]})
+    }
+    async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
+        self.0.lock().unwrap().push(call.args.clone());
+        Ok(json!({"refunded": call.args["amount"]}))
+    }
+}
+
+/// What the fake model answers in its first turn: hostile HTML, then two tool calls (the
+/// refund needs an approval).
+const MODEL_HOSTILE: &str =
+    "<script>window.__pwned='model'</script><img src=x onerror=\"window.__pwned='model-img'\">Looking up A-17.";
+
+/// The fake provider `fake`: turn 0 proposes `lookup` and `refund`, later turns answer.
+fn fake_model() -> FakeLlm {
+    FakeLlm::start(|seen| {
+        if seen.turn == 0 {
+            Reply::Answer {
+                text: MODEL_HOSTILE.into(),
+                calls: vec![
+                    call("lookup", json!({"order": "A-17"})),
+                    call(
+                        "refund",
+                        json!({"amount": 30, "note": "<script>window.__pwned='args'</script>"}),
+                    ),
+                ],
+                input_tokens: 1200,
+                output_tokens: 45,
+            }
+        } else {
+            Reply::Answer {
+                text: "Handled: <b>not bold</b>.".into(),
+                calls: Vec::new(),
+                input_tokens: 1400,
+                output_tokens: 30,
+            }
+        }
+    })
 }
 
 /// A real package of a finished job, built from what the store holds (see the module doc).
@@ -110,7 +182,8 @@ impl EvidenceExport for StoreEvidence {
     }
 }
 
-/// A node on a prepared store, with auth, the `charge` tool and the evidence export.
+/// A node on a prepared store, with auth, the `charge`, `lookup` and `refund` tools, the
+/// LLM provider `fake` and the evidence export.
 struct UiNode {
     url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -118,16 +191,27 @@ struct UiNode {
 }
 
 impl UiNode {
-    fn start(store: DynStore, auth: AuthConfig, evidence: Arc<StoreEvidence>) -> UiNode {
+    fn start(
+        store: DynStore,
+        auth: AuthConfig,
+        evidence: Arc<StoreEvidence>,
+        llm: LlmSettings,
+        refunds: Arc<Mutex<Vec<Value>>>,
+    ) -> UiNode {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
                 let mut tools = ToolRegistry::with_builtins();
                 tools.register("charge", PanicOnce(Arc::default()));
+                tools.register("lookup", Lookup);
+                tools.register("refund", Refund(refunds));
                 let cfg = NodeConfig {
                     bind: "127.0.0.1:0".into(),
-                    worker: WorkerConfig::default(),
+                    worker: WorkerConfig {
+                        llm,
+                        ..WorkerConfig::default()
+                    },
                     auth: Some(auth),
                     ui: UiConfig {
                         evidence: Some(evidence),
@@ -304,8 +388,12 @@ fn trace_ui_in_headless_chromium() {
             ("acme", "Acme <script>window.__pwned='tenant'</script>"),
             ("globex", "Globex"),
         ] {
+            let limits = match id {
+                "acme" => json!({"llm_tokens_per_day": 1_000_000}),
+                _ => json!({}),
+            };
             store
-                .create_tenant(id, name, json!({}), None)
+                .create_tenant(id, name, limits, None)
                 .await
                 .expect("tenant");
         }
@@ -326,6 +414,16 @@ fn trace_ui_in_headless_chromium() {
     });
     let key = SigningKey::generate().expect("key");
     let evidence = Arc::new(StoreEvidence(key));
+    let fake = fake_model();
+    let key_file = dir.path().join("fake.key");
+    std::fs::write(&key_file, "sk-ui-test\n").expect("key file");
+    let llm = LlmSettings::default()
+        .with_flags(
+            &[format!("fake=openai:{}", fake.url)],
+            &[format!("fake={}", key_file.display())],
+        )
+        .expect("llm settings");
+    let refunds: Arc<Mutex<Vec<Value>>> = Arc::default();
     let node = UiNode::start(
         store.clone(),
         AuthConfig {
@@ -333,6 +431,8 @@ fn trace_ui_in_headless_chromium() {
             ..Default::default()
         },
         evidence.clone(),
+        llm,
+        refunds.clone(),
     );
     let shots = match std::env::var("AETHERIS_UI_SCREENSHOTS") {
         Ok(d) => PathBuf::from(d),
@@ -408,6 +508,39 @@ fn trace_ui_in_headless_chromium() {
             by_of(&events(&jobs["cancelled"]).await, "job_cancelled"),
             Some(json!("ops-alice"))
         );
+        // The agent decisions taken in the browser: by the signed-in identity; the
+        // rejected call and the one never decided never ran, the edited one ran once with
+        // the edit.
+        let approved = events(&jobs["agent_approved"]).await;
+        assert_eq!(
+            by_of(&approved, "agent_tool_approved"),
+            Some(json!("ops-alice"))
+        );
+        let rejected = events(&jobs["agent_rejected"]).await;
+        assert_eq!(
+            by_of(&rejected, "agent_tool_refused"),
+            Some(json!("ops-alice"))
+        );
+        let raised = events(&jobs["agent_budget"]).await;
+        assert_eq!(
+            by_of(&raised, "agent_budget_decided"),
+            Some(json!("ops-alice"))
+        );
+        let undecided = events(&jobs["agent_pending"]).await;
+        assert!(
+            !undecided
+                .iter()
+                .any(|e| e.body.kind().starts_with("agent_tool_approved")
+                    || e.body.kind() == "agent_tool_refused"),
+            "the auditor's refused decision changed nothing"
+        );
+        let ran = refunds.lock().unwrap().clone();
+        assert_eq!(
+            ran,
+            vec![json!({"amount": 25, "note": "edited in the UI"})],
+            "only the approved refund ran, with the edited arguments"
+        );
+        assert!(fake.violations().is_empty(), "{:?}", fake.violations());
         let audit = store
             .list_audit(
                 Scope::Tenant("acme"),

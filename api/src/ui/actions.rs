@@ -1,9 +1,11 @@
 //! Actions on a job from the UI: send a signal, cancel with a reason, confirm an
-//! `outcome_unknown` step. Each form is offered only to a caller whose roles allow it
-//! (the API route's access), carries the session's CSRF token, and first shows a
-//! confirmation page that repeats what will be stored; only the confirmed request stores
-//! it, through the API's own command function (`routes::commands`), so the checks, the
-//! audit row and `by` (the token's `sub`) are the API's.
+//! `outcome_unknown` step or agent tool call; the panel also holds the agent decisions of
+//! [`super::approvals`] (approve, edit or reject a tool call; a budget). Each form is
+//! offered only to a caller whose roles allow it (the API route's access), carries the
+//! session's CSRF token, and first shows a confirmation page that repeats what will be
+//! stored; only the confirmed request stores it, through the API's own command function
+//! (`routes::commands`), so the checks, the audit row and `by` (the token's `sub`) are the
+//! API's.
 
 use super::error::UiError;
 use super::layout::{self, badge, Nav};
@@ -13,6 +15,7 @@ use crate::problem::ApiError;
 use crate::routes::commands::{self, CancelRequest, ConfirmRequest, SignalRequest};
 use crate::routes::{jobs, parse_id, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
+use aetheris_runtime::agent::CallStatus;
 use aetheris_runtime::{ConfirmOutcome, JobId, JobState, StepStatus};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -25,18 +28,7 @@ pub fn panel_markup(viewer: &Viewer, state: &JobState) -> Markup {
     let can_signal = viewer.may(commands::SIGNAL.access);
     let can_cancel = viewer.may(commands::CANCEL.access);
     let can_confirm = viewer.may(commands::CONFIRM.access);
-    let unknown: Vec<&str> = state
-        .plan
-        .steps
-        .iter()
-        .filter(|s| {
-            state
-                .steps
-                .get(&s.id)
-                .is_some_and(|st| st.status == StepStatus::OutcomeUnknown)
-        })
-        .map(|s| s.id.as_str())
-        .collect();
+    let unknown = outcome_unknown(state);
     let mut signals: Vec<&str> = state
         .plan
         .steps
@@ -57,10 +49,13 @@ pub fn panel_markup(viewer: &Viewer, state: &JobState) -> Markup {
                 p.muted { "Your roles allow no actions on jobs." }
             } @else {
                 div.actions {
+                    @if can_signal {
+                        (super::approvals::cards(viewer, state))
+                    }
                     @if can_confirm {
                         @for step in &unknown {
                             form.card method="post" action={ "/ui/jobs/" (id) "/steps/" (step) "/confirm" } {
-                                h3 { "Confirm step " (step) }
+                                h3 { "Confirm " (if step.contains('.') { "tool call " } else { "step " }) (step) }
                                 p { "Its outcome is unknown: the tool was called but no result was recorded. Say what happened." }
                                 input type="hidden" name="csrf" value=(viewer.csrf);
                                 fieldset {
@@ -104,6 +99,29 @@ pub fn panel_markup(viewer: &Viewer, state: &JobState) -> Markup {
     }
 }
 
+/// What may be confirmed: plan steps and agent tool calls (`step.turn.index`) whose
+/// outcome is unknown, in plan order.
+fn outcome_unknown(state: &JobState) -> Vec<&str> {
+    let mut out = Vec::new();
+    for spec in &state.plan.steps {
+        let Some(s) = state.steps.get(&spec.id) else {
+            continue;
+        };
+        if s.status == StepStatus::OutcomeUnknown {
+            out.push(spec.id.as_str());
+        }
+        if let Some(agent) = s.agent.as_deref() {
+            out.extend(
+                agent
+                    .current_calls()
+                    .filter(|c| c.status == CallStatus::OutcomeUnknown)
+                    .map(|c| c.id.as_str()),
+            );
+        }
+    }
+    out
+}
+
 /// `GET /ui/jobs/{id}/actions`.
 pub async fn panel(
     req: HttpRequest,
@@ -118,16 +136,23 @@ pub async fn panel(
 
 /// Fields every action form has.
 #[derive(Deserialize)]
-struct Common {
-    csrf: String,
+pub(super) struct Common {
+    pub(super) csrf: String,
     /// `yes` once the confirmation page was accepted.
     #[serde(default)]
-    confirmed: Option<String>,
+    pub(super) confirmed: Option<String>,
+}
+
+impl Common {
+    /// The confirmation page was accepted: store it now.
+    pub(super) fn is_confirmed(&self) -> bool {
+        self.confirmed.as_deref() == Some("yes")
+    }
 }
 
 /// The checks before any action: same site, signed in with the route's permission, this
 /// session's form; the job (404 for another tenant's).
-async fn begin(
+pub(super) async fn begin(
     req: &HttpRequest,
     st: &AppState,
     access: crate::routes::Access,
@@ -142,14 +167,14 @@ async fn begin(
     Ok((viewer, state))
 }
 
-fn done(id: JobId, notice: &str) -> HttpResponse {
+pub(super) fn done(id: JobId, notice: &str) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header(("Location", format!("/ui/jobs/{id}?notice={notice}")))
         .finish()
 }
 
 /// The confirmation page: what will be stored, the same form again with `confirmed=yes`.
-fn confirm_page(
+pub(super) fn confirm_page(
     viewer: &Viewer,
     state: &JobState,
     title: &str,
@@ -202,7 +227,7 @@ pub async fn cancel(
     let (viewer, state) =
         begin(&req, &st, commands::CANCEL.access, &path, &form.common.csrf).await?;
     let reason = form.reason.trim().to_string();
-    if form.common.confirmed.as_deref() != Some("yes") {
+    if !form.common.is_confirmed() {
         let action = format!("/ui/jobs/{}/cancel", state.job_id);
         return Ok(confirm_page(
             &viewer,
@@ -233,7 +258,7 @@ struct SignalForm {
 }
 
 /// A JSON text field: empty is `null`.
-fn json_field(what: &str, text: &str) -> Result<Value, UiError> {
+pub(super) fn json_field(what: &str, text: &str) -> Result<Value, UiError> {
     if text.trim().is_empty() {
         return Ok(Value::Null);
     }
@@ -254,7 +279,7 @@ pub async fn signal(
     let name = form.name.trim().to_string();
     crate::routes::check_name("signal name", &name, commands::MAX_SIGNAL_NAME)?;
     let value = json_field("the payload", &form.payload)?;
-    if form.common.confirmed.as_deref() != Some("yes") {
+    if !form.common.is_confirmed() {
         let action = format!("/ui/jobs/{}/signal", state.job_id);
         return Ok(confirm_page(
             &viewer,
@@ -323,7 +348,7 @@ pub async fn confirm(
         ConfirmOutcome::NotExecuted => None,
     };
     let note = form.note.trim().to_string();
-    if form.common.confirmed.as_deref() != Some("yes") {
+    if !form.common.is_confirmed() {
         let action = format!("/ui/jobs/{}/steps/{step}/confirm", state.job_id);
         let said = match outcome {
             ConfirmOutcome::Succeeded => {
@@ -336,10 +361,17 @@ pub async fn confirm(
         return Ok(confirm_page(
             &viewer,
             &state,
-            &format!("Confirm step {step}?"),
+            &format!(
+                "Confirm {} {step}?",
+                if step.contains('.') {
+                    "tool call"
+                } else {
+                    "step"
+                }
+            ),
             &action,
             html! {
-                p { "Step " code { (step) } ": " (said) "." }
+                p { (if step.contains('.') { "Tool call " } else { "Step " }) code { (step) } ": " (said) "." }
                 @if let Some(o) = &output { (json::block("output", o)) }
                 @if !note.is_empty() { p { "Note: " q { (note) } } }
             },

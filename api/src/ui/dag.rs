@@ -62,6 +62,8 @@ pub fn kind_label(s: &StepSpec) -> String {
         format!("wait for {}", w.signal)
     } else if s.sleep.is_some() {
         "sleep".into()
+    } else if let Some(a) = &s.agent {
+        format!("agent {}", a.model)
     } else {
         String::new()
     }

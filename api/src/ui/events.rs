@@ -27,7 +27,7 @@ const BATCH: usize = 500;
 const MAX_PAYLOAD_SHOWN: usize = 4 * 1024;
 
 /// Every event kind, for the search form.
-const KINDS: [&str; 16] = [
+const KINDS: [&str; 28] = [
     "job_submitted",
     "step_started",
     "step_succeeded",
@@ -44,6 +44,18 @@ const KINDS: [&str; 16] = [
     "sleep_finished",
     "step_confirmed",
     "job_parked",
+    "agent_started",
+    "agent_model_started",
+    "agent_model_answered",
+    "agent_model_failed",
+    "agent_tool_started",
+    "agent_tool_succeeded",
+    "agent_tool_failed",
+    "agent_tool_outcome_unknown",
+    "agent_tool_refused",
+    "agent_tool_approved",
+    "agent_budget_reached",
+    "agent_budget_decided",
 ];
 
 /// Paging and search of the log (`after` is a seq: show events after it).

@@ -1,6 +1,7 @@
 //! One job (`/ui/jobs/{id}`): its facts, the plan as a DAG, the waterfall timeline, the
-//! steps with outputs and errors, the ledger, the actions the caller may take, the event
-//! log and, while it runs, live updates over Server-Sent Events.
+//! steps with outputs and errors, the ledger, its agent steps' turns and tool calls, the
+//! actions the caller may take, the event log and, while it runs, live updates over
+//! Server-Sent Events.
 //!
 //! First paint reads the folded state (snapshot + tail, as a worker does), one page of
 //! events and the ledger, whatever the log's length. The live stream ([`live`]) polls the
@@ -14,7 +15,7 @@ use super::events::{self, EventQuery};
 use super::layout::{self, badge, Nav};
 use super::session::Viewer;
 use super::time::format_ms;
-use super::{actions, dag, json, timeline, UiState};
+use super::{actions, agents, dag, json, timeline, UiState};
 use crate::problem::ApiError;
 use crate::routes::{jobs, parse_id, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -44,6 +45,8 @@ fn notice_text(n: &str) -> Option<&'static str> {
         "cancel" => Some("Cancel stored. The worker running the job applies it shortly."),
         "signal" => Some("Signal stored. A waiting step for that name resumes shortly."),
         "confirm" => Some("Confirmation stored. The job continues shortly."),
+        "approval" => Some("Decision stored. The agent step goes on shortly."),
+        "budget" => Some("Budget decision stored. The agent step goes on shortly."),
         _ => None,
     }
 }
@@ -85,6 +88,7 @@ pub async fn page(
             sse-connect=[running.then_some(live_url.as_str())]
             sse-close=[running.then_some("done")] {
             (summary_markup(&state, &ledger, now, running))
+            (agents::section(&state, None, viewer.may(crate::routes::commands::SIGNAL.access)))
             (actions::panel_markup(&viewer, &state))
             (events::section(id, &ev, &q.events, tail))
         }
@@ -399,6 +403,14 @@ fn changes_actions(b: &EventBody) -> bool {
                 | EventBody::WaitCompleted { .. }
                 | EventBody::WaitTimedOut { .. }
                 | EventBody::JobParked { .. }
+                // An agent's calls may wait for (or leave) an approval, a budget decision
+                // or a confirmation.
+                | EventBody::AgentModelAnswered { .. }
+                | EventBody::AgentToolOutcomeUnknown { .. }
+                | EventBody::AgentToolApproved { .. }
+                | EventBody::AgentToolRefused { .. }
+                | EventBody::AgentBudgetReached { .. }
+                | EventBody::AgentBudgetDecided { .. }
         )
 }
 

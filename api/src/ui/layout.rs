@@ -18,6 +18,7 @@ const HTMX_CONFIG: &str = r#"{"allowEval":false,"allowScriptTags":false,"selfReq
 pub enum Nav {
     Jobs,
     Tenants,
+    System,
 }
 
 /// An HTML answer's builder: media type and `Cache-Control: no-store`.
@@ -54,6 +55,7 @@ pub fn page(title: &str, viewer: &Viewer, nav: Nav, body: Markup) -> Markup {
     let p = &viewer.principal;
     let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
     let tenants = viewer.may(crate::routes::tenants::LIST.access);
+    let system = viewer.may(crate::routes::system::ACTORS.access);
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -66,6 +68,9 @@ pub fn page(title: &str, viewer: &Viewer, nav: Nav, body: Markup) -> Markup {
                         a href="/ui/jobs" aria-current=[(nav == Nav::Jobs).then_some("page")] { "Jobs" }
                         @if tenants {
                             a href="/ui/tenants" aria-current=[(nav == Nav::Tenants).then_some("page")] { "Tenants" }
+                        }
+                        @if system {
+                            a href="/ui/system" aria-current=[(nav == Nav::System).then_some("page")] { "System" }
                         }
                     }
                     div.who {
@@ -142,6 +147,13 @@ pub fn status_class(status: &str) -> &'static str {
         "pending" => "st-pending",
         "outcome_unknown" => "st-unknown",
         "sleeping" => "st-sleeping",
+        // An agent's tool calls (docs/agents.md).
+        "refused" => "st-failed",
+        "awaiting_approval" => "st-waiting",
+        "approved" => "st-running",
+        // Processes of the supervision page.
+        "live" => "st-succeeded",
+        "not_announcing" => "st-failed",
         _ => "st-other",
     }
 }
@@ -149,4 +161,30 @@ pub fn status_class(status: &str) -> &'static str {
 /// A status badge.
 pub fn badge(status: &str) -> Markup {
     html! { span class={ "badge " (status_class(status)) } { (status.replace('_', " ")) } }
+}
+
+/// A count with thousands separators (`12,345`), for token figures.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_get_thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 }

@@ -1,8 +1,10 @@
 //! The trace UI, served by the gateway at `/ui`: server-rendered HTML (maud, which escapes
 //! every interpolated value) with htmx for partial updates and Server-Sent Events for live
 //! jobs, its files embedded in the binary. Pages: sign in/out, the jobs list, a job (plan
-//! DAG, waterfall timeline, steps, ledger, attempts with fencing tokens, the hash-chained
-//! event log, actions), its evidence, and the tenants with their limits and usage.
+//! DAG, waterfall timeline, steps, ledger, attempts with fencing tokens, agent turns and
+//! tool calls, the hash-chained event log, actions including an agent's approvals and
+//! budget), its evidence, the tenants with their limits and usage, and the supervision
+//! tree of every process.
 //! docs/ui.md describes the pages, their permissions and the security headers.
 //!
 //! Invariants kept here:
@@ -23,6 +25,8 @@
 //! Not part of the JSON API: `/v1/openapi.json` does not list these routes.
 
 mod actions;
+mod agents;
+mod approvals;
 pub mod assets;
 mod dag;
 mod error;
@@ -33,6 +37,7 @@ mod jobs_list;
 mod json;
 mod layout;
 pub mod session;
+mod system;
 mod tenants;
 mod time;
 mod timeline;
@@ -91,6 +96,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/jobs/{id}/actions", web::get().to(actions::panel))
             .route("/jobs/{id}/events", web::get().to(events::partial))
             .route("/jobs/{id}/attempts", web::get().to(timeline::attempts))
+            .route("/jobs/{id}/agents", web::get().to(agents::partial))
             .route("/jobs/{id}/live", web::get().to(job_page::live))
             .route("/jobs/{id}/cancel", web::post().to(actions::cancel))
             .route("/jobs/{id}/signal", web::post().to(actions::signal))
@@ -98,9 +104,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 "/jobs/{id}/steps/{step}/confirm",
                 web::post().to(actions::confirm),
             )
+            .route(
+                "/jobs/{id}/approvals/{call}",
+                web::post().to(approvals::decide),
+            )
+            .route("/jobs/{id}/budget", web::post().to(approvals::budget))
             .route("/jobs/{id}/evidence", web::get().to(evidence::page))
             .route("/jobs/{id}/evidence.zip", web::get().to(evidence::download))
             .route("/tenants", web::get().to(tenants::page))
+            .route("/system", web::get().to(system::page))
+            .route("/system/table", web::get().to(system::partial))
             .default_service(web::to(not_found)),
     );
 }

@@ -14,7 +14,7 @@ use super::session::Viewer;
 use super::time::{format_duration, format_ms};
 use crate::routes::{jobs, parse_id, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
-use aetheris_runtime::{EventBody, JobState, RecordedEvent, StepStatus};
+use aetheris_runtime::{EventBody, JobId, JobState, RecordedEvent, StepStatus};
 use aetheris_store::Scope;
 use maud::{html, Markup};
 use std::collections::HashMap;
@@ -384,16 +384,14 @@ pub fn section(state: &JobState, now: i64) -> Markup {
     }
 }
 
-/// `GET /ui/jobs/{id}/attempts`: the per-attempt timeline and the attempts table.
-pub async fn attempts(
-    req: HttpRequest,
-    path: web::Path<String>,
-    st: web::Data<AppState>,
-) -> Result<HttpResponse, UiError> {
-    let viewer = Viewer::of(&req, &st, jobs::EVENTS.access).await?;
-    let id = parse_id(&path)?;
-    let state = super::job_page::load(&st, &viewer, id).await?;
-    let scope = Scope::Tenant(&viewer.principal.tenant);
+/// The first events of a job, at most about [`SCAN_EVENTS`]: what the views built from
+/// events (the per-attempt timeline, the agents' latencies) read, so a long log costs a
+/// bounded read.
+pub async fn scan(
+    st: &AppState,
+    scope: Scope<'_>,
+    id: JobId,
+) -> Result<Vec<RecordedEvent>, aetheris_store::StoreError> {
     let mut events = Vec::new();
     let mut after = 0;
     while events.len() < SCAN_EVENTS {
@@ -405,6 +403,21 @@ pub async fn attempts(
             break;
         }
     }
+    Ok(events)
+}
+
+/// `GET /ui/jobs/{id}/attempts`: the per-attempt timeline and the attempts table.
+pub async fn attempts(
+    req: HttpRequest,
+    path: web::Path<String>,
+    st: web::Data<AppState>,
+) -> Result<HttpResponse, UiError> {
+    let viewer = Viewer::of(&req, &st, jobs::EVENTS.access).await?;
+    let id = parse_id(&path)?;
+    let state = super::job_page::load(&st, &viewer, id).await?;
+    let scope = Scope::Tenant(&viewer.principal.tenant);
+    let events = scan(&st, scope, id).await?;
+    let after = events.last().map_or(0, |e| e.seq);
     let cut = state.last_seq > after;
     let now = st.store.now_ms().await?;
     let (rows, list) = from_events(&state, &events, now);
@@ -442,7 +455,7 @@ pub async fn attempts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aetheris_runtime::{EffectClass, JobId};
+    use aetheris_runtime::EffectClass;
     use serde_json::json;
 
     fn ev(seq: u64, at: i64, body: EventBody) -> RecordedEvent {

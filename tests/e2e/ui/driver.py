@@ -6,6 +6,7 @@ failure (exit status 1 with the reason); on success the last line of stdout is a
 object with what was measured and where the downloaded evidence package is.
 """
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -57,6 +58,28 @@ def until(token, job, pred, what, limit=30):
             return j
         time.sleep(0.1)
     raise AssertionError(f"job {job}: {what} within {limit}s; last {j}")
+
+
+AGENT = {"provider": "fake", "model": "m1", "system": "You refund orders.",
+         "prompt": "Ticket: ${input.ticket}", "tools": ["lookup", "refund"],
+         "approve": ["refund"], "max_turns": 4, "budget": {"tokens": 20000}}
+REFUND = "approve-triage.1.1"
+
+
+def agent_job():
+    return submit(OPS, [{"id": "triage", "agent": AGENT}], {"ticket": "order B-9 broke"})
+
+
+def awaits_approval(j):
+    turns = ((j.get("steps") or [{}])[0].get("agent") or {}).get("turns", [])
+    return any(c.get("awaits_approval") for t in turns for c in t["tool_calls"])
+
+
+def labelled(page, where):
+    """Every visible form control in `where` has a label (screen readers name it)."""
+    bare = page.evaluate("""(sel) => [...document.querySelectorAll(sel + ' input, ' + sel + ' textarea, ' + sel + ' select')]
+        .filter(e => e.type !== 'hidden' && e.labels.length === 0).map(e => e.name)""", where)
+    check(not bare, f"every control in {where} has a label ({bare})")
 
 
 HOSTILE = "<script>window.__pwned='input'</script><img src=x onerror=\"window.__pwned='img'\">"
@@ -120,6 +143,11 @@ with sync_playwright() as pw:
                            {"id": "receipt", "tool": "echo", "needs": ["pay"], "args": {"paid": "${steps.pay.output}"}}])
     doomed = submit(OPS, [{"id": "hold", "wait": {"signal": "never"}}])
     parked = submit(OPS, [{"id": "hold", "wait": {"signal": "never"}}])
+    agent_ok, agent_no, agent_pending = agent_job(), agent_job(), agent_job()
+    # A step budget smaller than one model call's reservation: the step parks at once.
+    agent_budget = submit(OPS, [{"id": "triage", "agent": dict(AGENT, tools=["lookup"], approve=[],
+                                                               budget={"tokens": 500})}],
+                          {"ticket": "order C-3 broke"})
     until(OPS, hostile, lambda j: j["status"] == "succeeded", "hostile job succeeds")
 
     # Sign in: a bad token is refused with the reason, a good one starts the session.
@@ -215,6 +243,93 @@ with sync_playwright() as pw:
     page.wait_for_function("() => document.querySelector('#job-summary dl.facts .badge').innerText === 'cancelled'", timeout=20000)
     check(True, "the cancelled job shows cancelled")
 
+    # Agent steps: turns and tool calls; a proposed call approved with edited arguments,
+    # another rejected; the model's hostile answer and arguments inert.
+    for job in (agent_ok, agent_no, agent_pending):
+        until(OPS, job, awaits_approval, "the refund awaits its approval")
+    page.goto(f"{URL}/ui/jobs/{agent_ok}")
+    page.wait_for_selector("#agents table.turns")
+    page.wait_for_function("() => !document.querySelector('#agents').innerText.includes('Loading the latencies')")
+    inert(page, "the model's answer and the proposed arguments")
+    agents = page.inner_text("#agents")
+    check("<script>window.__pwned='model'</script>" in agents, "the model's hostile answer shows as text")
+    check("fake · m1" in agents and "1,200 / 45" in agents, f"the turn shows its provider, model and tokens in / out ({agents})")
+    latency = page.inner_text("#agents table.turns tbody tr td:nth-of-type(3)")
+    check(latency.strip() not in ("", "…", "—"), f"the turn shows its latency ({latency})")
+    check("triage.1.0" in agents and "lookup" in agents, "the lookup call is listed")
+    check(page.locator("[id='call-triage.1.1'] .badge").inner_text() == "awaiting approval",
+          "the refund call shows awaiting approval")
+    check("of 20,000 tokens" in agents, "the step's budget used is shown")
+    form = page.locator(f"[id='{REFUND}']")
+    check(form.count() == 1, "the operator is offered the approval")
+    check("window.__pwned='args'" in form.inner_text(), "the proposed arguments are shown")
+    labelled(page, "#actions")
+    shot(page, "job-agent.png")
+    form.locator("textarea[name=args]").fill(json.dumps({"amount": 25, "note": "edited in the UI"}))
+    form.locator("button[value=edit]").click()
+    check("Approve this tool call with your arguments?" in page.inner_text("h1"), "approving asks for confirmation")
+    check('"amount": 25' in page.inner_text("main"), "the confirmation repeats the edited arguments")
+    shot(page, "approval-confirm.png", full=False)
+    page.click("text=Yes, approve with these arguments")
+    page.wait_for_url(f"**/ui/jobs/{agent_ok}?notice=approval")
+    page.wait_for_function("() => document.querySelector('#job-summary dl.facts .badge').innerText === 'succeeded'", timeout=20000)
+    check(True, "the approved agent job went on to succeed")
+    page.goto(f"{URL}/ui/jobs/{agent_ok}")
+    agents = page.inner_text("#agents")
+    check("approved by ops-alice" in agents, "the approval is recorded with the signed-in identity")
+    check(page.locator("[id='call-triage.1.1'] .badge").inner_text() == "succeeded", "the approved refund ran")
+    check("Handled: <b>not bold</b>." in agents and page.locator("#agents table.turns tbody tr").count() == 2,
+          "the second turn and the final answer are shown")
+    inert(page, "the finished agent job")
+
+    page.goto(f"{URL}/ui/jobs/{agent_no}")
+    form = page.locator(f"[id='{REFUND}']")
+    form.locator("input[name=reason]").fill("no refunds today <script>window.__pwned='reason'</script>")
+    # By keyboard: from the reason, Tab goes through Approve, Approve edited, Reject.
+    for _ in range(3):
+        page.keyboard.press("Tab")
+    focused = page.evaluate("() => document.activeElement.value + ':' + document.activeElement.tagName")
+    check(focused == "reject:BUTTON", f"the decisions are reached with Tab ({focused})")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/ui/jobs/{agent_no}/approvals/triage.1.1")
+    check("Reject this tool call?" in page.inner_text("h1"), "rejecting asks for confirmation")
+    page.click("text=Yes, reject it")
+    page.wait_for_url(f"**/ui/jobs/{agent_no}?notice=approval")
+    page.wait_for_function("() => document.querySelector('#job-summary dl.facts .badge').innerText === 'succeeded'", timeout=20000)
+    page.goto(f"{URL}/ui/jobs/{agent_no}")
+    check(page.locator("[id='call-triage.1.1'] .badge").inner_text() == "refused", "the rejected refund shows refused")
+    check("rejected by ops-alice: no refunds today" in page.inner_text("#agents"), "the rejection's reason is shown")
+    inert(page, "the rejection reason")
+    csrf = page.get_attribute("form.inline input[name=csrf]", "value")
+    r = ctx.request.post(f"{URL}/ui/jobs/{agent_no}/approvals/triage.1.1",
+                         form={"csrf": csrf, "decision": "approve", "confirmed": "yes"})
+    check(r.status == 409, f"a decided call cannot be decided again ({r.status})")
+
+    # A step parked at its budget: raise it from the UI, and the job goes on.
+    until(OPS, agent_budget, lambda j: ((j["steps"][0].get("agent") or {}).get("budget_wait") or None) is not None,
+          "the agent step parks at its budget")
+    page.goto(f"{URL}/ui/jobs/{agent_budget}")
+    check("Waiting for a budget decision" in page.inner_text("#agents")
+          and page.locator("form#budget").count() == 1, "a parked step shows its wait and the budget card")
+    labelled(page, "#actions")
+    page.fill("#b-tokens", "20000")
+    page.click("form#budget button[value=raise]")
+    check("Decide the budget?" in page.inner_text("h1") and "raise the budget by 20,000 tokens" in page.inner_text("main"),
+          "a raise asks for confirmation")
+    page.click("text=Yes, send it")
+    page.wait_for_url(f"**/ui/jobs/{agent_budget}?notice=budget")
+    page.wait_for_function("() => document.querySelector('#job-summary dl.facts .badge').innerText === 'succeeded'", timeout=20000)
+    page.goto(f"{URL}/ui/jobs/{agent_budget}")
+    check("of 20,500 tokens" in page.inner_text("#agents"), "the raised budget is shown")
+
+    # The supervision tree is the system tenant's admins' only: the API's own refusal.
+    check(page.locator("header a[href='/ui/system']").count() == 0, "a tenant's operator is not offered the System page")
+    r = page.goto(f"{URL}/ui/system")
+    s, _ = api("GET", "/v1/system/actors", OPS)
+    check(r.status == 403 and s == 403, f"a tenant's operator is refused /ui/system as the API refuses it ({r.status}, {s})")
+    r = ctx.request.get(f"{URL}/ui/system/table")
+    check(r.status == 403, "and its refreshing table")
+
     # A form from elsewhere (no CSRF token of this session) is refused.
     r = ctx.request.post(f"{URL}/ui/jobs/{waiting}/cancel", form={"csrf": "0" * 64, "reason": "x", "confirmed": "yes"})
     check(r.status == 403, f"a form without the session's CSRF token is refused ({r.status})")
@@ -253,6 +368,15 @@ with sync_playwright() as pw:
     results["evidence_zip"] = path
     r = ctx.request.post(f"{URL}/ui/jobs/{parked}/cancel", form={"csrf": page.get_attribute("form.inline input[name=csrf]", "value"), "reason": "x", "confirmed": "yes"})
     check(r.status == 403, f"an auditor's cancel is refused even with a valid form ({r.status})")
+    page.goto(f"{URL}/ui/jobs/{agent_pending}")
+    page.wait_for_selector("#agents table.turns")
+    check(page.locator(f"[id='{REFUND}']").count() == 0
+          and page.locator("[id='call-triage.1.1'] .badge").inner_text() == "awaiting approval",
+          "an auditor sees the pending approval but is offered no decision")
+    r = ctx.request.post(f"{URL}/ui/jobs/{agent_pending}/approvals/triage.1.1",
+                         form={"csrf": page.get_attribute("form.inline input[name=csrf]", "value"),
+                               "decision": "approve", "confirmed": "yes"})
+    check(r.status == 403, f"an auditor's approval is refused even with a valid form ({r.status})")
     ctx.close()
 
     # Another tenant: the same URLs answer 404, the list is empty of acme's jobs.
@@ -275,7 +399,19 @@ with sync_playwright() as pw:
     page.click("text=Tenants")
     inert(page, "tenant names")
     check("<script>window.__pwned='tenant'</script>" in page.inner_text("table.tenants"), "the hostile tenant name shows as text")
+    row = page.inner_text("table.tenants tbody tr:has(th:text-is('acme'))")
+    m = re.search(r"([\d,]+) of 1,000,000", row)
+    check(m is not None and int(m.group(1).replace(",", "")) > 0,
+          f"acme's LLM tokens of today are shown against its daily budget ({row})")
     shot(page, "tenants.png")
+    # The supervision tree: every process with its actors, refreshing itself.
+    page.click("header >> text=System")
+    page.wait_for_function("() => document.querySelectorAll('article.process').length >= 2", timeout=20000)
+    system = page.inner_text("main")
+    check("gateway" in system and "worker" in system and page.locator("article.process .badge.st-succeeded").count() >= 2,
+          f"the gateway and the worker are live ({system[:400]})")
+    check(page.locator("article.process table.actors tbody tr").count() >= 1, "processes list their actors by kind")
+    shot(page, "system.png")
     # Sign out ends the session.
     page.click("button.link")
     page.wait_for_url("**/ui/login")
@@ -290,8 +426,16 @@ with sync_playwright() as pw:
     width = page.evaluate("() => document.documentElement.scrollWidth")
     check(width <= 400, f"the job page fits a phone's width ({width}px)")
     shot(page, "job-phone.png", full=False)
+    page.goto(f"{URL}/ui/jobs/{agent_pending}")
+    page.wait_for_selector(f"[id='{REFUND}']")
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    check(width <= 400, f"an agent job with its approval fits a phone's width ({width}px)")
+    page.locator(f"[id='{REFUND}']").scroll_into_view_if_needed()
+    shot(page, "job-agent-phone.png", full=False)
     ctx.close()
     browser.close()
 
-results["jobs"] = {"hostile": hostile, "waiting": waiting, "unknown": unknown, "cancelled": doomed, "live": live}
+results["jobs"] = {"hostile": hostile, "waiting": waiting, "unknown": unknown, "cancelled": doomed, "live": live,
+                   "agent_approved": agent_ok, "agent_rejected": agent_no, "agent_pending": agent_pending,
+                   "agent_budget": agent_budget}
 print(json.dumps(results))
