@@ -53,7 +53,7 @@
 //! `jobs`, `append` (the append transaction and group commit), `submit` (group submit),
 //! `batch` (the batchers' fair queue), `leases`, `commands`, `tenants` (with evidence
 //! policies), `users`, `audit`, `presence`, `transparency` (each tenant's log of finished
-//! jobs).
+//! jobs), `retention` (deleting finished jobs past their tenant's retention).
 
 use crate::fair::JobTenants;
 use crate::{Result, StoreError};
@@ -113,6 +113,7 @@ mod listen;
 mod llm;
 mod operations;
 mod presence;
+mod retention;
 mod rows;
 mod submit;
 mod tenants;
