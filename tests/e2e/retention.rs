@@ -249,3 +249,57 @@ fn finished_jobs_past_a_short_retention_are_deleted_and_waiting_ones_stay() {
         );
     });
 }
+
+/// A job that parks gets a snapshot at its park, whatever the cadence, so waking it
+/// replays nothing; the cadence is the worker's `snapshot_every`.
+#[test]
+fn a_parked_job_is_snapshotted_at_its_park() {
+    use crate::support::TestNode;
+    use aetheris_actors::WorkerConfig;
+    use aetheris_runtime::JobId;
+    use aetheris_store::Scope;
+    let node = TestNode::start(
+        |_| {},
+        WorkerConfig {
+            snapshot_every: 1_000_000,
+            ..WorkerConfig::default()
+        },
+    );
+    crate::support::rt().block_on(async {
+        let c = reqwest::Client::new();
+        let (_, j) = submit(
+            &c,
+            &node.url,
+            &json!({"plan": {"steps": [
+                {"id": "a", "tool": "echo"},
+                {"id": "w", "wait": {"signal": "go"}, "needs": ["a"]}
+            ]}}),
+        )
+        .await;
+        let id = j["job_id"].as_str().unwrap().to_string();
+        let j = settle(&c, &node.url, &id, Duration::from_secs(30)).await;
+        assert_eq!(j["status"], "waiting", "{j}");
+        let job: JobId = id.parse().unwrap();
+        let last = node
+            .store
+            .get_job(Scope::System, job)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq;
+        // The write is asynchronous: allow it a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let snap = node.store.latest_snapshot(job, u64::MAX).await.unwrap();
+            if snap.as_ref().is_some_and(|(seq, _)| *seq == last) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no snapshot at the park (seq {last}): {:?}",
+                snap.map(|s| s.0)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
