@@ -23,8 +23,8 @@
 use crate::metrics as m;
 use crate::ratelimit::{LimitsConfig, RateLimiters, TenantLimits};
 use aetheris_proof::SigningKey;
-use aetheris_store::{DueJob, DynStore, RetentionPolicy, Scope, StoreError};
 use aetheris_runtime::JobId;
+use aetheris_store::{DueJob, DynStore, RetentionPolicy, Scope, StoreError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -274,7 +274,17 @@ mod tests {
         assert_eq!(parse_retention("1s"), Ok(Some(1_000)));
         assert_eq!(parse_retention("forever"), Ok(None));
         for bad in [
-            "", "d", "0d", "-1d", "1.5h", "1 h", "12", "12w", "forever!", "+3d", "99999999999d",
+            "",
+            "d",
+            "0d",
+            "-1d",
+            "1.5h",
+            "1 h",
+            "12",
+            "12w",
+            "forever!",
+            "+3d",
+            "99999999999d",
         ] {
             assert!(parse_retention(bad).is_err(), "{bad:?} accepted");
         }

@@ -27,6 +27,7 @@ mod pg;
 pub mod report;
 mod runner;
 mod w1;
+mod w10;
 mod w3;
 mod w4;
 mod w5;
@@ -34,7 +35,6 @@ mod w6;
 mod w7;
 mod w8;
 mod w9;
-mod w10;
 
 pub use report::Report;
 

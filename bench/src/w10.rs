@@ -101,7 +101,8 @@ async fn once(opener: runner::Opener, jobs: usize, w1_jobs: usize) -> Result<W10
     let after_second_gc = size(&store).await;
     worker.drain().await;
 
-    let per_job = |wall: Duration, deleted: u64| wall.as_secs_f64() * 1000.0 / deleted.max(1) as f64;
+    let per_job =
+        |wall: Duration, deleted: u64| wall.as_secs_f64() * 1000.0 / deleted.max(1) as f64;
     Ok(W10Report {
         jobs: jobs as u64,
         batch_size: BATCH as u64,

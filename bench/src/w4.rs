@@ -11,8 +11,8 @@
 
 use crate::report::W4Report;
 use crate::runner::{self, median, ms, progress, progress_done, Fresh, Opener};
-use aetheris_runtime::codec::{encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_actors::{ToolRegistry, WorkerConfig};
+use aetheris_runtime::codec::{encode_versioned, SNAPSHOT_FORMAT};
 use aetheris_runtime::{invocation_key, EffectClass, EventBody, JobId};
 use aetheris_store::{load_job_state, Append, DynStore, Scope};
 use serde_json::{json, Value};
@@ -92,7 +92,11 @@ async fn once(opener: Opener, events: u64) -> Result<W4Run, String> {
 async fn step_latencies(store: &DynStore, events: u64) -> Result<(f64, f64), String> {
     let mut steps = vec![json!({"id": "s", "tool": "echo"})];
     for i in 0..STEP_CHAIN {
-        let needs = if i == 0 { "s".to_string() } else { format!("t{}", i - 1) };
+        let needs = if i == 0 {
+            "s".to_string()
+        } else {
+            format!("t{}", i - 1)
+        };
         steps.push(json!({"id": format!("t{i}"), "tool": "echo", "needs": [needs]}));
     }
     let plan = runner::plan(json!({ "steps": steps }))?;

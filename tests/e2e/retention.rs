@@ -220,7 +220,10 @@ fn finished_jobs_past_a_short_retention_are_deleted_and_waiting_ones_stay() {
             if j["status"] == "succeeded" {
                 break;
             }
-            assert!(Instant::now() < deadline, "signalled job did not finish: {j}");
+            assert!(
+                Instant::now() < deadline,
+                "signalled job did not finish: {j}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
@@ -233,8 +236,8 @@ fn finished_jobs_past_a_short_retention_are_deleted_and_waiting_ones_stay() {
             .text()
             .await
             .unwrap();
-        let deleted =
-            crate::support::sample(&metrics, "aetheris_retention_deleted_jobs_total").unwrap_or(0.0);
+        let deleted = crate::support::sample(&metrics, "aetheris_retention_deleted_jobs_total")
+            .unwrap_or(0.0);
         assert!(deleted >= 3.0, "deleted {deleted}:\n{metrics}");
         let cp = c
             .get(format!("{url}/v1/evidence/checkpoint"))
@@ -244,7 +247,11 @@ fn finished_jobs_past_a_short_retention_are_deleted_and_waiting_ones_stay() {
         assert_eq!(cp.status().as_u16(), 200);
         let cp_text = cp.text().await.unwrap();
         assert!(
-            cp_text.lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()) >= Some(4),
+            cp_text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse::<u64>().ok())
+                >= Some(4),
             "the log keeps a leaf per finished job, deleted or not:\n{cp_text}"
         );
     });

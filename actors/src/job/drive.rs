@@ -323,7 +323,8 @@ impl JobActor {
     fn maybe_snapshot(&mut self, parked: bool, ctx: &mut Context<Self>) {
         let Some(state) = self.state() else { return };
         let due = state.last_seq >= self.last_snapshot_seq + self.worker.config.snapshot_every;
-        if !due && !(parked && state.last_seq > self.last_snapshot_seq) {
+        let newer = state.last_seq > self.last_snapshot_seq;
+        if !(due || (parked && newer)) {
             return;
         }
         let blob = match encode_versioned(SNAPSHOT_FORMAT, state) {

@@ -112,10 +112,7 @@ async fn due(pool: &Pool, policy: &RetentionPolicy, limit: usize) -> Result<Vec<
     let c = super::conn::Conn::get(pool).await?;
     let (tenants, keep, default) = policy_params(policy);
     let rows = c
-        .cached_query(
-            DUE_SQL,
-            &[&tenants, &keep, &default, &to_i64(limit as u64)],
-        )
+        .cached_query(DUE_SQL, &[&tenants, &keep, &default, &to_i64(limit as u64)])
         .await?;
     rows.iter()
         .map(|r| {

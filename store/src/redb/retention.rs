@@ -42,7 +42,12 @@ pub(super) fn backfill_once(tx: &WriteTransaction) -> Result<()> {
         return Ok(());
     }
     let mut finished: Vec<(Vec<u8>, i64)> = Vec::new();
-    for item in tx.open_table(JOBS).map_err(db_err)?.iter().map_err(db_err)? {
+    for item in tx
+        .open_table(JOBS)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
         let (k, v) = item.map_err(db_err)?;
         let row: JobRow = dec(v.value())?;
         if row.status.is_terminal() {
@@ -109,7 +114,10 @@ fn due_in(db: &Database, policy: &RetentionPolicy, limit: usize, now: i64) -> Re
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let before = now.saturating_sub(keep);
         let lo = tenant_key(&tenant, &[]);
-        let hi = tenant_key(&tenant, &first_id_at(before.saturating_add(keep.min(1_000))));
+        let hi = tenant_key(
+            &tenant,
+            &first_id_at(before.saturating_add(keep.min(1_000))),
+        );
         let mut taken = 0;
         for item in t
             .range::<&[u8]>(lo.as_slice()..hi.as_slice())

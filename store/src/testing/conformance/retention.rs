@@ -31,7 +31,9 @@ async fn finished_job(store: &DynStore, tenant: &str, key: &str) -> JobId {
     let id = s.job_id;
     let l = lease_and_run_a(store, tenant, "gc-w", id).await;
     ok(
-        store.put_snapshot(id, l.token, 3, b"state@3".to_vec()).await,
+        store
+            .put_snapshot(id, l.token, 3, b"state@3".to_vec())
+            .await,
         "put_snapshot",
     );
     ok(
@@ -242,7 +244,11 @@ pub async fn retention_batches_are_bounded(store: DynStore) {
         );
         let ids: Vec<JobId> = due.iter().map(|d| d.job_id).collect();
         let gone = ok(store.delete_jobs(&p, &ids).await, "delete batch");
-        assert_eq!(gone.len(), ids.len(), "round {round}: a due batch deletes all");
+        assert_eq!(
+            gone.len(),
+            ids.len(),
+            "round {round}: a due batch deletes all"
+        );
         deleted.extend(gone);
     }
     assert_eq!(
