@@ -278,3 +278,66 @@ impl RedbStore {
         self.delete(policy, ids, true).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Append, JobLog, Leases, NewJob};
+    use aetheris_runtime::EventBody;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    /// A store file written before `FINISHED` existed gets its finished jobs entered on
+    /// open (once), so retention finds them; unfinished ones are not entered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_without_the_finished_index_is_backfilled_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let plan: aetheris_runtime::Plan =
+            serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo"}]})).unwrap();
+        let job = || NewJob {
+            tenant: "acme".into(),
+            idempotency_key: None,
+            plan: plan.clone(),
+            input: json!({}),
+        };
+        let (done, running) = {
+            let store = RedbStore::open(&path).unwrap();
+            for _ in 0..2 {
+                store.submit(job(), None).await.unwrap();
+            }
+            let leases = store.claim("w", 60_000, 10).await.unwrap();
+            store
+                .append(Append {
+                    job_id: leases[0].job_id,
+                    token: leases[0].token,
+                    expected_last_seq: 1,
+                    events: vec![EventBody::JobSucceeded { output: json!(1) }],
+                })
+                .await
+                .unwrap();
+            (leases[0].job_id, leases[1].job_id)
+        };
+        // The file as an earlier version left it: no FINISHED table, no marker.
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.delete_table(FINISHED).unwrap();
+            tx.open_table(META).unwrap().remove(BACKFILLED).unwrap();
+            tx.commit().unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let store = RedbStore::open(&path).unwrap();
+        let policy = RetentionPolicy {
+            default_ms: None,
+            tenants: BTreeMap::from([("acme".to_string(), Some(1))]),
+        };
+        let due = store.due_jobs(&policy, 10).await.unwrap();
+        assert_eq!(due.iter().map(|d| d.job_id).collect::<Vec<_>>(), vec![done]);
+        assert_eq!(
+            store.delete_jobs(&policy, &[done, running]).await.unwrap(),
+            vec![done]
+        );
+        assert!(store.due_jobs(&policy, 10).await.unwrap().is_empty());
+    }
+}
