@@ -312,4 +312,109 @@ mod tests {
         assert_eq!(p.keep_ms("any"), Some(2 * 86_400_000));
         assert!(policy_of(&LimitsConfig::default(), None).keeps_everything());
     }
+
+    use aetheris_runtime::EventBody;
+    use aetheris_store::{Append, JobLog, Leases, NewJob, RedbStore};
+
+    /// A store with `n` finished jobs of tenant `acme` (and one still running).
+    async fn store_with_finished(dir: &Path, n: usize) -> (DynStore, Vec<JobId>, JobId) {
+        let store: DynStore = Arc::new(RedbStore::open(&dir.join("a.redb")).unwrap());
+        let plan: aetheris_runtime::Plan =
+            serde_json::from_value(serde_json::json!({"steps": [{"id": "a", "tool": "echo"}]}))
+                .unwrap();
+        for _ in 0..=n {
+            let job = NewJob {
+                tenant: "acme".into(),
+                idempotency_key: None,
+                plan: plan.clone(),
+                input: serde_json::json!({}),
+            };
+            store.submit(job, None).await.unwrap();
+        }
+        let leases = store.claim("w", 60_000, 100).await.unwrap();
+        let mut finished = Vec::new();
+        for l in &leases[..n] {
+            let finish = Append {
+                job_id: l.job_id,
+                token: l.token,
+                expected_last_seq: 1,
+                events: vec![EventBody::JobSucceeded {
+                    output: serde_json::json!(1),
+                }],
+            };
+            store.append(finish).await.unwrap();
+            finished.push(l.job_id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (store, finished, leases[n].job_id)
+    }
+
+    fn acme_after_1ms() -> RetentionPolicy {
+        RetentionPolicy {
+            default_ms: None,
+            tenants: BTreeMap::from([("acme".to_string(), Some(1))]),
+        }
+    }
+
+    fn archiving_to(dir: PathBuf, key: &Arc<SigningKey>) -> GcConfig {
+        GcConfig {
+            enabled: false,
+            batch_size: 2,
+            archive: Some(Archive {
+                dir,
+                key: key.clone(),
+                exporter: "aetheris test".into(),
+            }),
+            ..GcConfig::default()
+        }
+    }
+
+    /// A pass deletes every due job in batches, each archived first as a package that
+    /// verifies offline; the running job stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_archives_then_deletes_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, finished, running) = store_with_finished(dir.path(), 5).await;
+        let key = Arc::new(SigningKey::from_seed([3; 32]).unwrap());
+        let archive = dir.path().join("archive");
+        let report = run_pass(
+            &store,
+            &acme_after_1ms(),
+            &archiving_to(archive.clone(), &key),
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.deleted, 5);
+        assert_eq!(report.batches, 3, "5 jobs in batches of 2");
+        assert_eq!(report.not_archived, 0);
+        for id in &finished {
+            let zip = std::fs::read(archive.join("acme").join(format!("{id}.zip"))).unwrap();
+            aetheris_proof::verify(&zip, &[key.public_key()]).unwrap();
+            assert!(store.get_job(Scope::System, *id).await.unwrap().is_none());
+        }
+        assert!(store
+            .get_job(Scope::System, running)
+            .await
+            .unwrap()
+            .is_some());
+    }
+
+    /// A job whose package cannot be written is not deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_whose_archive_fails_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, finished, _) = store_with_finished(dir.path(), 2).await;
+        let key = Arc::new(SigningKey::from_seed([3; 32]).unwrap());
+        // The archive "directory" is a file: nothing can be written under it.
+        let blocked = dir.path().join("not-a-dir");
+        std::fs::write(&blocked, b"x").unwrap();
+        let report = run_pass(&store, &acme_after_1ms(), &archiving_to(blocked, &key))
+            .await
+            .unwrap();
+        assert_eq!(report.deleted, 0);
+        assert_eq!(report.not_archived, 2);
+        for id in &finished {
+            assert!(store.get_job(Scope::System, *id).await.unwrap().is_some());
+        }
+    }
 }
