@@ -314,7 +314,7 @@ mod tests {
     }
 
     use aetheris_runtime::EventBody;
-    use aetheris_store::{Append, JobLog, Leases, NewJob, RedbStore};
+    use aetheris_store::{Append, NewJob, RedbStore};
 
     /// A store with `n` finished jobs of tenant `acme` (and one still running).
     async fn store_with_finished(dir: &Path, n: usize) -> (DynStore, Vec<JobId>, JobId) {
