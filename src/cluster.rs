@@ -78,6 +78,58 @@ impl WorkerSettings {
     }
 }
 
+/// Retention's settings (`[retention]`), read by `dev` and `worker`.
+#[derive(Debug, Clone)]
+pub struct GcSettings {
+    pub default: String,
+    pub batch_size: usize,
+    pub interval_ms: u64,
+    pub archive_dir: Option<std::path::PathBuf>,
+}
+
+impl GcSettings {
+    pub fn from_config(c: &Effective) -> GcSettings {
+        GcSettings {
+            default: c
+                .text(Key::RetentionDefault)
+                .unwrap_or(aetheris_actors::gc::FOREVER)
+                .to_string(),
+            batch_size: c.count(Key::RetentionBatchSize),
+            interval_ms: c.number(Key::RetentionIntervalMs),
+            archive_dir: c.path(Key::RetentionArchiveDir).map(Into::into),
+        }
+    }
+
+    /// The collector's configuration; archiving signs with `key` (required then).
+    pub fn config(
+        &self,
+        key: Option<std::sync::Arc<aetheris_proof::SigningKey>>,
+    ) -> Result<aetheris_actors::gc::GcConfig, String> {
+        let default_retention_ms = aetheris_actors::gc::parse_retention(&self.default)
+            .map_err(|e| format!("[retention] default: {e}"))?;
+        let archive = match (&self.archive_dir, key) {
+            (None, _) => None,
+            (Some(dir), Some(key)) => Some(aetheris_actors::gc::Archive {
+                dir: dir.clone(),
+                key,
+                exporter: format!("aetheris {}", env!("CARGO_PKG_VERSION")),
+            }),
+            (Some(_), None) => {
+                return Err("[retention] archive_dir needs [evidence] signing_key_file \
+                            (--evidence-signing-key-file) to sign the archived packages"
+                    .into())
+            }
+        };
+        Ok(aetheris_actors::gc::GcConfig {
+            enabled: true,
+            default_retention_ms,
+            batch_size: self.batch_size,
+            interval: Duration::from_millis(self.interval_ms),
+            archive,
+        })
+    }
+}
+
 /// The rate limiters of `limits`: a limits file is read and checked here; inline limits
 /// were checked with the config file; none means no limits.
 pub fn load_limits(limits: &Limits) -> Result<aetheris_actors::ratelimit::RateLimiters, String> {
@@ -252,8 +304,13 @@ pub fn server(config: &Effective, llm: &crate::agents::LlmArgs) -> Result<ExitCo
 pub fn worker(settings: &Effective, llm: &crate::agents::LlmArgs) -> Result<ExitCode, String> {
     let db = DbSettings::required(settings)?;
     let w = WorkerSettings::from_config(settings);
+    let evidence_key = match settings.path(Key::EvidenceKeyFile) {
+        Some(p) => Some(crate::evidence::load_signing_key(p)?),
+        None => None,
+    };
     let config = WorkerConfig {
         llm: llm.settings(settings.path(Key::LlmProvidersFile))?,
+        gc: GcSettings::from_config(settings).config(evidence_key)?,
         ..w.config()?
     };
     crate::startup::check_bind(&w.admin_bind)?;

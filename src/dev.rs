@@ -46,6 +46,7 @@ struct DevSettings {
     gateway: GatewaySettings,
     /// `--evidence-signing-key-file`; unset: `<data-dir>/evidence.key`, made on first start.
     evidence_key_file: Option<PathBuf>,
+    gc: crate::cluster::GcSettings,
 }
 
 impl DevSettings {
@@ -65,6 +66,7 @@ impl DevSettings {
             insecure_no_auth: c.switch(Key::InsecureNoAuth),
             gateway: GatewaySettings::from_config(c),
             evidence_key_file: c.path(Key::EvidenceKeyFile).map(PathBuf::from),
+            gc: crate::cluster::GcSettings::from_config(c),
         }
     }
 }
@@ -162,6 +164,7 @@ pub fn run(
     };
     let (evidence_key, evidence_pub) =
         crate::evidence::dev_signing_key(args.evidence_key_file.as_deref(), &args.data_dir)?;
+    let gc = args.gc.config(Some(evidence_key.clone()))?;
     crate::startup::run_system(async move {
         // The PostgreSQL pool must live on this long-lived system (a pool dies with the
         // runtime that created it).
@@ -186,6 +189,7 @@ pub fn run(
             lease_ttl_ms: args.lease_ttl_ms,
             heartbeat_ms: (args.lease_ttl_ms / 5).max(50),
             llm,
+            gc,
             ..WorkerConfig::default()
         };
         let mut cfg = NodeConfig {

@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     /// LLM providers for every tenant and per tenant (flags, providers file); tenants'
     /// own providers in the store lie over them.
     pub llm: crate::llm::LlmSettings,
+    /// Retention: the collector of finished jobs this worker runs (`gc`).
+    pub gc: crate::gc::GcConfig,
 }
 
 impl Default for WorkerConfig {
@@ -50,6 +52,7 @@ impl Default for WorkerConfig {
             rate_limits: RateLimiters::default(),
             finished_buffer: 4096,
             llm: crate::llm::LlmSettings::default(),
+            gc: crate::gc::GcConfig::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! LeaseManager             ── claims, heartbeats, releases leases
 //! ToolRegistry             ── ToolActor × tools
 //! RateLimiters             ── RateLimiter × tenants
+//! gc (a task)              ── deletes finished jobs past their tenant's retention
 //! ```
 //! Modules depend one way: `clock`, `metrics`, `supervision`, `tools`, `ratelimit`,
 //! `presence`, `messages` and `context` (what the actors share) import no actor; `job`,
@@ -23,6 +24,7 @@
 pub mod clock;
 pub mod context;
 pub mod failpoint;
+pub mod gc;
 pub mod job;
 pub mod lease;
 pub mod llm;

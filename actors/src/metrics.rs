@@ -78,6 +78,8 @@ pub const PROCESS_TTL: &str = "aetheris_process_ttl_seconds";
 pub const EVIDENCE_EXPORT_FAILURES: &str = "aetheris_evidence_export_failures_total";
 pub const RETENTION_GC_LAG: &str = "aetheris_retention_gc_lag_seconds";
 pub const RETENTION_DELETED: &str = "aetheris_retention_deleted_jobs_total";
+pub const RETENTION_BATCH_DURATION: &str = "aetheris_retention_gc_batch_seconds";
+pub const RETENTION_ERRORS: &str = "aetheris_retention_gc_errors_total";
 pub const LLM_BUDGET_USED: &str = "aetheris_llm_budget_used_ratio";
 /// OpenTelemetry GenAI `gen_ai.client.token.usage`, as a Prometheus counter of tokens.
 pub const GEN_AI_TOKEN_USAGE: &str = "aetheris_gen_ai_client_token_usage_total";
@@ -227,6 +229,8 @@ pub const DEFINITIONS: &[Definition] = &[
     counter(EVIDENCE_EXPORT_FAILURES, "Evidence exports that failed on the server's side, by stage (key: no signing key, store, build, audit)."),
     gauge(RETENTION_GC_LAG, Unit::Seconds, "Age of the oldest finished job past its tenant's retention, not yet deleted (0: retention is kept)."),
     counter(RETENTION_DELETED, "Finished jobs deleted by retention."),
+    histogram(RETENTION_BATCH_DURATION, "One retention batch: archiving its jobs (if configured) and deleting them in one store transaction.", REPLAY_BUCKETS),
+    counter(RETENTION_ERRORS, "Retention failures by stage (store: a pass failed and is retried next interval; archive: a job's package could not be written, so it is kept)."),
     gauge(LLM_BUDGET_USED, Unit::Count, "Share (0 to 1) of a tenant's LLM token budget of the day that is used, per tenant."),
     counter(GEN_AI_TOKEN_USAGE, "LLM tokens used (gen_ai.client.token.usage), per tenant, provider (gen_ai_provider_name), model (gen_ai_request_model) and gen_ai_token_type (input, output)."),
     histogram(GEN_AI_OPERATION_DURATION, "LLM calls' duration (gen_ai.client.operation.duration), per tenant, provider, model and gen_ai_operation_name.", MODEL_BUCKETS),
@@ -301,6 +305,9 @@ fn zero_process_series() {
     metrics::counter!(SNAPSHOT_FAILURES).increment(0);
     metrics::counter!(RETENTION_DELETED).increment(0);
     metrics::gauge!(RETENTION_GC_LAG).set(0.0);
+    for stage in ["store", "archive"] {
+        metrics::counter!(RETENTION_ERRORS, "stage" => stage).increment(0);
+    }
 }
 
 /// The process's metrics: a handle on its one recorder. Cheap to copy.

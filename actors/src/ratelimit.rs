@@ -56,6 +56,12 @@ pub struct TenantLimits {
     /// store counts leases; never scaled by `share`).
     #[serde(default)]
     pub max_running_jobs: Option<u64>,
+    /// How long the tenant's finished jobs are kept before retention deletes them:
+    /// `90s`, `45m`, `12h`, `30d`, or `forever`. Unset: the process's default
+    /// (`[retention] default`). Not a rate: it is here so it is set and shown with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([1-9][0-9]*[smhd]|forever)$"))]
+    pub retention: Option<String>,
 }
 
 /// Defaults plus per-tenant overrides (an override replaces the default field by field).
@@ -86,6 +92,7 @@ impl TenantLimits {
             llm_tokens_per_min: self.llm_tokens_per_min.or(base.llm_tokens_per_min),
             llm_tokens_per_day: self.llm_tokens_per_day.or(base.llm_tokens_per_day),
             max_running_jobs: self.max_running_jobs.or(base.max_running_jobs),
+            retention: self.retention.clone().or_else(|| base.retention.clone()),
         }
     }
 }
@@ -143,6 +150,9 @@ impl LimitsConfig {
                 return Err(format!(
                     "limits: {who}: max_running_jobs must be at least 1"
                 ));
+            }
+            if let Some(r) = &l.retention {
+                crate::gc::parse_retention(r).map_err(|e| format!("limits: {who}: {e}"))?;
             }
             if l.llm_tokens_per_day == Some(0) {
                 return Err(format!(

@@ -4,7 +4,7 @@
 //! worker in the store (before its first claim, so its share of each tenant's global limits
 //! is right from the first call), and starts the actor tree; `WorkerHandle::drain` stops
 //! taking work, records in-flight calls, releases every lease and withdraws the
-//! announcement.
+//! announcement. It also starts the worker's retention collector (`gc`).
 //!
 //! The tree is built in one pass (no late binding): the lease manager's context is made
 //! first so the registry can be started with its address, then the lease manager runs in
@@ -56,6 +56,7 @@ impl Worker {
             config.rate_limits.clone(),
         );
         tools.attach_llm(llm.clone());
+        let gc = crate::gc::spawn(store.clone(), config.rate_limits.clone(), config.gc.clone());
         let (leases, _registry) = start_actor_tree(WorkerContext {
             llm,
             store,
@@ -68,6 +69,7 @@ impl Worker {
             leases,
             finished,
             announcement,
+            gc,
         })
     }
 }
@@ -80,6 +82,7 @@ pub struct WorkerHandle {
     leases: Addr<LeaseManager>,
     finished: FinishedJobs,
     announcement: Announcement,
+    gc: crate::gc::GcHandle,
 }
 
 impl WorkerHandle {
@@ -96,7 +99,8 @@ impl WorkerHandle {
     /// Graceful stop: take no new work, let job actors record their in-flight calls (for
     /// at most `grace`), release every lease, and withdraw the announcement so the other
     /// workers' shares grow at once.
-    pub async fn drain(self, grace: Duration) {
+    pub async fn drain(mut self, grace: Duration) {
+        self.gc.stop();
         if let Err(e) = self.leases.send(Drain::new(grace)).await {
             tracing::warn!(error = %e, "draining the lease manager failed");
         }

@@ -31,6 +31,9 @@ pub enum ApiError {
     #[error("invalid plan: {}{}", .0.first().map(|e| e.to_string()).unwrap_or_default(),
         if .0.len() > 1 { format!(" (and {} more)", .0.len() - 1) } else { String::new() })]
     InvalidPlan(Vec<PlanError>),
+    /// Well-formed JSON with a value the route cannot take (422), e.g. a bad retention.
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     NotFound(String),
     /// A known path with another method (405 with `Allow`).
@@ -80,6 +83,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::InvalidPlan(_) => "invalid-plan",
+            ApiError::Unprocessable(_) => "unprocessable",
             ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed { .. } => "method-not-allowed",
             ApiError::TooLarge(_) => "payload-too-large",
@@ -98,6 +102,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "Bad request",
             ApiError::InvalidPlan(_) => "Invalid plan",
+            ApiError::Unprocessable(_) => "Unprocessable content",
             ApiError::NotFound(_) => "Not found",
             ApiError::MethodNotAllowed { .. } => "Method not allowed",
             ApiError::TooLarge(_) => "Payload too large",
@@ -118,7 +123,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidPlan(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidPlan(_) | ApiError::Unprocessable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -12,6 +12,8 @@
 //! - W7 (`w7.rs`): bytes per event, from W1's largest run;
 //! - W8 (`w8.rs`): export and offline verification of a long job's evidence package;
 //! - W9 (`w9.rs`, on request): agent loops against a fake provider answering at once;
+//! - W10 (`w10.rs`, on request): retention: store size after deleting finished jobs vs at
+//!   peak, the cost per job deleted, and W1's throughput while retention runs;
 //! - hostile (`hostile.rs`): a dev node's answer time to ~1 MiB plans and its `/healthz`
 //!   latency while hostile submissions are in flight;
 //! - on PostgreSQL, the `pgbench` baseline of the same server (`pg.rs`).
@@ -25,6 +27,7 @@ mod pg;
 pub mod report;
 mod runner;
 mod w1;
+mod w10;
 mod w3;
 mod w4;
 mod w5;
@@ -61,11 +64,21 @@ pub struct BenchArgs {
     /// Jobs parked on a signal in W5 (run with `--workloads w5`).
     #[arg(long, default_value_t = 10_000)]
     pub parked: usize,
+    /// W10: one-step jobs run through the tenant with a short retention, per fill (run
+    /// with `--workloads w10`).
+    #[arg(long, default_value_t = 100_000)]
+    pub w10_jobs: usize,
+    /// W10: jobs of the W1 runs timed without and with retention running.
+    #[arg(long, default_value_t = 500)]
+    pub w10_w1_jobs: usize,
+    /// Smaller sizes for a quick look: W10 with 5,000 jobs and 200 W1 jobs.
+    #[arg(long)]
+    pub quick: bool,
     /// Only these workloads: w1 (step throughput and latency), w3 (crash and drain
     /// handoff), w4 (reload of a long job), w5 (parked jobs), w6 (tenant flood), w7 (bytes
-    /// per event), w8 (evidence export and verify of a long job), w9 (agent loops),
-    /// hostile (~1 MiB hostile plans against a dev node); w5, w6 and w9 run only when
-    /// named. See docs/benchmarks.md.
+    /// per event), w8 (evidence export and verify of a long job), w9 (agent loops), w10
+    /// (retention), hostile (~1 MiB hostile plans against a dev node); w5, w6, w9 and w10
+    /// run only when named. See docs/benchmarks.md.
     #[arg(long, value_delimiter = ',', default_value = "w1,w3,w4,w7,w8,hostile")]
     pub workloads: Vec<String>,
     /// Print the report as one JSON object instead of the table.
@@ -142,11 +155,12 @@ enum Workload {
     W7,
     W8,
     W9,
+    W10,
     Hostile,
 }
 
 impl Workload {
-    const NAMES: [(&'static str, Workload); 9] = [
+    const NAMES: [(&'static str, Workload); 10] = [
         ("w1", Workload::W1),
         ("w3", Workload::W3),
         ("w4", Workload::W4),
@@ -155,6 +169,7 @@ impl Workload {
         ("w7", Workload::W7),
         ("w8", Workload::W8),
         ("w9", Workload::W9),
+        ("w10", Workload::W10),
         ("hostile", Workload::Hostile),
     ];
 
@@ -165,7 +180,7 @@ impl Workload {
             .map(|(_, w)| *w)
             .ok_or_else(|| {
                 format!(
-                    "unknown workload {name:?} (expected w1, w3, w4, w5, w6, w7, w8, w9 or hostile)"
+                    "unknown workload {name:?} (expected w1, w3, w4, w5, w6, w7, w8, w9, w10 or hostile)"
                 )
             })
     }
@@ -212,6 +227,9 @@ fn validate(args: &BenchArgs) -> Result<Selection, String> {
         return Err("--w3-heartbeat-ms must be above 0 and below --w3-lease-ttl-ms".into());
     }
     validate_w6(args)?;
+    if args.w10_jobs == 0 || args.w10_w1_jobs == 0 {
+        return Err("--w10-jobs and --w10-w1-jobs must be at least 1".into());
+    }
     if args.hostile_runs == 0 || args.hostile_in_flight == 0 || args.hostile_phase_ms == 0 {
         return Err(
             "--hostile-runs, --hostile-in-flight and --hostile-phase-ms must be at least 1".into(),
@@ -272,6 +290,14 @@ fn measure(args: &BenchArgs, selection: &Selection) -> Result<Report, String> {
     }
     if selection.has(Workload::W9) {
         report.w9 = Some(w9::run(&fresh, args.runs)?);
+    }
+    if selection.has(Workload::W10) {
+        let (jobs, w1_jobs) = if args.quick {
+            (args.w10_jobs.min(5_000), args.w10_w1_jobs.min(200))
+        } else {
+            (args.w10_jobs, args.w10_w1_jobs)
+        };
+        report.w10 = Some(w10::run(&fresh, jobs, w1_jobs)?);
     }
     if selection.has(Workload::Hostile) {
         report.hostile = Some(hostile::run(hostile::HostileCfg {

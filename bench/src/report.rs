@@ -44,7 +44,71 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub w9: Option<crate::w9::W9Report>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub w10: Option<W10Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hostile: Option<HostileReport>,
+}
+
+/// W10: retention of one-step jobs (w10.rs).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct W10Report {
+    pub jobs: u64,
+    pub batch_size: u64,
+    pub size_before_bytes: u64,
+    /// After the first fill (every job finished, none deleted).
+    pub peak_bytes: u64,
+    /// After the first retention pass.
+    pub after_gc_bytes: u64,
+    /// After a second fill of as many jobs.
+    pub second_peak_bytes: u64,
+    /// After the second retention pass.
+    pub after_second_gc_bytes: u64,
+    pub fill_jobs_per_s: f64,
+    /// Deleted by the first pass (which ran while W1 did).
+    pub deleted_while_w1: u64,
+    /// Wall time of the second pass (nothing else running) per job deleted.
+    pub gc_ms_per_job_alone: f64,
+    /// Wall time of the first pass (under W1, then alone) per job deleted.
+    pub gc_ms_per_job_under_w1: f64,
+    pub deleted_alone: u64,
+    pub w1_jobs: u64,
+    pub w1_steps_per_s_without_gc: f64,
+    pub w1_steps_per_s_with_gc: f64,
+}
+
+impl Display for W10Report {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        writeln!(
+            f,
+            "\nW10: retention of {} one-step jobs per fill (batches of {}; {:.0} jobs/s filled)",
+            self.jobs, self.batch_size, self.fill_jobs_per_s
+        )?;
+        writeln!(
+            f,
+            "  store: {:.1} MiB before, {:.1} MiB at peak, {:.1} MiB after GC; second fill \
+             {:.1} MiB, after its GC {:.1} MiB",
+            mib(self.size_before_bytes),
+            mib(self.peak_bytes),
+            mib(self.after_gc_bytes),
+            mib(self.second_peak_bytes),
+            mib(self.after_second_gc_bytes)
+        )?;
+        writeln!(
+            f,
+            "  GC cost: {:.3} ms/job alone ({} jobs), {:.3} ms/job while W1 ran ({} jobs)",
+            self.gc_ms_per_job_alone,
+            self.deleted_alone,
+            self.gc_ms_per_job_under_w1,
+            self.deleted_while_w1
+        )?;
+        let ratio = self.w1_steps_per_s_with_gc / self.w1_steps_per_s_without_gc.max(1e-9);
+        writeln!(
+            f,
+            "  W1 ({} jobs, concurrency 16): {:.0} steps/s without GC, {:.0} with GC ({:.2}×)",
+            self.w1_jobs, self.w1_steps_per_s_without_gc, self.w1_steps_per_s_with_gc, ratio
+        )
+    }
 }
 
 /// `pgbench` single-row insert commits/s on the same server in the same run (the baseline
@@ -169,6 +233,10 @@ pub struct W4Report {
     pub reload_with_snapshot_ms: f64,
     pub append_at_event_10_ms: f64,
     pub append_at_last_event_ms: f64,
+    /// A real worker's step (start, echo call, result; store clock) early in a fresh job.
+    pub step_at_event_10_ms: f64,
+    /// The same step once the job's log holds `events` events.
+    pub step_at_last_event_ms: f64,
 }
 
 /// W8: export and offline verification of one long job's evidence package.
@@ -320,7 +388,7 @@ impl Display for Report {
         if let Some(rows) = &self.w1 {
             W1Table(rows).fmt(f)?;
         }
-        let sections: [Option<&dyn Display>; 8] = [
+        let sections: [Option<&dyn Display>; 9] = [
             self.w7.as_ref().map(|s| s as &dyn Display),
             self.w3.as_ref().map(|s| s as &dyn Display),
             self.w6.as_ref().map(|s| s as &dyn Display),
@@ -328,6 +396,7 @@ impl Display for Report {
             self.w8.as_ref().map(|s| s as &dyn Display),
             self.w9.as_ref().map(|s| s as &dyn Display),
             self.w5.as_ref().map(|s| s as &dyn Display),
+            self.w10.as_ref().map(|s| s as &dyn Display),
             self.hostile.as_ref().map(|s| s as &dyn Display),
         ];
         for s in sections.into_iter().flatten() {
@@ -524,6 +593,11 @@ impl Display for W4Report {
             f,
             "  one append at event 10: {:.3} ms; at event {}: {:.3} ms",
             self.append_at_event_10_ms, self.events, self.append_at_last_event_ms
+        )?;
+        writeln!(
+            f,
+            "  one worker step at event 10: {:.3} ms; at event {}: {:.3} ms",
+            self.step_at_event_10_ms, self.events, self.step_at_last_event_ms
         )
     }
 }
@@ -748,6 +822,8 @@ mod tests {
                 reload_with_snapshot_ms: 0.25,
                 append_at_event_10_ms: 0.5,
                 append_at_last_event_ms: 0.625,
+                step_at_event_10_ms: 0.75,
+                step_at_last_event_ms: 0.875,
             }),
             hostile: Some(hostile()),
             ..Report::default()

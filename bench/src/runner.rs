@@ -381,6 +381,11 @@ pub async fn start_worker(
 }
 
 impl BenchWorker {
+    /// A new subscription to the jobs this worker finishes from now on.
+    pub fn feed(&self) -> FinishedFeed {
+        self.handle.finished()
+    }
+
     /// Graceful stop: in-flight calls recorded, leases released.
     pub async fn drain(self) {
         self.handle.drain(Duration::from_secs(5)).await;

@@ -28,7 +28,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Steps per W1 job.
-const STEPS: usize = 10;
+pub(crate) const STEPS: usize = 10;
 /// Events per W1 job: submitted + 10 × (started, succeeded) + job_succeeded.
 pub const EVENTS_PER_JOB: usize = 22;
 /// A run that takes longer has hung.
@@ -157,7 +157,7 @@ fn pgbench_ratio(
     (base > 0.0).then(|| (label, steps_per_s / base))
 }
 
-fn ten_step_plan() -> Result<Plan, String> {
+pub(crate) fn ten_step_plan() -> Result<Plan, String> {
     let steps: Vec<Value> = (0..STEPS)
         .map(|i| {
             if i == 0 {
@@ -347,7 +347,7 @@ struct Slots {
 
 /// Runs `jobs` jobs, `concurrency` at a time; returns every job's latency (submission to
 /// completion, ms) and one job's id.
-async fn drive(
+pub(crate) async fn drive(
     store: &DynStore,
     plan: &Plan,
     concurrency: usize,

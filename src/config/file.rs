@@ -209,7 +209,7 @@ mod tests {
             (
                 "[wrker]\nmax_jobs = 1\n",
                 "conf/aetheris.toml:1: unknown table [wrker]; the tables are [database], \
-                 [gateway], [auth], [worker], [limits], [llm], [evidence], [dev], [log]",
+                 [gateway], [auth], [worker], [limits], [llm], [evidence], [retention], [dev], [log]",
             ),
             (
                 "bind = \"x:1\"\n",

@@ -53,6 +53,10 @@ pub enum Key {
     LimitsFile,
     LlmProvidersFile,
     EvidenceKeyFile,
+    RetentionDefault,
+    RetentionBatchSize,
+    RetentionIntervalMs,
+    RetentionArchiveDir,
     DataDir,
     LogFilter,
 }
@@ -76,6 +80,8 @@ pub enum Kind {
     Switch,
     /// A log filter (`warn`, `info`, `aetheris_actors=debug,warn`).
     LogFilter,
+    /// A retention: `90s`, `45m`, `12h`, `30d` or `forever`.
+    Retention,
 }
 
 /// A setting's value when no flag, variable or config file gives one.
@@ -158,8 +164,17 @@ impl Fallback {
 
 /// The tables of aetheris.toml, in the order the docs list them. `[limits]` also holds the
 /// inline limits (`defaults`, `tenants`, `share`: the limits file's format).
-pub const TABLES: [&str; 9] = [
-    "database", "gateway", "auth", "worker", "limits", "llm", "evidence", "dev", "log",
+pub const TABLES: [&str; 10] = [
+    "database",
+    "gateway",
+    "auth",
+    "worker",
+    "limits",
+    "llm",
+    "evidence",
+    "retention",
+    "dev",
+    "log",
 ];
 
 const DSW: &[Cmd] = &[Cmd::Dev, Cmd::Server, Cmd::Worker];
@@ -460,11 +475,77 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Path,
         default: Fallback::Unset,
         command_defaults: &[],
-        commands: &[Cmd::Dev, Cmd::Server],
+        commands: DSW,
         help: "Sign evidence packages and checkpoints with the Ed25519 key in this file (from \
                `aetheris evidence keygen`; docs/evidence.md). Unset: a server answers its \
                evidence export and checkpoint routes with 503; `dev` makes \
-               `<data-dir>/evidence.key` on first start.",
+               `<data-dir>/evidence.key` on first start. A worker needs it only to archive \
+               jobs before retention deletes them (`[retention] archive_dir`).",
+    },
+    Setting {
+        key: Key::RetentionDefault,
+        table: "retention",
+        name: "default",
+        flag: "retention",
+        env: "AETHERIS_RETENTION",
+        value_name: "DURATION",
+        kind: Kind::Retention,
+        default: Fallback::Text("forever"),
+        command_defaults: &[],
+        commands: DW,
+        help: "How long finished jobs (succeeded, failed, cancelled) are kept before the \
+               workers delete them: `90s`, `45m`, `12h`, `30d` or `forever`. A tenant's own \
+               `retention` (its limits, set through the tenants API or the limits file) \
+               wins (docs/operations.md, \"Retention and GC\").",
+    },
+    Setting {
+        key: Key::RetentionBatchSize,
+        table: "retention",
+        name: "batch_size",
+        flag: "retention-batch-size",
+        env: "AETHERIS_RETENTION_BATCH_SIZE",
+        value_name: "N",
+        kind: Kind::Number {
+            min: 1,
+            max: 100_000,
+        },
+        default: Fallback::Number(500),
+        command_defaults: &[],
+        commands: DW,
+        help: "Finished jobs deleted per store transaction by retention; smaller batches \
+               hold locks for less time, larger ones cost less per job.",
+    },
+    Setting {
+        key: Key::RetentionIntervalMs,
+        table: "retention",
+        name: "interval_ms",
+        flag: "retention-interval-ms",
+        env: "AETHERIS_RETENTION_INTERVAL_MS",
+        value_name: "MS",
+        kind: Kind::Number {
+            min: 100,
+            max: 86_400_000,
+        },
+        default: Fallback::Number(30_000),
+        command_defaults: &[],
+        commands: DW,
+        help: "Pause between retention passes, in milliseconds; a pass deletes batch after \
+               batch until nothing is due.",
+    },
+    Setting {
+        key: Key::RetentionArchiveDir,
+        table: "retention",
+        name: "archive_dir",
+        flag: "retention-archive-dir",
+        env: "AETHERIS_RETENTION_ARCHIVE_DIR",
+        value_name: "DIR",
+        kind: Kind::Path,
+        default: Fallback::Unset,
+        command_defaults: &[],
+        commands: DW,
+        help: "Before deleting a job, write its signed evidence package to \
+               `DIR/<tenant>/<job>.zip` (needs `[evidence] signing_key_file`); a job whose \
+               package cannot be written is kept. Unset: jobs are deleted without an archive.",
     },
     Setting {
         key: Key::DataDir,

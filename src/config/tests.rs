@@ -310,6 +310,12 @@ providers_file = "llm.json"
 [evidence]
 signing_key_file = "evidence.key"
 
+[retention]
+default = "30d"
+batch_size = 200
+interval_ms = 5000
+archive_dir = "archive"
+
 [dev]
 data_dir = "/var/lib/aetheris-dev"
 

@@ -34,7 +34,7 @@ pub fn from_text(kind: Kind, raws: &[String]) -> Result<Value, String> {
             Ok(Value::Paths(paths))
         }
         Kind::Path => non_empty(raw).map(|p| Value::Path(PathBuf::from(p))),
-        Kind::Text | Kind::Address | Kind::PostgresUrl | Kind::LogFilter => {
+        Kind::Text | Kind::Address | Kind::PostgresUrl | Kind::LogFilter | Kind::Retention => {
             text(kind, raw).map(Value::Text)
         }
     }
@@ -138,6 +138,7 @@ fn text(kind: Kind, s: &str) -> Result<String, String> {
                      postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
                 )
             }),
+        Kind::Retention => aetheris_actors::gc::parse_retention(s).map(|_| s.to_string()),
         Kind::LogFilter => tracing_subscriber::EnvFilter::try_new(s)
             .map(|_| s.to_string())
             .map_err(|e| {

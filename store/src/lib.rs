@@ -2,7 +2,7 @@
 //!
 //! The contract is one small trait per concern (`contract`: [`JobLog`], [`Leases`],
 //! [`Commands`], [`Tenants`], [`Users`], [`Audit`], [`Presence`], [`Operations`],
-//! [`TransparencyLog`])
+//! [`TransparencyLog`], [`LlmStore`], [`Retention`])
 //! and [`Store`], all of them; it is the only way the rest of the system touches durable
 //! state. Two backends implement it with one file per concern: PostgreSQL ([`pg`],
 //! production, many processes) and redb ([`redb`], embedded, one process). Both plan every
@@ -32,8 +32,8 @@ pub mod transparency;
 
 pub use self::redb::RedbStore;
 pub use contract::{
-    Audit, Commands, DynStore, JobLog, Leases, LlmStore, Operations, Presence, Store, Tenants,
-    TransparencyLog, Users, FORGET_AFTER_MS,
+    Audit, Commands, DynStore, JobLog, Leases, LlmStore, Operations, Presence, Retention, Store,
+    Tenants, TransparencyLog, Users, FORGET_AFTER_MS,
 };
 pub(crate) use error::append_refused;
 pub use error::{unavailable_errors, Entity, Result, StoreError};

@@ -392,3 +392,38 @@ pub struct LlmReservation {
     /// The day's tokens, this reservation included.
     pub used: u64,
 }
+
+/// How long each tenant's finished jobs are kept (see `Retention`): `default` for tenants
+/// without an entry, `tenants` per tenant; `None` keeps them forever. The workers build it
+/// from the tenants' limits (`retention`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub default_ms: Option<u64>,
+    pub tenants: std::collections::BTreeMap<String, Option<u64>>,
+}
+
+impl RetentionPolicy {
+    /// How long `tenant`'s finished jobs are kept (`None`: forever).
+    pub fn keep_ms(&self, tenant: &str) -> Option<u64> {
+        match self.tenants.get(tenant) {
+            Some(keep) => *keep,
+            None => self.default_ms,
+        }
+    }
+
+    /// No tenant's jobs are ever deleted under this policy.
+    pub fn keeps_everything(&self) -> bool {
+        self.default_ms.is_none() && self.tenants.values().all(Option::is_none)
+    }
+}
+
+/// A finished job past its tenant's retention (`Retention::due_jobs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueJob {
+    pub job_id: JobId,
+    pub tenant: String,
+    /// When it finished (its terminal event's store time).
+    pub finished_at_ms: i64,
+    /// How long past its tenant's retention it is (ms, at the store clock of the read).
+    pub overdue_ms: u64,
+}

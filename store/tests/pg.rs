@@ -1109,3 +1109,16 @@ fn a_server_that_is_down_makes_the_store_unavailable() {
         panic!("the store did not recover once the server was back");
     });
 }
+
+/// A retention batch whose transaction fails after deleting its events and ledger rows
+/// (before its commit) leaves every job whole; a second run deletes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_retention_crash_midway_leaves_jobs_whole() {
+    let (_, store) = fresh().await;
+    let store = Arc::new(store);
+    let crashing = store.clone();
+    conformance::retention_crash_midway_leaves_jobs_whole(store, |policy, ids| async move {
+        crashing.delete_jobs_crashing_midway(&policy, &ids).await
+    })
+    .await;
+}

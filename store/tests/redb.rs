@@ -138,3 +138,17 @@ async fn redb_data_survives_reopen() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+/// A retention batch that fails inside the writer's transaction leaves every job whole;
+/// a second run deletes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_retention_crash_midway_leaves_jobs_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(&dir.path().join("aetheris.redb")).unwrap());
+    let crashing = store.clone();
+    aetheris_store::testing::conformance::retention_crash_midway_leaves_jobs_whole(
+        store,
+        |policy, ids| async move { crashing.delete_jobs_crashing_midway(&policy, &ids).await },
+    )
+    .await;
+}

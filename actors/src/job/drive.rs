@@ -268,7 +268,10 @@ impl JobActor {
                 None => self.report(&event.body),
             }
         }
-        self.maybe_snapshot(ctx);
+        let parked = recorded
+            .iter()
+            .any(|e| matches!(e.body, EventBody::JobParked { .. }));
+        self.maybe_snapshot(parked, ctx);
         if self.outbox.has_applied() {
             self.flush_applied(ctx);
             return;
@@ -313,9 +316,15 @@ impl JobActor {
         );
     }
 
-    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
+    /// Writes a snapshot every `snapshot_every` events, and whenever the job parks (a
+    /// parked job may wait long and is reloaded when it wakes: its reload then reads no
+    /// events). The write is fenced by the store, so it may outlive this actor: a parked
+    /// job's actor stops right after this, and the write goes on without it.
+    fn maybe_snapshot(&mut self, parked: bool, ctx: &mut Context<Self>) {
         let Some(state) = self.state() else { return };
-        if state.last_seq < self.last_snapshot_seq + self.worker.config.snapshot_every {
+        let due = state.last_seq >= self.last_snapshot_seq + self.worker.config.snapshot_every;
+        let newer = state.last_seq > self.last_snapshot_seq;
+        if !(due || (parked && newer)) {
             return;
         }
         let blob = match encode_versioned(SNAPSHOT_FORMAT, state) {
@@ -329,7 +338,7 @@ impl JobActor {
         let seq = state.last_seq;
         self.last_snapshot_seq = seq;
         let (store, job, token) = (self.worker.store.clone(), self.job_id, self.token);
-        ctx.spawn(actix::fut::wrap_future(async move {
+        let write = async move {
             match store.put_snapshot(job, token, seq, blob).await {
                 Ok(()) => metrics::counter!(metric::SNAPSHOTS_WRITTEN).increment(1),
                 Err(error) => {
@@ -337,6 +346,11 @@ impl JobActor {
                     tracing::warn!(job = %job, error = %error, "snapshot write failed")
                 }
             }
-        }));
+        };
+        if parked {
+            actix::spawn(write);
+        } else {
+            ctx.spawn(actix::fut::wrap_future(write));
+        }
     }
 }

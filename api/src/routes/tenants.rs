@@ -1,5 +1,7 @@
 //! Tenants as data (admins of the system tenant only): create, list, and replace a
-//! tenant's rate limits, which every gateway and worker applies without a restart.
+//! tenant's rate limits and retention (`limits.retention`), which every gateway and worker
+//! applies without a restart. A retention that does not parse is refused with 422 and
+//! changes nothing.
 
 use super::{schema, Access, Answer, AppState, Caller, HttpMethod, RouteSpec, MAX_NAME_BYTES};
 use crate::auth::Permission;
@@ -35,7 +37,7 @@ pub const CREATE: RouteSpec = RouteSpec::new(
     |r| r.to(create_tenant),
 )
 .body(Presence::Required, schema::<NewTenant>)
-.errors(&[409])
+.errors(&[409, 422])
 .creates("/v1/tenants/{id}", "/id");
 
 pub const SET_LIMITS: RouteSpec = RouteSpec::new(
@@ -43,12 +45,12 @@ pub const SET_LIMITS: RouteSpec = RouteSpec::new(
     "/v1/tenants/{id}/limits",
     Access::System(Permission::TenantAdmin),
     "setTenantLimits",
-    "Replace a tenant's rate limits (applied without restart)",
+    "Replace a tenant's rate limits and retention (applied without restart)",
     Answer::json(200, "the tenant", schema::<Tenant>),
     |r| r.to(set_tenant_limits),
 )
 .body(Presence::Required, schema::<TenantLimits>)
-.errors(&[404]);
+.errors(&[404, 422]);
 
 /// `POST /v1/tenants`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -91,8 +93,12 @@ fn limits_json(l: &TenantLimits) -> Value {
     serde_json::to_value(l).unwrap_or(Value::Null)
 }
 
-/// Checks limits the way a limits file is checked (positive numbers).
+/// Checks limits the way a limits file is checked (positive numbers); a retention that
+/// does not parse is a 422 naming the forms it takes.
 fn check_limits(l: &TenantLimits) -> Result<(), ApiError> {
+    if let Some(r) = &l.retention {
+        aetheris_actors::gc::parse_retention(r).map_err(ApiError::Unprocessable)?;
+    }
     let cfg = json!({"defaults": limits_json(l)});
     LimitsConfig::parse(&cfg.to_string())
         .map(|_| ())

@@ -3,8 +3,9 @@
 //! the store clock), [`Commands`], [`Tenants`], [`Users`] (with the per-request access
 //! lookup), [`Audit`], [`Presence`] (live processes and what they report),
 //! [`Operations`] (the backlog and unknown outcomes an operator watches),
-//! [`TransparencyLog`] (each tenant's log of finished jobs) and [`LlmStore`] (tenants' LLM
-//! providers and daily token usage). [`Store`] is all of them, with a
+//! [`TransparencyLog`] (each tenant's log of finished jobs), [`LlmStore`] (tenants' LLM
+//! providers and daily token usage) and [`Retention`] (deleting finished jobs past their
+//! tenant's retention). [`Store`] is all of them, with a
 //! blanket impl, so `DynStore = Arc<dyn Store>` serves callers that need several.
 //!
 //! Every backend keeps the same invariants, proven by the conformance suite
@@ -17,7 +18,10 @@
 //! - leases: a claim bumps the fencing token; time is the store's clock, never a worker's;
 //! - a job's terminal event and its transparency leaf commit together, the leaf derived
 //!   from the planned append by `crate::transparency::leaf_of` (one rule for every
-//!   backend); a tenant's leaf indexes are 0..n without gaps or repeats.
+//!   backend); a tenant's leaf indexes are 0..n without gaps or repeats, and a leaf
+//!   outlives its job's deletion by retention;
+//! - a snapshot write keeps only the job's newest snapshot (older ones are pruned in the
+//!   same transaction).
 //!
 //! Reads that serve a tenant take a `Scope`, so tenant isolation is enforced here and not
 //! only in handlers.
@@ -29,6 +33,7 @@ mod leases;
 mod llm;
 mod operations;
 mod presence;
+mod retention;
 mod tenants;
 mod transparency;
 mod users;
@@ -40,6 +45,7 @@ pub use leases::Leases;
 pub use llm::LlmStore;
 pub use operations::Operations;
 pub use presence::{Presence, FORGET_AFTER_MS};
+pub use retention::Retention;
 pub use tenants::Tenants;
 pub use transparency::TransparencyLog;
 pub use users::Users;
@@ -58,6 +64,7 @@ pub trait Store:
     + Operations
     + TransparencyLog
     + LlmStore
+    + Retention
     + Send
     + Sync
     + 'static
@@ -75,6 +82,7 @@ impl<T> Store for T where
         + Operations
         + TransparencyLog
         + LlmStore
+        + Retention
         + Send
         + Sync
         + 'static

@@ -4,7 +4,8 @@
 //! Invariants kept here: scoped reads filter by tenant in the same statement that finds the
 //! job, so another tenant's job reads as `NotFound` (G6); `load_job` is one statement, so
 //! the events it returns continue the snapshot it returns; a snapshot write is fenced by
-//! the job's token under a row lock (G3) and never lies beyond the log.
+//! the job's token under a row lock (G3), never lies beyond the log, and prunes the job's
+//! older snapshots.
 
 use super::conn::Conn;
 use super::rows::{
@@ -75,6 +76,8 @@ UNION ALL
 (SELECT 'c', c.id, c.created_at, NULL, c.body, NULL, NULL FROM commands c
  WHERE c.job_id = $1 AND c.applied_at IS NULL ORDER BY c.id)";
 
+/// Writes the snapshot and prunes the job's older ones (only the newest is ever read), in
+/// one statement; nothing is written or pruned when the token or seq is refused.
 const SNAPSHOT_SQL: &str = "\
 WITH j AS (
     SELECT token, last_seq FROM jobs WHERE job_id = $1 FOR SHARE
@@ -83,6 +86,8 @@ WITH j AS (
     SELECT $1, $3, $4 FROM j WHERE j.token = $2 AND $3 <= j.last_seq
     ON CONFLICT (job_id, seq) DO UPDATE SET blob = EXCLUDED.blob
     RETURNING 1
+), pruned AS (
+    DELETE FROM snapshots WHERE job_id = $1 AND seq < $3 AND EXISTS (SELECT 1 FROM ins)
 )
 SELECT j.token, j.last_seq, (SELECT count(*) FROM ins) FROM j";
 

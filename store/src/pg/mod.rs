@@ -60,7 +60,7 @@
 //! `known` (what this process knows of the jobs it writes), `submit` (group submit),
 //! `batch` (the batchers' fair queue), `leases`, `commands`, `tenants` (with evidence
 //! policies), `users`, `audit`, `presence`, `transparency` (each tenant's log of finished
-//! jobs).
+//! jobs), `retention` (deleting finished jobs past their tenant's retention).
 
 use crate::fair::JobTenants;
 use crate::{Result, StoreError};
@@ -123,6 +123,7 @@ mod listen;
 mod llm;
 mod operations;
 mod presence;
+mod retention;
 mod rows;
 mod submit;
 mod tenants;

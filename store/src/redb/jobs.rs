@@ -1,6 +1,7 @@
 //! The job log on the embedded store: submissions, appends (planned by
 //! `aetheris_runtime::plan_append`, then written, with the transparency leaf of a job they
-//! finish), snapshots and the reads of jobs, events and the ledger. Writes run on the writer thread (`writer`), reads on the blocking pool,
+//! finish), snapshots (a new one prunes the job's older ones) and the reads of jobs, events
+//! and the ledger. Writes run on the writer thread (`writer`), reads on the blocking pool,
 //! each in one redb transaction; scoped reads answer `NotFound` for another tenant's job.
 
 use super::commands::read_commands;
@@ -231,9 +232,12 @@ pub(super) fn snapshot_in(
             row.last_seq
         )));
     }
-    tx.open_table(SNAPSHOTS)
-        .map_err(db_err)?
-        .insert(seq_key(id, seq).as_slice(), blob)
+    let mut t = tx.open_table(SNAPSHOTS).map_err(db_err)?;
+    t.insert(seq_key(id, seq).as_slice(), blob)
+        .map_err(db_err)?;
+    // Only the newest snapshot is ever read: the older ones go in the same commit.
+    let (lo, below) = (seq_key(id, 0), seq_key(id, seq));
+    t.retain_in::<&[u8], _>(lo.as_slice()..below.as_slice(), |_, _| false)
         .map_err(db_err)?;
     Ok(())
 }

@@ -15,7 +15,7 @@
 //! Layout: one file per concern — `tables` (table definitions, row and key codecs), `writer`
 //! (the writer thread and its operations), `jobs`, `leases` (claims and timers),
 //! `commands`, `tenants` (with evidence policies), `users`, `audit`, `presence` (live
-//! processes and their reports, in memory), `operations` (backlog and unknown outcomes), `transparency` (each tenant's log of finished jobs). Every
+//! processes and their reports, in memory), `operations` (backlog and unknown outcomes), `transparency` (each tenant's log of finished jobs), `retention` (deleting finished jobs past their tenant's retention). Every
 //! append is planned by `aetheris_runtime::plan_append`, the planner PostgreSQL uses too.
 
 mod audit;
@@ -25,6 +25,7 @@ mod leases;
 mod llm;
 mod operations;
 mod presence;
+mod retention;
 mod tables;
 mod tenants;
 mod transparency;

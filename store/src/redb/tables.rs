@@ -1,6 +1,7 @@
 //! The tables of the embedded store, the encodings of their rows and keys, and the job
 //! row's upkeep: `save_row` keeps the claimable (`RUNNABLE`) and leased (`LEASED`) indexes
-//! in step with every job row it writes, so claims never read a tenant's whole backlog.
+//! in step with every job row it writes, so claims never read a tenant's whole backlog, and
+//! enters finished jobs in `FINISHED`, so retention never reads the jobs it keeps.
 //! Persisted rows carry a format version byte (`ROW_FORMAT_V1`); never reorder their
 //! fields.
 
@@ -53,6 +54,10 @@ pub(super) const LLM_PROVIDERS: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("llm_providers");
 /// Daily LLM token usage: tenant ‖ 0x00 ‖ UTC day (8, BE) → tokens (8, BE).
 pub(super) const LLM_USAGE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("llm_token_usage");
+/// Finished jobs by tenant, for retention: tenant ‖ 0x00 ‖ job (16) → finished at (8, BE).
+/// Written by `save_row` when a job's row becomes terminal (it never changes back), removed
+/// with the job; ids are UUIDv7, so a tenant's range is in creation order.
+pub(super) const FINISHED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("finished");
 /// Counters: "command_seq", "audit_seq" → u64 (BE); markers of one-time upgrades.
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -168,6 +173,7 @@ pub(super) fn create(db: &Database) -> Result<()> {
         TLOG_JOBS,
         LLM_PROVIDERS,
         LLM_USAGE,
+        FINISHED,
     ] {
         tx.open_table(t).map_err(db_err)?;
     }
@@ -176,6 +182,7 @@ pub(super) fn create(db: &Database) -> Result<()> {
     tx.open_table(EVIDENCE_POLICY).map_err(db_err)?;
     migrate_runnable_v1(&tx)?;
     super::transparency::backfill_once(&tx)?;
+    super::retention::backfill_once(&tx)?;
     tx.commit().map_err(db_err)
 }
 
@@ -256,6 +263,12 @@ pub(super) fn save_row(tx: &WriteTransaction, id: JobId, row: &JobRow) -> Result
     } else {
         r.remove(key.as_slice()).map_err(db_err)?;
         l.remove(key.as_slice()).map_err(db_err)?;
+    }
+    if row.status.is_terminal() {
+        tx.open_table(FINISHED)
+            .map_err(db_err)?
+            .insert(key.as_slice(), row.updated_at_ms.to_be_bytes().as_slice())
+            .map_err(db_err)?;
     }
     Ok(())
 }

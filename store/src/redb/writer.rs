@@ -21,7 +21,7 @@ use super::{db_err, now_ms};
 use crate::fair::{FairQueue, JobTenants};
 use crate::{
     Append, AuditEntry, AuditRecord, CommandBody, JobSummary, Lease, NewJob, PolicyRule, Result,
-    RunningCaps, StoreError, StoredCommand, Tenant, User,
+    RetentionPolicy, RunningCaps, StoreError, StoredCommand, Tenant, User,
 };
 use ::redb::{Database, Durability, WriteTransaction};
 use aetheris_runtime::{JobId, RecordedEvent};
@@ -112,6 +112,13 @@ pub(super) enum WriteOp {
     },
     /// LLM providers and daily token usage (`llm.rs`).
     Llm(super::llm::LlmOp),
+    /// A retention batch (`retention.rs`); `crash` is the tests' failpoint.
+    DeleteJobs {
+        policy: RetentionPolicy,
+        ids: Vec<JobId>,
+        crash: bool,
+        reply: oneshot::Sender<Result<Vec<JobId>>>,
+    },
 }
 
 /// A reply that is sent only after the batch's commit succeeded (or failed).
@@ -145,7 +152,8 @@ fn tenant_of(op: &WriteOp, st: &WriterState) -> Option<Arc<str>> {
         | WriteOp::Heartbeat { .. }
         | WriteOp::Release { .. }
         | WriteOp::PutTenant { .. }
-        | WriteOp::PutPolicy { .. } => None,
+        | WriteOp::PutPolicy { .. }
+        | WriteOp::DeleteJobs { .. } => None,
     }
 }
 
@@ -401,5 +409,14 @@ fn execute(
             defer(reply, r)
         }
         WriteOp::Llm(op) => super::llm::execute(tx, op, now)?,
+        WriteOp::DeleteJobs {
+            policy,
+            ids,
+            crash,
+            reply,
+        } => defer(
+            reply,
+            lift(super::retention::delete_in(tx, &policy, &ids, now, crash))?,
+        ),
     })
 }

@@ -6,7 +6,7 @@
 //!
 //! Each check is a `pub async fn` taking a [`DynStore`] and panicking with a message that
 //! names the broken guarantee; the checks are grouped by concern (`jobs`, `append`,
-//! `ledger`, `leases`, `commands`, `audit`, `tenants`, `presence`, `evidence`). This is test support
+//! `ledger`, `leases`, `commands`, `audit`, `tenants`, `presence`, `evidence`, `llm`, `retention`). This is test support
 //! (feature `test-util`): panicking asserts are its failure mode, which is why the crate's
 //! "no `unwrap()` outside tests" rule does not apply here.
 //!
@@ -25,6 +25,7 @@ mod leases;
 mod ledger;
 mod llm;
 mod presence;
+mod retention;
 mod tenants;
 
 pub use append::*;
@@ -36,6 +37,7 @@ pub use leases::*;
 pub use ledger::*;
 pub use llm::*;
 pub use presence::*;
+pub use retention::*;
 pub use tenants::*;
 
 use crate::{
@@ -88,6 +90,8 @@ pub async fn run_all(store: DynStore) {
     evidence_packages_are_the_recorded_history(store.clone()).await;
     llm_providers_are_per_tenant_data(store.clone()).await;
     llm_token_reservations_respect_the_daily_limit(store.clone()).await;
+    retention_deletes_only_expired_finished_jobs(store.clone()).await;
+    retention_batches_are_bounded(store.clone()).await;
     clock_and_size_are_sane(store).await;
 }
 
@@ -128,6 +132,8 @@ macro_rules! conformance_tests {
             evidence_packages_are_the_recorded_history,
             llm_providers_are_per_tenant_data,
             llm_token_reservations_respect_the_daily_limit,
+            retention_deletes_only_expired_finished_jobs,
+            retention_batches_are_bounded,
             clock_and_size_are_sane,
         );
 
