@@ -48,6 +48,7 @@ fn kind_md(kind: Kind) -> String {
         Kind::Number { min, max } => format!("integer {min}–{max}"),
         Kind::Switch => "boolean".into(),
         Kind::LogFilter => "string (filter)".into(),
+        Kind::HttpUrl => "string (URL)".into(),
     }
 }
 

@@ -70,6 +70,22 @@ pub fn traces_url(endpoint: &str) -> String {
     }
 }
 
+/// Checks an `--otlp-endpoint` before anything starts: an absolute `http://` URL with a
+/// host. The exporter speaks plain HTTP (a collector beside the process terminates TLS).
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(endpoint.trim())
+        .map_err(|e| format!("expected an http:// URL like http://127.0.0.1:4318 ({e}), got {endpoint:?}"))?;
+    match url.scheme() {
+        "http" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        "http" => Err(format!("expected an http:// URL with a host, got {endpoint:?}")),
+        "https" => Err(format!(
+            "https is not supported: point it at an OpenTelemetry Collector over plain http \
+             (e.g. one beside the process), got {endpoint:?}"
+        )),
+        other => Err(format!("expected an http:// URL, got scheme {other:?} in {endpoint:?}")),
+    }
+}
+
 /// Spans the exporter takes: those of Aetheris' own crates at `info` or above (never
 /// events, never other crates' spans, so the HTTP client sending spans makes none).
 pub fn wanted(meta: &tracing::Metadata<'_>) -> bool {
@@ -650,6 +666,16 @@ mod tests {
             spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             vec!["kept"]
         );
+    }
+
+    #[test]
+    fn an_endpoint_is_checked_before_start() {
+        assert!(check_endpoint("http://127.0.0.1:4318").is_ok());
+        assert!(check_endpoint("http://collector:4318/otlp/v1/traces").is_ok());
+        for bad in ["", "127.0.0.1:4318", "https://c:4318", "grpc://c:4317", "http://", "nope"] {
+            assert!(check_endpoint(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_endpoint("https://c:4318").unwrap_err().contains("https"));
     }
 
     #[test]
