@@ -448,6 +448,7 @@ impl LlmRuntime {
         let span = tracing::info_span!(
             "chat",
             otel.name = %format!("chat {}", req.model),
+            otel.kind = "client",
             gen_ai.operation.name = "chat",
             gen_ai.provider.name = %req.provider,
             gen_ai.request.model = %req.model,
