@@ -213,7 +213,9 @@ fn a_jobs_spans_reach_an_otlp_collector_as_one_trace_and_http_tools_get_its_trac
 
     let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let plan = json!({"steps": [
-        {"id": "fetch", "tool": "http", "args": {"url": format!("{}/tool", collector.url)}},
+        // A traceparent among the args is replaced by the call's own.
+        {"id": "fetch", "tool": "http", "args": {"url": format!("{}/tool", collector.url),
+            "headers": {"TraceParent": caller}}},
         {"id": "triage", "needs": ["fetch"], "agent": {
             "provider": "scripted", "model": "scripted-1", "prompt": "look it up",
             "tools": ["echo"], "max_turns": 4}},

@@ -125,8 +125,16 @@ pub struct ExportHandle {
     pub dropped: Arc<Dropped>,
 }
 
-/// Starts the exporter's thread; the layer feeds it.
+/// Starts the exporter's thread; the layer feeds it. From now on this process's
+/// `traceparent` headers say `sampled`.
 pub fn start(config: ExportConfig) -> Result<(OtlpLayer, ExportHandle), String> {
+    let started = spawn(config)?;
+    super::set_exporting();
+    Ok(started)
+}
+
+/// `start` without touching the process-wide `sampled` flag (tests run several).
+fn spawn(config: ExportConfig) -> Result<(OtlpLayer, ExportHandle), String> {
     let (layer, receiver) = OtlpLayer::new(config.queue);
     let handle = ExportHandle {
         queue: layer.queue.clone(),
@@ -137,7 +145,6 @@ pub fn start(config: ExportConfig) -> Result<(OtlpLayer, ExportHandle), String> 
         .name("otlp-export".into())
         .spawn(move || Sender::new(config, dropped).run(receiver))
         .map_err(|e| format!("starting the OTLP exporter: {e}"))?;
-    super::set_exporting();
     Ok((layer, handle))
 }
 
@@ -666,6 +673,138 @@ mod tests {
             spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             vec!["kept"]
         );
+    }
+
+    /// A minimal OTLP/HTTP collector on loopback (std only): answers each request with
+    /// `status` and hands its headers and body to the test; with `status` 0 it accepts
+    /// connections and never answers (a collector that hangs).
+    fn collector(status: u16) -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                if status == 0 {
+                    held.push(conn);
+                    continue;
+                }
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut head = String::new();
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    if head.is_empty() {
+                        break;
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        break;
+                    }
+                    let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\n{{}}");
+                    if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                    let _ = tx.send((head, body));
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    fn quick(url: &str, queue: usize, batch: usize) -> ExportConfig {
+        ExportConfig {
+            queue,
+            batch,
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(30),
+            ..ExportConfig::new(url, vec![("service.name".into(), AttrValue::Str("t".into()))])
+        }
+    }
+
+    #[test]
+    fn closed_spans_are_posted_as_otlp_json_batches() {
+        let (url, requests) = collector(200);
+        let (layer, handle) = spawn(quick(&url, 64, 2)).unwrap();
+        let subscriber = tracing_subscriber::registry()
+            .with(layer.with_filter(tracing_subscriber::filter::filter_fn(wanted)));
+        let job = JobId::new();
+        tracing::subscriber::with_default(subscriber, || {
+            for step in ["a", "b", "c"] {
+                drop(spans::step(job, "acme", step, false));
+            }
+        });
+        handle.flush(Duration::from_secs(10));
+        let mut names = Vec::new();
+        while let Ok((head, body)) = requests.recv_timeout(Duration::from_secs(5)) {
+            assert!(head.starts_with("POST /v1/traces HTTP/1.1"), "{head}");
+            assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let rs = &body["resourceSpans"][0];
+            assert_eq!(rs["resource"]["attributes"][0]["value"]["stringValue"], "t");
+            let batch = rs["scopeSpans"][0]["spans"].as_array().unwrap();
+            assert!(batch.len() <= 2, "batches of at most 2: {batch:?}");
+            for span in batch {
+                assert_eq!(span["traceId"], TraceId::of_job(job).to_string());
+                assert_eq!(span["parentSpanId"], SpanId::job_root(job).to_string());
+                names.push(span["name"].as_str().unwrap().to_string());
+            }
+            if names.len() == 3 {
+                break;
+            }
+        }
+        names.sort();
+        assert_eq!(names, ["step a", "step b", "step c"]);
+        assert_eq!(handle.dropped.count(), 0);
+    }
+
+    #[test]
+    fn a_batch_the_collector_refuses_is_dropped_and_counted() {
+        let (url, requests) = collector(500);
+        let (layer, handle) = spawn(quick(&url, 64, 512)).unwrap();
+        let subscriber = tracing_subscriber::registry()
+            .with(layer.with_filter(tracing_subscriber::filter::filter_fn(wanted)));
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..5 {
+                drop(tracing::info_span!(target: "aetheris_actors", "s", i));
+            }
+        });
+        handle.flush(Duration::from_secs(10));
+        assert!(requests.recv_timeout(Duration::from_secs(5)).is_ok());
+        assert_eq!(handle.dropped.count(), 5, "not retried, counted");
+    }
+
+    #[test]
+    fn a_hanging_collector_never_holds_up_a_span() {
+        // The sender is stuck in its first request (a 30 s timeout); spans keep closing.
+        let (url, _requests) = collector(0);
+        let (layer, handle) = spawn(quick(&url, 8, 4)).unwrap();
+        let subscriber = tracing_subscriber::registry()
+            .with(layer.with_filter(tracing_subscriber::filter::filter_fn(wanted)));
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..10_000 {
+                drop(tracing::info_span!(target: "aetheris_actors", "s", i));
+            }
+        });
+        // At most one batch in flight and a full queue were kept; the rest was dropped.
+        let dropped = handle.dropped.count();
+        assert!((10_000 - 12..10_000).contains(&dropped), "{dropped}");
+        handle.flush(Duration::from_millis(50)); // gives up: the sender is stuck
+        std::mem::forget(handle); // its drop would wait for the stuck sender again
     }
 
     #[test]
