@@ -350,10 +350,7 @@ fn configured<C: config::ForCommand>(
 
 /// `aetheris bench`, its node's spans exported if asked (nothing is logged: the report
 /// is the output).
-fn bench(
-    args: aetheris_bench::BenchArgs,
-    otlp_endpoint: Option<&str>,
-) -> Result<ExitCode, String> {
+fn bench(args: aetheris_bench::BenchArgs, otlp_endpoint: Option<&str>) -> Result<ExitCode, String> {
     let _spans = match otlp_endpoint {
         Some(endpoint) => telemetry::init("off", Some(endpoint), "bench")?,
         None => None,

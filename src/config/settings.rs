@@ -162,8 +162,7 @@ impl Fallback {
 /// The tables of aetheris.toml, in the order the docs list them. `[limits]` also holds the
 /// inline limits (`defaults`, `tenants`, `share`: the limits file's format).
 pub const TABLES: [&str; 10] = [
-    "database", "gateway", "auth", "worker", "limits", "llm", "evidence", "dev", "log",
-    "tracing",
+    "database", "gateway", "auth", "worker", "limits", "llm", "evidence", "dev", "log", "tracing",
 ];
 
 const DSW: &[Cmd] = &[Cmd::Dev, Cmd::Server, Cmd::Worker];

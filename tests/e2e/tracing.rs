@@ -180,7 +180,9 @@ fn attr(span: &Value, key: &str) -> Option<String> {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[test]
@@ -268,7 +270,11 @@ fn a_jobs_spans_reach_an_otlp_collector_as_one_trace_and_http_tools_get_its_trac
     let ids: HashSet<&str> = ours.iter().filter_map(|s| s["spanId"].as_str()).collect();
     for s in &ours {
         assert_eq!(s["traceId"], trace_id.as_str(), "{s:#}");
-        assert_eq!(attr(s, "aetheris.tenant").as_deref(), Some("default"), "{s:#}");
+        assert_eq!(
+            attr(s, "aetheris.tenant").as_deref(),
+            Some("default"),
+            "{s:#}"
+        );
         assert!(is_hex(s["spanId"].as_str().unwrap_or(""), 16), "{s:#}");
         let start = s["startTimeUnixNano"].as_str().expect("a decimal string");
         let end = s["endTimeUnixNano"].as_str().expect("a decimal string");
@@ -291,7 +297,10 @@ fn a_jobs_spans_reach_an_otlp_collector_as_one_trace_and_http_tools_get_its_trac
     let root = one("job");
     assert_eq!(root["spanId"], root_id.as_str());
     assert!(root.get("parentSpanId").is_none(), "{root:#}");
-    assert_eq!(attr(root, "aetheris.job.status").as_deref(), Some("succeeded"));
+    assert_eq!(
+        attr(root, "aetheris.job.status").as_deref(),
+        Some("succeeded")
+    );
 
     let accept = one("accept_job");
     assert_eq!(accept["parentSpanId"], root_id.as_str());
@@ -303,7 +312,10 @@ fn a_jobs_spans_reach_an_otlp_collector_as_one_trace_and_http_tools_get_its_trac
     let fetch = one("step fetch");
     assert_eq!(fetch["parentSpanId"], root_id.as_str());
     assert_eq!(attr(fetch, "aetheris.step").as_deref(), Some("fetch"));
-    assert_eq!(attr(fetch, "aetheris.step.status").as_deref(), Some("succeeded"));
+    assert_eq!(
+        attr(fetch, "aetheris.step.status").as_deref(),
+        Some("succeeded")
+    );
 
     let call = one("execute_tool http");
     assert_eq!(call["parentSpanId"], fetch["spanId"]);
@@ -327,21 +339,37 @@ fn a_jobs_spans_reach_an_otlp_collector_as_one_trace_and_http_tools_get_its_trac
     assert_eq!(parts.len(), 4, "{sent}");
     assert_eq!(parts[0], "00");
     assert_eq!(parts[1], trace_id, "the trace id is the job's");
-    assert_eq!(parts[2], call["spanId"].as_str().unwrap(), "names the call's span");
+    assert_eq!(
+        parts[2],
+        call["spanId"].as_str().unwrap(),
+        "names the call's span"
+    );
     assert_eq!(parts[3], "01", "sampled: the spans are exported");
 
     // The agent step: its span, its model calls and its tool call under it.
     let agent = one("invoke_agent triage");
     assert_eq!(agent["parentSpanId"], root_id.as_str());
-    assert_eq!(attr(agent, "gen_ai.operation.name").as_deref(), Some("invoke_agent"));
+    assert_eq!(
+        attr(agent, "gen_ai.operation.name").as_deref(),
+        Some("invoke_agent")
+    );
     let chats = by_name("chat scripted-1");
-    assert!(chats.len() >= 2, "a tool-calling turn and an answer: {ours:#?}");
+    assert!(
+        chats.len() >= 2,
+        "a tool-calling turn and an answer: {ours:#?}"
+    );
     for chat in &chats {
         assert_eq!(chat["parentSpanId"], agent["spanId"], "{chat:#}");
         assert_eq!(attr(chat, "aetheris.step").as_deref(), Some("triage"));
-        assert_eq!(attr(chat, "gen_ai.provider.name").as_deref(), Some("scripted"));
+        assert_eq!(
+            attr(chat, "gen_ai.provider.name").as_deref(),
+            Some("scripted")
+        );
         assert_eq!(chat["kind"], 3, "a model call is a client span");
-        assert!(attr(chat, "gen_ai.usage.output_tokens").is_some(), "{chat:#}");
+        assert!(
+            attr(chat, "gen_ai.usage.output_tokens").is_some(),
+            "{chat:#}"
+        );
     }
     let echo = one("execute_tool echo");
     assert_eq!(echo["parentSpanId"], agent["spanId"]);

@@ -36,9 +36,9 @@ impl JobActor {
             .filter_map(|step| {
                 let status = state.steps.get(step).map(|s| s.status);
                 match status {
-                    Some(StepStatus::Succeeded | StepStatus::Failed | StepStatus::OutcomeUnknown) => {
-                        status.map(|s| (step.clone(), s.as_str()))
-                    }
+                    Some(
+                        StepStatus::Succeeded | StepStatus::Failed | StepStatus::OutcomeUnknown,
+                    ) => status.map(|s| (step.clone(), s.as_str())),
                     Some(_) => None,
                     None => Some((step.clone(), "unknown")),
                 }

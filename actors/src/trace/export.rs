@@ -73,16 +73,21 @@ pub fn traces_url(endpoint: &str) -> String {
 /// Checks an `--otlp-endpoint` before anything starts: an absolute `http://` URL with a
 /// host. The exporter speaks plain HTTP (a collector beside the process terminates TLS).
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    let url = reqwest::Url::parse(endpoint.trim())
-        .map_err(|e| format!("expected an http:// URL like http://127.0.0.1:4318 ({e}), got {endpoint:?}"))?;
+    let url = reqwest::Url::parse(endpoint.trim()).map_err(|e| {
+        format!("expected an http:// URL like http://127.0.0.1:4318 ({e}), got {endpoint:?}")
+    })?;
     match url.scheme() {
         "http" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
-        "http" => Err(format!("expected an http:// URL with a host, got {endpoint:?}")),
+        "http" => Err(format!(
+            "expected an http:// URL with a host, got {endpoint:?}"
+        )),
         "https" => Err(format!(
             "https is not supported: point it at an OpenTelemetry Collector over plain http \
              (e.g. one beside the process), got {endpoint:?}"
         )),
-        other => Err(format!("expected an http:// URL, got scheme {other:?} in {endpoint:?}")),
+        other => Err(format!(
+            "expected an http:// URL, got scheme {other:?} in {endpoint:?}"
+        )),
     }
 }
 
@@ -436,12 +441,16 @@ impl Sender {
 
     /// Waits for a span, then gathers more until the batch is full or `interval` passed;
     /// a flush takes everything queued at once. `None` once no layer is left.
-    fn next_batch(&self, queue: &Receiver<Message>) -> Option<(Vec<FinishedSpan>, Vec<SyncSender<()>>)> {
+    fn next_batch(
+        &self,
+        queue: &Receiver<Message>,
+    ) -> Option<(Vec<FinishedSpan>, Vec<SyncSender<()>>)> {
         let (mut batch, mut acks) = (Vec::new(), Vec::new());
-        let take = |m: Message, batch: &mut Vec<FinishedSpan>, acks: &mut Vec<SyncSender<()>>| match m {
-            Message::Span(s) => batch.push(*s),
-            Message::Flush(ack) => acks.push(ack),
-        };
+        let take =
+            |m: Message, batch: &mut Vec<FinishedSpan>, acks: &mut Vec<SyncSender<()>>| match m {
+                Message::Span(s) => batch.push(*s),
+                Message::Flush(ack) => acks.push(ack),
+            };
         take(queue.recv().ok()?, &mut batch, &mut acks);
         let deadline = Instant::now() + self.config.interval;
         while acks.is_empty() && batch.len() < self.config.batch {
@@ -477,7 +486,10 @@ impl Sender {
             None => metrics::counter!(metric::TRACE_SPANS_EXPORTED).increment(n),
             Some(why) => {
                 self.dropped.add(n, "export_failed");
-                if self.warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                if self
+                    .warned
+                    .is_none_or(|at| at.elapsed() > Duration::from_secs(60))
+                {
                     self.warned = Some(Instant::now());
                     tracing::warn!(url = %self.url, error = %why, spans = n,
                         "OTLP export failed; these spans are dropped (warned once a minute)");
@@ -545,7 +557,8 @@ mod tests {
             );
             // A span made inside the call, knowing nothing of the job (a model call).
             tool.in_scope(|| {
-                let chat = tracing::info_span!("chat", otel.name = "chat m", error.type = "timeout");
+                let chat =
+                    tracing::info_span!("chat", otel.name = "chat m", error.type = "timeout");
                 drop(chat);
             });
             spans::failed(&tool, "retryable_error");
@@ -592,8 +605,10 @@ mod tests {
             recorded_at_ms: 1_700_000_000_123,
             body: aetheris_runtime::EventBody::JobSubmitted {
                 tenant: "acme".into(),
-                plan: serde_json::from_value(serde_json::json!({"steps": [{"id": "a", "tool": "echo"}]}))
-                    .unwrap(),
+                plan: serde_json::from_value(
+                    serde_json::json!({"steps": [{"id": "a", "tool": "echo"}]}),
+                )
+                .unwrap(),
                 input: serde_json::Value::Null,
                 idempotency_key: None,
             },
@@ -632,7 +647,10 @@ mod tests {
                 otel.link = tracing::field::Empty,
             );
             let job = JobId::new();
-            request.record("otel.link", SpanContext::job_root(job).traceparent().as_str());
+            request.record(
+                "otel.link",
+                SpanContext::job_root(job).traceparent().as_str(),
+            );
             // A job's span made while the request is current keeps to the job's trace.
             request.in_scope(|| spans::accept_job(job, "t", None));
             drop(request);
@@ -732,7 +750,10 @@ mod tests {
             batch,
             interval: Duration::from_millis(20),
             timeout: Duration::from_secs(30),
-            ..ExportConfig::new(url, vec![("service.name".into(), AttrValue::Str("t".into()))])
+            ..ExportConfig::new(
+                url,
+                vec![("service.name".into(), AttrValue::Str("t".into()))],
+            )
         }
     }
 
@@ -752,7 +773,11 @@ mod tests {
         let mut names = Vec::new();
         while let Ok((head, body)) = requests.recv_timeout(Duration::from_secs(5)) {
             assert!(head.starts_with("POST /v1/traces HTTP/1.1"), "{head}");
-            assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("content-type: application/json"),
+                "{head}"
+            );
             let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
             let rs = &body["resourceSpans"][0];
             assert_eq!(rs["resource"]["attributes"][0]["value"]["stringValue"], "t");
@@ -811,10 +836,19 @@ mod tests {
     fn an_endpoint_is_checked_before_start() {
         assert!(check_endpoint("http://127.0.0.1:4318").is_ok());
         assert!(check_endpoint("http://collector:4318/otlp/v1/traces").is_ok());
-        for bad in ["", "127.0.0.1:4318", "https://c:4318", "grpc://c:4317", "http://", "nope"] {
+        for bad in [
+            "",
+            "127.0.0.1:4318",
+            "https://c:4318",
+            "grpc://c:4317",
+            "http://",
+            "nope",
+        ] {
             assert!(check_endpoint(bad).is_err(), "{bad:?}");
         }
-        assert!(check_endpoint("https://c:4318").unwrap_err().contains("https"));
+        assert!(check_endpoint("https://c:4318")
+            .unwrap_err()
+            .contains("https"));
     }
 
     #[test]

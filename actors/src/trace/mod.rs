@@ -240,7 +240,11 @@ mod tests {
         let root = SpanContext::job_root(job);
         assert_eq!(root.trace_id.to_string(), job.0.simple().to_string());
         assert_eq!(root.span_id.to_string(), job.0.simple().to_string()[16..]);
-        assert_eq!(SpanContext::job_root(job), root, "derived, the same every time");
+        assert_eq!(
+            SpanContext::job_root(job),
+            root,
+            "derived, the same every time"
+        );
         assert_ne!(SpanContext::job_root(JobId::new()).trace_id, root.trace_id);
         let child = root.child();
         assert_eq!(child.trace_id, root.trace_id);

@@ -123,7 +123,9 @@ fn span(s: &FinishedSpan) -> Value {
         out["links"] = Value::Array(
             s.links
                 .iter()
-                .map(|l| json!({"traceId": l.trace_id.to_string(), "spanId": l.span_id.to_string()}))
+                .map(
+                    |l| json!({"traceId": l.trace_id.to_string(), "spanId": l.span_id.to_string()}),
+                )
                 .collect(),
         );
     }
@@ -192,7 +194,10 @@ mod tests {
             json!({"key": "aetheris.attempt", "value": {"intValue": "2"}})
         );
         assert_eq!(span["attributes"][2]["value"], json!({"boolValue": true}));
-        assert_eq!(span["links"][0]["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            span["links"][0]["traceId"],
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(span["status"], json!({"code": 2, "message": "boom"}));
     }
 }
