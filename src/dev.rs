@@ -120,18 +120,6 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Logs to stderr through `filter` (`[log] filter`, `--log`, `AETHERIS_LOG`; checked when
-/// resolved), for every long-running command.
-pub fn init_logging(filter: &str) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 pub fn run(
     config: &Effective,
     run: Option<PathBuf>,

@@ -14,6 +14,7 @@ mod dev;
 mod evidence;
 mod startup;
 mod status;
+mod telemetry;
 mod tenant;
 mod token;
 
@@ -67,7 +68,14 @@ enum Command {
     },
     /// Run the benchmark workloads (W1, W3-W7, hostile; docs/benchmarks.md) on the embedded
     /// store or `--database-url`.
-    Bench(aetheris_bench::BenchArgs),
+    Bench {
+        #[command(flatten)]
+        args: aetheris_bench::BenchArgs,
+        /// Export the measured node's spans over OTLP/HTTP to this collector (as `dev
+        /// --otlp-endpoint`), to measure what tracing costs; unset: no span is exported.
+        #[arg(long, value_name = "URL")]
+        otlp_endpoint: Option<String>,
+    },
     /// Submit and inspect jobs on a running server.
     Job {
         #[command(flatten)]
@@ -329,10 +337,25 @@ fn configured<C: config::ForCommand>(
         print!("{}", config::render::effective_toml(&effective));
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(filter) = effective.text(config::Key::LogFilter) {
-        dev::init_logging(filter);
-    }
+    // `_spans` flushes the spans still queued once the command is done.
+    let _spans = match effective.text(config::Key::LogFilter) {
+        Some(filter) => {
+            let otlp = effective.text(config::Key::OtlpEndpoint);
+            telemetry::init(filter, otlp, C::CMD.name())?
+        }
+        None => None,
+    };
     command(&effective)
+}
+
+/// `aetheris bench`, its node's spans exported if asked (nothing is logged: the report
+/// is the output).
+fn bench(args: aetheris_bench::BenchArgs, otlp_endpoint: Option<&str>) -> Result<ExitCode, String> {
+    let _spans = match otlp_endpoint {
+        Some(endpoint) => telemetry::init("off", Some(endpoint), "bench")?,
+        None => None,
+    };
+    aetheris_bench::run(args)
 }
 
 fn main() -> ExitCode {
@@ -352,7 +375,10 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Dev(args) => configured(&args.settings, |c| dev::run(c, args.run, &args.llm)),
-        Command::Bench(args) => aetheris_bench::run(args),
+        Command::Bench {
+            args,
+            otlp_endpoint,
+        } => bench(args, otlp_endpoint.as_deref()),
         Command::Server { settings, llm } => configured(&settings, |c| cluster::server(c, &llm)),
         Command::Token {
             command: TokenCommand::Issue(a),

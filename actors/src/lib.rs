@@ -35,6 +35,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod supervision;
 pub mod tools;
+pub mod trace;
 pub mod worker;
 
 pub use job::JobActor;

@@ -85,6 +85,9 @@ pub const LLM_BUDGET_USED: &str = "aetheris_llm_budget_used_ratio";
 pub const GEN_AI_TOKEN_USAGE: &str = "aetheris_gen_ai_client_token_usage_total";
 /// OpenTelemetry GenAI `gen_ai.client.operation.duration`.
 pub const GEN_AI_OPERATION_DURATION: &str = "aetheris_gen_ai_client_operation_duration_seconds";
+// Tracing (trace/export.rs).
+pub const TRACE_SPANS_EXPORTED: &str = "aetheris_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED: &str = "aetheris_trace_spans_dropped_total";
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +237,9 @@ pub const DEFINITIONS: &[Definition] = &[
     gauge(LLM_BUDGET_USED, Unit::Count, "Share (0 to 1) of a tenant's LLM token budget of the day that is used, per tenant."),
     counter(GEN_AI_TOKEN_USAGE, "LLM tokens used (gen_ai.client.token.usage), per tenant, provider (gen_ai_provider_name), model (gen_ai_request_model) and gen_ai_token_type (input, output)."),
     histogram(GEN_AI_OPERATION_DURATION, "LLM calls' duration (gen_ai.client.operation.duration), per tenant, provider, model and gen_ai_operation_name.", MODEL_BUCKETS),
+    // Tracing.
+    counter(TRACE_SPANS_EXPORTED, "Spans the OTLP collector accepted (only with --otlp-endpoint)."),
+    counter(TRACE_SPANS_DROPPED, "Spans not exported, by reason (queue_full: the export queue was full; export_failed: the collector did not take the batch; exporter_stopped)."),
 ];
 
 /// Whether no step of `state` has started yet (the job is still in the queue).

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// One call of a tool for one step attempt.
 #[derive(Debug, Clone)]
@@ -34,6 +35,9 @@ pub struct Invocation {
     pub effect: EffectClass,
     /// Arguments with every `${…}` reference resolved.
     pub args: Value,
+    /// The call's place in its job's trace: `trace.traceparent()` is the W3C header a
+    /// tool sends downstream (the `http` tool does); the tool runs inside `trace.span`.
+    pub trace: crate::trace::CallTrace,
 }
 
 /// How a failed call ended, as far as the tool knows.
@@ -187,8 +191,11 @@ impl Handler<Invoke> for ToolActor {
     fn handle(&mut self, msg: Invoke, _: &mut Context<Self>) -> Self::Result {
         let tool = self.tool.clone();
         let in_flight = Queued::new(ActorKind::Tool);
+        // Spans the tool makes (a model call of `llm`) are children of the call's span.
+        let span = msg.0.trace.span.clone();
         Box::pin(async move {
-            let answer = match AssertUnwindSafe(tool.invoke(msg.0)).catch_unwind().await {
+            let call = tool.invoke(msg.0).instrument(span);
+            let answer = match AssertUnwindSafe(call).catch_unwind().await {
                 Ok(r) => r,
                 Err(p) => {
                     let text = format!("tool panicked: {}", panic_text(p.as_ref()));
@@ -350,8 +357,9 @@ impl Tool for EchoTool {
 }
 
 /// `http`: one HTTP request. Args: `method` (default GET), `url`, optional `headers`
-/// (object of strings), optional `body` (JSON). Sends `Idempotency-Key` and
-/// `Aetheris-Fencing-Token`. Output: `{status, headers, body}` with a JSON body when the
+/// (object of strings), optional `body` (JSON). Sends `Idempotency-Key`,
+/// `Aetheris-Fencing-Token` and the call's W3C `traceparent` (a `traceparent` among the
+/// args' headers is replaced by it: one call, one span). Output: `{status, headers, body}` with a JSON body when the
 /// response parses as JSON, else text. A refused connection is retryable (nothing was
 /// sent); 4xx is permanent; 5xx is retryable for pure/idempotent calls and permanent for
 /// side_effect ones (the server may have acted); a failure after the request may have been
@@ -410,9 +418,13 @@ impl Tool for HttpTool {
             .client
             .request(method, url)
             .header("Idempotency-Key", &call.invocation_key)
-            .header("Aetheris-Fencing-Token", call.fencing_token.to_string());
+            .header("Aetheris-Fencing-Token", call.fencing_token.to_string())
+            .header("traceparent", call.trace.traceparent());
         if let Some(h) = args.get("headers").and_then(Value::as_object) {
             for (k, v) in h {
+                if k.eq_ignore_ascii_case("traceparent") {
+                    continue;
+                }
                 if let Some(v) = v.as_str() {
                     req = req.header(k.as_str(), v);
                 }

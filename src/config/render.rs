@@ -49,6 +49,7 @@ fn kind_md(kind: Kind) -> String {
         Kind::Switch => "boolean".into(),
         Kind::LogFilter => "string (filter)".into(),
         Kind::Retention => "string (`30d`, `12h`, `forever`)".into(),
+        Kind::HttpUrl => "string (URL)".into(),
     }
 }
 

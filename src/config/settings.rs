@@ -59,6 +59,7 @@ pub enum Key {
     RetentionArchiveDir,
     DataDir,
     LogFilter,
+    OtlpEndpoint,
 }
 
 /// What values a setting takes (and so how flags, variables and TOML values are checked).
@@ -82,6 +83,8 @@ pub enum Kind {
     LogFilter,
     /// A retention: `90s`, `45m`, `12h`, `30d` or `forever`.
     Retention,
+    /// `http://HOST:PORT[/PATH]`: an OTLP/HTTP endpoint.
+    HttpUrl,
 }
 
 /// A setting's value when no flag, variable or config file gives one.
@@ -164,7 +167,7 @@ impl Fallback {
 
 /// The tables of aetheris.toml, in the order the docs list them. `[limits]` also holds the
 /// inline limits (`defaults`, `tenants`, `share`: the limits file's format).
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 11] = [
     "database",
     "gateway",
     "auth",
@@ -175,6 +178,7 @@ pub const TABLES: [&str; 10] = [
     "retention",
     "dev",
     "log",
+    "tracing",
 ];
 
 const DSW: &[Cmd] = &[Cmd::Dev, Cmd::Server, Cmd::Worker];
@@ -574,6 +578,23 @@ pub const SETTINGS: &[Setting] = &[
         commands: DSW,
         help: "What is logged to stderr: a level (`error`, `warn`, `info`, `debug`, `trace`) \
                or directives like `aetheris_actors=debug,warn`.",
+    },
+    Setting {
+        key: Key::OtlpEndpoint,
+        table: "tracing",
+        name: "otlp_endpoint",
+        flag: "otlp-endpoint",
+        env: "AETHERIS_OTLP_ENDPOINT",
+        value_name: "URL",
+        kind: Kind::HttpUrl,
+        default: Fallback::Unset,
+        command_defaults: &[],
+        commands: DSW,
+        help: "Export the spans of jobs, steps, tool calls and model calls over OTLP/HTTP \
+               (JSON) to this collector: `http://HOST:4318` (`/v1/traces` is added) or the \
+               full URL of its traces route; plain HTTP only, so point it at a local \
+               OpenTelemetry Collector, Jaeger or Tempo (docs/operations.md, Tracing). Unset: \
+               no span is exported or kept.",
     },
 ];
 

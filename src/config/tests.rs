@@ -205,6 +205,20 @@ fn each_way_a_setting_can_be_wrong_is_one_message_naming_key_and_source() {
             "AETHERIS_LOG: not a log filter".into(),
             false,
         ),
+        (
+            Cmd::Worker,
+            given(None, &[(Key::OtlpEndpoint, "https://collector:4318")]),
+            vec![db],
+            "--otlp-endpoint: https is not supported".into(),
+            true,
+        ),
+        (
+            Cmd::Server,
+            Given::default(),
+            vec![db, ("AETHERIS_OTLP_ENDPOINT", "collector:4318")],
+            "AETHERIS_OTLP_ENDPOINT: expected an http:// URL".into(),
+            false,
+        ),
     ];
     for (cmd, g, env, want, from_flag) in cases {
         let e = resolve_env(cmd, &g, &env).unwrap_err();
@@ -321,6 +335,9 @@ data_dir = "/var/lib/aetheris-dev"
 
 [log]
 filter = "aetheris_actors=debug,warn"
+
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318"
 "#
     )
 }
@@ -413,6 +430,10 @@ fn the_commands_read_every_setting_they_are_documented_to_read() {
         server.text(Key::LogFilter),
         Some("aetheris_actors=debug,warn")
     );
+    for cmd in [Cmd::Dev, Cmd::Server, Cmd::Worker] {
+        let e = resolve_env(cmd, &given(Some(&path), &[]), &[]).unwrap();
+        assert_eq!(e.text(Key::OtlpEndpoint), Some("http://127.0.0.1:4318"));
+    }
 }
 
 #[test]

@@ -34,9 +34,12 @@ pub fn from_text(kind: Kind, raws: &[String]) -> Result<Value, String> {
             Ok(Value::Paths(paths))
         }
         Kind::Path => non_empty(raw).map(|p| Value::Path(PathBuf::from(p))),
-        Kind::Text | Kind::Address | Kind::PostgresUrl | Kind::LogFilter | Kind::Retention => {
-            text(kind, raw).map(Value::Text)
-        }
+        Kind::Text
+        | Kind::Address
+        | Kind::PostgresUrl
+        | Kind::LogFilter
+        | Kind::Retention
+        | Kind::HttpUrl => text(kind, raw).map(Value::Text),
     }
 }
 
@@ -144,6 +147,7 @@ fn text(kind: Kind, s: &str) -> Result<String, String> {
             .map_err(|e| {
                 format!("not a log filter ({e}): expected e.g. \"info\" or \"aetheris_actors=debug,warn\", got {s:?}")
             }),
+        Kind::HttpUrl => aetheris_actors::trace::export::check_endpoint(s).map(|()| s.to_string()),
         _ => Ok(s.to_string()),
     }
 }

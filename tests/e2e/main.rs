@@ -30,6 +30,7 @@ mod startup;
 mod supervision;
 mod support;
 mod tenant_cli;
+mod tracing;
 mod ui;
 mod waits;
 mod worker_admin;

@@ -5,10 +5,10 @@
 //! fenced append as the plan's own decisions (drive.rs). Once an `agent_model_started` is
 //! durable the model is asked (`ask_model`: the request is rebuilt from the folded
 //! conversation, sent with the call's invocation key as `Idempotency-Key`, under the
-//! tenant's budgets, inside `invoke_agent {step}` / `chat {model}` spans); once an
-//! `agent_tool_started` is durable its tool is called (`call_tool`: the call's key and this
-//! actor's fencing token, the tool's timeout and rate limit, inside an `execute_tool
-//! {name}` span). Every answer becomes an event through `agent::model_outcome_event` /
+//! tenant's budgets, in a `chat {model}` span under the step's `invoke_agent {step}` span);
+//! once an `agent_tool_started` is durable its tool is called (`call_tool`: the call's key
+//! and this actor's fencing token, the tool's timeout and rate limit, in an `execute_tool
+//! {name}` span under the same step span). Every answer becomes an event through `agent::model_outcome_event` /
 //! `agent::tool_outcome_event`, queued in the outbox like a plan step's outcome.
 //!
 //! Invariants kept here (G2): a model answer is recorded before any of its tool calls is
@@ -21,6 +21,7 @@ use crate::failpoint;
 use crate::messages::Invoke;
 use crate::metrics as metric;
 use crate::tools::{Invocation, ToolError};
+use crate::trace::{spans, CallTrace, SpanContext};
 use actix::prelude::*;
 use aetheris_runtime::agent::{
     self, decide_agents, model_outcome_event, tool_outcome_event, AgentContext, AgentDecision,
@@ -98,14 +99,8 @@ impl JobActor {
         let tenant = state.tenant.clone();
         let timeout = self.agent_timeout(&call.step);
         let llm = self.worker.llm.clone();
-        let span = tracing::info_span!(
-            "invoke_agent",
-            otel.name = %format!("invoke_agent {}", call.step),
-            gen_ai.operation.name = "invoke_agent",
-            gen_ai.agent.name = %call.step,
-            gen_ai.conversation.id = %self.job_id,
-            aetheris.turn = call.turn,
-        );
+        // The model call's `chat {model}` span (llm/) opens inside the step's span.
+        let span = self.step_span(&call.step);
         let key = call.invocation_key.clone();
         let reserve = call.reserved_tokens;
         ctx.spawn(
@@ -135,7 +130,12 @@ impl JobActor {
 
     /// What the tool of `call` receives: the call's key, this actor's token, the
     /// arguments the model (or an approver) gave.
-    fn child_invocation(&self, state: &JobState, call: &ChildAttempt) -> Invocation {
+    fn child_invocation(
+        &self,
+        state: &JobState,
+        call: &ChildAttempt,
+        trace: CallTrace,
+    ) -> Invocation {
         Invocation {
             job_id: self.job_id,
             tenant: state.tenant.clone(),
@@ -145,29 +145,44 @@ impl JobActor {
             fencing_token: self.token,
             effect: call.effect,
             args: call.arguments(state),
+            trace,
         }
     }
 
     /// Calls the tool of `call`, whose `agent_tool_started` is durable.
     fn call_tool(&mut self, call: ChildAttempt, ctx: &mut Context<Self>) {
+        let Some(tenant) = self.state().map(|s| s.tenant.clone()) else {
+            return;
+        };
+        let step_span = self.step_span(&call.step);
+        let (span, context) = spans::tool_call(
+            &step_span,
+            &spans::ToolCall {
+                job: self.job_id,
+                tenant: &tenant,
+                step: &call.step,
+                tool: &call.tool,
+                attempt: call.attempt,
+                invocation_key: &call.invocation_key,
+                call_id: Some(&call.call),
+            },
+        );
         let Some(state) = self.state() else { return };
         let Some(tool) = self.worker.tools.get(&call.tool).cloned() else {
+            spans::failed(&span, "permanent_error");
             let outcome = ToolOutcome::Permanent(format!(
                 "tool {:?} is not registered on this worker",
                 call.tool
             ));
             return self.record_tool(&call, outcome);
         };
-        let invocation = self.child_invocation(state, &call);
+        let trace = CallTrace {
+            context,
+            span: span.clone(),
+        };
+        let invocation = self.child_invocation(state, &call, trace);
         let timeout = self.agent_timeout(&call.step);
         let limits = self.worker.config.rate_limits.clone();
-        let span = tracing::info_span!(
-            "execute_tool",
-            otel.name = %format!("execute_tool {}", call.tool),
-            gen_ai.operation.name = "execute_tool",
-            gen_ai.tool.name = %call.tool,
-            gen_ai.tool.call.id = %call.call,
-        );
         let started = Instant::now();
         let name = call.tool.clone();
         let answer = async move {
@@ -183,9 +198,12 @@ impl JobActor {
                 ))),
             }
         }
-        .instrument(span);
+        .instrument(span.clone());
         ctx.spawn(actix::fut::wrap_future(answer).map(
             move |answer: Result<Value, ToolError>, act: &mut JobActor, ctx| {
+                if let Err(error) = &answer {
+                    spans::failed(&span, error.kind.as_str());
+                }
                 if act.active().is_none() {
                     return; // stopping: the next incarnation recovers it from the ledger
                 }
@@ -231,6 +249,7 @@ impl JobActor {
         call: &ChildAttempt,
     ) -> Option<(crate::tools::ToolEntry, Invocation)> {
         let tool = self.worker.tools.get(&call.tool).cloned()?;
-        Some((tool, self.child_invocation(state, call)))
+        let trace = CallTrace::detached(SpanContext::job_root(self.job_id).child());
+        Some((tool, self.child_invocation(state, call, trace)))
     }
 }

@@ -261,6 +261,7 @@ impl JobActor {
         if queued {
             metric::record_queue_wait(&active.state);
         }
+        self.close_finished_steps();
         for event in &recorded {
             match Attempt::from_started(&event.body) {
                 Some(call) => self.invoke(call, ctx),
@@ -288,6 +289,9 @@ impl JobActor {
             EventBody::JobSucceeded { .. }
             | EventBody::JobFailed { .. }
             | EventBody::JobCancelled { .. } => {
+                if let Some(state) = self.state() {
+                    crate::trace::spans::job_root(state);
+                }
                 let status = self.state().map_or(JobStatus::Failed, |s| s.status);
                 let _ = self.worker.finished.send((self.job_id, status));
                 return;

@@ -23,6 +23,7 @@ mod outbox;
 mod phase;
 mod recovery;
 mod step;
+mod telemetry;
 
 use crate::clock::local_ms;
 use crate::context::WorkerContext;
@@ -71,6 +72,8 @@ pub struct JobActor {
     wake: Option<SpawnHandle>,
     /// The load the claim brought, taken by `started` (then the store is not read).
     preload: Option<JobLoad>,
+    /// The spans of the steps running in this incarnation (telemetry.rs).
+    step_spans: telemetry::StepSpans,
     guard: GoneGuard,
 }
 
@@ -91,6 +94,7 @@ impl JobActor {
             clock_offset_ms: 0,
             wake: None,
             preload: None,
+            step_spans: telemetry::StepSpans::default(),
             guard: GoneGuard {
                 registry,
                 job_id,
@@ -106,14 +110,15 @@ impl JobActor {
         self
     }
 
-    /// The store's clock, estimated from the local one.
     /// What a tool receives for one attempt: the call's key and this actor's fencing
-    /// token, so a downstream service can deduplicate and refuse zombies (G2, G3).
+    /// token, so a downstream service can deduplicate and refuse zombies (G2, G3), and
+    /// the call's trace.
     fn invocation(
         &self,
         state: &JobState,
         call: &aetheris_runtime::outcome::Attempt,
         args: serde_json::Value,
+        trace: crate::trace::CallTrace,
     ) -> crate::tools::Invocation {
         crate::tools::Invocation {
             job_id: self.job_id,
@@ -124,9 +129,11 @@ impl JobActor {
             fencing_token: self.token,
             effect: call.effect,
             args,
+            trace,
         }
     }
 
+    /// The store's clock, estimated from the local one.
     fn now_est(&self) -> i64 {
         local_ms() + self.clock_offset_ms
     }

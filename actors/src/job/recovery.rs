@@ -9,6 +9,7 @@
 use super::JobActor;
 use crate::messages::Reconcile;
 use crate::tools::{Invocation, Reconciled, ToolEntry};
+use crate::trace::{CallTrace, SpanContext};
 use actix::prelude::*;
 use aetheris_runtime::agent::{recover_agents, AgentRecovery, ChildAttempt};
 use aetheris_runtime::template::resolve;
@@ -121,7 +122,8 @@ impl JobActor {
             .step(&call.step)
             .and_then(|spec| resolve(&spec.args, &state.input, &state.outputs()).ok())
             .unwrap_or(Value::Null);
-        let invocation = self.invocation(state, call, args);
+        let trace = CallTrace::detached(SpanContext::job_root(self.job_id).child());
+        let invocation = self.invocation(state, call, args, trace);
         Some((tool, invocation))
     }
 }

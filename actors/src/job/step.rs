@@ -5,17 +5,21 @@
 //! (arguments that do not resolve, a tool this worker lacks) and every answer — output,
 //! error, timeout, panic — become a `runtime::ToolOutcome`, and `runtime::outcome_event`
 //! says which event records it: the actor only measures the call and queues the event.
+//! Each call runs inside an `execute_tool {name}` span under its step's span, whose id the
+//! tool receives (`Invocation::trace`).
 
 use super::JobActor;
 use crate::messages::{CrashReason, Invoke};
 use crate::metrics as metric;
 use crate::ratelimit::RateLimiters;
 use crate::tools::{Invocation, ToolEntry, ToolError};
+use crate::trace::{spans, CallTrace};
 use actix::prelude::*;
 use aetheris_runtime::template::resolve;
 use aetheris_runtime::{outcome_event, Attempt, ToolOutcome};
 use serde_json::Value;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// What one tool call needs, once its step's arguments are resolved.
 struct Call {
@@ -29,23 +33,51 @@ impl JobActor {
     /// Calls the tool of `call`, whose `step_started` is durable; the answer comes back
     /// through `on_result`.
     pub(super) fn invoke(&mut self, call: Attempt, ctx: &mut Context<Self>) {
-        let prepared = match self.prepare(&call) {
+        let Some(tenant) = self.state().map(|s| s.tenant.clone()) else {
+            return;
+        };
+        let step_span = self.step_span(&call.step);
+        let (span, context) = spans::tool_call(
+            &step_span,
+            &spans::ToolCall {
+                job: self.job_id,
+                tenant: &tenant,
+                step: &call.step,
+                tool: &call.tool,
+                attempt: call.attempt,
+                invocation_key: &call.invocation_key,
+                call_id: None,
+            },
+        );
+        let trace = CallTrace {
+            context,
+            span: span.clone(),
+        };
+        let prepared = match self.prepare(&call, trace) {
             Some(Ok(prepared)) => prepared,
-            Some(Err(cannot)) => return self.record(&call, cannot),
+            Some(Err(cannot)) => {
+                spans::failed(&span, "permanent_error");
+                return self.record(&call, cannot);
+            }
             None => return,
         };
         let started = Instant::now();
         let limits = self.worker.config.rate_limits.clone();
         ctx.spawn(
-            actix::fut::wrap_future(call_tool(limits, prepared)).map(
-                move |answer, act: &mut JobActor, ctx| act.on_result(call, answer, started, ctx),
+            actix::fut::wrap_future(call_tool(limits, prepared).instrument(span.clone())).map(
+                move |answer: Result<Value, ToolError>, act: &mut JobActor, ctx| {
+                    if let Err(error) = &answer {
+                        spans::failed(&span, error.kind.as_str());
+                    }
+                    act.on_result(call, answer, started, ctx)
+                },
             ),
         );
     }
 
     /// The call to make for `call`, or the outcome of a call that cannot be made. `None`
     /// if the actor is not active or the plan lacks the step.
-    fn prepare(&self, call: &Attempt) -> Option<Result<Call, ToolOutcome>> {
+    fn prepare(&self, call: &Attempt, trace: CallTrace) -> Option<Result<Call, ToolOutcome>> {
         let state = self.state()?;
         let spec = state.plan.step(&call.step)?;
         let default_timeout = Duration::from_millis(self.worker.config.default_step_timeout_ms);
@@ -63,7 +95,7 @@ impl JobActor {
                 call.tool
             ))));
         };
-        let invocation = self.invocation(state, call, args);
+        let invocation = self.invocation(state, call, args, trace);
         Some(Ok(Call {
             tool_name: call.tool.clone(),
             tool,

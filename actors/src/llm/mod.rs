@@ -448,10 +448,13 @@ impl LlmRuntime {
         let span = tracing::info_span!(
             "chat",
             otel.name = %format!("chat {}", req.model),
+            otel.kind = "client",
             gen_ai.operation.name = "chat",
             gen_ai.provider.name = %req.provider,
             gen_ai.request.model = %req.model,
             gen_ai.request.max_tokens = req.max_tokens,
+            aetheris.tenant = %tenant,
+            aetheris.invocation_key = %idempotency_key,
             gen_ai.usage.input_tokens = tracing::field::Empty,
             gen_ai.usage.output_tokens = tracing::field::Empty,
             error.type = tracing::field::Empty,

@@ -172,6 +172,13 @@ async fn submit(
     if created {
         metrics::counter!(aetheris_actors::metrics::JOBS_SUBMITTED, "tenant" => p.tenant.clone())
             .increment(1);
+        // The job's trace gets its `accept_job` span, linking the caller's `traceparent`.
+        let caller = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(aetheris_actors::trace::SpanContext::parse_traceparent);
+        aetheris_actors::trace::spans::accept_job(summary.job_id, &p.tenant, caller);
         return Ok(HttpResponse::Created()
             .insert_header(("Location", format!("/v1/jobs/{}", summary.job_id)))
             .json(JobView::new(&summary, &state)));
