@@ -208,26 +208,7 @@ impl JobActor {
                     return; // stopping: the next incarnation recovers it from the ledger
                 }
                 failpoint::hit("agent.tool.in_flight");
-                metrics::histogram!(metric::STEP_DURATION, "tool" => call.tool.clone())
-                    .record(started.elapsed().as_secs_f64());
-                let label = match &answer {
-                    Ok(_) => "succeeded",
-                    Err(e) => e.kind.as_str(),
-                };
-                metrics::counter!(metric::TOOL_CALLS, "tool" => call.tool.clone(), "outcome" => label)
-                    .increment(1);
-                let outcome = match answer {
-                    Ok(output) => ToolOutcome::Succeeded(output),
-                    Err(e) => {
-                        if e.panicked {
-                            metrics::counter!(metric::ACTOR_PANICS, "kind" => "tool", "reason" => "panic")
-                                .increment(1);
-                            act.phase
-                                .crash_after_flush(crate::messages::CrashReason::ToolPanic);
-                        }
-                        ToolOutcome::from(e)
-                    }
-                };
+                let outcome = act.tool_answered(&call.tool, answer, started);
                 act.record_tool(&call, outcome);
                 act.drive(ctx);
             },

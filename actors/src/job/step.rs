@@ -116,26 +116,37 @@ impl JobActor {
         if self.active().is_none() {
             return; // stopping: the next incarnation recovers this step from the ledger
         }
-        metrics::histogram!(metric::STEP_DURATION, "tool" => call.tool.clone())
+        let outcome = self.tool_answered(&call.tool, answer, started);
+        self.record(&call, outcome);
+        self.drive(ctx);
+    }
+
+    /// The outcome of a tool call's answer, for a plan step and an agent's tool call alike:
+    /// measures it (duration, outcome), and after a panic (already counted where it was
+    /// caught, tools.rs) stops the actor as crashed once the outcome is durable.
+    pub(super) fn tool_answered(
+        &mut self,
+        tool: &str,
+        answer: Result<Value, ToolError>,
+        started: Instant,
+    ) -> ToolOutcome {
+        metrics::histogram!(metric::STEP_DURATION, "tool" => tool.to_string())
             .record(started.elapsed().as_secs_f64());
         let label = match &answer {
             Ok(_) => "succeeded",
             Err(error) => error.kind.as_str(),
         };
-        metrics::counter!(metric::TOOL_CALLS, "tool" => call.tool.clone(), "outcome" => label)
+        metrics::counter!(metric::TOOL_CALLS, "tool" => tool.to_string(), "outcome" => label)
             .increment(1);
-        let outcome = match answer {
+        match answer {
             Ok(output) => ToolOutcome::Succeeded(output),
             Err(error) => {
-                // Counted where it was caught (tools.rs).
                 if error.panicked {
                     self.phase.crash_after_flush(CrashReason::ToolPanic);
                 }
                 ToolOutcome::from(error)
             }
-        };
-        self.record(&call, outcome);
-        self.drive(ctx);
+        }
     }
 
     /// Queues the event `runtime::outcome_event` gives for `outcome` of `call` (the retry

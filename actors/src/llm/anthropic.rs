@@ -6,7 +6,7 @@
 //! Tool results are user turns: consecutive ones (and any consecutive messages of one
 //! role) are merged into one message, as the protocol requires.
 
-use super::{estimate_tokens, http_error, transport_error, Call, ModelError};
+use super::{estimate_tokens, Call, ModelError};
 use aetheris_runtime::agent::{
     parse_arguments, Message, ModelAnswer, ModelRequest, Role, ToolCallRequest,
 };
@@ -193,27 +193,7 @@ pub async fn chat(
     if let Some(key) = &call.api_key {
         r = r.header("x-api-key", key);
     }
-    let resp = r
-        .send()
-        .await
-        .map_err(|e| transport_error(&e, call.timeout))?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| transport_error(&e, call.timeout))?;
-    if !(200..300).contains(&status) {
-        return Err(http_error(
-            status,
-            retry_after.as_deref(),
-            &error_detail(&bytes),
-        ));
-    }
+    let bytes = super::send(r, call.timeout, error_detail).await?;
     parse(&bytes, request_bytes)
 }
 

@@ -254,6 +254,39 @@ pub fn transport_error(e: &reqwest::Error, timeout: Duration) -> ModelError {
     }
 }
 
+/// Sends a provider request and reads its whole answer: the one HTTP exchange of every
+/// protocol. A transport failure is mapped by [`transport_error`]; a non-success status by
+/// [`http_error`], with the provider's message as `error_detail` (the protocol's own
+/// error shape) reads it from the body.
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+    error_detail: fn(&[u8]) -> String,
+) -> Result<Vec<u8>, ModelError> {
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| transport_error(&e, timeout))?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| transport_error(&e, timeout))?;
+    if !(200..300).contains(&status) {
+        return Err(http_error(
+            status,
+            retry_after.as_deref(),
+            &error_detail(&bytes),
+        ));
+    }
+    Ok(bytes.to_vec())
+}
+
 /// An estimate of tokens for `bytes` of text (about four bytes a token).
 pub fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)
