@@ -126,6 +126,7 @@ impl GcSettings {
             batch_size: self.batch_size,
             interval: Duration::from_millis(self.interval_ms),
             archive,
+            ..aetheris_actors::gc::GcConfig::default()
         })
     }
 }

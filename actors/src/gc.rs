@@ -95,6 +95,12 @@ pub struct GcConfig {
     pub batch_size: usize,
     /// Pause between passes.
     pub interval: Duration,
+    /// After a batch that took `t`, wait `pace × t` before the next (0: no pause). The
+    /// store has one writer (redb) or hot rows and a WAL (PostgreSQL), so a pass deleting
+    /// as fast as it can takes write time from the jobs running beside it (W10 measured
+    /// W1 at 0.30× of its speed during an unpaced pass of 100,000 jobs). With the default
+    /// 3, a pass uses at most a quarter of the time it runs; retention is never urgent.
+    pub pace: u32,
     pub archive: Option<Archive>,
 }
 
@@ -105,18 +111,21 @@ impl Default for GcConfig {
             default_retention_ms: None,
             batch_size: 500,
             interval: Duration::from_secs(30),
+            pace: 3,
             archive: None,
         }
     }
 }
 
 /// What one pass did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PassReport {
     pub deleted: u64,
     pub batches: u64,
     /// Due jobs left in place because their archive failed.
     pub not_archived: u64,
+    /// Time spent in batches (archiving and deleting), without the pauses between them.
+    pub busy: Duration,
 }
 
 /// The policy the limits describe: a tenant's own `retention` (limits file or tenants
@@ -196,10 +205,12 @@ pub async fn run_pass(
         };
         report.not_archived += (due.len() - ids.len()) as u64;
         let deleted = store.delete_jobs(policy, &ids).await?;
-        metrics::histogram!(m::RETENTION_BATCH_DURATION).record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        metrics::histogram!(m::RETENTION_BATCH_DURATION).record(took.as_secs_f64());
         metrics::counter!(m::RETENTION_DELETED).increment(deleted.len() as u64);
         report.deleted += deleted.len() as u64;
         report.batches += 1;
+        report.busy += took;
         // A short batch was the last one; one where nothing could go (every archive
         // failed, or another worker took them all) ends the pass rather than spin.
         if due.len() < batch_size || deleted.is_empty() {
@@ -207,6 +218,9 @@ pub async fn run_pass(
             let lag_s = rest.first().map_or(0.0, |d| d.overdue_ms as f64 / 1000.0);
             metrics::gauge!(m::RETENTION_GC_LAG).set(lag_s);
             return Ok(report);
+        }
+        if config.pace > 0 {
+            tokio::time::sleep(took * config.pace).await;
         }
     }
 }
