@@ -162,14 +162,6 @@ pub fn parse(bytes: &[u8], request_bytes: usize) -> Result<ModelAnswer, ModelErr
     })
 }
 
-/// The message of an error body (`{"type": "error", "error": {"type", "message"}}`).
-pub fn error_detail(bytes: &[u8]) -> String {
-    serde_json::from_slice::<Value>(bytes)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned())
-}
-
 /// One call.
 pub async fn chat(
     http: &reqwest::Client,
@@ -180,20 +172,12 @@ pub async fn chat(
         "{}/v1/messages",
         call.provider.base_url.trim_end_matches('/')
     );
-    let body = serde_json::to_vec(&body(req))
-        .map_err(|e| ModelError::Permanent(format!("the request cannot be encoded: {e}")))?;
-    let request_bytes = body.len();
-    let mut r = http
-        .post(url)
-        .timeout(call.timeout)
-        .header("content-type", "application/json")
-        .header("anthropic-version", VERSION)
-        .header("Idempotency-Key", call.idempotency_key)
-        .body(body);
+    let (r, request_bytes) = super::json_post(http, call, url, &body(req))?;
+    let mut r = r.header("anthropic-version", VERSION);
     if let Some(key) = &call.api_key {
         r = r.header("x-api-key", key);
     }
-    let bytes = super::send(r, call.timeout, error_detail).await?;
+    let bytes = super::send(r, call.timeout).await?;
     parse(&bytes, request_bytes)
 }
 
@@ -271,7 +255,7 @@ mod tests {
         ));
         assert!(matches!(parse(b"<html>", 1), Err(ModelError::Retryable(_))));
         assert_eq!(
-            error_detail(
+            super::super::error_detail(
                 br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
             ),
             "Overloaded"

@@ -254,14 +254,44 @@ pub fn transport_error(e: &reqwest::Error, timeout: Duration) -> ModelError {
     }
 }
 
+/// A POST of `body` (JSON) to `url` with the headers every protocol sends: the call's time
+/// limit and its `Idempotency-Key`. The protocol adds its own (authentication, version).
+/// Returns the request and the encoded body's size (the input estimate when a provider
+/// reports no usage).
+pub fn json_post(
+    http: &reqwest::Client,
+    call: &Call<'_>,
+    url: String,
+    body: &serde_json::Value,
+) -> Result<(reqwest::RequestBuilder, usize), ModelError> {
+    let body = serde_json::to_vec(body)
+        .map_err(|e| ModelError::Permanent(format!("the request cannot be encoded: {e}")))?;
+    let size = body.len();
+    let request = http
+        .post(url)
+        .timeout(call.timeout)
+        .header("content-type", "application/json")
+        .header("Idempotency-Key", call.idempotency_key)
+        .body(body);
+    Ok((request, size))
+}
+
+/// The provider's message in an error body: both protocols answer
+/// `{"error": {"message": …}}` (Anthropic inside `{"type": "error", …}`); otherwise the
+/// body's first 200 bytes.
+pub fn error_detail(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned())
+}
+
 /// Sends a provider request and reads its whole answer: the one HTTP exchange of every
 /// protocol. A transport failure is mapped by [`transport_error`]; a non-success status by
-/// [`http_error`], with the provider's message as `error_detail` (the protocol's own
-/// error shape) reads it from the body.
+/// [`http_error`], with the provider's message ([`error_detail`]).
 pub async fn send(
     request: reqwest::RequestBuilder,
     timeout: Duration,
-    error_detail: fn(&[u8]) -> String,
 ) -> Result<Vec<u8>, ModelError> {
     let resp = request
         .send()

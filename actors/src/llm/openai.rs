@@ -138,15 +138,6 @@ pub fn parse(bytes: &[u8], request_bytes: usize) -> Result<ModelAnswer, ModelErr
     })
 }
 
-/// The provider's error message in an error body (`{"error": {"message": …}}`), or the
-/// body's start.
-pub fn error_detail(bytes: &[u8]) -> String {
-    serde_json::from_slice::<Value>(bytes)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned())
-}
-
 /// One call.
 pub async fn chat(
     http: &reqwest::Client,
@@ -157,19 +148,11 @@ pub async fn chat(
         "{}/v1/chat/completions",
         call.provider.base_url.trim_end_matches('/')
     );
-    let body = serde_json::to_vec(&body(req))
-        .map_err(|e| ModelError::Permanent(format!("the request cannot be encoded: {e}")))?;
-    let request_bytes = body.len();
-    let mut r = http
-        .post(url)
-        .timeout(call.timeout)
-        .header("content-type", "application/json")
-        .header("Idempotency-Key", call.idempotency_key)
-        .body(body);
+    let (mut r, request_bytes) = super::json_post(http, call, url, &body(req))?;
     if let Some(key) = &call.api_key {
         r = r.bearer_auth(key);
     }
-    let bytes = super::send(r, call.timeout, error_detail).await?;
+    let bytes = super::send(r, call.timeout).await?;
     parse(&bytes, request_bytes)
 }
 
@@ -238,7 +221,7 @@ mod tests {
             matches!(parse(br#"{"choices":[]}"#, 1), Err(ModelError::Retryable(m)) if m.contains("no choices"))
         );
         assert_eq!(
-            error_detail(br#"{"error":{"message":"bad key","type":"x"}}"#),
+            super::super::error_detail(br#"{"error":{"message":"bad key","type":"x"}}"#),
             "bad key"
         );
     }
