@@ -131,6 +131,19 @@ file = "/etc/aetheris/limits.json"
 providers_file = "/etc/aetheris/llm.json"
 {{- end }}
 
+[retention]
+default = {{ .Values.retention.default | toJson }}
+batch_size = {{ int64 .Values.retention.batchSize }}
+interval_ms = {{ int64 .Values.retention.intervalMs }}
+{{- if .Values.retention.archiveDir }}
+archive_dir = {{ .Values.retention.archiveDir | toJson }}
+{{- end }}
+{{- if .Values.tracing.otlpEndpoint }}
+
+[tracing]
+otlp_endpoint = {{ .Values.tracing.otlpEndpoint | toJson }}
+{{- end }}
+
 [log]
 filter = {{ .Values.log.filter | toJson }}
 {{- end -}}
