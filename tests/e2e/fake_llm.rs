@@ -144,8 +144,7 @@ pub struct Record {
 pub struct FakeLlm {
     pub url: String,
     pub record: Arc<Record>,
-    server: actix_web::dev::ServerHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::support::LoopbackServer,
 }
 
 struct Shared {
@@ -160,34 +159,23 @@ impl FakeLlm {
             record: record.clone(),
             script: Arc::new(script),
         });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(shared.clone())
-                        .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
-                        .route("/v1/chat/completions", web::post().to(openai))
-                        .route("/v1/messages", web::post().to(anthropic))
-                })
-                .workers(2)
-                .disable_signals()
-                .bind("127.0.0.1:0")
-                .expect("bind fake llm");
-                let addr = server.addrs()[0];
-                let running = server.run();
-                tx.send((addr, running.handle())).expect("send");
-                let _ = running.await;
+        let server = crate::support::LoopbackServer::start("fake llm", move || {
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(shared.clone())
+                    .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                    .route("/v1/chat/completions", web::post().to(openai))
+                    .route("/v1/messages", web::post().to(anthropic))
             })
+            .workers(2)
+            .disable_signals()
+            .bind("127.0.0.1:0")?;
+            Ok((server.addrs()[0], server.run()))
         });
-        let (addr, server) = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("fake llm started");
         FakeLlm {
-            url: format!("http://{addr}"),
+            url: server.url.clone(),
             record,
-            server,
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -197,16 +185,6 @@ impl FakeLlm {
 
     pub fn violations(&self) -> Vec<String> {
         self.record.violations.lock().unwrap().clone()
-    }
-}
-
-impl Drop for FakeLlm {
-    fn drop(&mut self) {
-        let h = self.server.clone();
-        crate::support::rt().block_on(h.stop(false));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -284,13 +284,56 @@ pub async fn settle(c: &reqwest::Client, url: &str, id: &str, limit: Duration) -
     }
 }
 
+/// An HTTP server of a test on loopback, on a thread with its own actix system; stopped and
+/// joined when dropped. `bind` builds it there (an `HttpServer` bound to `127.0.0.1:0`)
+/// and returns its address and the running server.
+pub struct LoopbackServer {
+    pub url: String,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LoopbackServer {
+    pub fn start(
+        what: &'static str,
+        bind: impl FnOnce() -> std::io::Result<(std::net::SocketAddr, actix_web::dev::Server)>
+            + Send
+            + 'static,
+    ) -> LoopbackServer {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let (addr, running) = bind().unwrap_or_else(|e| panic!("bind {what}: {e}"));
+                tx.send((addr, running.handle())).expect("send");
+                let _ = running.await;
+            })
+        });
+        let (addr, handle) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{what} started"));
+        LoopbackServer {
+            url: format!("http://{addr}"),
+            handle,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        rt().block_on(self.handle.stop(false));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A counting HTTP stub (a real server on loopback): counts calls per `Idempotency-Key`
 /// and answers 503 to the first `fail_first` calls of each key, then 200.
 pub struct Stub {
     pub url: String,
     pub calls: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
-    server: actix_web::dev::ServerHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: LoopbackServer,
 }
 
 impl Stub {
@@ -298,62 +341,41 @@ impl Stub {
         use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
         let calls: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
         let c2 = calls.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    let calls = c2.clone();
-                    App::new().default_service(web::to(move |req: HttpRequest| {
-                        let calls = calls.clone();
-                        async move {
-                            let key = req
-                                .headers()
-                                .get("idempotency-key")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            let n = {
-                                let mut m = calls.lock().unwrap();
-                                let n = m.entry(key).or_insert(0);
-                                *n += 1;
-                                *n
-                            };
-                            if n <= fail_first {
-                                HttpResponse::ServiceUnavailable().json(serde_json::json!({"n": n}))
-                            } else {
-                                HttpResponse::Ok().json(serde_json::json!({"ok": true, "n": n}))
-                            }
+        let server = LoopbackServer::start("stub", move || {
+            let server = HttpServer::new(move || {
+                let calls = c2.clone();
+                App::new().default_service(web::to(move |req: HttpRequest| {
+                    let calls = calls.clone();
+                    async move {
+                        let key = req
+                            .headers()
+                            .get("idempotency-key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let n = {
+                            let mut m = calls.lock().unwrap();
+                            let n = m.entry(key).or_insert(0);
+                            *n += 1;
+                            *n
+                        };
+                        if n <= fail_first {
+                            HttpResponse::ServiceUnavailable().json(serde_json::json!({"n": n}))
+                        } else {
+                            HttpResponse::Ok().json(serde_json::json!({"ok": true, "n": n}))
                         }
-                    }))
-                })
-                .workers(1)
-                .disable_signals()
-                .bind("127.0.0.1:0")
-                .expect("bind stub");
-                let addr = server.addrs()[0];
-                let running = server.run();
-                tx.send((addr, running.handle())).expect("send");
-                let _ = running.await;
+                    }
+                }))
             })
+            .workers(1)
+            .disable_signals()
+            .bind("127.0.0.1:0")?;
+            Ok((server.addrs()[0], server.run()))
         });
-        let (addr, server) = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("stub started");
         Stub {
-            url: format!("http://{addr}"),
+            url: server.url.clone(),
             calls,
-            server,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Stub {
-    fn drop(&mut self) {
-        let h = self.server.clone();
-        rt().block_on(h.stop(false));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _server: server,
         }
     }
 }

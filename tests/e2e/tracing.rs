@@ -27,73 +27,61 @@ struct Received {
 struct Collector {
     url: String,
     received: Arc<Mutex<Received>>,
-    server: actix_web::dev::ServerHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::support::LoopbackServer,
 }
 
 impl Collector {
     fn start() -> Collector {
         let received: Arc<Mutex<Received>> = Arc::default();
         let r2 = received.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    let traces = r2.clone();
-                    let tools = r2.clone();
-                    App::new()
-                        .app_data(web::PayloadConfig::new(16 << 20))
-                        .route(
-                            "/v1/traces",
-                            web::post().to(move |req: HttpRequest, body: web::Bytes| {
-                                let traces = traces.clone();
-                                async move {
-                                    let json_type = req
-                                        .headers()
-                                        .get("content-type")
-                                        .and_then(|v| v.to_str().ok())
-                                        .is_some_and(|t| t.starts_with("application/json"));
-                                    match serde_json::from_slice::<Value>(&body) {
-                                        Ok(v) if json_type => {
-                                            traces.lock().unwrap().exports.push(v);
-                                            HttpResponse::Ok().json(json!({}))
-                                        }
-                                        _ => HttpResponse::BadRequest().finish(),
-                                    }
-                                }
-                            }),
-                        )
-                        .default_service(web::to(move |req: HttpRequest| {
-                            let tools = tools.clone();
+        let server = crate::support::LoopbackServer::start("collector", move || {
+            let server = HttpServer::new(move || {
+                let traces = r2.clone();
+                let tools = r2.clone();
+                App::new()
+                    .app_data(web::PayloadConfig::new(16 << 20))
+                    .route(
+                        "/v1/traces",
+                        web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                            let traces = traces.clone();
                             async move {
-                                let tp = req
+                                let json_type = req
                                     .headers()
-                                    .get("traceparent")
+                                    .get("content-type")
                                     .and_then(|v| v.to_str().ok())
-                                    .map(str::to_string);
-                                tools.lock().unwrap().traceparents.push(tp);
-                                HttpResponse::Ok().json(json!({"ok": true}))
+                                    .is_some_and(|t| t.starts_with("application/json"));
+                                match serde_json::from_slice::<Value>(&body) {
+                                    Ok(v) if json_type => {
+                                        traces.lock().unwrap().exports.push(v);
+                                        HttpResponse::Ok().json(json!({}))
+                                    }
+                                    _ => HttpResponse::BadRequest().finish(),
+                                }
                             }
-                        }))
-                })
-                .workers(1)
-                .disable_signals()
-                .bind("127.0.0.1:0")
-                .expect("bind collector");
-                let addr = server.addrs()[0];
-                let running = server.run();
-                tx.send((addr, running.handle())).expect("send");
-                let _ = running.await;
+                        }),
+                    )
+                    .default_service(web::to(move |req: HttpRequest| {
+                        let tools = tools.clone();
+                        async move {
+                            let tp = req
+                                .headers()
+                                .get("traceparent")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            tools.lock().unwrap().traceparents.push(tp);
+                            HttpResponse::Ok().json(json!({"ok": true}))
+                        }
+                    }))
             })
+            .workers(1)
+            .disable_signals()
+            .bind("127.0.0.1:0")?;
+            Ok((server.addrs()[0], server.run()))
         });
-        let (addr, server) = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("collector started");
         Collector {
-            url: format!("http://{addr}"),
+            url: server.url.clone(),
             received,
-            server,
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -111,16 +99,6 @@ impl Collector {
             }
         }
         out
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let h = self.server.clone();
-        crate::support::rt().block_on(h.stop(false));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
