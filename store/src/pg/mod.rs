@@ -66,7 +66,7 @@ use crate::fair::JobTenants;
 use crate::{Result, StoreError};
 use aetheris_runtime::JobId;
 use deadpool_postgres::{
-    Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts,
+    Hook, HookError, Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime, Timeouts,
 };
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -346,6 +346,10 @@ fn pool(config: &tokio_postgres::Config, size: usize, own: OwnBackends) -> Resul
     );
     Pool::builder(manager)
         .max_size(size)
+        // The most recently returned connection first: at low load one or two server
+        // backends do all the work with warm caches, instead of every backend in turn
+        // (FIFO) each starting cold (issue 15: measured in docs/benchmarks.md).
+        .queue_mode(QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .timeouts(Timeouts {
             wait: Some(Duration::from_secs(30)),
