@@ -82,6 +82,33 @@ fn next_claim(
     })
 }
 
+/// Whether a claim that leased jobs of `got` (one tenant per lease) with `room` free slots
+/// and `caps` may have left claimable work behind: it filled its room, or some tenant
+/// reached the most this claim could give it (its share of this worker, down to none), or
+/// tenants have running caps (counted across workers, so a release anywhere may free
+/// one). Otherwise the claim saw every job claimable for this worker, and a lease ending
+/// here needs no claim of its own: new work announces itself (the store's hint), and the
+/// polling fallback covers the rest.
+fn may_leave_work(room: usize, got: &[Arc<str>], caps: &aetheris_store::RunningCaps) -> bool {
+    if got.len() >= room || caps.default.is_some() || !caps.tenants.is_empty() {
+        return true;
+    }
+    if caps.this_claim_default == Some(0) || caps.this_claim.values().any(|l| *l == 0) {
+        return true;
+    }
+    let mut per: HashMap<&str, u64> = HashMap::new();
+    for t in got {
+        *per.entry(t).or_insert(0) += 1;
+    }
+    per.iter().any(|(t, n)| {
+        caps.this_claim
+            .get(*t)
+            .copied()
+            .or(caps.this_claim_default)
+            .is_some_and(|limit| *n >= limit)
+    })
+}
+
 /// A lease this worker holds.
 struct Held {
     token: u64,
@@ -98,6 +125,10 @@ pub struct LeaseManager {
     claims_in_flight: usize,
     claimed_room: usize,
     claim_again: bool,
+    /// The last claim may have left claimable work behind (`may_leave_work`): a lease
+    /// ending here claims again at once. Without it, the next claim waits for the store's
+    /// hint or the poll: at one job at a time that is one claim per job, not three.
+    backlog: bool,
     /// Leases of finished jobs not yet given back: released together, one store call at
     /// a time (one write for many jobs, not one each).
     to_release: Vec<(JobId, u64)>,
@@ -121,6 +152,7 @@ impl LeaseManager {
             claims_in_flight: 0,
             claimed_room: 0,
             claim_again: false,
+            backlog: true,
             to_release: Vec::new(),
             releasing: false,
             draining: false,
@@ -160,17 +192,23 @@ impl LeaseManager {
         let t0 = Instant::now();
         ctx.spawn(
             actix::fut::wrap_future(async move {
-                store
+                let res = store
                     .claim_and_load(&cfg.worker_id, cfg.lease_ttl_ms, room, &caps)
-                    .await
+                    .await;
+                (res, caps)
             })
-            .map(move |res, act: &mut LeaseManager, ctx| {
+            .map(move |(res, caps), act: &mut LeaseManager, ctx| {
                 metrics::histogram!(m::CLAIM_DURATION).record(t0.elapsed().as_secs_f64());
                 act.claims_in_flight -= 1;
                 act.claimed_room -= room;
                 match res {
                     Ok(leases) => {
                         let full = leases.len() == room;
+                        let got: Vec<Arc<str>> = leases
+                            .iter()
+                            .map(|(l, _)| Arc::from(l.tenant.as_str()))
+                            .collect();
+                        act.backlog = may_leave_work(room, &got, &caps);
                         for (l, preload) in leases {
                             metrics::counter!(m::LEASE_GRANTS).increment(1);
                             act.hold(l.job_id, l.token, &l.tenant);
@@ -182,7 +220,10 @@ impl LeaseManager {
                             act.claim(ctx);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "claim failed"),
+                    Err(e) => {
+                        act.backlog = true;
+                        tracing::warn!(error = %e, "claim failed")
+                    }
                 }
             }),
         );
@@ -306,6 +347,10 @@ impl Actor for LeaseManager {
         actix::spawn(async move {
             loop {
                 hint.notified().await;
+                // The claim this starts covers every hint fired so far, including the one
+                // `fire` stores for the next wait when it wakes this one: take it now
+                // instead of claiming twice for one hint.
+                let _ = futures::FutureExt::now_or_never(hint.notified());
                 if me
                     .send(ClaimNow {
                         _queued: Queued::new(ActorKind::LeaseManager),
@@ -353,7 +398,9 @@ impl Handler<LeaseDone> for LeaseManager {
             self.to_release.push((m.job_id, m.token));
             self.release_pending(ctx);
         }
-        self.claim(ctx);
+        if self.backlog {
+            self.claim(ctx);
+        }
     }
 }
 
@@ -429,6 +476,58 @@ mod tests {
         // a at its share: none of a; others unlimited within the room.
         let c = next_claim(8, 7, 0, &tenants(&[("a", 7)])).unwrap();
         assert_eq!((c.room, c.tenant_limits.get("a")), (1, Some(&0)));
+    }
+
+    fn caps(default: Option<u64>, limits: &[(&str, u64)]) -> aetheris_store::RunningCaps {
+        aetheris_store::RunningCaps {
+            this_claim: limits.iter().map(|(t, l)| (t.to_string(), *l)).collect(),
+            this_claim_default: default,
+            ..Default::default()
+        }
+    }
+
+    fn got(v: &[&str]) -> Vec<Arc<str>> {
+        v.iter().map(|t| Arc::from(*t)).collect()
+    }
+
+    /// A lease ending claims again only when the last claim may have left work behind.
+    #[test]
+    fn a_claim_leaves_work_behind_only_when_full_or_a_tenant_hit_its_limit() {
+        // Fewer than asked, nobody at a limit: it saw everything claimable.
+        assert!(!may_leave_work(64, &got(&[]), &caps(Some(56), &[])));
+        assert!(!may_leave_work(
+            64,
+            &got(&["a"]),
+            &caps(Some(56), &[("b", 3)])
+        ));
+        assert!(!may_leave_work(
+            8,
+            &got(&["a", "a"]),
+            &caps(None, &[("a", 3)])
+        ));
+        // Full.
+        assert!(may_leave_work(2, &got(&["a", "b"]), &caps(None, &[])));
+        // A tenant got as many as this claim could give it (its own limit or the default).
+        assert!(may_leave_work(
+            8,
+            &got(&["a", "a"]),
+            &caps(None, &[("a", 2)])
+        ));
+        assert!(may_leave_work(
+            8,
+            &got(&["a", "b", "b"]),
+            &caps(Some(2), &[("a", 5)])
+        ));
+        // A tenant at its share got nothing, whatever else came back: its jobs may wait.
+        assert!(may_leave_work(8, &got(&[]), &caps(None, &[("a", 0)])));
+        assert!(may_leave_work(8, &got(&["b"]), &caps(Some(0), &[("b", 4)])));
+        // Running caps are counted across workers: a release elsewhere may free one.
+        let mut capped = caps(None, &[]);
+        capped.default = Some(10);
+        assert!(may_leave_work(8, &got(&[]), &capped));
+        capped.default = None;
+        capped.tenants.insert("a".into(), 3);
+        assert!(may_leave_work(8, &got(&[]), &capped));
     }
 
     /// Claims under way, answered in any order with any number of leases up to what each
