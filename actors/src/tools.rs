@@ -242,7 +242,9 @@ pub struct ToolEntry {
 /// name → tool actor. Built once at start; shared read-only afterwards.
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
-    tools: BTreeMap<String, ToolEntry>,
+    /// Shared by clones: every job actor's context holds the registry, so starting a job
+    /// must not copy every tool's entry (descriptions, JSON schemas, recipients).
+    tools: Arc<BTreeMap<String, ToolEntry>>,
     /// The `llm` tool's runtime, set when the worker starts (`attach_llm`).
     llm: crate::llm::tool::LlmSlot,
 }
@@ -271,7 +273,7 @@ impl ToolRegistry {
             tool: Arc::new(tool),
         }
         .start();
-        self.tools.insert(
+        Arc::make_mut(&mut self.tools).insert(
             name.to_string(),
             ToolEntry {
                 recipient: addr.clone().recipient(),

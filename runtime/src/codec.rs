@@ -105,14 +105,17 @@ pub mod json_text {
     pub mod plan {
         use super::*;
         use crate::plan::Plan;
-        pub fn serialize<S: Serializer>(p: &Plan, s: S) -> Result<S::Ok, S::Error> {
-            serde_json::to_string(p)
+        use std::sync::Arc;
+        pub fn serialize<S: Serializer>(p: &Arc<Plan>, s: S) -> Result<S::Ok, S::Error> {
+            serde_json::to_string(&**p)
                 .map_err(serde::ser::Error::custom)?
                 .serialize(s)
         }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Plan, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Plan>, D::Error> {
             let s = String::deserialize(d)?;
-            serde_json::from_str(&s).map_err(serde::de::Error::custom)
+            serde_json::from_str(&s)
+                .map(Arc::new)
+                .map_err(serde::de::Error::custom)
         }
     }
 }

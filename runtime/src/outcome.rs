@@ -395,9 +395,7 @@ mod tests {
     fn without_a_retry_policy_the_first_attempt_is_the_last() {
         let (mut state, call) = running(EffectClass::Idempotent, 1);
         // The plan's step loses its policy: the default allows one attempt.
-        let mut plan = state.plan.clone();
-        plan.steps[0].retry = None;
-        state.plan = plan;
+        std::sync::Arc::make_mut(&mut state.plan).steps[0].retry = None;
         let event = outcome_event(&state, &call, ToolOutcome::Retryable("x".into()), 0.5);
         assert_eq!(event, failed("x", None, 1));
     }

@@ -158,8 +158,11 @@ impl StepState {
 pub struct JobState {
     pub job_id: JobId,
     pub tenant: String,
+    /// Shared, never changed after submission: projecting the state past pending events
+    /// (every step, `projected`) clones the state, and a plan of many steps is most of
+    /// it.
     #[serde(with = "json_text::plan")]
-    pub plan: Plan,
+    pub plan: std::sync::Arc<Plan>,
     #[serde(with = "json_text")]
     pub input: Value,
     pub idempotency_key: Option<String>,
@@ -252,7 +255,7 @@ impl JobState {
                 .iter()
                 .map(|s| (s.id.clone(), StepState::new()))
                 .collect(),
-            plan: plan.clone(),
+            plan: std::sync::Arc::new(plan.clone()),
             input: input.clone(),
             idempotency_key: idempotency_key.clone(),
             status: JobStatus::Queued,

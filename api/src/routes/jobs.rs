@@ -185,7 +185,7 @@ async fn submit(
     }
     // Stripe's semantics: a key names one request; reusing it for another is a mistake
     // the caller must hear about, not a silent return of the old job.
-    if state.plan != plan || state.input != input {
+    if *state.plan != plan || state.input != input {
         return Err(ApiError::Conflict(format!(
             "idempotency_key {:?} was already used for job {} with a different plan or \
              input; use a new key for a new job",

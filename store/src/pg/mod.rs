@@ -166,8 +166,8 @@ pub struct PgStore {
     hint: Arc<Notify>,
     /// Job ids from `NOTIFY aetheris_cmd` (commands stored by any process).
     commands: tokio::sync::broadcast::Sender<JobId>,
-    /// The group-commit queue of single appends (see `append::group_commit_worker`).
-    group: tokio::sync::mpsc::Sender<append::Queued>,
+    /// The group-commit queues of single appends (see `append::GroupCommit`).
+    group: append::GroupCommit,
     /// The pool, what is known of the jobs written, and how appends were batched (see
     /// `append_stats`), as the append batchers share them.
     appender: append::Appender,
