@@ -13,6 +13,12 @@
 //!   x bigint)` and the script `\set x random(1, 1000000000)` / `INSERT INTO pgb(x) VALUES
 //!   (:x);`, run with `-n -T <s>` at 1 client and at 32 clients (`-j 2`): single-row insert
 //!   commits/s, the ceiling one durable commit per step could reach on this server.
+//! - The step floor: in the same database, migrated to Aetheris's own schema and seeded
+//!   with 1,000 running jobs, `STEP_FLOOR_SCRIPT` at 1 client (prepared statements): the
+//!   rows one W1 step writes (the job row, two events with W1's payload size, a ledger row
+//!   updated and one inserted) in one statement and one commit, without the fence's
+//!   checks or the hashes. What a step at concurrency 1 could reach on this server and
+//!   schema with no time spent outside the database.
 //! - What the database did per W1 step (`Counters`, read just before and after the
 //!   measured window on a connection of its own): WAL bytes (the insert position, exact
 //!   and cluster-wide), write transactions (transaction ids assigned: every transaction
@@ -49,11 +55,47 @@ pub struct W7 {
     pub payload_per_event: f64,
 }
 
-/// One pgbench measurement: single-row insert commits/s at 1 and at 32 clients.
+/// The step floor's pgbench script (module docs). `:n` picks one of the seeded jobs.
+const STEP_FLOOR_SCRIPT: &str = "\\set n random(1, 1000)
+WITH j AS (
+    UPDATE jobs SET last_seq = last_seq + 2, updated_at = updated_at + 1,
+                    last_hash = decode(repeat('ab', 32), 'hex')
+    WHERE job_id = (SELECT job_id FROM floor_jobs WHERE n = :n)
+    RETURNING job_id, last_seq, updated_at
+), ev AS (
+    INSERT INTO events (job_id, seq, recorded_at, kind, payload, prev_hash, hash)
+    SELECT j.job_id, j.last_seq - g, j.updated_at, 'step_finished', repeat('x', 136),
+           decode(repeat('00', 32), 'hex'), decode(repeat('ab', 32), 'hex')
+    FROM j, generate_series(0, 1) AS g
+), done AS (
+    UPDATE ledger SET status = 'succeeded', updated_at = j.updated_at
+    FROM j WHERE ledger.job_id = j.job_id AND ledger.step = 'a'
+), next AS (
+    INSERT INTO ledger (job_id, step, invocation_key, attempt, effect, status, updated_at)
+    SELECT j.job_id, 's' || j.last_seq, 'k', 1, 'side_effect', 'started', j.updated_at FROM j
+)
+SELECT 1;
+";
+
+/// The step floor's jobs: 1,000 running jobs with one ledger row each, numbered for the
+/// script.
+const STEP_FLOOR_SEED: &str = "
+INSERT INTO jobs (job_id, tenant, status, last_seq, last_hash, created_at, updated_at, token)
+    SELECT gen_random_uuid(), 'default', 'running', 2, decode(repeat('ab', 32), 'hex'), 0, 0, 1
+    FROM generate_series(1, 1000);
+CREATE TABLE floor_jobs AS SELECT job_id, row_number() OVER (ORDER BY job_id) AS n FROM jobs;
+CREATE UNIQUE INDEX ON floor_jobs (n);
+INSERT INTO ledger (job_id, step, invocation_key, attempt, effect, status, updated_at)
+    SELECT job_id, 'a', 'k', 1, 'side_effect', 'started', 0 FROM jobs;
+";
+
+/// One pgbench measurement: single-row insert commits/s at 1 and at 32 clients, and the
+/// step floor at 1 client.
 pub struct Pgbench {
     pub binary: String,
     pub clients_1: f64,
     pub clients_32: f64,
+    pub step_floor_1: f64,
 }
 
 /// pgbench `runs` times on `server` (medians), or `None` when there is no pgbench binary.
@@ -64,10 +106,11 @@ pub fn baseline(
 ) -> Result<Option<PgbenchReport>, String> {
     let mut one = Vec::new();
     let mut many = Vec::new();
+    let mut floor = Vec::new();
     let mut binary = String::new();
     for r in 0..runs {
         progress(&format!(
-            "pgbench run {}/{runs} (1 and 32 clients, {seconds} s each)…",
+            "pgbench run {}/{runs} (1 and 32 clients, then the step floor, {seconds} s each)…",
             r + 1
         ));
         let s = server.clone();
@@ -75,6 +118,7 @@ pub fn baseline(
             Some(p) => {
                 one.push(p.clients_1);
                 many.push(p.clients_32);
+                floor.push(p.step_floor_1);
                 binary = p.binary;
             }
             None => break,
@@ -89,6 +133,7 @@ pub fn baseline(
         script: PGBENCH_SCRIPT.to_string(),
         commits_per_s_1_client: median(one),
         commits_per_s_32_clients: median(many),
+        step_floor_per_s_1_client: median(floor),
     }))
 }
 
@@ -225,10 +270,16 @@ impl Server {
             binary: bin.display().to_string(),
             clients_1: r.0,
             clients_32: r.1,
+            step_floor_1: r.2,
         }))
     }
 
-    async fn pgbench_in(&self, bin: &Path, db: &str, seconds: u64) -> Result<(f64, f64), String> {
+    async fn pgbench_in(
+        &self,
+        bin: &Path,
+        db: &str,
+        seconds: u64,
+    ) -> Result<(f64, f64, f64), String> {
         let url = self.url_for(db);
         let c = connect(&url).await?;
         c.batch_execute("CREATE TABLE pgb (id bigserial PRIMARY KEY, x bigint NOT NULL)")
@@ -241,9 +292,30 @@ impl Server {
             "\\set x random(1, 1000000000)\nINSERT INTO pgb(x) VALUES (:x);\n",
         )
         .map_err(|e| format!("writing the pgbench script: {e}"))?;
-        let one = run_pgbench(bin, &script, &url, 1, 1, seconds).await?;
-        let many = run_pgbench(bin, &script, &url, 32, 2, seconds).await?;
-        Ok((one, many))
+        let one = run_pgbench(bin, &script, &url, 1, 1, seconds, &[]).await?;
+        let many = run_pgbench(bin, &script, &url, 32, 2, seconds, &[]).await?;
+        // The step floor, on the schema the store migrates (its own pool, closed after).
+        let store = aetheris_store::PgStore::connect(&url, 1)
+            .await
+            .map_err(|e| format!("step floor: {e}"))?;
+        store
+            .migrate()
+            .await
+            .map_err(|e| format!("step floor migrations: {e}"))?;
+        drop(store);
+        c.batch_execute(STEP_FLOOR_SEED)
+            .await
+            .map_err(|e| format!("step floor jobs: {}", msg(&e)))?;
+        // On its own: VACUUM cannot run in the implicit transaction of a batch.
+        c.batch_execute("VACUUM ANALYZE")
+            .await
+            .map_err(|e| format!("step floor VACUUM: {}", msg(&e)))?;
+        let floor_script = dir.path().join("step_floor.sql");
+        std::fs::write(&floor_script, STEP_FLOOR_SCRIPT)
+            .map_err(|e| format!("writing the step floor script: {e}"))?;
+        let floor =
+            run_pgbench(bin, &floor_script, &url, 1, 1, seconds, &["-M", "prepared"]).await?;
+        Ok((one, many, floor))
     }
 }
 
@@ -255,9 +327,11 @@ async fn run_pgbench(
     clients: u32,
     threads: u32,
     seconds: u64,
+    extra: &[&str],
 ) -> Result<f64, String> {
     let out = tokio::process::Command::new(bin)
         .args(["-n", "-T", &seconds.to_string()])
+        .args(extra)
         .args(["-c", &clients.to_string(), "-j", &threads.to_string()])
         .arg("-f")
         .arg(script)

@@ -128,6 +128,10 @@ pub struct PgbenchReport {
     pub script: String,
     pub commits_per_s_1_client: f64,
     pub commits_per_s_32_clients: f64,
+    /// The rows of one W1 step in one statement and commit, on Aetheris's schema, at 1
+    /// client (see `pg::STEP_FLOOR_SCRIPT`): what concurrency 1 could reach on this server
+    /// with no time spent outside the database.
+    pub step_floor_per_s_1_client: f64,
 }
 
 /// W1 at one concurrency: jobs × 10 sequential no-op `side_effect` steps.
@@ -421,6 +425,12 @@ impl Display for PgbenchReport {
             "\npgbench (same server, single-row INSERT commits, {} s): {:.0}/s with 1 client, \
              {:.0}/s with 32 clients",
             self.seconds, self.commits_per_s_1_client, self.commits_per_s_32_clients
+        )?;
+        writeln!(
+            f,
+            "pgbench step floor (one W1 step's rows in one statement and commit, Aetheris's \
+             schema, no checks or hashes, 1 client): {:.0} steps/s",
+            self.step_floor_per_s_1_client
         )
     }
 }
@@ -929,8 +939,13 @@ mod tests {
             script: "s".into(),
             commits_per_s_1_client: 1500.4,
             commits_per_s_32_clients: 9000.0,
+            step_floor_per_s_1_client: 1200.0,
         });
         let text = report.to_string();
+        assert!(
+            text.contains("pgbench step floor (one W1 step's rows in one statement and commit, Aetheris's schema, no checks or hashes, 1 client): 1200 steps/s\n"),
+            "{text}"
+        );
         assert!(text.contains("server: PostgreSQL 15.4\n"), "{text}");
         assert!(text.contains(
             "\npgbench (same server, single-row INSERT commits, 5 s): 1500/s with 1 client, 9000/s with 32 clients\n"

@@ -470,6 +470,7 @@ mod tests {
             script: String::new(),
             commits_per_s_1_client: 1000.0,
             commits_per_s_32_clients: 4000.0,
+            step_floor_per_s_1_client: 0.0,
         };
         assert_eq!(pgbench_ratio(1, 500.0, Some(&p)), Some(("1 client", 0.5)));
         assert_eq!(
