@@ -46,7 +46,7 @@ use uuid::Uuid;
 ///
 /// Returns one row per job written: its id, the time stamped and the chain head stored.
 macro_rules! write_sql {
-    ($leaves:expr) => {
+    ($jobs:expr, $join_e:expr, $join_l:expr, $leaves:expr) => {
         concat!(
             "WITH hs AS MATERIALIZED (
     SELECT ",
@@ -62,10 +62,9 @@ upd AS (
         updated_at = greatest(hs.now_ms, u.at_before),
         wake_at = CASE WHEN u.wake_keep THEN j.wake_at ELSE u.wake_at END,
         wake_due = false
-    FROM unnest($8::uuid[], $9::bigint[], $10::bigint[], $11::bytea[], $12::bigint[],
-                $13::text[], $14::text[], $15::bigint[], $16::int[], $17::bool[],
-                $18::bigint[], $19::bytea[], $26::bigint[])
-        AS u(job_id, token, seq_before, hash_before, at_before, status_before, status,
+    FROM ",
+            $jobs,
+            " AS u(job_id, token, seq_before, hash_before, at_before, status_before, status,
              last_seq, last_ix, wake_keep, wake_at, leaf_prefix, leaf_back),
         hs
     WHERE j.job_id = u.job_id AND j.token = u.token AND j.last_seq = u.seq_before
@@ -80,14 +79,18 @@ ev AS (
            coalesce(e.prev, hs.h[e.ord::int - 1]), hs.h[e.ord::int]
     FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $6::bytea[])
              WITH ORDINALITY AS e(job_id, seq, kind, payload, prev, ord)
-        JOIN upd ON upd.job_id = e.job_id, hs
+        ",
+            $join_e,
+            ", hs
 ),
 led_new AS (
     INSERT INTO ledger (job_id, step, invocation_key, attempt, effect, status, updated_at)
     SELECT l.job_id, l.step, l.key, l.attempt, l.effect, l.status, upd.updated_at
     FROM unnest($20::uuid[], $21::text[], $22::text[], $23::bigint[], $24::text[],
                 $25::text[], $27::bool[]) AS l(job_id, step, key, attempt, effect, status, is_new)
-        JOIN upd ON upd.job_id = l.job_id
+        ",
+            $join_l,
+            "
     WHERE l.is_new
 ),
 led_old AS (
@@ -96,7 +99,9 @@ led_old AS (
         updated_at = upd.updated_at
     FROM unnest($20::uuid[], $21::text[], $22::text[], $23::bigint[], $24::text[],
                 $25::text[], $27::bool[]) AS l(job_id, step, key, attempt, effect, status, is_new)
-        JOIN upd ON upd.job_id = l.job_id
+        ",
+            $join_l,
+            "
     WHERE NOT l.is_new AND d.job_id = l.job_id AND d.step = l.step
 )",
             $leaves,
@@ -106,12 +111,56 @@ SELECT upd.job_id, upd.updated_at, upd.last_hash FROM upd"
     };
 }
 
-/// The write of a batch that finishes no job.
-pub(super) const WRITE_SQL: &str = write_sql!("");
+/// The jobs of a batch, one row each.
+macro_rules! jobs_of_batch {
+    () => {
+        "unnest($8::uuid[], $9::bigint[], $10::bigint[], $11::bytea[], $12::bigint[],
+                $13::text[], $14::text[], $15::bigint[], $16::int[], $17::bool[],
+                $18::bigint[], $19::bytea[], $26::bigint[])"
+    };
+}
 
-/// The write of a batch that finishes a job: also each finished job's transparency leaf.
-pub(super) const WRITE_WITH_LEAVES_SQL: &str = write_sql!(
-    ",
+/// The job of a batch of one job: the same columns as scalars, so the plan looks the job
+/// row up by its key directly, with no set-returning scan and join to set up (at one job
+/// at a time every append is such a batch; executor start-up is a good part of its cost).
+macro_rules! job_of_one {
+    () => {
+        "(SELECT ($8::uuid[])[1], ($9::bigint[])[1], ($10::bigint[])[1], ($11::bytea[])[1],
+                ($12::bigint[])[1], ($13::text[])[1], ($14::text[])[1], ($15::bigint[])[1],
+                ($16::int[])[1], ($17::bool[])[1], ($18::bigint[])[1], ($19::bytea[])[1],
+                ($26::bigint[])[1])"
+    };
+}
+
+/// How a batch's events and ledger rows meet the job row the statement updated.
+macro_rules! join_e {
+    () => {
+        "JOIN upd ON upd.job_id = e.job_id"
+    };
+}
+macro_rules! join_l {
+    () => {
+        "JOIN upd ON upd.job_id = l.job_id"
+    };
+}
+/// In a batch of one job every row is that job's: a plain product with its 0 or 1 updated
+/// row (no hash join to build).
+macro_rules! one_job {
+    () => {
+        "CROSS JOIN upd"
+    };
+}
+
+/// The write of a batch that finishes no job.
+pub(super) const WRITE_SQL: &str = write_sql!(jobs_of_batch!(), join_e!(), join_l!(), "");
+
+/// `WRITE_SQL` for a batch of one job.
+pub(super) const WRITE_ONE_SQL: &str = write_sql!(job_of_one!(), one_job!(), one_job!(), "");
+
+/// The leaves of the jobs a batch finishes (`write_sql!`'s second part).
+macro_rules! leaves {
+    () => {
+        ",
 n AS (
     SELECT upd.tenant, upd.job_id, sha256(upd.leaf_prefix || upd.last_hash) AS leaf_hash,
            upd.updated_at AS appended_at, upd.leaf_back AS back
@@ -128,14 +177,24 @@ leaves AS (
     SELECT n.tenant, heads.size - n.back, n.job_id, n.leaf_hash, n.appended_at
     FROM n JOIN heads ON heads.tenant = n.tenant
 )"
-);
+    };
+}
+
+/// The write of a batch that finishes a job: also each finished job's transparency leaf.
+pub(super) const WRITE_WITH_LEAVES_SQL: &str =
+    write_sql!(jobs_of_batch!(), join_e!(), join_l!(), leaves!());
+
+/// `WRITE_WITH_LEAVES_SQL` for a batch of one job.
+pub(super) const WRITE_ONE_WITH_LEAF_SQL: &str =
+    write_sql!(job_of_one!(), one_job!(), one_job!(), leaves!());
 
 /// The statement text for `cols`.
 pub(super) fn sql_for(cols: &WriteCols) -> &'static str {
-    if cols.has_leaves() {
-        WRITE_WITH_LEAVES_SQL
-    } else {
-        WRITE_SQL
+    match (cols.j_job.len() == 1, cols.has_leaves()) {
+        (true, false) => WRITE_ONE_SQL,
+        (true, true) => WRITE_ONE_WITH_LEAF_SQL,
+        (false, false) => WRITE_SQL,
+        (false, true) => WRITE_WITH_LEAVES_SQL,
     }
 }
 
