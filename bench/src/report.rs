@@ -177,6 +177,10 @@ pub struct W1Row {
     pub pgbench_baseline: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_pgbench: Option<f64>,
+    /// At concurrency 1 on PostgreSQL: steps/s against the pgbench step floor (the most one
+    /// commit per step allows on that server; see `PgbenchReport`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_step_floor: Option<f64>,
 }
 
 /// W7: storage per event, from the largest W1 run.
@@ -482,6 +486,10 @@ impl W1Row {
         let ratio = match (self.ratio_to_pgbench, &self.pgbench_baseline) {
             (Some(x), Some(base)) => format!("{x:.2}× {base}"),
             _ => String::new(),
+        };
+        let ratio = match self.ratio_to_step_floor {
+            Some(x) => format!("{ratio}, {x:.2}× step floor"),
+            None => ratio,
         };
         writeln!(
             f,
@@ -816,6 +824,7 @@ mod tests {
             payload_bytes_per_event: 45.0,
             pgbench_baseline: server.map(|_| "1 client".to_string()),
             ratio_to_pgbench: server.map(|_| 0.75),
+            ratio_to_step_floor: None,
         }
     }
 
@@ -932,7 +941,9 @@ mod tests {
         let mut report = embedded();
         report.store = "postgresql".into();
         report.server = Some("PostgreSQL 15.4".into());
-        report.w1 = Some(vec![w1_row(16, Some(0.125))]);
+        let mut at_one = w1_row(1, Some(0.125));
+        at_one.ratio_to_step_floor = Some(0.46);
+        report.w1 = Some(vec![w1_row(16, Some(0.125)), at_one]);
         report.pgbench = Some(PgbenchReport {
             binary: "/usr/bin/pgbench".into(),
             seconds: 5,
@@ -952,6 +963,10 @@ mod tests {
         ), "{text}");
         assert!(
             text.contains(" (0.250 + 0.125)   321 (45p)  0.75× 1 client\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(" (0.250 + 0.125)   321 (45p)  0.75× 1 client, 0.46× step floor\n"),
             "{text}"
         );
         assert!(

@@ -139,6 +139,9 @@ fn row(c: usize, jobs: usize, runs: &[W1Run], pgbench: Option<&PgbenchReport>) -
         payload_bytes_per_event: m(|w| w.payload_per_event),
         pgbench_baseline,
         ratio_to_pgbench,
+        ratio_to_step_floor: pgbench
+            .filter(|p| c == 1 && p.step_floor_per_s_1_client > 0.0)
+            .map(|p| steps_per_s / p.step_floor_per_s_1_client),
     }
 }
 

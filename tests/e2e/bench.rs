@@ -151,3 +151,57 @@ fn bad_bench_flags_are_one_error_line() {
         assert!(out.stdout.is_empty(), "no report on a bad flag");
     }
 }
+
+/// On PostgreSQL the bench measures its baselines on the same server in databases of its
+/// own: pgbench's one-row insert at 1 and 32 clients, and the step floor (one W1 step's
+/// rows in one statement and commit, on Aetheris's schema); the W1 row at concurrency 1
+/// carries its ratio to each, and what the database did per step. Shapes only, never a
+/// timing. pgbench ships with the PostgreSQL server package the test clusters need, so
+/// its absence fails the test instead of skipping it.
+#[test]
+fn postgres_bench_reports_pgbench_the_step_floor_and_the_database_per_step() {
+    let url =
+        crate::support::rt().block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
+    let out = bench(&[
+        "--database-url",
+        &url,
+        "--workloads",
+        "w1",
+        "--concurrency",
+        "1",
+        "--jobs",
+        "5",
+        "--runs",
+        "1",
+        "--pgbench-seconds",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["store"], "postgresql", "{v}");
+    let p = &v["pgbench"];
+    for key in [
+        "commits_per_s_1_client",
+        "commits_per_s_32_clients",
+        "step_floor_per_s_1_client",
+    ] {
+        assert!(number(p, key) > 0.0, "{key}: {p}");
+    }
+    let row = &v["w1"][0];
+    assert_eq!(row["concurrency"], 1, "{row}");
+    assert_eq!(row["pgbench_baseline"], "1 client", "{row}");
+    for key in [
+        "ratio_to_pgbench",
+        "ratio_to_step_floor",
+        "write_transactions_per_step",
+        "wal_bytes_per_step",
+        "appends_per_commit",
+    ] {
+        assert!(number(row, key) > 0.0, "{key}: {row}");
+    }
+}
