@@ -1,6 +1,9 @@
 //! The one statement that writes a planned batch of appends (`append_plan::WriteCols`):
 //! each job's fence, its events with their hashes, its ledger rows and, for a job the
-//! batch finishes, its transparency leaf.
+//! batch finishes, its transparency leaf. One text (`write_sql!`) in four shapes: with or
+//! without leaves, and for many jobs or for one (`sql_for`; the one-job shape reads the
+//! same parameters as scalars and so plans a smaller statement, which matters at one job
+//! at a time, where executor start-up is a good part of an append's cost).
 //!
 //! Invariants kept here (G3, G7, G1):
 //! - Per-job fence in the statement: a job's row is updated only if it still holds
