@@ -1,8 +1,10 @@
-//! Builders of large and hostile plans, shared by the runtime's tests, the gateway's tests
-//! and the benchmark. Not part of the supported API. The plans use only the `echo` tool and
+//! Builders of large and hostile plans, and of recorded events, shared by the runtime's
+//! tests, the gateway's tests and the benchmark. Not part of the supported API. The plans use only the `echo` tool and
 //! reference only `tag`, a short string every step's args carry, so they also run: each
 //! step's output (echo returns its args) stays small however deep the graph is.
 
+use crate::event::{EventBody, RecordedEvent};
+use crate::ids::JobId;
 use crate::plan::{EffectClass, MAX_STEPS};
 use serde_json::{json, Map, Value};
 
@@ -72,4 +74,17 @@ pub fn max_legal_dense_plan() -> Value {
 /// The body of `POST /v1/jobs` submitting `plan` with an empty input.
 pub fn submission(plan: &Value) -> Vec<u8> {
     json!({"plan": plan, "input": {}}).to_string().into_bytes()
+}
+
+/// `body` as recorded at `seq` and `at_ms` for the default job, with zero hashes: for
+/// tests of what reads a log (views, folds) rather than of its chain.
+pub fn recorded(seq: u64, at_ms: i64, body: EventBody) -> RecordedEvent {
+    RecordedEvent {
+        job_id: JobId::default(),
+        seq,
+        recorded_at_ms: at_ms,
+        body,
+        prev_hash: [0; 32],
+        hash: [0; 32],
+    }
 }

@@ -151,22 +151,16 @@ impl JobActor {
 
     /// Calls the tool of `call`, whose `agent_tool_started` is durable.
     fn call_tool(&mut self, call: ChildAttempt, ctx: &mut Context<Self>) {
-        let Some(tenant) = self.state().map(|s| s.tenant.clone()) else {
+        let Some(trace) = self.tool_call_trace(
+            &call.step,
+            &call.tool,
+            call.attempt,
+            &call.invocation_key,
+            Some(&call.call),
+        ) else {
             return;
         };
-        let step_span = self.step_span(&call.step);
-        let (span, context) = spans::tool_call(
-            &step_span,
-            &spans::ToolCall {
-                job: self.job_id,
-                tenant: &tenant,
-                step: &call.step,
-                tool: &call.tool,
-                attempt: call.attempt,
-                invocation_key: &call.invocation_key,
-                call_id: Some(&call.call),
-            },
-        );
+        let span = trace.span.clone();
         let Some(state) = self.state() else { return };
         let Some(tool) = self.worker.tools.get(&call.tool).cloned() else {
             spans::failed(&span, "permanent_error");
@@ -175,10 +169,6 @@ impl JobActor {
                 call.tool
             ));
             return self.record_tool(&call, outcome);
-        };
-        let trace = CallTrace {
-            context,
-            span: span.clone(),
         };
         let invocation = self.child_invocation(state, &call, trace);
         let timeout = self.agent_timeout(&call.step);

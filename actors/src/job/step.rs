@@ -33,26 +33,16 @@ impl JobActor {
     /// Calls the tool of `call`, whose `step_started` is durable; the answer comes back
     /// through `on_result`.
     pub(super) fn invoke(&mut self, call: Attempt, ctx: &mut Context<Self>) {
-        let Some(tenant) = self.state().map(|s| s.tenant.clone()) else {
+        let Some(trace) = self.tool_call_trace(
+            &call.step,
+            &call.tool,
+            call.attempt,
+            &call.invocation_key,
+            None,
+        ) else {
             return;
         };
-        let step_span = self.step_span(&call.step);
-        let (span, context) = spans::tool_call(
-            &step_span,
-            &spans::ToolCall {
-                job: self.job_id,
-                tenant: &tenant,
-                step: &call.step,
-                tool: &call.tool,
-                attempt: call.attempt,
-                invocation_key: &call.invocation_key,
-                call_id: None,
-            },
-        );
-        let trace = CallTrace {
-            context,
-            span: span.clone(),
-        };
+        let span = trace.span.clone();
         let prepared = match self.prepare(&call, trace) {
             Some(Ok(prepared)) => prepared,
             Some(Err(cannot)) => {

@@ -4,7 +4,7 @@
 //! span. Spans never affect what the actor decides or writes.
 
 use super::JobActor;
-use crate::trace::spans;
+use crate::trace::{spans, CallTrace};
 use aetheris_runtime::StepStatus;
 use std::collections::BTreeMap;
 
@@ -24,6 +24,34 @@ impl JobActor {
         let span = spans::step(self.job_id, &state.tenant, step, agent);
         self.step_spans.0.insert(step.to_string(), span.clone());
         span
+    }
+
+    /// The span of one tool call of `step`, under the step's span, and the trace the call
+    /// carries (its `traceparent`); `None` if the actor is not active. Plan steps and agent
+    /// tool calls (`call_id`: the model's id of the call) both start here.
+    pub(super) fn tool_call_trace(
+        &mut self,
+        step: &str,
+        tool: &str,
+        attempt: u32,
+        invocation_key: &str,
+        call_id: Option<&str>,
+    ) -> Option<CallTrace> {
+        let tenant = self.state()?.tenant.clone();
+        let step_span = self.step_span(step);
+        let (span, context) = spans::tool_call(
+            &step_span,
+            &spans::ToolCall {
+                job: self.job_id,
+                tenant: &tenant,
+                step,
+                tool,
+                attempt,
+                invocation_key,
+                call_id,
+            },
+        );
+        Some(CallTrace { context, span })
     }
 
     /// Closes the spans of steps that have finished (as the folded state says).

@@ -6,7 +6,7 @@
 //! Tool results are user turns: consecutive ones (and any consecutive messages of one
 //! role) are merged into one message, as the protocol requires.
 
-use super::{estimate_tokens, Call, ModelError};
+use super::{Call, ModelError};
 use aetheris_runtime::agent::{
     parse_arguments, Message, ModelAnswer, ModelRequest, Role, ToolCallRequest,
 };
@@ -145,21 +145,13 @@ pub fn parse(bytes: &[u8], request_bytes: usize) -> Result<ModelAnswer, ModelErr
             Block::Other => {}
         }
     }
-    let (input, output) = match a.usage {
-        Some(u) => (u.input_tokens, u.output_tokens),
-        None => (estimate_tokens(request_bytes), estimate_tokens(bytes.len())),
-    };
-    Ok(ModelAnswer {
-        message: Message {
-            role: Role::Assistant,
-            content: text.join(""),
-            tool_calls,
-            tool_call_id: None,
-            is_error: false,
-        },
-        input_tokens: input,
-        output_tokens: output,
-    })
+    Ok(super::assistant_answer(
+        text.join(""),
+        tool_calls,
+        a.usage.map(|u| (u.input_tokens, u.output_tokens)),
+        request_bytes,
+        bytes.len(),
+    ))
 }
 
 /// One call.

@@ -322,6 +322,36 @@ pub fn estimate_tokens(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(4)
 }
 
+/// The model's answer as the loop records it: an assistant message with its text and tool
+/// calls, and the tokens the provider reported (`usage`: input, output) or, when it
+/// reported none, an estimate from the request's and the answer's sizes. Both protocols
+/// end here.
+pub fn assistant_answer(
+    content: String,
+    tool_calls: Vec<aetheris_runtime::agent::ToolCallRequest>,
+    usage: Option<(u64, u64)>,
+    request_bytes: usize,
+    answer_bytes: usize,
+) -> aetheris_runtime::agent::ModelAnswer {
+    let (input_tokens, output_tokens) = usage.unwrap_or_else(|| {
+        (
+            estimate_tokens(request_bytes),
+            estimate_tokens(answer_bytes),
+        )
+    });
+    aetheris_runtime::agent::ModelAnswer {
+        message: aetheris_runtime::agent::Message {
+            role: aetheris_runtime::agent::Role::Assistant,
+            content,
+            tool_calls,
+            tool_call_id: None,
+            is_error: false,
+        },
+        input_tokens,
+        output_tokens,
+    }
+}
+
 /// What one call needs besides the request: the provider (key included), the call's
 /// idempotency key and its time limit.
 pub struct Call<'a> {

@@ -5,7 +5,7 @@
 //! `completion_tokens`). Sends `Authorization: Bearer KEY` when the provider has a key and
 //! `Idempotency-Key` always (a re-asked call after a crash carries the same one).
 
-use super::{estimate_tokens, Call, ModelError};
+use super::{Call, ModelError};
 use aetheris_runtime::agent::{Message, ModelAnswer, ModelRequest, Role, ToolCallRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -121,21 +121,13 @@ pub fn parse(bytes: &[u8], request_bytes: usize) -> Result<ModelAnswer, ModelErr
             arguments: w.function.arguments,
         })
         .collect();
-    let (input, output) = match c.usage {
-        Some(u) => (u.prompt_tokens, u.completion_tokens),
-        None => (estimate_tokens(request_bytes), estimate_tokens(bytes.len())),
-    };
-    Ok(ModelAnswer {
-        message: Message {
-            role: Role::Assistant,
-            content,
-            tool_calls,
-            tool_call_id: None,
-            is_error: false,
-        },
-        input_tokens: input,
-        output_tokens: output,
-    })
+    Ok(super::assistant_answer(
+        content,
+        tool_calls,
+        c.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+        request_bytes,
+        bytes.len(),
+    ))
 }
 
 /// One call.

@@ -316,19 +316,9 @@ pub async fn partial(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aetheris_runtime::JobId;
     use serde_json::json;
 
-    fn ev(seq: u64, at: i64, body: EventBody) -> RecordedEvent {
-        RecordedEvent {
-            job_id: JobId::default(),
-            seq,
-            recorded_at_ms: at,
-            body,
-            prev_hash: [0; 32],
-            hash: [0; 32],
-        }
-    }
+    use aetheris_runtime::testkit::recorded as ev;
 
     fn model_started(turn: u32, attempt: u32) -> EventBody {
         EventBody::AgentModelStarted {

@@ -458,16 +458,7 @@ mod tests {
     use aetheris_runtime::EffectClass;
     use serde_json::json;
 
-    fn ev(seq: u64, at: i64, body: EventBody) -> RecordedEvent {
-        RecordedEvent {
-            job_id: JobId::default(),
-            seq,
-            recorded_at_ms: at,
-            body,
-            prev_hash: [0; 32],
-            hash: [0; 32],
-        }
-    }
+    use aetheris_runtime::testkit::recorded as ev;
 
     #[test]
     fn retries_show_backoff_queue_and_runs() {
