@@ -1,9 +1,12 @@
 //! `LeaseManager`: this worker's leases. Claims runnable jobs (the store makes claims fair
 //! across tenants and bumps the fencing token on every grant), renews every held lease in
 //! one round trip per heartbeat, revokes the actor of any lease the heartbeat did not keep,
-//! and releases leases of finished or passivated jobs at once (together, in one store call
-//! at a time) so another worker (or a later claim) can take them without waiting for the
-//! TTL. Claims are triggered by the store's wake-up hint and by a polling fallback. No
+//! and releases leases of passivated jobs (and of jobs found finished) at once (together,
+//! in one store call at a time) so another worker (or a later claim) can take them without
+//! waiting for the TTL. A job its actor finished needs no release: the finishing append
+//! gave the lease back in its own transaction, and a heartbeat racing that append reports
+//! the job finished, not lost (the store's contract), so no false lease loss is counted.
+//! Claims are triggered by the store's wake-up hint and by a polling fallback. No
 //! tenant may hold more than its share of this worker's slots (`tenant_share`: all but an
 //! eighth), so a tenant's backlog never takes the last free slot from another tenant's new
 //! job (W6). `Drain` stops taking work, lets job actors record their in-flight calls, and
@@ -129,7 +132,7 @@ pub struct LeaseManager {
     /// ending here claims again at once. Without it, the next claim waits for the store's
     /// hint or the poll: at one job at a time that is one claim per job, not three.
     backlog: bool,
-    /// Leases of finished jobs not yet given back: released together, one store call at
+    /// Leases of stopped jobs not yet given back: released together, one store call at
     /// a time (one write for many jobs, not one each).
     to_release: Vec<(JobId, u64)>,
     releasing: bool,

@@ -201,7 +201,13 @@ impl std::fmt::Display for CrashReason {
 /// Why a job actor stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
+    /// This incarnation's append finished (or cancelled) the job. That append gave the
+    /// lease back in its own transaction (the store's contract: `JobLog::append`), so
+    /// there is nothing to release: one write per job fewer than a release.
     Finished,
+    /// The job was already finished, or no longer exists, when this incarnation looked:
+    /// give the lease back.
+    Gone,
     /// Nothing to do until a human or timer acts (or draining): give the lease back.
     Passivated,
     /// Parked with a timer due at this local time (ms): give the lease back and claim

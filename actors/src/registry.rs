@@ -33,11 +33,13 @@ pub const MAX_CRASH_RESTARTS: u32 = 10;
 /// What the registry does when a job actor has stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Give the lease back: the job is finished, or waits for a human or a signal.
+    /// Give the lease back: the job was found finished or gone, or waits for a human or a
+    /// signal.
     Release,
     /// Give the lease back, and claim again at this local time (a parked timer).
     ReleaseAndWakeAt(i64),
-    /// The lease belongs to someone else already: forget the job.
+    /// Nothing to give back: the lease belongs to someone else already, or the append
+    /// that finished the job gave it back. Forget the job.
     Forget,
     /// Start the actor again from storage after `delay`; this is crash restart `attempt`.
     Restart { attempt: u32, delay: Duration },
@@ -50,9 +52,9 @@ pub enum Action {
 /// `crashes_so_far` times in a row before, on a worker that is (or is not) draining.
 pub fn restart_policy(exit: &Exit, crashes_so_far: u32, draining: bool) -> Action {
     match exit {
-        Exit::Finished | Exit::Passivated => Action::Release,
+        Exit::Gone | Exit::Passivated => Action::Release,
+        Exit::LeaseLost | Exit::Finished => Action::Forget,
         Exit::Parked(at) => Action::ReleaseAndWakeAt(*at),
-        Exit::LeaseLost => Action::Forget,
         Exit::Crashed(_) => {
             let attempt = crashes_so_far + 1;
             if attempt > MAX_CRASH_RESTARTS || draining {
@@ -427,8 +429,15 @@ mod tests {
     }
 
     #[test]
-    fn finished_passivated_and_parked_jobs_give_their_lease_back() {
-        assert_eq!(restart_policy(&Exit::Finished, 3, false), Action::Release);
+    fn a_job_its_own_append_finished_releases_nothing() {
+        // The finishing append gave the lease back in its transaction.
+        assert_eq!(restart_policy(&Exit::Finished, 0, false), Action::Forget);
+        assert_eq!(restart_policy(&Exit::Finished, 2, true), Action::Forget);
+    }
+
+    #[test]
+    fn gone_passivated_and_parked_jobs_give_their_lease_back() {
+        assert_eq!(restart_policy(&Exit::Gone, 3, false), Action::Release);
         assert_eq!(restart_policy(&Exit::Passivated, 0, true), Action::Release);
         assert_eq!(
             restart_policy(&Exit::Parked(42), 0, false),
@@ -602,12 +611,39 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn a_finished_job_gives_its_lease_back_through_the_port() {
+    async fn a_job_that_finishes_is_done_and_its_append_gave_the_lease_back() {
         let s = setup();
         let (job, token) = claimed(&s.store, json!([{"id": "a", "tool": "echo"}])).await;
         s.registry.do_send(RunJob::new(job, token, None));
-        assert_eq!(until_seen(&s.seen, 1).await, ["done release=true"]);
+        // No release: the finishing append gave the lease back in its transaction, which
+        // the holder's heartbeat reports as a finished job (kept, nothing to renew).
+        assert_eq!(until_seen(&s.seen, 1).await, ["done release=false"]);
         assert_eq!(s.registry.send(ActiveCount::new()).await.unwrap(), 0);
+        let kept = s
+            .store
+            .heartbeat("w", 60_000, &[(job, token)])
+            .await
+            .unwrap();
+        assert_eq!(kept.len(), 1, "the holder's lease is reported, not lost");
+        assert_eq!(
+            kept[0].expires_at_ms, 0,
+            "a finished job's lease has no expiry"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_job_found_finished_gives_its_lease_back() {
+        let s = setup();
+        let (job, token) = claimed(&s.store, json!([{"id": "a", "tool": "echo"}])).await;
+        s.registry.do_send(RunJob::new(job, token, None));
+        assert_eq!(until_seen(&s.seen, 1).await, ["done release=false"]);
+        // A later lease of the finished job (as if the finish raced a claim) finds it
+        // finished when it loads, and gives that lease back.
+        s.registry.do_send(RunJob::new(job, token + 1, None));
+        assert_eq!(
+            until_seen(&s.seen, 2).await,
+            ["done release=false", "done release=true"]
+        );
     }
 
     #[actix_rt::test]

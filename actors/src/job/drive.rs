@@ -107,8 +107,10 @@ impl JobActor {
         ctx: &mut Context<Self>,
     ) {
         if next.status.is_terminal() {
-            // Finished (or cancelled): stopping drops any in-flight call's future, which
-            // is how a running tool is told to stop.
+            // Finished (or cancelled) by our own append (a loaded job that was already
+            // finished never gets here: `on_loaded`), which gave the lease back. Stopping
+            // drops any in-flight call's future, which is how a running tool is told to
+            // stop.
             return self.exit(Exit::Finished, ctx);
         }
         if next.steps.values().any(|s| s.in_flight()) {

@@ -167,7 +167,7 @@ impl JobActor {
                 metrics::counter!(metric::LEASE_LOSSES, "reason" => "fenced").increment(1);
                 self.exit(Exit::LeaseLost, ctx)
             }
-            StoreError::NotFound(_) => self.exit(Exit::Finished, ctx),
+            StoreError::NotFound(_) => self.exit(Exit::Gone, ctx),
             other => {
                 tracing::warn!(job = %self.job_id, error = %other, "store error; restarting job actor from storage");
                 self.exit(Exit::Crashed(CrashReason::Store(store_reason(&other))), ctx)
@@ -185,7 +185,7 @@ impl JobActor {
     ) {
         let loaded = match loaded {
             Ok(Some(loaded)) => loaded,
-            Ok(None) => return self.exit(Exit::Finished, ctx),
+            Ok(None) => return self.exit(Exit::Gone, ctx),
             Err(error) => {
                 tracing::warn!(job = %self.job_id, error = %error, "loading job failed");
                 return self.exit(Exit::Crashed(CrashReason::Load), ctx);
@@ -195,7 +195,7 @@ impl JobActor {
         metrics::counter!(metric::REPLAY_EVENTS).increment(loaded.events_replayed as u64);
         self.last_snapshot_seq = loaded.snapshot_seq;
         if loaded.state.status.is_terminal() {
-            return self.exit(Exit::Finished, ctx);
+            return self.exit(Exit::Gone, ctx);
         }
         self.phase.activate(loaded.state);
         self.recover_on_load(ctx);

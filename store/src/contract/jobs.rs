@@ -31,7 +31,10 @@ pub trait JobLog: Send + Sync {
 
     /// Fenced appends from many jobs, committed together (group commit) with one durable
     /// sync; each keeps its own fence and seq check, and fails alone. Every backend plans
-    /// each append with `aetheris_runtime::plan_append`.
+    /// each append with `aetheris_runtime::plan_append`. An append that leaves its job
+    /// finished (succeeded, failed or cancelled) also gives the job's lease back in the
+    /// same transaction, so its holder need not release it (one write per job fewer); the
+    /// token stays, and the holder's heartbeat reports the job as finished (`Leases`).
     async fn append_many(&self, batch: Vec<Append>) -> Result<Vec<Result<Vec<RecordedEvent>>>>;
 
     async fn append(&self, a: Append) -> Result<Vec<RecordedEvent>> {

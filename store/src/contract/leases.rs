@@ -42,7 +42,10 @@ pub trait Leases: Send + Sync {
             .await
     }
 
-    /// Renews the given leases in one round trip; returns the ones still held.
+    /// Renews the given leases in one round trip; returns the ones still held, and those
+    /// whose job an append under the same token finished (that append gave the lease
+    /// back: nothing to renew, and nothing lost), with `expires_at_ms` 0. A lease not
+    /// returned is lost.
     async fn heartbeat(
         &self,
         worker: &str,
@@ -50,7 +53,8 @@ pub trait Leases: Send + Sync {
         held: &[(JobId, u64)],
     ) -> Result<Vec<Lease>>;
 
-    /// Gives leases back so another worker can claim at once (drain, passivation).
+    /// Gives leases back so another worker can claim at once (drain, passivation). A
+    /// lease its finishing append gave back needs none (giving it again does nothing).
     async fn release(&self, worker: &str, held: &[(JobId, u64)]) -> Result<()>;
 
     /// The store's clock (ms since epoch): the only time source of the system.

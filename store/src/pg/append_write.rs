@@ -16,6 +16,9 @@
 //!   start, one value wherever it is read), stamped as `greatest(now, the job's last
 //!   time)` so times never run backwards within a job, and the hashes are computed around
 //!   it (`aetheris_chain_hashes`, migrations/0013_append_chain.sql).
+//! - A finished job's lease is given back in the same update (lease owner and expiry
+//!   cleared, token kept): its holder needs no release, one write per job fewer
+//!   (`JobLog::append_many`; the heartbeat reports such a job finished, not lost).
 //! - Leaves: a finished job's leaf takes the next index of its tenant's log
 //!   (`transparency_heads` row locked by `INSERT … ON CONFLICT DO UPDATE`, tenants in
 //!   order, so transactions never wait for each other's heads in a cycle), gap-free and
@@ -64,7 +67,11 @@ upd AS (
     SET status = u.status, last_seq = u.last_seq, last_hash = hs.h[u.last_ix],
         updated_at = greatest(hs.now_ms, u.at_before),
         wake_at = CASE WHEN u.wake_keep THEN j.wake_at ELSE u.wake_at END,
-        wake_due = false
+        wake_due = false,
+        lease_owner = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled')
+                           THEN NULL ELSE j.lease_owner END,
+        lease_expires_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled')
+                                THEN NULL ELSE j.lease_expires_at END
     FROM ",
             $jobs,
             " AS u(job_id, token, seq_before, hash_before, at_before, status_before, status,

@@ -145,23 +145,30 @@ const PRELOAD_MAX_EVENTS: u64 = 32;
 const CLAIM_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(7301431263709966403)";
 
 /// Heartbeat: renew every held lease whose token and owner still match, in one statement;
-/// rows are locked in id order, results come back in the order given.
+/// rows are locked in id order, results come back in the order given. A job finished
+/// under the same token comes back too, with expiry 0: its finishing append cleared the
+/// lease (append_write.rs), and a heartbeat that raced that append must not report the
+/// lease lost. Under READ COMMITTED a row locked after such an append committed is
+/// re-checked on its new version, so `live` is as of the lock.
 const HEARTBEAT_SQL: &str = concat!(
     "WITH clock AS (SELECT ",
     now_ms!(),
     " AS now_ms),
 h AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) WITH ORDINALITY AS h(job_id, token, ord)),
 l AS (
-    SELECT j.job_id, h.ord FROM jobs j JOIN h ON j.job_id = h.job_id AND j.token = h.token
-    WHERE j.lease_owner = $3 ORDER BY j.job_id FOR UPDATE OF j
+    SELECT j.job_id, j.tenant, j.token, h.ord, j.lease_owner IS NOT NULL AS live
+    FROM jobs j JOIN h ON j.job_id = h.job_id AND j.token = h.token
+    WHERE j.lease_owner = $3
+       OR (j.lease_owner IS NULL AND j.status IN ('succeeded', 'failed', 'cancelled'))
+    ORDER BY j.job_id FOR UPDATE OF j
 ),
 renewed AS (
     UPDATE jobs SET lease_expires_at = clock.now_ms + $4 FROM l, clock
-    WHERE jobs.job_id = l.job_id
-    RETURNING jobs.job_id, jobs.tenant, jobs.token, jobs.lease_expires_at
+    WHERE jobs.job_id = l.job_id AND l.live
+    RETURNING jobs.job_id, jobs.lease_expires_at
 )
-SELECT r.job_id, r.tenant, r.token, r.lease_expires_at
-FROM renewed r JOIN l ON l.job_id = r.job_id ORDER BY l.ord"
+SELECT l.job_id, l.tenant, l.token, coalesce(r.lease_expires_at, 0)
+FROM l LEFT JOIN renewed r ON r.job_id = l.job_id ORDER BY l.ord"
 );
 
 /// Release: give back the leases still held under their tokens. A wake-up goes out

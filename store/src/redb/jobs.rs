@@ -211,6 +211,11 @@ pub(super) fn append_in(tx: &WriteTransaction, a: Append, now: i64) -> Result<Ve
     row.last_seq = planned.head.last_seq;
     row.last_hash = planned.head.last_hash;
     row.updated_at_ms = planned.head.updated_at_ms;
+    if row.status.is_terminal() {
+        // The finishing append gives the lease back (contract: `JobLog::append_many`).
+        row.lease_owner = None;
+        row.lease_expires_ms = 0;
+    }
     save_row(tx, job, &row)?;
     if let Some((index, leaf)) = leaf {
         put_leaf(tx, &row.tenant, index, &leaf)?;

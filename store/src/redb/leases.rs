@@ -300,16 +300,23 @@ pub(super) fn heartbeat_in(
         let Some(mut row) = load_row(tx, *id)? else {
             continue;
         };
-        if row.token == *token && row.lease_owner.as_deref() == Some(worker) {
+        if row.token != *token {
+            continue;
+        }
+        if row.lease_owner.as_deref() == Some(worker) {
             row.lease_expires_ms = now + ttl_ms as i64;
             save_row(tx, *id, &row)?;
-            kept.push(Lease {
-                job_id: *id,
-                tenant: row.tenant.clone(),
-                token: *token,
-                expires_at_ms: row.lease_expires_ms,
-            });
+        } else if !(row.lease_owner.is_none() && row.status.is_terminal()) {
+            continue;
         }
+        // Held and renewed, or finished under this token (its finishing append gave the
+        // lease back: expiry 0).
+        kept.push(Lease {
+            job_id: *id,
+            tenant: row.tenant.clone(),
+            token: *token,
+            expires_at_ms: row.lease_expires_ms,
+        });
     }
     Ok(kept)
 }

@@ -548,6 +548,70 @@ pub async fn parked_jobs_wake_when_due_and_finished_ones_never(store: DynStore) 
     }
 }
 
+/// An append that finishes its job gives the lease back in its own transaction: the
+/// holder's heartbeat then reports the job finished (returned, expiry 0) rather than lost,
+/// a release is not needed (and changes nothing), and nobody can claim the job. Before
+/// the finish the same heartbeat renews the lease as usual.
+pub async fn a_finishing_append_gives_the_lease_back(store: DynStore) {
+    park_claimable(&store).await;
+    let tenant = fresh_tenant("finish-lease");
+    let id = submit(&store, &tenant).await.job_id;
+    let l = lease_and_run_a(&store, &tenant, "fin-w", id).await;
+    let now = ok(store.now_ms().await, "now_ms");
+    let kept = ok(
+        store.heartbeat("fin-w", HOUR_MS, &[(id, l.token)]).await,
+        "heartbeat while running",
+    );
+    assert_eq!(kept.len(), 1, "a running job's lease is renewed: {kept:?}");
+    assert!(kept[0].expires_at_ms > now, "renewed for its ttl: {kept:?}");
+
+    ok(
+        store
+            .append(append(
+                id,
+                l.token,
+                3,
+                vec![EventBody::JobSucceeded { output: json!(3) }],
+            ))
+            .await,
+        "finish",
+    );
+    let kept = ok(
+        store.heartbeat("fin-w", HOUR_MS, &[(id, l.token)]).await,
+        "heartbeat after the finish",
+    );
+    assert_eq!(
+        kept.iter()
+            .map(|k| (k.job_id, k.token, k.expires_at_ms))
+            .collect::<Vec<_>>(),
+        vec![(id, l.token, 0)],
+        "the holder's heartbeat reports the finished job (not lost), with no expiry"
+    );
+    assert!(
+        ok(
+            store
+                .heartbeat("fin-w", HOUR_MS, &[(id, l.token + 1)])
+                .await,
+            "heartbeat with another token"
+        )
+        .is_empty(),
+        "another token's heartbeat keeps nothing"
+    );
+    ok(
+        store.release("fin-w", &[(id, l.token)]).await,
+        "release after the finish",
+    );
+    for w in ["fin-w", "fin-w2"] {
+        let got = ok(store.claim(w, HOUR_MS, 100).await, "claim");
+        assert!(
+            got.iter().all(|x| x.job_id != id),
+            "a finished job was claimed"
+        );
+        ok(store.release(w, &held(&got)).await, "release");
+    }
+    assert_eq!(job(&store, id).await.status, JobStatus::Succeeded);
+}
+
 fn held(leases: &[Lease]) -> Vec<(JobId, u64)> {
     leases.iter().map(|l| (l.job_id, l.token)).collect()
 }

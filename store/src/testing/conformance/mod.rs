@@ -80,6 +80,7 @@ pub async fn run_all(store: DynStore) {
     audit_rows_commit_with_their_change(store.clone()).await;
     claims_respect_running_caps(store.clone()).await;
     parked_jobs_wake_when_due_and_finished_ones_never(store.clone()).await;
+    a_finishing_append_gives_the_lease_back(store.clone()).await;
     users_are_per_tenant_data(store.clone()).await;
     missing_tenants_are_not_found(store.clone()).await;
     live_processes_are_counted_per_kind(store.clone()).await;
@@ -122,6 +123,7 @@ macro_rules! conformance_tests {
             audit_rows_commit_with_their_change,
             claims_respect_running_caps,
             parked_jobs_wake_when_due_and_finished_ones_never,
+            a_finishing_append_gives_the_lease_back,
             users_are_per_tenant_data,
             missing_tenants_are_not_found,
             live_processes_are_counted_per_kind,
