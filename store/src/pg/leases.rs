@@ -432,6 +432,81 @@ mod tests {
         }
     }
 
+    /// The appends that finish a worker's jobs race its heartbeats: every heartbeat must
+    /// report every job as held (renewed) or finished (its finishing append cleared the
+    /// lease; expiry 0), never lost, whichever commits first. A job reported lost here
+    /// would make the worker revoke it and count a false lease loss.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heartbeats_racing_finishing_appends_lose_no_lease() {
+        use aetheris_runtime::{invocation_key, EffectClass};
+        const JOBS: usize = 40;
+        let url = crate::testing::pg_cluster::fresh_database_url().await;
+        let store = PgStore::connect(&url, 8).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        queue_jobs(&store, "race", JOBS).await;
+        let leases = store.claim("w", 60_000, 100).await.expect("claim");
+        assert_eq!(leases.len(), JOBS);
+        let held: Vec<(JobId, u64)> = leases.iter().map(|l| (l.job_id, l.token)).collect();
+        let finishes: Vec<_> = leases
+            .iter()
+            .map(|l| {
+                let (store, job, token) = (store.clone(), l.job_id, l.token);
+                tokio::spawn(async move {
+                    let events = vec![
+                        EventBody::StepStarted {
+                            step: "a".into(),
+                            attempt: 1,
+                            invocation_key: invocation_key("race", job, "a", 0),
+                            tool: "echo".into(),
+                            effect: EffectClass::Pure,
+                            fencing_token: token,
+                        },
+                        EventBody::StepSucceeded {
+                            step: "a".into(),
+                            attempt: 1,
+                            output: serde_json::json!(1),
+                        },
+                        EventBody::JobSucceeded {
+                            output: serde_json::json!(1),
+                        },
+                    ];
+                    let a = crate::Append {
+                        job_id: job,
+                        token,
+                        expected_last_seq: 1,
+                        events,
+                    };
+                    store.append(a).await
+                })
+            })
+            .collect();
+        let mut beats = 0;
+        loop {
+            let done = finishes.iter().all(|f| f.is_finished());
+            let kept = store
+                .heartbeat("w", 60_000, &held)
+                .await
+                .expect("heartbeat");
+            beats += 1;
+            let got: Vec<(JobId, u64)> = kept.iter().map(|l| (l.job_id, l.token)).collect();
+            assert_eq!(
+                got, held,
+                "heartbeat {beats} reported a lease lost: {kept:?}"
+            );
+            if done {
+                assert!(
+                    kept.iter().all(|l| l.expires_at_ms == 0),
+                    "every job finished, so no lease is live: {kept:?}"
+                );
+                break;
+            }
+        }
+        for f in finishes {
+            f.await.expect("task").expect("finishing append");
+        }
+        assert!(beats >= 2, "the heartbeats ran while the appends did");
+    }
+
     /// A connection keeps the generic claim plan it made first. Made while a tenant's
     /// jobs were all queued, it must still find that tenant's runnable jobs without
     /// reading its settled ones once most have finished (migrations/0007): no index
