@@ -326,6 +326,12 @@ impl EventBody {
             EventBody::JobSucceeded { .. } | EventBody::JobFailed { .. }
         )
     }
+
+    /// Whether this event ends its job: it succeeded, failed or was cancelled (no event
+    /// may follow it, and the append that records it gives the job's lease back).
+    pub fn ends_job(&self) -> bool {
+        self.is_terminal() || matches!(self, EventBody::JobCancelled { .. })
+    }
 }
 
 /// An event as stored: header assigned by the store, body, and its place in the hash chain.

@@ -117,9 +117,7 @@ pub(super) fn start_group_commit(
 /// Whether `a` finishes its job (so its statement appends a transparency leaf), as far
 /// as its events tell.
 fn finishes(a: &Append) -> bool {
-    a.events
-        .iter()
-        .any(|e| e.is_terminal() || matches!(e, EventBody::JobCancelled { .. }))
+    a.events.iter().any(EventBody::ends_job)
 }
 
 /// One append, through a group-commit batcher (`group_commit_worker`).
