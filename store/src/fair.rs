@@ -208,6 +208,21 @@ impl JobTenants {
             self.0.remove(&j);
         }
     }
+
+    /// Forgets the jobs that the recorded appends among `results` finished: such an append
+    /// gave its job's lease back, and no release (where a job is otherwise forgotten)
+    /// follows.
+    pub(crate) fn finished(
+        &mut self,
+        results: &[crate::Result<Vec<aetheris_runtime::RecordedEvent>>],
+    ) {
+        let ended = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter_map(|events| events.iter().find(|e| e.body.ends_job()))
+            .map(|e| e.job_id);
+        self.released(ended.collect::<Vec<_>>());
+    }
 }
 
 #[cfg(test)]
@@ -322,5 +337,59 @@ mod tests {
         q.push_at(Some(Arc::from("a")), "a1", t0);
         assert_eq!(q.next_batch_at(100, t0).0, ["a0", "b0"]);
         assert_eq!(q.next_batch_at(100, t0).0, ["a1"]);
+    }
+
+    fn recorded(job: JobId, body: aetheris_runtime::EventBody) -> aetheris_runtime::RecordedEvent {
+        aetheris_runtime::RecordedEvent {
+            job_id: job,
+            seq: 2,
+            recorded_at_ms: 0,
+            body,
+            prev_hash: [0; 32],
+            hash: [0; 32],
+        }
+    }
+
+    #[test]
+    fn only_recorded_appends_that_end_their_job_are_forgotten() {
+        use aetheris_runtime::EventBody;
+        use serde_json::json;
+        let (done, cancelled, running, refused) =
+            (JobId::new(), JobId::new(), JobId::new(), JobId::new());
+        let mut tenants = JobTenants::default();
+        for job in [done, cancelled, running, refused] {
+            tenants.0.insert(job, Arc::from("t"));
+        }
+        let step = |job| {
+            recorded(
+                job,
+                EventBody::StepSucceeded {
+                    step: "a".into(),
+                    attempt: 1,
+                    output: json!(1),
+                },
+            )
+        };
+        tenants.finished(&[
+            Ok(vec![
+                step(done),
+                recorded(done, EventBody::JobSucceeded { output: json!(1) }),
+            ]),
+            Ok(vec![recorded(
+                cancelled,
+                EventBody::JobCancelled {
+                    by: "ops".into(),
+                    reason: "no".into(),
+                    command_id: 1,
+                },
+            )]),
+            Ok(vec![step(running)]),
+            Err(crate::StoreError::job_not_found(refused)),
+        ]);
+        let mut left: Vec<JobId> = tenants.0.keys().copied().collect();
+        left.sort();
+        let mut want = vec![running, refused];
+        want.sort();
+        assert_eq!(left, want);
     }
 }

@@ -480,20 +480,10 @@ async fn group_commit_worker(
         if appends.is_empty() {
             continue;
         }
-        let finishing: Vec<Option<JobId>> = appends
-            .iter()
-            .map(|a| finishes(a).then_some(a.job_id))
-            .collect();
         match appender.append_batch(appends).await {
             Ok(results) => {
-                // A job its append finished gave its lease back there, and gets no
-                // release (which is where a job's tenant is otherwise forgotten).
-                let finished = results
-                    .iter()
-                    .zip(&finishing)
-                    .filter_map(|(r, f)| f.filter(|_| r.is_ok()));
                 if let Ok(mut t) = job_tenants.lock() {
-                    t.released(finished);
+                    t.finished(&results);
                 }
                 for (r, reply) in results.into_iter().zip(replies) {
                     let _ = reply.send(r);

@@ -68,10 +68,12 @@ upd AS (
         updated_at = greatest(hs.now_ms, u.at_before),
         wake_at = CASE WHEN u.wake_keep THEN j.wake_at ELSE u.wake_at END,
         wake_due = false,
-        lease_owner = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled')
-                           THEN NULL ELSE j.lease_owner END,
-        lease_expires_at = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled')
-                                THEN NULL ELSE j.lease_expires_at END
+        lease_owner = CASE WHEN u.status IN ",
+            finished_statuses!(),
+            " THEN NULL ELSE j.lease_owner END,
+        lease_expires_at = CASE WHEN u.status IN ",
+            finished_statuses!(),
+            " THEN NULL ELSE j.lease_expires_at END
     FROM ",
             $jobs,
             " AS u(job_id, token, seq_before, hash_before, at_before, status_before, status,

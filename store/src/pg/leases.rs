@@ -158,8 +158,9 @@ h AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) WITH ORDINALITY AS h(job_id
 l AS (
     SELECT j.job_id, j.tenant, j.token, h.ord, j.lease_owner IS NOT NULL AS live
     FROM jobs j JOIN h ON j.job_id = h.job_id AND j.token = h.token
-    WHERE j.lease_owner = $3
-       OR (j.lease_owner IS NULL AND j.status IN ('succeeded', 'failed', 'cancelled'))
+    WHERE j.lease_owner = $3 OR (j.lease_owner IS NULL AND j.status IN ",
+    finished_statuses!(),
+    ")
     ORDER BY j.job_id FOR UPDATE OF j
 ),
 renewed AS (

@@ -86,6 +86,13 @@ macro_rules! now_ms {
     };
 }
 
+/// The statuses of a finished job (`JobStatus::is_terminal`), as an SQL list.
+macro_rules! finished_statuses {
+    () => {
+        "('succeeded', 'failed', 'cancelled')"
+    };
+}
+
 /// The columns of a `JobSummary`, in the order `summary_at` reads them.
 macro_rules! job_cols {
     ($p:literal) => {

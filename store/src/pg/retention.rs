@@ -62,7 +62,9 @@ SELECT d.job_id, c.tenant, d.updated_at, c.finished_before - d.updated_at AS ove
 FROM cutoff c CROSS JOIN LATERAL (
     SELECT j.job_id, j.updated_at FROM jobs j
     WHERE j.tenant = c.tenant AND NOT j.claimable AND j.job_id < c.id_below
-      AND j.status IN ('succeeded', 'failed', 'cancelled')
+      AND j.status IN ",
+    finished_statuses!(),
+    "
       AND j.updated_at < c.finished_before
     ORDER BY j.job_id LIMIT $4
 ) d
@@ -76,7 +78,9 @@ const LOCK_DUE_SQL: &str = concat!(
     "SELECT j.job_id FROM jobs j
 LEFT JOIN unnest($2::text[], $3::bigint[]) AS x(tenant, keep_ms) ON x.tenant = j.tenant
 WHERE j.job_id = ANY($1::uuid[])
-  AND j.status IN ('succeeded', 'failed', 'cancelled')
+  AND j.status IN ",
+    finished_statuses!(),
+    "
   AND j.updated_at < ",
     now_ms!(),
     " - (CASE WHEN x.tenant IS NULL THEN $4::bigint ELSE x.keep_ms END)

@@ -135,16 +135,6 @@ struct WriterState {
 
 /// The tenant an operation is for (`None` = the deployment's own), for the writer's
 /// `FairQueue`.
-/// The jobs that the recorded appends among `results` finished.
-fn finished_jobs(results: &[Result<Vec<RecordedEvent>>]) -> Vec<JobId> {
-    results
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .filter_map(|events| events.iter().find(|e| e.body.ends_job()))
-        .map(|e| e.job_id)
-        .collect()
-}
-
 fn tenant_of(op: &WriteOp, st: &WriterState) -> Option<Arc<str>> {
     let of_job = |id: &JobId| Some(st.job_tenants.of(id));
     match op {
@@ -312,9 +302,7 @@ fn execute(
             {
                 return Err(e.clone());
             }
-            // A job its append finished gave its lease back there and gets no release,
-            // which is where its tenant is otherwise forgotten.
-            state.job_tenants.released(finished_jobs(&results));
+            state.job_tenants.finished(&results);
             defer(reply, Ok(results))
         }
         WriteOp::Snapshot {
@@ -432,55 +420,4 @@ fn execute(
             lift(super::retention::delete_in(tx, &policy, &ids, now, crash))?,
         ),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use aetheris_runtime::EventBody;
-    use serde_json::json;
-
-    fn recorded(job: JobId, body: EventBody) -> RecordedEvent {
-        RecordedEvent {
-            job_id: job,
-            seq: 2,
-            recorded_at_ms: 0,
-            body,
-            prev_hash: [0; 32],
-            hash: [0; 32],
-        }
-    }
-
-    #[test]
-    fn only_recorded_appends_that_end_their_job_are_finished() {
-        let (done, cancelled, running, refused) =
-            (JobId::new(), JobId::new(), JobId::new(), JobId::new());
-        let step = |job| {
-            recorded(
-                job,
-                EventBody::StepSucceeded {
-                    step: "a".into(),
-                    attempt: 1,
-                    output: json!(1),
-                },
-            )
-        };
-        let results = vec![
-            Ok(vec![
-                step(done),
-                recorded(done, EventBody::JobSucceeded { output: json!(1) }),
-            ]),
-            Ok(vec![recorded(
-                cancelled,
-                EventBody::JobCancelled {
-                    by: "ops".into(),
-                    reason: "no".into(),
-                    command_id: 1,
-                },
-            )]),
-            Ok(vec![step(running)]),
-            Err(crate::StoreError::job_not_found(refused)),
-        ];
-        assert_eq!(finished_jobs(&results), vec![done, cancelled]);
-    }
 }
