@@ -202,7 +202,7 @@ impl std::fmt::Display for CrashReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     /// This incarnation's append finished (or cancelled) the job. That append gave the
-    /// lease back in its own transaction (the store's contract: `JobLog::append`), so
+    /// lease back in its own transaction (the store's contract: `JobLog::append_many`), so
     /// there is nothing to release: one write per job fewer than a release.
     Finished,
     /// The job was already finished, or no longer exists, when this incarnation looked:
