@@ -25,6 +25,24 @@ use std::time::{Duration, Instant};
 /// the job.
 const PARK_AFTER_MS: i64 = 1_000;
 
+/// What settling needs of the decided-from state (so the state need not outlive the
+/// decision: it may be borrowed from the actor).
+#[derive(Debug, Clone, Copy)]
+struct Settled {
+    status: JobStatus,
+    /// A call is in flight: its outcome drives again.
+    in_flight: bool,
+}
+
+impl Settled {
+    fn of(state: &JobState) -> Settled {
+        Settled {
+            status: state.status,
+            in_flight: state.steps.values().any(|s| s.in_flight()),
+        }
+    }
+}
+
 impl JobActor {
     /// The state once the pending events (and, `with_cancel`, a taken cancel) are appended:
     /// what the next decision is made from. `None` if they do not fold, or the actor is not
@@ -45,23 +63,33 @@ impl JobActor {
         else {
             return;
         };
-        let Some(next) = self.projected(true) else {
-            return self.exit(Exit::Crashed(CrashReason::Fold), ctx);
+        // With nothing pending (as after every append, while the started call runs) the
+        // state the decision is made from is the state itself: borrowed, not cloned.
+        let projected = if self.outbox.pending(true).next().is_none() {
+            None
+        } else {
+            match self.projected(true) {
+                Some(next) => Some(next),
+                None => return self.exit(Exit::Crashed(CrashReason::Fold), ctx),
+            }
+        };
+        let Some(next) = projected.as_ref().or(self.phase.active().map(|a| &a.state)) else {
+            return;
         };
         let now = self.now_est();
         let mut events = self.outbox.take_events();
-        let decision = decide(&next, now, self.worker.config.max_parallel_steps);
+        let decision = decide(next, now, self.worker.config.max_parallel_steps);
         let mut wake_at_ms = decision.wake_at_ms;
         // Draining, crashing or finished: record what is pending, start nothing new.
         if mode == Mode::Normal && !next.status.is_terminal() {
             let finishing = decision.finish.is_some();
-            match self.decided_events(&next, decision) {
+            match self.decided_events(next, decision) {
                 Ok(decided) => events.extend(decided),
                 Err(reason) => return self.exit(Exit::Crashed(reason), ctx),
             }
             if !finishing {
                 // Agent steps decide for themselves, in the same append (agent.rs).
-                let agents = self.agent_decision(&next, now);
+                let agents = self.agent_decision(next, now);
                 events.extend(agents.events);
                 wake_at_ms = match (wake_at_ms, agents.wake_at_ms) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -69,8 +97,9 @@ impl JobActor {
                 };
             }
         }
+        let settled = Settled::of(next);
         if events.is_empty() {
-            self.settle(&next, mode, wake_at_ms, now, ctx);
+            self.settle(settled, mode, wake_at_ms, now, ctx);
         } else {
             self.append(events, ctx);
         }
@@ -100,7 +129,7 @@ impl JobActor {
     /// commands applied, wait for a timer due soon, or park.
     fn settle(
         &mut self,
-        next: &JobState,
+        next: Settled,
         mode: Mode,
         wake_at_ms: Option<i64>,
         now: i64,
@@ -113,7 +142,7 @@ impl JobActor {
             // stop.
             return self.exit(Exit::Finished, ctx);
         }
-        if next.steps.values().any(|s| s.in_flight()) {
+        if next.in_flight {
             return; // its outcome drives again
         }
         match mode {
