@@ -550,12 +550,11 @@ impl JobState {
         }
         Ok(next)
     }
+}
 
-    /// Recorded outputs of succeeded steps, for resolving `${steps.ID.output…}`.
-    pub fn outputs(&self) -> BTreeMap<String, Value> {
-        self.steps
-            .iter()
-            .filter_map(|(k, s)| s.output.clone().map(|o| (k.clone(), o)))
-            .collect()
+/// Recorded outputs of succeeded steps, for resolving `${steps.ID.output…}`.
+impl crate::template::StepOutputs for JobState {
+    fn output(&self, step: &str) -> Option<&Value> {
+        self.steps.get(step)?.output.as_ref()
     }
 }

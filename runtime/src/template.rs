@@ -147,16 +147,30 @@ fn lookup<'a>(mut v: &'a Value, path: &[String]) -> Option<&'a Value> {
     Some(v)
 }
 
+/// Where `${steps.ID.output…}` references find a step's recorded output. A job's state
+/// answers directly (`JobState`), so resolving copies only the values referenced, not
+/// every output of the job on every step.
+pub trait StepOutputs {
+    /// The recorded output of succeeded step `step`, if any.
+    fn output(&self, step: &str) -> Option<&Value>;
+}
+
+impl StepOutputs for BTreeMap<String, Value> {
+    fn output(&self, step: &str) -> Option<&Value> {
+        self.get(step)
+    }
+}
+
 /// Resolves every reference in `args`. A reference to a missing path is an error naming it.
-pub fn resolve(
+pub fn resolve<O: StepOutputs + ?Sized>(
     args: &Value,
     input: &Value,
-    outputs: &BTreeMap<String, Value>,
+    outputs: &O,
 ) -> Result<Value, String> {
     let get = |r: &Reference| -> Result<Value, String> {
         let found = match r {
             Reference::Input(p) => lookup(input, p),
-            Reference::Step { step, path } => outputs.get(step).and_then(|o| lookup(o, path)),
+            Reference::Step { step, path } => outputs.output(step).and_then(|o| lookup(o, path)),
         };
         found
             .cloned()

@@ -120,7 +120,7 @@ impl JobActor {
         let args = state
             .plan
             .step(&call.step)
-            .and_then(|spec| resolve(&spec.args, &state.input, &state.outputs()).ok())
+            .and_then(|spec| resolve(&spec.args, &state.input, state).ok())
             .unwrap_or(Value::Null);
         let trace = CallTrace::detached(SpanContext::job_root(self.job_id).child());
         let invocation = self.invocation(state, call, args, trace);

@@ -75,7 +75,7 @@ impl JobActor {
             .timeout
             .as_ref()
             .map_or(default_timeout, |t| t.duration);
-        let args = match resolve(&spec.args, &state.input, &state.outputs()) {
+        let args = match resolve(&spec.args, &state.input, state) {
             Ok(args) => args,
             Err(msg) => return Some(Err(ToolOutcome::Permanent(format!("arguments: {msg}")))),
         };

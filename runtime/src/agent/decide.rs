@@ -251,9 +251,8 @@ fn journaled(state: &JobState, messages: Vec<Message>) -> Vec<JournaledMessage> 
 /// system prompt and prompt resolved (or the reason they cannot be).
 pub fn start_event(state: &JobState, step: &str) -> Option<EventBody> {
     let spec = state.agent_spec(step)?;
-    let outputs = state.outputs();
     let resolve = |text: &str| -> Result<String, String> {
-        match template::resolve(&Value::String(text.to_string()), &state.input, &outputs)? {
+        match template::resolve(&Value::String(text.to_string()), &state.input, state)? {
             Value::String(s) => Ok(s),
             other => Ok(other.to_string()),
         }

@@ -181,10 +181,10 @@ impl Appender {
     async fn append_tx(
         &self,
         batch: Vec<Append>,
-    ) -> std::result::Result<Vec<Result<Vec<RecordedEvent>>>, TxFailed> {
+    ) -> std::result::Result<Vec<Result<Vec<RecordedEvent>>>, BatchFailed> {
         let ids = job_ids(&batch);
         let Some(known) = self.known.take_all(&ids) else {
-            return self.locking_tx(batch, &ids).await;
+            return self.locking_tx_or_retry(batch, &ids).await;
         };
         let jobs = known
             .into_iter()
@@ -193,9 +193,18 @@ impl Appender {
         let plan = BatchPlan::plan(jobs, batch.clone());
         if !plan.all_planned_with_events() {
             // What is known may be stale: only the locked rows may refuse an append.
-            return self.locking_tx(batch, &ids).await;
+            return self.locking_tx_or_retry(batch, &ids).await;
         }
-        let outcomes = self.one_statement(plan).await?;
+        let outcomes = match self.one_statement(plan).await {
+            Ok(outcomes) => outcomes,
+            // The planned copy is gone with the statement; the batch itself is still here.
+            Err(failed) => {
+                return Err(BatchFailed {
+                    failed,
+                    retry: Some(batch),
+                })
+            }
+        };
         let mut results: Vec<Option<Result<Vec<RecordedEvent>>>> = Vec::new();
         let mut again = Vec::new();
         for (a, outcome) in batch.into_iter().zip(outcomes) {
@@ -231,6 +240,20 @@ impl Appender {
                 })
             })
             .collect())
+    }
+
+    /// `locking_tx`, keeping a copy of a batch of several appends to retry one by one if
+    /// the transaction fails as a whole (`append_batch`). Only this path copies: most
+    /// batches take `one_statement`, whose caller still holds the batch when it fails.
+    async fn locking_tx_or_retry(
+        &self,
+        batch: Vec<Append>,
+        ids: &[Uuid],
+    ) -> std::result::Result<Vec<Result<Vec<RecordedEvent>>>, BatchFailed> {
+        let retry = (batch.len() > 1).then(|| batch.clone());
+        self.locking_tx(batch, ids)
+            .await
+            .map_err(|failed| BatchFailed { failed, retry })
     }
 
     /// The fast path: the planned batch written by the write statement alone, which is
@@ -384,6 +407,13 @@ fn ledger_row(r: &Row) -> Result<(Uuid, String, LedgerRow)> {
     ))
 }
 
+/// A batch whose transaction failed as a whole, with its appends when a batch of several
+/// may be retried one by one (`Appender::append_batch`).
+struct BatchFailed {
+    failed: TxFailed,
+    retry: Option<Vec<Append>>,
+}
+
 /// Counts of appends and of the transactions that carried them.
 #[derive(Default)]
 pub(super) struct AppendCounters {
@@ -415,37 +445,35 @@ impl Appender {
         batch: Vec<Append>,
     ) -> std::result::Result<Vec<Result<Vec<RecordedEvent>>>, TxFailed> {
         let n = batch.len() as u64;
-        let retry = (batch.len() > 1).then(|| batch.clone());
         let ids: Vec<JobId> = batch.iter().map(|a| a.job_id).collect();
-        let outcome = self.append_tx(batch).await;
-        if outcome.is_err() {
-            self.known.forget(ids);
-        }
-        match outcome {
+        let BatchFailed { failed, retry } = match self.append_tx(batch).await {
             Ok(results) => {
                 self.stats.appends.fetch_add(n, Relaxed);
-                Ok(results)
+                return Ok(results);
             }
-            Err(f) if f.unwritten && retry.is_some() => {
-                tracing::warn!(error = %f.error, "append transaction failed; retrying its appends one by one");
-                let mut results = Vec::new();
-                for a in retry.into_iter().flatten() {
-                    self.stats.appends.fetch_add(1, Relaxed);
-                    let id = a.job_id;
-                    results.push(match self.append_tx(vec![a]).await {
-                        Ok(mut v) => v.pop().unwrap_or_else(|| {
-                            Err(StoreError::Backend("empty batch result".into()))
-                        }),
-                        Err(f) => {
-                            self.known.forget([id]);
-                            Err(f.error)
-                        }
-                    });
+            Err(f) => f,
+        };
+        self.known.forget(ids);
+        let retry = match retry {
+            Some(appends) if failed.unwritten && appends.len() > 1 => appends,
+            _ => return Err(failed),
+        };
+        tracing::warn!(error = %failed.error, "append transaction failed; retrying its appends one by one");
+        let mut results = Vec::new();
+        for a in retry {
+            self.stats.appends.fetch_add(1, Relaxed);
+            let id = a.job_id;
+            results.push(match self.append_tx(vec![a]).await {
+                Ok(mut v) => v
+                    .pop()
+                    .unwrap_or_else(|| Err(StoreError::Backend("empty batch result".into()))),
+                Err(f) => {
+                    self.known.forget([id]);
+                    Err(f.failed.error)
                 }
-                Ok(results)
-            }
-            Err(f) => Err(f),
+            });
         }
+        Ok(results)
     }
 }
 

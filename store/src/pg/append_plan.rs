@@ -17,7 +17,7 @@
 use super::known::KnownJob;
 use super::rows::to_i64;
 use crate::{append_refused, Append, Result, StoreError};
-use aetheris_runtime::chain::{event_hash, payload_digest};
+use aetheris_runtime::chain::{canonical_header, link, payload_digest};
 use aetheris_runtime::{plan_append, JobHead, LedgerRow, RecordedEvent, TimerChange};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -37,9 +37,11 @@ pub(super) struct JobMem {
     /// row existed before the batch (updated) or not (inserted).
     moved: BTreeMap<String, bool>,
     /// The batch's events of this job, in order (times and hashes are placeholders until
-    /// `restamp`), and their payload texts.
+    /// `restamp`), their payload texts, and the SHA-256 of each payload: computed once,
+    /// for both the statement's `tail` and `restamp`'s recomputed chain.
     events: Vec<RecordedEvent>,
     payloads: Vec<String>,
+    digests: Vec<[u8; 32]>,
     timer: TimerChange,
     /// The place in the batch of the append that finishes the job (which then gets its
     /// transparency leaf): leaves are numbered in batch order.
@@ -57,6 +59,7 @@ impl JobMem {
             moved: BTreeMap::new(),
             events: Vec::new(),
             payloads: Vec::new(),
+            digests: Vec::new(),
             timer: TimerChange::Keep,
             finishes: None,
         }
@@ -68,12 +71,13 @@ impl JobMem {
 }
 
 /// The columns of the write statement (see `append_write::WRITE_SQL` for their meaning).
+/// Texts are borrowed from the plan, which outlives the statement.
 #[derive(Debug, Default)]
-pub(super) struct WriteCols {
+pub(super) struct WriteCols<'a> {
     pub e_job: Vec<Uuid>,
     pub e_seq: Vec<i64>,
     pub e_kind: Vec<&'static str>,
-    pub e_payload: Vec<String>,
+    pub e_payload: Vec<&'a str>,
     pub e_tail: Vec<Vec<u8>>,
     pub e_prev: Vec<Option<Vec<u8>>>,
     pub e_floor: Vec<i64>,
@@ -91,8 +95,8 @@ pub(super) struct WriteCols {
     pub j_leaf_prefix: Vec<Option<Vec<u8>>>,
     pub j_leaf_back: Vec<Option<i64>>,
     pub l_job: Vec<Uuid>,
-    pub l_step: Vec<String>,
-    pub l_key: Vec<String>,
+    pub l_step: Vec<&'a str>,
+    pub l_key: Vec<&'a str>,
     pub l_attempt: Vec<i64>,
     pub l_effect: Vec<&'static str>,
     pub l_status: Vec<&'static str>,
@@ -100,7 +104,7 @@ pub(super) struct WriteCols {
     pub l_new: Vec<bool>,
 }
 
-impl WriteCols {
+impl WriteCols<'_> {
     /// Whether a job of the batch finishes (the statement then adds transparency leaves).
     pub fn has_leaves(&self) -> bool {
         self.j_leaf_prefix.iter().any(Option::is_some)
@@ -172,6 +176,12 @@ impl BatchPlan {
             job.ledger.insert(step, row);
         }
         job.events.extend(planned.events);
+        job.digests.extend(
+            planned
+                .payloads
+                .iter()
+                .map(|p| payload_digest(p.as_bytes())),
+        );
         job.payloads.extend(planned.payloads);
         job.head = planned.head;
         job.timer = job.timer.then(planned.timer);
@@ -193,16 +203,17 @@ impl BatchPlan {
 
     /// The write statement's columns: the jobs with events, in id order, each job's events
     /// together and in order (the statement chains them), and their moved ledger rows.
-    pub fn columns(&self) -> WriteCols {
+    pub fn columns(&self) -> WriteCols<'_> {
         let mut c = WriteCols::default();
         let back = self.leaf_back();
         for (id, job) in self.jobs.iter().filter(|(_, j)| !j.events.is_empty()) {
-            for (i, (e, payload)) in job.events.iter().zip(&job.payloads).enumerate() {
+            let each = job.events.iter().zip(&job.payloads).zip(&job.digests);
+            for (i, ((e, payload), digest)) in each.enumerate() {
                 c.e_job.push(*id);
                 c.e_seq.push(to_i64(e.seq));
                 c.e_kind.push(e.body.kind());
-                c.e_payload.push(payload.clone());
-                c.e_tail.push(tail(e.body.kind(), payload));
+                c.e_payload.push(payload);
+                c.e_tail.push(tail(e.body.kind(), digest));
                 c.e_prev
                     .push((i == 0).then(|| job.before.last_hash.to_vec()));
                 c.e_floor.push(job.before.updated_at_ms);
@@ -229,8 +240,8 @@ impl BatchPlan {
                 };
                 c.l_new.push(!existed);
                 c.l_job.push(*id);
-                c.l_step.push(step.clone());
-                c.l_key.push(row.invocation_key.clone());
+                c.l_step.push(step);
+                c.l_key.push(&row.invocation_key);
                 c.l_attempt.push(i64::from(row.attempt));
                 c.l_effect.push(row.effect.as_str());
                 c.l_status.push(row.status.as_str());
@@ -312,16 +323,14 @@ impl BatchPlan {
 /// the head before the batch, and checks it ends where the database's does.
 fn restamp(id: Uuid, job: &mut JobMem, w: Written) -> Result<()> {
     let mut prev = job.before.last_hash;
-    for (e, payload) in job.events.iter_mut().zip(&job.payloads) {
+    for (e, digest) in job.events.iter_mut().zip(&job.digests) {
         e.recorded_at_ms = w.at_ms;
         e.prev_hash = prev;
-        e.hash = event_hash(
+        // `aetheris_runtime::chain::event_hash`, with the payload's digest from planning.
+        e.hash = link(
             &prev,
-            e.job_id,
-            e.seq,
-            w.at_ms,
-            e.body.kind(),
-            payload.as_bytes(),
+            &canonical_header(e.job_id, e.seq, w.at_ms, e.body.kind()),
+            digest,
         );
         prev = e.hash;
     }
@@ -341,12 +350,12 @@ fn restamp(id: Uuid, job: &mut JobMem, w: Written) -> Result<()> {
 }
 
 /// The canonical bytes of an event after its time: kind length (u16 BE) ‖ kind ‖
-/// SHA-256(payload) (`aetheris_runtime::chain::parts_around_time`).
-fn tail(kind: &str, payload: &str) -> Vec<u8> {
+/// SHA-256(payload) (`aetheris_runtime::chain::parts_around_time`), from that digest.
+fn tail(kind: &str, payload_digest: &[u8; 32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + kind.len() + 32);
     out.extend_from_slice(&(kind.len() as u16).to_be_bytes());
     out.extend_from_slice(kind.as_bytes());
-    out.extend_from_slice(&payload_digest(payload.as_bytes()));
+    out.extend_from_slice(payload_digest);
     out
 }
 
@@ -378,7 +387,7 @@ fn timer_columns(change: TimerChange) -> (bool, Option<i64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aetheris_runtime::chain::{parts_around_time, GENESIS};
+    use aetheris_runtime::chain::{event_hash, parts_around_time, GENESIS};
     use aetheris_runtime::{EventBody, JobId, JobStatus};
     use ring::digest::{digest, SHA256};
 
@@ -412,7 +421,7 @@ mod tests {
     #[test]
     fn the_tail_is_what_the_chain_hashes_after_the_time() {
         let (_, expected) = parts_around_time(&GENESIS, JobId(Uuid::nil()), 1, "k", b"{}");
-        assert_eq!(tail("k", "{}"), expected);
+        assert_eq!(tail("k", &payload_digest(b"{}")), expected);
     }
 
     #[test]

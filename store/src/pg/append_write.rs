@@ -211,7 +211,7 @@ pub(super) fn sql_for(cols: &WriteCols) -> &'static str {
 }
 
 /// The statement's parameters, in order.
-pub(super) fn params(c: &WriteCols) -> [&(dyn ToSql + Sync); 27] {
+pub(super) fn params<'a>(c: &'a WriteCols<'_>) -> [&'a (dyn ToSql + Sync); 27] {
     [
         &c.e_job,
         &c.e_seq,
