@@ -45,6 +45,38 @@ pub struct Server {
     pub postmaster: Option<u32>,
 }
 
+/// Where a W1 job's time went, from the store times of its events (ms, means over the
+/// run's jobs): from its submission to its first `step_started` (the claim and the first
+/// append), and from there to its last event (its steps).
+#[derive(Clone, Copy, Debug)]
+pub struct JobPhases {
+    pub start_ms: f64,
+    pub steps_ms: f64,
+}
+
+/// `JobPhases` of every job in the run's database.
+pub async fn job_phases(url: &str) -> Result<JobPhases, String> {
+    let c = connect(url).await?;
+    let row = c
+        .query_one(
+            "WITH j AS (
+                 SELECT min(recorded_at) FILTER (WHERE kind = 'job_submitted') AS submitted,
+                        min(recorded_at) FILTER (WHERE kind = 'step_started') AS started,
+                        max(recorded_at) AS ended
+                 FROM events GROUP BY job_id)
+             SELECT coalesce(avg(started - submitted), 0)::float8,
+                    coalesce(avg(ended - started), 0)::float8
+             FROM j WHERE started IS NOT NULL AND submitted IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("W1 job phases: {}", msg(&e)))?;
+    Ok(JobPhases {
+        start_ms: row.get(0),
+        steps_ms: row.get(1),
+    })
+}
+
 /// W7 on PostgreSQL: the `events` table after a W1 run, per event.
 #[derive(Clone, Debug)]
 pub struct W7 {

@@ -169,6 +169,13 @@ pub struct W1Row {
     pub wal_bytes_per_step: Option<f64>,
     /// Mean tool call as the job actors saw it (actor messaging included).
     pub tool_call_mean_ms: f64,
+    /// PostgreSQL: mean time from a job's submission to its first `step_started` (its
+    /// claim and first append), by the store times of its events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_start_ms: Option<f64>,
+    /// PostgreSQL: mean time from a job's first `step_started` to its last event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_steps_ms: Option<f64>,
     /// Whole store growth per event.
     pub bytes_per_event: f64,
     pub payload_bytes_per_event: f64,
@@ -526,6 +533,13 @@ impl W1Row {
         if let Some(line) = self.server_line() {
             writeln!(f, "{line}")?;
         }
+        if let (Some(start), Some(steps)) = (self.job_start_ms, self.job_steps_ms) {
+            writeln!(
+                f,
+                "        per job {start:.1} ms from its submission to its first step (claim and \
+                 first append), {steps:.1} ms from there to its end"
+            )?;
+        }
         Ok(())
     }
 
@@ -820,6 +834,8 @@ mod tests {
             write_transactions_per_step: server.map(|_| 1.25),
             wal_bytes_per_step: server.map(|_| 1400.0),
             tool_call_mean_ms: 0.125,
+            job_start_ms: server.map(|_| 1.5),
+            job_steps_ms: server.map(|_| 6.5),
             bytes_per_event: 321.0,
             payload_bytes_per_event: 45.0,
             pgbench_baseline: server.map(|_| "1 client".to_string()),
@@ -976,6 +992,12 @@ mod tests {
         assert!(
             text.contains(
                 "per step the database ran 1.50 statements, 1.25 write transactions, 1400 WAL bytes\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "        per job 1.5 ms from its submission to its first step (claim and first append), 6.5 ms from there to its end\n"
             ),
             "{text}"
         );

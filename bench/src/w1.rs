@@ -53,6 +53,8 @@ pub struct W1Run {
     pub tool_mean_ms: f64,
     /// PostgreSQL only: the `events` table breakdown (W7).
     pub pg_w7: Option<pg::W7>,
+    /// PostgreSQL only: where a job's time went (`pg::JobPhases`).
+    pub job_phases: Option<pg::JobPhases>,
     /// PostgreSQL only: appends per append transaction (group commit across jobs).
     pub appends_per_commit: Option<f64>,
     /// PostgreSQL only: appends written by one statement alone, per append transaction.
@@ -135,6 +137,8 @@ fn row(c: usize, jobs: usize, runs: &[W1Run], pgbench: Option<&PgbenchReport>) -
         ),
         wal_bytes_per_step: opt_median(runs.iter().map(|w| w.server_per_step.map(|p| p.wal_bytes))),
         tool_call_mean_ms: m(|w| w.tool_mean_ms),
+        job_start_ms: opt_median(runs.iter().map(|w| w.job_phases.map(|p| p.start_ms))),
+        job_steps_ms: opt_median(runs.iter().map(|w| w.job_phases.map(|p| p.steps_ms))),
         bytes_per_event: m(|w| w.bytes_per_event),
         payload_bytes_per_event: m(|w| w.payload_per_event),
         pgbench_baseline,
@@ -283,6 +287,7 @@ async fn once(
     run.payload_per_event = payload_per_event(&store, sample_job).await;
     if let Some(url) = &pg_url {
         run.pg_w7 = Some(pg::w7(url).await?);
+        run.job_phases = Some(pg::job_phases(url).await?);
     }
     Ok(run)
 }
@@ -308,6 +313,7 @@ fn figures(jobs: usize, latencies: Vec<f64>, spent: &Spent, grown: u64) -> W1Run
         append_mean_ms: 0.0,
         tool_mean_ms: 0.0,
         pg_w7: None,
+        job_phases: None,
         appends_per_commit: spent.appends_per_commit,
         one_statement_share: spent.one_statement_share,
         server_per_step: spent

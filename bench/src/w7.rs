@@ -77,6 +77,7 @@ mod tests {
             append_mean_ms: 0.0,
             tool_mean_ms: 0.0,
             pg_w7: pg,
+            job_phases: None,
             appends_per_commit: None,
             one_statement_share: None,
             server_per_step: None,
