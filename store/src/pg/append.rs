@@ -525,3 +525,154 @@ async fn group_commit_worker(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_jobs::queue_jobs;
+    use super::super::PgStore;
+    use crate::{Append, JobLog, Leases, Scope};
+    use aetheris_runtime::{invocation_key, EffectClass, EventBody, JobId};
+
+    fn started(job: JobId, token: u64) -> Append {
+        Append {
+            job_id: job,
+            token,
+            expected_last_seq: 1,
+            events: vec![EventBody::StepStarted {
+                step: "a".into(),
+                attempt: 1,
+                invocation_key: invocation_key("poison", job, "a", 0),
+                tool: "echo".into(),
+                effect: EffectClass::Pure,
+                fencing_token: token,
+            }],
+        }
+    }
+
+    fn succeeded(job: JobId, token: u64) -> Append {
+        Append {
+            job_id: job,
+            token,
+            expected_last_seq: 2,
+            events: vec![EventBody::StepSucceeded {
+                step: "a".into(),
+                attempt: 1,
+                output: serde_json::json!(1),
+            }],
+        }
+    }
+
+    async fn seqs(store: &PgStore, job: JobId) -> Vec<u64> {
+        let events = store
+            .read_events(Scope::System, job, 0, 100)
+            .await
+            .expect("read events");
+        events.iter().map(|e| e.seq).collect()
+    }
+
+    /// A batch whose statement the server refuses as a whole (here a trigger raising for
+    /// one job's event) certainly wrote nothing, so each of its appends is tried again on
+    /// its own: the others land, the refused one fails alone and writes nothing. Both
+    /// ways a batch is written: jobs this store does not know yet (the locking
+    /// transaction) and jobs it knows from its last append (the statement alone, whose
+    /// batch is retried from the appends the batcher still holds).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_the_server_refuses_is_retried_one_append_at_a_time() {
+        let url = crate::testing::pg_cluster::fresh_database_url().await;
+        let store = PgStore::connect(&url, 4).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        queue_jobs(&store, "poison", 4).await;
+        let leases = store.claim("w", 60_000, 10).await.expect("claim");
+        let [good1, bad1, good2, bad2] = leases.as_slice() else {
+            panic!("claimed {} jobs, not 4", leases.len());
+        };
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect client");
+        tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE poison (job_id uuid, kind text);
+                 CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                     IF EXISTS (SELECT 1 FROM poison p
+                                WHERE p.job_id = NEW.job_id AND p.kind = NEW.kind) THEN
+                         RAISE EXCEPTION 'poisoned event';
+                     END IF;
+                     RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+                     FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+            )
+            .await
+            .expect("poison trigger");
+        let poison = |job: JobId, kind: &str| {
+            let (client, kind) = (&client, kind.to_string());
+            async move {
+                client
+                    .execute("INSERT INTO poison VALUES ($1, $2)", &[&job.0, &kind])
+                    .await
+                    .expect("poison");
+            }
+        };
+
+        // Unknown jobs: the locking transaction fails as a whole, then one by one.
+        poison(bad1.job_id, "step_started").await;
+        let results = store
+            .append_many(vec![
+                started(good1.job_id, good1.token),
+                started(bad1.job_id, bad1.token),
+            ])
+            .await
+            .expect("the batch answers per append");
+        assert!(
+            results[0].is_ok(),
+            "the good append landed: {:?}",
+            results[0]
+        );
+        assert!(results[1].is_err(), "the poisoned append failed alone");
+        assert_eq!(seqs(&store, good1.job_id).await, vec![1, 2]);
+        assert_eq!(seqs(&store, bad1.job_id).await, vec![1], "nothing written");
+
+        // Known jobs: both start (and become known), then their next appends share one
+        // statement, which the server refuses.
+        let results = store
+            .append_many(vec![
+                started(good2.job_id, good2.token),
+                started(bad2.job_id, bad2.token),
+            ])
+            .await
+            .expect("append");
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        poison(bad2.job_id, "step_succeeded").await;
+        let results = store
+            .append_many(vec![
+                succeeded(good2.job_id, good2.token),
+                succeeded(bad2.job_id, bad2.token),
+            ])
+            .await
+            .expect("the batch answers per append");
+        assert!(
+            results[0].is_ok(),
+            "the good append landed: {:?}",
+            results[0]
+        );
+        assert!(results[1].is_err(), "the poisoned append failed alone");
+        assert_eq!(seqs(&store, good2.job_id).await, vec![1, 2, 3]);
+        assert_eq!(
+            seqs(&store, bad2.job_id).await,
+            vec![1, 2],
+            "nothing written"
+        );
+        // The refused job is decided under its lock next time, and lands once allowed.
+        client
+            .execute("DELETE FROM poison", &[])
+            .await
+            .expect("unpoison");
+        let again = store
+            .append(succeeded(bad2.job_id, bad2.token))
+            .await
+            .expect("the same append, allowed now");
+        assert_eq!(again.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
+    }
+}

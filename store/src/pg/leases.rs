@@ -406,32 +406,9 @@ impl Leases for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{JobLog, NewJob};
+    use crate::pg::test_jobs::queue_jobs;
+    use crate::JobLog;
     use aetheris_runtime::EventBody;
-
-    /// `n` one-step jobs of `tenant`, submitted concurrently (so in shared batches).
-    async fn queue_jobs(store: &PgStore, tenant: &str, n: usize) {
-        let plan: aetheris_runtime::Plan =
-            serde_json::from_value(serde_json::json!({"steps": [{"id": "a", "tool": "echo"}]}))
-                .expect("plan");
-        let submits: Vec<_> = (0..n)
-            .map(|_| {
-                let (store, plan, tenant) = (store.clone(), plan.clone(), tenant.to_string());
-                tokio::spawn(async move {
-                    let job = NewJob {
-                        tenant,
-                        idempotency_key: None,
-                        plan,
-                        input: serde_json::json!({}),
-                    };
-                    store.submit(job, None).await
-                })
-            })
-            .collect();
-        for s in submits {
-            s.await.expect("task").expect("submit");
-        }
-    }
 
     /// The appends that finish a worker's jobs race its heartbeats: every heartbeat must
     /// report every job as held (renewed) or finished (its finishing append cleared the

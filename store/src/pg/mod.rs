@@ -134,6 +134,8 @@ mod retention;
 mod rows;
 mod submit;
 mod tenants;
+#[cfg(test)]
+mod test_jobs;
 mod transparency;
 mod users;
 
