@@ -562,6 +562,29 @@ mod tests {
         }
     }
 
+    /// Sends `[good, bad]` as one batch: the good append must land and the poisoned one
+    /// fail alone, leaving the two logs at these seqs.
+    async fn good_lands_bad_fails_alone(
+        store: &PgStore,
+        batch: [Append; 2],
+        good_seqs: &[u64],
+        bad_seqs: &[u64],
+    ) {
+        let (good, bad) = (batch[0].job_id, batch[1].job_id);
+        let results = store
+            .append_many(batch.into())
+            .await
+            .expect("the batch answers per append");
+        assert!(
+            results[0].is_ok(),
+            "the good append landed: {:?}",
+            results[0]
+        );
+        assert!(results[1].is_err(), "the poisoned append failed alone");
+        assert_eq!(seqs(store, good).await, good_seqs);
+        assert_eq!(seqs(store, bad).await, bad_seqs, "nothing written");
+    }
+
     async fn seqs(store: &PgStore, job: JobId) -> Vec<u64> {
         let events = store
             .read_events(Scope::System, job, 0, 100)
@@ -618,21 +641,16 @@ mod tests {
 
         // Unknown jobs: the locking transaction fails as a whole, then one by one.
         poison(bad1.job_id, "step_started").await;
-        let results = store
-            .append_many(vec![
+        good_lands_bad_fails_alone(
+            &store,
+            [
                 started(good1.job_id, good1.token),
                 started(bad1.job_id, bad1.token),
-            ])
-            .await
-            .expect("the batch answers per append");
-        assert!(
-            results[0].is_ok(),
-            "the good append landed: {:?}",
-            results[0]
-        );
-        assert!(results[1].is_err(), "the poisoned append failed alone");
-        assert_eq!(seqs(&store, good1.job_id).await, vec![1, 2]);
-        assert_eq!(seqs(&store, bad1.job_id).await, vec![1], "nothing written");
+            ],
+            &[1, 2],
+            &[1],
+        )
+        .await;
 
         // Known jobs: both start (and become known), then their next appends share one
         // statement, which the server refuses.
@@ -645,25 +663,16 @@ mod tests {
             .expect("append");
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         poison(bad2.job_id, "step_succeeded").await;
-        let results = store
-            .append_many(vec![
+        good_lands_bad_fails_alone(
+            &store,
+            [
                 succeeded(good2.job_id, good2.token),
                 succeeded(bad2.job_id, bad2.token),
-            ])
-            .await
-            .expect("the batch answers per append");
-        assert!(
-            results[0].is_ok(),
-            "the good append landed: {:?}",
-            results[0]
-        );
-        assert!(results[1].is_err(), "the poisoned append failed alone");
-        assert_eq!(seqs(&store, good2.job_id).await, vec![1, 2, 3]);
-        assert_eq!(
-            seqs(&store, bad2.job_id).await,
-            vec![1, 2],
-            "nothing written"
-        );
+            ],
+            &[1, 2, 3],
+            &[1, 2],
+        )
+        .await;
         // The refused job is decided under its lock next time, and lands once allowed.
         client
             .execute("DELETE FROM poison", &[])
