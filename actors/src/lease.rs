@@ -6,8 +6,15 @@
 //! waiting for the TTL. A job its actor finished needs no release: the finishing append
 //! gave the lease back in its own transaction, and a heartbeat racing that append reports
 //! the job finished, not lost (the store's contract), so no false lease loss is counted.
-//! Claims are triggered by the store's wake-up hint and by a polling fallback. No
-//! tenant may hold more than its share of this worker's slots (`tenant_share`: all but an
+//! Claims are triggered by the store's wake-up hint and by a polling fallback. While
+//! a claim would find nothing (the last one left no work behind, none is under way) and
+//! no running caps are set, the free slots are offered to the store's submissions
+//! instead (`aetheris_store::handoff`, where the store has it): a new job is then leased
+//! here in the commit that stores it and starts without a claim. Every slot offered is
+//! counted as promised until it comes back, unused (`withdraw`) or with its batch's
+//! leases, so offers and claims together never exceed `max_jobs`; a job the offer could
+//! not take closes it, and the next step is a claim, so hand-offs never overtake queued
+//! work. No tenant may hold more than its share of this worker's slots (`tenant_share`: all but an
 //! eighth), so a tenant's backlog never takes the last free slot from another tenant's new
 //! job (W6). `Drain` stops taking work, lets job actors record their in-flight calls, and
 //! releases everything (G4: graceful handoff in milliseconds). It sees the registry only
@@ -23,6 +30,7 @@ use crate::metrics as m;
 use crate::supervision::{self, ActorKind, Queued};
 use actix::prelude::*;
 use aetheris_runtime::JobId;
+use aetheris_store::handoff::{HandedOff, Handoff, Offer};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,6 +151,11 @@ pub struct LeaseManager {
     released_in_drain: Vec<(JobId, u64)>,
     /// Local due times of jobs this worker parked.
     timers: std::collections::BTreeSet<i64>,
+    /// The store's hand-off point, if it has one and this worker subscribed to it.
+    handoff: Option<Arc<Handoff>>,
+    /// Slots offered to submissions and not yet back (unused, or as leases): promised,
+    /// like a claim's room.
+    offered: usize,
 }
 
 impl LeaseManager {
@@ -161,6 +174,62 @@ impl LeaseManager {
             draining: false,
             released_in_drain: Vec::new(),
             timers: std::collections::BTreeSet::new(),
+            handoff: None,
+            offered: 0,
+        }
+    }
+
+    /// Takes this worker's offer down (its unused slots are free again); returns whether
+    /// a submission found it closed, i.e. claimable work is waiting.
+    fn withdraw_offer(&mut self) -> bool {
+        let Some(h) = &self.handoff else {
+            return false;
+        };
+        let back = h.withdraw();
+        debug_assert!(
+            back.room <= self.offered,
+            "offer room past the slots offered"
+        );
+        self.offered = self.offered.saturating_sub(back.room);
+        back.closed
+    }
+
+    /// Offers the free slots to submissions, in place of the offer up, when a claim now
+    /// would find nothing: not draining, no claim under way, the last one left no work
+    /// behind, and no running caps (counted across workers: only a claim counts them).
+    /// A closed offer means work is waiting: claim instead.
+    fn offer_slots(&mut self, ctx: &mut Context<Self>) {
+        if self.handoff.is_none() {
+            return;
+        }
+        if self.withdraw_offer() {
+            self.backlog = true;
+            self.claim(ctx);
+            return;
+        }
+        if self.draining || self.backlog || self.claims_in_flight > 0 {
+            return;
+        }
+        if !self.sh.config.rate_limits.running_caps().is_unlimited() {
+            return;
+        }
+        let Some(next) = next_claim(
+            self.sh.config.max_jobs,
+            self.held.len(),
+            self.claimed_room + self.offered,
+            &self.per_tenant,
+        ) else {
+            return;
+        };
+        if let Some(h) = &self.handoff {
+            self.offered += next.room;
+            h.offer(Offer {
+                worker: self.sh.config.worker_id.clone(),
+                ttl_ms: self.sh.config.lease_ttl_ms,
+                room: next.room,
+                default_limit: next.default_limit,
+                tenant_limits: next.tenant_limits,
+            });
         }
     }
 
@@ -168,6 +237,8 @@ impl LeaseManager {
         if self.draining {
             return;
         }
+        // Slots offered to submissions come back first: the claim may fill them.
+        self.withdraw_offer();
         if self.claims_in_flight >= CLAIMS_IN_FLIGHT {
             self.claim_again = true;
             return;
@@ -175,7 +246,7 @@ impl LeaseManager {
         let Some(next) = next_claim(
             self.sh.config.max_jobs,
             self.held.len(),
-            self.claimed_room,
+            self.claimed_room + self.offered,
             &self.per_tenant,
         ) else {
             // Slots promised to a claim in flight come back if it finds less work.
@@ -221,6 +292,8 @@ impl LeaseManager {
                         }
                         if full || std::mem::take(&mut act.claim_again) {
                             act.claim(ctx);
+                        } else {
+                            act.offer_slots(ctx);
                         }
                     }
                     Err(e) => {
@@ -365,10 +438,21 @@ impl Actor for LeaseManager {
                 }
             }
         });
+        if let Some(h) = self.sh.store.handoff() {
+            if let Some(rx) = h.subscribe() {
+                self.handoff = Some(h);
+                // Tied to this actor: the receiver goes when it stops, which frees the
+                // store's hand-off point for a successor.
+                ctx.add_stream(futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|h| (h, rx))
+                }));
+            }
+        }
         self.claim(ctx);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.withdraw_offer();
         supervision::stopped(ActorKind::LeaseManager);
         supervision::leases_changed(-(self.held.len() as i64));
     }
@@ -388,6 +472,40 @@ impl Handler<ClaimNow> for LeaseManager {
     }
 }
 
+/// Leases a submission batch stored for this worker's offer: held and run like a claim's
+/// (each with its job's log), or given back at once while draining.
+impl StreamHandler<HandedOff> for LeaseManager {
+    fn handle(&mut self, handed: HandedOff, ctx: &mut Context<Self>) {
+        debug_assert!(
+            handed.slots <= self.offered,
+            "hand-off of slots not offered"
+        );
+        self.offered = self.offered.saturating_sub(handed.slots);
+        for (l, load) in handed.leases {
+            metrics::counter!(m::LEASE_GRANTS).increment(1);
+            metrics::counter!(m::LEASE_HANDOFFS).increment(1);
+            if self.draining {
+                self.released_in_drain.push((l.job_id, l.token));
+                self.to_release.push((l.job_id, l.token));
+                continue;
+            }
+            self.hold(l.job_id, l.token, &l.tenant);
+            self.registry
+                .run
+                .do_send(RunJob::new(l.job_id, l.token, Some(load)));
+        }
+        self.release_pending(ctx);
+        self.offer_slots(ctx);
+    }
+
+    /// The store's end of the channel never closes while the store lives; if it does,
+    /// this worker claims only.
+    fn finished(&mut self, _: &mut Context<Self>) {
+        self.withdraw_offer();
+        self.handoff = None;
+    }
+}
+
 impl Handler<LeaseDone> for LeaseManager {
     type Result = ();
     fn handle(&mut self, m: LeaseDone, ctx: &mut Context<Self>) {
@@ -403,6 +521,8 @@ impl Handler<LeaseDone> for LeaseManager {
         }
         if self.backlog {
             self.claim(ctx);
+        } else {
+            self.offer_slots(ctx);
         }
     }
 }
@@ -411,6 +531,7 @@ impl Handler<Drain> for LeaseManager {
     type Result = ResponseActFuture<Self, ()>;
     fn handle(&mut self, m: Drain, _: &mut Context<Self>) -> Self::Result {
         self.draining = true;
+        self.withdraw_offer();
         let registry = self.registry.clone();
         let deadline = Instant::now() + m.grace;
         Box::pin(

@@ -43,6 +43,7 @@ pub const UPTIME: &str = "aetheris_uptime_seconds";
 pub const BUILD_INFO: &str = "aetheris_build_info";
 // Leases.
 pub const LEASE_GRANTS: &str = "aetheris_lease_grants_total";
+pub const LEASE_HANDOFFS: &str = "aetheris_lease_handoffs_total";
 pub const LEASE_LOSSES: &str = "aetheris_lease_losses_total";
 pub const LEASES_HELD: &str = "aetheris_leases_held";
 pub const LEASE_TTL: &str = "aetheris_lease_ttl_seconds";
@@ -196,6 +197,7 @@ pub const DEFINITIONS: &[Definition] = &[
     gauge(BUILD_INFO, Unit::Count, "Always 1, labelled with the version this process runs.").at_scrape(),
     // Leases.
     counter(LEASE_GRANTS, "Leases granted to this worker."),
+    counter(LEASE_HANDOFFS, "Of the leases granted, those of new jobs handed to this worker's free slots by their submission, with no claim."),
     counter(LEASE_LOSSES, "Leases this worker lost, by reason (heartbeat: not renewed in time; fenced: an append was refused)."),
     gauge(LEASES_HELD, Unit::Count, "Leases this process's workers hold now.").at_scrape(),
     gauge(LEASE_TTL, Unit::Seconds, "The lease TTL of this process's workers: a lease not renewed for this long is lost.").at_scrape(),

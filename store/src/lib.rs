@@ -14,13 +14,15 @@
 //! Also here: the data the contract speaks in (`model`), its one error enum (`error`), the
 //! fold of a stored job into its state (`load`), the fair queue both backends serve
 //! tenants with (`fair`), the PostgreSQL migration runner (`migrate`), the rule for the
-//! transparency leaf a finishing append adds (`transparency`) and the evidence export
-//! every caller uses (`evidence`).
+//! transparency leaf a finishing append adds (`transparency`), the evidence export
+//! every caller uses (`evidence`) and the hand-off of new jobs to a worker's free slots
+//! at submission (`handoff`).
 
 mod contract;
 mod error;
 pub mod evidence;
 mod fair;
+pub mod handoff;
 pub mod load;
 pub mod migrate;
 mod model;

@@ -62,4 +62,12 @@ pub trait Leases: Send + Sync {
 
     /// A wake-up hint fired when new work may be claimable (submit, lease release).
     fn work_hint(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Where a worker offers its free slots to this store's submissions, so a new job is
+    /// leased in the commit that stores it, with no claim (see [`crate::handoff`]).
+    /// `None` (the default): the store has none, and jobs are claimed. PostgreSQL has
+    /// one: there a claim is a round trip and a commit of its own.
+    fn handoff(&self) -> Option<Arc<crate::handoff::Handoff>> {
+        None
+    }
 }

@@ -401,6 +401,10 @@ impl Leases for PgStore {
     fn work_hint(&self) -> Arc<Notify> {
         self.hint.clone()
     }
+
+    fn handoff(&self) -> Option<Arc<crate::handoff::Handoff>> {
+        Some(self.handoff.clone())
+    }
 }
 
 #[cfg(test)]

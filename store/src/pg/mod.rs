@@ -8,7 +8,8 @@
 //! - G3: every append, ledger change and snapshot write checks the job's fencing token
 //!   under the job's row lock in the same transaction and refuses a stale one; a claim
 //!   bumps the token. Time comes only from the database clock (`now()`), never from a
-//!   worker.
+//!   worker. A job handed off at submission (`crate::handoff`, `submit`) is stored leased
+//!   with token 1, its first grant, in the commit that stores it.
 //! - Gap-free `seq` and the hash chain (G7): an append is written only if the job row
 //!   still holds the seq (and token, chain head, time, status) it was planned against, and
 //!   stores `payload` as the exact JSON text of `EventBody::payload()`, so the stored bytes
@@ -63,6 +64,7 @@
 //! jobs), `retention` (deleting finished jobs past their tenant's retention).
 
 use crate::fair::JobTenants;
+use crate::handoff::Handoff;
 use crate::{Result, StoreError};
 use aetheris_runtime::JobId;
 use deadpool_postgres::{
@@ -191,6 +193,8 @@ pub struct PgStore {
     submits: tokio::sync::mpsc::Sender<submit::QueuedSubmit>,
     /// Batches the group-submit workers stored (see `submit_batches`).
     submit_batches: Arc<AtomicU64>,
+    /// Where this store's worker offers free slots to submissions (`crate::handoff`).
+    handoff: Arc<Handoff>,
 }
 
 /// Aborts the LISTEN task (and so closes its connection) when dropped.
@@ -246,7 +250,17 @@ impl PgStore {
             stats: Arc::default(),
         };
         let group = append::start_group_commit(&appender, size, job_tenants.clone());
-        let (submits, submit_batches) = submit::start_group_submit(&pool, size, hint.clone());
+        let handoff: Arc<Handoff> = Arc::default();
+        let (submits, submit_batches) = submit::start_group_submit(
+            &submit::Submitting {
+                pool: pool.clone(),
+                hint: hint.clone(),
+                handoff: handoff.clone(),
+                known: appender.known.clone(),
+                job_tenants: job_tenants.clone(),
+            },
+            size,
+        );
         Ok(PgStore {
             pool,
             hint,
@@ -258,6 +272,7 @@ impl PgStore {
             job_tenants,
             submits,
             submit_batches,
+            handoff,
         })
     }
 
