@@ -238,7 +238,9 @@ impl LeaseManager {
             return;
         }
         // Slots offered to submissions come back first: the claim may fill them.
-        self.withdraw_offer();
+        if self.withdraw_offer() {
+            self.backlog = true;
+        }
         if self.claims_in_flight >= CLAIMS_IN_FLIGHT {
             self.claim_again = true;
             return;
@@ -251,6 +253,10 @@ impl LeaseManager {
         ) else {
             // Slots promised to a claim in flight come back if it finds less work.
             self.claim_again |= self.claims_in_flight > 0;
+            // No slot is free, yet work may be waiting (a hint, a timer or the poll asked
+            // for this claim): the next slot to free up goes to a claim, never to a
+            // hand-off that would overtake that work.
+            self.backlog = true;
             return;
         };
         let room = next.room;

@@ -169,8 +169,12 @@ pub struct W1Row {
     pub wal_bytes_per_step: Option<f64>,
     /// Mean tool call as the job actors saw it (actor messaging included).
     pub tool_call_mean_ms: f64,
+    /// PostgreSQL: the share of jobs handed off to the worker at submission (leased in
+    /// the submission's commit, so started with no claim).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handed_off_share: Option<f64>,
     /// PostgreSQL: mean time from a job's submission to its first `step_started` (its
-    /// claim and first append), by the store times of its events.
+    /// hand-off or claim, and its first append), by the store times of its events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_start_ms: Option<f64>,
     /// PostgreSQL: mean time from a job's first `step_started` to its last event.
@@ -534,10 +538,14 @@ impl W1Row {
             writeln!(f, "{line}")?;
         }
         if let (Some(start), Some(steps)) = (self.job_start_ms, self.job_steps_ms) {
+            let handed = match self.handed_off_share {
+                Some(h) => format!("; {:.0}% of jobs handed off at submission", h * 100.0),
+                None => String::new(),
+            };
             writeln!(
                 f,
-                "        per job {start:.1} ms from its submission to its first step (claim and \
-                 first append), {steps:.1} ms from there to its end"
+                "        per job {start:.1} ms from its submission to its first step (hand-off \
+                 or claim, and first append), {steps:.1} ms from there to its end{handed}"
             )?;
         }
         Ok(())
@@ -834,6 +842,7 @@ mod tests {
             write_transactions_per_step: server.map(|_| 1.25),
             wal_bytes_per_step: server.map(|_| 1400.0),
             tool_call_mean_ms: 0.125,
+            handed_off_share: server.map(|_| 0.75),
             job_start_ms: server.map(|_| 1.5),
             job_steps_ms: server.map(|_| 6.5),
             bytes_per_event: 321.0,
@@ -997,7 +1006,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "        per job 1.5 ms from its submission to its first step (claim and first append), 6.5 ms from there to its end\n"
+                "        per job 1.5 ms from its submission to its first step (hand-off or claim, and first append), 6.5 ms from there to its end; 75% of jobs handed off at submission\n"
             ),
             "{text}"
         );

@@ -59,6 +59,9 @@ pub struct W1Run {
     pub appends_per_commit: Option<f64>,
     /// PostgreSQL only: appends written by one statement alone, per append transaction.
     pub one_statement_share: Option<f64>,
+    /// PostgreSQL only: the share of jobs handed off to the worker at submission (leased
+    /// in the submission's commit, no claim: `aetheris_store::handoff`).
+    pub handed_off_share: Option<f64>,
     /// PostgreSQL only: what the database did per step.
     pub server_per_step: Option<pg::PerStep>,
 }
@@ -127,6 +130,7 @@ fn row(c: usize, jobs: usize, runs: &[W1Run], pgbench: Option<&PgbenchReport>) -
         append_mean_ms: m(|w| w.append_mean_ms),
         appends_per_commit: opt_median(runs.iter().map(|w| w.appends_per_commit)),
         one_statement_share: opt_median(runs.iter().map(|w| w.one_statement_share)),
+        handed_off_share: opt_median(runs.iter().map(|w| w.handed_off_share)),
         statements_per_step: opt_median(
             runs.iter()
                 .map(|w| w.server_per_step.and_then(|p| p.statements)),
@@ -177,18 +181,18 @@ pub(crate) fn ten_step_plan() -> Result<Plan, String> {
     runner::plan(json!({ "steps": steps }))
 }
 
-/// Appends, append transactions and one-statement transactions of a PostgreSQL store so
-/// far.
-fn batching(pg: &PgStore) -> (u64, u64, u64) {
+/// Appends, append transactions, one-statement transactions and jobs handed off at
+/// submission of a PostgreSQL store so far.
+fn batching(pg: &PgStore) -> (u64, u64, u64, u64) {
     let s = pg.append_stats();
-    (s.appends, s.transactions, s.one_statement)
+    (s.appends, s.transactions, s.one_statement, pg.handed_off())
 }
 
 /// The measured window: what is read just before it, to subtract just after it.
 struct Window {
     size: u64,
     server_cpu: Option<f64>,
-    batching: Option<(u64, u64, u64)>,
+    batching: Option<(u64, u64, u64, u64)>,
     /// PostgreSQL: the connection reading the server's counters, and their values.
     server: Option<(pg::CounterReader, pg::Counters)>,
     cpu: f64,
@@ -202,6 +206,8 @@ struct Spent {
     server_cpu_ms: Option<f64>,
     appends_per_commit: Option<f64>,
     one_statement_share: Option<f64>,
+    /// Jobs handed off at submission (PostgreSQL).
+    handed_off: Option<u64>,
     /// The server's counters at the end of the window.
     server_after: Option<(pg::Counters, pg::Counters)>,
 }
@@ -238,10 +244,12 @@ impl Window {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
-        let delta = self
-            .batching
-            .zip(pg.map(batching))
-            .map(|((a0, t0, o0), (a1, t1, o1))| (a1 - a0, (t1 - t0).max(1), o1 - o0));
+        let delta =
+            self.batching
+                .zip(pg.map(batching))
+                .map(|((a0, t0, o0, h0), (a1, t1, o1, h1))| {
+                    (a1 - a0, (t1 - t0).max(1), o1 - o0, h1 - h0)
+                });
         let server_after = match &self.server {
             Some((reader, before)) => Some((*before, reader.read().await?)),
             None => None,
@@ -250,8 +258,9 @@ impl Window {
             wall_s,
             cpu_ms,
             server_cpu_ms,
-            appends_per_commit: delta.map(|(a, t, _)| a as f64 / t as f64),
-            one_statement_share: delta.map(|(_, t, o)| o as f64 / t as f64),
+            appends_per_commit: delta.map(|(a, t, _, _)| a as f64 / t as f64),
+            one_statement_share: delta.map(|(_, t, o, _)| o as f64 / t as f64),
+            handed_off: delta.map(|(_, _, _, h)| h),
             server_after,
         })
     }
@@ -316,6 +325,7 @@ fn figures(jobs: usize, latencies: Vec<f64>, spent: &Spent, grown: u64) -> W1Run
         job_phases: None,
         appends_per_commit: spent.appends_per_commit,
         one_statement_share: spent.one_statement_share,
+        handed_off_share: spent.handed_off.map(|h| h as f64 / jobs.max(1) as f64),
         server_per_step: spent
             .server_after
             .map(|(before, after)| before.per_step(&after, steps)),
@@ -458,6 +468,7 @@ mod tests {
             server_cpu_ms: Some(300.0),
             appends_per_commit: Some(4.0),
             one_statement_share: Some(0.5),
+            handed_off: Some(5),
             server_after: None,
         };
         let run = figures(10, vec![30.0, 10.0, 20.0], &spent, 2200);
@@ -469,6 +480,7 @@ mod tests {
         assert_eq!(run.cpu_ms_per_step_server, Some(3.0));
         assert_eq!(run.bytes_per_event, 10.0);
         assert_eq!(run.appends_per_commit, Some(4.0));
+        assert_eq!(run.handed_off_share, Some(0.5));
     }
 
     #[test]

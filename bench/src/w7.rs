@@ -80,6 +80,7 @@ mod tests {
             job_phases: None,
             appends_per_commit: None,
             one_statement_share: None,
+            handed_off_share: None,
             server_per_step: None,
         }
     }

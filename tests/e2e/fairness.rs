@@ -2,7 +2,8 @@
 //! start within a bounded wait (on both stores), because claims round-robin across
 //! tenants with runnable work (a backlog cannot starve a small tenant); and a tenant
 //! whose jobs hold every slot they may cannot take a worker's last ones, so another
-//! tenant's new job starts at once.
+//! tenant's new job starts at once; on PostgreSQL the same holds for jobs handed to the
+//! worker at their submission.
 
 use crate::support::rt;
 use aetheris_actors::{
@@ -40,6 +41,8 @@ struct Gate {
     a_most: Arc<AtomicUsize>,
     all_waiting: Arc<AtomicUsize>,
     all_most: Arc<AtomicUsize>,
+    /// The jobs whose calls reached the gate, in order.
+    order: Arc<std::sync::Mutex<Vec<JobId>>>,
 }
 
 impl Default for Gate {
@@ -50,6 +53,7 @@ impl Default for Gate {
             a_most: Arc::default(),
             all_waiting: Arc::default(),
             all_most: Arc::default(),
+            order: Arc::default(),
         }
     }
 }
@@ -60,6 +64,7 @@ impl Tool for Gate {
         EffectClass::Pure
     }
     async fn invoke(&self, call: Invocation) -> Result<Value, ToolError> {
+        self.order.lock().unwrap().push(call.job_id);
         if call.tenant != "b" {
             let all = self.all_waiting.fetch_add(1, Ordering::SeqCst) + 1;
             self.all_most.fetch_max(all, Ordering::SeqCst);
@@ -339,5 +344,208 @@ fn small_tenant_is_not_starved(open: OpenStore) {
         assert!(a_done < 1000, "b finished only after {a_done} of a's jobs");
     });
     let _ = tx.send(());
+    thread.join().unwrap();
+}
+
+/// On PostgreSQL a worker with free slots takes new jobs at their submission (hand-off:
+/// leased in the submission's commit, no claim; `aetheris_store::handoff`). Tenant a's
+/// jobs, submitted while the worker is idle, still fill it only up to a's share: the offer
+/// carries the share, and the job that does not fit closes it and waits for a claim.
+/// Tenant b's new job then starts in the slot kept free while a's still hold. And while
+/// jobs finish one at a time and new ones arrive (hand-offs and claims mixed), the worker
+/// never runs more jobs than its slots.
+#[test]
+fn handed_off_jobs_keep_to_the_share_and_the_slots_on_postgres() {
+    const MAX_JOBS: usize = 8;
+    let share = tenant_share(MAX_JOBS);
+    let plan: Plan =
+        serde_json::from_value(json!({"steps": [{"id": "hold", "tool": "gate"}]})).unwrap();
+    let gate = Gate::default();
+    let (pg, store, stop_tx, thread) = pg_gated_worker(
+        &gate,
+        WorkerConfig {
+            max_jobs: MAX_JOBS,
+            ..WorkerConfig::default()
+        },
+    );
+    let rt = rt();
+    let status = |id: JobId| {
+        let store = store.clone();
+        async move {
+            store
+                .get_job(Scope::System, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+        }
+    };
+    let submit_many = |tenant: &'static str, n: usize| {
+        let (store, plan) = (store.clone(), plan.clone());
+        async move {
+            let subs = (0..n).map(|_| {
+                let (store, plan) = (store.clone(), plan.clone());
+                async move { submit_to(&store, tenant, &plan).await }
+            });
+            futures::future::join_all(subs).await
+        }
+    };
+    rt.block_on(async {
+        // The worker is idle (its first claim found nothing): its slots are on offer.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut ids = submit_many("a", 20).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gate.a_waiting.load(Ordering::SeqCst) < share {
+            assert!(Instant::now() < deadline, "a's jobs did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            gate.a_most.load(Ordering::SeqCst),
+            share,
+            "tenant a holds at most its share of the worker's {MAX_JOBS} slots"
+        );
+        assert!(
+            pg.handed_off() >= 1,
+            "the idle worker took jobs at submission"
+        );
+        // b's new job takes the free slot while every one of a's is still held.
+        let b = submit_to(&store, "b", &plan).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status(b).await != JobStatus::Succeeded {
+            assert!(
+                Instant::now() < deadline,
+                "tenant b's job waited behind a's"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            gate.a_waiting.load(Ordering::SeqCst),
+            share,
+            "a's jobs still hold"
+        );
+        // Jobs finish one at a time while new ones of two tenants arrive.
+        for i in 0..24 {
+            gate.open.add_permits(1);
+            ids.extend(submit_many(if i % 2 == 0 { "a" } else { "c" }, 1).await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(gate.all_most.load(Ordering::SeqCst) <= MAX_JOBS);
+        assert_eq!(gate.a_most.load(Ordering::SeqCst), share);
+        gate.open.add_permits(1_000);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for id in &ids {
+            while status(*id).await != JobStatus::Succeeded {
+                assert!(Instant::now() < deadline, "the jobs did not finish");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert!(
+            gate.all_most.load(Ordering::SeqCst) <= MAX_JOBS,
+            "never more jobs than slots: {}",
+            gate.all_most.load(Ordering::SeqCst)
+        );
+        assert_eq!(gate.a_most.load(Ordering::SeqCst), share);
+    });
+    let _ = stop_tx.send(());
+    thread.join().unwrap();
+}
+
+/// A worker with the `gate` tool on a fresh PostgreSQL database, its pool opened on the
+/// worker's own actix system (DESIGN §8); runs until the returned sender is used.
+fn pg_gated_worker(
+    gate: &Gate,
+    config: WorkerConfig,
+) -> (
+    aetheris_store::PgStore,
+    DynStore,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (store_tx, store_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let gate = gate.clone();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let url = aetheris_store::testing::pg_cluster::fresh_database_url().await;
+            let pg = aetheris_store::PgStore::connect(&url, 8)
+                .await
+                .expect("connect");
+            pg.migrate().await.expect("migrate");
+            let st: DynStore = Arc::new(pg.clone());
+            let mut tools = ToolRegistry::with_builtins();
+            tools.register("gate", gate);
+            let _w = Worker::start(st.clone(), tools, config)
+                .await
+                .expect("worker");
+            store_tx.send((pg, st)).unwrap();
+            let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+            actix_rt::System::current().stop();
+        })
+    });
+    let (pg, store) = store_rx.recv().expect("the store opens");
+    (pg, store, stop_tx, thread)
+}
+
+/// A job that found no free slot at its submission waits for a claim, and a job submitted
+/// after a slot frees up must not take that slot first by hand-off: the first job closed
+/// the worker's offer, so the freed slot goes to a claim, which takes the oldest job. (No
+/// poll runs in this test: only the closed offer can get the waiting job started.)
+#[test]
+fn a_job_waiting_for_a_slot_is_not_overtaken_by_a_later_hand_off_on_postgres() {
+    const MAX_JOBS: usize = 2;
+    let plan: Plan =
+        serde_json::from_value(json!({"steps": [{"id": "hold", "tool": "gate"}]})).unwrap();
+    let gate = Gate::default();
+    let (pg, store, stop_tx, thread) = pg_gated_worker(
+        &gate,
+        WorkerConfig {
+            max_jobs: MAX_JOBS,
+            poll_ms: 600_000,
+            ..WorkerConfig::default()
+        },
+    );
+    rt().block_on(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let held = [
+            submit_to(&store, "a", &plan).await,
+            submit_to(&store, "a", &plan).await,
+        ];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gate.all_waiting.load(Ordering::SeqCst) < MAX_JOBS {
+            assert!(Instant::now() < deadline, "the first jobs did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            pg.handed_off(),
+            2,
+            "both taken at submission by the idle worker"
+        );
+        // The worker is full: this job waits, claimable.
+        let waiting = submit_to(&store, "a", &plan).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(gate.order.lock().unwrap().len(), 2, "no third slot");
+        // One slot frees up; a later job is submitted once the worker has seen it.
+        gate.open.add_permits(1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let later = submit_to(&store, "a", &plan).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while gate.order.lock().unwrap().len() < 3 {
+            assert!(Instant::now() < deadline, "no job took the freed slot");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let order = gate.order.lock().unwrap().clone();
+        let mut first = order[..2].to_vec();
+        first.sort();
+        let mut held = held.to_vec();
+        held.sort();
+        assert_eq!(first, held, "the first two, handed off, in either order");
+        assert_eq!(
+            order[2], waiting,
+            "the waiting job got the freed slot, not {later}"
+        );
+        gate.open.add_permits(1_000);
+    });
+    let _ = stop_tx.send(());
     thread.join().unwrap();
 }

@@ -19,6 +19,7 @@ fn jobs_run_to_completion_on_postgres() {
         actix_rt::System::new().block_on(async move {
             let pg = PgStore::connect(&url, 8).await.expect("connect");
             pg.migrate().await.expect("migrate");
+            let handed = pg.clone();
             let store: DynStore = Arc::new(pg);
             let cfg = NodeConfig {
                 bind: "127.0.0.1:0".into(),
@@ -28,14 +29,14 @@ fn jobs_run_to_completion_on_postgres() {
             let (node, server) = start_node(store.clone(), ToolRegistry::with_builtins(), cfg)
                 .await
                 .expect("node");
-            addr_tx.send((node.addr, store)).expect("send");
+            addr_tx.send((node.addr, store, handed)).expect("send");
             let server = actix_rt::spawn(server);
             let _ = stop_rx.await;
             node.shutdown(Duration::from_secs(2)).await;
             let _ = server.await;
         })
     });
-    let (addr, store) = addr_rx
+    let (addr, store, pg) = addr_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("node started");
     let base = format!("http://{addr}");
@@ -66,6 +67,10 @@ fn jobs_run_to_completion_on_postgres() {
             let events = store.read_events(Scope::System, job, 0, 100).await.unwrap();
             aetheris_proof::verify_chain(job, &events).expect("chain");
         }
+        // The node's worker was idle between these one-at-a-time submissions: they were
+        // handed to it in their own commits, with no claim (some may have met a poll's
+        // claim under way, and been claimed instead).
+        assert!(pg.handed_off() >= 1, "no job was handed off");
     });
     let _ = stop_tx.send(());
     thread.join().unwrap();

@@ -195,6 +195,8 @@ pub struct PgStore {
     submit_batches: Arc<AtomicU64>,
     /// Where this store's worker offers free slots to submissions (`crate::handoff`).
     handoff: Arc<Handoff>,
+    /// Jobs stored handed off (see `handed_off`).
+    handed_off: Arc<AtomicU64>,
 }
 
 /// Aborts the LISTEN task (and so closes its connection) when dropped.
@@ -251,6 +253,7 @@ impl PgStore {
         };
         let group = append::start_group_commit(&appender, size, job_tenants.clone());
         let handoff: Arc<Handoff> = Arc::default();
+        let handed_off: Arc<AtomicU64> = Arc::default();
         let (submits, submit_batches) = submit::start_group_submit(
             &submit::Submitting {
                 pool: pool.clone(),
@@ -258,6 +261,7 @@ impl PgStore {
                 handoff: handoff.clone(),
                 known: appender.known.clone(),
                 job_tenants: job_tenants.clone(),
+                handed_off: handed_off.clone(),
             },
             size,
         );
@@ -273,6 +277,7 @@ impl PgStore {
             submits,
             submit_batches,
             handoff,
+            handed_off,
         })
     }
 
@@ -300,6 +305,13 @@ impl PgStore {
     /// and the benchmark: fewer than the submissions when concurrent ones were batched.
     pub fn submit_batches(&self) -> u64 {
         self.submit_batches.load(Relaxed)
+    }
+
+    /// Jobs this store's submissions stored handed off to its worker's free slots
+    /// (`crate::handoff`: leased in the commit that stored them, started with no claim),
+    /// for tests and the benchmark.
+    pub fn handed_off(&self) -> u64 {
+        self.handed_off.load(Relaxed)
     }
 
     /// The connection pool, for operators' tooling and tests.

@@ -109,6 +109,8 @@ pub(super) struct Submitting {
     pub(super) known: Arc<KnownJobs>,
     /// The tenants of leased jobs, for the append batcher's turns.
     pub(super) job_tenants: Arc<Mutex<JobTenants>>,
+    /// Jobs stored handed off so far (`PgStore::handed_off`).
+    pub(super) handed_off: Arc<AtomicU64>,
 }
 
 /// Starts the group-submit batchers on the current runtime: the queue `submit` goes
@@ -366,6 +368,9 @@ async fn submit_batch(
                 _ => claimable = true,
             }
         }
+        shared
+            .handed_off
+            .fetch_add(handing.leases.len() as u64, Relaxed);
         let leases = handing.leases.iter().map(|(l, _)| l);
         if let Ok(mut t) = shared.job_tenants.lock() {
             t.leased(leases.clone());
