@@ -1,5 +1,5 @@
 //! `aetheris server`, `aetheris worker` and `aetheris migrate`: the production processes,
-//! all sharing one PostgreSQL (`[database] url`, `--database-url`,
+//! all sharing one PostgreSQL (a server may run a worker too: `with_worker`) (`[database] url`, `--database-url`,
 //! `AETHERIS_DATABASE_URL`). Servers and workers apply migrations at start unless
 //! `no_migrate`; the runner holds an advisory lock, so many processes starting together
 //! are safe. SIGTERM/Ctrl-C drains a worker: it stops taking work, records in-flight calls
@@ -266,28 +266,48 @@ pub fn server(config: &Effective, llm: &crate::agents::LlmArgs) -> Result<ExitCo
         None => None,
     };
     let signs_evidence = evidence_key.is_some();
+    let with_worker = config.switch(Key::WithWorker);
+    let w = WorkerSettings::from_config(config);
+    let worker = if with_worker {
+        WorkerConfig {
+            llm,
+            gc: GcSettings::from_config(config).config(evidence_key.clone())?,
+            ..w.config()?
+        }
+    } else {
+        WorkerConfig {
+            rate_limits: load_limits(config.limits())?,
+            llm,
+            ..WorkerConfig::default()
+        }
+    };
     let mut cfg = NodeConfig {
         bind: bind.clone(),
-        run_worker: false,
+        run_worker: with_worker,
+        worker,
         auth,
         evidence_key,
         ..NodeConfig::default()
     };
     gateway.apply(&mut cfg);
-    let rate_limits = load_limits(config.limits())?;
+    // A server with a worker drains it on SIGTERM like `aetheris worker`.
+    let grace = if with_worker {
+        Duration::from_millis(w.drain_grace_ms)
+    } else {
+        Duration::from_secs(1)
+    };
     crate::startup::check_bind(&bind)?;
     crate::startup::run_system(async move {
         let store = connect(&db).await?;
         let tools = ToolRegistry::with_builtins();
-        cfg.worker = WorkerConfig {
-            rate_limits,
-            llm,
-            ..WorkerConfig::default()
-        };
         let (node, running) = start_node(store, tools, cfg)
             .await
             .map_err(|e| e.to_string())?;
         println!("aetheris server: listening on http://{}", node.addr);
+        if let Some(id) = node.worker.as_ref().map(|w| w.worker_id().to_string()) {
+            // The same line as `aetheris worker` prints.
+            println!("aetheris worker {id}: running");
+        }
         if !signs_evidence {
             eprintln!(
                 "aetheris server: no --evidence-signing-key-file: evidence export and \
@@ -296,7 +316,10 @@ pub fn server(config: &Effective, llm: &crate::agents::LlmArgs) -> Result<ExitCo
         }
         let task = actix_rt::spawn(running);
         crate::dev::wait_for_signal().await;
-        node.shutdown(Duration::from_secs(1)).await;
+        if with_worker {
+            eprintln!("aetheris server: draining its worker");
+        }
+        node.shutdown(grace).await;
         let _ = task.await;
         Ok(ExitCode::SUCCESS)
     })

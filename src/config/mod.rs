@@ -302,8 +302,25 @@ impl Effective {
 
     /// Rules between settings.
     fn check_together(&self) -> Result<(), ConfigError> {
-        if self.cmd == Cmd::Worker && self.number(Key::HeartbeatMs) >= self.number(Key::LeaseTtlMs)
-        {
+        let runs_worker =
+            self.cmd == Cmd::Worker || (self.cmd == Cmd::Server && self.switch(Key::WithWorker));
+        if self.cmd == Cmd::Server && !runs_worker {
+            // A worker's flag on a server without its worker would do nothing. (The file
+            // and the environment may carry them: servers and workers share them.)
+            let worker_flag = SETTINGS.iter().find(|s| {
+                matches!(s.table, "worker" | "retention")
+                    && s.used_by(Cmd::Server)
+                    && matches!(self.source(s.key), Some(Source::Flag(_)))
+            });
+            if let Some(s) = worker_flag {
+                return Err(ConfigError::new(format!(
+                    "--{} is a worker's setting: add --with-worker to run a worker in this \
+                     server, or give it to `aetheris worker`",
+                    s.flag
+                )));
+            }
+        }
+        if runs_worker && self.number(Key::HeartbeatMs) >= self.number(Key::LeaseTtlMs) {
             return Err(ConfigError::new(format!(
                 "{} must be below {}",
                 self.shown(Key::HeartbeatMs),

@@ -40,6 +40,7 @@ pub enum Key {
     Bind,
     MaxConnections,
     BodyTimeoutMs,
+    WithWorker,
     Hs256SecretFiles,
     Ed25519PublicKeyFiles,
     Audience,
@@ -183,8 +184,8 @@ pub const TABLES: [&str; 11] = [
 
 const DSW: &[Cmd] = &[Cmd::Dev, Cmd::Server, Cmd::Worker];
 const DS: &[Cmd] = &[Cmd::Dev, Cmd::Server];
-const DW: &[Cmd] = &[Cmd::Dev, Cmd::Worker];
 const S: &[Cmd] = &[Cmd::Server];
+const SW: &[Cmd] = &[Cmd::Server, Cmd::Worker];
 const W: &[Cmd] = &[Cmd::Worker];
 
 /// Every setting, in `Key` order.
@@ -283,6 +284,23 @@ pub const SETTINGS: &[Setting] = &[
                answered 408 and its connection closed.",
     },
     Setting {
+        key: Key::WithWorker,
+        table: "gateway",
+        name: "with_worker",
+        flag: "with-worker",
+        env: "AETHERIS_WITH_WORKER",
+        value_name: "",
+        kind: Kind::Switch,
+        default: Fallback::Off,
+        command_defaults: &[],
+        commands: S,
+        help: "Also run a worker in the server's process, with the [worker] and \
+               [retention] settings. Its idle slots then take the jobs this server stores \
+               at their submission, leased in the submission's own commit, with no claim \
+               (hand-off; not while running caps are set). SIGTERM drains it. Any number \
+               of such servers and of plain workers may share the database.",
+    },
+    Setting {
         key: Key::Hs256SecretFiles,
         table: "auth",
         name: "hs256_secret_files",
@@ -352,7 +370,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         default: Fallback::Number(5_000),
         command_defaults: &[],
-        commands: DW,
+        commands: DSW,
         help: "How long a job stays with a worker that stopped renewing its lease, in \
                milliseconds (`dev` renews every fifth of it).",
     },
@@ -369,7 +387,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         default: Fallback::Number(1_000),
         command_defaults: &[],
-        commands: W,
+        commands: SW,
         help: "How often the worker renews all its leases (one round trip), in milliseconds; \
                below lease_ttl_ms.",
     },
@@ -386,7 +404,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         default: Fallback::Number(64),
         command_defaults: &[(Cmd::Dev, Fallback::Number(256))],
-        commands: DW,
+        commands: DSW,
         help: "Jobs the worker runs at once. More than the database can commit for at once \
                only adds latency: with W6 on a 2-core machine, 64 gave tenant B a p99 queue \
                wait of 83 ms and A 954 jobs/s, where 256 gave 265 ms and 883 jobs/s.",
@@ -404,7 +422,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         default: Fallback::Number(100),
         command_defaults: &[],
-        commands: DW,
+        commands: DSW,
         help: "Write a job snapshot every N events.",
     },
     Setting {
@@ -420,7 +438,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         default: Fallback::Number(10_000),
         command_defaults: &[],
-        commands: W,
+        commands: SW,
         help: "How long a drain (SIGTERM, Ctrl-C) waits for in-flight calls before releasing \
                the leases anyway, in milliseconds.",
     },
@@ -496,7 +514,7 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Retention,
         default: Fallback::Text("forever"),
         command_defaults: &[],
-        commands: DW,
+        commands: DSW,
         help: "How long finished jobs (succeeded, failed, cancelled) are kept before the \
                workers delete them: `90s`, `45m`, `12h`, `30d` or `forever`. A tenant's own \
                `retention` (its limits, set through the tenants API or the limits file) \
@@ -515,7 +533,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         default: Fallback::Number(500),
         command_defaults: &[],
-        commands: DW,
+        commands: DSW,
         help: "Finished jobs deleted per store transaction by retention; smaller batches \
                hold locks for less time, larger ones cost less per job.",
     },
@@ -532,7 +550,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         default: Fallback::Number(30_000),
         command_defaults: &[],
-        commands: DW,
+        commands: DSW,
         help: "Pause between retention passes, in milliseconds; a pass deletes batch after \
                batch until nothing is due.",
     },
@@ -546,7 +564,7 @@ pub const SETTINGS: &[Setting] = &[
         kind: Kind::Path,
         default: Fallback::Unset,
         command_defaults: &[],
-        commands: DW,
+        commands: DSW,
         help: "Before deleting a job, write its signed evidence package to \
                `DIR/<tenant>/<job>.zip` (needs `[evidence] signing_key_file`); a job whose \
                package cannot be written is kept. Unset: jobs are deleted without an archive.",

@@ -183,6 +183,26 @@ fn each_way_a_setting_can_be_wrong_is_one_message_naming_key_and_source() {
             ),
             false,
         ),
+        // A worker's flag on a server that runs no worker would do nothing.
+        (
+            Cmd::Server,
+            given(None, &[(Key::MaxJobs, "8")]),
+            vec![db],
+            "--max-jobs is a worker's setting: add --with-worker to run a worker in this \
+             server, or give it to `aetheris worker`"
+                .into(),
+            false,
+        ),
+        (
+            Cmd::Server,
+            given(Some(&ttl), &[(Key::WithWorker, "true"), (Key::HeartbeatMs, "1000")]),
+            vec![db],
+            format!(
+                "[worker] heartbeat_ms 1000 (--heartbeat-ms) must be below [worker] \
+                 lease_ttl_ms 1000 ({t}:2)"
+            ),
+            false,
+        ),
         (
             Cmd::Worker,
             given(Some(Path::new("no/such.toml")), &[]),
@@ -295,6 +315,7 @@ no_migrate = true
 bind = "127.0.0.1:9100"
 max_connections = 77
 body_timeout_ms = 1234
+with_worker = true
 
 [auth]
 hs256_secret_files = ["/k/a.key", "/k/b.key"]
@@ -489,5 +510,29 @@ fn docs_configuration_md_is_the_reference_the_code_renders() {
         committed == rendered,
         "docs/configuration.md is out of date (BLESS=1 cargo test config:: rewrites it); \
          its settings reference must read exactly\n{rendered}"
+    );
+}
+
+/// A server runs a worker only with `with_worker`, and then reads the worker's settings;
+/// without it the file and the environment may still carry them (servers and workers
+/// share both), but a worker's flag is refused (see the error cases above).
+#[test]
+fn a_server_reads_worker_settings_with_its_worker() {
+    let (_d, shared) = config_dir("[worker]\nmax_jobs = 9\n");
+    let env = [("AETHERIS_DATABASE_URL", URL)];
+    let with = resolve_env(
+        Cmd::Server,
+        &given(None, &[(Key::WithWorker, "true"), (Key::MaxJobs, "12")]),
+        &env,
+    )
+    .unwrap();
+    assert!(with.switch(Key::WithWorker));
+    assert_eq!(with.number(Key::MaxJobs), 12);
+    let plain = resolve_env(Cmd::Server, &given(Some(&shared), &[]), &env).unwrap();
+    assert!(!plain.switch(Key::WithWorker));
+    assert_eq!(
+        plain.number(Key::MaxJobs),
+        9,
+        "the shared file's value, unused"
     );
 }

@@ -21,6 +21,8 @@
 //!   well under a TTL (all done within 3 s), with no `outcome_unknown`. Prints the handoff
 //!   times (first and last job resumed).
 //! - `pg_stale_worker_*`: the two-workers-one-job fencing test of fencing.rs on PostgreSQL.
+//! - `pg_sigkill_of_a_server_running_a_worker_*`: `server --with-worker` takes jobs at
+//!   their submission (hand-off); SIGKILL of it loses and repeats nothing (as `pg_chaos`).
 //! - `pg_running_cap_*`, `pg_tool_call_rate_*`, `pg_admission_*`: a tenant's global limits
 //!   hold across processes (the running-jobs cap and the tool-call rate across three
 //!   workers, also as one leaves; the admission limit across two gateways).
@@ -1407,6 +1409,141 @@ fn pg_chaos_sigkill_random_workers_never_duplicates_or_loses() {
     );
     if !v.is_empty() {
         h.fail("pg chaos test", &v);
+    }
+}
+
+/// `aetheris server --with-worker`: the server's own worker takes the jobs it stores at
+/// their submission (hand-off: leased in the submission's commit, no claim). SIGKILL of
+/// that server while its worker holds such jobs loses and repeats nothing: a plain worker
+/// (or the restarted server) claims them once their leases expire, the dead worker's
+/// tokens are fenced, every side effect reaches the stub at most once, and an
+/// `outcome_unknown` step is only one the dead worker had started under a lease it held.
+#[test]
+fn pg_sigkill_of_a_server_running_a_worker_loses_and_repeats_nothing() {
+    let _serial = serial();
+    const TTL: [&str; 4] = ["--lease-ttl-ms", "1000", "--heartbeat-ms", "200"];
+    let stub = Stub::start(5, 40);
+    let rt = rt();
+    let url = rt.block_on(aetheris_store::testing::pg_cluster::fresh_database_url());
+    let mut h = Harness::new("with-worker", url, rt);
+    h.server.args.push("--with-worker".into());
+    h.server.args.extend(TTL.iter().map(|s| s.to_string()));
+    let mut v: Vec<String> = Vec::new();
+    if let Err(e) = h.start_server() {
+        h.fail("with-worker: server start", &[e]);
+    }
+    let server_worker = match h.server.wait_worker_ready(Duration::from_secs(30)) {
+        Ok(id) => id,
+        Err(e) => h.fail("with-worker: the server's worker", &[e]),
+    };
+    h.add_worker(&TTL);
+    if let Err(e) = h.workers[0].wait_worker_ready(Duration::from_secs(30)) {
+        h.fail("with-worker: plain worker start", &[e]);
+    }
+    h.checker();
+    // Every other job of a burst is idempotent: its in-flight call is simply made again
+    // by the next holder, so it must end succeeded; a side effect's must not be repeated.
+    let submit = |h: &mut Harness, n: usize, ids: &mut Vec<String>, v: &mut Vec<String>| {
+        for i in 0..n {
+            let effect = if n > 1 && i % 2 == 1 {
+                "idempotent"
+            } else {
+                "side_effect"
+            };
+            let body = job_body(&stub.url, 3 + i % 3, effect, None);
+            match h.post_job(&body) {
+                Ok((201, j)) => ids.push(j["job_id"].as_str().unwrap_or_default().to_string()),
+                other => v.push(format!("submission answered {other:?}")),
+            }
+        }
+    };
+
+    // One job at a time: the server's idle worker takes each at its submission.
+    let mut quiet: Vec<String> = Vec::new();
+    for _ in 0..8 {
+        submit(&mut h, 1, &mut quiet, &mut v);
+        let (_, unsettled) = settle(&h, &quiet[quiet.len() - 1..], Duration::from_secs(30));
+        v.extend(unsettled);
+    }
+    let metrics = h.rt.block_on(async {
+        let r = h.client.get(format!("{}/metrics", h.base)).send().await;
+        match r {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => format!("GET /metrics: {e}"),
+        }
+    });
+    let handed = sample(&metrics, "aetheris_lease_handoffs_total").unwrap_or(0.0);
+    if handed < 1.0 {
+        v.push(format!(
+            "the server's worker took no job at submission: {metrics}"
+        ));
+    }
+    if !v.is_empty() {
+        h.fail("with-worker: quiet phase", &v);
+    }
+
+    // A burst, then SIGKILL of the server while its worker holds the burst's jobs.
+    let mut burst: Vec<String> = Vec::new();
+    submit(&mut h, 12, &mut burst, &mut v);
+    let sent_ms = now_ms();
+    h.server.kill();
+    let done_ms = now_ms();
+    let held = h.leases_of(&server_worker).unwrap_or_else(|e| {
+        v.push(format!("reading the dead worker's leases: {e}"));
+        vec![]
+    });
+    if held.is_empty() {
+        v.push("the kill hit no job held by the server's worker: nothing was exercised".into());
+    }
+    if let Err(e) = h.start_server() {
+        v.push(format!("restart: {e}"));
+    }
+    let all: Vec<String> = quiet.iter().chain(&burst).cloned().collect();
+    let (reports, unsettled) = settle(&h, &all, Duration::from_secs(60));
+    v.extend(unsettled);
+    let dead_held: HashSet<(String, u64)> = held.iter().cloned().collect();
+    let seen = stub.seen.snapshot();
+    let idempotent: Vec<&String> = burst.iter().skip(1).step_by(2).collect();
+    let side: HashSet<String> = all
+        .iter()
+        .filter(|id| !idempotent.contains(id))
+        .cloned()
+        .collect();
+    let (ok, waiting, unknown) = check_jobs(
+        &all,
+        &reports,
+        &seen,
+        &side,
+        |job, u| {
+            let Some(token) = u.token else {
+                return Err("no step_started before it".into());
+            };
+            let started = u.started_ms.unwrap_or(i64::MIN);
+            if dead_held.contains(&(job.to_string(), token)) && started <= done_ms {
+                return Ok(());
+            }
+            Err(format!(
+                "started under token {token} at {started} (kill {sent_ms}..{done_ms}); not a lease the dead server's worker held"
+            ))
+        },
+        &mut v,
+    );
+    for id in &idempotent {
+        if reports.get(*id).map(|r| r.status.as_str()) != Some("succeeded") {
+            v.push(format!(
+                "idempotent job {id} did not end succeeded after the kill"
+            ));
+        }
+    }
+    println!(
+        "with-worker: {} quiet jobs ({handed} handed off), burst of {}; the killed server's worker held {} leases; {ok} succeeded, {waiting} waiting, {unknown} outcome_unknown; {} stub calls",
+        quiet.len(),
+        burst.len(),
+        held.len(),
+        stub.seen.calls.load(Ordering::SeqCst),
+    );
+    if !v.is_empty() {
+        h.fail("with-worker", &v);
     }
 }
 
