@@ -95,6 +95,7 @@ no_migrate = {{ include "aetheris.noMigrate" . }}
 bind = "0.0.0.0:7420"
 max_connections = {{ int64 .Values.server.maxConnections }}
 body_timeout_ms = {{ int64 .Values.server.bodyTimeoutMs }}
+with_worker = {{ .Values.server.withWorker }}
 
 [auth]
 {{- if .Values.auth.hs256SecretFiles }}
