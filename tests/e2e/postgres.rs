@@ -1,6 +1,7 @@
 //! The whole node on PostgreSQL: a throwaway cluster (started from the installed server
 //! binaries; the test fails, never skips, if they are missing), migrations at start, and
-//! jobs running to completion through the gateway and worker, chains verified.
+//! jobs running to completion through the gateway and worker, chains verified; and a
+//! worker's drain with jobs handed to it at their submission (`aetheris_store::handoff`).
 
 use crate::support::{rt, settle, submit};
 use aetheris_actors::{ToolRegistry, WorkerConfig};
@@ -74,4 +75,140 @@ fn jobs_run_to_completion_on_postgres() {
     });
     let _ = stop_tx.send(());
     thread.join().unwrap();
+}
+
+/// A drain gives back every lease, also those of jobs handed to the worker at their
+/// submission while it drains: submissions keep coming before, during and after the
+/// drain, and once it returns no job is leased to the drained worker; a second worker
+/// then runs every job to completion.
+#[test]
+fn a_drained_worker_keeps_no_job_handed_off_to_it_on_postgres() {
+    use aetheris_actors::Worker;
+    use aetheris_store::{NewJob, PgStore};
+    const JOBS: usize = 60;
+    actix_rt::System::new().block_on(async {
+        let url = aetheris_store::testing::pg_cluster::fresh_database_url().await;
+        let pg = PgStore::connect(&url, 8).await.expect("connect");
+        pg.migrate().await.expect("migrate");
+        let store: DynStore = Arc::new(pg.clone());
+        let plan: aetheris_runtime::Plan = serde_json::from_value(json!({"steps": [
+            {"id": "a", "tool": "echo"}, {"id": "b", "tool": "echo", "needs": ["a"]}
+        ]}))
+        .unwrap();
+        let config = WorkerConfig {
+            max_jobs: 8,
+            ..WorkerConfig::default()
+        };
+        let a = Worker::start(store.clone(), ToolRegistry::with_builtins(), config.clone())
+            .await
+            .expect("worker a");
+        let a_id = a.worker_id().to_string();
+        // Let a's first claim find nothing, so its slots are on offer.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let submitter = {
+            let (store, plan) = (store.clone(), plan.clone());
+            actix_rt::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..JOBS {
+                    let job = NewJob {
+                        tenant: "t".into(),
+                        idempotency_key: None,
+                        plan: plan.clone(),
+                        input: json!({}),
+                    };
+                    ids.push(store.submit(job, None).await.expect("submit").0.job_id);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                ids
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let handed_before_drain = pg.handed_off();
+        a.drain(Duration::from_millis(500)).await;
+        let c = pg.pool().get().await.expect("conn");
+        let held: i64 = c
+            .query_one("SELECT count(*) FROM jobs WHERE lease_owner = $1", &[&a_id])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(held, 0, "the drained worker kept leases");
+        let ids = submitter.await.expect("submitter");
+        let b = Worker::start(store.clone(), ToolRegistry::with_builtins(), config)
+            .await
+            .expect("worker b");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for id in &ids {
+            loop {
+                let s = store.get_job(Scope::System, *id).await.unwrap().unwrap();
+                if s.status == aetheris_runtime::JobStatus::Succeeded {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "job {id} is {:?}",
+                    s.status
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let held: i64 = c
+            .query_one("SELECT count(*) FROM jobs WHERE lease_owner = $1", &[&a_id])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(held, 0, "a lease of the drained worker after it drained");
+        assert!(handed_before_drain >= 1, "worker a took jobs at submission");
+        b.drain(Duration::from_millis(500)).await;
+    });
+}
+
+/// An idle worker's slots are on offer; its drain takes the offer down, so jobs submitted
+/// after it are stored claimable, not handed to the drained worker.
+#[test]
+fn a_drained_worker_takes_no_job_at_submission_on_postgres() {
+    use aetheris_actors::Worker;
+    use aetheris_store::{NewJob, PgStore};
+    actix_rt::System::new().block_on(async {
+        let url = aetheris_store::testing::pg_cluster::fresh_database_url().await;
+        let pg = PgStore::connect(&url, 4).await.expect("connect");
+        pg.migrate().await.expect("migrate");
+        let store: DynStore = Arc::new(pg.clone());
+        let job = || NewJob {
+            tenant: "t".into(),
+            idempotency_key: None,
+            plan: serde_json::from_value(json!({"steps": [{"id": "a", "tool": "echo"}]})).unwrap(),
+            input: json!({}),
+        };
+        let a = Worker::start(
+            store.clone(),
+            ToolRegistry::with_builtins(),
+            WorkerConfig::default(),
+        )
+        .await
+        .expect("worker");
+        let a_id = a.worker_id().to_string();
+        let mut finished = a.finished();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let first = store.submit(job(), None).await.expect("submit").0.job_id;
+        while finished.recv().await.expect("finished").0 != first {}
+        assert_eq!(
+            pg.handed_off(),
+            1,
+            "the idle worker took the job at its submission"
+        );
+        // Idle again: its slots are on offer until the drain.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.drain(Duration::from_millis(200)).await;
+        for _ in 0..5 {
+            store.submit(job(), None).await.expect("submit");
+        }
+        assert_eq!(pg.handed_off(), 1, "a job was handed to the drained worker");
+        let c = pg.pool().get().await.expect("conn");
+        let held: i64 = c
+            .query_one("SELECT count(*) FROM jobs WHERE lease_owner = $1", &[&a_id])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(held, 0);
+    });
 }
