@@ -179,6 +179,17 @@ impl LeaseManager {
         }
     }
 
+    /// What this worker can take now (by a claim or an offer): its free slots, less those
+    /// promised to claims under way and to the offer.
+    fn next_claim(&self) -> Option<NextClaim> {
+        next_claim(
+            self.sh.config.max_jobs,
+            self.held.len(),
+            self.claimed_room + self.offered,
+            &self.per_tenant,
+        )
+    }
+
     /// Takes this worker's offer down (its unused slots are free again); returns whether
     /// a submission found it closed, i.e. claimable work is waiting.
     fn withdraw_offer(&mut self) -> bool {
@@ -213,12 +224,7 @@ impl LeaseManager {
         if !self.sh.config.rate_limits.running_caps().is_unlimited() {
             return;
         }
-        let Some(next) = next_claim(
-            self.sh.config.max_jobs,
-            self.held.len(),
-            self.claimed_room + self.offered,
-            &self.per_tenant,
-        ) else {
+        let Some(next) = self.next_claim() else {
             return;
         };
         if let Some(h) = &self.handoff {
@@ -245,12 +251,7 @@ impl LeaseManager {
             self.claim_again = true;
             return;
         }
-        let Some(next) = next_claim(
-            self.sh.config.max_jobs,
-            self.held.len(),
-            self.claimed_room + self.offered,
-            &self.per_tenant,
-        ) else {
+        let Some(next) = self.next_claim() else {
             // Slots promised to a claim in flight come back if it finds less work.
             self.claim_again |= self.claims_in_flight > 0;
             // No slot is free, yet work may be waiting (a hint, a timer or the poll asked

@@ -83,6 +83,22 @@ impl Tool for Gate {
     }
 }
 
+/// Waits until job `id` succeeded; fails saying `what` after `limit`.
+async fn until_succeeded(store: &DynStore, id: JobId, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while store
+        .get_job(Scope::System, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        != JobStatus::Succeeded
+    {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs a worker of `max_jobs` slots with the `gate` tool on `store` until the returned
 /// sender is used (or dropped).
 fn gated_worker(
@@ -214,14 +230,13 @@ fn one_tenant_cannot_take_every_slot_of_a_worker() {
         );
         // b's new job takes a free slot while every one of a's is still held.
         let b = submit_to(&store, "b", &plan).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while status(b).await != JobStatus::Succeeded {
-            assert!(
-                Instant::now() < deadline,
-                "tenant b's job waited behind tenant a's"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_succeeded(
+            &store,
+            b,
+            Duration::from_secs(10),
+            "tenant b's job waited behind a's",
+        )
+        .await;
         assert_eq!(
             a_waiting.load(Ordering::SeqCst),
             share,
@@ -369,17 +384,6 @@ fn handed_off_jobs_keep_to_the_share_and_the_slots_on_postgres() {
         },
     );
     let rt = rt();
-    let status = |id: JobId| {
-        let store = store.clone();
-        async move {
-            store
-                .get_job(Scope::System, id)
-                .await
-                .unwrap()
-                .unwrap()
-                .status
-        }
-    };
     let submit_many = |tenant: &'static str, n: usize| {
         let (store, plan) = (store.clone(), plan.clone());
         async move {
@@ -411,14 +415,13 @@ fn handed_off_jobs_keep_to_the_share_and_the_slots_on_postgres() {
         );
         // b's new job takes the free slot while every one of a's is still held.
         let b = submit_to(&store, "b", &plan).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while status(b).await != JobStatus::Succeeded {
-            assert!(
-                Instant::now() < deadline,
-                "tenant b's job waited behind a's"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_succeeded(
+            &store,
+            b,
+            Duration::from_secs(10),
+            "tenant b's job waited behind a's",
+        )
+        .await;
         assert_eq!(
             gate.a_waiting.load(Ordering::SeqCst),
             share,
@@ -433,12 +436,14 @@ fn handed_off_jobs_keep_to_the_share_and_the_slots_on_postgres() {
         assert!(gate.all_most.load(Ordering::SeqCst) <= MAX_JOBS);
         assert_eq!(gate.a_most.load(Ordering::SeqCst), share);
         gate.open.add_permits(1_000);
-        let deadline = Instant::now() + Duration::from_secs(30);
         for id in &ids {
-            while status(*id).await != JobStatus::Succeeded {
-                assert!(Instant::now() < deadline, "the jobs did not finish");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            until_succeeded(
+                &store,
+                *id,
+                Duration::from_secs(30),
+                "the jobs did not finish",
+            )
+            .await;
         }
         assert!(
             gate.all_most.load(Ordering::SeqCst) <= MAX_JOBS,

@@ -125,12 +125,7 @@ fn a_drained_worker_keeps_no_job_handed_off_to_it_on_postgres() {
         tokio::time::sleep(Duration::from_millis(30)).await;
         let handed_before_drain = pg.handed_off();
         a.drain(Duration::from_millis(500)).await;
-        let c = pg.pool().get().await.expect("conn");
-        let held: i64 = c
-            .query_one("SELECT count(*) FROM jobs WHERE lease_owner = $1", &[&a_id])
-            .await
-            .expect("count")
-            .get(0);
+        let held = leases_held_by(&pg, &a_id).await;
         assert_eq!(held, 0, "the drained worker kept leases");
         let ids = submitter.await.expect("submitter");
         let b = Worker::start(store.clone(), ToolRegistry::with_builtins(), config)
@@ -151,11 +146,7 @@ fn a_drained_worker_keeps_no_job_handed_off_to_it_on_postgres() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        let held: i64 = c
-            .query_one("SELECT count(*) FROM jobs WHERE lease_owner = $1", &[&a_id])
-            .await
-            .expect("count")
-            .get(0);
+        let held = leases_held_by(&pg, &a_id).await;
         assert_eq!(held, 0, "a lease of the drained worker after it drained");
         assert!(handed_before_drain >= 1, "worker a took jobs at submission");
         b.drain(Duration::from_millis(500)).await;
@@ -203,12 +194,19 @@ fn a_drained_worker_takes_no_job_at_submission_on_postgres() {
             store.submit(job(), None).await.expect("submit");
         }
         assert_eq!(pg.handed_off(), 1, "a job was handed to the drained worker");
-        let c = pg.pool().get().await.expect("conn");
-        let held: i64 = c
-            .query_one("SELECT count(*) FROM jobs WHERE lease_owner = $1", &[&a_id])
-            .await
-            .expect("count")
-            .get(0);
+        let held = leases_held_by(&pg, &a_id).await;
         assert_eq!(held, 0);
     });
+}
+
+/// Jobs leased to `worker` in `pg`'s database now.
+async fn leases_held_by(pg: &aetheris_store::PgStore, worker: &str) -> i64 {
+    let c = pg.pool().get().await.expect("conn");
+    c.query_one(
+        "SELECT count(*) FROM jobs WHERE lease_owner = $1",
+        &[&worker],
+    )
+    .await
+    .expect("count")
+    .get(0)
 }

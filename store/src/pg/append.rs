@@ -531,22 +531,10 @@ mod tests {
     use super::super::test_jobs::queue_jobs;
     use super::super::PgStore;
     use crate::{Append, JobLog, Leases, Scope};
-    use aetheris_runtime::{invocation_key, EffectClass, EventBody, JobId};
+    use aetheris_runtime::{EventBody, JobId};
 
     fn started(job: JobId, token: u64) -> Append {
-        Append {
-            job_id: job,
-            token,
-            expected_last_seq: 1,
-            events: vec![EventBody::StepStarted {
-                step: "a".into(),
-                attempt: 1,
-                invocation_key: invocation_key("poison", job, "a", 0),
-                tool: "echo".into(),
-                effect: EffectClass::Pure,
-                fencing_token: token,
-            }],
-        }
+        crate::pg::test_jobs::step_a_started("poison", job, token)
     }
 
     fn succeeded(job: JobId, token: u64) -> Append {

@@ -520,19 +520,7 @@ mod tests {
 
     /// The step-1 start a worker appends for a job it leased under `token`.
     fn first_append(job: JobId, token: u64) -> crate::Append {
-        crate::Append {
-            job_id: job,
-            token,
-            expected_last_seq: 1,
-            events: vec![EventBody::StepStarted {
-                step: "a".into(),
-                attempt: 1,
-                invocation_key: aetheris_runtime::invocation_key("t", job, "a", 0),
-                tool: "echo".into(),
-                effect: aetheris_runtime::EffectClass::Pure,
-                fencing_token: token,
-            }],
-        }
+        crate::pg::test_jobs::step_a_started("t", job, token)
     }
 
     /// Drains the hint's stored wake-ups.

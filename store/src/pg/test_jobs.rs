@@ -1,4 +1,5 @@
-//! Test helpers shared by the PostgreSQL store's unit tests: jobs to work on.
+//! Test helpers shared by the PostgreSQL store's unit tests: jobs to work on, and the
+//! first append a worker makes for one.
 
 use super::PgStore;
 use crate::{JobLog, NewJob};
@@ -24,5 +25,27 @@ pub(super) async fn queue_jobs(store: &PgStore, tenant: &str, n: usize) {
         .collect();
     for s in submits {
         s.await.expect("task").expect("submit");
+    }
+}
+
+/// The start of one-step job `job`'s step `a` (its first append, after `job_submitted`),
+/// under `token`; the invocation key is made as for tenant `tenant`.
+pub(super) fn step_a_started(
+    tenant: &str,
+    job: aetheris_runtime::JobId,
+    token: u64,
+) -> crate::Append {
+    crate::Append {
+        job_id: job,
+        token,
+        expected_last_seq: 1,
+        events: vec![aetheris_runtime::EventBody::StepStarted {
+            step: "a".into(),
+            attempt: 1,
+            invocation_key: aetheris_runtime::invocation_key(tenant, job, "a", 0),
+            tool: "echo".into(),
+            effect: aetheris_runtime::EffectClass::Pure,
+            fencing_token: token,
+        }],
     }
 }
